@@ -1,0 +1,91 @@
+"""Turn a validated TrainConfig (plus the data's shape) into a method with its optimizer setup."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+from torchmetrics.classification import (
+    MulticlassAccuracy,
+    MulticlassF1Score,
+    MulticlassPrecision,
+    MulticlassRecall,
+)
+
+from rayssl import nets, schedules
+from rayssl.config import TrainConfig
+from rayssl.methods import Method, SimpleSupervisedModel
+
+OPTIMIZERS: dict[str, type[torch.optim.Optimizer]] = {
+    "adam": torch.optim.Adam,
+    "adamw": torch.optim.AdamW,
+    "sgd": torch.optim.SGD,
+}
+
+METRICS = {
+    "accuracy": MulticlassAccuracy,
+    "f1": MulticlassF1Score,
+    "precision": MulticlassPrecision,
+    "recall": MulticlassRecall,
+}
+
+
+def optimizer_setup(cfg: TrainConfig) -> dict[str, Any]:
+    """The seed-style optimizer / lr_scheduler arguments (class + kwargs) of every method."""
+    opt = cfg.optimizer
+    kwargs: dict[str, Any] = {"weight_decay": opt.weight_decay}
+    if opt.name == "sgd":
+        kwargs["momentum"] = opt.momentum
+    else:
+        kwargs["betas"] = tuple(opt.betas)
+    sched = cfg.lr_scheduler
+    scheduler, scheduler_kwargs = {
+        "none": (None, {}),
+        "onecycle": (schedules.onecycle, {"pct_start": sched.pct_start}),
+        "warmup_cosine": (
+            schedules.warmup_cosine,
+            {"warmup_epochs": sched.warmup_epochs, "min_lr_ratio": sched.min_lr_ratio},
+        ),
+        "step": (schedules.step_decay, {"step_epochs": sched.step_epochs, "gamma": sched.gamma}),
+    }[sched.name]
+    return {
+        "learning_rate": opt.lr,
+        "optimizer": OPTIMIZERS[opt.name],
+        "optimizer_kwargs": kwargs,
+        "lr_scheduler": scheduler,
+        "lr_scheduler_kwargs": scheduler_kwargs,
+    }
+
+
+def build_backbone(cfg: TrainConfig, sample_shape: tuple[int, ...]) -> nn.Module:
+    spec = cfg.backbone
+    return nets.call_factory(spec.factory(nets.BACKBONES), spec.kwargs, input_shape=sample_shape)
+
+
+def build_method(cfg: TrainConfig, sample_shape: tuple[int, ...], num_classes: int) -> Method:
+    """Build the configured method. Call under the same seed on every rank."""
+    backbone = build_backbone(cfg, sample_shape)
+    features = nets.output_features(backbone, sample_shape)
+    head = nets.call_factory(
+        cfg.head.factory(nets.HEADS), cfg.head.kwargs, in_features=features, num_classes=num_classes
+    )
+
+    def metrics() -> dict[str, Any]:
+        # accuracy is the plain share of correct predictions; f1/precision/recall are macro.
+        return {
+            n: METRICS[n](num_classes=num_classes, average="micro" if n == "accuracy" else "macro")
+            for n in cfg.supervised.metrics
+        }
+
+    return SimpleSupervisedModel(
+        backbone=backbone,
+        fc=head,
+        loss_fn=nn.CrossEntropyLoss(label_smoothing=cfg.supervised.label_smoothing),
+        flatten=cfg.supervised.flatten,
+        train_metrics=metrics(),
+        val_metrics=metrics(),
+        test_metrics=metrics(),
+        freeze_backbone=cfg.supervised.freeze_backbone,
+        **optimizer_setup(cfg),
+    )

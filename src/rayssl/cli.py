@@ -1,0 +1,48 @@
+"""`rayssl train` (and later `tune`, `eval`). Exit codes: 0 success, 1 failed run, 2 bad input."""
+
+from __future__ import annotations
+
+import sys
+
+import click
+
+from rayssl.config import ConfigError, load_train_config
+
+EXIT_FAILED, EXIT_BAD_INPUT = 1, 2
+
+
+def _fail(message: str, code: int) -> None:
+    click.echo(f"rayssl: error: {message}", err=True)
+    sys.exit(code)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+def main() -> None:
+    """Distributed supervised and self-supervised training on Ray."""
+
+
+@main.command()
+@click.argument("config", type=click.Path(dir_okay=False))
+@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
+              help="Override a config value, e.g. --set optimizer.lr=3e-4 (repeatable).")
+@click.option("--resume", is_flag=True, help="Continue the newest run of this name from its latest checkpoint.")
+def train(config: str, overrides: tuple[str, ...], resume: bool) -> None:
+    """Train the run described by CONFIG (a YAML file)."""
+    from rayssl.train import RunFailed, fit
+
+    try:
+        cfg = load_train_config(config, overrides)
+        summary = fit(cfg, resume=resume)
+    except ConfigError as exc:
+        _fail(str(exc), EXIT_BAD_INPUT)
+    except RunFailed as exc:
+        _fail(str(exc), EXIT_FAILED)
+    final = summary["final_metrics"]
+    shown = {k: round(v, 4) for k, v in final.items() if k.startswith(("val_", "test_"))}
+    click.echo(f"rayssl: run '{summary['run']}' finished after {summary['epochs_run']} epochs "
+               f"in {summary['wall_time_s']:.0f}s: {shown}")
+    click.echo(f"rayssl: summary: {summary['path']}")
+
+
+if __name__ == "__main__":
+    main()

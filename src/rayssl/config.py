@@ -1,0 +1,280 @@
+"""Pydantic models of a training run: YAML in, validated config (or one clear line) out."""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+
+class ConfigError(ValueError):
+    """A user error in a config, a command-line value or an input file (exit code 2)."""
+
+
+class Strict(BaseModel):
+    """Base of every config section: unknown keys are errors, values are re-validated on set."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class AugmentConfig(Strict):
+    """Batched, seeded augmentations applied to training inputs (see `rayssl.data.augment`)."""
+
+    shift: int = Field(0, ge=0, description="max circular-free shift along the last axis")
+    scale: float = Field(0.0, ge=0.0, lt=1.0, description="amplitude scaling in [1-s, 1+s]")
+    jitter: float = Field(0.0, ge=0.0, description="std of additive Gaussian noise")
+    flip: bool = Field(False, description="random horizontal flip (images)")
+
+
+class DataConfig(Strict):
+    name: Literal["mnist1d", "digits", "synthetic", "npz"] = "mnist1d"
+    path: str | None = Field(None, description="file for name=npz: keys x, y, optional x_test, y_test")
+    batch_size: int = Field(128, ge=1, description="global batch, split evenly across workers")
+    eval_batch_size: int = Field(1024, ge=1)
+    val_fraction: float = Field(0.1, ge=0.0, lt=1.0, description="share of train held out")
+    cache_dir: str | None = Field(None, description="where generated MNIST-1D is cached")
+    shape: list[int] = Field([1, 40], min_length=1, description="synthetic: one sample's shape")
+    num_samples: int = Field(1024, ge=2, description="synthetic: number of train samples")
+    num_classes: int = Field(10, ge=2, description="synthetic: number of classes")
+    augment: AugmentConfig = AugmentConfig()
+
+    @model_validator(mode="after")
+    def _path_for_npz(self) -> DataConfig:
+        if self.name == "npz" and not self.path:
+            raise ValueError("data.path is required when data.name is 'npz'")
+        if any(s < 1 for s in self.shape):
+            raise ValueError(f"data.shape must hold positive sizes, got {self.shape}")
+        return self
+
+
+class NetConfig(Strict):
+    """A network: a built-in name or an importable factory "package.module:function".
+
+    Every other key is passed to the factory as a keyword argument and is checked against
+    its signature, so a misspelt width fails here rather than inside a Ray worker.
+    """
+
+    model_config = ConfigDict(extra="allow", validate_assignment=True)
+    name: str
+
+    @property
+    def kwargs(self) -> dict[str, Any]:
+        return dict(self.model_extra or {})
+
+    def factory(self, builtins: dict[str, Any]) -> Any:
+        if self.name in builtins:
+            return builtins[self.name]
+        return import_factory(self.name)
+
+
+def import_factory(path: str) -> Any:
+    """Resolve "package.module:function" to the callable, with a one-line error if it fails."""
+    module_name, sep, attr = path.partition(":")
+    if not sep or not module_name or not attr:
+        raise ValueError(f"'{path}' is neither a built-in nor of the form 'package.module:function'")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise ValueError(f"cannot import module '{module_name}' ({exc})") from None
+    try:
+        return getattr(module, attr)
+    except AttributeError:
+        raise ValueError(f"module '{module_name}' has no attribute '{attr}'") from None
+
+
+def check_kwargs(factory: Any, kwargs: dict[str, Any], inferred: tuple[str, ...]) -> None:
+    """Fail on keyword arguments the factory does not accept (unless it takes **kwargs)."""
+    params = inspect.signature(factory).parameters
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+        return
+    accepted = [n for n in params if n not in inferred]
+    for key in kwargs:
+        if key not in params or key in inferred:
+            raise ValueError(f"unknown option '{key}'; accepted: {', '.join(accepted) or 'none'}")
+
+
+class OptimizerConfig(Strict):
+    name: Literal["adam", "adamw", "sgd"] = "adamw"
+    lr: float = Field(1e-3, gt=0.0, le=10.0)
+    weight_decay: float = Field(0.0, ge=0.0)
+    momentum: float = Field(0.9, ge=0.0, lt=1.0, description="sgd only")
+    betas: tuple[float, float] = (0.9, 0.999)
+
+
+class LRSchedulerConfig(Strict):
+    name: Literal["none", "onecycle", "warmup_cosine", "step"] = "none"
+    warmup_epochs: float = Field(0.0, ge=0.0, description="warmup_cosine")
+    pct_start: float = Field(0.3, gt=0.0, lt=1.0, description="onecycle: share of steps rising")
+    step_epochs: int = Field(30, ge=1, description="step: decay every this many epochs")
+    gamma: float = Field(0.1, gt=0.0, le=1.0, description="step: decay factor")
+    min_lr_ratio: float = Field(0.0, ge=0.0, le=1.0, description="warmup_cosine: floor of lr/lr0")
+
+
+class EarlyStoppingConfig(Strict):
+    monitor: str = "val_loss"
+    mode: Literal["min", "max"] = "min"
+    patience: int = Field(5, ge=1)
+    min_delta: float = Field(0.0, ge=0.0)
+
+
+class CheckpointConfig(Strict):
+    num_to_keep: int | None = Field(2, ge=1, description="null keeps every checkpoint")
+    score_attribute: str | None = Field(None, description="keep the best by this metric")
+    score_order: Literal["min", "max"] = "max"
+
+
+class SupervisedConfig(Strict):
+    flatten: bool = True
+    freeze_backbone: bool = False
+    label_smoothing: float = Field(0.0, ge=0.0, lt=1.0)
+    metrics: list[Literal["accuracy", "f1", "precision", "recall"]] = ["accuracy"]
+
+
+class TrainConfig(Strict):
+    """One training run. Every field has a default, so `{}` is a valid (supervised MNIST-1D) run."""
+
+    method: Literal["supervised"] = "supervised"
+    name: str | None = Field(None, description="run name; default: the config file's stem")
+    seed: int = Field(0, ge=0)
+    epochs: int = Field(10, ge=1)
+    num_workers: int = Field(2, ge=1)
+    cpus_per_worker: float = Field(1.0, gt=0.0)
+    use_gpu: bool = False
+    storage_path: str = "./runs"
+    max_failures: int = Field(0, ge=-1, description="-1: retry forever")
+    grad_clip: float | None = Field(None, gt=0.0)
+    data: DataConfig = DataConfig()
+    backbone: NetConfig = NetConfig(name="cnn1d")
+    head: NetConfig = NetConfig(name="linear")
+    optimizer: OptimizerConfig = OptimizerConfig()
+    lr_scheduler: LRSchedulerConfig = LRSchedulerConfig()
+    early_stopping: EarlyStoppingConfig | None = None
+    checkpoint: CheckpointConfig = CheckpointConfig()
+    supervised: SupervisedConfig = SupervisedConfig()
+
+    @model_validator(mode="after")
+    def _consistent(self) -> TrainConfig:
+        if self.data.batch_size % self.num_workers:
+            raise ValueError(
+                f"data.batch_size ({self.data.batch_size}) must be divisible by num_workers "
+                f"({self.num_workers}): it is the global batch, split evenly across workers"
+            )
+        from rayssl import nets
+
+        for section, registry in (("backbone", nets.BACKBONES), ("head", nets.HEADS)):
+            spec: NetConfig = getattr(self, section)
+            try:
+                check_kwargs(spec.factory(registry), spec.kwargs, inferred=nets.INFERRED_ARGS)
+            except ValueError as exc:
+                raise ValueError(f"{section}.name '{spec.name}': {exc}") from None
+        return self
+
+
+# --------------------------------------------------------------------------- loading
+
+
+def format_validation_error(exc: ValidationError, prefix: str = "") -> str:
+    """One line per problem, joined: 'field.path: message (got value)'."""
+    parts = []
+    for err in exc.errors():
+        loc = ".".join(str(p) for p in err["loc"])
+        loc = f"{prefix}{loc}" if loc else prefix.rstrip(".") or "config"
+        msg = err["msg"].removeprefix("Value error, ")
+        if err["type"] == "extra_forbidden":
+            model = _model_at(TrainConfig, err["loc"][:-1])
+            accepted = ", ".join(model.model_fields) if model else "see the README"
+            msg = f"unknown key; accepted keys here: {accepted}"
+        elif err["type"] not in ("value_error", "assertion_error") and "input" in err:
+            got = err["input"]
+            if not isinstance(got, (dict, list)):
+                msg = f"{msg} (got {got!r})"
+        if err["type"] == "value_error" and not err["loc"]:
+            parts.append(msg)
+        else:
+            parts.append(f"{loc}: {msg}")
+    return "; ".join(parts)
+
+
+def _model_at(model: type[BaseModel], loc: tuple) -> type[BaseModel] | None:
+    for key in loc:
+        field = model.model_fields.get(str(key))
+        if field is None:
+            return None
+        ann = field.annotation
+        candidates = [ann, *getattr(ann, "__args__", ())]
+        model = next((c for c in candidates if isinstance(c, type) and issubclass(c, BaseModel)), None)
+        if model is None:
+            return None
+    return model
+
+
+def parse_overrides(items: tuple[str, ...] | list[str]) -> dict[str, Any]:
+    """Turn ["optimizer.lr=3e-4", "data.augment.shift=4"] into a nested dict (values are YAML)."""
+    nested: dict[str, Any] = {}
+    for item in items:
+        key, sep, raw = item.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"--set '{item}': expected KEY=VALUE, e.g. --set optimizer.lr=3e-4")
+        try:
+            value = yaml.safe_load(raw) if raw.strip() else None
+        except yaml.YAMLError:
+            value = raw
+        node = nested
+        parts = key.strip().split(".")
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"--set '{item}': '{part}' is set twice with different kinds")
+        node[parts[-1]] = value
+    return nested
+
+
+def deep_merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
+    merged = dict(base)
+    for key, value in update.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = deep_merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def read_yaml(path: str | Path) -> dict[str, Any]:
+    """Read a YAML mapping, with one-line errors for a missing, unreadable or malformed file."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file '{path}' does not exist")
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(exc, "problem", None) or "malformed YAML"
+        raise ConfigError(f"config file '{path}' is not valid YAML{where}: {problem}") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"config file '{path}' cannot be read: {exc}") from None
+    if raw is None:
+        return {}
+    if not isinstance(raw, dict):
+        raise ConfigError(f"config file '{path}' must hold a mapping of keys, got {type(raw).__name__}")
+    return raw
+
+
+def validate_train_config(raw: dict[str, Any]) -> TrainConfig:
+    try:
+        return TrainConfig.model_validate(raw)
+    except ValidationError as exc:
+        raise ConfigError(format_validation_error(exc)) from None
+
+
+def load_train_config(
+    path: str | Path, overrides: tuple[str, ...] | list[str] = ()
+) -> TrainConfig:
+    """Read, override and validate a training config; the run name defaults to the file stem."""
+    raw = deep_merge(read_yaml(path), parse_overrides(overrides))
+    raw.setdefault("name", Path(path).stem)
+    return validate_train_config(raw)

@@ -1,0 +1,62 @@
+"""Augmentations applied to whole batches on their device, drawn from an explicit generator.
+
+No per-sample Python: each op draws one random tensor for the batch. The generator is
+seeded from (seed, epoch, rank), so a run and its resumed twin draw identical views.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from rayssl.config import AugmentConfig
+
+
+def random_shift(x: torch.Tensor, max_shift: int, g: torch.Generator) -> torch.Tensor:
+    """Shift each sample along the last axis by an integer in [-max_shift, max_shift],
+    repeating the edge value (no wrap-around). x: (B, ..., L)."""
+    length = x.shape[-1]
+    shifts = torch.randint(-max_shift, max_shift + 1, (x.shape[0],), generator=g, device=g.device)
+    positions = torch.arange(length, device=x.device)[None, :] - shifts.to(x.device)[:, None]
+    index = positions.clamp_(0, length - 1).view(x.shape[0], *([1] * (x.dim() - 2)), length)
+    return torch.gather(x, -1, index.expand_as(x))
+
+
+def random_scale(x: torch.Tensor, amount: float, g: torch.Generator) -> torch.Tensor:
+    """Multiply each sample by a factor drawn uniformly from [1 - amount, 1 + amount]."""
+    factors = 1 + amount * (2 * torch.rand(x.shape[0], generator=g, device=g.device) - 1)
+    return x * factors.to(x.device).view(-1, *([1] * (x.dim() - 1)))
+
+
+def jitter(x: torch.Tensor, std: float, g: torch.Generator) -> torch.Tensor:
+    """Add Gaussian noise of standard deviation `std`."""
+    return x + std * torch.randn(x.shape, generator=g, device=g.device).to(x.device)
+
+
+def random_flip(x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
+    """Flip half of the samples along the last axis (horizontal flip for images)."""
+    flip = torch.rand(x.shape[0], generator=g, device=g.device).to(x.device) < 0.5
+    return torch.where(flip.view(-1, *([1] * (x.dim() - 1))), x.flip(-1), x)
+
+
+class Augment:
+    """The configured pipeline: shift, scale, flip, then jitter."""
+
+    def __init__(self, cfg: AugmentConfig):
+        self.cfg = cfg
+
+    @property
+    def active(self) -> bool:
+        c = self.cfg
+        return bool(c.shift or c.scale or c.jitter or c.flip)
+
+    def __call__(self, x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
+        c = self.cfg
+        if c.shift:
+            x = random_shift(x, c.shift, g)
+        if c.scale:
+            x = random_scale(x, c.scale, g)
+        if c.flip:
+            x = random_flip(x, g)
+        if c.jitter:
+            x = jitter(x, c.jitter, g)
+        return x

@@ -1,0 +1,150 @@
+"""Built-in datasets (offline) and user arrays, loaded as in-memory tensors.
+
+Every loader returns a `Splits`: train / val / test pairs `(x, y)` with `x` float32 of
+shape `(N, *sample_shape)` and `y` int64 of shape `(N,)`. Inputs are checked here, where
+they enter, so bad data fails with one line before any Ray worker starts.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from rayssl.config import ConfigError, DataConfig
+
+Pair = tuple[torch.Tensor, torch.Tensor]
+
+
+@dataclass
+class Splits:
+    train: Pair
+    val: Pair | None
+    test: Pair | None
+    num_classes: int
+
+    @property
+    def sample_shape(self) -> tuple[int, ...]:
+        return tuple(self.train[0].shape[1:])
+
+
+def load_splits(cfg: DataConfig, seed: int = 0) -> Splits:
+    """Load the configured data and hold out `val_fraction` of train (seeded, stratified-free)."""
+    loaders = {"mnist1d": _mnist1d, "digits": _digits, "synthetic": _synthetic, "npz": _npz}
+    x, y, x_test, y_test = loaders[cfg.name](cfg)
+    x, y = _as_tensors(x, y, cfg.name, "x", "y")
+    test = _as_tensors(x_test, y_test, cfg.name, "x_test", "y_test") if x_test is not None else None
+    if test is not None and test[0].shape[1:] != x.shape[1:]:
+        raise ConfigError(
+            f"data '{cfg.name}': x_test samples have shape {tuple(test[0].shape[1:])}, "
+            f"train samples {tuple(x.shape[1:])}; they must match"
+        )
+    val = None
+    if cfg.val_fraction > 0:
+        n_val = max(1, int(round(len(x) * cfg.val_fraction)))
+        order = torch.randperm(len(x), generator=torch.Generator().manual_seed(seed))
+        val = (x[order[:n_val]], y[order[:n_val]])
+        x, y = x[order[n_val:]], y[order[n_val:]]
+    if cfg.batch_size > len(x):
+        raise ConfigError(
+            f"data.batch_size ({cfg.batch_size}) is larger than the training set ({len(x)} samples);"
+            " lower data.batch_size"
+        )
+    labels = [y] + [s[1] for s in (val, test) if s is not None]
+    num_classes = int(torch.cat(labels).max()) + 1
+    return Splits(train=(x, y), val=val, test=test, num_classes=num_classes)
+
+
+def _as_tensors(x, y, source: str, xname: str, yname: str) -> Pair:
+    x = np.asarray(x)
+    y = np.asarray(y)
+    if not np.issubdtype(x.dtype, np.number) or x.dtype == np.bool_:
+        raise ConfigError(f"data '{source}': {xname} must be numeric, got dtype {x.dtype}")
+    if x.ndim < 2:
+        raise ConfigError(f"data '{source}': {xname} must be (N, ...) with N samples, got {x.shape}")
+    if not np.isfinite(x).all():
+        bad = int((~np.isfinite(x)).sum())
+        raise ConfigError(f"data '{source}': {xname} holds {bad} NaN/Inf values; clean the data")
+    if y.ndim != 1 or len(y) != len(x):
+        raise ConfigError(
+            f"data '{source}': {yname} must be 1-D with one label per sample "
+            f"({len(x)}), got shape {y.shape}"
+        )
+    if not np.issubdtype(y.dtype, np.integer) and not (
+        np.issubdtype(y.dtype, np.floating) and np.all(np.mod(y, 1) == 0)
+    ):
+        raise ConfigError(f"data '{source}': {yname} must hold integer class labels, got {y.dtype}")
+    if len(y) and y.min() < 0:
+        raise ConfigError(f"data '{source}': {yname} must hold labels >= 0, found {int(y.min())}")
+    return torch.as_tensor(x, dtype=torch.float32), torch.as_tensor(y, dtype=torch.int64)
+
+
+def _cache_dir(cfg: DataConfig) -> Path:
+    root = cfg.cache_dir or os.environ.get("RAYSSL_CACHE") or Path.home() / ".cache" / "rayssl"
+    return Path(root).expanduser()
+
+
+def _mnist1d(cfg: DataConfig):
+    """MNIST-1D (Greydanus 2020) generated with the package's `make_dataset`, cached on disk."""
+    from mnist1d.data import get_dataset_args, make_dataset
+
+    args = get_dataset_args()
+    key = hashlib.sha1(repr(sorted(vars(args).items())).encode()).hexdigest()[:10]
+    path = _cache_dir(cfg) / f"mnist1d-{key}.npz"
+    if not path.is_file():
+        data = make_dataset(args)  # deterministic: seeded by args.seed, no download
+        path.parent.mkdir(parents=True, exist_ok=True)
+        # Write then rename, so concurrent workers never read a half-written cache file.
+        with tempfile.NamedTemporaryFile(dir=path.parent, suffix=".npz", delete=False) as tmp:
+            np.savez(tmp, x=data["x"], y=data["y"], x_test=data["x_test"], y_test=data["y_test"])
+        os.replace(tmp.name, path)
+    with np.load(path) as f:
+        # (N, 40) signals become (N, 1, 40): one channel for 1D convolutions.
+        return f["x"][:, None], f["y"], f["x_test"][:, None], f["y_test"]
+
+
+def _digits(cfg: DataConfig):
+    """scikit-learn's 8x8 digits (bundled with the package), as (N, 1, 8, 8) in [0, 1]."""
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    x = digits.images.astype(np.float32)[:, None] / 16.0
+    y = digits.target
+    order = np.random.default_rng(0).permutation(len(x))
+    split = int(0.8 * len(x))
+    return x[order[:split]], y[order[:split]], x[order[split:]], y[order[split:]]
+
+
+def _synthetic(cfg: DataConfig):
+    """Random inputs of any shape; labels are a fixed random linear rule, so they are learnable."""
+    g = torch.Generator().manual_seed(1234)
+    n_test = max(cfg.num_samples // 4, 1)
+    x = torch.randn(cfg.num_samples + n_test, *cfg.shape, generator=g)
+    w = torch.randn(x[0].numel(), cfg.num_classes, generator=g)
+    y = (x.flatten(1) @ w).argmax(1)
+    return x[: cfg.num_samples], y[: cfg.num_samples], x[cfg.num_samples :], y[cfg.num_samples :]
+
+
+def _npz(cfg: DataConfig):
+    path = Path(cfg.path or "")
+    if not path.is_file():
+        raise ConfigError(f"data.path '{path}' does not exist; give a .npz with arrays x and y")
+    try:
+        with np.load(path, allow_pickle=False) as f:
+            arrays = {k: f[k] for k in f.files}
+    except Exception as exc:  # numpy raises several types for a corrupt or foreign file
+        raise ConfigError(f"data.path '{path}' is not a readable .npz file ({exc})") from None
+    missing = [k for k in ("x", "y") if k not in arrays]
+    if missing:
+        raise ConfigError(
+            f"data.path '{path}' lacks array(s) {', '.join(missing)}; "
+            f"found: {', '.join(arrays) or 'none'} (expected x, y, optional x_test, y_test)"
+        )
+    if ("x_test" in arrays) != ("y_test" in arrays):
+        raise ConfigError(f"data.path '{path}': give both x_test and y_test, or neither")
+    return arrays["x"], arrays["y"], arrays.get("x_test"), arrays.get("y_test")

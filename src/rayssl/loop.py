@@ -1,0 +1,264 @@
+"""The per-worker training loop. No Ray in here: `train.train_func` drives it inside Ray Train
+workers, and tests drive it directly.
+
+    loop = Loop(method, splits, cfg)
+    for metrics in loop.epochs():          # one dict per finished epoch
+        ...                                # report / checkpoint (Ray) or print (local)
+
+`Loop.iterate()` is the core: it runs the current epoch's optimizer steps and yields a
+`TrainingIterationStats` after each.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+from torchmetrics import MeanMetric
+
+from rayssl.config import TrainConfig
+from rayssl.data import Augment, Splits, TensorBatches
+from rayssl.methods import Method
+from rayssl.state import capture_rng, restore_rng
+
+
+@dataclass
+class TrainingIterationStats:
+    """What one optimizer step produced (as DaCapo's)."""
+
+    iteration: int  # global optimizer step, 1-based, continuing across epochs and resumes
+    loss: float
+    time: float  # seconds this step took
+
+
+class NonFiniteLossError(RuntimeError):
+    """The loss became NaN or Inf; training stops instead of corrupting the weights."""
+
+
+@dataclass
+class LoopState:
+    """Counters a checkpoint carries besides tensors."""
+
+    epoch: int = 0  # epochs finished = the 0-based index of the next epoch to run
+    global_step: int = 0
+    best: float | None = None  # best value of the early-stopping metric so far
+    best_epoch: int | None = None
+    bad_epochs: int = 0
+    history: list[dict[str, float]] = field(default_factory=list)
+
+
+class _TrainingStep(nn.Module):
+    """Routes the method's training step through `forward`, so DDP sees it and syncs grads."""
+
+    def __init__(self, method: Method):
+        super().__init__()
+        self.method = method
+
+    def forward(self, batch: Any) -> dict[str, torch.Tensor]:
+        return self.method.training_step(batch)
+
+
+class Loop:
+    """Owns devices, DDP wrapping, sharded batches, optimizer, LR schedule, clipping,
+    evaluation, early stopping and the training state; the method owns its math."""
+
+    def __init__(
+        self,
+        method: Method,
+        splits: Splits,
+        cfg: TrainConfig,
+        *,
+        device: torch.device | str = "cpu",
+        rank: int = 0,
+        world_size: int = 1,
+        wrap_model: Callable[[nn.Module], nn.Module] | None = None,
+    ):
+        self.cfg = cfg
+        self.device = torch.device(device)
+        self.rank, self.world_size = rank, world_size
+        self.method = method.to(self.device)
+        step_module = _TrainingStep(self.method)
+        self.model = wrap_model(step_module) if wrap_model else step_module
+
+        def batches(pair, batch_size: int, train: bool) -> TensorBatches | None:
+            if pair is None:
+                return None
+            x, y = (t.to(self.device) for t in pair)
+            return TensorBatches(
+                x, y, batch_size, rank=rank, world_size=world_size, shuffle=train,
+                seed=cfg.seed, drop_last=train,
+            )
+
+        self.train_batches = batches(splits.train, cfg.data.batch_size // world_size, True)
+        self.val_batches = batches(splits.val, cfg.data.eval_batch_size, False)
+        self.test_batches = batches(splits.test, cfg.data.eval_batch_size, False)
+        if len(self.train_batches) == 0:
+            raise ValueError(
+                f"each worker gets {len(self.train_batches.sampler)} samples, fewer than its "
+                f"batch of {self.train_batches.batch_size}; lower data.batch_size"
+            )
+        self.steps_per_epoch = len(self.train_batches)
+        self.total_steps = cfg.epochs * self.steps_per_epoch
+        self.optimizer, self.lr_scheduler = self.method.configure_optimizers(
+            self.total_steps, self.steps_per_epoch
+        )
+        self.augment = Augment(cfg.data.augment)
+        self.generator = torch.Generator(device=self.device)
+        self.train_loss = MeanMetric().to(self.device)
+        self.eval_loss = MeanMetric().to(self.device)
+        self.state = LoopState()
+
+    # ------------------------------------------------------------------ training
+
+    def iterate(self) -> Iterator[TrainingIterationStats]:
+        """Run the current epoch's optimizer steps, yielding stats after each."""
+        self.model.train()
+        epoch = self.state.epoch
+        for step_in_epoch, batch in enumerate(self.train_batches, start=1):
+            start = time.perf_counter()
+            x, y = batch
+            if self.augment.active:
+                x = self.augment(x, self.generator)
+            loss = self.model((x, y))["loss"]
+            self.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            loss_value = loss.item()
+            if not math.isfinite(loss_value):
+                raise NonFiniteLossError(
+                    f"loss became {loss_value} at epoch {epoch + 1}, step {step_in_epoch} "
+                    f"(global step {self.state.global_step + 1}); the weights of the last "
+                    "checkpoint are untouched: lower optimizer.lr or set grad_clip, then resume"
+                )
+            if self.cfg.grad_clip:
+                torch.nn.utils.clip_grad_norm_(self.method.parameters(), self.cfg.grad_clip)
+            self.optimizer.step()
+            if self.lr_scheduler is not None:
+                self.lr_scheduler.step()
+            self.state.global_step += 1
+            self.method.on_step_end(self.state.global_step, self.total_steps)
+            self.train_loss.update(loss.detach())
+            yield TrainingIterationStats(
+                self.state.global_step, loss_value, time.perf_counter() - start
+            )
+            if self.method.should_stop():
+                return
+
+    def run_epoch(self) -> dict[str, float]:
+        """Train one epoch, evaluate on the validation split, update early stopping."""
+        epoch = self.state.epoch
+        self.train_batches.set_epoch(epoch)
+        # Views depend only on (seed, epoch, rank): a resumed run draws the same ones.
+        self.generator.manual_seed(self.cfg.seed * 1_000_003 + epoch * 1_009 + self.rank)
+        self.method.on_epoch_start(epoch)
+        start = time.perf_counter()
+        steps = sum(1 for _ in self.iterate())
+        elapsed = time.perf_counter() - start
+        samples = steps * self.train_batches.batch_size * self.world_size
+        metrics = {
+            "epoch": epoch + 1,
+            "step": self.state.global_step,
+            "train_loss": float(self.train_loss.compute()),
+            **self.method.epoch_metrics("train"),
+            "lr": self.optimizer.param_groups[0]["lr"],
+            "samples_per_s": samples / max(elapsed, 1e-9),
+            "epoch_time_s": elapsed,
+        }
+        self.train_loss.reset()
+        metrics.update(self.evaluate("val"))
+        self.state.epoch += 1
+        self._track_best(metrics)
+        return metrics
+
+    def epochs(self) -> Iterator[dict[str, float]]:
+        """Run the remaining epochs, yielding each epoch's metrics. The last one (end of the
+        schedule, early stop, or the method's own stop) also carries test metrics."""
+        while self.state.epoch < self.cfg.epochs:
+            metrics = self.run_epoch()
+            last = self.state.epoch >= self.cfg.epochs or self.should_stop()
+            if last:
+                metrics.update(self.evaluate("test"))
+            self.state.history.append(dict(metrics))
+            yield metrics
+            if last:
+                return
+
+    # ------------------------------------------------------------------ evaluation
+
+    @torch.no_grad()
+    def evaluate(self, stage: str) -> dict[str, float]:
+        """Loss and method metrics over the whole `stage` split, reduced across ranks."""
+        batches = {"val": self.val_batches, "test": self.test_batches}[stage]
+        if batches is None:
+            return {}
+        self.method.eval()
+        step = self.method.validation_step if stage == "val" else self.method.test_step
+        for x, y in batches:
+            self.eval_loss.update(step((x, y))["loss"], weight=len(x))
+        metrics = {f"{stage}_loss": float(self.eval_loss.compute())}
+        metrics.update(self.method.epoch_metrics(stage))
+        self.eval_loss.reset()
+        self.method.train()
+        return metrics
+
+    # ------------------------------------------------------------------ early stopping
+
+    def _track_best(self, metrics: dict[str, float]) -> None:
+        es = self.cfg.early_stopping
+        if es is None:
+            return
+        if es.monitor not in metrics:
+            raise ValueError(
+                f"early_stopping.monitor '{es.monitor}' is not reported; "
+                f"choose one of: {', '.join(sorted(metrics))}"
+            )
+        value = metrics[es.monitor]
+        best = self.state.best
+        improved = best is None or (
+            value < best - es.min_delta if es.mode == "min" else value > best + es.min_delta
+        )
+        if improved:
+            self.state.best, self.state.best_epoch, self.state.bad_epochs = value, metrics["epoch"], 0
+        else:
+            self.state.bad_epochs += 1
+
+    def should_stop(self) -> bool:
+        es = self.cfg.early_stopping
+        stop_early = es is not None and self.state.bad_epochs >= es.patience
+        return stop_early or self.method.should_stop()
+
+    # ------------------------------------------------------------------ state
+
+    def state_dict(self, rng_states: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+        """Every piece of training state. `rng_states` holds one entry per rank (the caller
+        gathers them); without it, this process's RNG state is stored for rank 0."""
+        return {
+            "format": 1,
+            "method": type(self.method).__name__,
+            "config": self.cfg.model_dump(mode="json"),
+            "model": self.method.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "lr_scheduler": self.lr_scheduler.state_dict() if self.lr_scheduler else None,
+            "loop": asdict(self.state),
+            "sampler_epoch": self.train_batches.epoch,
+            "method_extra": self.method.extra_state(),
+            "rng": rng_states if rng_states is not None else [capture_rng()],
+            "world_size": self.world_size,
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore what `state_dict` saved; call on every rank before training."""
+        self.method.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        if self.lr_scheduler is not None and state["lr_scheduler"] is not None:
+            self.lr_scheduler.load_state_dict(state["lr_scheduler"])
+        self.state = LoopState(**state["loop"])
+        self.train_batches.set_epoch(state["sampler_epoch"])
+        self.method.load_extra_state(state["method_extra"])
+        rng = state["rng"]
+        if len(rng) == self.world_size:
+            restore_rng(rng[self.rank])

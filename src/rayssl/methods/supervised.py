@@ -1,0 +1,113 @@
+"""Supervised training of backbone + head (Minerva's SimpleSupervisedModel, without Lightning)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from torch import nn
+from torchmetrics import Metric, MetricCollection
+
+from rayssl.methods.base import Method
+
+
+class SimpleSupervisedModel(Method):
+    """backbone -> adapter (optional) -> flatten (optional) -> fc, trained on `loss_fn`.
+
+    Batches are `(x, y)`. Metrics are torchmetrics dicts per stage and are reported as
+    `train_<name>`, `val_<name>`, `test_<name>`; the loop reports `<stage>_loss`. Under DDP
+    torchmetrics reduces over all ranks, so a metric is the global one.
+    """
+
+    def __init__(
+        self,
+        backbone: nn.Module,
+        fc: nn.Module,
+        loss_fn: nn.Module,
+        adapter: Callable[[torch.Tensor], torch.Tensor] | None = None,
+        learning_rate: float = 1e-3,
+        flatten: bool = True,
+        train_metrics: dict[str, Metric] | None = None,
+        val_metrics: dict[str, Metric] | None = None,
+        test_metrics: dict[str, Metric] | None = None,
+        freeze_backbone: bool = False,
+        optimizer: type[torch.optim.Optimizer] = torch.optim.Adam,
+        optimizer_kwargs: dict[str, Any] | None = None,
+        lr_scheduler: Callable[..., Any] | None = None,
+        lr_scheduler_kwargs: dict[str, Any] | None = None,
+    ):
+        super().__init__()
+        self.backbone = backbone
+        self.fc = fc
+        self.loss_fn = loss_fn
+        self.adapter = adapter
+        self.learning_rate = learning_rate
+        self.flatten = flatten
+        self.freeze_backbone = freeze_backbone
+        self.optimizer = optimizer
+        self.optimizer_kwargs = dict(optimizer_kwargs or {})
+        self.lr_scheduler = lr_scheduler
+        self.lr_scheduler_kwargs = dict(lr_scheduler_kwargs or {})
+        # One MetricCollection per stage; torchmetrics keeps its state out of state_dict.
+        self.train_metrics = _collection(train_metrics, "train")
+        self.val_metrics = _collection(val_metrics, "val")
+        self.test_metrics = _collection(test_metrics, "test")
+        if freeze_backbone:
+            # Frozen before any DDP wrapping, so DDP never registers these parameters.
+            self.backbone.requires_grad_(False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.freeze_backbone:
+            self.backbone.eval()  # frozen means frozen BatchNorm statistics too
+            with torch.no_grad():
+                features = self.backbone(x)
+        else:
+            features = self.backbone(x)
+        if self.adapter is not None:
+            features = self.adapter(features)
+        if self.flatten:
+            features = features.flatten(1)
+        return self.fc(features)
+
+    def _single_step(self, batch: tuple[torch.Tensor, torch.Tensor], stage: str):
+        x, y = batch
+        y_hat = self(x)
+        loss = self.loss_fn(y_hat, y)
+        metrics = self._stage_metrics(stage)
+        if metrics is not None:
+            metrics.update(y_hat.detach(), y)
+        return {"loss": loss}
+
+    def training_step(self, batch):
+        return self._single_step(batch, "train")
+
+    def validation_step(self, batch):
+        return self._single_step(batch, "val")
+
+    def test_step(self, batch):
+        return self._single_step(batch, "test")
+
+    @torch.no_grad()
+    def predict(self, x: torch.Tensor) -> torch.Tensor:
+        """Class scores for `x` in eval mode."""
+        was_training = self.training
+        self.eval()
+        out = self(x)
+        self.train(was_training)
+        return out
+
+    def epoch_metrics(self, stage: str) -> dict[str, float]:
+        metrics = self._stage_metrics(stage)
+        if metrics is None:
+            return {}
+        values = {k: float(v) for k, v in metrics.compute().items()}
+        metrics.reset()
+        return values
+
+    def _stage_metrics(self, stage: str) -> MetricCollection | None:
+        return getattr(self, f"{stage}_metrics")
+
+
+def _collection(metrics: dict[str, Metric] | None, stage: str) -> MetricCollection | None:
+    return MetricCollection(dict(metrics), prefix=f"{stage}_") if metrics else None

@@ -1,0 +1,49 @@
+"""Learning-rate schedules over optimizer steps (pure functions plus thin torch wrappers)."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch.optim.lr_scheduler import LambdaLR, OneCycleLR, StepLR
+
+
+def warmup_cosine_factor(step: int, warmup_steps: int, total_steps: int, floor: float) -> float:
+    """LR multiplier: linear warmup to 1 over `warmup_steps`, then cosine down to `floor`."""
+    if step < warmup_steps:
+        return (step + 1) / warmup_steps
+    progress = min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps))
+    return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+class WarmupCosine:
+    """Picklable LambdaLR function (LambdaLR checkpoints its attributes)."""
+
+    def __init__(self, warmup_steps: int, total_steps: int, floor: float):
+        self.warmup_steps, self.total_steps, self.floor = warmup_steps, total_steps, floor
+
+    def __call__(self, step: int) -> float:
+        return warmup_cosine_factor(step, self.warmup_steps, self.total_steps, self.floor)
+
+
+def warmup_cosine(
+    optimizer: torch.optim.Optimizer,
+    total_steps: int,
+    steps_per_epoch: int,
+    warmup_epochs: float = 0.0,
+    min_lr_ratio: float = 0.0,
+) -> LambdaLR:
+    warmup = int(round(warmup_epochs * steps_per_epoch))
+    return LambdaLR(optimizer, WarmupCosine(warmup, total_steps, min_lr_ratio))
+
+
+def onecycle(optimizer: torch.optim.Optimizer, total_steps: int, pct_start: float = 0.3) -> OneCycleLR:
+    """One-cycle policy peaking at the optimizer's configured lr."""
+    max_lr = [group["lr"] for group in optimizer.param_groups]
+    return OneCycleLR(optimizer, max_lr=max_lr, total_steps=total_steps, pct_start=pct_start)
+
+
+def step_decay(
+    optimizer: torch.optim.Optimizer, steps_per_epoch: int, step_epochs: int, gamma: float
+) -> StepLR:
+    return StepLR(optimizer, step_size=step_epochs * steps_per_epoch, gamma=gamma)

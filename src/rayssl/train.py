@@ -1,0 +1,327 @@
+"""Run the per-worker loop on Ray Train: `train_func` on every worker, `fit` on the driver."""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pyarrow.fs
+import torch
+
+from rayssl.build import build_method
+from rayssl.config import ConfigError, TrainConfig
+from rayssl.data import Splits, load_splits
+from rayssl.loop import Loop
+from rayssl.state import STATE_FILE, capture_rng, load_state, save_state, seed_everything
+
+# Fault injection for tests: the workers of an attempt that started before epoch k raise
+# right after reporting epoch k's checkpoint (a restarted attempt resumes at k, so it runs on).
+CRASH_ENV = "RAYSSL_CRASH_AFTER_EPOCH"
+
+
+class RunFailed(RuntimeError):
+    """The training run failed after it started (exit code 1)."""
+
+
+# ============================================================================ workers
+
+
+def train_func(config: dict[str, Any]) -> None:
+    """Ray Train's per-worker entry point: build, restore, train, report every epoch."""
+    import ray
+    import ray.train
+    import ray.train.torch
+
+    cfg = TrainConfig.model_validate(config["config"])
+    context = ray.train.get_context()
+    rank, world_size = context.get_world_rank(), context.get_world_size()
+    torch.set_num_threads(max(1, int(cfg.cpus_per_worker)))
+
+    splits: Splits = ray.get(config["splits"])
+    seed_everything(cfg.seed)  # identical initial weights on every rank
+    method = build_method(cfg, splits.sample_shape, splits.num_classes)
+    seed_everything(cfg.seed + 7919 * (rank + 1))  # then per-rank randomness (e.g. dropout)
+    loop = Loop(
+        method, splits, cfg,
+        device=ray.train.torch.get_device(), rank=rank, world_size=world_size,
+        wrap_model=ray.train.torch.prepare_model,
+    )
+
+    checkpoint = ray.train.get_checkpoint()
+    if checkpoint is not None:
+        with checkpoint.as_directory() as directory:
+            loop.load_state_dict(load_state(directory))
+    first_epoch = loop.state.epoch
+    crash_after = int(os.environ.get(CRASH_ENV, "0") or 0)
+
+    started = time.perf_counter()
+    for metrics in loop.epochs():
+        rng_states = _gather(capture_rng(), world_size)
+        with tempfile.TemporaryDirectory() as tmp:
+            ckpt = None
+            if rank == 0:
+                save_state(loop.state_dict(rng_states), tmp)
+                ckpt = ray.train.Checkpoint.from_directory(tmp)
+            ray.train.report(metrics, checkpoint=ckpt)
+        if rank == 0:
+            print(progress_line(metrics, cfg, loop.state.epoch - first_epoch, started), flush=True)
+        if first_epoch < crash_after == loop.state.epoch:
+            raise RuntimeError(f"{CRASH_ENV}: injected failure after epoch {crash_after}")
+
+
+def _gather(obj: Any, world_size: int) -> list[Any]:
+    if world_size == 1:
+        return [obj]
+    gathered: list[Any] = [None] * world_size
+    torch.distributed.all_gather_object(gathered, obj)
+    return gathered
+
+
+def progress_line(metrics: dict[str, float], cfg: TrainConfig, done: int, started: float) -> str:
+    """One short line per epoch: loss, the headline metric, throughput and ETA."""
+    epoch = int(metrics["epoch"])
+    per_epoch = (time.perf_counter() - started) / max(done, 1)
+    eta = per_epoch * (cfg.epochs - epoch)
+    parts = [f"[rayssl] epoch {epoch}/{cfg.epochs}", f"train_loss {metrics['train_loss']:.4f}"]
+    for key in ("val_accuracy", "val_loss", "test_accuracy"):
+        if key in metrics:
+            parts.append(f"{key} {metrics[key]:.4f}")
+    parts += [f"{metrics['samples_per_s']:,.0f} samples/s", f"ETA {eta:.0f}s"]
+    return "  ".join(parts)
+
+
+# ============================================================================ driver
+
+
+@dataclass
+class Storage:
+    """Where runs live: a local folder or a cloud URI, reached through pyarrow's filesystems."""
+
+    uri: str  # absolute local path or URI, as given to RunConfig.storage_path
+
+    @classmethod
+    def resolve(cls, storage_path: str) -> Storage:
+        if "://" in storage_path:
+            return cls(storage_path)
+        path = Path(storage_path).expanduser().resolve()
+        try:
+            path.mkdir(parents=True, exist_ok=True)
+            with tempfile.NamedTemporaryFile(dir=path, prefix=".rayssl-write-test"):
+                pass
+        except OSError as exc:
+            raise ConfigError(
+                f"storage_path '{storage_path}' is not writable ({exc.strerror}); "
+                "choose a folder you can write to"
+            ) from None
+        return cls(str(path))
+
+    def _fs(self) -> tuple[pyarrow.fs.FileSystem, str]:
+        return pyarrow.fs.FileSystem.from_uri(self.uri)
+
+    def runs(self) -> list[str]:
+        fs, base = self._fs()
+        infos = fs.get_file_info(pyarrow.fs.FileSelector(base, allow_not_found=True))
+        return sorted(i.base_name for i in infos if i.type == pyarrow.fs.FileType.Directory)
+
+    def checkpoints(self, run: str) -> list[str]:
+        fs, base = self._fs()
+        infos = fs.get_file_info(pyarrow.fs.FileSelector(f"{base}/{run}", allow_not_found=True))
+        names = [i.base_name for i in infos if i.type == pyarrow.fs.FileType.Directory]
+        # Ray names checkpoint folders checkpoint_<timestamp>: sorting by name sorts by time.
+        return sorted(n for n in names if n.startswith("checkpoint_"))
+
+    def read_state(self, run: str, checkpoint: str) -> dict[str, Any]:
+        fs, base = self._fs()
+        with tempfile.TemporaryDirectory() as tmp:
+            pyarrow.fs.copy_files(
+                f"{base}/{run}/{checkpoint}/{STATE_FILE}", f"{tmp}/{STATE_FILE}",
+                source_filesystem=fs, destination_filesystem=pyarrow.fs.LocalFileSystem(),
+            )
+            return load_state(tmp)
+
+    def write_text(self, run: str, name: str, text: str) -> str:
+        fs, base = self._fs()
+        path = f"{base}/{run}/{name}"
+        tmp = f"{base}/{run}/.{name}.tmp"
+        with fs.open_output_stream(tmp) as f:
+            f.write(text.encode())
+        fs.move(tmp, path)
+        return path
+
+
+def pick_run_name(cfg: TrainConfig, storage: Storage, resume: bool) -> str:
+    """A new run gets `<name>-<timestamp>`; `resume` picks the newest run of that name
+    that has a checkpoint."""
+    base = cfg.name or "run"
+    if resume:
+        candidates = [
+            r for r in storage.runs()
+            if (r == base or r.startswith(f"{base}-")) and storage.checkpoints(r)
+        ]
+        if not candidates:
+            raise ConfigError(
+                f"--resume: no run named '{base}' with a checkpoint under '{storage.uri}'; "
+                "start it without --resume first"
+            )
+        return max(candidates, key=lambda r: storage.checkpoints(r)[-1])
+    name = f"{base}-{time.strftime('%Y%m%d-%H%M%S')}"
+    existing = set(storage.runs())
+    suffix = 1
+    while (candidate := name if suffix == 1 else f"{name}-{suffix}") in existing:
+        suffix += 1
+    return candidate
+
+
+def check_resumable(cfg: TrainConfig, storage: Storage, run: str, method_state: dict) -> None:
+    """Refuse to resume a checkpoint of another method or other weight shapes."""
+    state = storage.read_state(run, storage.checkpoints(run)[-1])
+    if state["method"] != cfg.method and state["config"]["method"] != cfg.method:
+        raise ConfigError(
+            f"--resume: run '{run}' was trained with method '{state['config']['method']}', "
+            f"this config says '{cfg.method}'"
+        )
+    saved = {k: tuple(v.shape) for k, v in state["model"].items()}
+    wanted = {k: tuple(v.shape) for k, v in method_state.items()}
+    if saved != wanted:
+        diff = sorted(set(saved.items()) ^ set(wanted.items()))
+        raise ConfigError(
+            f"--resume: the checkpoint of run '{run}' does not fit this config's network "
+            f"(first difference: {diff[0][0]}); use the config the run was started with"
+        )
+
+
+def preflight(cfg: TrainConfig) -> tuple[Splits, dict[str, torch.Tensor]]:
+    """Load the data and push two samples through the method on the driver, so bad data or a
+    backbone that cannot take it fails with one line before Ray starts."""
+    splits = load_splits(cfg.data, cfg.seed)
+    try:
+        seed_everything(cfg.seed)
+        method = build_method(cfg, splits.sample_shape, splits.num_classes)
+        method.eval()
+        with torch.no_grad():
+            method.validation_step((splits.train[0][:2], splits.train[1][:2]))
+    except (RuntimeError, ValueError, TypeError) as exc:
+        first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ConfigError(
+            f"backbone '{cfg.backbone.name}' / head '{cfg.head.name}' cannot take samples of "
+            f"shape {splits.sample_shape} from data '{cfg.data.name}': {first_line}"
+        ) from None
+    return splits, method.state_dict()
+
+
+def init_ray(cfg: TrainConfig) -> None:
+    """Join the cluster in RAY_ADDRESS (or the job's cluster), else start a local Ray."""
+    import ray
+
+    if not ray.is_initialized():
+        if os.environ.get("RAY_ADDRESS"):
+            ray.init(log_to_driver=True)
+        else:
+            ray.init(include_dashboard=False, log_to_driver=True)
+    resources = ray.cluster_resources()
+    cpus_needed = cfg.num_workers * cfg.cpus_per_worker
+    if cpus_needed > resources.get("CPU", 0):
+        raise ConfigError(
+            f"num_workers x cpus_per_worker = {cpus_needed:g} CPUs, but the Ray cluster has "
+            f"{resources.get('CPU', 0):g}; lower num_workers or cpus_per_worker"
+        )
+    if cfg.use_gpu and cfg.num_workers > resources.get("GPU", 0):
+        raise ConfigError(
+            f"use_gpu with num_workers={cfg.num_workers} needs {cfg.num_workers} GPUs, the Ray "
+            f"cluster has {resources.get('GPU', 0):g}; lower num_workers or set use_gpu: false"
+        )
+
+
+def build_trainer(cfg: TrainConfig, splits_ref: Any, storage: Storage, run: str, callbacks=None):
+    """The TorchTrainer of one run (also used by `rayssl tune`, one per trial)."""
+    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchTrainer
+
+    ck = cfg.checkpoint
+    return TorchTrainer(
+        train_func,
+        train_loop_config={"config": cfg.model_dump(mode="json"), "splits": splits_ref},
+        scaling_config=ScalingConfig(
+            num_workers=cfg.num_workers,
+            use_gpu=cfg.use_gpu,
+            resources_per_worker={"CPU": cfg.cpus_per_worker, **({"GPU": 1} if cfg.use_gpu else {})},
+        ),
+        run_config=RunConfig(
+            name=run,
+            storage_path=storage.uri,
+            failure_config=FailureConfig(max_failures=cfg.max_failures),
+            checkpoint_config=CheckpointConfig(
+                num_to_keep=ck.num_to_keep,
+                checkpoint_score_attribute=ck.score_attribute,
+                checkpoint_score_order=ck.score_order,
+            ),
+            callbacks=callbacks,
+        ),
+    )
+
+
+def fit(cfg: TrainConfig, *, resume: bool = False) -> dict[str, Any]:
+    """Validate inputs, run the TorchTrainer, write `summary.json`; return the summary."""
+    import ray
+    from ray.train import TrainingFailedError
+
+    splits, method_state = preflight(cfg)
+    storage = Storage.resolve(cfg.storage_path)
+    run = pick_run_name(cfg, storage, resume)
+    if resume:
+        check_resumable(cfg, storage, run, method_state)
+    init_ray(cfg)
+    trainer = build_trainer(cfg, ray.put(splits), storage, run)
+    started = time.time()
+    try:
+        result = trainer.fit()
+    except TrainingFailedError as exc:
+        raise RunFailed(f"run '{run}' failed: {worker_error(exc)}") from None
+    summary = summarize(cfg, result, run, storage, wall_s=time.time() - started)
+    summary["path"] = storage.write_text(run, "summary.json", json.dumps(summary, indent=2))
+    return summary
+
+
+def worker_error(exc: Exception) -> str:
+    """The first worker's own error line, without Ray's traceback around it."""
+    failures = getattr(exc, "worker_failures", None) or {}
+    for _, failure in sorted(failures.items()):
+        cause = getattr(failure, "cause", None) or failure
+        text = f"{type(cause).__name__}: {cause}"
+        return text.strip().splitlines()[-1] if "Traceback" in text else text.splitlines()[0]
+    return str(exc).strip().splitlines()[-1]
+
+
+def summarize(cfg: TrainConfig, result: Any, run: str, storage: Storage, wall_s: float) -> dict:
+    with result.checkpoint.as_directory() as directory:
+        state = load_state(directory)
+    history: list[dict[str, float]] = state["loop"]["history"]
+    if cfg.early_stopping is not None:
+        monitor, mode = cfg.early_stopping.monitor, cfg.early_stopping.mode
+    elif any("val_accuracy" in h for h in history):
+        monitor, mode = "val_accuracy", "max"
+    else:
+        monitor, mode = ("val_loss" if any("val_loss" in h for h in history) else "train_loss"), "min"
+    scored = [h for h in history if monitor in h]
+    best = (max if mode == "max" else min)(scored, key=lambda h: h[monitor]) if scored else None
+    final = history[-1]
+    return {
+        "run": run,
+        "method": cfg.method,
+        "epochs_run": int(final["epoch"]),
+        "global_steps": int(final["step"]),
+        "stopped_early": int(final["epoch"]) < cfg.epochs,
+        "final_metrics": final,
+        "best": {"metric": monitor, "mode": mode, "value": best[monitor] if best else None,
+                 "epoch": int(best["epoch"]) if best else None},
+        "wall_time_s": wall_s,
+        "mean_samples_per_s": sum(h["samples_per_s"] for h in history) / len(history),
+        "checkpoint": result.checkpoint.path,
+        "config": cfg.model_dump(mode="json"),
+        "history": history,
+    }
