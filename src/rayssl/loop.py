@@ -148,13 +148,18 @@ class Loop:
             if self.method.should_stop():
                 return
 
-    def run_epoch(self) -> dict[str, float]:
-        """Train one epoch, evaluate on the validation split, update early stopping."""
+    def start_epoch(self) -> None:
+        """Set the sampler's epoch, reseed the view generator, call the method's hook."""
         epoch = self.state.epoch
         self.train_batches.set_epoch(epoch)
         # Views depend only on (seed, epoch, rank): a resumed run draws the same ones.
         self.generator.manual_seed(self.cfg.seed * 1_000_003 + epoch * 1_009 + self.rank)
         self.method.on_epoch_start(epoch)
+
+    def run_epoch(self) -> dict[str, float]:
+        """Train one epoch, evaluate on the validation split, update early stopping."""
+        epoch = self.state.epoch
+        self.start_epoch()
         start = time.perf_counter()
         steps = sum(1 for _ in self.iterate())
         elapsed = time.perf_counter() - start

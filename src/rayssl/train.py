@@ -222,7 +222,7 @@ def init_ray(cfg: TrainConfig) -> None:
         if os.environ.get("RAY_ADDRESS"):
             ray.init(log_to_driver=True)
         else:
-            ray.init(include_dashboard=False, log_to_driver=True)
+            ray.init(log_to_driver=True)
     resources = ray.cluster_resources()
     cpus_needed = cfg.num_workers * cfg.cpus_per_worker
     if cpus_needed > resources.get("CPU", 0):
@@ -239,7 +239,7 @@ def init_ray(cfg: TrainConfig) -> None:
 
 def build_trainer(cfg: TrainConfig, splits_ref: Any, storage: Storage, run: str, callbacks=None):
     """The TorchTrainer of one run (also used by `rayssl tune`, one per trial)."""
-    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train import CheckpointConfig, FailureConfig, LoggingConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
     ck = cfg.checkpoint
@@ -261,6 +261,8 @@ def build_trainer(cfg: TrainConfig, splits_ref: Any, storage: Storage, run: str,
                 checkpoint_score_order=ck.score_order,
             ),
             callbacks=callbacks,
+            # Ray Train's per-report INFO lines drown rayssl's own progress line.
+            logging_config=LoggingConfig(log_level="WARNING"),
         ),
     )
 

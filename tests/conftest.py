@@ -1,0 +1,49 @@
+"""Shared fixtures: a real local Ray (few CPUs), tiny configs, and a per-test MNIST-1D cache."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import yaml
+
+# One thread per process: tests run 2 Ray workers on a 2-core machine.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+TINY = {
+    "epochs": 3,
+    "num_workers": 2,
+    "max_failures": 0,
+    "data": {"name": "synthetic", "shape": [1, 16], "num_samples": 256, "batch_size": 32},
+    "backbone": {"name": "cnn1d", "width": 8},
+    "optimizer": {"name": "adamw", "lr": 3e-3},
+    "lr_scheduler": {"name": "warmup_cosine", "warmup_epochs": 1},
+}
+
+
+@pytest.fixture
+def write_config(tmp_path: Path):
+    """Write a config dict (merged over TINY unless base=None) to a YAML file; return its path."""
+
+    def write(overrides: dict | None = None, *, name: str = "tiny", base: dict | None = TINY):
+        from rayssl.config import deep_merge
+
+        cfg = deep_merge(base or {}, overrides or {})
+        cfg.setdefault("storage_path", str(tmp_path / "runs"))
+        path = tmp_path / f"{name}.yaml"
+        path.write_text(yaml.safe_dump(cfg))
+        return path
+
+    return write
+
+
+@pytest.fixture(scope="session")
+def ray_session():
+    """A real local Ray with 4 logical CPUs on this 2-core machine, shared by the session."""
+    import ray
+
+    if not ray.is_initialized():
+        ray.init(num_cpus=4, include_dashboard=False, log_to_driver=False)
+    yield ray
+    ray.shutdown()

@@ -1,0 +1,64 @@
+import pytest
+
+from rayssl.config import (
+    ConfigError,
+    TrainConfig,
+    load_train_config,
+    parse_overrides,
+    validate_train_config,
+)
+
+
+def test_empty_config_is_a_valid_supervised_mnist1d_run():
+    cfg = validate_train_config({})
+    assert cfg.method == "supervised" and cfg.data.name == "mnist1d"
+
+
+def test_overrides_are_yaml_typed_and_nested(write_config):
+    path = write_config()
+    cfg = load_train_config(path, ["optimizer.lr=0.5", "data.augment.shift=3", "use_gpu=false"])
+    assert cfg.optimizer.lr == 0.5 and cfg.data.augment.shift == 3 and cfg.use_gpu is False
+    assert cfg.name == "tiny"  # defaults to the file stem
+
+
+@pytest.mark.parametrize(
+    "raw, expected",
+    [
+        ({"optimzer": {}}, "optimzer: unknown key; accepted keys here: method,"),
+        ({"optimizer": {"lr": 0}}, "optimizer.lr: Input should be greater than 0 (got 0)"),
+        ({"optimizer": {"name": "lamb"}}, "optimizer.name: Input should be 'adam', 'adamw' or 'sgd'"),
+        ({"epochs": "ten"}, "epochs: Input should be a valid integer"),
+        ({"data": {"batch_size": 33}, "num_workers": 2}, "must be divisible by num_workers"),
+        ({"backbone": {"name": "nope.module:fn"}}, "backbone.name 'nope.module:fn': cannot import"),
+        ({"backbone": {"name": "cnn1d", "widht": 3}}, "unknown option 'widht'; accepted: width"),
+        ({"data": {"name": "npz"}}, "data.path is required"),
+        ({"data": {"augment": {"scale": 1.5}}}, "data.augment.scale: Input should be less than 1"),
+    ],
+)
+def test_bad_values_name_the_field(raw, expected):
+    with pytest.raises(ConfigError) as info:
+        validate_train_config(raw)
+    message = str(info.value)
+    assert expected in message
+    assert "\n" not in message
+
+
+def test_bad_yaml_and_missing_file(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("epochs: [1,\n")
+    with pytest.raises(ConfigError, match="not valid YAML at line"):
+        load_train_config(bad)
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_train_config(tmp_path / "missing.yaml")
+
+
+def test_override_needs_key_value():
+    with pytest.raises(ConfigError, match="expected KEY=VALUE"):
+        parse_overrides(["optimizer.lr"])
+
+
+def test_user_factory_kwargs_are_checked():
+    cfg = TrainConfig(backbone={"name": "torch.nn:Identity"})
+    assert cfg.backbone.name == "torch.nn:Identity"  # Identity(*args, **kwargs) takes anything
+    with pytest.raises(ConfigError, match="has no attribute 'Nope'"):
+        validate_train_config({"backbone": {"name": "torch.nn:Nope"}})

@@ -1,0 +1,95 @@
+import numpy as np
+import pytest
+import torch
+
+from rayssl.config import ConfigError, DataConfig
+from rayssl.data import Augment, TensorBatches, load_splits
+from rayssl.data.augment import random_shift
+
+
+def test_mnist1d_is_generated_offline_and_cached(tmp_path):
+    cfg = DataConfig(name="mnist1d", cache_dir=str(tmp_path), val_fraction=0.1)
+    splits = load_splits(cfg)
+    assert splits.sample_shape == (1, 40) and splits.num_classes == 10
+    assert len(splits.train[0]) == 3600 and len(splits.val[0]) == 400 and len(splits.test[0]) == 1000
+    assert len(list(tmp_path.glob("mnist1d-*.npz"))) == 1
+    again = load_splits(cfg)
+    assert torch.equal(again.train[0], splits.train[0])
+
+
+def test_digits_and_synthetic_shapes():
+    digits = load_splits(DataConfig(name="digits", val_fraction=0.0))
+    assert digits.sample_shape == (1, 8, 8) and digits.val is None
+    assert len(digits.train[0]) + len(digits.test[0]) == 1797
+    synth = load_splits(DataConfig(name="synthetic", shape=[3, 5, 7], num_samples=64, batch_size=8))
+    assert synth.sample_shape == (3, 5, 7) and synth.num_classes <= 10
+
+
+def test_npz_user_arrays(tmp_path):
+    path = tmp_path / "d.npz"
+    np.savez(path, x=np.random.rand(50, 2, 10), y=np.arange(50) % 3)
+    splits = load_splits(DataConfig(name="npz", path=str(path), batch_size=8, val_fraction=0.2))
+    assert splits.sample_shape == (2, 10) and splits.num_classes == 3 and splits.test is None
+    assert len(splits.train[0]) == 40
+
+
+@pytest.mark.parametrize(
+    "arrays, expected",
+    [
+        ({"x": np.random.rand(20, 4)}, "lacks array(s) y"),
+        ({"x": np.full((20, 4), np.nan), "y": np.zeros(20)}, "NaN/Inf"),
+        ({"x": np.random.rand(20, 4), "y": np.zeros(19)}, "one label per sample"),
+        ({"x": np.random.rand(20, 4), "y": np.full(20, 0.5)}, "integer class labels"),
+        ({"x": np.random.rand(20, 4), "y": np.zeros(20), "x_test": np.zeros((3, 4))}, "both x_test"),
+    ],
+)
+def test_malformed_npz_gives_one_line(tmp_path, arrays, expected):
+    path = tmp_path / "bad.npz"
+    np.savez(path, **arrays)
+    with pytest.raises(ConfigError, match=expected.replace("(", r"\(").replace(")", r"\)")):
+        load_splits(DataConfig(name="npz", path=str(path), batch_size=4))
+
+
+def test_missing_file_and_batch_larger_than_data(tmp_path):
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_splits(DataConfig(name="npz", path=str(tmp_path / "nope.npz")))
+    with pytest.raises(ConfigError, match="larger than the training set"):
+        load_splits(DataConfig(name="synthetic", num_samples=16, batch_size=64))
+
+
+def test_batches_shard_disjointly_and_reshuffle_per_epoch():
+    x = torch.arange(100).float()[:, None]
+    y = torch.arange(100)
+    shards = [TensorBatches(x, y, 10, rank=r, world_size=2, seed=3) for r in range(2)]
+    seen = [torch.cat([b[1] for b in s]) for s in shards]
+    assert len(seen[0]) == len(seen[1]) == 50
+    assert set(seen[0].tolist()).isdisjoint(seen[1].tolist())
+    first = seen[0].clone()
+    shards[0].set_epoch(1)
+    assert not torch.equal(torch.cat([b[1] for b in shards[0]]), first)
+
+
+def test_eval_batches_cover_every_sample_once():
+    x, y = torch.zeros(7, 1), torch.arange(7)
+    shards = [TensorBatches(x, y, 2, rank=r, world_size=2, shuffle=False, drop_last=False) for r in range(2)]
+    labels = sorted(torch.cat([b[1] for s in shards for b in s]).tolist())
+    assert labels == list(range(7))
+
+
+def test_augment_is_reproducible_from_the_generator():
+    from rayssl.config import AugmentConfig
+
+    aug = Augment(AugmentConfig(shift=3, scale=0.2, jitter=0.1))
+    x = torch.randn(8, 1, 40)
+    a = aug(x, torch.Generator().manual_seed(5))
+    b = aug(x, torch.Generator().manual_seed(5))
+    c = aug(x, torch.Generator().manual_seed(6))
+    assert torch.equal(a, b) and not torch.equal(a, c) and a.shape == x.shape
+
+
+def test_shift_moves_samples_without_wrapping():
+    x = torch.arange(10.0).view(1, 1, 10).repeat(64, 1, 1)
+    out = random_shift(x, 2, torch.Generator().manual_seed(0))
+    diffs = (out - x)[:, 0, 5]  # an interior position moves by exactly -shift
+    assert set(diffs.tolist()) <= {-2.0, -1.0, 0.0, 1.0, 2.0} and len(set(diffs.tolist())) > 1
+    assert out.min() == 0 and out.max() == 9  # edges repeat, values never wrap around

@@ -1,0 +1,96 @@
+import pytest
+import torch
+
+from rayssl.build import build_method
+from rayssl.config import validate_train_config
+from rayssl.data import load_splits
+from rayssl.dummy import DummyTrainer
+from rayssl.loop import Loop, NonFiniteLossError, TrainingIterationStats
+from rayssl.state import load_state, save_state, seed_everything
+
+from conftest import TINY
+
+
+def _loop(overrides=None):
+    from rayssl.config import deep_merge
+
+    base = {**TINY, "num_workers": 1}
+    if overrides and "backbone" in overrides:
+        base.pop("backbone")  # a different backbone takes none of TINY's backbone options
+    cfg = validate_train_config(deep_merge(base, overrides or {}))
+    splits = load_splits(cfg.data, cfg.seed)
+    seed_everything(cfg.seed)
+    method = build_method(cfg, splits.sample_shape, splits.num_classes)
+    return Loop(method, splits, cfg)
+
+
+def test_dummy_trainer_iterate_yields_stats_across_epochs():
+    trainer = DummyTrainer({"data": {"num_samples": 128, "batch_size": 32}})
+    stats = list(trainer.iterate(10))  # 3 steps per epoch: crosses three epoch boundaries
+    assert [s.iteration for s in stats] == list(range(1, 11))
+    assert all(isinstance(s, TrainingIterationStats) and s.time > 0 for s in stats)
+    assert trainer.loop.steps_per_epoch == 3 and trainer.loop.state.epoch == 3
+    with pytest.raises(ValueError, match="positive"):
+        next(trainer.iterate(0))
+
+
+def test_training_reduces_loss_on_learnable_data():
+    loop = _loop({"epochs": 15, "data": {"num_samples": 512}, "optimizer": {"lr": 1e-2},
+                  "backbone": {"name": "mlp", "hidden": [64]}})
+    history = list(loop.epochs())
+    assert len(history) == 15
+    assert history[-1]["train_loss"] < 0.7 * history[0]["train_loss"]
+    assert history[-1]["val_accuracy"] > 0.4  # chance is 0.1
+    assert "test_accuracy" in history[-1] and "test_accuracy" not in history[0]
+
+
+def test_nan_loss_stops_with_epoch_and_step():
+    loop = _loop()
+    loop.method.fc.weight.data.fill_(float("nan"))
+    with pytest.raises(NonFiniteLossError, match=r"loss became nan at epoch 1, step 1 \(global step 1\)"):
+        next(loop.epochs())
+
+
+def test_early_stopping_stops_after_patience():
+    # lr so small nothing improves by min_delta: stops after 1 + patience epochs.
+    loop = _loop({
+        "epochs": 20, "optimizer": {"lr": 1e-9},
+        "early_stopping": {"monitor": "val_loss", "mode": "min", "patience": 2, "min_delta": 0.1},
+    })
+    history = list(loop.epochs())
+    assert len(history) == 3 and loop.state.best_epoch == 1
+    assert "test_loss" in history[-1]
+
+
+def test_early_stopping_on_unknown_metric_names_the_choices():
+    loop = _loop({"early_stopping": {"monitor": "val_f1"}})
+    with pytest.raises(ValueError, match="not reported; choose one of: .*val_accuracy"):
+        next(loop.epochs())
+
+
+def test_state_round_trip_resumes_exactly(tmp_path):
+    """Single process: 2 epochs + save + restore in a fresh loop + 2 epochs == 4 epochs."""
+    overrides = {"epochs": 4, "data": {"augment": {"shift": 2, "jitter": 0.1}},
+                 "backbone": {"name": "mlp", "hidden": [16], "dropout": 0.2}}
+    straight = _loop(overrides)
+    list(straight.epochs())
+
+    first = _loop(overrides)
+    epochs = first.epochs()
+    next(epochs), next(epochs)
+    save_state(first.state_dict(), tmp_path)
+    torch.manual_seed(999)  # the restore must not depend on this process's RNG
+    second = _loop(overrides)
+    second.load_state_dict(load_state(tmp_path))
+    rest = list(second.epochs())
+    assert [h["epoch"] for h in rest] == [3, 4]
+    assert second.state.global_step == straight.state.global_step
+    for key, value in straight.method.state_dict().items():
+        assert torch.equal(value, second.method.state_dict()[key]), key
+
+    def timeless(h):
+        return {k: v for k, v in h.items() if k not in ("samples_per_s", "epoch_time_s")}
+
+    assert [timeless(h) for h in second.state.history] == [
+        timeless(h) for h in straight.state.history
+    ]

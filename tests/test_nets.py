@@ -1,0 +1,45 @@
+import pytest
+import torch
+from torch import nn
+
+from rayssl import nets
+
+
+@pytest.mark.parametrize(
+    "factory, shape, features",
+    [
+        (nets.mlp, (1, 40), 256),
+        (nets.cnn1d, (1, 40), 64),
+        (nets.cnn1d, (40,), 64),
+        (nets.cnn2d, (1, 8, 8), 128),
+        (nets.resnet18, (3, 16, 16), 512),
+    ],
+)
+def test_backbones_map_samples_to_features(factory, shape, features):
+    net = nets.call_factory(factory, {}, input_shape=shape)
+    assert net(torch.randn(4, *shape)).shape == (4, features)
+    assert nets.output_features(net, shape) == features
+
+
+def test_resnet18_has_resnet18_depth():
+    net = nets.resnet18((3, 32, 32))
+    convs = [m for m in net.modules() if isinstance(m, nn.Conv2d) and m.kernel_size == (3, 3)]
+    assert len(convs) == 17  # stem + 8 blocks x 2
+
+
+def test_user_factory_gets_only_the_inferred_args_it_accepts():
+    def factory(in_features, hidden=4):
+        return nn.Linear(in_features, hidden)
+
+    net = nets.call_factory(factory, {"hidden": 3}, in_features=5, num_classes=10)
+    assert net.out_features == 3
+
+
+def test_factory_must_return_a_module():
+    with pytest.raises(TypeError, match="not nn.Module"):
+        nets.call_factory(lambda: 3, {})
+
+
+def test_cnn1d_rejects_images():
+    with pytest.raises(ValueError, match="cnn1d takes"):
+        nets.cnn1d((3, 8, 8))
