@@ -38,6 +38,7 @@ def train_func(config: dict[str, Any]) -> None:
     import ray.train.torch
 
     cfg = TrainConfig.model_validate(config["config"])
+    _quiet_report_logs()
     context = ray.train.get_context()
     rank, world_size = context.get_world_rank(), context.get_world_size()
     torch.set_num_threads(max(1, int(cfg.cpus_per_worker)))
@@ -72,6 +73,16 @@ def train_func(config: dict[str, Any]) -> None:
             print(progress_line(metrics, cfg, loop.state.epoch - first_epoch, started), flush=True)
         if first_epoch < crash_after == loop.state.epoch:
             raise RuntimeError(f"{CRASH_ENV}: injected failure after epoch {crash_after}")
+
+
+def _quiet_report_logs() -> None:
+    """Ray Train logs every report at INFO under a logger named after its source file, which
+    its LoggingConfig does not reach; rayssl prints its own one-line progress instead."""
+    import logging
+
+    from ray.train.v2._internal.execution import context
+
+    logging.getLogger(context.__file__).setLevel(logging.WARNING)
 
 
 def _gather(obj: Any, world_size: int) -> list[Any]:
@@ -237,8 +248,19 @@ def init_ray(cfg: TrainConfig) -> None:
         )
 
 
+# Ray Train's controller collects worker reports when it polls them (every 2 s by default),
+# and a worker's report blocks until collected: with short epochs that poll dominated the run.
+RAY_TRAIN_ENV = {
+    "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.2",
+    # Without this, Ray Train routes print() through a logger that echoes it a second time.
+    "RAY_TRAIN_ENABLE_PRINT_PATCH": "0",
+}
+
+
 def build_trainer(cfg: TrainConfig, splits_ref: Any, storage: Storage, run: str, callbacks=None):
     """The TorchTrainer of one run (also used by `rayssl tune`, one per trial)."""
+    for key, value in RAY_TRAIN_ENV.items():
+        os.environ.setdefault(key, value)
     from ray.train import CheckpointConfig, FailureConfig, LoggingConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
