@@ -29,7 +29,11 @@ def write_config(tmp_path: Path):
     def write(overrides: dict | None = None, *, name: str = "tiny", base: dict | None = TINY):
         from rayssl.config import deep_merge
 
-        cfg = deep_merge(base or {}, overrides or {})
+        base = dict(base or {})
+        overrides = overrides or {}
+        if "name" in overrides.get("backbone", {}):
+            base.pop("backbone", None)  # another backbone takes none of the base's options
+        cfg = deep_merge(base, overrides)
         cfg.setdefault("storage_path", str(tmp_path / "runs"))
         path = tmp_path / f"{name}.yaml"
         path.write_text(yaml.safe_dump(cfg))

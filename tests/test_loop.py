@@ -16,7 +16,7 @@ def _loop(overrides=None):
 
     base = {**TINY, "num_workers": 1}
     if overrides and "backbone" in overrides:
-        base.pop("backbone")  # a different backbone takes none of TINY's backbone options
+        base.pop("backbone")  # another backbone takes none of TINY's backbone options
     cfg = validate_train_config(deep_merge(base, overrides or {}))
     splits = load_splits(cfg.data, cfg.seed)
     seed_everything(cfg.seed)

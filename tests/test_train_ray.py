@@ -33,8 +33,11 @@ def _train(config: Path, *args: str, env: dict | None = None) -> subprocess.Comp
 
 def _final_state(storage: Path, name: str) -> dict:
     (run,) = [p for p in storage.iterdir() if p.name.startswith(f"{name}-")]
-    latest = sorted(run.glob("checkpoint_*"))[-1]
-    return load_state(latest)
+    return load_state(_checkpoints(run)[-1])
+
+
+def _checkpoints(run: Path) -> list[Path]:
+    return sorted(p for p in run.glob("checkpoint_*") if p.is_dir())
 
 
 def _assert_same_training_state(a: dict, b: dict) -> None:
@@ -69,7 +72,7 @@ def test_interrupted_and_resumed_equals_uninterrupted(write_config, tmp_path):
     assert summary["best"]["metric"] == "val_accuracy" and summary["config"]["epochs"] == 4
     assert "test_accuracy" in summary["final_metrics"] and summary["mean_samples_per_s"] > 0
     # num_to_keep: 2 (the default) bounds the checkpoints on disk
-    assert len(list(cut_run.glob("checkpoint_*"))) == 2
+    assert len(_checkpoints(cut_run)) == 2
 
 
 def test_failed_worker_restarts_from_checkpoint_with_failure_config(write_config, tmp_path):
