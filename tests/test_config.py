@@ -26,7 +26,10 @@ def test_overrides_are_yaml_typed_and_nested(write_config):
     [
         ({"optimzer": {}}, "optimzer: unknown key; accepted keys here: method,"),
         ({"optimizer": {"lr": 0}}, "optimizer.lr: Input should be greater than 0 (got 0)"),
-        ({"optimizer": {"name": "lamb"}}, "optimizer.name: Input should be 'adam', 'adamw' or 'sgd'"),
+        (
+            {"optimizer": {"name": "lamb"}},
+            "optimizer.name: Input should be 'adam', 'adamw' or 'sgd'",
+        ),
         ({"epochs": "ten"}, "epochs: Input should be a valid integer"),
         ({"data": {"batch_size": 33}, "num_workers": 2}, "must be divisible by num_workers"),
         ({"backbone": {"name": "nope.module:fn"}}, "backbone.name 'nope.module:fn': cannot import"),

@@ -11,7 +11,9 @@ def test_mnist1d_is_generated_offline_and_cached(tmp_path):
     cfg = DataConfig(name="mnist1d", cache_dir=str(tmp_path), val_fraction=0.1)
     splits = load_splits(cfg)
     assert splits.sample_shape == (1, 40) and splits.num_classes == 10
-    assert len(splits.train[0]) == 3600 and len(splits.val[0]) == 400 and len(splits.test[0]) == 1000
+    assert (
+        len(splits.train[0]) == 3600 and len(splits.val[0]) == 400 and len(splits.test[0]) == 1000
+    )
     assert len(list(tmp_path.glob("mnist1d-*.npz"))) == 1
     again = load_splits(cfg)
     assert torch.equal(again.train[0], splits.train[0])
@@ -40,7 +42,10 @@ def test_npz_user_arrays(tmp_path):
         ({"x": np.full((20, 4), np.nan), "y": np.zeros(20)}, "NaN/Inf"),
         ({"x": np.random.rand(20, 4), "y": np.zeros(19)}, "one label per sample"),
         ({"x": np.random.rand(20, 4), "y": np.full(20, 0.5)}, "integer class labels"),
-        ({"x": np.random.rand(20, 4), "y": np.zeros(20), "x_test": np.zeros((3, 4))}, "both x_test"),
+        (
+            {"x": np.random.rand(20, 4), "y": np.zeros(20), "x_test": np.zeros((3, 4))},
+            "both x_test",
+        ),
     ],
 )
 def test_malformed_npz_gives_one_line(tmp_path, arrays, expected):
@@ -71,7 +76,10 @@ def test_batches_shard_disjointly_and_reshuffle_per_epoch():
 
 def test_eval_batches_cover_every_sample_once():
     x, y = torch.zeros(7, 1), torch.arange(7)
-    shards = [TensorBatches(x, y, 2, rank=r, world_size=2, shuffle=False, drop_last=False) for r in range(2)]
+    shards = [
+        TensorBatches(x, y, 2, rank=r, world_size=2, shuffle=False, drop_last=False)
+        for r in range(2)
+    ]
     labels = sorted(torch.cat([b[1] for s in shards for b in s]).tolist())
     assert labels == list(range(7))
 

@@ -1,5 +1,6 @@
 import pytest
 import torch
+from conftest import TINY
 
 from rayssl.build import build_method
 from rayssl.config import validate_train_config
@@ -7,8 +8,6 @@ from rayssl.data import load_splits
 from rayssl.dummy import DummyTrainer
 from rayssl.loop import Loop, NonFiniteLossError, TrainingIterationStats
 from rayssl.state import load_state, save_state, seed_everything
-
-from conftest import TINY
 
 
 def _loop(overrides=None):
@@ -35,8 +34,14 @@ def test_dummy_trainer_iterate_yields_stats_across_epochs():
 
 
 def test_training_reduces_loss_on_learnable_data():
-    loop = _loop({"epochs": 15, "data": {"num_samples": 512}, "optimizer": {"lr": 1e-2},
-                  "backbone": {"name": "mlp", "hidden": [64]}})
+    loop = _loop(
+        {
+            "epochs": 15,
+            "data": {"num_samples": 512},
+            "optimizer": {"lr": 1e-2},
+            "backbone": {"name": "mlp", "hidden": [64]},
+        }
+    )
     history = list(loop.epochs())
     assert len(history) == 15
     assert history[-1]["train_loss"] < 0.7 * history[0]["train_loss"]
@@ -47,16 +52,26 @@ def test_training_reduces_loss_on_learnable_data():
 def test_nan_loss_stops_with_epoch_and_step():
     loop = _loop()
     loop.method.fc.weight.data.fill_(float("nan"))
-    with pytest.raises(NonFiniteLossError, match=r"loss became nan at epoch 1, step 1 \(global step 1\)"):
+    with pytest.raises(
+        NonFiniteLossError, match=r"loss became nan at epoch 1, step 1 \(global step 1\)"
+    ):
         next(loop.epochs())
 
 
 def test_early_stopping_stops_after_patience():
     # lr so small nothing improves by min_delta: stops after 1 + patience epochs.
-    loop = _loop({
-        "epochs": 20, "optimizer": {"lr": 1e-9},
-        "early_stopping": {"monitor": "val_loss", "mode": "min", "patience": 2, "min_delta": 0.1},
-    })
+    loop = _loop(
+        {
+            "epochs": 20,
+            "optimizer": {"lr": 1e-9},
+            "early_stopping": {
+                "monitor": "val_loss",
+                "mode": "min",
+                "patience": 2,
+                "min_delta": 0.1,
+            },
+        }
+    )
     history = list(loop.epochs())
     assert len(history) == 3 and loop.state.best_epoch == 1
     assert "test_loss" in history[-1]
@@ -70,8 +85,11 @@ def test_early_stopping_on_unknown_metric_names_the_choices():
 
 def test_state_round_trip_resumes_exactly(tmp_path):
     """Single process: 2 epochs + save + restore in a fresh loop + 2 epochs == 4 epochs."""
-    overrides = {"epochs": 4, "data": {"augment": {"shift": 2, "jitter": 0.1}},
-                 "backbone": {"name": "mlp", "hidden": [16], "dropout": 0.2}}
+    overrides = {
+        "epochs": 4,
+        "data": {"augment": {"shift": 2, "jitter": 0.1}},
+        "backbone": {"name": "mlp", "hidden": [16], "dropout": 0.2},
+    }
     straight = _loop(overrides)
     list(straight.epochs())
 

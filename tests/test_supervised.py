@@ -41,6 +41,8 @@ def test_adapter_and_predict():
 
 
 def test_scheduler_class_gets_total_steps():
-    model = _model(lr_scheduler=torch.optim.lr_scheduler.OneCycleLR, lr_scheduler_kwargs={"max_lr": 0.1})
+    model = _model(
+        lr_scheduler=torch.optim.lr_scheduler.OneCycleLR, lr_scheduler_kwargs={"max_lr": 0.1}
+    )
     _, scheduler = model.configure_optimizers(total_steps=7, steps_per_epoch=7)
     assert scheduler.total_steps == 7

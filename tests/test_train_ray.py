@@ -27,7 +27,10 @@ EXACT = {
 def _train(config: Path, *args: str, env: dict | None = None) -> subprocess.CompletedProcess:
     return subprocess.run(
         [sys.executable, "-m", "rayssl.cli", "train", str(config), *args],
-        capture_output=True, text=True, timeout=300, env={**os.environ, **(env or {})},
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, **(env or {})},
     )
 
 
@@ -47,7 +50,9 @@ def _assert_same_training_state(a: dict, b: dict) -> None:
         assert torch.equal(tensor, b["model"][key]), key
     for pid, slot in a["optimizer"]["state"].items():
         for name, value in slot.items():
-            assert torch.equal(torch.as_tensor(value), torch.as_tensor(b["optimizer"]["state"][pid][name]))
+            assert torch.equal(
+                torch.as_tensor(value), torch.as_tensor(b["optimizer"]["state"][pid][name])
+            )
 
 
 def test_interrupted_and_resumed_equals_uninterrupted(write_config, tmp_path):
@@ -94,6 +99,9 @@ def test_in_process_fit_with_one_worker_and_resume_checks(ray_session, write_con
     assert summary["epochs_run"] == 2 and Path(summary["path"]).is_file()
 
     with pytest.raises(ConfigError, match="does not fit this config's network"):
-        fit(load_train_config(write_config({"num_workers": 1, "backbone": {"width": 4}})), resume=True)
+        fit(
+            load_train_config(write_config({"num_workers": 1, "backbone": {"width": 4}})),
+            resume=True,
+        )
     with pytest.raises(ConfigError, match="CPUs, but the Ray cluster has 4"):
         fit(load_train_config(write_config({"num_workers": 8, "data": {"batch_size": 64}})))

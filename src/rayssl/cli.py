@@ -23,9 +23,18 @@ def main() -> None:
 
 @main.command()
 @click.argument("config", type=click.Path(dir_okay=False))
-@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
-              help="Override a config value, e.g. --set optimizer.lr=3e-4 (repeatable).")
-@click.option("--resume", is_flag=True, help="Continue the newest run of this name from its latest checkpoint.")
+@click.option(
+    "--set",
+    "overrides",
+    multiple=True,
+    metavar="KEY=VALUE",
+    help="Override a config value, e.g. --set optimizer.lr=3e-4 (repeatable).",
+)
+@click.option(
+    "--resume",
+    is_flag=True,
+    help="Continue the newest run of this name from its latest checkpoint.",
+)
 def train(config: str, overrides: tuple[str, ...], resume: bool) -> None:
     """Train the run described by CONFIG (a YAML file)."""
     from rayssl.train import RunFailed, fit
@@ -39,8 +48,10 @@ def train(config: str, overrides: tuple[str, ...], resume: bool) -> None:
         _fail(str(exc), EXIT_FAILED)
     final = summary["final_metrics"]
     shown = {k: round(v, 4) for k, v in final.items() if k.startswith(("val_", "test_"))}
-    click.echo(f"rayssl: run '{summary['run']}' finished after {summary['epochs_run']} epochs "
-               f"in {summary['wall_time_s']:.0f}s: {shown}")
+    click.echo(
+        f"rayssl: run '{summary['run']}' finished after {summary['epochs_run']} epochs "
+        f"in {summary['wall_time_s']:.0f}s: {shown}"
+    )
     click.echo(f"rayssl: summary: {summary['path']}")
 
 

@@ -32,7 +32,9 @@ class AugmentConfig(Strict):
 
 class DataConfig(Strict):
     name: Literal["mnist1d", "digits", "synthetic", "npz"] = "mnist1d"
-    path: str | None = Field(None, description="file for name=npz: keys x, y, optional x_test, y_test")
+    path: str | None = Field(
+        None, description="file for name=npz: keys x, y, optional x_test, y_test"
+    )
     batch_size: int = Field(128, ge=1, description="global batch, split evenly across workers")
     eval_batch_size: int = Field(1024, ge=1)
     val_fraction: float = Field(0.1, ge=0.0, lt=1.0, description="share of train held out")
@@ -75,7 +77,9 @@ def import_factory(path: str) -> Any:
     """Resolve "package.module:function" to the callable, with a one-line error if it fails."""
     module_name, sep, attr = path.partition(":")
     if not sep or not module_name or not attr:
-        raise ValueError(f"'{path}' is neither a built-in nor of the form 'package.module:function'")
+        raise ValueError(
+            f"'{path}' is neither a built-in nor of the form 'package.module:function'"
+        )
     try:
         module = importlib.import_module(module_name)
     except ImportError as exc:
@@ -206,7 +210,9 @@ def _model_at(model: type[BaseModel], loc: tuple) -> type[BaseModel] | None:
             return None
         ann = field.annotation
         candidates = [ann, *getattr(ann, "__args__", ())]
-        model = next((c for c in candidates if isinstance(c, type) and issubclass(c, BaseModel)), None)
+        model = next(
+            (c for c in candidates if isinstance(c, type) and issubclass(c, BaseModel)), None
+        )
         if model is None:
             return None
     return model
@@ -260,7 +266,9 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
     if raw is None:
         return {}
     if not isinstance(raw, dict):
-        raise ConfigError(f"config file '{path}' must hold a mapping of keys, got {type(raw).__name__}")
+        raise ConfigError(
+            f"config file '{path}' must hold a mapping of keys, got {type(raw).__name__}"
+        )
     return raw
 
 
@@ -271,9 +279,7 @@ def validate_train_config(raw: dict[str, Any]) -> TrainConfig:
         raise ConfigError(format_validation_error(exc)) from None
 
 
-def load_train_config(
-    path: str | Path, overrides: tuple[str, ...] | list[str] = ()
-) -> TrainConfig:
+def load_train_config(path: str | Path, overrides: tuple[str, ...] | list[str] = ()) -> TrainConfig:
     """Read, override and validate a training config; the run name defaults to the file stem."""
     raw = deep_merge(read_yaml(path), parse_overrides(overrides))
     raw.setdefault("name", Path(path).stem)

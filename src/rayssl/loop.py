@@ -90,8 +90,14 @@ class Loop:
                 return None
             x, y = (t.to(self.device) for t in pair)
             return TensorBatches(
-                x, y, batch_size, rank=rank, world_size=world_size, shuffle=train,
-                seed=cfg.seed, drop_last=train,
+                x,
+                y,
+                batch_size,
+                rank=rank,
+                world_size=world_size,
+                shuffle=train,
+                seed=cfg.seed,
+                drop_last=train,
             )
 
         self.train_batches = batches(splits.train, cfg.data.batch_size // world_size, True)
@@ -227,7 +233,11 @@ class Loop:
             value < best - es.min_delta if es.mode == "min" else value > best + es.min_delta
         )
         if improved:
-            self.state.best, self.state.best_epoch, self.state.bad_epochs = value, metrics["epoch"], 0
+            self.state.best, self.state.best_epoch, self.state.bad_epochs = (
+                value,
+                metrics["epoch"],
+                0,
+            )
         else:
             self.state.bad_epochs += 1
 

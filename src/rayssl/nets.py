@@ -90,7 +90,9 @@ class _BasicBlock(nn.Module):
 def resnet18(input_shape: Sequence[int], width: int = 64):
     """ResNet-18 adapted to small images (3x3 stem, no max-pool). Features: `8 * width`."""
     if len(input_shape) != 3:
-        raise ValueError(f"resnet18 takes (channels, height, width) samples, got {tuple(input_shape)}")
+        raise ValueError(
+            f"resnet18 takes (channels, height, width) samples, got {tuple(input_shape)}"
+        )
     layers: list[nn.Module] = [
         nn.Conv2d(input_shape[0], width, 3, 1, 1, bias=False),
         nn.BatchNorm2d(width),
@@ -148,7 +150,9 @@ def call_factory(factory: Callable[..., Any], kwargs: dict[str, Any], **inferred
     extra = {k: v for k, v in inferred.items() if takes_any or k in params}
     module = factory(**kwargs, **extra)
     if not isinstance(module, nn.Module):
-        raise TypeError(f"factory {factory.__name__} returned {type(module).__name__}, not nn.Module")
+        raise TypeError(
+            f"factory {factory.__name__} returned {type(module).__name__}, not nn.Module"
+        )
     return module
 
 

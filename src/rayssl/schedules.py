@@ -37,7 +37,9 @@ def warmup_cosine(
     return LambdaLR(optimizer, WarmupCosine(warmup, total_steps, min_lr_ratio))
 
 
-def onecycle(optimizer: torch.optim.Optimizer, total_steps: int, pct_start: float = 0.3) -> OneCycleLR:
+def onecycle(
+    optimizer: torch.optim.Optimizer, total_steps: int, pct_start: float = 0.3
+) -> OneCycleLR:
     """One-cycle policy peaking at the optimizer's configured lr."""
     max_lr = [group["lr"] for group in optimizer.param_groups]
     return OneCycleLR(optimizer, max_lr=max_lr, total_steps=total_steps, pct_start=pct_start)

@@ -48,8 +48,12 @@ def train_func(config: dict[str, Any]) -> None:
     method = build_method(cfg, splits.sample_shape, splits.num_classes)
     seed_everything(cfg.seed + 7919 * (rank + 1))  # then per-rank randomness (e.g. dropout)
     loop = Loop(
-        method, splits, cfg,
-        device=ray.train.torch.get_device(), rank=rank, world_size=world_size,
+        method,
+        splits,
+        cfg,
+        device=ray.train.torch.get_device(),
+        rank=rank,
+        world_size=world_size,
         wrap_model=ray.train.torch.prepare_model,
     )
 
@@ -150,8 +154,10 @@ class Storage:
         fs, base = self._fs()
         with tempfile.TemporaryDirectory() as tmp:
             pyarrow.fs.copy_files(
-                f"{base}/{run}/{checkpoint}/{STATE_FILE}", f"{tmp}/{STATE_FILE}",
-                source_filesystem=fs, destination_filesystem=pyarrow.fs.LocalFileSystem(),
+                f"{base}/{run}/{checkpoint}/{STATE_FILE}",
+                f"{tmp}/{STATE_FILE}",
+                source_filesystem=fs,
+                destination_filesystem=pyarrow.fs.LocalFileSystem(),
             )
             return load_state(tmp)
 
@@ -171,7 +177,8 @@ def pick_run_name(cfg: TrainConfig, storage: Storage, resume: bool) -> str:
     base = cfg.name or "run"
     if resume:
         candidates = [
-            r for r in storage.runs()
+            r
+            for r in storage.runs()
             if (r == base or r.startswith(f"{base}-")) and storage.checkpoints(r)
         ]
         if not candidates:
@@ -271,7 +278,10 @@ def build_trainer(cfg: TrainConfig, splits_ref: Any, storage: Storage, run: str,
         scaling_config=ScalingConfig(
             num_workers=cfg.num_workers,
             use_gpu=cfg.use_gpu,
-            resources_per_worker={"CPU": cfg.cpus_per_worker, **({"GPU": 1} if cfg.use_gpu else {})},
+            resources_per_worker={
+                "CPU": cfg.cpus_per_worker,
+                **({"GPU": 1} if cfg.use_gpu else {}),
+            },
         ),
         run_config=RunConfig(
             name=run,
@@ -330,7 +340,10 @@ def summarize(cfg: TrainConfig, result: Any, run: str, storage: Storage, wall_s:
     elif any("val_accuracy" in h for h in history):
         monitor, mode = "val_accuracy", "max"
     else:
-        monitor, mode = ("val_loss" if any("val_loss" in h for h in history) else "train_loss"), "min"
+        monitor, mode = (
+            ("val_loss" if any("val_loss" in h for h in history) else "train_loss"),
+            "min",
+        )
     scored = [h for h in history if monitor in h]
     best = (max if mode == "max" else min)(scored, key=lambda h: h[monitor]) if scored else None
     final = history[-1]
@@ -341,8 +354,12 @@ def summarize(cfg: TrainConfig, result: Any, run: str, storage: Storage, wall_s:
         "global_steps": int(final["step"]),
         "stopped_early": int(final["epoch"]) < cfg.epochs,
         "final_metrics": final,
-        "best": {"metric": monitor, "mode": mode, "value": best[monitor] if best else None,
-                 "epoch": int(best["epoch"]) if best else None},
+        "best": {
+            "metric": monitor,
+            "mode": mode,
+            "value": best[monitor] if best else None,
+            "epoch": int(best["epoch"]) if best else None,
+        },
         "wall_time_s": wall_s,
         "mean_samples_per_s": sum(h["samples_per_s"] for h in history) / len(history),
         "checkpoint": result.checkpoint.path,

@@ -34,7 +34,11 @@ class TensorBatches:
         self.shuffle, self.drop_last = shuffle, drop_last
         self.sampler = (
             DistributedSampler(
-                range(len(x)), num_replicas=world_size, rank=rank, shuffle=True, seed=seed,
+                range(len(x)),
+                num_replicas=world_size,
+                rank=rank,
+                shuffle=True,
+                seed=seed,
                 drop_last=True,
             )
             if shuffle
@@ -55,7 +59,11 @@ class TensorBatches:
         return torch.arange(self.rank, len(self.x), self.world_size)
 
     def __len__(self) -> int:
-        n = len(self.sampler) if self.sampler is not None else len(range(self.rank, len(self.x), self.world_size))
+        n = (
+            len(self.sampler)
+            if self.sampler is not None
+            else len(range(self.rank, len(self.x), self.world_size))
+        )
         return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:

@@ -52,8 +52,8 @@ def load_splits(cfg: DataConfig, seed: int = 0) -> Splits:
         x, y = x[order[n_val:]], y[order[n_val:]]
     if cfg.batch_size > len(x):
         raise ConfigError(
-            f"data.batch_size ({cfg.batch_size}) is larger than the training set ({len(x)} samples);"
-            " lower data.batch_size"
+            f"data.batch_size ({cfg.batch_size}) is larger than the training set "
+            f"({len(x)} samples); lower data.batch_size"
         )
     labels = [y] + [s[1] for s in (val, test) if s is not None]
     num_classes = int(torch.cat(labels).max()) + 1
@@ -66,7 +66,9 @@ def _as_tensors(x, y, source: str, xname: str, yname: str) -> Pair:
     if not np.issubdtype(x.dtype, np.number) or x.dtype == np.bool_:
         raise ConfigError(f"data '{source}': {xname} must be numeric, got dtype {x.dtype}")
     if x.ndim < 2:
-        raise ConfigError(f"data '{source}': {xname} must be (N, ...) with N samples, got {x.shape}")
+        raise ConfigError(
+            f"data '{source}': {xname} must be (N, ...) with N samples, got {x.shape}"
+        )
     if not np.isfinite(x).all():
         bad = int((~np.isfinite(x)).sum())
         raise ConfigError(f"data '{source}': {xname} holds {bad} NaN/Inf values; clean the data")
