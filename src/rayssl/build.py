@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -16,6 +18,10 @@ from torchmetrics.classification import (
 from rayssl import nets, schedules
 from rayssl.config import TrainConfig
 from rayssl.methods import Method, SimpleSupervisedModel
+from rayssl.methods.byol import BYOL
+from rayssl.methods.heads import MLPHead
+from rayssl.methods.lfr import LearnFromRandomnessModel, RepeatedModuleList
+from rayssl.methods.simclr import SimCLR
 
 OPTIMIZERS: dict[str, type[torch.optim.Optimizer]] = {
     "adam": torch.optim.Adam,
@@ -63,10 +69,56 @@ def build_backbone(cfg: TrainConfig, sample_shape: tuple[int, ...]) -> nn.Module
     return nets.call_factory(spec.factory(nets.BACKBONES), spec.kwargs, input_shape=sample_shape)
 
 
-def build_method(cfg: TrainConfig, sample_shape: tuple[int, ...], num_classes: int) -> Method:
-    """Build the configured method. Call under the same seed on every rank."""
+def build_method(
+    cfg: TrainConfig,
+    sample_shape: tuple[int, ...],
+    num_classes: int,
+    selection_sample: torch.Tensor | None = None,
+    broadcast: Callable[[Any], Any] | None = None,
+) -> Method:
+    """Build the configured method. Call under the same seed on every rank. LFR selects its
+    targets on `selection_sample`; `broadcast` shares rank 0's choice with every rank."""
     backbone = build_backbone(cfg, sample_shape)
     features = nets.output_features(backbone, sample_shape)
+    setup = optimizer_setup(cfg)
+    if cfg.method == "byol":
+        c = cfg.byol
+        return BYOL(
+            backbone,
+            projection_head=MLPHead([features, c.proj_hidden, c.proj_dim]),
+            prediction_head=MLPHead([c.proj_dim, c.pred_hidden, c.proj_dim]),
+            schedule=c.schedule,
+            base_momentum=c.base_momentum,
+            **setup,
+        )
+    if cfg.method == "simclr":
+        c = cfg.simclr
+        return SimCLR(
+            backbone,
+            projection_head=MLPHead([features, c.proj_hidden, c.proj_dim]),
+            temperature=c.temperature,
+            **setup,
+        )
+    if cfg.method == "lfr":
+        c = cfg.lfr
+        in_dim = math.prod(sample_shape)
+        method = LearnFromRandomnessModel(
+            backbone,
+            projectors=RepeatedModuleList(
+                c.num_projectors, MLPHead, [in_dim, c.proj_hidden, c.proj_dim], batch_norm=False
+            ),
+            predictors=RepeatedModuleList(
+                c.num_projectors, MLPHead, [features, c.pred_hidden, c.proj_dim], batch_norm=False
+            ),
+            num_targets=c.num_targets,
+            predictor_training_epochs=c.predictor_training_epochs,
+            max_backbone_training_steps=c.max_backbone_training_steps,
+            selection_batch_size=c.selection_batch_size,
+            **setup,
+        )
+        if selection_sample is not None:
+            method.select_targets(selection_sample, broadcast)
+        return method
     head = nets.call_factory(
         cfg.head.factory(nets.HEADS), cfg.head.kwargs, in_features=features, num_classes=num_classes
     )
@@ -87,5 +139,5 @@ def build_method(cfg: TrainConfig, sample_shape: tuple[int, ...], num_classes: i
         val_metrics=metrics(),
         test_metrics=metrics(),
         freeze_backbone=cfg.supervised.freeze_backbone,
-        **optimizer_setup(cfg),
+        **setup,
     )

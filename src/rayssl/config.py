@@ -28,6 +28,8 @@ class AugmentConfig(Strict):
     scale: float = Field(0.0, ge=0.0, lt=1.0, description="amplitude scaling in [1-s, 1+s]")
     jitter: float = Field(0.0, ge=0.0, description="std of additive Gaussian noise")
     flip: bool = Field(False, description="random horizontal flip (images)")
+    mask: int = Field(0, ge=0, description="zero a random window of up to this many steps")
+    crop: int = Field(0, ge=0, description="images: random crop after padding by this much")
 
 
 class DataConfig(Strict):
@@ -138,10 +140,53 @@ class SupervisedConfig(Strict):
     metrics: list[Literal["accuracy", "f1", "precision", "recall"]] = ["accuracy"]
 
 
+class SSLHeadConfig(Strict):
+    proj_hidden: int = Field(512, ge=1)
+    proj_dim: int = Field(128, ge=1)
+
+
+class BYOLConfig(SSLHeadConfig):
+    base_momentum: float = Field(0.996, ge=0.0, le=1.0)
+    schedule: int | None = Field(None, ge=1, description="optimizer steps; null: the whole run")
+    pred_hidden: int = Field(512, ge=1)
+
+
+class SimCLRConfig(SSLHeadConfig):
+    temperature: float = Field(0.5, gt=0.0)
+
+
+class LFRConfig(Strict):
+    num_projectors: int = Field(16, ge=1)
+    num_targets: int | None = Field(None, ge=1, description="DPP-selected subset; null: all")
+    proj_dim: int = Field(64, ge=1)
+    proj_hidden: int = Field(256, ge=1, description="width of the random projectors")
+    pred_hidden: int = Field(256, ge=1)
+    predictor_training_epochs: int = Field(0, ge=0)
+    max_backbone_training_steps: int | None = Field(None, ge=1)
+    selection_batch_size: int = Field(128, ge=2)
+
+    @model_validator(mode="after")
+    def _targets_fit(self) -> LFRConfig:
+        if self.num_targets is not None and self.num_targets > self.num_projectors:
+            raise ValueError(
+                f"lfr.num_targets ({self.num_targets}) cannot exceed lfr.num_projectors "
+                f"({self.num_projectors})"
+            )
+        return self
+
+
+class EvalConfig(Strict):
+    """kNN / linear-probe evaluation of the frozen backbone (self-supervised methods)."""
+
+    every: int = Field(0, ge=0, description="also every N epochs; 0: only at the end")
+    knn_k: int = Field(20, ge=1)
+    linear_probe: bool = True
+
+
 class TrainConfig(Strict):
     """One training run. Every field has a default, so `{}` is a valid (supervised MNIST-1D) run."""
 
-    method: Literal["supervised"] = "supervised"
+    method: Literal["supervised", "byol", "simclr", "lfr"] = "supervised"
     name: str | None = Field(None, description="run name; default: the config file's stem")
     seed: int = Field(0, ge=0)
     epochs: int = Field(10, ge=1)
@@ -159,6 +204,10 @@ class TrainConfig(Strict):
     early_stopping: EarlyStoppingConfig | None = None
     checkpoint: CheckpointConfig = CheckpointConfig()
     supervised: SupervisedConfig = SupervisedConfig()
+    byol: BYOLConfig = BYOLConfig()
+    simclr: SimCLRConfig = SimCLRConfig()
+    lfr: LFRConfig = LFRConfig()
+    eval: EvalConfig = EvalConfig()
 
     @model_validator(mode="after")
     def _consistent(self) -> TrainConfig:

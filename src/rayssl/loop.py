@@ -77,13 +77,18 @@ class Loop:
         rank: int = 0,
         world_size: int = 1,
         wrap_model: Callable[[nn.Module], nn.Module] | None = None,
+        broadcast: Callable[[Any], Any] | None = None,
     ):
         self.cfg = cfg
+        self.splits = splits
+        self.broadcast = broadcast or (lambda obj: obj)
         self.device = torch.device(device)
         self.rank, self.world_size = rank, world_size
         self.method = method.to(self.device)
-        step_module = _TrainingStep(self.method)
-        self.model = wrap_model(step_module) if wrap_model else step_module
+        self._step_module = _TrainingStep(self.method)
+        self._wrap = wrap_model or (lambda module: module)
+        self.model = self._wrap(self._step_module)
+        self._trainable = self._trainable_parameters()
 
         def batches(pair, batch_size: int, train: bool) -> TensorBatches | None:
             if pair is None:
@@ -115,6 +120,7 @@ class Loop:
         )
         self.augment = Augment(cfg.data.augment)
         self.generator = torch.Generator(device=self.device)
+        self.eval_generator = torch.Generator(device=self.device)
         self.train_loss = MeanMetric().to(self.device)
         self.eval_loss = MeanMetric().to(self.device)
         self.state = LoopState()
@@ -128,9 +134,7 @@ class Loop:
         for step_in_epoch, batch in enumerate(self.train_batches, start=1):
             start = time.perf_counter()
             x, y = batch
-            if self.augment.active:
-                x = self.augment(x, self.generator)
-            loss = self.model((x, y))["loss"]
+            loss = self.model((self.views(x, self.generator), y))["loss"]
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
             loss_value = loss.item()
@@ -154,13 +158,29 @@ class Loop:
             if self.method.should_stop():
                 return
 
+    def views(self, x: torch.Tensor, generator: torch.Generator):
+        """The method's input: one augmented batch, or a tuple of `num_views` views."""
+        if self.method.num_views > 1:
+            return tuple(self.augment(x, generator) for _ in range(self.method.num_views))
+        return self.augment(x, generator) if self.augment.active else x
+
     def start_epoch(self) -> None:
-        """Set the sampler's epoch, reseed the view generator, call the method's hook."""
+        """Set the sampler's epoch, reseed the view generator, call the method's hook, and
+        re-wrap the model for DDP if the hook changed which parameters train."""
         epoch = self.state.epoch
         self.train_batches.set_epoch(epoch)
         # Views depend only on (seed, epoch, rank): a resumed run draws the same ones.
         self.generator.manual_seed(self.cfg.seed * 1_000_003 + epoch * 1_009 + self.rank)
         self.method.on_epoch_start(epoch)
+        trainable = self._trainable_parameters()
+        if trainable != self._trainable:
+            # DDP registers the trainable parameters when it wraps; a frozen backbone would
+            # otherwise leave its gradient buckets waiting forever (LFR's phases).
+            self.model = self._wrap(self._step_module)
+            self._trainable = trainable
+
+    def _trainable_parameters(self) -> frozenset[int]:
+        return frozenset(id(p) for p in self.method.parameters() if p.requires_grad)
 
     def run_epoch(self) -> dict[str, float]:
         """Train one epoch, evaluate on the validation split, update early stopping."""
@@ -193,6 +213,9 @@ class Loop:
             last = self.state.epoch >= self.cfg.epochs or self.should_stop()
             if last:
                 metrics.update(self.evaluate("test"))
+            every = self.cfg.eval.every
+            if self.cfg.method != "supervised" and (last or (every and self.state.epoch % every == 0)):
+                metrics.update(self.probe())
             self.state.history.append(dict(metrics))
             yield metrics
             if last:
@@ -208,13 +231,36 @@ class Loop:
             return {}
         self.method.eval()
         step = self.method.validation_step if stage == "val" else self.method.test_step
+        self.eval_generator.manual_seed(self.cfg.seed + self.rank)  # same views every epoch
         for x, y in batches:
-            self.eval_loss.update(step((x, y))["loss"], weight=len(x))
+            loss = step((self.views(x, self.eval_generator), y))["loss"]
+            self.eval_loss.update(loss, weight=len(x))
         metrics = {f"{stage}_loss": float(self.eval_loss.compute())}
         metrics.update(self.method.epoch_metrics(stage))
         self.eval_loss.reset()
         self.method.train()
         return metrics
+
+    @torch.no_grad()
+    def probe(self) -> dict[str, float]:
+        """kNN and linear-probe accuracy of the frozen backbone's features: fitted on the
+        whole train split, scored on test (or val). Computed on rank 0 and broadcast, so
+        the result does not depend on the number of workers."""
+        from rayssl.evaluate import probe
+
+        scored = self.splits.test or self.splits.val
+        metrics: dict[str, float] = {}
+        if scored is not None and self.rank == 0:
+            self.method.eval()
+            metrics = probe(
+                self.method.embed,
+                tuple(t.to(self.device) for t in self.splits.train),
+                tuple(t.to(self.device) for t in scored),
+                k=self.cfg.eval.knn_k,
+                linear=self.cfg.eval.linear_probe,
+            )
+            self.method.train()
+        return self.broadcast(metrics)
 
     # ------------------------------------------------------------------ early stopping
 

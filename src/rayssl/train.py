@@ -219,10 +219,13 @@ def preflight(cfg: TrainConfig) -> tuple[Splits, dict[str, torch.Tensor]]:
     splits = load_splits(cfg.data, cfg.seed)
     try:
         seed_everything(cfg.seed)
-        method = build_method(cfg, splits.sample_shape, splits.num_classes)
+        method = build_method(
+            cfg, splits.sample_shape, splits.num_classes, selection_sample=splits.train[0]
+        )
         method.eval()
+        x = splits.train[0][:2]
         with torch.no_grad():
-            method.validation_step((splits.train[0][:2], splits.train[1][:2]))
+            method.validation_step((tuple([x] * method.num_views) if method.num_views > 1 else x, splits.train[1][:2]))
     except (RuntimeError, ValueError, TypeError) as exc:
         first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise ConfigError(

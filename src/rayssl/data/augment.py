@@ -38,8 +38,25 @@ def random_flip(x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
     return torch.where(flip.view(-1, *([1] * (x.dim() - 1))), x.flip(-1), x)
 
 
+def time_mask(x: torch.Tensor, max_len: int, g: torch.Generator) -> torch.Tensor:
+    """Zero one random window of length in [0, max_len] per sample along the last axis."""
+    length = x.shape[-1]
+    widths = torch.randint(0, max_len + 1, (x.shape[0],), generator=g, device=g.device)
+    starts = (torch.rand(x.shape[0], generator=g, device=g.device) * (length - widths + 1)).long()
+    pos = torch.arange(length, device=x.device)[None, :]
+    starts, widths = starts.to(x.device)[:, None], widths.to(x.device)[:, None]
+    keep = ~((pos >= starts) & (pos < starts + widths))
+    return x * keep.view(x.shape[0], *([1] * (x.dim() - 2)), length)
+
+
+def random_crop(x: torch.Tensor, pad: int, g: torch.Generator) -> torch.Tensor:
+    """Images (B, C, H, W): a random crop of the edge-padded image, as two axis shifts."""
+    x = random_shift(x, pad, g)
+    return random_shift(x.transpose(-1, -2), pad, g).transpose(-1, -2)
+
+
 class Augment:
-    """The configured pipeline: shift, scale, flip, then jitter."""
+    """The configured pipeline: crop, shift, scale, flip, mask, then jitter."""
 
     def __init__(self, cfg: AugmentConfig):
         self.cfg = cfg
@@ -47,16 +64,20 @@ class Augment:
     @property
     def active(self) -> bool:
         c = self.cfg
-        return bool(c.shift or c.scale or c.jitter or c.flip)
+        return bool(c.shift or c.scale or c.jitter or c.flip or c.mask or c.crop)
 
     def __call__(self, x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
         c = self.cfg
+        if c.crop:
+            x = random_crop(x, c.crop, g)
         if c.shift:
             x = random_shift(x, c.shift, g)
         if c.scale:
             x = random_scale(x, c.scale, g)
         if c.flip:
             x = random_flip(x, g)
+        if c.mask:
+            x = time_mask(x, c.mask, g)
         if c.jitter:
             x = jitter(x, c.jitter, g)
         return x

@@ -59,6 +59,12 @@ class Method(nn.Module):
                 kwargs.setdefault(name, value)
         return optimizer, self.lr_scheduler(optimizer, **kwargs)
 
+    num_views: int = 1  # >1: the loop passes a tuple of that many augmented views as x
+
+    def embed(self, x: torch.Tensor) -> torch.Tensor:
+        """Frozen-backbone features (B, F) that kNN and linear-probe evaluation use."""
+        return self.backbone(x).flatten(1)
+
     def on_epoch_start(self, epoch: int) -> None:
         """Called before epoch `epoch` (0-based) on every rank."""
 

@@ -1,0 +1,64 @@
+"""Evaluate a backbone's frozen features: cosine kNN and a logistic-regression linear probe."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+
+@torch.no_grad()
+def extract_features(
+    embed: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, batch_size: int = 1024
+) -> torch.Tensor:
+    return torch.cat([embed(x[i : i + batch_size]).float().cpu() for i in range(0, len(x), batch_size)])
+
+
+@torch.no_grad()
+def knn_accuracy(
+    train_f: torch.Tensor, train_y: torch.Tensor, test_f: torch.Tensor, test_y: torch.Tensor,
+    k: int = 20, temperature: float = 0.07,
+) -> float:
+    """Weighted kNN on cosine similarity (Wu et al. 2018): neighbours vote exp(sim / t)."""
+    train_f, test_f = F.normalize(train_f, dim=1), F.normalize(test_f, dim=1)
+    num_classes = int(max(train_y.max(), test_y.max())) + 1
+    k = min(k, len(train_f))
+    correct = 0
+    for start in range(0, len(test_f), 1024):
+        sim = test_f[start : start + 1024] @ train_f.T
+        top_sim, top_idx = sim.topk(k, dim=1)
+        votes = torch.zeros(len(sim), num_classes)
+        votes.scatter_add_(1, train_y[top_idx], (top_sim / temperature).exp())
+        correct += int((votes.argmax(1) == test_y[start : start + 1024]).sum())
+    return correct / len(test_f)
+
+
+def linear_probe_accuracy(
+    train_f: torch.Tensor, train_y: torch.Tensor, test_f: torch.Tensor, test_y: torch.Tensor
+) -> float:
+    """Multinomial logistic regression on standardised frozen features."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    probe = make_pipeline(StandardScaler(), LogisticRegression(max_iter=2000))
+    probe.fit(train_f.numpy(), train_y.numpy())
+    return float(np.mean(probe.predict(test_f.numpy()) == test_y.numpy()))
+
+
+def probe(
+    embed: Callable[[torch.Tensor], torch.Tensor],
+    train: tuple[torch.Tensor, torch.Tensor],
+    test: tuple[torch.Tensor, torch.Tensor],
+    k: int = 20,
+    linear: bool = True,
+) -> dict[str, float]:
+    """knn_acc (and linear_acc) of features fitted on `train`, scored on `test`."""
+    train_f, test_f = extract_features(embed, train[0]), extract_features(embed, test[0])
+    train_y, test_y = train[1].cpu(), test[1].cpu()
+    metrics = {"knn_acc": knn_accuracy(train_f, train_y, test_f, test_y, k)}
+    if linear:
+        metrics["linear_acc"] = linear_probe_accuracy(train_f, train_y, test_f, test_y)
+    return metrics

@@ -1,0 +1,130 @@
+"""BYOL (Grill et al. 2020): an online network predicts a momentum target's projection."""
+
+from __future__ import annotations
+
+import copy
+import math
+from typing import Any
+
+import torch
+from torch import nn
+
+from rayssl.losses import NegativeCosineSimilarity
+from rayssl.methods.base import Method
+from rayssl.methods.heads import infer_features, mlp_head
+
+
+def cosine_schedule(
+    step: int, max_steps: int, start_value: float, end_value: float, period: int | None = None
+) -> float:
+    """Cosine from `start_value` at step 0 to `end_value` at `max_steps` (held after)."""
+    if max_steps < 1:
+        raise ValueError(f"max_steps must be >= 1, got {max_steps}")
+    period = period or max_steps
+    progress = min(step, max_steps) / period
+    return end_value - (end_value - start_value) * (math.cos(math.pi * progress) + 1) / 2
+
+
+def deactivate_requires_grad(model: nn.Module) -> None:
+    """Freeze every parameter of `model`."""
+    for p in model.parameters():
+        p.requires_grad_(False)
+
+
+@torch.no_grad()
+def update_momentum(model: nn.Module, model_ema: nn.Module, m: float) -> None:
+    """model_ema = m * model_ema + (1 - m) * model, for parameters and float buffers, as one
+    fused multi-tensor op per group (no per-parameter Python loop)."""
+    ema_params = list(model_ema.parameters())
+    torch._foreach_lerp_(ema_params, list(model.parameters()), 1.0 - m)
+    ema_buffers, buffers = [], []
+    for b_ema, b in zip(model_ema.buffers(), model.buffers()):
+        if b.is_floating_point():
+            ema_buffers.append(b_ema)
+            buffers.append(b)
+        else:
+            b_ema.copy_(b)  # e.g. BatchNorm's num_batches_tracked
+    if ema_buffers:
+        torch._foreach_lerp_(ema_buffers, buffers, 1.0 - m)
+
+
+class BYOL(Method):
+    """Online = backbone + projection + prediction; target = momentum copies of backbone and
+    projection, updated after every optimizer step with momentum following a cosine from
+    `base_momentum` to 1 over `schedule` optimizer steps (global steps; None: the whole run).
+    Batches are `((view0, view1), y)`; y is ignored."""
+
+    num_views = 2
+
+    def __init__(
+        self,
+        backbone: nn.Module,
+        projection_head: nn.Module | None = None,
+        prediction_head: nn.Module | None = None,
+        learning_rate: float = 1e-3,
+        schedule: int | None = 90000,
+        criterion: nn.Module | None = None,
+        optimizer: type[torch.optim.Optimizer] = torch.optim.Adam,
+        optimizer_kwargs: dict[str, Any] | None = None,
+        base_momentum: float = 0.996,
+        lr_scheduler: Any = None,
+        lr_scheduler_kwargs: dict[str, Any] | None = None,
+    ):
+        super().__init__()
+        if not 0.0 <= base_momentum <= 1.0:
+            raise ValueError(f"base_momentum must be in [0, 1], got {base_momentum}")
+        self.backbone = backbone
+        features = infer_features(backbone) if projection_head is None else None
+        self.projection_head = projection_head or mlp_head([features, 4096, 256])
+        self.prediction_head = prediction_head or mlp_head([256, 4096, 256])
+        self.backbone_momentum = copy.deepcopy(self.backbone)
+        self.projection_head_momentum = copy.deepcopy(self.projection_head)
+        deactivate_requires_grad(self.backbone_momentum)
+        deactivate_requires_grad(self.projection_head_momentum)
+        self.criterion = criterion or NegativeCosineSimilarity()
+        self.learning_rate = learning_rate
+        self.schedule_length = schedule
+        self.base_momentum = base_momentum
+        self.optimizer = optimizer
+        self.optimizer_kwargs = {"weight_decay": 1e-6} if optimizer_kwargs is None else optimizer_kwargs
+        self.lr_scheduler = lr_scheduler
+        self.lr_scheduler_kwargs = dict(lr_scheduler_kwargs or {})
+        self.momentum = base_momentum
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.prediction_head(self.projection_head(self.backbone(x).flatten(1)))
+
+    @torch.no_grad()
+    def forward_momentum(self, x: torch.Tensor) -> torch.Tensor:
+        return self.projection_head_momentum(self.backbone_momentum(x).flatten(1))
+
+    def _loss(self, views: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+        v0, v1 = views
+        both = torch.cat([v0, v1])  # one pass per network for both views
+        p0, p1 = self(both).chunk(2)
+        z0, z1 = self.forward_momentum(both).chunk(2)
+        return 0.5 * (self.criterion(p0, z1) + self.criterion(p1, z0))
+
+    def training_step(self, batch):
+        return {"loss": self._loss(batch[0])}
+
+    def validation_step(self, batch):
+        return {"loss": self._loss(batch[0])}
+
+    def param_groups(self):
+        online = [self.backbone, self.projection_head, self.prediction_head]
+        return [{"params": [p for m in online for p in m.parameters()]}]
+
+    def momentum_at(self, step: int, total_steps: int) -> float:
+        return cosine_schedule(step, self.schedule_length or total_steps, self.base_momentum, 1.0)
+
+    def on_step_end(self, step: int, total_steps: int) -> None:
+        self.momentum = self.momentum_at(step, total_steps)
+        update_momentum(self.backbone, self.backbone_momentum, self.momentum)
+        update_momentum(self.projection_head, self.projection_head_momentum, self.momentum)
+
+    def extra_state(self):
+        return {"momentum": self.momentum}
+
+    def load_extra_state(self, state):
+        self.momentum = state["momentum"]

@@ -1,0 +1,34 @@
+"""Projection and prediction heads shared by the self-supervised methods."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from torch import nn
+
+
+class MLPHead(nn.Sequential):
+    """Linear layers through `dims`, with BatchNorm + ReLU between them (not after the last)."""
+
+    def __init__(self, dims: Sequence[int], batch_norm: bool = True):
+        layers: list[nn.Module] = []
+        for i, (din, dout) in enumerate(zip(dims[:-1], dims[1:])):
+            last = i == len(dims) - 2
+            layers.append(nn.Linear(din, dout, bias=last or not batch_norm))
+            if not last:
+                if batch_norm:
+                    layers.append(nn.BatchNorm1d(dout))
+                layers.append(nn.ReLU())
+        super().__init__(*layers)
+
+
+mlp_head = MLPHead
+
+
+def infer_features(module: nn.Module) -> int:
+    """Output width of a backbone, read from its last layer that declares one."""
+    for layer in reversed(list(module.modules())):
+        for attr in ("out_features", "num_features", "out_channels"):
+            if isinstance(getattr(layer, attr, None), int):
+                return getattr(layer, attr)
+    raise ValueError("cannot infer the backbone's output width; pass the heads explicitly")

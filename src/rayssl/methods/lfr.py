@@ -1,0 +1,212 @@
+"""Learning From Randomness (Sui et al. 2024): predict K frozen random projections."""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from torch import nn
+from torch.func import functional_call
+
+from rayssl.losses import BatchWiseBarlowTwinsLoss
+from rayssl.methods.base import Method
+
+
+class RepeatedModuleList(nn.ModuleList):
+    """`size` independently initialised instances of `cls(*args, **kwargs)`."""
+
+    def __init__(self, size: int, cls: type[nn.Module], *args: Any, **kwargs: Any):
+        super().__init__([cls(*args, **kwargs) for _ in range(size)])
+
+
+def select_targets_dpp(features: torch.Tensor, k: int) -> list[int]:
+    """Greedy MAP of a determinantal point process (Chen et al. 2018, fast greedy).
+
+    features: (K, D), one row per projector (its outputs on the sample batch, flattened and
+    L2-normalised); the kernel is their Gram matrix. Returns k indices of a diverse subset,
+    in selection order. Pure float64 arithmetic on identical inputs: identical on every rank.
+    """
+    kernel = features.double() @ features.double().T
+    n = kernel.shape[0]
+    cis = torch.zeros(k, n, dtype=torch.float64)
+    gains = torch.diagonal(kernel).clone()
+    selected = [int(torch.argmax(gains))]
+    for step in range(1, k):
+        j = selected[-1]
+        e = (kernel[j] - cis[:step - 1].T @ cis[:step - 1, j]) / gains[j].clamp_min(1e-12).sqrt()
+        cis[step - 1] = e
+        gains = gains - e.pow(2)
+        gains[selected] = -float("inf")
+        selected.append(int(torch.argmax(gains)))
+    return selected
+
+
+class _StackedHeads(nn.Module):
+    """Evaluates K modules of one architecture in a single vmapped call (no Python loop)."""
+
+    def __init__(self, modules: nn.ModuleList):
+        super().__init__()
+        self.heads = modules
+        self._base = copy.deepcopy(modules[0]).to("meta")
+        self.vmappable = all(not any(True for _ in m.buffers()) for m in modules)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """x: (B, F) shared input -> (K, B, D)."""
+        if not self.vmappable:
+            return torch.stack([h(x) for h in self.heads])
+        params = self._stacked()
+
+        def one(p: dict[str, torch.Tensor]) -> torch.Tensor:
+            return functional_call(self._base, p, (x,))
+
+        return torch.vmap(one)(params)
+
+    def _stacked(self) -> dict[str, torch.Tensor]:
+        # torch.stack is differentiable, so gradients reach each head's own parameters.
+        names = [n for n, _ in self.heads[0].named_parameters()]
+        return {n: torch.stack([h.get_parameter(n) for h in self.heads]) for n in names}
+
+
+class LearnFromRandomnessModel(Method):
+    """Backbone + K trainable predictors regress K frozen random projectors of the input.
+
+    Phases: in epoch e the backbone trains iff `e % (predictor_training_epochs + 1) == 0`;
+    otherwise only predictors train and the backbone runs frozen (requires_grad off; the
+    loop re-wraps DDP when the trainable set changes, so no unused-parameter errors).
+    `max_backbone_training_steps` ends training after that many backbone-training steps.
+    Batches are `(x, y)`; y is ignored.
+    """
+
+    def __init__(
+        self,
+        backbone: nn.Module,
+        projectors: nn.ModuleList,
+        predictors: nn.ModuleList,
+        loss_fn: nn.Module | None = None,
+        num_targets: int | None = None,
+        adapter: Callable[[torch.Tensor], torch.Tensor] | None = None,
+        learning_rate: float = 1e-3,
+        weight_decay: float = 0.0,
+        flatten: bool = False,
+        predictor_training_epochs: int | None = None,
+        max_backbone_training_steps: int | None = None,
+        selection_batch_size: int = 128,
+        optimizer: type[torch.optim.Optimizer] = torch.optim.Adam,
+        optimizer_kwargs: dict[str, Any] | None = None,
+        lr_scheduler: Any = None,
+        lr_scheduler_kwargs: dict[str, Any] | None = None,
+    ):
+        super().__init__()
+        if len(projectors) != len(predictors):
+            raise ValueError(f"{len(projectors)} projectors but {len(predictors)} predictors")
+        if num_targets is not None and num_targets > len(projectors):
+            raise ValueError(f"num_targets ({num_targets}) > number of projectors ({len(projectors)})")
+        self.backbone = backbone
+        self.projectors = projectors
+        self.predictors = predictors
+        for p in self.projectors.parameters():
+            p.requires_grad_(False)  # random and frozen: never in the optimizer, never changed
+        self.loss_fn = loss_fn or BatchWiseBarlowTwinsLoss()
+        self.num_targets = num_targets if num_targets and num_targets > 0 else None
+        self.adapter = adapter
+        self.learning_rate = learning_rate
+        self.weight_decay = weight_decay
+        self.flatten = flatten
+        self.predictor_training_epochs = predictor_training_epochs or 0
+        self.max_backbone_training_steps = (
+            max_backbone_training_steps if max_backbone_training_steps and max_backbone_training_steps > 0 else None
+        )
+        self.selection_batch_size = selection_batch_size
+        self.optimizer = optimizer
+        self.optimizer_kwargs = {"weight_decay": weight_decay, **(optimizer_kwargs or {})}
+        self.lr_scheduler = lr_scheduler
+        self.lr_scheduler_kwargs = dict(lr_scheduler_kwargs or {})
+        self.backbone_training_steps = 0
+        self.backbone_trains = True
+        self.selected: list[int] | None = None
+        self._build_stacks()
+
+    def _build_stacks(self) -> None:
+        # The stacks only view the ModuleLists: kept out of _modules, so out of state_dict.
+        object.__setattr__(self, "_projector_stack", _StackedHeads(self.projectors))
+        object.__setattr__(self, "_predictor_stack", _StackedHeads(self.predictors))
+
+    @torch.no_grad()
+    def select_targets(self, sample: torch.Tensor, broadcast: Callable[[Any], Any] | None = None):
+        """Keep the `num_targets` most diverse projectors (fast greedy DPP on `sample`) and
+        their predictors. `broadcast` makes rank 0's choice everyone's choice."""
+        if self.num_targets is None or self.num_targets >= len(self.projectors):
+            return
+        sample = self._encode_input(sample[: self.selection_batch_size])
+        outputs = torch.stack([p(sample).flatten() for p in self.projectors])
+        outputs = nn.functional.normalize(outputs - outputs.mean(1, keepdim=True), dim=1)
+        chosen = select_targets_dpp(outputs, self.num_targets)
+        if broadcast is not None:
+            chosen = broadcast(chosen)
+        self.apply_selection(chosen)
+
+    def apply_selection(self, chosen: list[int]) -> None:
+        self.selected = list(chosen)
+        self.projectors = nn.ModuleList([self.projectors[i] for i in chosen])
+        self.predictors = nn.ModuleList([self.predictors[i] for i in chosen])
+        self._build_stacks()
+
+    def _encode_input(self, x: torch.Tensor) -> torch.Tensor:
+        return x.flatten(1)
+
+    def embed(self, x: torch.Tensor) -> torch.Tensor:
+        return self(x)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Backbone features (after adapter / flatten): what evaluation probes."""
+        features = self.backbone(x)
+        if self.adapter is not None:
+            features = self.adapter(features)
+        return features.flatten(1) if self.flatten or features.dim() > 2 else features
+
+    def _loss(self, x: torch.Tensor) -> torch.Tensor:
+        if self.backbone_trains:
+            features = self(x)
+        else:
+            with torch.no_grad():
+                features = self(x)
+        with torch.no_grad():
+            targets = self._projector_stack(self._encode_input(x))  # (K, B, D)
+        predictions = self._predictor_stack(features)  # (K, B, D)
+        return self.loss_fn(predictions, targets)
+
+    def training_step(self, batch):
+        return {"loss": self._loss(batch[0])}
+
+    def validation_step(self, batch):
+        return {"loss": self._loss(batch[0])}
+
+    def param_groups(self):
+        # The backbone stays in the optimizer in predictor-only phases: its grads are then
+        # None and the optimizer skips it, but its optimizer state survives for the next phase.
+        return [{"params": [*self.backbone.parameters(), *self.predictors.parameters()]}]
+
+    def on_epoch_start(self, epoch: int) -> None:
+        self.backbone_trains = epoch % (self.predictor_training_epochs + 1) == 0
+        self.backbone.requires_grad_(self.backbone_trains)
+
+    def on_step_end(self, step: int, total_steps: int) -> None:
+        if self.backbone_trains:
+            self.backbone_training_steps += 1
+
+    def should_stop(self) -> bool:
+        limit = self.max_backbone_training_steps
+        return limit is not None and self.backbone_training_steps >= limit
+
+    def extra_state(self):
+        return {
+            "backbone_training_steps": self.backbone_training_steps,
+            "backbone_trains": self.backbone_trains,
+            "selected": self.selected,
+        }
+
+    def load_extra_state(self, state):
+        self.backbone_training_steps = state["backbone_training_steps"]
+        self.backbone_trains = state["backbone_trains"]
