@@ -20,7 +20,7 @@ from rayssl.config import TrainConfig
 from rayssl.methods import Method, SimpleSupervisedModel
 from rayssl.methods.byol import BYOL
 from rayssl.methods.heads import MLPHead
-from rayssl.methods.lfr import LearnFromRandomnessModel, RepeatedModuleList
+from rayssl.methods.lfr import LearnFromRandomnessModel, RandomProjector, RepeatedModuleList
 from rayssl.methods.simclr import SimCLR
 
 OPTIMIZERS: dict[str, type[torch.optim.Optimizer]] = {
@@ -101,11 +101,14 @@ def build_method(
         )
     if cfg.method == "lfr":
         c = cfg.lfr
-        in_dim = math.prod(sample_shape)
+        if c.projector == "backbone":
+            encoder, in_dim = (lambda: build_backbone(cfg, sample_shape)), features
+        else:
+            encoder, in_dim = None, math.prod(sample_shape)
         method = LearnFromRandomnessModel(
             backbone,
             projectors=RepeatedModuleList(
-                c.num_projectors, MLPHead, [in_dim, c.proj_hidden, c.proj_dim], batch_norm=False
+                c.num_projectors, RandomProjector, in_dim, c.proj_hidden, c.proj_dim, encoder
             ),
             predictors=RepeatedModuleList(
                 c.num_projectors, MLPHead, [features, c.pred_hidden, c.proj_dim], batch_norm=False

@@ -28,6 +28,7 @@ class AugmentConfig(Strict):
     scale: float = Field(0.0, ge=0.0, lt=1.0, description="amplitude scaling in [1-s, 1+s]")
     jitter: float = Field(0.0, ge=0.0, description="std of additive Gaussian noise")
     flip: bool = Field(False, description="random horizontal flip (images)")
+    stretch: float = Field(0.0, ge=0.0, lt=1.0, description="time-stretch by [1-s, 1+s]")
     mask: int = Field(0, ge=0, description="zero a random window of up to this many steps")
     crop: int = Field(0, ge=0, description="images: random crop after padding by this much")
 
@@ -159,7 +160,10 @@ class LFRConfig(Strict):
     num_projectors: int = Field(16, ge=1)
     num_targets: int | None = Field(None, ge=1, description="DPP-selected subset; null: all")
     proj_dim: int = Field(64, ge=1)
-    proj_hidden: int = Field(256, ge=1, description="width of the random projectors")
+    projector: Literal["backbone", "mlp"] = Field(
+        "backbone", description="random target nets: a fresh copy of the backbone, or an MLP"
+    )
+    proj_hidden: int = Field(256, ge=1, description="hidden width of the projectors' MLP")
     pred_hidden: int = Field(256, ge=1)
     predictor_training_epochs: int = Field(0, ge=0)
     max_backbone_training_steps: int | None = Field(None, ge=1)

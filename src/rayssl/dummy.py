@@ -24,7 +24,9 @@ class DummyTrainer:
         self.cfg: TrainConfig = validate_train_config(deep_merge(DEFAULTS, overrides or {}))
         splits = load_splits(self.cfg.data, self.cfg.seed)
         seed_everything(self.cfg.seed)
-        self.method = build_method(self.cfg, splits.sample_shape, splits.num_classes)
+        self.method = build_method(
+            self.cfg, splits.sample_shape, splits.num_classes, selection_sample=splits.train[0]
+        )
         self.loop = Loop(self.method, splits, self.cfg)
 
     def iterate(self, num_iterations: int) -> Iterator[TrainingIterationStats]:

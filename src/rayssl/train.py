@@ -6,6 +6,7 @@ import json
 import os
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -31,8 +32,9 @@ class RunFailed(RuntimeError):
 # ============================================================================ workers
 
 
-def train_func(config: dict[str, Any]) -> None:
-    """Ray Train's per-worker entry point: build, restore, train, report every epoch."""
+def train_func(config: dict[str, Any]) -> Loop:
+    """Ray Train's per-worker entry point: build, restore, train, report every epoch.
+    Returns the finished loop (for wrappers that inspect a worker's final state)."""
     import ray
     import ray.train
     import ray.train.torch
@@ -62,7 +64,7 @@ def train_func(config: dict[str, Any]) -> None:
         with checkpoint.as_directory() as directory:
             loop.load_state_dict(load_state(directory))
     first_epoch = loop.state.epoch
-    crash_after = int(os.environ.get(CRASH_ENV, "0") or 0)
+    crash_after = config.get("crash_after_epoch") or 0
 
     started = time.perf_counter()
     for metrics in loop.epochs():
@@ -77,6 +79,7 @@ def train_func(config: dict[str, Any]) -> None:
             print(progress_line(metrics, cfg, loop.state.epoch - first_epoch, started), flush=True)
         if first_epoch < crash_after == loop.state.epoch:
             raise RuntimeError(f"{CRASH_ENV}: injected failure after epoch {crash_after}")
+    return loop
 
 
 def _quiet_report_logs() -> None:
@@ -267,7 +270,16 @@ RAY_TRAIN_ENV = {
 }
 
 
-def build_trainer(cfg: TrainConfig, splits_ref: Any, storage: Storage, run: str, callbacks=None):
+def build_trainer(
+    cfg: TrainConfig,
+    splits_ref: Any,
+    storage: Storage,
+    run: str,
+    callbacks: list | None = None,
+    *,
+    train_fn: Callable[[dict[str, Any]], Any] = train_func,
+    crash_after_epoch: int | None = None,
+):
     """The TorchTrainer of one run (also used by `rayssl tune`, one per trial)."""
     for key, value in RAY_TRAIN_ENV.items():
         os.environ.setdefault(key, value)
@@ -276,8 +288,12 @@ def build_trainer(cfg: TrainConfig, splits_ref: Any, storage: Storage, run: str,
 
     ck = cfg.checkpoint
     return TorchTrainer(
-        train_func,
-        train_loop_config={"config": cfg.model_dump(mode="json"), "splits": splits_ref},
+        train_fn,
+        train_loop_config={
+            "config": cfg.model_dump(mode="json"),
+            "splits": splits_ref,
+            "crash_after_epoch": crash_after_epoch,
+        },
         scaling_config=ScalingConfig(
             num_workers=cfg.num_workers,
             use_gpu=cfg.use_gpu,
@@ -302,8 +318,17 @@ def build_trainer(cfg: TrainConfig, splits_ref: Any, storage: Storage, run: str,
     )
 
 
-def fit(cfg: TrainConfig, *, resume: bool = False) -> dict[str, Any]:
-    """Validate inputs, run the TorchTrainer, write `summary.json`; return the summary."""
+def fit(
+    cfg: TrainConfig,
+    *,
+    resume: bool = False,
+    train_fn: Callable[[dict[str, Any]], Any] = train_func,
+    crash_after_epoch: int | None = None,
+) -> dict[str, Any]:
+    """Validate inputs, run the TorchTrainer, write `summary.json`; return the summary.
+
+    `crash_after_epoch` (default: the RAYSSL_CRASH_AFTER_EPOCH environment variable) is
+    fault injection for tests: the first attempt's workers fail after that epoch."""
     import ray
     from ray.train import TrainingFailedError
 
@@ -313,7 +338,11 @@ def fit(cfg: TrainConfig, *, resume: bool = False) -> dict[str, Any]:
     if resume:
         check_resumable(cfg, storage, run, method_state)
     init_ray(cfg)
-    trainer = build_trainer(cfg, ray.put(splits), storage, run)
+    if crash_after_epoch is None:
+        crash_after_epoch = int(os.environ.get(CRASH_ENV, "0") or 0)
+    trainer = build_trainer(
+        cfg, ray.put(splits), storage, run, train_fn=train_fn, crash_after_epoch=crash_after_epoch
+    )
     started = time.time()
     try:
         result = trainer.fit()

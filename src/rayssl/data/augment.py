@@ -38,6 +38,22 @@ def random_flip(x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
     return torch.where(flip.view(-1, *([1] * (x.dim() - 1))), x.flip(-1), x)
 
 
+def random_stretch(x: torch.Tensor, amount: float, g: torch.Generator) -> torch.Tensor:
+    """Resample each sample along the last axis, stretched about its centre by a factor in
+    [1 - amount, 1 + amount], with linear interpolation and edge values beyond the ends."""
+    length = x.shape[-1]
+    factors = 1 + amount * (2 * torch.rand(x.shape[0], generator=g, device=g.device) - 1)
+    centre = (length - 1) / 2
+    grid = torch.arange(length, device=x.device, dtype=x.dtype)[None, :] - centre
+    pos = (grid / factors.to(x.device, x.dtype)[:, None] + centre).clamp_(0, length - 1)
+    lo = pos.floor().long()
+    hi = (lo + 1).clamp_(max=length - 1)
+    frac = pos - lo
+    shape = (x.shape[0], *([1] * (x.dim() - 2)), length)
+    lo, hi, frac = lo.view(shape).expand_as(x), hi.view(shape).expand_as(x), frac.view(shape)
+    return torch.gather(x, -1, lo) * (1 - frac) + torch.gather(x, -1, hi) * frac
+
+
 def time_mask(x: torch.Tensor, max_len: int, g: torch.Generator) -> torch.Tensor:
     """Zero one random window of length in [0, max_len] per sample along the last axis."""
     length = x.shape[-1]
@@ -56,7 +72,7 @@ def random_crop(x: torch.Tensor, pad: int, g: torch.Generator) -> torch.Tensor:
 
 
 class Augment:
-    """The configured pipeline: crop, shift, scale, flip, mask, then jitter."""
+    """The configured pipeline: crop, stretch, shift, scale, flip, mask, then jitter."""
 
     def __init__(self, cfg: AugmentConfig):
         self.cfg = cfg
@@ -64,12 +80,14 @@ class Augment:
     @property
     def active(self) -> bool:
         c = self.cfg
-        return bool(c.shift or c.scale or c.jitter or c.flip or c.mask or c.crop)
+        return bool(c.shift or c.scale or c.jitter or c.flip or c.mask or c.crop or c.stretch)
 
     def __call__(self, x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
         c = self.cfg
         if c.crop:
             x = random_crop(x, c.crop, g)
+        if c.stretch:
+            x = random_stretch(x, c.stretch, g)
         if c.shift:
             x = random_shift(x, c.shift, g)
         if c.scale:

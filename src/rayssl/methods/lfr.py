@@ -12,6 +12,7 @@ from torch.func import functional_call
 
 from rayssl.losses import BatchWiseBarlowTwinsLoss
 from rayssl.methods.base import Method
+from rayssl.methods.heads import MLPHead
 
 
 class RepeatedModuleList(nn.ModuleList):
@@ -43,6 +44,23 @@ def select_targets_dpp(features: torch.Tensor, k: int) -> list[int]:
     return selected
 
 
+class RandomProjector(nn.Sequential):
+    """A frozen LFR target: `encoder()` (a randomly initialised network; default: flatten)
+    followed by a random MLP `in_features -> hidden -> out_features`."""
+
+    def __init__(
+        self,
+        in_features: int,
+        hidden: int,
+        out_features: int,
+        encoder: Callable[[], nn.Module] | None = None,
+    ):
+        super().__init__(
+            encoder() if encoder is not None else nn.Flatten(),
+            MLPHead([in_features, hidden, out_features], batch_norm=False),
+        )
+
+
 class _StackedHeads(nn.Module):
     """Evaluates K modules of one architecture in a single vmapped call (no Python loop)."""
 
@@ -53,7 +71,7 @@ class _StackedHeads(nn.Module):
         self.vmappable = all(not any(True for _ in m.buffers()) for m in modules)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """x: (B, F) shared input -> (K, B, D)."""
+        """x: (B, ...) shared input -> (K, B, D)."""
         if not self.vmappable:
             return torch.stack([h(x) for h in self.heads])
         params = self._stacked()
@@ -139,7 +157,8 @@ class LearnFromRandomnessModel(Method):
         their predictors. `broadcast` makes rank 0's choice everyone's choice."""
         if self.num_targets is None or self.num_targets >= len(self.projectors):
             return
-        sample = self._encode_input(sample[: self.selection_batch_size])
+        self.projectors.eval()
+        sample = sample[: self.selection_batch_size].to(next(self.parameters()).device)
         outputs = torch.stack([p(sample).flatten() for p in self.projectors])
         outputs = nn.functional.normalize(outputs - outputs.mean(1, keepdim=True), dim=1)
         chosen = select_targets_dpp(outputs, self.num_targets)
@@ -153,8 +172,10 @@ class LearnFromRandomnessModel(Method):
         self.predictors = nn.ModuleList([self.predictors[i] for i in chosen])
         self._build_stacks()
 
-    def _encode_input(self, x: torch.Tensor) -> torch.Tensor:
-        return x.flatten(1)
+    def train(self, mode: bool = True) -> LearnFromRandomnessModel:
+        super().train(mode)
+        self.projectors.eval()  # frozen targets: BatchNorm (if any) never updates
+        return self
 
     def embed(self, x: torch.Tensor) -> torch.Tensor:
         return self(x)
@@ -173,7 +194,7 @@ class LearnFromRandomnessModel(Method):
             with torch.no_grad():
                 features = self(x)
         with torch.no_grad():
-            targets = self._projector_stack(self._encode_input(x))  # (K, B, D)
+            targets = self._projector_stack(x)  # (K, B, D)
         predictions = self._predictor_stack(features)  # (K, B, D)
         return self.loss_fn(predictions, targets)
 

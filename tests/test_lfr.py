@@ -1,0 +1,81 @@
+import copy
+
+import torch
+from torch import nn
+
+from rayssl.dummy import DummyTrainer
+from rayssl.methods.heads import MLPHead
+from rayssl.methods.lfr import (
+    LearnFromRandomnessModel,
+    RandomProjector,
+    RepeatedModuleList,
+    select_targets_dpp,
+)
+
+
+def test_repeated_module_list_instances_differ():
+    heads = RepeatedModuleList(3, nn.Linear, 4, 2)
+    assert len(heads) == 3 and not torch.equal(heads[0].weight, heads[1].weight)
+
+
+def test_dpp_prefers_diverse_rows():
+    base = torch.nn.functional.normalize(torch.randn(3, 16), dim=1)
+    rows = torch.cat([base, base[:1] * 1.0001])  # row 3 duplicates row 0
+    chosen = select_targets_dpp(torch.nn.functional.normalize(rows, dim=1), 3)
+    assert len(set(chosen)) == 3 and not {0, 3} <= set(chosen)
+
+
+def test_stacked_heads_match_a_per_head_loop():
+    model = LearnFromRandomnessModel(
+        nn.Linear(6, 5),
+        projectors=RepeatedModuleList(4, RandomProjector, 6, 8, 3),
+        predictors=RepeatedModuleList(4, MLPHead, [5, 8, 3], batch_norm=False),
+    )
+    feats = torch.randn(10, 5)
+    stacked = model._predictor_stack(feats)
+    looped = torch.stack([p(feats) for p in model.predictors])
+    assert torch.allclose(stacked, looped, atol=1e-6)
+    stacked.sum().backward()  # gradients reach each head's own parameters
+    assert all(p[0].weight.grad is not None for p in model.predictors)
+
+
+def _lfr(**lfr):
+    return DummyTrainer({
+        "method": "lfr", "epochs": 4,
+        "data": {"num_samples": 256, "batch_size": 32},
+        "lfr": {"num_projectors": 6, "num_targets": 3, "proj_dim": 8, "proj_hidden": 16,
+                "pred_hidden": 16, **lfr},
+    })
+
+
+def test_projectors_never_change_and_are_not_optimized():
+    trainer = _lfr()
+    method = trainer.method
+    assert len(method.projectors) == 3 and method.selected is not None
+    before = copy.deepcopy(method.projectors.state_dict())
+    stepped = {id(p) for g in method.param_groups() for p in g["params"]}
+    assert not stepped & {id(p) for p in method.projectors.parameters()}
+    list(trainer.loop.epochs())
+    for k, v in method.projectors.state_dict().items():
+        assert torch.equal(v, before[k])
+
+
+def test_phases_freeze_the_backbone_in_predictor_epochs():
+    trainer = _lfr(predictor_training_epochs=1)
+    method, epochs = trainer.method, trainer.loop.epochs()
+    snapshots = [copy.deepcopy(method.backbone.state_dict())]
+    for _ in range(3):
+        next(epochs)
+        snapshots.append(copy.deepcopy(method.backbone.state_dict()))
+    changed = [any(not torch.equal(a[k], b[k]) for k in a if "running" not in k and "num_batches" not in k)
+               for a, b in zip(snapshots, snapshots[1:])]
+    assert changed == [True, False, True]  # epochs 0 and 2 train the backbone, epoch 1 does not
+    steps_per_epoch = trainer.loop.steps_per_epoch
+    assert method.backbone_training_steps == 2 * steps_per_epoch
+
+
+def test_max_backbone_training_steps_ends_training():
+    trainer = _lfr(max_backbone_training_steps=5)
+    history = list(trainer.loop.epochs())
+    assert trainer.method.backbone_training_steps == 5 and trainer.loop.state.global_step == 5
+    assert len(history) == 1 and "knn_acc" in history[-1]
