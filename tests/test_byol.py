@@ -24,9 +24,11 @@ def test_update_momentum_is_the_ema_of_params_and_buffers():
             p.add_(1.0)
     before = copy.deepcopy(target)
     update_momentum(online, target, 0.9)
-    for b, o, t in zip(before.parameters(), online.parameters(), target.parameters()):
+    for b, o, t in zip(before.parameters(), online.parameters(), target.parameters(), strict=False):
         assert torch.allclose(t, 0.9 * b + 0.1 * o)
-    assert torch.allclose(target[1].running_mean, 0.9 * before[1].running_mean + 0.1 * online[1].running_mean)
+    assert torch.allclose(
+        target[1].running_mean, 0.9 * before[1].running_mean + 0.1 * online[1].running_mean
+    )
     assert target[1].num_batches_tracked == online[1].num_batches_tracked
 
 
@@ -41,7 +43,9 @@ def test_target_is_frozen_and_out_of_the_optimizer():
 
 
 def test_momentum_follows_global_steps_and_target_trails_online():
-    trainer = DummyTrainer({"method": "byol", "epochs": 2, "byol": {"schedule": 20, "base_momentum": 0.9}})
+    trainer = DummyTrainer(
+        {"method": "byol", "epochs": 2, "byol": {"schedule": 20, "base_momentum": 0.9}}
+    )
     list(trainer.loop.epochs())
     steps = trainer.loop.state.global_step
     assert trainer.method.momentum == pytest.approx(cosine_schedule(steps, 20, 0.9, 1.0))

@@ -40,12 +40,21 @@ def test_stacked_heads_match_a_per_head_loop():
 
 
 def _lfr(**lfr):
-    return DummyTrainer({
-        "method": "lfr", "epochs": 4,
-        "data": {"num_samples": 256, "batch_size": 32},
-        "lfr": {"num_projectors": 6, "num_targets": 3, "proj_dim": 8, "proj_hidden": 16,
-                "pred_hidden": 16, **lfr},
-    })
+    return DummyTrainer(
+        {
+            "method": "lfr",
+            "epochs": 4,
+            "data": {"num_samples": 256, "batch_size": 32},
+            "lfr": {
+                "num_projectors": 6,
+                "num_targets": 3,
+                "proj_dim": 8,
+                "proj_hidden": 16,
+                "pred_hidden": 16,
+                **lfr,
+            },
+        }
+    )
 
 
 def test_projectors_never_change_and_are_not_optimized():
@@ -67,8 +76,10 @@ def test_phases_freeze_the_backbone_in_predictor_epochs():
     for _ in range(3):
         next(epochs)
         snapshots.append(copy.deepcopy(method.backbone.state_dict()))
-    changed = [any(not torch.equal(a[k], b[k]) for k in a if "running" not in k and "num_batches" not in k)
-               for a, b in zip(snapshots, snapshots[1:])]
+    changed = [
+        any(not torch.equal(a[k], b[k]) for k in a if "running" not in k and "num_batches" not in k)
+        for a, b in zip(snapshots, snapshots[1:], strict=False)
+    ]
     assert changed == [True, False, True]  # epochs 0 and 2 train the backbone, epoch 1 does not
     steps_per_epoch = trainer.loop.steps_per_epoch
     assert method.backbone_training_steps == 2 * steps_per_epoch

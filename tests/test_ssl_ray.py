@@ -22,8 +22,16 @@ ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
 METHODS = {
     "byol": {"byol": {"proj_hidden": 16, "proj_dim": 8, "pred_hidden": 16, "base_momentum": 0.9}},
     "simclr": {"simclr": {"proj_hidden": 16, "proj_dim": 8, "temperature": 0.2}},
-    "lfr": {"lfr": {"num_projectors": 6, "num_targets": 3, "proj_dim": 8, "proj_hidden": 16,
-                    "pred_hidden": 16, "predictor_training_epochs": 1}},
+    "lfr": {
+        "lfr": {
+            "num_projectors": 6,
+            "num_targets": 3,
+            "proj_dim": 8,
+            "proj_hidden": 16,
+            "pred_hidden": 16,
+            "predictor_training_epochs": 1,
+        }
+    },
 }
 
 
@@ -48,9 +56,12 @@ def _assert_states_equal(a, b):
 @pytest.mark.parametrize("method", ["byol", "simclr", "lfr"])
 def test_ranks_agree_and_restart_is_exact(ray_session, write_config, tmp_path, method):
     overrides = {
-        "method": method, "epochs": 3, "num_workers": 2,
+        "method": method,
+        "epochs": 3,
+        "num_workers": 2,
         "data": {"augment": {"shift": 2, "jitter": 0.05, "mask": 3}},
-        "eval": {"every": 0, "linear_probe": False}, **METHODS[method],
+        "eval": {"every": 0, "linear_probe": False},
+        **METHODS[method],
     }
     straight_dir, retried_dir = tmp_path / "straight", tmp_path / "retried"
     straight = fit(
@@ -63,14 +74,20 @@ def test_ranks_agree_and_restart_is_exact(ray_session, write_config, tmp_path, m
     assert "knn_acc" in straight["final_metrics"]
 
     retried = fit(
-        load_train_config(write_config(
-            {**overrides, "max_failures": 1, "storage_path": str(retried_dir)}, name="b")),
+        load_train_config(
+            write_config(
+                {**overrides, "max_failures": 1, "storage_path": str(retried_dir)}, name="b"
+            )
+        ),
         crash_after_epoch=1,
     )
     a = load_state(Path(straight["checkpoint"]))
     b = load_state(Path(retried["checkpoint"]))
     _assert_states_equal(a["model"], b["model"])
-    assert a["method_extra"] == b["method_extra"] and a["loop"]["global_step"] == b["loop"]["global_step"]
+    assert (
+        a["method_extra"] == b["method_extra"]
+        and a["loop"]["global_step"] == b["loop"]["global_step"]
+    )
     if method == "lfr":
         steps = a["loop"]["global_step"] // 3
         assert a["method_extra"]["backbone_training_steps"] == 2 * steps  # epochs 1 and 3 only

@@ -13,13 +13,19 @@ import torch.nn.functional as F
 def extract_features(
     embed: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, batch_size: int = 1024
 ) -> torch.Tensor:
-    return torch.cat([embed(x[i : i + batch_size]).float().cpu() for i in range(0, len(x), batch_size)])
+    return torch.cat(
+        [embed(x[i : i + batch_size]).float().cpu() for i in range(0, len(x), batch_size)]
+    )
 
 
 @torch.no_grad()
 def knn_accuracy(
-    train_f: torch.Tensor, train_y: torch.Tensor, test_f: torch.Tensor, test_y: torch.Tensor,
-    k: int = 20, temperature: float = 0.07,
+    train_f: torch.Tensor,
+    train_y: torch.Tensor,
+    test_f: torch.Tensor,
+    test_y: torch.Tensor,
+    k: int = 20,
+    temperature: float = 0.07,
 ) -> float:
     """Weighted kNN on cosine similarity (Wu et al. 2018): neighbours vote exp(sim / t)."""
     train_f, test_f = F.normalize(train_f, dim=1), F.normalize(test_f, dim=1)

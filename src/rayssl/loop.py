@@ -214,7 +214,9 @@ class Loop:
             if last:
                 metrics.update(self.evaluate("test"))
             every = self.cfg.eval.every
-            if self.cfg.method != "supervised" and (last or (every and self.state.epoch % every == 0)):
+            if self.cfg.method != "supervised" and (
+                last or (every and self.state.epoch % every == 0)
+            ):
                 metrics.update(self.probe())
             self.state.history.append(dict(metrics))
             yield metrics

@@ -35,9 +35,11 @@ def _conv_block(conv: type[nn.Module], norm: type[nn.Module], cin: int, cout: in
     return nn.Sequential(conv(cin, cout, k, padding=k // 2, bias=False), norm(cout), nn.ReLU(True))
 
 
-def cnn1d(input_shape: Sequence[int], width: int = 64, depth: int = 3, kernel_size: int = 5):
-    """1D CNN for `(C, L)` signals: `depth` conv blocks, a max-pool after the second,
-    global average pooling. Features: `width`."""
+def cnn1d(
+    input_shape: Sequence[int], width: int = 64, depth: int = 3, kernel_size: int = 5, pool: int = 1
+):
+    """1D CNN for `(C, L)` signals: `depth` conv blocks, a max-pool after the second, then
+    average pooling to `pool` positions (1: global). Features: `width * pool`."""
     if len(input_shape) == 1:
         input_shape = (1, *input_shape)
     if len(input_shape) != 2:
@@ -49,7 +51,7 @@ def cnn1d(input_shape: Sequence[int], width: int = 64, depth: int = 3, kernel_si
         channels = width
         if i == 1:
             layers.append(nn.MaxPool1d(2))
-    layers += [nn.AdaptiveAvgPool1d(1), nn.Flatten()]
+    layers += [nn.AdaptiveAvgPool1d(pool), nn.Flatten()]
     return nn.Sequential(*layers)
 
 

@@ -228,7 +228,9 @@ def preflight(cfg: TrainConfig) -> tuple[Splits, dict[str, torch.Tensor]]:
         method.eval()
         x = splits.train[0][:2]
         with torch.no_grad():
-            method.validation_step((tuple([x] * method.num_views) if method.num_views > 1 else x, splits.train[1][:2]))
+            method.validation_step(
+                (tuple([x] * method.num_views) if method.num_views > 1 else x, splits.train[1][:2])
+            )
     except (RuntimeError, ValueError, TypeError) as exc:
         first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise ConfigError(

@@ -38,7 +38,7 @@ def update_momentum(model: nn.Module, model_ema: nn.Module, m: float) -> None:
     ema_params = list(model_ema.parameters())
     torch._foreach_lerp_(ema_params, list(model.parameters()), 1.0 - m)
     ema_buffers, buffers = [], []
-    for b_ema, b in zip(model_ema.buffers(), model.buffers()):
+    for b_ema, b in zip(model_ema.buffers(), model.buffers(), strict=True):
         if b.is_floating_point():
             ema_buffers.append(b_ema)
             buffers.append(b)
@@ -86,7 +86,9 @@ class BYOL(Method):
         self.schedule_length = schedule
         self.base_momentum = base_momentum
         self.optimizer = optimizer
-        self.optimizer_kwargs = {"weight_decay": 1e-6} if optimizer_kwargs is None else optimizer_kwargs
+        self.optimizer_kwargs = (
+            {"weight_decay": 1e-6} if optimizer_kwargs is None else optimizer_kwargs
+        )
         self.lr_scheduler = lr_scheduler
         self.lr_scheduler_kwargs = dict(lr_scheduler_kwargs or {})
         self.momentum = base_momentum

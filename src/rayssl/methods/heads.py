@@ -12,7 +12,7 @@ class MLPHead(nn.Sequential):
 
     def __init__(self, dims: Sequence[int], batch_norm: bool = True):
         layers: list[nn.Module] = []
-        for i, (din, dout) in enumerate(zip(dims[:-1], dims[1:])):
+        for i, (din, dout) in enumerate(zip(dims[:-1], dims[1:], strict=True)):
             last = i == len(dims) - 2
             layers.append(nn.Linear(din, dout, bias=last or not batch_norm))
             if not last:

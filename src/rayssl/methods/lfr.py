@@ -36,7 +36,7 @@ def select_targets_dpp(features: torch.Tensor, k: int) -> list[int]:
     selected = [int(torch.argmax(gains))]
     for step in range(1, k):
         j = selected[-1]
-        e = (kernel[j] - cis[:step - 1].T @ cis[:step - 1, j]) / gains[j].clamp_min(1e-12).sqrt()
+        e = (kernel[j] - cis[: step - 1].T @ cis[: step - 1, j]) / gains[j].clamp_min(1e-12).sqrt()
         cis[step - 1] = e
         gains = gains - e.pow(2)
         gains[selected] = -float("inf")
@@ -94,8 +94,11 @@ class LearnFromRandomnessModel(Method):
     otherwise only predictors train and the backbone runs frozen (requires_grad off; the
     loop re-wraps DDP when the trainable set changes, so no unused-parameter errors).
     `max_backbone_training_steps` ends training after that many backbone-training steps.
-    Batches are `(x, y)`; y is ignored.
+    Batches are `((x, x_target), y)`: the backbone sees one view, the projectors another
+    (the same tensor when no augmentation is configured, as in the paper); y is ignored.
     """
+
+    num_views = 2
 
     def __init__(
         self,
@@ -120,7 +123,9 @@ class LearnFromRandomnessModel(Method):
         if len(projectors) != len(predictors):
             raise ValueError(f"{len(projectors)} projectors but {len(predictors)} predictors")
         if num_targets is not None and num_targets > len(projectors):
-            raise ValueError(f"num_targets ({num_targets}) > number of projectors ({len(projectors)})")
+            raise ValueError(
+                f"num_targets ({num_targets}) > number of projectors ({len(projectors)})"
+            )
         self.backbone = backbone
         self.projectors = projectors
         self.predictors = predictors
@@ -134,7 +139,9 @@ class LearnFromRandomnessModel(Method):
         self.flatten = flatten
         self.predictor_training_epochs = predictor_training_epochs or 0
         self.max_backbone_training_steps = (
-            max_backbone_training_steps if max_backbone_training_steps and max_backbone_training_steps > 0 else None
+            max_backbone_training_steps
+            if max_backbone_training_steps and max_backbone_training_steps > 0
+            else None
         )
         self.selection_batch_size = selection_batch_size
         self.optimizer = optimizer
@@ -187,14 +194,15 @@ class LearnFromRandomnessModel(Method):
             features = self.adapter(features)
         return features.flatten(1) if self.flatten or features.dim() > 2 else features
 
-    def _loss(self, x: torch.Tensor) -> torch.Tensor:
+    def _loss(self, views: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+        x, x_target = views
         if self.backbone_trains:
             features = self(x)
         else:
             with torch.no_grad():
                 features = self(x)
         with torch.no_grad():
-            targets = self._projector_stack(x)  # (K, B, D)
+            targets = self._projector_stack(x_target)  # (K, B, D)
         predictions = self._predictor_stack(features)  # (K, B, D)
         return self.loss_fn(predictions, targets)
 
