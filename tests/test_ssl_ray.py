@@ -39,9 +39,9 @@ def dumping_train_func(config):
     """rayssl's own worker function, then each rank saves its final method state."""
     import ray.train
 
-    from rayssl.train import train_func
+    from rayssl.train import run_worker
 
-    loop = train_func(config)
+    loop = run_worker(config)
     rank = ray.train.get_context().get_world_rank()
     out = Path(config["config"]["storage_path"]) / f"rank{rank}.pt"
     torch.save({"model": loop.method.state_dict(), "extra": loop.method.extra_state()}, out)

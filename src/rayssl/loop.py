@@ -164,6 +164,14 @@ class Loop:
             return tuple(self.augment(x, generator) for _ in range(self.method.num_views))
         return self.augment(x, generator) if self.augment.active else x
 
+    def _sync_buffers(self) -> None:
+        """Give every rank rank 0's buffers. DDP broadcasts buffers before each forward, but
+        the last step's BatchNorm update (and BYOL's EMA of it) is rank-local; after this the
+        ranks are identical at every epoch boundary, where checkpoints and evaluation happen."""
+        if self.world_size > 1 and torch.distributed.is_initialized():
+            for buffer in self.method.buffers():
+                torch.distributed.broadcast(buffer, src=0)
+
     def start_epoch(self) -> None:
         """Set the sampler's epoch, reseed the view generator, call the method's hook, and
         re-wrap the model for DDP if the hook changed which parameters train."""
@@ -188,6 +196,7 @@ class Loop:
         self.start_epoch()
         start = time.perf_counter()
         steps = sum(1 for _ in self.iterate())
+        self._sync_buffers()
         elapsed = time.perf_counter() - start
         samples = steps * self.train_batches.batch_size * self.world_size
         metrics = {

@@ -32,9 +32,14 @@ class RunFailed(RuntimeError):
 # ============================================================================ workers
 
 
-def train_func(config: dict[str, Any]) -> Loop:
-    """Ray Train's per-worker entry point: build, restore, train, report every epoch.
-    Returns the finished loop (for wrappers that inspect a worker's final state)."""
+def train_func(config: dict[str, Any]) -> None:
+    """Ray Train's per-worker entry point (returns nothing: Ray would pickle a return value)."""
+    run_worker(config)
+
+
+def run_worker(config: dict[str, Any]) -> Loop:
+    """Build, restore, train, report every epoch; return the finished loop (for wrappers
+    that inspect a worker's final state)."""
     import ray
     import ray.train
     import ray.train.torch
@@ -371,12 +376,18 @@ def summarize(cfg: TrainConfig, result: Any, run: str, storage: Storage, wall_s:
     history: list[dict[str, float]] = state["loop"]["history"]
     if cfg.early_stopping is not None:
         monitor, mode = cfg.early_stopping.monitor, cfg.early_stopping.mode
-    elif any("val_accuracy" in h for h in history):
-        monitor, mode = "val_accuracy", "max"
     else:
-        monitor, mode = (
-            ("val_loss" if any("val_loss" in h for h in history) else "train_loss"),
-            "min",
+        reported = {k for h in history for k in h}
+        monitor, mode = next(
+            (m, mode)
+            for m, mode in (
+                ("linear_acc", "max"),
+                ("knn_acc", "max"),
+                ("val_accuracy", "max"),
+                ("val_loss", "min"),
+                ("train_loss", "min"),
+            )
+            if m in reported
         )
     scored = [h for h in history if monitor in h]
     best = (max if mode == "max" else min)(scored, key=lambda h: h[monitor]) if scored else None

@@ -182,6 +182,8 @@ class LearnFromRandomnessModel(Method):
     def train(self, mode: bool = True) -> LearnFromRandomnessModel:
         super().train(mode)
         self.projectors.eval()  # frozen targets: BatchNorm (if any) never updates
+        if not self.backbone_trains:
+            self.backbone.eval()  # frozen phase: BatchNorm statistics stay as they are
         return self
 
     def embed(self, x: torch.Tensor) -> torch.Tensor:
@@ -220,6 +222,7 @@ class LearnFromRandomnessModel(Method):
     def on_epoch_start(self, epoch: int) -> None:
         self.backbone_trains = epoch % (self.predictor_training_epochs + 1) == 0
         self.backbone.requires_grad_(self.backbone_trains)
+        self.train(self.training)
 
     def on_step_end(self, step: int, total_steps: int) -> None:
         if self.backbone_trains:
