@@ -98,6 +98,15 @@ def test_in_process_fit_with_one_worker_and_resume_checks(ray_session, write_con
     summary = fit(cfg)
     assert summary["epochs_run"] == 2 and Path(summary["path"]).is_file()
 
+    from click.testing import CliRunner
+
+    from rayssl.cli import main
+
+    probed = CliRunner().invoke(main, ["eval", str(Path(summary["path"]).parent)])
+    assert probed.exit_code == 0 and "knn_acc" in probed.output and "linear_acc" in probed.output
+    empty = CliRunner().invoke(main, ["eval", str(tmp_path)])
+    assert empty.exit_code == 2 and "neither state.pt nor checkpoint_" in empty.output
+
     with pytest.raises(ConfigError, match="does not fit this config's network"):
         fit(
             load_train_config(write_config({"num_workers": 1, "backbone": {"width": 4}})),

@@ -55,5 +55,19 @@ def train(config: str, overrides: tuple[str, ...], resume: bool) -> None:
     click.echo(f"rayssl: summary: {summary['path']}")
 
 
+@main.command("eval")
+@click.argument("path", type=click.Path(exists=True, file_okay=False))
+@click.option("--knn-k", type=click.IntRange(min=1), default=None, help="Neighbours for kNN.")
+def evaluate(path: str, knn_k: int | None) -> None:
+    """kNN and linear-probe accuracy of a run's (or a checkpoint's) frozen backbone."""
+    from rayssl.evaluate import evaluate_checkpoint
+
+    try:
+        metrics = evaluate_checkpoint(path, knn_k=knn_k)
+    except ConfigError as exc:
+        _fail(str(exc), EXIT_BAD_INPUT)
+    click.echo("  ".join(f"{k} {v:.4f}" for k, v in metrics.items()))
+
+
 if __name__ == "__main__":
     main()

@@ -68,3 +68,33 @@ def probe(
     if linear:
         metrics["linear_acc"] = linear_probe_accuracy(train_f, train_y, test_f, test_y)
     return metrics
+
+
+def evaluate_checkpoint(path: str, knn_k: int | None = None) -> dict[str, float]:
+    """Rebuild the method of a run directory's newest checkpoint (or of a checkpoint
+    directory) from its saved config, load the weights, and probe its backbone."""
+    from pathlib import Path
+
+    from rayssl.build import build_method
+    from rayssl.config import ConfigError, validate_train_config
+    from rayssl.data import load_splits
+    from rayssl.state import STATE_FILE, load_state
+
+    directory = Path(path)
+    if not (directory / STATE_FILE).is_file():
+        checkpoints = sorted(p for p in directory.glob("checkpoint_*") if p.is_dir())
+        if not checkpoints:
+            raise ConfigError(f"'{path}' holds neither {STATE_FILE} nor checkpoint_* folders")
+        directory = checkpoints[-1]
+    state = load_state(directory)
+    cfg = validate_train_config(state["config"])
+    splits = load_splits(cfg.data, cfg.seed)
+    method = build_method(cfg, splits.sample_shape, splits.num_classes)
+    if state["method_extra"].get("selected") is not None:
+        method.apply_selection(state["method_extra"]["selected"])
+    method.load_state_dict(state["model"])
+    method.eval()
+    return probe(
+        method.embed, splits.train, splits.test or splits.val,
+        k=knn_k or cfg.eval.knn_k, linear=cfg.eval.linear_probe,
+    )
