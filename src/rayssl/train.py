@@ -111,7 +111,7 @@ def progress_line(metrics: dict[str, float], cfg: TrainConfig, done: int, starte
     per_epoch = (time.perf_counter() - started) / max(done, 1)
     eta = per_epoch * (cfg.epochs - epoch)
     parts = [f"[rayssl] epoch {epoch}/{cfg.epochs}", f"train_loss {metrics['train_loss']:.4f}"]
-    for key in ("val_accuracy", "val_loss", "test_accuracy"):
+    for key in ("val_accuracy", "val_loss", "test_accuracy", "knn_acc", "linear_acc"):
         if key in metrics:
             parts.append(f"{key} {metrics[key]:.4f}")
     parts += [f"{metrics['samples_per_s']:,.0f} samples/s", f"ETA {eta:.0f}s"]
