@@ -105,7 +105,7 @@ def test_in_process_fit_with_one_worker_and_resume_checks(ray_session, write_con
     probed = CliRunner().invoke(main, ["eval", str(Path(summary["path"]).parent)])
     assert probed.exit_code == 0 and "knn_acc" in probed.output and "linear_acc" in probed.output
     empty = CliRunner().invoke(main, ["eval", str(tmp_path)])
-    assert empty.exit_code == 2 and "neither state.pt nor checkpoint_" in empty.output
+    assert empty.exit_code == 2 and "neither state.pt nor a checkpoint" in empty.output
 
     with pytest.raises(ConfigError, match="does not fit this config's network"):
         fit(

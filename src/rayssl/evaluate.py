@@ -80,12 +80,16 @@ def evaluate_checkpoint(path: str, knn_k: int | None = None) -> dict[str, float]
     from rayssl.data import load_splits
     from rayssl.state import STATE_FILE, load_state
 
-    directory = Path(path)
+    from rayssl.train import Storage
+
+    directory = Path(path).resolve()
     if not (directory / STATE_FILE).is_file():
-        checkpoints = sorted(p for p in directory.glob("checkpoint_*") if p.is_dir())
-        if not checkpoints:
-            raise ConfigError(f"'{path}' holds neither {STATE_FILE} nor checkpoint_* folders")
-        directory = checkpoints[-1]
+        latest = Storage(str(directory.parent)).latest_checkpoint(directory.name)
+        if latest is None:
+            raise ConfigError(
+                f"'{path}' holds neither {STATE_FILE} nor a checkpoint registered by Ray"
+            )
+        directory = directory / latest
     state = load_state(directory)
     cfg = validate_train_config(state["config"])
     splits = load_splits(cfg.data, cfg.seed)

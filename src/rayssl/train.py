@@ -20,6 +20,8 @@ from rayssl.data import Splits, load_splits
 from rayssl.loop import Loop
 from rayssl.state import STATE_FILE, capture_rng, load_state, save_state, seed_everything
 
+SNAPSHOT_FILE = "checkpoint_manager_snapshot.json"  # Ray Train's record of registered checkpoints
+
 # Fault injection for tests: the workers of an attempt that started before epoch k raise
 # right after reporting epoch k's checkpoint (a restarted attempt resumes at k, so it runs on).
 CRASH_ENV = "RAYSSL_CRASH_AFTER_EPOCH"
@@ -151,12 +153,17 @@ class Storage:
         infos = fs.get_file_info(pyarrow.fs.FileSelector(base, allow_not_found=True))
         return sorted(i.base_name for i in infos if i.type == pyarrow.fs.FileType.Directory)
 
-    def checkpoints(self, run: str) -> list[str]:
+    def latest_checkpoint(self, run: str) -> str | None:
+        """The newest checkpoint Ray registered for `run` (its manager snapshot), or None.
+        A checkpoint folder Ray never registered (an upload cut short) is never returned."""
         fs, base = self._fs()
-        infos = fs.get_file_info(pyarrow.fs.FileSelector(f"{base}/{run}", allow_not_found=True))
-        names = [i.base_name for i in infos if i.type == pyarrow.fs.FileType.Directory]
-        # Ray names checkpoint folders checkpoint_<timestamp>: sorting by name sorts by time.
-        return sorted(n for n in names if n.startswith("checkpoint_"))
+        try:
+            with fs.open_input_stream(f"{base}/{run}/{SNAPSHOT_FILE}") as f:
+                snapshot = json.loads(f.read())
+        except (FileNotFoundError, OSError, ValueError):
+            return None
+        latest = snapshot.get("latest_checkpoint_result") or {}
+        return latest.get("checkpoint_dir_name")
 
     def read_state(self, run: str, checkpoint: str) -> dict[str, Any]:
         fs, base = self._fs()
@@ -184,17 +191,19 @@ def pick_run_name(cfg: TrainConfig, storage: Storage, resume: bool) -> str:
     that has a checkpoint."""
     base = cfg.name or "run"
     if resume:
-        candidates = [
-            r
+        latest = {
+            r: storage.latest_checkpoint(r)
             for r in storage.runs()
-            if (r == base or r.startswith(f"{base}-")) and storage.checkpoints(r)
-        ]
+            if r == base or r.startswith(f"{base}-")
+        }
+        candidates = [r for r, checkpoint in latest.items() if checkpoint]
         if not candidates:
             raise ConfigError(
                 f"--resume: no run named '{base}' with a checkpoint under '{storage.uri}'; "
                 "start it without --resume first"
             )
-        return max(candidates, key=lambda r: storage.checkpoints(r)[-1])
+        # Ray names checkpoints checkpoint_<timestamp>: the greatest name is the newest.
+        return max(candidates, key=lambda r: latest[r])
     name = f"{base}-{time.strftime('%Y%m%d-%H%M%S')}"
     existing = set(storage.runs())
     suffix = 1
@@ -205,7 +214,7 @@ def pick_run_name(cfg: TrainConfig, storage: Storage, resume: bool) -> str:
 
 def check_resumable(cfg: TrainConfig, storage: Storage, run: str, method_state: dict) -> None:
     """Refuse to resume a checkpoint of another method or other weight shapes."""
-    state = storage.read_state(run, storage.checkpoints(run)[-1])
+    state = storage.read_state(run, storage.latest_checkpoint(run))
     if state["method"] != cfg.method and state["config"]["method"] != cfg.method:
         raise ConfigError(
             f"--resume: run '{run}' was trained with method '{state['config']['method']}', "
