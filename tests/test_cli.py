@@ -20,30 +20,66 @@ BAD_VALUES = [
     ({"optimizer": {"lr": 0}}, "optimizer.lr: Input should be greater than 0"),
     ({"epochs": 0}, "epochs: Input should be greater than or equal to 1"),
     ({"trainer": 3}, "trainer: unknown key"),
-    ({"data": {"augment": {"shfit": 2}}}, "data.augment.shfit: unknown key; accepted keys here: shift"),
+    (
+        {"data": {"augment": {"shfit": 2}}},
+        "data.augment.shfit: unknown key; accepted keys here: shift",
+    ),
     ({"num_workers": "two"}, "num_workers: Input should be a valid integer"),
     ({"use_gpu": "maybe"}, "use_gpu: Input should be a valid boolean"),
     ({"data": {"batch_size": 4096}}, "larger than the training set"),
     ({"data": {"batch_size": 0}}, "data.batch_size: Input should be greater than or equal to 1"),
     ({"data": {"val_fraction": 1.0}}, "data.val_fraction: Input should be less than 1"),
-    ({"data": {"name": "imagenet"}}, "data.name: Input should be 'mnist1d', 'digits', 'synthetic' or 'npz'"),
+    (
+        {"data": {"name": "imagenet"}},
+        "data.name: Input should be 'mnist1d', 'digits', 'synthetic' or 'npz'",
+    ),
     ({"data": {"name": "npz", "path": "/nonexistent/x.npz"}}, "does not exist"),
     ({"backbone": {"name": "no_such_pkg.nets:big"}}, "cannot import module 'no_such_pkg.nets'"),
-    ({"backbone": {"name": "torch.nn:NoSuchNet"}}, "module 'torch.nn' has no attribute 'NoSuchNet'"),
+    (
+        {"backbone": {"name": "torch.nn:NoSuchNet"}},
+        "module 'torch.nn' has no attribute 'NoSuchNet'",
+    ),
     ({"backbone": {"name": "cnn2d"}}, "cannot take samples of shape (1, 16)"),
     ({"head": {"name": "mlp", "depth": 3}}, "head.name 'mlp': unknown option 'depth'"),
     ({"max_failures": -2}, "max_failures: Input should be greater than or equal to -1"),
-    ({"method": "byol", "simclr": {"temperature": 0}}, "simclr.temperature: Input should be greater than 0"),
-    ({"method": "simclr", "simclr": {"temperature": -0.5}}, "simclr.temperature: Input should be greater than 0"),
-    ({"method": "byol", "byol": {"base_momentum": 1.5}}, "byol.base_momentum: Input should be less than or equal to 1"),
-    ({"method": "byol", "byol": {"base_momentum": -0.1}}, "byol.base_momentum: Input should be greater than or equal to 0"),
-    ({"method": "lfr", "lfr": {"num_projectors": 4, "num_targets": 8}}, "lfr.num_targets (8) cannot exceed lfr.num_projectors (4)"),
-    ({"method": "lfr", "lfr": {"predictor_training_epochs": -1}}, "lfr.predictor_training_epochs: Input should be greater than or equal to 0"),
-    ({"lr_scheduler": {"name": "exponential"}}, "lr_scheduler.name: Input should be 'none', 'onecycle', 'warmup_cosine' or 'step'"),
-    ({"early_stopping": {"patience": 0}}, "early_stopping.patience: Input should be greater than or equal to 1"),
+    (
+        {"method": "byol", "simclr": {"temperature": 0}},
+        "simclr.temperature: Input should be greater than 0",
+    ),
+    (
+        {"method": "simclr", "simclr": {"temperature": -0.5}},
+        "simclr.temperature: Input should be greater than 0",
+    ),
+    (
+        {"method": "byol", "byol": {"base_momentum": 1.5}},
+        "byol.base_momentum: Input should be less than or equal to 1",
+    ),
+    (
+        {"method": "byol", "byol": {"base_momentum": -0.1}},
+        "byol.base_momentum: Input should be greater than or equal to 0",
+    ),
+    (
+        {"method": "lfr", "lfr": {"num_projectors": 4, "num_targets": 8}},
+        "lfr.num_targets (8) cannot exceed lfr.num_projectors (4)",
+    ),
+    (
+        {"method": "lfr", "lfr": {"predictor_training_epochs": -1}},
+        "lfr.predictor_training_epochs: Input should be greater than or equal to 0",
+    ),
+    (
+        {"lr_scheduler": {"name": "exponential"}},
+        "lr_scheduler.name: Input should be 'none', 'onecycle', 'warmup_cosine' or 'step'",
+    ),
+    (
+        {"early_stopping": {"patience": 0}},
+        "early_stopping.patience: Input should be greater than or equal to 1",
+    ),
     ({"grad_clip": -1.0}, "grad_clip: Input should be greater than 0"),
     ({"cpus_per_worker": 0}, "cpus_per_worker: Input should be greater than 0"),
-    ({"checkpoint": {"num_to_keep": 0}}, "checkpoint.num_to_keep: Input should be greater than or equal to 1"),
+    (
+        {"checkpoint": {"num_to_keep": 0}},
+        "checkpoint.num_to_keep: Input should be greater than or equal to 1",
+    ),
     ({"optimizer": {"betas": [0.9]}}, "optimizer.betas"),
     ({"seed": -1}, "seed: Input should be greater than or equal to 0"),
 ]
@@ -87,20 +123,32 @@ def test_bad_files(write_config, tmp_path):
     x = np.random.rand(64, 1, 16)
     x[3, 0, 2] = np.nan
     np.savez(nan, x=x, y=np.zeros(64, dtype=int))
-    _assert_refused(["train", str(write_config({"data": {"name": "npz", "path": str(nan)}}))],
-                    "holds 1 NaN/Inf values", storage)
+    _assert_refused(
+        ["train", str(write_config({"data": {"name": "npz", "path": str(nan)}}))],
+        "holds 1 NaN/Inf values",
+        storage,
+    )
     no_labels = tmp_path / "nolabels.npz"
     np.savez(no_labels, x=np.random.rand(64, 1, 16))
-    _assert_refused(["train", str(write_config({"data": {"name": "npz", "path": str(no_labels)}}))],
-                    "lacks array(s) y", storage)
+    _assert_refused(
+        ["train", str(write_config({"data": {"name": "npz", "path": str(no_labels)}}))],
+        "lacks array(s) y",
+        storage,
+    )
     images = tmp_path / "images.npz"
     np.savez(images, x=np.random.rand(64, 3, 8, 8), y=np.zeros(64, dtype=int))
-    _assert_refused(["train", str(write_config({"data": {"name": "npz", "path": str(images)}}))],
-                    "cannot take samples of shape (3, 8, 8)", storage)
+    _assert_refused(
+        ["train", str(write_config({"data": {"name": "npz", "path": str(images)}}))],
+        "cannot take samples of shape (3, 8, 8)",
+        storage,
+    )
     blocker = tmp_path / "a-file"
     blocker.write_text("")
-    _assert_refused(["train", str(write_config({"storage_path": str(blocker / "runs")}))],
-                    "storage_path", storage)
+    _assert_refused(
+        ["train", str(write_config({"storage_path": str(blocker / "runs")}))],
+        "storage_path",
+        storage,
+    )
 
 
 def _fake_run(storage: Path, name: str, overrides: dict) -> Path:
@@ -108,9 +156,15 @@ def _fake_run(storage: Path, name: str, overrides: dict) -> Path:
     trainer = DummyTrainer(overrides)
     run = storage / f"{name}-20260101-000000"
     save_state(trainer.loop.state_dict(), run / "checkpoint_2026-01-01_00-00-00.000000")
-    (run / "checkpoint_manager_snapshot.json").write_text(json.dumps(
-        {"latest_checkpoint_result": {"checkpoint_dir_name": "checkpoint_2026-01-01_00-00-00.000000"}}
-    ))
+    (run / "checkpoint_manager_snapshot.json").write_text(
+        json.dumps(
+            {
+                "latest_checkpoint_result": {
+                    "checkpoint_dir_name": "checkpoint_2026-01-01_00-00-00.000000"
+                }
+            }
+        )
+    )
     return run
 
 
@@ -118,8 +172,14 @@ def test_set_and_resume_errors(write_config, tmp_path):
     storage = tmp_path / "runs"
     path = write_config()
     _assert_refused(["train", str(path), "--set", "optimizer.lr"], "expected KEY=VALUE", storage)
-    _assert_refused(["train", str(path), "--set", "optimizer.lr=-3"], "optimizer.lr: Input should be greater than 0", storage)
-    _assert_refused(["train", str(path), "--resume"], "--resume: no run named 'tiny' with a checkpoint", storage)
+    _assert_refused(
+        ["train", str(path), "--set", "optimizer.lr=-3"],
+        "optimizer.lr: Input should be greater than 0",
+        storage,
+    )
+    _assert_refused(
+        ["train", str(path), "--resume"], "--resume: no run named 'tiny' with a checkpoint", storage
+    )
 
     data = {"name": "synthetic", "shape": [1, 16], "num_samples": 256, "batch_size": 32}
     _fake_run(storage, "tiny", {"method": "byol", "data": data})
@@ -127,14 +187,18 @@ def test_set_and_resume_errors(write_config, tmp_path):
 
     _fake_run(storage, "narrow", {"data": data, "backbone": {"name": "cnn1d", "width": 4}})
     narrow = write_config({"name": "narrow"}, name="narrow")
-    _assert_refused(["train", str(narrow), "--resume"], "does not fit this config's network", storage)
+    _assert_refused(
+        ["train", str(narrow), "--resume"], "does not fit this config's network", storage
+    )
 
     # A checkpoint folder Ray never registered (an upload cut short) is not resumed from.
     half = storage / "half-20260101-000000" / "checkpoint_2026-01-01_00-00-00.000000"
     half.mkdir(parents=True)
     (half / "state.pt").write_bytes(b"\x80\x02truncated")
     half_cfg = write_config({"name": "half"}, name="half")
-    _assert_refused(["train", str(half_cfg), "--resume"], "no run named 'half' with a checkpoint", storage)
+    _assert_refused(
+        ["train", str(half_cfg), "--resume"], "no run named 'half' with a checkpoint", storage
+    )
 
 
 def test_real_process_exit_code_and_no_traceback(tmp_path):
@@ -151,12 +215,24 @@ def test_real_process_exit_code_and_no_traceback(tmp_path):
 def test_more_workers_than_cpus(tmp_path):
     """Starts a real local Ray (in a subprocess, so the session's Ray keeps its 4 CPUs)."""
     cfg = tmp_path / "wide.yaml"
-    cfg.write_text(yaml.safe_dump({
-        "num_workers": 64, "storage_path": str(tmp_path / "runs"),
-        "data": {"name": "synthetic", "shape": [1, 16], "num_samples": 256, "batch_size": 64},
-    }))
+    cfg.write_text(
+        yaml.safe_dump(
+            {
+                "num_workers": 64,
+                "storage_path": str(tmp_path / "runs"),
+                "data": {
+                    "name": "synthetic",
+                    "shape": [1, 16],
+                    "num_samples": 256,
+                    "batch_size": 64,
+                },
+            }
+        )
+    )
     proc = subprocess.run(
-        [sys.executable, "-m", "rayssl.cli", "train", str(cfg)], capture_output=True, text=True,
+        [sys.executable, "-m", "rayssl.cli", "train", str(cfg)],
+        capture_output=True,
+        text=True,
         timeout=180,
     )
     assert proc.returncode == 2, proc.stderr[-2000:]

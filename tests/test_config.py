@@ -37,9 +37,15 @@ def test_overrides_are_yaml_typed_and_nested(write_config):
         ({"data": {"name": "npz"}}, "data.path is required"),
         ({"data": {"augment": {"scale": 1.5}}}, "data.augment.scale: Input should be less than 1"),
         ({"simclr": {"temperature": 0}}, "simclr.temperature: Input should be greater than 0"),
-        ({"byol": {"base_momentum": 1.5}}, "byol.base_momentum: Input should be less than or equal to 1"),
+        (
+            {"byol": {"base_momentum": 1.5}},
+            "byol.base_momentum: Input should be less than or equal to 1",
+        ),
         ({"lfr": {"num_projectors": 4, "num_targets": 8}}, "lfr.num_targets (8) cannot exceed"),
-        ({"lfr": {"predictor_training_epochs": -1}}, "lfr.predictor_training_epochs: Input should be"),
+        (
+            {"lfr": {"predictor_training_epochs": -1}},
+            "lfr.predictor_training_epochs: Input should be",
+        ),
         ({"method": "mae"}, "method: Input should be 'supervised', 'byol', 'simclr' or 'lfr'"),
     ],
 )

@@ -21,7 +21,10 @@ def _train(config: Path, *args: str) -> subprocess.Popen:
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([HELPERS, os.environ.get("PYTHONPATH", "")])}
     return subprocess.Popen(
         [sys.executable, "-m", "rayssl.cli", "train", str(config), *args],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
     )
 
 
@@ -56,10 +59,13 @@ def test_atomic_state_write_leaves_the_old_checkpoint(tmp_path, monkeypatch):
 def test_nan_loss_names_epoch_and_step_and_the_last_good_checkpoint_resumes(write_config, tmp_path):
     # 7 steps per epoch on each worker (230 samples, 16 per worker-batch): the 16th training
     # forward is epoch 3, step 2.
-    cfg = write_config({
-        "name": "diverge", "epochs": 4,
-        "backbone": {"name": "diverging:diverging_cnn", "nan_after_steps": 15},
-    })
+    cfg = write_config(
+        {
+            "name": "diverge",
+            "epochs": 4,
+            "backbone": {"name": "diverging:diverging_cnn", "nan_after_steps": 15},
+        }
+    )
     code, output = _run(cfg)
     assert code == 1
     (line,) = [x for x in output.splitlines() if x.startswith("rayssl: error:")]
@@ -70,15 +76,25 @@ def test_nan_loss_names_epoch_and_step_and_the_last_good_checkpoint_resumes(writ
     code, output = _run(cfg, "--resume", "--set", "backbone.nan_after_steps=1000000")
     assert code == 0, output[-3000:]
     state = _latest_state(tmp_path / "runs", "diverge")
-    assert state["loop"]["epoch"] == 4 and [h["epoch"] for h in state["loop"]["history"]] == [1, 2, 3, 4]
+    assert state["loop"]["epoch"] == 4 and [h["epoch"] for h in state["loop"]["history"]] == [
+        1,
+        2,
+        3,
+        4,
+    ]
 
 
 @pytest.mark.slow
 def test_sigkill_of_a_worker_mid_epoch_restarts_exactly(write_config, tmp_path):
     overrides = {
-        "epochs": 4, "max_failures": 1,
-        "data": {"shape": [1, 64], "num_samples": 8192, "batch_size": 64,
-                 "augment": {"shift": 2, "jitter": 0.05}},
+        "epochs": 4,
+        "max_failures": 1,
+        "data": {
+            "shape": [1, 64],
+            "num_samples": 8192,
+            "batch_size": 64,
+            "augment": {"shift": 2, "jitter": 0.05},
+        },
         "backbone": {"name": "cnn1d", "width": 16},
     }
     code, output = _run(write_config({**overrides, "name": "straight"}, name="straight"))

@@ -79,7 +79,6 @@ def evaluate_checkpoint(path: str, knn_k: int | None = None) -> dict[str, float]
     from rayssl.config import ConfigError, validate_train_config
     from rayssl.data import load_splits
     from rayssl.state import STATE_FILE, load_state
-
     from rayssl.train import Storage
 
     directory = Path(path).resolve()
@@ -99,6 +98,9 @@ def evaluate_checkpoint(path: str, knn_k: int | None = None) -> dict[str, float]
     method.load_state_dict(state["model"])
     method.eval()
     return probe(
-        method.embed, splits.train, splits.test or splits.val,
-        k=knn_k or cfg.eval.knn_k, linear=cfg.eval.linear_probe,
+        method.embed,
+        splits.train,
+        splits.test or splits.val,
+        k=knn_k or cfg.eval.knn_k,
+        linear=cfg.eval.linear_probe,
     )
