@@ -62,6 +62,7 @@ def _ddp_worker(rank, world, port, z0, z1, out):
     dist.all_reduce(total)
     if rank == 0:
         torch.save({"loss": total, "grad0": g0}, out)
+    dist.barrier()  # neither rank tears gloo down while the other still talks to it
     dist.destroy_process_group()
 
 

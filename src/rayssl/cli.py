@@ -55,6 +55,21 @@ def train(config: str, overrides: tuple[str, ...], resume: bool) -> None:
     click.echo(f"rayssl: summary: {summary['path']}")
 
 
+@main.command("tune")
+@click.argument("search", type=click.Path(dir_okay=False))
+@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
+              help="Override a search value, e.g. --set num_samples=4 (repeatable).")
+@click.option("--resume", is_flag=True, help="Continue the search; finished trials are not re-run.")
+def tune_command(search: str, overrides: tuple[str, ...], resume: bool) -> None:
+    """Run the Ray Tune search described by SEARCH (a YAML file)."""
+    from rayssl.tune import tune
+
+    try:
+        tune(search, overrides, resume=resume)
+    except ConfigError as exc:
+        _fail(str(exc), EXIT_BAD_INPUT)
+
+
 @main.command("eval")
 @click.argument("path", type=click.Path(exists=True, file_okay=False))
 @click.option("--knn-k", type=click.IntRange(min=1), default=None, help="Neighbours for kNN.")

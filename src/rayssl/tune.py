@@ -1,0 +1,289 @@
+"""`rayssl tune`: a Ray Tune search whose every trial is a Ray Train run of the same loop.
+
+A search YAML names a base training config, a space over config paths, the metric, the
+scheduler and the budget. Each trial is a Tune function trainable (a token CPU) that builds
+and fits a `TorchTrainer` reporting to Tune through `TuneReportCallback` every epoch, so ASHA
+stops weak trials early; each trial keeps its checkpoints under the search folder.
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+import time
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import Field, ValidationError, model_validator
+
+from rayssl.config import (
+    ConfigError,
+    Strict,
+    TrainConfig,
+    deep_merge,
+    format_validation_error,
+    parse_overrides,
+    read_yaml,
+    validate_train_config,
+)
+
+
+class Domain(Strict):
+    """One searched value: exactly one of loguniform / uniform / randint / choice / grid."""
+
+    loguniform: tuple[float, float] | None = None
+    uniform: tuple[float, float] | None = None
+    randint: tuple[int, int] | None = None
+    choice: list[Any] | None = None
+    grid: list[Any] | None = None
+
+    @model_validator(mode="after")
+    def _one_kind(self) -> Domain:
+        kinds = [k for k in ("loguniform", "uniform", "randint", "choice", "grid") if getattr(self, k) is not None]
+        if len(kinds) != 1:
+            raise ValueError("give exactly one of loguniform, uniform, randint, choice, grid")
+        kind = kinds[0]
+        value = getattr(self, kind)
+        if kind in ("choice", "grid") and not value:
+            raise ValueError(f"{kind} needs at least one value")
+        if kind in ("loguniform", "uniform", "randint"):
+            low, high = value
+            if not low < high:
+                raise ValueError(f"{kind} range [{low}, {high}] is empty or inverted; give [low, high]")
+            if kind == "loguniform" and low <= 0:
+                raise ValueError(f"loguniform needs low > 0, got {low}")
+        return self
+
+    @property
+    def kind(self) -> str:
+        return next(k for k in ("loguniform", "uniform", "randint", "choice", "grid") if getattr(self, k) is not None)
+
+    def samples(self) -> list[Any]:
+        """Representative values, used to check the path against the training config."""
+        value = getattr(self, self.kind)
+        return list(value)
+
+    def to_tune(self) -> Any:
+        from ray import tune
+
+        value = getattr(self, self.kind)
+        return {
+            "loguniform": lambda: tune.loguniform(*value),
+            "uniform": lambda: tune.uniform(*value),
+            "randint": lambda: tune.randint(value[0], value[1] + 1),
+            "choice": lambda: tune.choice(value),
+            "grid": lambda: tune.grid_search(value),
+        }[self.kind]()
+
+
+class SchedulerConfig(Strict):
+    name: Literal["asha", "fifo"] = "asha"
+    grace_period: int = Field(2, ge=1, description="asha: epochs every trial runs")
+    reduction_factor: float = Field(2.0, gt=1.0)
+
+
+class ResourcesConfig(Strict):
+    workers_per_trial: int = Field(1, ge=1)
+    cpus_per_worker: float = Field(1.0, gt=0.0)
+    gpus_per_worker: float = Field(0.0, ge=0.0)
+
+
+class SearchConfig(Strict):
+    base: str = Field(description="training config, relative to this file")
+    overrides: dict[str, Any] = Field(default_factory=dict, description="set on every trial")
+    space: dict[str, Domain] = Field(min_length=1)
+    metric: str = "val_accuracy"
+    mode: Literal["min", "max"] = "max"
+    num_samples: int = Field(8, ge=1)
+    scheduler: SchedulerConfig = SchedulerConfig()
+    search: Literal["random", "optuna"] = "random"
+    resources: ResourcesConfig = ResourcesConfig()
+    max_concurrent_trials: int = Field(2, ge=1)
+    storage_path: str = "./tune_runs"
+    name: str | None = None
+
+
+def load_search(path: str | Path, overrides: tuple[str, ...] = ()) -> tuple[SearchConfig, dict]:
+    """Validate a search YAML and its base config before Ray starts; return both."""
+    raw = deep_merge(read_yaml(path), parse_overrides(overrides))
+    raw.setdefault("name", Path(path).stem)
+    try:
+        search = SearchConfig.model_validate(raw)
+    except ValidationError as exc:
+        raise ConfigError(format_validation_error(exc)) from None
+    if search.search == "optuna":
+        try:
+            import optuna  # noqa: F401
+        except ImportError:
+            raise ConfigError("search: 'optuna' is not installed; pip install optuna, or use random") from None
+    base_path = (Path(path).parent / search.base).resolve()
+    try:
+        base = read_yaml(base_path)
+    except ConfigError as exc:
+        raise ConfigError(f"base: {exc}") from None
+    base = deep_merge(base, search.overrides)
+    res = search.resources
+    base = deep_merge(base, {
+        "num_workers": res.workers_per_trial, "cpus_per_worker": res.cpus_per_worker,
+        "use_gpu": res.gpus_per_worker > 0,
+    })
+    validate_train_config(base)
+    for key, domain in search.space.items():
+        for value in domain.samples():
+            try:
+                validate_train_config(deep_merge(base, parse_overrides([f"{key}={yaml.safe_dump(value).strip()}"])))
+            except ConfigError as exc:
+                raise ConfigError(f"space.{key}: {exc}") from None
+    return search, base
+
+
+def trial_config(base: dict, params: dict[str, Any]) -> dict:
+    """The training config of one trial: the base with each searched path set."""
+    nested: dict[str, Any] = {}
+    for key, value in params.items():
+        node = nested
+        *parents, leaf = key.split(".")
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[leaf] = value
+    return deep_merge(base, nested)
+
+
+def run_trial(config: dict[str, Any]) -> None:
+    """Tune function trainable: one Ray Train run of the loop, reporting every epoch."""
+    import ray.tune
+    from ray.tune.integration.ray_train import TuneReportCallback
+
+    from rayssl.train import Storage, build_trainer
+
+    params = {k: v for k, v in config.items() if not k.startswith("_")}
+    cfg = TrainConfig.model_validate(trial_config(config["_base"], params))
+    context = ray.tune.get_context()
+    storage = Storage(config["_trials_storage"])
+    run = f"{context.get_trial_name()}"
+    trainer = build_trainer(cfg, config["_splits"], storage, run, callbacks=[TuneReportCallback()])
+    trainer.fit()
+
+
+def tune(path: str, overrides: tuple[str, ...] = (), resume: bool = False) -> dict[str, Any]:
+    """Run (or resume) the search in `path`; write results.csv, best.yaml, metric.png."""
+    import ray
+    from ray import tune as ray_tune
+
+    from rayssl.train import Storage, init_ray, preflight
+
+    search, base = load_search(path, overrides)
+    storage = Storage.resolve(search.storage_path)
+    experiment = Path(storage.uri) / search.name
+    if resume and not ray_tune.Tuner.can_restore(str(experiment)):
+        raise ConfigError(f"--resume: no search '{search.name}' under '{storage.uri}' to resume")
+    if not resume and experiment.exists():
+        experiment = Path(storage.uri) / f"{search.name}-{time.strftime('%Y%m%d-%H%M%S')}"
+    cfg = validate_train_config(base)
+    splits, _ = preflight(cfg)
+    init_ray(cfg)
+    resources = ray.cluster_resources()
+    per_trial = search.resources.workers_per_trial * search.resources.cpus_per_worker
+    if per_trial > resources.get("CPU", 0):
+        raise ConfigError(
+            f"resources: a trial needs {per_trial:g} CPUs, the Ray cluster has "
+            f"{resources.get('CPU', 0):g}; lower resources.workers_per_trial or cpus_per_worker"
+        )
+    trials_storage = experiment / "trials"
+    trials_storage.mkdir(parents=True, exist_ok=True)
+    param_space = {k: d.to_tune() for k, d in search.space.items()}
+    param_space.update(_base=base, _splits=ray.put(splits), _trials_storage=str(trials_storage))
+    trainable = ray_tune.with_resources(run_trial, {"cpu": 0.01})
+    if resume:
+        tuner = ray_tune.Tuner.restore(str(experiment), trainable=trainable, param_space=param_space,
+                                       resume_errored=True)
+    else:
+        tuner = ray_tune.Tuner(
+            trainable,
+            param_space=param_space,
+            tune_config=ray_tune.TuneConfig(
+                metric=search.metric, mode=search.mode, num_samples=search.num_samples,
+                scheduler=_scheduler(search, cfg.epochs), search_alg=_search_alg(search),
+                max_concurrent_trials=search.max_concurrent_trials,
+            ),
+            run_config=ray_tune.RunConfig(name=experiment.name, storage_path=storage.uri),
+        )
+    results = tuner.fit()
+    return report(results, search, base, cfg.epochs, experiment)
+
+
+def _scheduler(search: SearchConfig, max_epochs: int):
+    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
+
+    s = search.scheduler
+    if s.name == "fifo":
+        return FIFOScheduler()
+    return ASHAScheduler(
+        time_attr="training_iteration", max_t=max_epochs,
+        grace_period=min(s.grace_period, max_epochs), reduction_factor=s.reduction_factor,
+    )
+
+
+def _search_alg(search: SearchConfig):
+    if search.search == "optuna":
+        from ray.tune.search.optuna import OptunaSearch
+
+        return OptunaSearch()
+    return None
+
+
+def report(results, search: SearchConfig, base: dict, max_epochs: int, experiment: Path) -> dict:
+    """Print and save the results table, the best config as YAML and the metric plot."""
+    rows = []
+    for result in results:
+        history = result.metrics_dataframe
+        params = {k: result.config[k] for k in search.space}
+        values = history[search.metric].dropna() if history is not None and search.metric in history else []
+        best = (max(values) if search.mode == "max" else min(values)) if len(values) else math.nan
+        epochs = int(history["training_iteration"].max()) if history is not None and len(history) else 0
+        rows.append({
+            "trial": Path(result.path).name.split("_")[1] if "_" in Path(result.path).name else Path(result.path).name,
+            **params, search.metric: best, "epochs": epochs, "stopped_early": epochs < max_epochs,
+            "error": type(result.error).__name__ if result.error else "",
+            "_history": list(values),
+        })
+    ranked = sorted(rows, key=lambda r: (math.isnan(r[search.metric]), -r[search.metric] if search.mode == "max" else r[search.metric]))
+    columns = [c for c in ranked[0] if not c.startswith("_")]
+    with open(experiment / "results.csv", "w", newline="") as f:
+        writer = csv.DictWriter(f, columns, extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows(ranked)
+    widths = {c: max(len(c), *(len(_fmt(r[c])) for r in ranked)) for c in columns}
+    print("  ".join(c.ljust(widths[c]) for c in columns))
+    for r in ranked:
+        print("  ".join(_fmt(r[c]).ljust(widths[c]) for c in columns))
+    best = ranked[0]
+    best_cfg = trial_config(base, {k: best[k] for k in search.space})
+    best_cfg["name"] = f"{search.name}-best"
+    (experiment / "best.yaml").write_text(yaml.safe_dump(best_cfg, sort_keys=False))
+    _plot(ranked, search, experiment / f"{search.metric}.png")
+    print(f"best {search.metric} {best[search.metric]:.4f}: {experiment / 'best.yaml'}")
+    return {"rows": ranked, "best": best, "experiment": str(experiment)}
+
+
+def _fmt(value: Any) -> str:
+    return f"{value:.4g}" if isinstance(value, float) else str(value)
+
+
+def _plot(rows: list[dict], search: SearchConfig, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for r in rows:
+        ax.plot(range(1, len(r["_history"]) + 1), r["_history"], marker="o", label=r["trial"])
+    ax.set_xlabel("epoch")
+    ax.set_ylabel(search.metric)
+    ax.set_title(f"{search.name}: {search.metric} per epoch")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)

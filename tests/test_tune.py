@@ -1,0 +1,73 @@
+"""`rayssl tune`: search config validation (before Ray starts) and a real small search."""
+
+import csv
+from pathlib import Path
+
+import pytest
+import yaml
+from click.testing import CliRunner
+
+from rayssl.cli import main
+from rayssl.config import ConfigError
+from rayssl.tune import load_search
+
+
+@pytest.fixture
+def write_search(tmp_path, write_config):
+    def write(overrides: dict | None = None):
+        base = write_config({"epochs": 3, "num_workers": 1, "data": {"batch_size": 16}})
+        search = {
+            "base": base.name,
+            "space": {"optimizer.lr": {"loguniform": [1.0e-3, 3.0e-2]}},
+            "metric": "val_accuracy", "mode": "max", "num_samples": 3,
+            "scheduler": {"name": "asha", "grace_period": 1, "reduction_factor": 2},
+            "max_concurrent_trials": 2, "storage_path": str(tmp_path / "tune"),
+            **(overrides or {}),
+        }
+        path = tmp_path / "search.yaml"
+        path.write_text(yaml.safe_dump(search))
+        return path
+
+    return write
+
+
+@pytest.mark.parametrize(
+    "overrides, expected",
+    [
+        ({"space": {"optimizer.learning_rate": {"uniform": [0.1, 0.2]}}}, "space.optimizer.learning_rate: optimizer.learning_rate: unknown key"),
+        ({"space": {"optimizer.lr": {"uniform": [0.2, 0.1]}}}, "range [0.2, 0.1] is empty or inverted"),
+        ({"space": {"optimizer.lr": {"loguniform": [0.0, 0.1]}}}, "loguniform needs low > 0"),
+        ({"space": {"optimizer.lr": {"choice": []}}}, "choice needs at least one value"),
+        ({"space": {}}, "space: Dictionary should have at least 1 item"),
+        ({"scheduler": {"name": "hyperband"}}, "scheduler.name: Input should be 'asha' or 'fifo'"),
+        ({"search": "bayesopt"}, "search: Input should be 'random' or 'optuna'"),
+        ({"space": {"optimizer.lr": {"uniform": [-1.0, 0.1]}}}, "space.optimizer.lr: optimizer.lr: Input should be greater than 0"),
+        ({"base": "missing.yaml"}, "base: config file"),
+    ],
+)
+def test_bad_searches_fail_before_ray(write_search, overrides, expected):
+    with pytest.raises(ConfigError) as info:
+        load_search(write_search(overrides))
+    assert expected in str(info.value) and "\n" not in str(info.value)
+
+
+def test_resources_beyond_the_cluster(write_search, ray_session):
+    result = CliRunner().invoke(main, ["tune", str(write_search({"resources": {"workers_per_trial": 9}}))])
+    assert result.exit_code == 2 and "resources: a trial needs 9 CPUs" in result.output
+
+
+@pytest.mark.slow
+def test_small_search_reports_table_best_config_and_plot(write_search, ray_session, tmp_path):
+    result = CliRunner().invoke(main, ["tune", str(write_search())])
+    assert result.exit_code == 0, result.output
+    (experiment,) = (tmp_path / "tune").iterdir()
+    rows = list(csv.DictReader(open(experiment / "results.csv")))
+    assert len(rows) == 3 and all(0 < float(r["optimizer.lr"]) < 0.03 for r in rows)
+    assert all(1 <= int(r["epochs"]) <= 3 for r in rows)
+    scores = [float(r["val_accuracy"]) for r in rows]
+    assert scores == sorted(scores, reverse=True)
+    best = yaml.safe_load((experiment / "best.yaml").read_text())
+    assert best["optimizer"]["lr"] == pytest.approx(float(rows[0]["optimizer.lr"]))
+    assert (experiment / "val_accuracy.png").stat().st_size > 1000
+    assert list(experiment.rglob("events.out.tfevents*")), "no TensorBoard logs"
+    assert list((experiment / "trials").glob("*/checkpoint_*")), "trials keep their checkpoints"
