@@ -52,8 +52,8 @@ def test_bad_searches_fail_before_ray(write_search, overrides, expected):
 
 
 def test_resources_beyond_the_cluster(write_search, ray_session):
-    result = CliRunner().invoke(main, ["tune", str(write_search({"resources": {"workers_per_trial": 9}}))])
-    assert result.exit_code == 2 and "resources: a trial needs 9 CPUs" in result.output
+    result = CliRunner().invoke(main, ["tune", str(write_search({"resources": {"workers_per_trial": 8}}))])
+    assert result.exit_code == 2 and "resources: num_workers x cpus_per_worker = 8 CPUs" in result.output
 
 
 @pytest.mark.slow

@@ -182,14 +182,10 @@ def tune(path: str, overrides: tuple[str, ...] = (), resume: bool = False) -> di
         experiment = Path(storage.uri) / f"{search.name}-{time.strftime('%Y%m%d-%H%M%S')}"
     cfg = validate_train_config(base)
     splits, _ = preflight(cfg)
-    init_ray(cfg)
-    resources = ray.cluster_resources()
-    per_trial = search.resources.workers_per_trial * search.resources.cpus_per_worker
-    if per_trial > resources.get("CPU", 0):
-        raise ConfigError(
-            f"resources: a trial needs {per_trial:g} CPUs, the Ray cluster has "
-            f"{resources.get('CPU', 0):g}; lower resources.workers_per_trial or cpus_per_worker"
-        )
+    try:
+        init_ray(cfg)  # checks that one trial's workers fit the cluster
+    except ConfigError as exc:
+        raise ConfigError(f"resources: {exc} (resources.workers_per_trial / cpus_per_worker)") from None
     trials_storage = experiment / "trials"
     trials_storage.mkdir(parents=True, exist_ok=True)
     param_space = {k: d.to_tune() for k, d in search.space.items()}
