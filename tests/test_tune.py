@@ -19,9 +19,12 @@ def write_search(tmp_path, write_config):
         search = {
             "base": base.name,
             "space": {"optimizer.lr": {"loguniform": [1.0e-3, 3.0e-2]}},
-            "metric": "val_accuracy", "mode": "max", "num_samples": 3,
+            "metric": "val_accuracy",
+            "mode": "max",
+            "num_samples": 3,
             "scheduler": {"name": "asha", "grace_period": 1, "reduction_factor": 2},
-            "max_concurrent_trials": 2, "storage_path": str(tmp_path / "tune"),
+            "max_concurrent_trials": 2,
+            "storage_path": str(tmp_path / "tune"),
             **(overrides or {}),
         }
         path = tmp_path / "search.yaml"
@@ -34,14 +37,23 @@ def write_search(tmp_path, write_config):
 @pytest.mark.parametrize(
     "overrides, expected",
     [
-        ({"space": {"optimizer.learning_rate": {"uniform": [0.1, 0.2]}}}, "space.optimizer.learning_rate: optimizer.learning_rate: unknown key"),
-        ({"space": {"optimizer.lr": {"uniform": [0.2, 0.1]}}}, "range [0.2, 0.1] is empty or inverted"),
+        (
+            {"space": {"optimizer.learning_rate": {"uniform": [0.1, 0.2]}}},
+            "space.optimizer.learning_rate: optimizer.learning_rate: unknown key",
+        ),
+        (
+            {"space": {"optimizer.lr": {"uniform": [0.2, 0.1]}}},
+            "range [0.2, 0.1] is empty or inverted",
+        ),
         ({"space": {"optimizer.lr": {"loguniform": [0.0, 0.1]}}}, "loguniform needs low > 0"),
         ({"space": {"optimizer.lr": {"choice": []}}}, "choice needs at least one value"),
         ({"space": {}}, "space: Dictionary should have at least 1 item"),
         ({"scheduler": {"name": "hyperband"}}, "scheduler.name: Input should be 'asha' or 'fifo'"),
         ({"search": "bayesopt"}, "search: Input should be 'random' or 'optuna'"),
-        ({"space": {"optimizer.lr": {"uniform": [-1.0, 0.1]}}}, "space.optimizer.lr: optimizer.lr: Input should be greater than 0"),
+        (
+            {"space": {"optimizer.lr": {"uniform": [-1.0, 0.1]}}},
+            "space.optimizer.lr: optimizer.lr: Input should be greater than 0",
+        ),
         ({"base": "missing.yaml"}, "base: config file"),
     ],
 )
@@ -52,8 +64,13 @@ def test_bad_searches_fail_before_ray(write_search, overrides, expected):
 
 
 def test_resources_beyond_the_cluster(write_search, ray_session):
-    result = CliRunner().invoke(main, ["tune", str(write_search({"resources": {"workers_per_trial": 8}}))])
-    assert result.exit_code == 2 and "resources: num_workers x cpus_per_worker = 8 CPUs" in result.output
+    result = CliRunner().invoke(
+        main, ["tune", str(write_search({"resources": {"workers_per_trial": 8}}))]
+    )
+    assert (
+        result.exit_code == 2
+        and "resources: num_workers x cpus_per_worker = 8 CPUs" in result.output
+    )
 
 
 @pytest.mark.slow
@@ -71,3 +88,47 @@ def test_small_search_reports_table_best_config_and_plot(write_search, ray_sessi
     assert (experiment / "val_accuracy.png").stat().st_size > 1000
     assert list(experiment.rglob("events.out.tfevents*")), "no TensorBoard logs"
     assert list((experiment / "trials").glob("*/checkpoint_*")), "trials keep their checkpoints"
+
+
+@pytest.mark.slow
+def test_killed_driver_resumes_without_rerunning_finished_trials(write_search, tmp_path):
+    import json
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    search = write_search(
+        {"num_samples": 3, "max_concurrent_trials": 1, "scheduler": {"name": "fifo"}}
+    )
+    driver = subprocess.Popen(
+        [sys.executable, "-m", "rayssl.cli", "tune", str(search)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    finished: dict[Path, str] = {}
+    deadline = time.time() + 240
+    while not finished and time.time() < deadline and driver.poll() is None:
+        for result in (tmp_path / "tune").glob("*/run_trial_*/result.json"):
+            lines = result.read_text().splitlines()
+            if lines and json.loads(lines[-1]).get("training_iteration") == 3:  # all 3 epochs
+                finished[result] = result.read_text()
+        time.sleep(0.5)
+    assert finished and driver.poll() is None, "no trial finished while the driver was alive"
+    os.killpg(driver.pid, signal.SIGKILL)  # the driver and the local Ray it started
+    driver.wait()
+
+    resumed = subprocess.run(
+        [sys.executable, "-m", "rayssl.cli", "tune", str(search), "--resume"],
+        capture_output=True,
+        text=True,
+        timeout=400,
+    )
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    (experiment,) = (tmp_path / "tune").iterdir()
+    rows = list(csv.DictReader(open(experiment / "results.csv")))
+    assert len(rows) == 3 and all(r["epochs"] == "3" for r in rows)
+    for result, text in finished.items():
+        assert result.read_text() == text  # a finished trial was not run again

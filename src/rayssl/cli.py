@@ -57,8 +57,13 @@ def train(config: str, overrides: tuple[str, ...], resume: bool) -> None:
 
 @main.command("tune")
 @click.argument("search", type=click.Path(dir_okay=False))
-@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
-              help="Override a search value, e.g. --set num_samples=4 (repeatable).")
+@click.option(
+    "--set",
+    "overrides",
+    multiple=True,
+    metavar="KEY=VALUE",
+    help="Override a search value, e.g. --set num_samples=4 (repeatable).",
+)
 @click.option("--resume", is_flag=True, help="Continue the search; finished trials are not re-run.")
 def tune_command(search: str, overrides: tuple[str, ...], resume: bool) -> None:
     """Run the Ray Tune search described by SEARCH (a YAML file)."""

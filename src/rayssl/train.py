@@ -71,6 +71,10 @@ def run_worker(config: dict[str, Any]) -> Loop:
         with checkpoint.as_directory() as directory:
             loop.load_state_dict(load_state(directory))
     first_epoch = loop.state.epoch
+    if first_epoch >= cfg.epochs and loop.state.history:
+        # Restarted after its last checkpoint (e.g. a Tune trial whose driver died before it
+        # saw the final report): report the final metrics once more so the caller has them.
+        ray.train.report(loop.state.history[-1])
     crash_after = config.get("crash_after_epoch") or 0
 
     started = time.perf_counter()

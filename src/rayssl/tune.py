@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 from typing import Any, Literal
 
+import numpy as np
 import yaml
 from pydantic import Field, ValidationError, model_validator
 
@@ -40,7 +41,11 @@ class Domain(Strict):
 
     @model_validator(mode="after")
     def _one_kind(self) -> Domain:
-        kinds = [k for k in ("loguniform", "uniform", "randint", "choice", "grid") if getattr(self, k) is not None]
+        kinds = [
+            k
+            for k in ("loguniform", "uniform", "randint", "choice", "grid")
+            if getattr(self, k) is not None
+        ]
         if len(kinds) != 1:
             raise ValueError("give exactly one of loguniform, uniform, randint, choice, grid")
         kind = kinds[0]
@@ -50,14 +55,20 @@ class Domain(Strict):
         if kind in ("loguniform", "uniform", "randint"):
             low, high = value
             if not low < high:
-                raise ValueError(f"{kind} range [{low}, {high}] is empty or inverted; give [low, high]")
+                raise ValueError(
+                    f"{kind} range [{low}, {high}] is empty or inverted; give [low, high]"
+                )
             if kind == "loguniform" and low <= 0:
                 raise ValueError(f"loguniform needs low > 0, got {low}")
         return self
 
     @property
     def kind(self) -> str:
-        return next(k for k in ("loguniform", "uniform", "randint", "choice", "grid") if getattr(self, k) is not None)
+        return next(
+            k
+            for k in ("loguniform", "uniform", "randint", "choice", "grid")
+            if getattr(self, k) is not None
+        )
 
     def samples(self) -> list[Any]:
         """Representative values, used to check the path against the training config."""
@@ -116,7 +127,9 @@ def load_search(path: str | Path, overrides: tuple[str, ...] = ()) -> tuple[Sear
         try:
             import optuna  # noqa: F401
         except ImportError:
-            raise ConfigError("search: 'optuna' is not installed; pip install optuna, or use random") from None
+            raise ConfigError(
+                "search: 'optuna' is not installed; pip install optuna, or use random"
+            ) from None
     base_path = (Path(path).parent / search.base).resolve()
     try:
         base = read_yaml(base_path)
@@ -124,15 +137,21 @@ def load_search(path: str | Path, overrides: tuple[str, ...] = ()) -> tuple[Sear
         raise ConfigError(f"base: {exc}") from None
     base = deep_merge(base, search.overrides)
     res = search.resources
-    base = deep_merge(base, {
-        "num_workers": res.workers_per_trial, "cpus_per_worker": res.cpus_per_worker,
-        "use_gpu": res.gpus_per_worker > 0,
-    })
+    base = deep_merge(
+        base,
+        {
+            "num_workers": res.workers_per_trial,
+            "cpus_per_worker": res.cpus_per_worker,
+            "use_gpu": res.gpus_per_worker > 0,
+        },
+    )
     validate_train_config(base)
     for key, domain in search.space.items():
         for value in domain.samples():
             try:
-                validate_train_config(deep_merge(base, parse_overrides([f"{key}={yaml.safe_dump(value).strip()}"])))
+                validate_train_config(
+                    deep_merge(base, parse_overrides([f"{key}={yaml.safe_dump(value).strip()}"]))
+                )
             except ConfigError as exc:
                 raise ConfigError(f"space.{key}: {exc}") from None
     return search, base
@@ -181,26 +200,35 @@ def tune(path: str, overrides: tuple[str, ...] = (), resume: bool = False) -> di
     if not resume and experiment.exists():
         experiment = Path(storage.uri) / f"{search.name}-{time.strftime('%Y%m%d-%H%M%S')}"
     cfg = validate_train_config(base)
-    splits, _ = preflight(cfg)
+    splits, _ = preflight(cfg)  # seeds numpy: a new search samples reproducibly from cfg.seed
+    if resume:
+        # Trials not yet sampled must not repeat the first samples of the original driver.
+        np.random.seed()
     try:
         init_ray(cfg)  # checks that one trial's workers fit the cluster
     except ConfigError as exc:
-        raise ConfigError(f"resources: {exc} (resources.workers_per_trial / cpus_per_worker)") from None
+        raise ConfigError(
+            f"resources: {exc} (resources.workers_per_trial / cpus_per_worker)"
+        ) from None
     trials_storage = experiment / "trials"
     trials_storage.mkdir(parents=True, exist_ok=True)
     param_space = {k: d.to_tune() for k, d in search.space.items()}
     param_space.update(_base=base, _splits=ray.put(splits), _trials_storage=str(trials_storage))
     trainable = ray_tune.with_resources(run_trial, {"cpu": 0.01})
     if resume:
-        tuner = ray_tune.Tuner.restore(str(experiment), trainable=trainable, param_space=param_space,
-                                       resume_errored=True)
+        tuner = ray_tune.Tuner.restore(
+            str(experiment), trainable=trainable, param_space=param_space, resume_errored=True
+        )
     else:
         tuner = ray_tune.Tuner(
             trainable,
             param_space=param_space,
             tune_config=ray_tune.TuneConfig(
-                metric=search.metric, mode=search.mode, num_samples=search.num_samples,
-                scheduler=_scheduler(search, cfg.epochs), search_alg=_search_alg(search),
+                metric=search.metric,
+                mode=search.mode,
+                num_samples=search.num_samples,
+                scheduler=_scheduler(search, cfg.epochs),
+                search_alg=_search_alg(search),
                 max_concurrent_trials=search.max_concurrent_trials,
             ),
             run_config=ray_tune.RunConfig(name=experiment.name, storage_path=storage.uri),
@@ -216,8 +244,10 @@ def _scheduler(search: SearchConfig, max_epochs: int):
     if s.name == "fifo":
         return FIFOScheduler()
     return ASHAScheduler(
-        time_attr="training_iteration", max_t=max_epochs,
-        grace_period=min(s.grace_period, max_epochs), reduction_factor=s.reduction_factor,
+        time_attr="training_iteration",
+        max_t=max_epochs,
+        grace_period=min(s.grace_period, max_epochs),
+        reduction_factor=s.reduction_factor,
     )
 
 
@@ -235,16 +265,31 @@ def report(results, search: SearchConfig, base: dict, max_epochs: int, experimen
     for result in results:
         history = result.metrics_dataframe
         params = {k: result.config[k] for k in search.space}
-        values = history[search.metric].dropna() if history is not None and search.metric in history else []
+        values = (
+            history[search.metric].dropna()
+            if history is not None and search.metric in history
+            else []
+        )
         best = (max(values) if search.mode == "max" else min(values)) if len(values) else math.nan
-        epochs = int(history["training_iteration"].max()) if history is not None and len(history) else 0
-        rows.append({
-            "trial": Path(result.path).name.split("_")[1] if "_" in Path(result.path).name else Path(result.path).name,
-            **params, search.metric: best, "epochs": epochs, "stopped_early": epochs < max_epochs,
-            "error": type(result.error).__name__ if result.error else "",
-            "_history": list(values),
-        })
-    ranked = sorted(rows, key=lambda r: (math.isnan(r[search.metric]), -r[search.metric] if search.mode == "max" else r[search.metric]))
+        epochs = int(history["epoch"].max()) if history is not None and "epoch" in history else 0
+        rows.append(
+            {
+                "trial": (result.metrics or {}).get("trial_id", Path(result.path).name),
+                **params,
+                search.metric: best,
+                "epochs": epochs,
+                "stopped_early": epochs < max_epochs,
+                "error": type(result.error).__name__ if result.error else "",
+                "_history": list(values),
+            }
+        )
+    ranked = sorted(
+        rows,
+        key=lambda r: (
+            math.isnan(r[search.metric]),
+            -r[search.metric] if search.mode == "max" else r[search.metric],
+        ),
+    )
     columns = [c for c in ranked[0] if not c.startswith("_")]
     with open(experiment / "results.csv", "w", newline="") as f:
         writer = csv.DictWriter(f, columns, extrasaction="ignore")
