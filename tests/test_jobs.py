@@ -33,10 +33,22 @@ def head():
     # Ray's unix sockets live under --temp-dir: keep it short (pytest's tmp_path is too long).
     temp_dir = tempfile.mkdtemp(prefix="rayhead-", dir="/tmp")
     proc = subprocess.Popen(
-        [RAY, "start", "--head", "--block", "--node-ip-address=127.0.0.1", f"--port={gcs}",
-         "--num-cpus=3", "--include-dashboard=true", "--dashboard-host=127.0.0.1",
-         f"--dashboard-port={dashboard}", f"--temp-dir={temp_dir}"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+        [
+            RAY,
+            "start",
+            "--head",
+            "--block",
+            "--node-ip-address=127.0.0.1",
+            f"--port={gcs}",
+            "--num-cpus=3",
+            "--include-dashboard=true",
+            "--dashboard-host=127.0.0.1",
+            f"--dashboard-port={dashboard}",
+            f"--temp-dir={temp_dir}",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
         # Ray 2.60 turns token authentication on for `ray start`; a loopback test cluster
         # opts out (a real cluster keeps it and its users pass the token to `ray job`).
         env={**os.environ, "RAY_AUTH_MODE": "disabled"},
@@ -63,16 +75,41 @@ def head():
 def test_job_submit_train(head, tmp_path):
     workdir = tmp_path / "job"
     workdir.mkdir()
-    (workdir / "tiny.yaml").write_text(yaml.safe_dump({
-        "epochs": 2, "num_workers": 2, "storage_path": str(tmp_path / "runs"),
-        "data": {"name": "synthetic", "shape": [1, 16], "num_samples": 256, "batch_size": 32},
-        "backbone": {"name": "cnn1d", "width": 8},
-    }))
+    (workdir / "tiny.yaml").write_text(
+        yaml.safe_dump(
+            {
+                "epochs": 2,
+                "num_workers": 2,
+                "storage_path": str(tmp_path / "runs"),
+                "data": {
+                    "name": "synthetic",
+                    "shape": [1, 16],
+                    "num_samples": 256,
+                    "batch_size": 32,
+                },
+                "backbone": {"name": "cnn1d", "width": 8},
+            }
+        )
+    )
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
     submitted = subprocess.run(
-        [RAY, "job", "submit", "--address", head, "--working-dir", str(workdir), "--",
-         "rayssl", "train", "tiny.yaml"],
-        capture_output=True, text=True, timeout=300, env=env,
+        [
+            RAY,
+            "job",
+            "submit",
+            "--address",
+            head,
+            "--working-dir",
+            str(workdir),
+            "--",
+            "rayssl",
+            "train",
+            "tiny.yaml",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=env,
     )
     assert submitted.returncode == 0, (submitted.stdout + submitted.stderr)[-3000:]
     assert "succeeded" in submitted.stdout.lower()
@@ -83,20 +120,51 @@ def test_job_submit_train(head, tmp_path):
 def test_job_submit_tune(head, tmp_path):
     workdir = tmp_path / "job"
     workdir.mkdir()
-    (workdir / "tiny.yaml").write_text(yaml.safe_dump({
-        "epochs": 2, "num_workers": 1,
-        "data": {"name": "synthetic", "shape": [1, 16], "num_samples": 256, "batch_size": 32},
-        "backbone": {"name": "cnn1d", "width": 8},
-    }))
-    (workdir / "search.yaml").write_text(yaml.safe_dump({
-        "base": "tiny.yaml", "space": {"optimizer.lr": {"choice": [1.0e-3, 1.0e-2]}},
-        "num_samples": 2, "scheduler": {"name": "fifo"}, "storage_path": str(tmp_path / "tune"),
-    }))
+    (workdir / "tiny.yaml").write_text(
+        yaml.safe_dump(
+            {
+                "epochs": 2,
+                "num_workers": 1,
+                "data": {
+                    "name": "synthetic",
+                    "shape": [1, 16],
+                    "num_samples": 256,
+                    "batch_size": 32,
+                },
+                "backbone": {"name": "cnn1d", "width": 8},
+            }
+        )
+    )
+    (workdir / "search.yaml").write_text(
+        yaml.safe_dump(
+            {
+                "base": "tiny.yaml",
+                "space": {"optimizer.lr": {"choice": [1.0e-3, 1.0e-2]}},
+                "num_samples": 2,
+                "scheduler": {"name": "fifo"},
+                "storage_path": str(tmp_path / "tune"),
+            }
+        )
+    )
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
     submitted = subprocess.run(
-        [RAY, "job", "submit", "--address", head, "--working-dir", str(workdir), "--",
-         "rayssl", "tune", "search.yaml"],
-        capture_output=True, text=True, timeout=400, env=env,
+        [
+            RAY,
+            "job",
+            "submit",
+            "--address",
+            head,
+            "--working-dir",
+            str(workdir),
+            "--",
+            "rayssl",
+            "tune",
+            "search.yaml",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=400,
+        env=env,
     )
     assert submitted.returncode == 0, (submitted.stdout + submitted.stderr)[-3000:]
     (results,) = (tmp_path / "tune").glob("search*/results.csv")
