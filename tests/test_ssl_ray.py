@@ -71,6 +71,9 @@ def test_ranks_agree_and_restart_is_exact(ray_session, write_config, tmp_path, m
     rank0, rank1 = (torch.load(straight_dir / f"rank{r}.pt", weights_only=False) for r in (0, 1))
     _assert_states_equal(rank0["model"], rank1["model"])  # incl. BYOL's momentum target
     assert rank0["extra"] == rank1["extra"]  # incl. LFR's selected targets and step counter
+    if method == "lfr":  # DPP chose 3 of the 6 projectors, on rank 0, for every rank
+        assert len(rank0["extra"]["selected"]) == 3
+        assert len({k.split(".")[1] for k in rank0["model"] if k.startswith("projectors.")}) == 3
     assert "knn_acc" in straight["final_metrics"]
 
     retried = fit(

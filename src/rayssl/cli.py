@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import sys
+import time
 
-import click
+LAUNCHED_AT = time.time()  # before the heavy imports: start-up time is measured from here
 
-from rayssl.config import ConfigError, load_train_config
+import click  # noqa: E402
+
+from rayssl.config import ConfigError, load_train_config  # noqa: E402
 
 EXIT_FAILED, EXIT_BAD_INPUT = 1, 2
 
@@ -41,7 +44,7 @@ def train(config: str, overrides: tuple[str, ...], resume: bool) -> None:
 
     try:
         cfg = load_train_config(config, overrides)
-        summary = fit(cfg, resume=resume)
+        summary = fit(cfg, resume=resume, launched_at=LAUNCHED_AT)
     except ConfigError as exc:
         _fail(str(exc), EXIT_BAD_INPUT)
     except RunFailed as exc:

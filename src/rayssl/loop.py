@@ -124,6 +124,8 @@ class Loop:
         self.train_loss = MeanMetric().to(self.device)
         self.eval_loss = MeanMetric().to(self.device)
         self.state = LoopState()
+        self.first_step_at: float | None = None  # time.time() of this process's first step
+        self.launched_at: float | None = None  # time.time() when the command started, if known
 
     # ------------------------------------------------------------------ training
 
@@ -150,6 +152,8 @@ class Loop:
             if self.lr_scheduler is not None:
                 self.lr_scheduler.step()
             self.state.global_step += 1
+            if self.first_step_at is None:
+                self.first_step_at = time.time()
             self.method.on_step_end(self.state.global_step, self.total_steps)
             self.train_loss.update(loss.detach())
             yield TrainingIterationStats(
@@ -209,6 +213,9 @@ class Loop:
             "epoch_time_s": elapsed,
         }
         self.train_loss.reset()
+        if self.launched_at is not None and self.first_step_at is not None:
+            metrics["start_to_first_step_s"] = self.first_step_at - self.launched_at
+            self.launched_at = None  # reported once per attempt
         metrics.update(self.evaluate("val"))
         self.state.epoch += 1
         self._track_best(metrics)

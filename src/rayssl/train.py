@@ -42,30 +42,10 @@ def train_func(config: dict[str, Any]) -> None:
 def run_worker(config: dict[str, Any]) -> Loop:
     """Build, restore, train, report every epoch; return the finished loop (for wrappers
     that inspect a worker's final state)."""
-    import ray
     import ray.train
-    import ray.train.torch
 
-    cfg = TrainConfig.model_validate(config["config"])
-    _quiet_report_logs()
-    context = ray.train.get_context()
-    rank, world_size = context.get_world_rank(), context.get_world_size()
-    torch.set_num_threads(max(1, int(cfg.cpus_per_worker)))
-
-    splits: Splits = ray.get(config["splits"])
-    seed_everything(cfg.seed)  # identical initial weights on every rank
-    method = build_method(cfg, splits.sample_shape, splits.num_classes)
-    seed_everything(cfg.seed + 7919 * (rank + 1))  # then per-rank randomness (e.g. dropout)
-    loop = Loop(
-        method,
-        splits,
-        cfg,
-        device=ray.train.torch.get_device(),
-        rank=rank,
-        world_size=world_size,
-        wrap_model=ray.train.torch.prepare_model,
-    )
-
+    loop = build_worker_loop(config)
+    cfg, rank, world_size = loop.cfg, loop.rank, loop.world_size
     checkpoint = ray.train.get_checkpoint()
     if checkpoint is not None:
         with checkpoint.as_directory() as directory:
@@ -76,6 +56,7 @@ def run_worker(config: dict[str, Any]) -> Loop:
         # saw the final report): report the final metrics once more so the caller has them.
         ray.train.report(loop.state.history[-1])
     crash_after = config.get("crash_after_epoch") or 0
+    loop.launched_at = config.get("launched_at")
 
     started = time.perf_counter()
     for metrics in loop.epochs():
@@ -91,6 +72,48 @@ def run_worker(config: dict[str, Any]) -> Loop:
         if first_epoch < crash_after == loop.state.epoch:
             raise RuntimeError(f"{CRASH_ENV}: injected failure after epoch {crash_after}")
     return loop
+
+
+def build_worker_loop(config: dict[str, Any]) -> Loop:
+    """This worker's `Loop`: same initial weights on every rank, its device, DDP wrapping."""
+    import ray
+    import ray.train
+    import ray.train.torch
+
+    cfg = TrainConfig.model_validate(config["config"])
+    _quiet_report_logs()
+    context = ray.train.get_context()
+    rank, world_size = context.get_world_rank(), context.get_world_size()
+    torch.set_num_threads(max(1, int(cfg.cpus_per_worker)))
+
+    def broadcast(obj: Any) -> Any:
+        """Rank 0's `obj` on every rank (LFR's target choice, probe metrics)."""
+        if world_size == 1:
+            return obj
+        box = [obj]
+        torch.distributed.broadcast_object_list(box, src=0)
+        return box[0]
+
+    splits: Splits = ray.get(config["splits"])
+    seed_everything(cfg.seed)  # identical initial weights on every rank
+    method = build_method(
+        cfg,
+        splits.sample_shape,
+        splits.num_classes,
+        selection_sample=splits.train[0],
+        broadcast=broadcast,
+    )
+    seed_everything(cfg.seed + 7919 * (rank + 1))  # then per-rank randomness (e.g. dropout)
+    return Loop(
+        method,
+        splits,
+        cfg,
+        device=ray.train.torch.get_device(),
+        rank=rank,
+        world_size=world_size,
+        wrap_model=ray.train.torch.prepare_model,
+        broadcast=broadcast,
+    )
 
 
 def _quiet_report_logs() -> None:
@@ -259,14 +282,11 @@ def preflight(cfg: TrainConfig) -> tuple[Splits, dict[str, torch.Tensor]]:
 
 
 def init_ray(cfg: TrainConfig) -> None:
-    """Join the cluster in RAY_ADDRESS (or the job's cluster), else start a local Ray."""
+    """Join the cluster in RAY_ADDRESS (set for jobs), else start a local Ray."""
     import ray
 
     if not ray.is_initialized():
-        if os.environ.get("RAY_ADDRESS"):
-            ray.init(log_to_driver=True)
-        else:
-            ray.init(log_to_driver=True)
+        ray.init(log_to_driver=True)
     resources = ray.cluster_resources()
     cpus_needed = cfg.num_workers * cfg.cpus_per_worker
     if cpus_needed > resources.get("CPU", 0):
@@ -299,6 +319,7 @@ def build_trainer(
     *,
     train_fn: Callable[[dict[str, Any]], Any] = train_func,
     crash_after_epoch: int | None = None,
+    launched_at: float | None = None,
 ):
     """The TorchTrainer of one run (also used by `rayssl tune`, one per trial)."""
     for key, value in RAY_TRAIN_ENV.items():
@@ -313,6 +334,7 @@ def build_trainer(
             "config": cfg.model_dump(mode="json"),
             "splits": splits_ref,
             "crash_after_epoch": crash_after_epoch,
+            "launched_at": launched_at,
         },
         scaling_config=ScalingConfig(
             num_workers=cfg.num_workers,
@@ -344,11 +366,16 @@ def fit(
     resume: bool = False,
     train_fn: Callable[[dict[str, Any]], Any] = train_func,
     crash_after_epoch: int | None = None,
+    launched_at: float | None = None,
 ) -> dict[str, Any]:
     """Validate inputs, run the TorchTrainer, write `summary.json`; return the summary.
 
+    `launched_at` (time.time() when the command started; default: now) is what the reported
+    `start_to_first_step_s` counts from.
+
     `crash_after_epoch` (default: the RAYSSL_CRASH_AFTER_EPOCH environment variable) is
     fault injection for tests: the first attempt's workers fail after that epoch."""
+    entered = time.time()
     import ray
     from ray.train import TrainingFailedError
 
@@ -361,7 +388,13 @@ def fit(
     if crash_after_epoch is None:
         crash_after_epoch = int(os.environ.get(CRASH_ENV, "0") or 0)
     trainer = build_trainer(
-        cfg, ray.put(splits), storage, run, train_fn=train_fn, crash_after_epoch=crash_after_epoch
+        cfg,
+        ray.put(splits),
+        storage,
+        run,
+        train_fn=train_fn,
+        crash_after_epoch=crash_after_epoch,
+        launched_at=launched_at or entered,
     )
     started = time.time()
     try:
@@ -420,6 +453,9 @@ def summarize(cfg: TrainConfig, result: Any, run: str, storage: Storage, wall_s:
         },
         "wall_time_s": wall_s,
         "mean_samples_per_s": sum(h["samples_per_s"] for h in history) / len(history),
+        "start_to_first_step_s": next(
+            (h["start_to_first_step_s"] for h in history if "start_to_first_step_s" in h), None
+        ),
         "checkpoint": result.checkpoint.path,
         "config": cfg.model_dump(mode="json"),
         "history": history,

@@ -62,29 +62,45 @@ class RandomProjector(nn.Sequential):
 
 
 class _StackedHeads(nn.Module):
-    """Evaluates K modules of one architecture in a single vmapped call (no Python loop)."""
+    """Evaluates K modules of one architecture in a single vmapped call (no Python loop).
 
-    def __init__(self, modules: nn.ModuleList):
+    Parameters are stacked on every call (torch.stack is differentiable, so each head's own
+    parameters get their gradients). Buffers are stacked too, which is exact in eval mode
+    (BatchNorm reads its running statistics); a head with buffers in training mode would
+    update them in place, which vmap cannot do, so that case runs as a Python loop.
+    `loop=True` forces the loop (the reference the benchmark compares against).
+    """
+
+    def __init__(self, modules: nn.ModuleList, loop: bool = False):
         super().__init__()
         self.heads = modules
+        self.loop = loop
         self._base = copy.deepcopy(modules[0]).to("meta")
-        self.vmappable = all(not any(True for _ in m.buffers()) for m in modules)
+        self._has_buffers = any(True for _ in modules[0].buffers())
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """x: (B, ...) shared input -> (K, B, D)."""
-        if not self.vmappable:
+        training = self.heads[0].training
+        if self.loop or (self._has_buffers and training):
             return torch.stack([h(x) for h in self.heads])
-        params = self._stacked()
+        self._base.train(training)
+        tensors = self._stacked()
 
-        def one(p: dict[str, torch.Tensor]) -> torch.Tensor:
-            return functional_call(self._base, p, (x,))
+        def one(t: dict[str, torch.Tensor]) -> torch.Tensor:
+            return functional_call(self._base, t, (x,))
 
-        return torch.vmap(one)(params)
+        return torch.vmap(one, randomness="different")(tensors)
 
     def _stacked(self) -> dict[str, torch.Tensor]:
-        # torch.stack is differentiable, so gradients reach each head's own parameters.
-        names = [n for n, _ in self.heads[0].named_parameters()]
-        return {n: torch.stack([h.get_parameter(n) for h in self.heads]) for n in names}
+        first = self.heads[0]
+        params = dict(first.named_parameters())
+        names = [*params, *(n for n, _ in first.named_buffers())]
+        return {
+            n: torch.stack(
+                [h.get_parameter(n) if n in params else h.get_buffer(n) for h in self.heads]
+            )
+            for n in names
+        }
 
 
 class LearnFromRandomnessModel(Method):
