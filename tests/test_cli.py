@@ -82,6 +82,8 @@ BAD_VALUES = [
     ),
     ({"optimizer": {"betas": [0.9]}}, "optimizer.betas"),
     ({"seed": -1}, "seed: Input should be greater than or equal to 0"),
+    ({"performance": {"amp": "fp8"}}, "performance.amp: Input should be 'none' or 'bf16'"),
+    ({"performance": {"channels_last": True}}, "performance.channels_last needs image samples"),
 ]
 
 

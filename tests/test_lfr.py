@@ -9,6 +9,7 @@ from rayssl.methods.lfr import (
     LearnFromRandomnessModel,
     RandomProjector,
     RepeatedModuleList,
+    _StackedHeads,
     select_targets_dpp,
 )
 
@@ -32,11 +33,26 @@ def test_stacked_heads_match_a_per_head_loop():
         predictors=RepeatedModuleList(4, MLPHead, [5, 8, 3], batch_norm=False),
     )
     feats = torch.randn(10, 5)
+    model._predictor_stack.loop = False  # vmap, as on an accelerator (CPU loops by default)
     stacked = model._predictor_stack(feats)
     looped = torch.stack([p(feats) for p in model.predictors])
     assert torch.allclose(stacked, looped, atol=1e-6)
     stacked.sum().backward()  # gradients reach each head's own parameters
     assert all(p[0].weight.grad is not None for p in model.predictors)
+
+
+def test_vmapped_heads_with_batchnorm_match_a_loop_in_eval_mode():
+    def head():
+        return nn.Sequential(nn.Conv1d(1, 4, 3), nn.BatchNorm1d(4), nn.ReLU(), nn.Flatten())
+
+    heads = RepeatedModuleList(3, head)
+    for h in heads:  # distinct running statistics per head
+        h[1].running_mean.normal_()
+        h[1].running_var.uniform_(0.5, 2.0)
+    heads.eval()
+    x = torch.randn(7, 1, 10)
+    stacked = _StackedHeads(heads, loop=False)(x)
+    assert torch.allclose(stacked, torch.stack([h(x) for h in heads]), atol=1e-5)
 
 
 def _lfr(**lfr):

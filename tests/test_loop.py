@@ -112,3 +112,41 @@ def test_state_round_trip_resumes_exactly(tmp_path):
     assert [timeless(h) for h in second.state.history] == [
         timeless(h) for h in straight.state.history
     ]
+
+
+def test_bf16_autocast_runs_forward_in_bfloat16():
+    loop = _loop({"epochs": 1, "performance": {"amp": "bf16"}})
+    seen = []
+    loop.method.fc.register_forward_hook(lambda m, i, out: seen.append(out.dtype))
+    history = list(loop.epochs())
+    assert seen and set(seen) == {torch.bfloat16}  # train and eval forwards
+    assert all(p.dtype == torch.float32 for p in loop.method.parameters())  # weights stay fp32
+    assert history[-1]["train_loss"] == history[-1]["train_loss"]  # finite, not NaN
+
+
+def test_channels_last_reaches_the_convolutions():
+    loop = _loop(
+        {
+            "epochs": 1,
+            "data": {"name": "digits", "batch_size": 64},
+            "backbone": {"name": "cnn2d", "width": 8},
+            "performance": {"channels_last": True},
+        }
+    )
+    formats = []
+    conv = next(m for m in loop.method.modules() if isinstance(m, torch.nn.Conv2d))
+    conv.register_forward_pre_hook(
+        lambda m, i: formats.append(i[0].is_contiguous(memory_format=torch.channels_last))
+    )
+    list(loop.epochs())
+    assert formats and all(formats)
+    assert conv.weight.is_contiguous(memory_format=torch.channels_last)
+
+
+def test_compiled_step_trains_like_the_eager_one():
+    # backend "eager" runs Dynamo's graph capture without generating C++ (no compiler in CI)
+    eager = _loop({"epochs": 1})
+    compiled = _loop({"epochs": 1, "performance": {"compile": True, "compile_backend": "eager"}})
+    assert type(compiled.model).__name__ == "OptimizedModule"
+    a, b = list(eager.epochs())[-1], list(compiled.epochs())[-1]
+    assert a["train_loss"] == pytest.approx(b["train_loss"], rel=1e-5)

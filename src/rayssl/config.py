@@ -187,6 +187,20 @@ class EvalConfig(Strict):
     linear_probe: bool = True
 
 
+class PerformanceConfig(Strict):
+    """Speed switches, all off by default (on CPU they rarely help; see BENCHMARKS.md)."""
+
+    amp: Literal["none", "bf16"] = Field(
+        "none", description="bf16: autocast forward passes to bfloat16 (weights stay float32)"
+    )
+    channels_last: bool = Field(
+        False, description="image (C, H, W) data: model and batches in channels_last layout"
+    )
+    compile: bool = Field(False, description="torch.compile the training step")
+    compile_mode: Literal["default", "reduce-overhead", "max-autotune"] = "default"
+    compile_backend: str = Field("inductor", description="torch.compile backend")
+
+
 class TrainConfig(Strict):
     """One training run. Every field has a default, so `{}` is a valid (supervised MNIST-1D) run."""
 
@@ -212,6 +226,7 @@ class TrainConfig(Strict):
     simclr: SimCLRConfig = SimCLRConfig()
     lfr: LFRConfig = LFRConfig()
     eval: EvalConfig = EvalConfig()
+    performance: PerformanceConfig = PerformanceConfig()
 
     @model_validator(mode="after")
     def _consistent(self) -> TrainConfig:

@@ -84,10 +84,14 @@ class Loop:
         self.broadcast = broadcast or (lambda obj: obj)
         self.device = torch.device(device)
         self.rank, self.world_size = rank, world_size
+        perf = cfg.performance
+        self.channels_last = perf.channels_last
         self.method = method.to(self.device)
+        if self.channels_last:
+            self.method.to(memory_format=torch.channels_last)
         self._step_module = _TrainingStep(self.method)
         self._wrap = wrap_model or (lambda module: module)
-        self.model = self._wrap(self._step_module)
+        self.model = self._build_model()
         self._trainable = self._trainable_parameters()
 
         def batches(pair, batch_size: int, train: bool) -> TensorBatches | None:
@@ -105,6 +109,7 @@ class Loop:
                 drop_last=train,
             )
 
+        self.amp_dtype = torch.bfloat16 if perf.amp == "bf16" else None
         self.train_batches = batches(splits.train, cfg.data.batch_size // world_size, True)
         self.val_batches = batches(splits.val, cfg.data.eval_batch_size, False)
         self.test_batches = batches(splits.test, cfg.data.eval_batch_size, False)
@@ -136,7 +141,8 @@ class Loop:
         for step_in_epoch, batch in enumerate(self.train_batches, start=1):
             start = time.perf_counter()
             x, y = batch
-            loss = self.model((self.views(x, self.generator), y))["loss"]
+            with self.autocast():
+                loss = self.model((self.views(x, self.generator), y))["loss"]
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
             loss_value = loss.item()
@@ -162,11 +168,32 @@ class Loop:
             if self.method.should_stop():
                 return
 
+    def autocast(self):
+        """bf16 autocast when `performance.amp` asks for it (a no-op context otherwise)."""
+        return torch.autocast(
+            self.device.type, dtype=self.amp_dtype or torch.float32, enabled=bool(self.amp_dtype)
+        )
+
+    def _build_model(self) -> nn.Module:
+        """The step module wrapped for DDP, then compiled if `performance.compile` is on."""
+        model = self._wrap(self._step_module)
+        perf = self.cfg.performance
+        if perf.compile:
+            model = torch.compile(model, mode=perf.compile_mode, backend=perf.compile_backend)
+        return model
+
     def views(self, x: torch.Tensor, generator: torch.Generator):
         """The method's input: one augmented batch, or a tuple of `num_views` views."""
         if self.method.num_views > 1:
-            return tuple(self.augment(x, generator) for _ in range(self.method.num_views))
-        return self.augment(x, generator) if self.augment.active else x
+            return tuple(
+                self._layout(self.augment(x, generator)) for _ in range(self.method.num_views)
+            )
+        return self._layout(self.augment(x, generator) if self.augment.active else x)
+
+    def _layout(self, x: torch.Tensor) -> torch.Tensor:
+        if self.channels_last and x.dim() == 4:
+            return x.contiguous(memory_format=torch.channels_last)
+        return x
 
     def _sync_buffers(self) -> None:
         """Give every rank rank 0's buffers. DDP broadcasts buffers before each forward, but
@@ -188,7 +215,7 @@ class Loop:
         if trainable != self._trainable:
             # DDP registers the trainable parameters when it wraps; a frozen backbone would
             # otherwise leave its gradient buckets waiting forever (LFR's phases).
-            self.model = self._wrap(self._step_module)
+            self.model = self._build_model()
             self._trainable = trainable
 
     def _trainable_parameters(self) -> frozenset[int]:
@@ -251,7 +278,8 @@ class Loop:
         step = self.method.validation_step if stage == "val" else self.method.test_step
         self.eval_generator.manual_seed(self.cfg.seed + self.rank)  # same views every epoch
         for x, y in batches:
-            loss = step((self.views(x, self.eval_generator), y))["loss"]
+            with self.autocast():
+                loss = step((self.views(x, self.eval_generator), y))["loss"]
             self.eval_loss.update(loss, weight=len(x))
         metrics = {f"{stage}_loss": float(self.eval_loss.compute())}
         metrics.update(self.method.epoch_metrics(stage))

@@ -261,6 +261,11 @@ def preflight(cfg: TrainConfig) -> tuple[Splits, dict[str, torch.Tensor]]:
     """Load the data and push two samples through the method on the driver, so bad data or a
     backbone that cannot take it fails with one line before Ray starts."""
     splits = load_splits(cfg.data, cfg.seed)
+    if cfg.performance.channels_last and len(splits.sample_shape) != 3:
+        raise ConfigError(
+            f"performance.channels_last needs image samples (C, H, W); data '{cfg.data.name}' "
+            f"gives {splits.sample_shape}: set performance.channels_last=false"
+        )
     try:
         seed_everything(cfg.seed)
         method = build_method(

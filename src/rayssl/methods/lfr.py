@@ -68,10 +68,13 @@ class _StackedHeads(nn.Module):
     parameters get their gradients). Buffers are stacked too, which is exact in eval mode
     (BatchNorm reads its running statistics); a head with buffers in training mode would
     update them in place, which vmap cannot do, so that case runs as a Python loop.
-    `loop=True` forces the loop (the reference the benchmark compares against).
+
+    `loop`: None (default) vmaps on accelerators and loops on CPU, where a single thread is
+    compute-bound and vmap's batched kernels (grouped convolution, bmm) measured slower than
+    one GEMM per head (benchmarks/throughput.py); True / False force either.
     """
 
-    def __init__(self, modules: nn.ModuleList, loop: bool = False):
+    def __init__(self, modules: nn.ModuleList, loop: bool | None = None):
         super().__init__()
         self.heads = modules
         self.loop = loop
@@ -81,7 +84,8 @@ class _StackedHeads(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """x: (B, ...) shared input -> (K, B, D)."""
         training = self.heads[0].training
-        if self.loop or (self._has_buffers and training):
+        loop = x.device.type == "cpu" if self.loop is None else self.loop
+        if loop or (self._has_buffers and training):
             return torch.stack([h(x) for h in self.heads])
         self._base.train(training)
         tensors = self._stacked()
