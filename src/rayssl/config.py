@@ -34,23 +34,40 @@ class AugmentConfig(Strict):
 
 
 class DataConfig(Strict):
-    name: Literal["mnist1d", "digits", "synthetic", "npz"] = "mnist1d"
+    name: Literal["mnist1d", "digits", "synthetic", "npz", "parquet"] = "mnist1d"
     path: str | None = Field(
-        None, description="file for name=npz: keys x, y, optional x_test, y_test"
+        None,
+        description="npz: a file with x, y (optional x_test, y_test); parquet: a file, folder "
+        "or s3:// / gs:// URI of the training rows, streamed to the workers by Ray Data",
     )
+    test_path: str | None = Field(None, description="parquet: test rows (held in memory)")
+    val_path: str | None = Field(None, description="parquet: validation rows (held in memory)")
+    x_column: str = Field("x", description="parquet: column of flattened float samples")
+    y_column: str = Field("y", description="parquet: column of integer labels")
+    probe_samples: int = Field(
+        4096, ge=2, description="parquet: train rows held in memory for probes / LFR selection"
+    )
+    shuffle_buffer: int = Field(
+        2048, ge=0, description="parquet: rows in each worker's shuffle buffer (0: no shuffle)"
+    )
+    prefetch_batches: int = Field(2, ge=0, description="parquet: batches fetched ahead")
+    pin_memory: bool = Field(False, description="parquet + use_gpu: page-locked host batches")
+    read_concurrency: int | None = Field(None, ge=1, description="parquet: Ray Data read tasks")
     batch_size: int = Field(128, ge=1, description="global batch, split evenly across workers")
     eval_batch_size: int = Field(1024, ge=1)
     val_fraction: float = Field(0.1, ge=0.0, lt=1.0, description="share of train held out")
     cache_dir: str | None = Field(None, description="where generated MNIST-1D is cached")
-    shape: list[int] = Field([1, 40], min_length=1, description="synthetic: one sample's shape")
+    shape: list[int] = Field(
+        [1, 40], min_length=1, description="synthetic, parquet: one sample's shape"
+    )
     num_samples: int = Field(1024, ge=2, description="synthetic: number of train samples")
     num_classes: int = Field(10, ge=2, description="synthetic: number of classes")
     augment: AugmentConfig = AugmentConfig()
 
     @model_validator(mode="after")
     def _path_for_npz(self) -> DataConfig:
-        if self.name == "npz" and not self.path:
-            raise ValueError("data.path is required when data.name is 'npz'")
+        if self.name in ("npz", "parquet") and not self.path:
+            raise ValueError(f"data.path is required when data.name is '{self.name}'")
         if any(s < 1 for s in self.shape):
             raise ValueError(f"data.shape must hold positive sizes, got {self.shape}")
         return self

@@ -22,7 +22,7 @@ from torch import nn
 from torchmetrics import MeanMetric
 
 from rayssl.config import TrainConfig
-from rayssl.data import Augment, Splits, TensorBatches
+from rayssl.data import Augment, Splits, StreamedBatches, TensorBatches
 from rayssl.methods import Method
 from rayssl.state import capture_rng, restore_rng
 
@@ -78,7 +78,10 @@ class Loop:
         world_size: int = 1,
         wrap_model: Callable[[nn.Module], nn.Module] | None = None,
         broadcast: Callable[[Any], Any] | None = None,
+        train_shard: Any = None,
     ):
+        """`train_shard`: this worker's Ray Data shard of `splits.stream` (the parquet path);
+        without a stream, batches come from the in-memory `splits.train`."""
         self.cfg = cfg
         self.splits = splits
         self.broadcast = broadcast or (lambda obj: obj)
@@ -110,12 +113,31 @@ class Loop:
             )
 
         self.amp_dtype = torch.bfloat16 if perf.amp == "bf16" else None
-        self.train_batches = batches(splits.train, cfg.data.batch_size // world_size, True)
+        if splits.stream is not None:
+            if train_shard is None:
+                raise ValueError("streamed data (data.name: parquet) needs a Ray Data shard")
+            stream, d = splits.stream, cfg.data
+            self.train_batches = StreamedBatches(
+                train_shard,
+                stream.num_rows,
+                stream.shape,
+                d.batch_size // world_size,
+                world_size=world_size,
+                x_column=stream.x_column,
+                y_column=stream.y_column,
+                device=self.device,
+                seed=cfg.seed,
+                shuffle_buffer=d.shuffle_buffer,
+                prefetch_batches=d.prefetch_batches,
+                pin_memory=d.pin_memory and self.device.type == "cuda",
+            )
+        else:
+            self.train_batches = batches(splits.train, cfg.data.batch_size // world_size, True)
         self.val_batches = batches(splits.val, cfg.data.eval_batch_size, False)
         self.test_batches = batches(splits.test, cfg.data.eval_batch_size, False)
         if len(self.train_batches) == 0:
             raise ValueError(
-                f"each worker gets {len(self.train_batches.sampler)} samples, fewer than its "
+                "each worker gets fewer samples than its "
                 f"batch of {self.train_batches.batch_size}; lower data.batch_size"
             )
         self.steps_per_epoch = len(self.train_batches)

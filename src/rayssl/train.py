@@ -113,6 +113,7 @@ def build_worker_loop(config: dict[str, Any]) -> Loop:
         world_size=world_size,
         wrap_model=ray.train.torch.prepare_model,
         broadcast=broadcast,
+        train_shard=ray.train.get_dataset_shard("train") if splits.stream else None,
     )
 
 
@@ -325,14 +326,27 @@ def build_trainer(
     train_fn: Callable[[dict[str, Any]], Any] = train_func,
     crash_after_epoch: int | None = None,
     launched_at: float | None = None,
+    stream: Any = None,
 ):
-    """The TorchTrainer of one run (also used by `rayssl tune`, one per trial)."""
+    """The TorchTrainer of one run (also used by `rayssl tune`, one per trial). `stream`
+    (a `data.Stream`) adds the Ray Data dataset whose shards the workers train on."""
     for key, value in RAY_TRAIN_ENV.items():
         os.environ.setdefault(key, value)
     from ray.train import CheckpointConfig, FailureConfig, LoggingConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
     ck = cfg.checkpoint
+    datasets = None
+    if stream is not None:
+        import ray.data
+
+        datasets = {
+            "train": ray.data.read_parquet(
+                stream.path,
+                columns=[stream.x_column, stream.y_column],
+                concurrency=cfg.data.read_concurrency,
+            )
+        }
     return TorchTrainer(
         train_fn,
         train_loop_config={
@@ -341,6 +355,7 @@ def build_trainer(
             "crash_after_epoch": crash_after_epoch,
             "launched_at": launched_at,
         },
+        datasets=datasets,
         scaling_config=ScalingConfig(
             num_workers=cfg.num_workers,
             use_gpu=cfg.use_gpu,
@@ -400,6 +415,7 @@ def fit(
         train_fn=train_fn,
         crash_after_epoch=crash_after_epoch,
         launched_at=launched_at or entered,
+        stream=splits.stream,
     )
     started = time.time()
     try:

@@ -181,7 +181,10 @@ def run_trial(config: dict[str, Any]) -> None:
     context = ray.tune.get_context()
     storage = Storage(config["_trials_storage"])
     run = f"{context.get_trial_name()}"
-    trainer = build_trainer(cfg, config["_splits"], storage, run, callbacks=[TuneReportCallback()])
+    stream = ray.get(config["_splits"]).stream if cfg.data.name == "parquet" else None
+    trainer = build_trainer(
+        cfg, config["_splits"], storage, run, callbacks=[TuneReportCallback()], stream=stream
+    )
     trainer.fit()
 
 

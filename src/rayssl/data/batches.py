@@ -72,3 +72,64 @@ class TensorBatches:
         for start in range(0, min(stop, len(indices)), self.batch_size):
             batch = indices[start : start + self.batch_size]
             yield self.x[batch], self.y[batch]
+
+
+class StreamedBatches:
+    """Yield `(x, y)` batches of this worker's Ray Data shard (`ray.train.get_dataset_shard`).
+
+    Rows are read, shuffled in a per-worker buffer (seeded by seed and epoch), batched and
+    prefetched by Ray Data while the model trains; `x` arrives flattened and is reshaped to
+    the sample shape. Ray Train gives every worker an equal share of the rows, so the number
+    of steps per epoch is known up front (the LR schedule needs it).
+    """
+
+    sampler = None
+
+    def __init__(
+        self,
+        shard,
+        num_rows: int,
+        shape: tuple[int, ...],
+        batch_size: int,
+        *,
+        world_size: int = 1,
+        x_column: str = "x",
+        y_column: str = "y",
+        device: torch.device | str = "cpu",
+        seed: int = 0,
+        shuffle_buffer: int = 0,
+        prefetch_batches: int = 1,
+        pin_memory: bool = False,
+    ):
+        self.shard = shard
+        self.rows_per_worker = num_rows // world_size
+        self.shape = tuple(shape)
+        self.batch_size = batch_size
+        self.x_column, self.y_column = x_column, y_column
+        self.device = torch.device(device)
+        self.seed, self.shuffle_buffer = seed, shuffle_buffer
+        self.prefetch_batches, self.pin_memory = prefetch_batches, pin_memory
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return self.rows_per_worker // self.batch_size
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        batches = self.shard.iter_torch_batches(
+            batch_size=self.batch_size,
+            drop_last=True,
+            dtypes={self.x_column: torch.float32, self.y_column: torch.int64},
+            device=self.device,
+            local_shuffle_buffer_size=self.shuffle_buffer or None,
+            local_shuffle_seed=self.seed * 1_000_003 + self.epoch if self.shuffle_buffer else None,
+            prefetch_batches=self.prefetch_batches,
+            pin_memory=self.pin_memory,
+        )
+        for step, batch in enumerate(batches):
+            if step >= len(self):  # equal steps on every rank, whatever the shard's last block
+                return
+            x = batch[self.x_column].reshape(-1, *self.shape)
+            yield x, batch[self.y_column]

@@ -22,11 +22,23 @@ Pair = tuple[torch.Tensor, torch.Tensor]
 
 
 @dataclass
+class Stream:
+    """Training rows that stay on disk: Ray Data streams each worker its shard per epoch."""
+
+    path: str
+    x_column: str
+    y_column: str
+    shape: tuple[int, ...]
+    num_rows: int
+
+
+@dataclass
 class Splits:
-    train: Pair
+    train: Pair  # with `stream`: only the first rows (probes, LFR target selection, checks)
     val: Pair | None
     test: Pair | None
     num_classes: int
+    stream: Stream | None = None
 
     @property
     def sample_shape(self) -> tuple[int, ...]:
@@ -35,6 +47,8 @@ class Splits:
 
 def load_splits(cfg: DataConfig, seed: int = 0) -> Splits:
     """Load the configured data and hold out `val_fraction` of train (seeded, stratified-free)."""
+    if cfg.name == "parquet":
+        return _parquet(cfg)
     loaders = {"mnist1d": _mnist1d, "digits": _digits, "synthetic": _synthetic, "npz": _npz}
     x, y, x_test, y_test = loaders[cfg.name](cfg)
     x, y = _as_tensors(x, y, cfg.name, "x", "y")
@@ -150,3 +164,60 @@ def _npz(cfg: DataConfig):
     if ("x_test" in arrays) != ("y_test" in arrays):
         raise ConfigError(f"data.path '{path}': give both x_test and y_test, or neither")
     return arrays["x"], arrays["y"], arrays.get("x_test"), arrays.get("y_test")
+
+
+def _parquet(cfg: DataConfig) -> Splits:
+    """Parquet rows (`x_column`: a flattened sample, `y_column`: its label) read with pyarrow:
+    the label column in full (for the class count), the first `probe_samples` rows of samples
+    (checked like any data), and the optional val / test files. Training streams later."""
+    import pyarrow.dataset as ds
+
+    shape = tuple(cfg.shape)
+
+    def open_rows(path: str, field: str) -> ds.Dataset:
+        try:
+            dataset = ds.dataset(path, format="parquet")
+        except (OSError, ValueError) as exc:
+            raise ConfigError(f"data.{field} '{path}' is not readable parquet ({exc})") from None
+        missing = [c for c in (cfg.x_column, cfg.y_column) if c not in dataset.schema.names]
+        if missing:
+            raise ConfigError(
+                f"data.{field} '{path}' has no column(s) {', '.join(missing)}; found: "
+                f"{', '.join(dataset.schema.names)} (set data.x_column / data.y_column)"
+            )
+        return dataset
+
+    def rows(dataset: ds.Dataset, field: str, limit: int | None) -> Pair:
+        table = dataset.head(limit) if limit else dataset.to_table()
+        try:
+            flat = np.asarray(table.column(cfg.x_column).to_pylist(), dtype=np.float32)
+        except (TypeError, ValueError):
+            raise ConfigError(
+                f"data.{field}: column '{cfg.x_column}' must hold one equal-length list of "
+                "numbers per row"
+            ) from None
+        per_row = flat.shape[1] if flat.ndim == 2 else 1
+        if flat.ndim != 2 or per_row != int(np.prod(shape)):
+            raise ConfigError(
+                f"data.{field}: rows of column '{cfg.x_column}' hold {per_row} values, "
+                f"data.shape {list(shape)} needs {int(np.prod(shape))}; set data.shape"
+            )
+        y = table.column(cfg.y_column).to_numpy()
+        return _as_tensors(flat.reshape(-1, *shape), y, "parquet", cfg.x_column, cfg.y_column)
+
+    train = open_rows(cfg.path or "", "path")
+    labels = train.to_table(columns=[cfg.y_column]).column(0).to_numpy()
+    if len(labels) < cfg.batch_size:
+        raise ConfigError(
+            f"data.batch_size ({cfg.batch_size}) is larger than the training set "
+            f"({len(labels)} rows); lower data.batch_size"
+        )
+    sample = rows(train, "path", cfg.probe_samples)
+    val, test = (
+        rows(open_rows(path, field), field, None) if path else None
+        for path, field in ((cfg.val_path, "val_path"), (cfg.test_path, "test_path"))
+    )
+    stream = Stream(cfg.path or "", cfg.x_column, cfg.y_column, shape, len(labels))
+    seen = [labels, *(s[1].numpy() for s in (val, test) if s is not None)]
+    num_classes = int(max(int(a.max()) for a in seen)) + 1
+    return Splits(train=sample, val=val, test=test, num_classes=num_classes, stream=stream)

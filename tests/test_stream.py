@@ -1,0 +1,68 @@
+"""The Ray Data path: training rows stay in Parquet and are streamed to 2 real Ray Train
+workers (`get_dataset_shard`), for data larger than memory."""
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from click.testing import CliRunner
+
+from rayssl.cli import main
+from rayssl.config import load_train_config
+from rayssl.train import fit
+
+
+def _write(path, x, y):
+    flat = pa.array(list(x.reshape(len(x), -1)), type=pa.list_(pa.float32()))
+    pq.write_table(pa.table({"x": flat, "y": pa.array(y)}), path, row_group_size=64)
+
+
+@pytest.fixture
+def parquet_files(tmp_path):
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(640, 1, 16)).astype(np.float32)
+    y = (x.reshape(640, -1) @ rng.normal(size=(16, 4))).argmax(1)  # a learnable rule
+    folder = tmp_path / "train"
+    folder.mkdir()
+    _write(folder / "part-0.parquet", x[:256], y[:256])  # a folder of files, like Ray writes
+    _write(folder / "part-1.parquet", x[256:512], y[256:512])
+    _write(tmp_path / "test.parquet", x[512:], y[512:])
+    return folder, tmp_path / "test.parquet"
+
+
+@pytest.mark.slow
+def test_parquet_rows_stream_to_two_workers(ray_session, write_config, parquet_files):
+    train, test = parquet_files
+    data = {
+        "name": "parquet",
+        "path": str(train),
+        "test_path": str(test),
+        "shape": [1, 16],
+        "batch_size": 32,
+        "shuffle_buffer": 64,
+    }
+    cfg = load_train_config(
+        write_config(
+            {"epochs": 4, "data": data, "optimizer": {"lr": 1e-2}, "lr_scheduler": {"name": "none"}}
+        )
+    )
+    summary = fit(cfg)
+    history = summary["history"]
+    assert summary["global_steps"] == 4 * (512 // 2 // 16)  # every worker: 256 rows, batch 16
+    assert history[-1]["train_loss"] < history[0]["train_loss"]
+    assert history[-1]["test_accuracy"] > 0.4  # chance is 0.25
+
+
+def test_bad_parquet_input_is_one_line(write_config, parquet_files, tmp_path):
+    train, _ = parquet_files
+    cases = [
+        ({"path": str(train), "x_column": "pixels"}, "has no column(s) pixels"),
+        ({"path": str(train), "shape": [1, 40]}, "hold 16 values, data.shape [1, 40] needs 40"),
+        ({"path": str(tmp_path / "missing")}, "is not readable parquet"),
+    ]
+    for data, expected in cases:
+        config = write_config({"data": {"name": "parquet", "batch_size": 32, **data}})
+        result = CliRunner().invoke(main, ["train", str(config)])
+        assert result.exit_code == 2, result.output
+        lines = result.output.strip().splitlines()
+        assert len(lines) == 1 and expected in lines[0], result.output
