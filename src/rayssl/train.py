@@ -342,10 +342,8 @@ def build_trainer(
 
         datasets = {
             "train": ray.data.read_parquet(
-                stream.path,
-                columns=[stream.x_column, stream.y_column],
-                concurrency=cfg.data.read_concurrency,
-            )
+                stream.path, concurrency=cfg.data.read_concurrency
+            ).select_columns([stream.x_column, stream.y_column])
         }
     return TorchTrainer(
         train_fn,
