@@ -150,3 +150,18 @@ def test_compiled_step_trains_like_the_eager_one():
     assert type(compiled.model).__name__ == "OptimizedModule"
     a, b = list(eager.epochs())[-1], list(compiled.epochs())[-1]
     assert a["train_loss"] == pytest.approx(b["train_loss"], rel=1e-5)
+
+
+def test_adopting_another_configs_lr_rescales_the_schedule_in_place():
+    a = _loop({"epochs": 2, "optimizer": {"lr": 1e-3, "weight_decay": 0.01}})
+    list(a.iterate())  # one epoch: the warmup_cosine schedule has moved
+    state = a.state_dict()
+    b = _loop({"epochs": 2, "optimizer": {"lr": 4e-3, "weight_decay": 0.05}})
+    b.load_state_dict(state)
+    b.adopt_hyperparameters(state["config"])
+    group_a, group_b = a.optimizer.param_groups[0], b.optimizer.param_groups[0]
+    assert group_b["lr"] == pytest.approx(4 * group_a["lr"])
+    assert group_b["weight_decay"] == 0.05
+    a.lr_scheduler.step()
+    b.lr_scheduler.step()
+    assert group_b["lr"] == pytest.approx(4 * group_a["lr"])  # same position, 4x the scale

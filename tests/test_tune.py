@@ -48,13 +48,24 @@ def write_search(tmp_path, write_config):
         ({"space": {"optimizer.lr": {"loguniform": [0.0, 0.1]}}}, "loguniform needs low > 0"),
         ({"space": {"optimizer.lr": {"choice": []}}}, "choice needs at least one value"),
         ({"space": {}}, "space: Dictionary should have at least 1 item"),
-        ({"scheduler": {"name": "hyperband"}}, "scheduler.name: Input should be 'asha' or 'fifo'"),
+        (
+            {"scheduler": {"name": "hyperband"}},
+            "scheduler.name: Input should be 'asha', 'fifo' or 'pbt'",
+        ),
         ({"search": "bayesopt"}, "search: Input should be 'random' or 'optuna'"),
         (
             {"space": {"optimizer.lr": {"uniform": [-1.0, 0.1]}}},
             "space.optimizer.lr: optimizer.lr: Input should be greater than 0",
         ),
         ({"base": "missing.yaml"}, "base: config file"),
+        (
+            {"scheduler": {"name": "pbt"}, "space": {"data.batch_size": {"choice": [16, 32]}}},
+            "space.data.batch_size: scheduler 'pbt' changes only optimizer.lr",
+        ),
+        (
+            {"scheduler": {"name": "pbt"}, "space": {"optimizer.lr": {"grid": [0.01, 0.02]}}},
+            "use choice instead of grid",
+        ),
     ],
 )
 def test_bad_searches_fail_before_ray(write_search, overrides, expected):
@@ -132,3 +143,25 @@ def test_killed_driver_resumes_without_rerunning_finished_trials(write_search, t
     assert len(rows) == 3 and all(r["epochs"] == "3" for r in rows)
     for result, text in finished.items():
         assert result.read_text() == text  # a finished trial was not run again
+
+
+@pytest.mark.slow
+def test_pbt_copies_the_better_trial_and_perturbs_its_learning_rate(write_search, tmp_path):
+    search = write_search(
+        {
+            "num_samples": 2,
+            "space": {"optimizer.lr": {"loguniform": [1.0e-4, 3.0e-2]}},
+            "scheduler": {"name": "pbt", "perturbation_interval": 1, "quantile_fraction": 0.5},
+        }
+    )
+    result = CliRunner().invoke(main, ["tune", str(search)])
+    assert result.exit_code == 0, result.output
+    (experiment,) = (tmp_path / "tune").iterdir()
+    rows = list(csv.DictReader(open(experiment / "results.csv")))
+    assert len(rows) == 2 and all(r["epochs"] == "3" for r in rows)
+    # PBT's log of exploits: (trial that copied, trial it copied, ...) per line.
+    exploits = (experiment / "pbt_global.txt").read_text().strip().splitlines()
+    assert exploits, "no trial copied the other"
+    # A copying trial restarts as a fresh Ray Train run from the donor's Tune checkpoint.
+    runs = [p.name for p in (experiment / "trials").iterdir() if p.is_dir()]
+    assert len(runs) > 2, runs

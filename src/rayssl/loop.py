@@ -379,6 +379,22 @@ class Loop:
             "world_size": self.world_size,
         }
 
+    def adopt_hyperparameters(self, saved_config: dict[str, Any]) -> None:
+        """After loading a state trained under `saved_config` (PBT copying another trial's
+        checkpoint): switch to this config's learning rate and weight decay, keeping the
+        schedule's position (every LR the scheduler tracks is rescaled by new / old lr)."""
+        old, new = saved_config["optimizer"], self.cfg.optimizer
+        ratio = new.lr / old["lr"]
+        for group in self.optimizer.param_groups:
+            for key in ("lr", "initial_lr", "max_lr", "min_lr"):
+                if key in group:
+                    group[key] *= ratio
+            if group.get("weight_decay") == old["weight_decay"]:
+                group["weight_decay"] = new.weight_decay
+        if self.lr_scheduler is not None and hasattr(self.lr_scheduler, "base_lrs"):
+            self.lr_scheduler.base_lrs = [lr * ratio for lr in self.lr_scheduler.base_lrs]
+        # BYOL's momentum needs nothing here: it is recomputed from this config every step.
+
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Restore what `state_dict` saved; call on every rank before training."""
         self.method.load_state_dict(state["model"])

@@ -47,9 +47,13 @@ def run_worker(config: dict[str, Any]) -> Loop:
     loop = build_worker_loop(config)
     cfg, rank, world_size = loop.cfg, loop.rank, loop.world_size
     checkpoint = ray.train.get_checkpoint()
-    if checkpoint is not None:
-        with checkpoint.as_directory() as directory:
-            loop.load_state_dict(load_state(directory))
+    donor = config.get("initial_checkpoint")  # PBT: another trial's (or this one's) state
+    if checkpoint is not None or donor is not None:
+        with (checkpoint or donor).as_directory() as directory:
+            state = load_state(directory)
+        loop.load_state_dict(state)
+        if checkpoint is None:
+            loop.adopt_hyperparameters(state["config"])
     first_epoch = loop.state.epoch
     if first_epoch >= cfg.epochs and loop.state.history:
         # Restarted after its last checkpoint (e.g. a Tune trial whose driver died before it
@@ -327,9 +331,11 @@ def build_trainer(
     crash_after_epoch: int | None = None,
     launched_at: float | None = None,
     stream: Any = None,
+    initial_checkpoint: Any = None,
 ):
     """The TorchTrainer of one run (also used by `rayssl tune`, one per trial). `stream`
-    (a `data.Stream`) adds the Ray Data dataset whose shards the workers train on."""
+    (a `data.Stream`) adds the Ray Data dataset whose shards the workers train on;
+    `initial_checkpoint` is a state to start from when the run has none of its own (PBT)."""
     for key, value in RAY_TRAIN_ENV.items():
         os.environ.setdefault(key, value)
     from ray.train import CheckpointConfig, FailureConfig, LoggingConfig, RunConfig, ScalingConfig
@@ -352,6 +358,7 @@ def build_trainer(
             "splits": splits_ref,
             "crash_after_epoch": crash_after_epoch,
             "launched_at": launched_at,
+            "initial_checkpoint": initial_checkpoint,
         },
         datasets=datasets,
         scaling_config=ScalingConfig(

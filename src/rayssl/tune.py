@@ -88,10 +88,24 @@ class Domain(Strict):
         }[self.kind]()
 
 
+# What PBT may change in a running trial: values the loop can take over from another
+# trial's checkpoint without rebuilding the network (see Loop.adopt_hyperparameters).
+PBT_MUTABLE = ("optimizer.lr", "optimizer.weight_decay", "byol.base_momentum")
+
+
 class SchedulerConfig(Strict):
-    name: Literal["asha", "fifo"] = "asha"
+    name: Literal["asha", "fifo", "pbt"] = "asha"
     grace_period: int = Field(2, ge=1, description="asha: epochs every trial runs")
-    reduction_factor: float = Field(2.0, gt=1.0)
+    reduction_factor: float = Field(2.0, gt=1.0, description="asha")
+    perturbation_interval: int = Field(
+        2, ge=1, description="pbt: epochs between copying a better trial and perturbing"
+    )
+    quantile_fraction: float = Field(
+        0.25, gt=0.0, le=0.5, description="pbt: share of trials that copy the top share"
+    )
+    resample_probability: float = Field(
+        0.25, ge=0.0, le=1.0, description="pbt: chance to resample instead of perturb"
+    )
 
 
 class ResourcesConfig(Strict):
@@ -146,6 +160,18 @@ def load_search(path: str | Path, overrides: tuple[str, ...] = ()) -> tuple[Sear
         },
     )
     validate_train_config(base)
+    if search.scheduler.name == "pbt":
+        for key, domain in search.space.items():
+            if key not in PBT_MUTABLE:
+                raise ConfigError(
+                    f"space.{key}: scheduler 'pbt' changes only {', '.join(PBT_MUTABLE)} "
+                    "during a trial; fix this value in overrides or use scheduler asha"
+                )
+            if domain.kind == "grid":
+                raise ConfigError(
+                    f"space.{key}: scheduler 'pbt' samples and perturbs values; use choice "
+                    "instead of grid"
+                )
     for key, domain in search.space.items():
         for value in domain.samples():
             try:
@@ -182,10 +208,65 @@ def run_trial(config: dict[str, Any]) -> None:
     storage = Storage(config["_trials_storage"])
     run = f"{context.get_trial_name()}"
     stream = ray.get(config["_splits"]).stream if cfg.data.name == "parquet" else None
+    if config.get("_pbt"):
+        _run_checkpointed_trial(cfg, config["_splits"], storage, run, stream)
+        return
     trainer = build_trainer(
         cfg, config["_splits"], storage, run, callbacks=[TuneReportCallback()], stream=stream
     )
     trainer.fit()
+
+
+def _run_checkpointed_trial(cfg: TrainConfig, splits_ref, storage, trial: str, stream) -> None:
+    """A trial that hands its checkpoints to Tune, as PBT needs: PBT restarts a weak trial
+    from a strong trial's Tune checkpoint with perturbed values. Each (re)start is a fresh
+    Ray Train run that begins from that checkpoint; the worker's reports are forwarded to
+    Tune together with their checkpoints by this function's own thread."""
+    import threading
+
+    import ray.tune
+    from ray.train import UserCallback
+    from ray.util.queue import Queue
+
+    from rayssl.train import build_trainer
+
+    class ForwardReports(UserCallback):
+        """Runs in the Train controller: pass each report and its checkpoint to the trial."""
+
+        def __init__(self, queue: Queue):
+            self.queue = queue
+
+        def after_report(self, run_context, metrics, checkpoint) -> None:
+            self.queue.put((dict(metrics[0]), checkpoint))
+
+    reports = Queue(maxsize=1, actor_options={"num_cpus": 0})
+    trainer = build_trainer(
+        cfg,
+        splits_ref,
+        storage,
+        f"{trial}-{time.strftime('%Y%m%d-%H%M%S')}-{time.time_ns() % 1_000_000}",
+        callbacks=[ForwardReports(reports)],
+        stream=stream,
+        initial_checkpoint=ray.tune.get_checkpoint(),
+    )
+    failure: list[BaseException] = []
+
+    def fit() -> None:
+        try:
+            trainer.fit()
+        except BaseException as exc:  # re-raised in the trial's thread below
+            failure.append(exc)
+        finally:
+            reports.put(None)
+
+    thread = threading.Thread(target=fit, daemon=True)
+    thread.start()
+    while (item := reports.get()) is not None:
+        metrics, checkpoint = item
+        ray.tune.report(metrics, checkpoint=checkpoint)
+    thread.join()
+    if failure:
+        raise failure[0]
 
 
 def tune(path: str, overrides: tuple[str, ...] = (), resume: bool = False) -> dict[str, Any]:
@@ -216,7 +297,12 @@ def tune(path: str, overrides: tuple[str, ...] = (), resume: bool = False) -> di
     trials_storage = experiment / "trials"
     trials_storage.mkdir(parents=True, exist_ok=True)
     param_space = {k: d.to_tune() for k, d in search.space.items()}
-    param_space.update(_base=base, _splits=ray.put(splits), _trials_storage=str(trials_storage))
+    param_space.update(
+        _base=base,
+        _splits=ray.put(splits),
+        _trials_storage=str(trials_storage),
+        _pbt=search.scheduler.name == "pbt",
+    )
     trainable = ray_tune.with_resources(run_trial, {"cpu": 0.01})
     if resume:
         tuner = ray_tune.Tuner.restore(
@@ -234,18 +320,30 @@ def tune(path: str, overrides: tuple[str, ...] = (), resume: bool = False) -> di
                 search_alg=_search_alg(search),
                 max_concurrent_trials=search.max_concurrent_trials,
             ),
-            run_config=ray_tune.RunConfig(name=experiment.name, storage_path=storage.uri),
+            run_config=ray_tune.RunConfig(
+                name=experiment.name,
+                storage_path=storage.uri,
+                checkpoint_config=ray_tune.CheckpointConfig(num_to_keep=2),
+            ),
         )
     results = tuner.fit()
     return report(results, search, base, cfg.epochs, experiment)
 
 
 def _scheduler(search: SearchConfig, max_epochs: int):
-    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
+    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, PopulationBasedTraining
 
     s = search.scheduler
     if s.name == "fifo":
         return FIFOScheduler()
+    if s.name == "pbt":
+        return PopulationBasedTraining(
+            time_attr="training_iteration",
+            perturbation_interval=s.perturbation_interval,
+            hyperparam_mutations={k: d.to_tune() for k, d in search.space.items()},
+            quantile_fraction=s.quantile_fraction,
+            resample_probability=s.resample_probability,
+        )
     return ASHAScheduler(
         time_attr="training_iteration",
         max_t=max_epochs,
