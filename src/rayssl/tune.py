@@ -269,8 +269,15 @@ def _run_checkpointed_trial(cfg: TrainConfig, splits_ref, storage, trial: str, s
         raise failure[0]
 
 
-def tune(path: str, overrides: tuple[str, ...] = (), resume: bool = False) -> dict[str, Any]:
-    """Run (or resume) the search in `path`; write results.csv, best.yaml, metric.png."""
+def tune(
+    path: str,
+    overrides: tuple[str, ...] = (),
+    resume: bool = False,
+    points: list[dict[str, Any]] | None = None,
+) -> dict[str, Any]:
+    """Run (or resume) the search in `path`; write results.csv, best.yaml, metric.png.
+    `points`: configurations (space path -> value) to try first, e.g. to compare schedulers
+    on the same trials (benchmarks/asha_vs_full.py)."""
     import ray
     from ray import tune as ray_tune
 
@@ -317,7 +324,7 @@ def tune(path: str, overrides: tuple[str, ...] = (), resume: bool = False) -> di
                 mode=search.mode,
                 num_samples=search.num_samples,
                 scheduler=_scheduler(search, cfg.epochs),
-                search_alg=_search_alg(search),
+                search_alg=_search_alg(search, points),
                 max_concurrent_trials=search.max_concurrent_trials,
             ),
             run_config=ray_tune.RunConfig(
@@ -352,11 +359,15 @@ def _scheduler(search: SearchConfig, max_epochs: int):
     )
 
 
-def _search_alg(search: SearchConfig):
+def _search_alg(search: SearchConfig, points: list[dict[str, Any]] | None = None):
     if search.search == "optuna":
         from ray.tune.search.optuna import OptunaSearch
 
-        return OptunaSearch()
+        return OptunaSearch(points_to_evaluate=points)
+    if points:
+        from ray.tune.search import BasicVariantGenerator
+
+        return BasicVariantGenerator(points_to_evaluate=points)
     return None
 
 
