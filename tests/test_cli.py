@@ -213,7 +213,6 @@ def test_real_process_exit_code_and_no_traceback(tmp_path):
     assert "Traceback" not in proc.stderr and "not valid YAML at line" in proc.stderr
 
 
-@pytest.mark.slow
 def test_more_workers_than_cpus(tmp_path):
     """Starts a real local Ray (in a subprocess, so the session's Ray keeps its 4 CPUs)."""
     cfg = tmp_path / "wide.yaml"

@@ -55,7 +55,6 @@ def test_atomic_state_write_leaves_the_old_checkpoint(tmp_path, monkeypatch):
     assert sorted(p.name for p in tmp_path.iterdir()) == [STATE_FILE]  # no temp file left
 
 
-@pytest.mark.slow
 def test_nan_loss_names_epoch_and_step_and_the_last_good_checkpoint_resumes(write_config, tmp_path):
     # 7 steps per epoch on each worker (230 samples, 16 per worker-batch): the 16th training
     # forward is epoch 3, step 2.
@@ -84,7 +83,6 @@ def test_nan_loss_names_epoch_and_step_and_the_last_good_checkpoint_resumes(writ
     ]
 
 
-@pytest.mark.slow
 def test_sigkill_of_a_worker_mid_epoch_restarts_exactly(write_config, tmp_path):
     overrides = {
         "epochs": 4,

@@ -14,8 +14,6 @@ from rayssl.config import load_train_config
 from rayssl.state import load_state
 from rayssl.train import fit
 
-pytestmark = pytest.mark.slow
-
 # Ray ships the dumping train function to its workers by value (tests/ is not importable there).
 ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
 

@@ -30,7 +30,6 @@ def parquet_files(tmp_path):
     return folder, tmp_path / "test.parquet"
 
 
-@pytest.mark.slow
 def test_parquet_rows_stream_to_two_workers(ray_session, write_config, parquet_files):
     train, test = parquet_files
     data = {

@@ -13,8 +13,6 @@ from rayssl.config import ConfigError, load_train_config
 from rayssl.state import load_state
 from rayssl.train import CRASH_ENV, fit
 
-pytestmark = pytest.mark.slow
-
 # Augmentation and dropout make exactness depend on restored RNG and view seeding.
 EXACT = {
     "epochs": 4,

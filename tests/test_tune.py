@@ -84,7 +84,6 @@ def test_resources_beyond_the_cluster(write_search, ray_session):
     )
 
 
-@pytest.mark.slow
 def test_small_search_reports_table_best_config_and_plot(write_search, ray_session, tmp_path):
     result = CliRunner().invoke(main, ["tune", str(write_search())])
     assert result.exit_code == 0, result.output
