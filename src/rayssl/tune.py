@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import csv
 import math
+import os
 import time
 from pathlib import Path
 from typing import Any, Literal
@@ -106,6 +107,9 @@ class SchedulerConfig(Strict):
     resample_probability: float = Field(
         0.25, ge=0.0, le=1.0, description="pbt: chance to resample instead of perturb"
     )
+    synch: bool = Field(
+        False, description="pbt: wait for every trial at each interval before exploiting"
+    )
 
 
 class ResourcesConfig(Strict):
@@ -172,6 +176,7 @@ def load_search(path: str | Path, overrides: tuple[str, ...] = ()) -> tuple[Sear
                     f"space.{key}: scheduler 'pbt' samples and perturbs values; use choice "
                     "instead of grid"
                 )
+    _check_metric_cadence(search, validate_train_config(base))
     for key, domain in search.space.items():
         for value in domain.samples():
             try:
@@ -181,6 +186,34 @@ def load_search(path: str | Path, overrides: tuple[str, ...] = ()) -> tuple[Sear
             except ConfigError as exc:
                 raise ConfigError(f"space.{key}: {exc}") from None
     return search, base
+
+
+PROBE_METRICS = ("knn_acc", "linear_acc")  # measured only every eval.every epochs
+
+
+def _check_metric_cadence(search: SearchConfig, cfg: TrainConfig) -> None:
+    """A probe metric exists only on probe epochs; the scheduler must decide on those."""
+    if search.metric not in PROBE_METRICS or cfg.method == "supervised":
+        return
+    every, s = cfg.eval.every, search.scheduler
+    if s.name == "fifo":
+        return
+    field, value = (
+        ("grace_period", s.grace_period)
+        if s.name == "asha"
+        else ("perturbation_interval", s.perturbation_interval)
+    )
+    if every == 0 or value % every:
+        raise ConfigError(
+            f"scheduler.{field} ({value}) must be a multiple of eval.every ({every}): "
+            f"{search.metric} is measured only every eval.every epochs (0: only at the end); "
+            "set eval.every in overrides"
+        )
+    if s.name == "asha" and s.reduction_factor != int(s.reduction_factor):
+        raise ConfigError(
+            f"scheduler.reduction_factor ({s.reduction_factor}) must be a whole number with "
+            f"metric {search.metric}, so that every ASHA rung falls on a probe epoch"
+        )
 
 
 def trial_config(base: dict, params: dict[str, Any]) -> dict:
@@ -263,6 +296,8 @@ def _run_checkpointed_trial(cfg: TrainConfig, splits_ref, storage, trial: str, s
     thread.start()
     while (item := reports.get()) is not None:
         metrics, checkpoint = item
+        if checkpoint is not None:  # Tune keeps its own copy, which PBT hands to others
+            checkpoint = ray.tune.Checkpoint(checkpoint.path, checkpoint.filesystem)
         ray.tune.report(metrics, checkpoint=checkpoint)
     thread.join()
     if failure:
@@ -311,6 +346,9 @@ def tune(
         _pbt=search.scheduler.name == "pbt",
     )
     trainable = ray_tune.with_resources(run_trial, {"cpu": 0.01})
+    # Every epoch reports (progress, plots); probe metrics only on probe epochs, which the
+    # cadence check above lines up with the scheduler's decisions.
+    os.environ["TUNE_DISABLE_STRICT_METRIC_CHECKING"] = "1"
     if resume:
         tuner = ray_tune.Tuner.restore(
             str(experiment), trainable=trainable, param_space=param_space, resume_errored=True
@@ -350,6 +388,8 @@ def _scheduler(search: SearchConfig, max_epochs: int):
             hyperparam_mutations={k: d.to_tune() for k, d in search.space.items()},
             quantile_fraction=s.quantile_fraction,
             resample_probability=s.resample_probability,
+            synch=s.synch,
+            require_attrs=False,  # probe metrics come every eval.every epochs
         )
     return ASHAScheduler(
         time_attr="training_iteration",
