@@ -22,8 +22,8 @@ from rayssl.state import STATE_FILE, capture_rng, load_state, save_state, seed_e
 
 SNAPSHOT_FILE = "checkpoint_manager_snapshot.json"  # Ray Train's record of registered checkpoints
 
-# Fault injection for tests: the workers of an attempt that started before epoch k raise
-# right after reporting epoch k's checkpoint (a restarted attempt resumes at k, so it runs on).
+# Fault injection for tests: the workers raise right after reporting epoch k's checkpoint, once
+# per run (a marker file in the run folder records it, so the restarted attempt runs on).
 CRASH_ENV = "RAYSSL_CRASH_AFTER_EPOCH"
 
 
@@ -73,9 +73,21 @@ def run_worker(config: dict[str, Any]) -> Loop:
             ray.train.report(metrics, checkpoint=ckpt)
         if rank == 0:
             print(progress_line(metrics, cfg, loop.state.epoch - first_epoch, started), flush=True)
-        if first_epoch < crash_after == loop.state.epoch:
+        if crash_after == loop.state.epoch and _first_injected_failure(config, rank):
             raise RuntimeError(f"{CRASH_ENV}: injected failure after epoch {crash_after}")
     return loop
+
+
+def _first_injected_failure(config: dict[str, Any], rank: int) -> bool:
+    """True once per run: the marker file records that the injected failure happened, so a
+    restarted attempt runs on even if it resumed from a checkpoint before the crash epoch."""
+    marker = Path(config["crash_marker"])
+    if marker.exists():
+        return False
+    if rank == 0:
+        marker.parent.mkdir(parents=True, exist_ok=True)
+        marker.touch()
+    return True
 
 
 def build_worker_loop(config: dict[str, Any]) -> Loop:
@@ -357,6 +369,8 @@ def build_trainer(
             "config": cfg.model_dump(mode="json"),
             "splits": splits_ref,
             "crash_after_epoch": crash_after_epoch,
+            # local storage only: fault injection is for tests on one machine
+            "crash_marker": str(Path(storage.uri) / run / ".rayssl-crash-injected"),
             "launched_at": launched_at,
             "initial_checkpoint": initial_checkpoint,
         },

@@ -368,7 +368,10 @@ def tune(
             run_config=ray_tune.RunConfig(
                 name=experiment.name,
                 storage_path=storage.uri,
-                checkpoint_config=ray_tune.CheckpointConfig(num_to_keep=2),
+                # PBT hands a trial's checkpoint to another one later: keep a few more.
+                checkpoint_config=ray_tune.CheckpointConfig(
+                    num_to_keep=4 if search.scheduler.name == "pbt" else 2
+                ),
             ),
         )
     results = tuner.fit()
