@@ -90,7 +90,7 @@ def bare_step_times(cfg, splits) -> list[float]:
     generator = torch.Generator().manual_seed(cfg.seed)
     times, step = [], 0
     for epoch in range(cfg.epochs):
-        method.on_epoch_start(epoch)
+        method.on_training_epoch_start(epoch)
         order = torch.randperm(len(x), generator=generator)
         last = time.perf_counter()
         for i in range(steps_per_epoch):
@@ -274,7 +274,7 @@ def main() -> None:
 
     import ray
 
-    from rayssl.train import Storage
+    from rayssl.storage import Storage
 
     storage_dir = tempfile.mkdtemp(prefix="rayssl-bench-")
     storage = Storage.resolve(storage_dir)

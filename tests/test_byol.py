@@ -1,4 +1,5 @@
 import copy
+import math
 
 import pytest
 import torch
@@ -56,3 +57,37 @@ def test_momentum_follows_global_steps_and_target_trails_online():
     whole = DummyTrainer({"method": "byol", "epochs": 2, "byol": {"schedule": None}})
     list(whole.loop.epochs())
     assert whole.method.momentum == pytest.approx(1.0)
+
+
+def test_momentum_at_interior_steps_of_the_schedule():
+    # 1 - (1 - 0.9) * (cos(pi * s / 20) + 1) / 2, worked out by hand
+    model = BYOL(nn.Sequential(nn.Flatten(), nn.Linear(8, 16)), base_momentum=0.9, schedule=20)
+    assert model.momentum_at(5, 1000) == pytest.approx(0.914644661, abs=1e-9)
+    assert model.momentum_at(10, 1000) == pytest.approx(0.95, abs=1e-12)
+    assert model.momentum_at(15, 1000) == pytest.approx(0.985355339, abs=1e-9)
+
+
+def test_target_after_k_steps_is_the_ema_applied_k_times():
+    trainer = DummyTrainer(
+        {"method": "byol", "epochs": 2, "byol": {"schedule": 20, "base_momentum": 0.9}}
+    )
+    method = trainer.method
+    expected = {k: v.clone() for k, v in method.backbone_momentum.named_parameters()}
+    momenta = []
+    for stats in trainer.iterate(6):
+        m = 1 - 0.1 * (math.cos(math.pi * stats.iteration / 20) + 1) / 2
+        momenta.append(method.momentum)
+        for name, online in method.backbone.named_parameters():
+            expected[name] = m * expected[name] + (1 - m) * online.detach()
+    assert momenta == pytest.approx(
+        [1 - 0.05 * (math.cos(math.pi * s / 20) + 1) for s in range(1, 7)]
+    )
+    for name, target in method.backbone_momentum.named_parameters():
+        assert torch.allclose(target, expected[name], atol=1e-6), name
+    # an EMA that never ran would leave the target at its initial copy: it moved
+    assert not all(
+        torch.equal(t, o)
+        for t, o in zip(
+            method.backbone_momentum.parameters(), method.backbone.parameters(), strict=True
+        )
+    )

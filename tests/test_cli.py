@@ -63,16 +63,22 @@ BAD_VALUES = [
         "lfr.num_targets (8) cannot exceed lfr.num_projectors (4)",
     ),
     (
-        {"method": "lfr", "lfr": {"predictor_training_epochs": -1}},
-        "lfr.predictor_training_epochs: Input should be greater than or equal to 0",
-    ),
-    (
         {"lr_scheduler": {"name": "exponential"}},
         "lr_scheduler.name: Input should be 'none', 'onecycle', 'warmup_cosine' or 'step'",
     ),
     (
         {"early_stopping": {"patience": 0}},
         "early_stopping.patience: Input should be greater than or equal to 1",
+    ),
+    (
+        {"early_stopping": {"monitor": "linear_acc", "mode": "max"}},
+        "early_stopping.monitor 'linear_acc' is not reported by this supervised run; choose "
+        "one of: train_loss, val_loss, train_accuracy, val_accuracy",
+    ),
+    (
+        {"method": "simclr", "early_stopping": {"monitor": "knn_acc", "patience": 3}},
+        "'knn_acc' is measured every eval.every (0) epochs: set eval.every >= 1 and "
+        "early_stopping.patience (3) to a multiple of it",
     ),
     ({"grad_clip": -1.0}, "grad_clip: Input should be greater than 0"),
     ({"cpus_per_worker": 0}, "cpus_per_worker: Input should be greater than 0"),

@@ -1,5 +1,6 @@
 import copy
 
+import pytest
 import torch
 from torch import nn
 
@@ -19,13 +20,6 @@ def test_repeated_module_list_instances_differ():
     assert len(heads) == 3 and not torch.equal(heads[0].weight, heads[1].weight)
 
 
-def test_dpp_prefers_diverse_rows():
-    base = torch.nn.functional.normalize(torch.randn(3, 16), dim=1)
-    rows = torch.cat([base, base[:1] * 1.0001])  # row 3 duplicates row 0
-    chosen = select_targets_dpp(torch.nn.functional.normalize(rows, dim=1), 3)
-    assert len(set(chosen)) == 3 and not {0, 3} <= set(chosen)
-
-
 def test_stacked_heads_match_a_per_head_loop():
     model = LearnFromRandomnessModel(
         nn.Linear(6, 5),
@@ -42,10 +36,11 @@ def test_stacked_heads_match_a_per_head_loop():
 
 
 def test_vmapped_heads_with_batchnorm_match_a_loop_in_eval_mode():
-    def head():
-        return nn.Sequential(nn.Conv1d(1, 4, 3), nn.BatchNorm1d(4), nn.ReLU(), nn.Flatten())
+    class Head(nn.Sequential):
+        def __init__(self):
+            super().__init__(nn.Conv1d(1, 4, 3), nn.BatchNorm1d(4), nn.ReLU(), nn.Flatten())
 
-    heads = RepeatedModuleList(3, head)
+    heads = RepeatedModuleList(3, Head)
     for h in heads:  # distinct running statistics per head
         h[1].running_mean.normal_()
         h[1].running_var.uniform_(0.5, 2.0)
@@ -106,3 +101,84 @@ def test_max_backbone_training_steps_ends_training():
     history = list(trainer.loop.epochs())
     assert trainer.method.backbone_training_steps == 5 and trainer.loop.state.global_step == 5
     assert len(history) == 1 and "knn_acc" in history[-1]
+
+
+# ---------------------------------------------------------------- correctness (issue 13)
+
+
+def test_dpp_finds_the_unique_diverse_subset():
+    """5 orthonormal rows among 15 shorter near-copies of the first: the subset of largest
+    determinant is rows 0-4, and no other comes close (a random 5 of 20 hits it with
+    probability 1 / 15504)."""
+    g = torch.Generator().manual_seed(0)
+    basis = torch.eye(5, 12)
+    copies = 0.9 * torch.nn.functional.normalize(
+        basis[:1] + 0.01 * torch.randn(15, 12, generator=g), dim=1
+    )
+    rows = torch.cat([basis, copies])
+    order = torch.randperm(20, generator=g)  # the diverse rows sit anywhere
+    chosen = select_targets_dpp(rows[order], 5)
+    assert sorted(int(order[i]) for i in chosen) == [0, 1, 2, 3, 4]
+
+
+def test_dpp_buffers_live_on_the_features_device():
+    rows = torch.nn.functional.normalize(torch.randn(6, 4), dim=1)
+    torch.set_default_device("meta")  # a buffer allocated without device= lands here
+    try:
+        chosen = select_targets_dpp(rows, 3)
+    finally:
+        torch.set_default_device("cpu")
+    assert len(set(chosen)) == 3
+
+
+def test_repeated_module_list_refuses_a_non_module_class():
+    with pytest.raises(AssertionError, match="subclass of torch.nn.Module"):
+        RepeatedModuleList(2, dict)
+
+
+def test_negative_predictor_training_epochs_trains_the_backbone_every_epoch():
+    model = LearnFromRandomnessModel(
+        nn.Linear(6, 5),
+        projectors=RepeatedModuleList(2, RandomProjector, 6, 8, 3),
+        predictors=RepeatedModuleList(2, MLPHead, [5, 8, 3], batch_norm=False),
+        predictor_training_epochs=-1,
+    )
+    for epoch in range(4):
+        model.on_training_epoch_start(epoch)
+        assert model.backbone_trains
+
+
+def test_frozen_phase_keeps_batchnorm_statistics_too():
+    trainer = _lfr(predictor_training_epochs=1)
+    method, epochs = trainer.method, trainer.loop.epochs()
+    next(epochs)  # epoch 0 trains the backbone
+    before = copy.deepcopy(method.backbone.state_dict())
+    assert any("running_mean" in k for k in before)
+    next(epochs)  # epoch 1: predictors only
+    for key, value in method.backbone.state_dict().items():
+        assert torch.equal(value, before[key]), key
+
+
+def test_step_budget_holds_across_a_restore(tmp_path):
+    from rayssl.state import load_state, save_state
+
+    trainer = _lfr(max_backbone_training_steps=5)
+    list(trainer.loop.epochs())
+    save_state(trainer.loop.state_dict(), tmp_path)
+    again = _lfr(max_backbone_training_steps=5)
+    again.loop.load_state_dict(load_state(tmp_path))
+    assert list(again.loop.epochs()) == []
+    assert again.method.backbone_training_steps == 5 and again.loop.state.global_step == 5
+
+
+def test_load_extra_state_restores_the_saved_selection():
+    trainer = _lfr()
+    saved = trainer.method.extra_state()
+    fresh = LearnFromRandomnessModel(
+        nn.Linear(6, 5),
+        projectors=RepeatedModuleList(6, RandomProjector, 6, 8, 3),
+        predictors=RepeatedModuleList(6, MLPHead, [5, 8, 3], batch_norm=False),
+        num_targets=3,
+    )
+    fresh.load_extra_state(saved)
+    assert fresh.selected == saved["selected"] and len(fresh.projectors) == 3

@@ -78,9 +78,10 @@ def test_early_stopping_stops_after_patience():
 
 
 def test_early_stopping_on_unknown_metric_names_the_choices():
-    loop = _loop({"early_stopping": {"monitor": "val_f1"}})
-    with pytest.raises(ValueError, match="not reported; choose one of: .*val_accuracy"):
-        next(loop.epochs())
+    from rayssl.config import ConfigError
+
+    with pytest.raises(ConfigError, match="'val_f1' is not reported .* choose one of: .*val_acc"):
+        _loop({"early_stopping": {"monitor": "val_f1"}})
 
 
 def test_state_round_trip_resumes_exactly(tmp_path):
@@ -165,3 +166,170 @@ def test_adopting_another_configs_lr_rescales_the_schedule_in_place():
     a.lr_scheduler.step()
     b.lr_scheduler.step()
     assert group_b["lr"] == pytest.approx(4 * group_a["lr"])  # same position, 4x the scale
+
+
+# ---------------------------------------------------------------- correctness (issue 13)
+
+
+def test_evaluation_sees_clean_inputs_whatever_the_training_views():
+    """Supervised val/test metrics are predictions on the un-augmented split: heavy training
+    views (noise far above the signal) must not reach evaluation."""
+    loop = _loop({"epochs": 2, "data": {"augment": {"jitter": 5.0, "shift": 4, "scale": 0.5}}})
+    list(loop.epochs())
+    x, y = loop.splits.val
+    expected_acc = float((loop.method.predict(x).argmax(1) == y).float().mean())
+    expected_loss = float(torch.nn.functional.cross_entropy(loop.method.predict(x), y))
+    metrics = loop.evaluate("val")
+    assert metrics["val_accuracy"] == pytest.approx(expected_acc, abs=1e-6)
+    assert metrics["val_loss"] == pytest.approx(expected_loss, rel=1e-5)
+
+
+def test_early_stopping_on_a_probe_metric_stops_on_probe_epochs():
+    loop = _loop(
+        {
+            "method": "simclr",
+            "epochs": 12,
+            "optimizer": {"lr": 1e-9},
+            "eval": {"every": 2, "linear_probe": False},
+            "simclr": {"proj_hidden": 16, "proj_dim": 8},
+            "early_stopping": {
+                "monitor": "knn_acc",
+                "mode": "max",
+                "patience": 4,
+                "min_delta": 0.5,
+            },
+        }
+    )
+    history = list(loop.epochs())
+    # probes at epochs 2, 4, 6: the first sets the best, two more without improvement = 4 epochs
+    assert [h["epoch"] for h in history][-1] == 6
+    assert loop.state.best_epoch == 2 and "knn_acc" in history[-1] and "test_loss" in history[-1]
+
+
+def test_an_early_stopped_run_stays_stopped_after_a_restore(tmp_path):
+    overrides = {
+        "epochs": 20,
+        "optimizer": {"lr": 1e-9},
+        "early_stopping": {"monitor": "val_loss", "patience": 2, "min_delta": 0.1},
+    }
+    first = _loop(overrides)
+    history = list(first.epochs())
+    assert len(history) == 3
+    save_state(first.state_dict(), tmp_path)
+    second = _loop(overrides)
+    second.load_state_dict(load_state(tmp_path))
+    assert list(second.epochs()) == [] and second.state.global_step == first.state.global_step
+    assert second.state.finished
+
+
+def test_non_finite_gradient_with_a_finite_loss_stops_before_the_step():
+    loop = _loop({"epochs": 1})
+    before = {k: v.clone() for k, v in loop.method.named_parameters()}
+    loop.method.fc.weight.register_hook(lambda g: g * float("inf"))
+    with pytest.raises(NonFiniteLossError, match=r"gradient became non-finite at epoch 1, step 1"):
+        next(loop.epochs())
+    for key, value in loop.method.named_parameters():
+        assert torch.equal(value, before[key]), key
+    assert not loop.optimizer.state  # the optimizer never stepped
+
+
+def test_restoring_another_world_size_says_rng_streams_restart(tmp_path, capsys):
+    first = _loop({"epochs": 2})
+    next(first.epochs())
+    state = first.state_dict(rng_states=[first.state_dict()["rng"][0]] * 2)  # as if 2 workers
+    second = _loop({"epochs": 2})
+    second.load_state_dict(state)
+    out = capsys.readouterr().out
+    assert "written by 2 workers, this run has 1" in out and "RNG streams restart" in out
+
+
+def _two_rank_worker(rank, port, out_dir, poison_rank):
+    """One rank of a real 2-process gloo group running a DDP-wrapped Loop: records the
+    method's lifecycle hooks, then (if `poison_rank` is set) the first step with a NaN
+    loss on that rank only."""
+    import datetime
+    import os
+
+    import torch.distributed as dist
+    from torch.nn.parallel import DistributedDataParallel
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=rank, world_size=2, timeout=datetime.timedelta(seconds=60))
+    torch.set_num_threads(1)
+    cfg = validate_train_config({**TINY, "epochs": 2, "data": {**TINY["data"], "batch_size": 32}})
+    splits = load_splits(cfg.data, cfg.seed)
+    seed_everything(cfg.seed)
+    method = build_method(cfg, splits.sample_shape, splits.num_classes)
+    events: list[str] = []
+    for hook in (
+        "on_training_start",
+        "on_training_epoch_start",
+        "on_training_epoch_end",
+        "on_validation_start",
+        "on_validation_end",
+        "on_testing_start",
+        "on_testing_end",
+        "on_training_end",
+    ):
+        setattr(method, hook, lambda *a, name=hook: events.append(f"{name}{list(a)}"))
+    loop = Loop(method, splits, cfg, rank=rank, world_size=2, wrap_model=DistributedDataParallel)
+    result: dict = {}
+    if poison_rank is None:
+        list(loop.epochs())
+        result["events"] = events
+    else:
+        if rank == poison_rank:
+            method.backbone.register_forward_hook(lambda m, i, out: out * float("nan"))
+        before = {k: v.clone() for k, v in method.named_parameters()}
+        try:
+            next(loop.iterate())
+            result["error"] = None
+        except NonFiniteLossError as exc:
+            result["error"] = str(exc)
+        result["unchanged"] = all(torch.equal(v, before[k]) for k, v in method.named_parameters())
+    torch.save(result, f"{out_dir}/rank{rank}.pt")
+    dist.barrier()
+    dist.destroy_process_group()
+
+
+def _run_two_ranks(tmp_path, poison_rank):
+    import socket
+
+    import torch.multiprocessing as mp
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    mp.spawn(_two_rank_worker, args=(port, str(tmp_path), poison_rank), nprocs=2, join=True)
+    return [torch.load(tmp_path / f"rank{r}.pt") for r in (0, 1)]
+
+
+def test_a_nan_loss_on_one_rank_stops_every_rank_before_its_step(tmp_path):
+    results = _run_two_ranks(tmp_path, poison_rank=1)
+    for result in results:  # rank 0's loss was finite: it must not step on NaN gradients
+        assert result["error"] is not None and result["unchanged"]
+        assert "at epoch 1, step 1 (global step 1) on rank 1;" in result["error"]
+    assert results[1]["error"].startswith("loss became nan")  # the rank that saw it
+    assert results[0]["error"].startswith("loss became non-finite")
+
+
+def test_lifecycle_hooks_run_in_order_on_every_rank(tmp_path):
+    rank0, rank1 = (r["events"] for r in _run_two_ranks(tmp_path, poison_rank=None))
+    assert (
+        rank0
+        == rank1
+        == [
+            "on_training_start[]",
+            "on_training_epoch_start[0]",
+            "on_training_epoch_end[0]",
+            "on_validation_start[1]",
+            "on_validation_end[1]",
+            "on_training_epoch_start[1]",
+            "on_training_epoch_end[1]",
+            "on_validation_start[2]",
+            "on_validation_end[2]",
+            "on_testing_start[]",
+            "on_testing_end[]",
+            "on_training_end[]",
+        ]
+    )

@@ -81,3 +81,30 @@ def test_ntxent_under_ddp_equals_single_process_on_the_global_batch(tmp_path):
     reference.backward()
     assert torch.allclose(got["loss"], reference.detach(), atol=1e-6)
     assert torch.allclose(got["grad0"], ref0.grad, atol=1e-6)
+
+
+def _barlow_reference(pred, target, lam):
+    """The definition, element by element in float64 numpy: standardise each feature over
+    the batch (unbiased std), C_ij = sum_b p_bi t_bj / B, loss = (sum_i (1 - C_ii)^2 +
+    lam * sum_{i != j} C_ij^2) / D."""
+
+    p, t = pred.double().numpy(), target.double().numpy()
+    b, d = p.shape
+    p = (p - p.mean(0)) / p.std(0, ddof=1)
+    t = (t - t.mean(0)) / t.std(0, ddof=1)
+    total = 0.0
+    for i in range(d):
+        for j in range(d):
+            c = sum(p[k, i] * t[k, j] for k in range(b)) / b
+            total += (1 - c) ** 2 if i == j else lam * c**2
+    return total / d
+
+
+def test_barlow_twins_matches_an_independent_reference():
+    g = torch.Generator().manual_seed(3)
+    pred, target = torch.randn(12, 5, generator=g), torch.randn(12, 5, generator=g)
+    target[:, 1] = 0.7 * pred[:, 1] + 0.3 * target[:, 1]  # one correlated feature
+    loss = BatchWiseBarlowTwinsLoss(lambda_offdiag=0.05, eps=0.0)
+    assert float(loss(pred, target)) == pytest.approx(
+        _barlow_reference(pred, target, 0.05), rel=1e-5
+    )

@@ -10,8 +10,9 @@ import pytest
 import torch
 
 from rayssl.config import ConfigError, load_train_config
+from rayssl.faults import CRASH_ENV
 from rayssl.state import load_state
-from rayssl.train import CRASH_ENV, fit
+from rayssl.train import fit
 
 # Augmentation and dropout make exactness depend on restored RNG and view seeding.
 EXACT = {

@@ -182,7 +182,9 @@ class LFRConfig(Strict):
     )
     proj_hidden: int = Field(256, ge=1, description="hidden width of the projectors' MLP")
     pred_hidden: int = Field(256, ge=1)
-    predictor_training_epochs: int = Field(0, ge=0)
+    predictor_training_epochs: int = Field(
+        0, description="frozen-backbone epochs after each backbone epoch; 0 or less: none"
+    )
     max_backbone_training_steps: int | None = Field(None, ge=1)
     selection_batch_size: int = Field(128, ge=2)
 
@@ -252,6 +254,7 @@ class TrainConfig(Strict):
                 f"data.batch_size ({self.data.batch_size}) must be divisible by num_workers "
                 f"({self.num_workers}): it is the global batch, split evenly across workers"
             )
+        self._check_monitor()
         from rayssl import nets
 
         for section, registry in (("backbone", nets.BACKBONES), ("head", nets.HEADS)):
@@ -261,6 +264,39 @@ class TrainConfig(Strict):
             except ValueError as exc:
                 raise ValueError(f"{section}.name '{spec.name}': {exc}") from None
         return self
+
+    def reported_metrics(self) -> list[str]:
+        """The per-epoch metrics this config's run reports, that early stopping can watch."""
+        names = ["train_loss"]
+        has_val = self.data.val_path if self.data.name == "parquet" else self.data.val_fraction > 0
+        if has_val:
+            names.append("val_loss")
+        if self.method == "supervised":
+            names += [f"train_{m}" for m in self.supervised.metrics]
+            if has_val:
+                names += [f"val_{m}" for m in self.supervised.metrics]
+        else:
+            names += ["knn_acc", *(["linear_acc"] if self.eval.linear_probe else [])]
+        return names
+
+    def _check_monitor(self) -> None:
+        es = self.early_stopping
+        if es is None:
+            return
+        reported = self.reported_metrics()
+        if es.monitor not in reported:
+            raise ValueError(
+                f"early_stopping.monitor '{es.monitor}' is not reported by this "
+                f"{self.method} run; choose one of: {', '.join(reported)}"
+            )
+        if es.monitor in ("knn_acc", "linear_acc"):
+            every = self.eval.every
+            if not every or es.patience % every:
+                raise ValueError(
+                    f"early_stopping.monitor '{es.monitor}' is measured every eval.every "
+                    f"({every}) epochs: set eval.every >= 1 and early_stopping.patience "
+                    f"({es.patience}) to a multiple of it"
+                )
 
 
 # --------------------------------------------------------------------------- loading

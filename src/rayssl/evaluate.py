@@ -79,7 +79,7 @@ def evaluate_checkpoint(path: str, knn_k: int | None = None) -> dict[str, float]
     from rayssl.config import ConfigError, validate_train_config
     from rayssl.data import load_splits
     from rayssl.state import STATE_FILE, load_state
-    from rayssl.train import Storage
+    from rayssl.storage import Storage
 
     directory = Path(path).resolve()
     if not (directory / STATE_FILE).is_file():
@@ -93,8 +93,7 @@ def evaluate_checkpoint(path: str, knn_k: int | None = None) -> dict[str, float]
     cfg = validate_train_config(state["config"])
     splits = load_splits(cfg.data, cfg.seed)
     method = build_method(cfg, splits.sample_shape, splits.num_classes)
-    if state["method_extra"].get("selected") is not None:
-        method.apply_selection(state["method_extra"]["selected"])
+    method.load_extra_state(state["method_extra"])  # LFR: its saved target selection
     method.load_state_dict(state["model"])
     method.eval()
     return probe(

@@ -11,7 +11,6 @@ workers, and tests drive it directly.
 
 from __future__ import annotations
 
-import math
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
@@ -37,7 +36,8 @@ class TrainingIterationStats:
 
 
 class NonFiniteLossError(RuntimeError):
-    """The loss became NaN or Inf; training stops instead of corrupting the weights."""
+    """The loss or a gradient became NaN or Inf on some rank; every rank stops before its
+    optimizer step instead of corrupting the weights."""
 
 
 @dataclass
@@ -50,6 +50,11 @@ class LoopState:
     best_epoch: int | None = None
     bad_epochs: int = 0
     history: list[dict[str, float]] = field(default_factory=list)
+    finished: bool = False  # the run reached its end (schedule, early stop, method's stop)
+    restored_at: list[int] = field(default_factory=list)  # epochs at which an attempt resumed
+
+
+PROBE_METRICS = ("knn_acc", "linear_acc")
 
 
 class _TrainingStep(nn.Module):
@@ -157,23 +162,20 @@ class Loop:
     # ------------------------------------------------------------------ training
 
     def iterate(self) -> Iterator[TrainingIterationStats]:
-        """Run the current epoch's optimizer steps, yielding stats after each."""
+        """Run the current epoch's optimizer steps, yielding stats after each. Stops before a
+        step once the method's own budget is spent (LFR's `max_backbone_training_steps`)."""
         self.model.train()
         epoch = self.state.epoch
         for step_in_epoch, batch in enumerate(self.train_batches, start=1):
+            if self.method.should_stop():
+                return
             start = time.perf_counter()
             x, y = batch
             with self.autocast():
                 loss = self.model((self.views(x, self.generator), y))["loss"]
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
-            loss_value = loss.item()
-            if not math.isfinite(loss_value):
-                raise NonFiniteLossError(
-                    f"loss became {loss_value} at epoch {epoch + 1}, step {step_in_epoch} "
-                    f"(global step {self.state.global_step + 1}); the weights of the last "
-                    "checkpoint are untouched: lower optimizer.lr or set grad_clip, then resume"
-                )
+            self._check_finite(loss, epoch, step_in_epoch)
             if self.cfg.grad_clip:
                 torch.nn.utils.clip_grad_norm_(self.method.parameters(), self.cfg.grad_clip)
             self.optimizer.step()
@@ -185,10 +187,34 @@ class Loop:
             self.method.on_step_end(self.state.global_step, self.total_steps)
             self.train_loss.update(loss.detach())
             yield TrainingIterationStats(
-                self.state.global_step, loss_value, time.perf_counter() - start
+                self.state.global_step, float(loss.detach()), time.perf_counter() - start
             )
-            if self.method.should_stop():
-                return
+
+    def _check_finite(self, loss: torch.Tensor, epoch: int, step_in_epoch: int) -> None:
+        """Stop every rank before the optimizer step when any rank's loss or gradients are
+        NaN/Inf. DDP has already averaged the gradients, but a rank's own non-finite loss
+        need not reach them, so the ranks agree through one small all-reduce of flags."""
+        grads = [p.grad for p in self.method.parameters() if p.grad is not None]
+        bad = not bool(torch.isfinite(loss.detach()).all())
+        bad_grad = bool(grads) and not bool(torch.isfinite(torch.nn.utils.get_total_norm(grads)))
+        flags = torch.zeros(2 * self.world_size)
+        flags[self.rank], flags[self.world_size + self.rank] = float(bad), float(bad_grad)
+        if self.world_size > 1 and torch.distributed.is_initialized():
+            flags = flags.to(self.device)
+            torch.distributed.all_reduce(flags)
+            flags = flags.cpu()
+        if not flags.any():
+            return
+        loss_ranks = [r for r in range(self.world_size) if flags[r]]
+        grad_ranks = [r for r in range(self.world_size) if flags[self.world_size + r]]
+        what, ranks = ("loss", loss_ranks) if loss_ranks else ("gradient", grad_ranks)
+        value = f" {float(loss.detach())}" if what == "loss" and bad else " non-finite"
+        raise NonFiniteLossError(
+            f"{what} became{value} at epoch {epoch + 1}, step {step_in_epoch} "
+            f"(global step {self.state.global_step + 1}) on rank "
+            f"{', '.join(map(str, ranks))}; no rank stepped, the weights of the last "
+            "checkpoint are untouched: lower optimizer.lr or set grad_clip, then resume"
+        )
 
     def autocast(self):
         """bf16 autocast when `performance.amp` asks for it (a no-op context otherwise)."""
@@ -232,7 +258,7 @@ class Loop:
         self.train_batches.set_epoch(epoch)
         # Views depend only on (seed, epoch, rank): a resumed run draws the same ones.
         self.generator.manual_seed(self.cfg.seed * 1_000_003 + epoch * 1_009 + self.rank)
-        self.method.on_epoch_start(epoch)
+        self.method.on_training_epoch_start(epoch)
         trainable = self._trainable_parameters()
         if trainable != self._trainable:
             # DDP registers the trainable parameters when it wraps; a frozen backbone would
@@ -244,12 +270,14 @@ class Loop:
         return frozenset(id(p) for p in self.method.parameters() if p.requires_grad)
 
     def run_epoch(self) -> dict[str, float]:
-        """Train one epoch, evaluate on the validation split, update early stopping."""
+        """Train one epoch and evaluate on the validation split (no probes, no stopping
+        decision: `epochs()` adds those)."""
         epoch = self.state.epoch
         self.start_epoch()
         start = time.perf_counter()
         steps = sum(1 for _ in self.iterate())
         self._sync_buffers()
+        self.method.on_training_epoch_end(epoch)
         elapsed = time.perf_counter() - start
         samples = steps * self.train_batches.batch_size * self.world_size
         metrics = {
@@ -267,22 +295,30 @@ class Loop:
             self.launched_at = None  # reported once per attempt
         metrics.update(self.evaluate("val"))
         self.state.epoch += 1
-        self._track_best(metrics)
         return metrics
 
     def epochs(self) -> Iterator[dict[str, float]]:
         """Run the remaining epochs, yielding each epoch's metrics. The last one (end of the
-        schedule, early stop, or the method's own stop) also carries test metrics."""
+        schedule, early stop, or the method's own stop) also carries test metrics. A run
+        restored from a finished state yields nothing: a stopped run stays stopped."""
+        if self.state.finished:
+            return
+        if self.state.epoch == 0 and not self.state.history:
+            self.method.on_training_start()
         while self.state.epoch < self.cfg.epochs:
             metrics = self.run_epoch()
+            every = self.cfg.eval.every
+            probed = self.cfg.method != "supervised" and every and self.state.epoch % every == 0
+            if probed:
+                metrics.update(self.probe())
+            self._track_best(metrics)
             last = self.state.epoch >= self.cfg.epochs or self.should_stop()
             if last:
                 metrics.update(self.evaluate("test"))
-            every = self.cfg.eval.every
-            if self.cfg.method != "supervised" and (
-                last or (every and self.state.epoch % every == 0)
-            ):
-                metrics.update(self.probe())
+                if self.cfg.method != "supervised" and not probed:
+                    metrics.update(self.probe())
+                self.state.finished = True
+                self.method.on_training_end()
             self.state.history.append(dict(metrics))
             yield metrics
             if last:
@@ -296,17 +332,33 @@ class Loop:
         batches = {"val": self.val_batches, "test": self.test_batches}[stage]
         if batches is None:
             return {}
+        cycle = self.state.epoch + 1  # the epoch being evaluated, 1-based
+        if stage == "val":
+            self.method.on_validation_start(cycle)
+        else:
+            self.method.on_testing_start()
         self.method.eval()
         step = self.method.validation_step if stage == "val" else self.method.test_step
-        self.eval_generator.manual_seed(self.cfg.seed + self.rank)  # same views every epoch
+        # SSL losses need their views: seeded the same every epoch (per rank, so an SSL
+        # val_loss depends on num_workers; documented). Predictions see clean inputs.
+        self.eval_generator.manual_seed(self.cfg.seed + self.rank)
         for x, y in batches:
             with self.autocast():
-                loss = step((self.views(x, self.eval_generator), y))["loss"]
+                inputs = (
+                    self.views(x, self.eval_generator)
+                    if self.method.num_views > 1
+                    else self._layout(x)
+                )
+                loss = step((inputs, y))["loss"]
             self.eval_loss.update(loss, weight=len(x))
         metrics = {f"{stage}_loss": float(self.eval_loss.compute())}
         metrics.update(self.method.epoch_metrics(stage))
         self.eval_loss.reset()
         self.method.train()
+        if stage == "val":
+            self.method.on_validation_end(cycle)
+        else:
+            self.method.on_testing_end()
         return metrics
 
     @torch.no_grad()
@@ -333,14 +385,23 @@ class Loop:
     # ------------------------------------------------------------------ early stopping
 
     def _track_best(self, metrics: dict[str, float]) -> None:
+        """Update the early-stopping record. A probe metric exists only on probe epochs
+        (every `eval.every`): each report without improvement counts `eval.every` epochs
+        towards the patience (the config checks that the patience is a multiple of it)."""
         es = self.cfg.early_stopping
         if es is None:
             return
-        if es.monitor not in metrics:
+        if es.monitor in PROBE_METRICS:
+            if es.monitor not in metrics:
+                return
+            epochs_per_report = max(1, self.cfg.eval.every)
+        elif es.monitor not in metrics:
             raise ValueError(
                 f"early_stopping.monitor '{es.monitor}' is not reported; "
                 f"choose one of: {', '.join(sorted(metrics))}"
             )
+        else:
+            epochs_per_report = 1
         value = metrics[es.monitor]
         best = self.state.best
         improved = best is None or (
@@ -353,7 +414,7 @@ class Loop:
                 0,
             )
         else:
-            self.state.bad_epochs += 1
+            self.state.bad_epochs += epochs_per_report
 
     def should_stop(self) -> bool:
         es = self.cfg.early_stopping
@@ -397,13 +458,22 @@ class Loop:
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Restore what `state_dict` saved; call on every rank before training."""
+        # Extra state first: it may re-apply LFR's target selection, which shapes the model.
+        self.method.load_extra_state(state["method_extra"])
         self.method.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         if self.lr_scheduler is not None and state["lr_scheduler"] is not None:
             self.lr_scheduler.load_state_dict(state["lr_scheduler"])
         self.state = LoopState(**state["loop"])
         self.train_batches.set_epoch(state["sampler_epoch"])
-        self.method.load_extra_state(state["method_extra"])
         rng = state["rng"]
         if len(rng) == self.world_size:
             restore_rng(rng[self.rank])
+        elif self.rank == 0:
+            print(
+                f"[rayssl] the checkpoint was written by {len(rng)} workers, this run has "
+                f"{self.world_size}: per-rank RNG streams restart from the seed (dropout and "
+                "the like); views stay seeded by (seed, epoch, rank), so the run is "
+                "reproducible but not bitwise equal to one that kept its size",
+                flush=True,
+            )

@@ -7,24 +7,18 @@ import os
 import tempfile
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import pyarrow.fs
 import torch
 
 from rayssl.build import build_method
 from rayssl.config import ConfigError, TrainConfig
 from rayssl.data import Splits, load_splits
+from rayssl.faults import CRASH_ENV, after_epoch_hook
 from rayssl.loop import Loop
-from rayssl.state import STATE_FILE, capture_rng, load_state, save_state, seed_everything
-
-SNAPSHOT_FILE = "checkpoint_manager_snapshot.json"  # Ray Train's record of registered checkpoints
-
-# Fault injection for tests: the workers raise right after reporting epoch k's checkpoint, once
-# per run (a marker file in the run folder records it, so the restarted attempt runs on).
-CRASH_ENV = "RAYSSL_CRASH_AFTER_EPOCH"
+from rayssl.state import capture_rng, load_state, save_state, seed_everything
+from rayssl.storage import Storage, check_resumable, pick_run_name
 
 
 class RunFailed(RuntimeError):
@@ -54,12 +48,15 @@ def run_worker(config: dict[str, Any]) -> Loop:
         loop.load_state_dict(state)
         if checkpoint is None:
             loop.adopt_hyperparameters(state["config"])
+        else:
+            loop.state.restored_at.append(loop.state.epoch)  # this attempt is a restart
     first_epoch = loop.state.epoch
-    if first_epoch >= cfg.epochs and loop.state.history:
-        # Restarted after its last checkpoint (e.g. a Tune trial whose driver died before it
-        # saw the final report): report the final metrics once more so the caller has them.
+    if (loop.state.finished or first_epoch >= cfg.epochs) and loop.state.history:
+        # Restarted after its last checkpoint (early stop, the method's own stop, or a Tune
+        # trial whose driver died before it saw the final report): train nothing, report the
+        # final metrics once more so the caller has them.
         ray.train.report(loop.state.history[-1])
-    crash_after = config.get("crash_after_epoch") or 0
+        return loop
     loop.launched_at = config.get("launched_at")
 
     started = time.perf_counter()
@@ -73,21 +70,8 @@ def run_worker(config: dict[str, Any]) -> Loop:
             ray.train.report(metrics, checkpoint=ckpt)
         if rank == 0:
             print(progress_line(metrics, cfg, loop.state.epoch - first_epoch, started), flush=True)
-        if crash_after == loop.state.epoch and _first_injected_failure(config, rank):
-            raise RuntimeError(f"{CRASH_ENV}: injected failure after epoch {crash_after}")
+        after_epoch_hook(config, loop.state.epoch, rank)  # TEST HOOK: no-op unless asked
     return loop
-
-
-def _first_injected_failure(config: dict[str, Any], rank: int) -> bool:
-    """True once per run: the marker file records that the injected failure happened, so a
-    restarted attempt runs on even if it resumed from a checkpoint before the crash epoch."""
-    marker = Path(config["crash_marker"])
-    if marker.exists():
-        return False
-    if rank == 0:
-        marker.parent.mkdir(parents=True, exist_ok=True)
-        marker.touch()
-    return True
 
 
 def build_worker_loop(config: dict[str, Any]) -> Loop:
@@ -165,113 +149,6 @@ def progress_line(metrics: dict[str, float], cfg: TrainConfig, done: int, starte
 
 
 # ============================================================================ driver
-
-
-@dataclass
-class Storage:
-    """Where runs live: a local folder or a cloud URI, reached through pyarrow's filesystems."""
-
-    uri: str  # absolute local path or URI, as given to RunConfig.storage_path
-
-    @classmethod
-    def resolve(cls, storage_path: str) -> Storage:
-        if "://" in storage_path:
-            return cls(storage_path)
-        path = Path(storage_path).expanduser().resolve()
-        try:
-            path.mkdir(parents=True, exist_ok=True)
-            with tempfile.NamedTemporaryFile(dir=path, prefix=".rayssl-write-test"):
-                pass
-        except OSError as exc:
-            raise ConfigError(
-                f"storage_path '{storage_path}' is not writable ({exc.strerror}); "
-                "choose a folder you can write to"
-            ) from None
-        return cls(str(path))
-
-    def _fs(self) -> tuple[pyarrow.fs.FileSystem, str]:
-        return pyarrow.fs.FileSystem.from_uri(self.uri)
-
-    def runs(self) -> list[str]:
-        fs, base = self._fs()
-        infos = fs.get_file_info(pyarrow.fs.FileSelector(base, allow_not_found=True))
-        return sorted(i.base_name for i in infos if i.type == pyarrow.fs.FileType.Directory)
-
-    def latest_checkpoint(self, run: str) -> str | None:
-        """The newest checkpoint Ray registered for `run` (its manager snapshot), or None.
-        A checkpoint folder Ray never registered (an upload cut short) is never returned."""
-        fs, base = self._fs()
-        try:
-            with fs.open_input_stream(f"{base}/{run}/{SNAPSHOT_FILE}") as f:
-                snapshot = json.loads(f.read())
-        except (FileNotFoundError, OSError, ValueError):
-            return None
-        latest = snapshot.get("latest_checkpoint_result") or {}
-        return latest.get("checkpoint_dir_name")
-
-    def read_state(self, run: str, checkpoint: str) -> dict[str, Any]:
-        fs, base = self._fs()
-        with tempfile.TemporaryDirectory() as tmp:
-            pyarrow.fs.copy_files(
-                f"{base}/{run}/{checkpoint}/{STATE_FILE}",
-                f"{tmp}/{STATE_FILE}",
-                source_filesystem=fs,
-                destination_filesystem=pyarrow.fs.LocalFileSystem(),
-            )
-            return load_state(tmp)
-
-    def write_text(self, run: str, name: str, text: str) -> str:
-        fs, base = self._fs()
-        path = f"{base}/{run}/{name}"
-        tmp = f"{base}/{run}/.{name}.tmp"
-        with fs.open_output_stream(tmp) as f:
-            f.write(text.encode())
-        fs.move(tmp, path)
-        return path
-
-
-def pick_run_name(cfg: TrainConfig, storage: Storage, resume: bool) -> str:
-    """A new run gets `<name>-<timestamp>`; `resume` picks the newest run of that name
-    that has a checkpoint."""
-    base = cfg.name or "run"
-    if resume:
-        latest = {
-            r: storage.latest_checkpoint(r)
-            for r in storage.runs()
-            if r == base or r.startswith(f"{base}-")
-        }
-        candidates = [r for r, checkpoint in latest.items() if checkpoint]
-        if not candidates:
-            raise ConfigError(
-                f"--resume: no run named '{base}' with a checkpoint under '{storage.uri}'; "
-                "start it without --resume first"
-            )
-        # Ray names checkpoints checkpoint_<timestamp>: the greatest name is the newest.
-        return max(candidates, key=lambda r: latest[r])
-    name = f"{base}-{time.strftime('%Y%m%d-%H%M%S')}"
-    existing = set(storage.runs())
-    suffix = 1
-    while (candidate := name if suffix == 1 else f"{name}-{suffix}") in existing:
-        suffix += 1
-    return candidate
-
-
-def check_resumable(cfg: TrainConfig, storage: Storage, run: str, method_state: dict) -> None:
-    """Refuse to resume a checkpoint of another method or other weight shapes."""
-    state = storage.read_state(run, storage.latest_checkpoint(run))
-    if state["method"] != cfg.method and state["config"]["method"] != cfg.method:
-        raise ConfigError(
-            f"--resume: run '{run}' was trained with method '{state['config']['method']}', "
-            f"this config says '{cfg.method}'"
-        )
-    saved = {k: tuple(v.shape) for k, v in state["model"].items()}
-    wanted = {k: tuple(v.shape) for k, v in method_state.items()}
-    if saved != wanted:
-        diff = sorted(set(saved.items()) ^ set(wanted.items()))
-        raise ConfigError(
-            f"--resume: the checkpoint of run '{run}' does not fit this config's network "
-            f"(first difference: {diff[0][0]}); use the config the run was started with"
-        )
 
 
 def preflight(cfg: TrainConfig) -> tuple[Splits, dict[str, torch.Tensor]]:
@@ -484,6 +361,8 @@ def summarize(cfg: TrainConfig, result: Any, run: str, storage: Storage, wall_s:
         "epochs_run": int(final["epoch"]),
         "global_steps": int(final["step"]),
         "stopped_early": int(final["epoch"]) < cfg.epochs,
+        # epochs at which an attempt resumed from a checkpoint (a worker-group restart)
+        "restarts": state["loop"].get("restored_at", []),
         "final_metrics": final,
         "best": {
             "metric": monitor,

@@ -233,7 +233,8 @@ def run_trial(config: dict[str, Any]) -> None:
     import ray.tune
     from ray.tune.integration.ray_train import TuneReportCallback
 
-    from rayssl.train import Storage, build_trainer
+    from rayssl.storage import Storage
+    from rayssl.train import build_trainer
 
     params = {k: v for k, v in config.items() if not k.startswith("_")}
     cfg = TrainConfig.model_validate(trial_config(config["_base"], params))
@@ -316,7 +317,8 @@ def tune(
     import ray
     from ray import tune as ray_tune
 
-    from rayssl.train import Storage, init_ray, preflight
+    from rayssl.storage import Storage
+    from rayssl.train import init_ray, preflight
 
     search, base = load_search(path, overrides)
     storage = Storage.resolve(search.storage_path)

@@ -18,7 +18,8 @@ import ray
 from ray.cluster_utils import Cluster
 
 from rayssl.config import load_train_config
-from rayssl.train import SNAPSHOT_FILE, fit
+from rayssl.storage import SNAPSHOT_FILE
+from rayssl.train import fit
 
 
 def main(config_path: str) -> None:

@@ -65,11 +65,43 @@ class Method(nn.Module):
         """Frozen-backbone features (B, F) that kNN and linear-probe evaluation use."""
         return self.backbone(x).flatten(1)
 
-    def on_epoch_start(self, epoch: int) -> None:
-        """Called before epoch `epoch` (0-based) on every rank."""
+    # Lifecycle hooks (Helios' names). The loop calls each on every rank, in this order:
+    #   on_training_start                      once, before the first epoch of a new run
+    #   on_training_epoch_start(epoch)         before each epoch (0-based)
+    #   on_step_end(step, total_steps)         after each optimizer step (1-based, global)
+    #   on_training_epoch_end(epoch)           after the epoch's last step
+    #   on_validation_start / _end(cycle)      around validation (cycle: the 1-based epoch)
+    #   on_testing_start / on_testing_end      around the test split, after the last epoch
+    #   on_training_end                        once, when the run reaches its end
+    # A resumed run does not repeat on_training_start. Keep them cheap and rank-symmetric:
+    # a hook that talks to other ranks must do so on every rank.
+
+    def on_training_start(self) -> None:
+        """Before the first epoch of a new run."""
+
+    def on_training_epoch_start(self, epoch: int) -> None:
+        """Before epoch `epoch` (0-based)."""
 
     def on_step_end(self, step: int, total_steps: int) -> None:
-        """Called after optimizer step `step` (1-based, global across epochs and resumes)."""
+        """After optimizer step `step` (1-based, global across epochs and resumes)."""
+
+    def on_training_epoch_end(self, epoch: int) -> None:
+        """After the last optimizer step of epoch `epoch` (0-based), before evaluation."""
+
+    def on_validation_start(self, validation_cycle: int) -> None:
+        """Before the validation pass that follows epoch `validation_cycle` (1-based)."""
+
+    def on_validation_end(self, validation_cycle: int) -> None:
+        """After that validation pass (its metrics are computed)."""
+
+    def on_testing_start(self) -> None:
+        """Before the test-split evaluation at the end of the run."""
+
+    def on_testing_end(self) -> None:
+        """After the test-split evaluation."""
+
+    def on_training_end(self) -> None:
+        """When the run has reached its end (schedule, early stop or `should_stop`)."""
 
     def epoch_metrics(self, stage: str) -> dict[str, float]:
         """Metrics accumulated over the stage ("train", "val", "test"), then reset."""

@@ -19,6 +19,9 @@ class RepeatedModuleList(nn.ModuleList):
     """`size` independently initialised instances of `cls(*args, **kwargs)`."""
 
     def __init__(self, size: int, cls: type[nn.Module], *args: Any, **kwargs: Any):
+        assert isinstance(cls, type) and issubclass(cls, nn.Module), (
+            f"{cls!r} is not a subclass of torch.nn.Module"
+        )
         super().__init__([cls(*args, **kwargs) for _ in range(size)])
 
 
@@ -31,7 +34,7 @@ def select_targets_dpp(features: torch.Tensor, k: int) -> list[int]:
     """
     kernel = features.double() @ features.double().T
     n = kernel.shape[0]
-    cis = torch.zeros(k, n, dtype=torch.float64)
+    cis = torch.zeros(k, n, dtype=torch.float64, device=features.device)
     gains = torch.diagonal(kernel).clone()
     selected = [int(torch.argmax(gains))]
     for step in range(1, k):
@@ -157,7 +160,8 @@ class LearnFromRandomnessModel(Method):
         self.learning_rate = learning_rate
         self.weight_decay = weight_decay
         self.flatten = flatten
-        self.predictor_training_epochs = predictor_training_epochs or 0
+        # None, 0 or negative: the backbone trains every epoch (as in Minerva).
+        self.predictor_training_epochs = max(0, predictor_training_epochs or 0)
         self.max_backbone_training_steps = (
             max_backbone_training_steps
             if max_backbone_training_steps and max_backbone_training_steps > 0
@@ -239,7 +243,7 @@ class LearnFromRandomnessModel(Method):
         # None and the optimizer skips it, but its optimizer state survives for the next phase.
         return [{"params": [*self.backbone.parameters(), *self.predictors.parameters()]}]
 
-    def on_epoch_start(self, epoch: int) -> None:
+    def on_training_epoch_start(self, epoch: int) -> None:
         self.backbone_trains = epoch % (self.predictor_training_epochs + 1) == 0
         self.backbone.requires_grad_(self.backbone_trains)
         self.train(self.training)
@@ -260,5 +264,11 @@ class LearnFromRandomnessModel(Method):
         }
 
     def load_extra_state(self, state):
+        """Restore the counters and the saved target selection (applied if this model still
+        holds all its projectors, e.g. one rebuilt from a config to load a checkpoint)."""
         self.backbone_training_steps = state["backbone_training_steps"]
         self.backbone_trains = state["backbone_trains"]
+        selected = state.get("selected")
+        if selected is not None and self.selected is None and len(self.projectors) > len(selected):
+            self.apply_selection(selected)
+        self.selected = None if selected is None else list(selected)

@@ -1,0 +1,125 @@
+"""Where runs live: the storage folder or URI, run names, registered checkpoints, resume
+checks. Used by the driver (`train`, `tune`) and by `rayssl eval`; no Ray in here."""
+
+from __future__ import annotations
+
+import json
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pyarrow.fs
+
+from rayssl.config import ConfigError, TrainConfig
+from rayssl.state import STATE_FILE, load_state
+
+SNAPSHOT_FILE = "checkpoint_manager_snapshot.json"  # Ray Train's record of registered checkpoints
+
+
+@dataclass
+class Storage:
+    """Where runs live: a local folder or a cloud URI, reached through pyarrow's filesystems."""
+
+    uri: str  # absolute local path or URI, as given to RunConfig.storage_path
+
+    @classmethod
+    def resolve(cls, storage_path: str) -> Storage:
+        if "://" in storage_path:
+            return cls(storage_path)
+        path = Path(storage_path).expanduser().resolve()
+        try:
+            path.mkdir(parents=True, exist_ok=True)
+            with tempfile.NamedTemporaryFile(dir=path, prefix=".rayssl-write-test"):
+                pass
+        except OSError as exc:
+            raise ConfigError(
+                f"storage_path '{storage_path}' is not writable ({exc.strerror}); "
+                "choose a folder you can write to"
+            ) from None
+        return cls(str(path))
+
+    def _fs(self) -> tuple[pyarrow.fs.FileSystem, str]:
+        return pyarrow.fs.FileSystem.from_uri(self.uri)
+
+    def runs(self) -> list[str]:
+        fs, base = self._fs()
+        infos = fs.get_file_info(pyarrow.fs.FileSelector(base, allow_not_found=True))
+        return sorted(i.base_name for i in infos if i.type == pyarrow.fs.FileType.Directory)
+
+    def latest_checkpoint(self, run: str) -> str | None:
+        """The newest checkpoint Ray registered for `run` (its manager snapshot), or None.
+        A checkpoint folder Ray never registered (an upload cut short) is never returned."""
+        fs, base = self._fs()
+        try:
+            with fs.open_input_stream(f"{base}/{run}/{SNAPSHOT_FILE}") as f:
+                snapshot = json.loads(f.read())
+        except (FileNotFoundError, OSError, ValueError):
+            return None
+        latest = snapshot.get("latest_checkpoint_result") or {}
+        return latest.get("checkpoint_dir_name")
+
+    def read_state(self, run: str, checkpoint: str) -> dict[str, Any]:
+        fs, base = self._fs()
+        with tempfile.TemporaryDirectory() as tmp:
+            pyarrow.fs.copy_files(
+                f"{base}/{run}/{checkpoint}/{STATE_FILE}",
+                f"{tmp}/{STATE_FILE}",
+                source_filesystem=fs,
+                destination_filesystem=pyarrow.fs.LocalFileSystem(),
+            )
+            return load_state(tmp)
+
+    def write_text(self, run: str, name: str, text: str) -> str:
+        fs, base = self._fs()
+        path = f"{base}/{run}/{name}"
+        tmp = f"{base}/{run}/.{name}.tmp"
+        with fs.open_output_stream(tmp) as f:
+            f.write(text.encode())
+        fs.move(tmp, path)
+        return path
+
+
+def pick_run_name(cfg: TrainConfig, storage: Storage, resume: bool) -> str:
+    """A new run gets `<name>-<timestamp>`; `resume` picks the newest run of that name
+    that has a checkpoint."""
+    base = cfg.name or "run"
+    if resume:
+        latest = {
+            r: storage.latest_checkpoint(r)
+            for r in storage.runs()
+            if r == base or r.startswith(f"{base}-")
+        }
+        candidates = [r for r, checkpoint in latest.items() if checkpoint]
+        if not candidates:
+            raise ConfigError(
+                f"--resume: no run named '{base}' with a checkpoint under '{storage.uri}'; "
+                "start it without --resume first"
+            )
+        # Ray names checkpoints checkpoint_<timestamp>: the greatest name is the newest.
+        return max(candidates, key=lambda r: latest[r])
+    name = f"{base}-{time.strftime('%Y%m%d-%H%M%S')}"
+    existing = set(storage.runs())
+    suffix = 1
+    while (candidate := name if suffix == 1 else f"{name}-{suffix}") in existing:
+        suffix += 1
+    return candidate
+
+
+def check_resumable(cfg: TrainConfig, storage: Storage, run: str, method_state: dict) -> None:
+    """Refuse to resume a checkpoint of another method or other weight shapes."""
+    state = storage.read_state(run, storage.latest_checkpoint(run))
+    if state["method"] != cfg.method and state["config"]["method"] != cfg.method:
+        raise ConfigError(
+            f"--resume: run '{run}' was trained with method '{state['config']['method']}', "
+            f"this config says '{cfg.method}'"
+        )
+    saved = {k: tuple(v.shape) for k, v in state["model"].items()}
+    wanted = {k: tuple(v.shape) for k, v in method_state.items()}
+    if saved != wanted:
+        diff = sorted(set(saved.items()) ^ set(wanted.items()))
+        raise ConfigError(
+            f"--resume: the checkpoint of run '{run}' does not fit this config's network "
+            f"(first difference: {diff[0][0]}); use the config the run was started with"
+        )
