@@ -84,6 +84,10 @@ def test_nan_loss_names_epoch_and_step_and_the_last_good_checkpoint_resumes(writ
 
 
 def test_sigkill_of_a_worker_mid_epoch_restarts_exactly(write_config, tmp_path):
+    """SIGKILL one worker of this run (its pid recorded by the run's own backbone) in the
+    middle of epoch 2: the run restarts from epoch 1's checkpoint and ends bitwise equal to
+    an uninterrupted run."""
+    steps_per_epoch = 115  # 7,373 training samples, 3,686 per worker, 32 per worker-batch
     overrides = {
         "epochs": 4,
         "max_failures": 1,
@@ -93,28 +97,44 @@ def test_sigkill_of_a_worker_mid_epoch_restarts_exactly(write_config, tmp_path):
             "batch_size": 64,
             "augment": {"shift": 2, "jitter": 0.05},
         },
-        "backbone": {"name": "cnn1d", "width": 16},
     }
-    code, output = _run(write_config({**overrides, "name": "straight"}, name="straight"))
+
+    def config(name: str) -> Path:
+        backbone = {
+            "name": "recording:recorded_cnn",
+            "width": 16,
+            "record_dir": str(tmp_path / name),
+        }
+        return write_config({**overrides, "name": name, "backbone": backbone}, name=name)
+
+    code, output = _run(config("straight"))
     assert code == 0, output[-3000:]
 
-    proc = _train(write_config({**overrides, "name": "killed"}, name="killed"))
-    storage, killed = tmp_path / "runs", None
+    proc = _train(config("killed"))
+    storage, records = tmp_path / "runs", tmp_path / "killed"
+    killed = steps_at_kill = None
     deadline = time.time() + 240
     while killed is None and time.time() < deadline and proc.poll() is None:
         runs = list(storage.glob("killed-*/checkpoint_manager_snapshot.json"))
-        if runs and json.loads(runs[0].read_text()).get("latest_checkpoint_result"):
-            pids = subprocess.run(["pgrep", "-f", "RayTrainWorker"], capture_output=True, text=True)
-            workers = [int(p) for p in pids.stdout.split()]
-            if workers:
-                killed = workers[-1]
-                os.kill(killed, signal.SIGKILL)  # first checkpoint is in: epoch 2 is running
-        time.sleep(0.05)
+        workers = list(records.glob("rank1-*.steps"))
+        if runs and workers and json.loads(runs[0].read_text()).get("latest_checkpoint_result"):
+            steps = int(workers[0].read_text() or 0)
+            if steps >= steps_per_epoch + 10:  # epoch 1's checkpoint is in, epoch 2 is running
+                killed, steps_at_kill = int(workers[0].name.split("-")[1].split(".")[0]), steps
+                os.kill(killed, signal.SIGKILL)
+                snapshot = json.loads(runs[0].read_text())
+        time.sleep(0.02)
     out, err = proc.communicate(timeout=300)
     assert killed is not None, "the run ended before a worker could be killed"
     assert proc.returncode == 0, (out + err)[-3000:]
+    assert steps_at_kill < 2 * steps_per_epoch  # the kill landed inside epoch 2's steps
+    assert snapshot["latest_checkpoint_result"]["metrics"]["epoch"] == 1  # before epoch 2's
+    (run,) = storage.glob("killed-*")
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["resumed_at"] == [1]  # a second attempt resumed from epoch 1's checkpoint
+    assert len(list(records.glob("rank1-*.steps"))) == 2  # a new rank-1 process
 
     a, b = _latest_state(storage, "straight"), _latest_state(storage, "killed")
-    assert a["loop"]["global_step"] == b["loop"]["global_step"]
+    assert a["loop"]["global_step"] == b["loop"]["global_step"] == 4 * steps_per_epoch
     for key, tensor in a["model"].items():
         assert torch.equal(tensor, b["model"][key]), key

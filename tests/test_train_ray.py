@@ -113,3 +113,21 @@ def test_in_process_fit_with_one_worker_and_resume_checks(ray_session, write_con
         )
     with pytest.raises(ConfigError, match="CPUs, but the Ray cluster has 4"):
         fit(load_train_config(write_config({"num_workers": 8, "data": {"batch_size": 64}})))
+
+
+def test_resume_on_fewer_workers_says_so_and_counts_right(write_config, tmp_path):
+    """2 workers crash after epoch 2; the run resumes on 1 worker: the global batch and so
+    the steps per epoch (7) stay, epochs 3 and 4 run once each, and one line says that the
+    per-rank RNG streams restart."""
+    cfg = write_config({**EXACT, "name": "shrunk"}, name="shrunk")
+    crashed = _train(cfg, env={CRASH_ENV: "2"})
+    assert crashed.returncode == 1
+    resumed = _train(cfg, "--resume", "--set", "num_workers=1")
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    output = resumed.stdout + resumed.stderr
+    assert output.count("the checkpoint was written by 2 workers, this run has 1") == 1
+    (run,) = (tmp_path / "runs").glob("shrunk-*")
+    summary = json.loads((run / "summary.json").read_text())
+    assert [h["epoch"] for h in summary["history"]] == [1, 2, 3, 4]
+    assert [h["step"] for h in summary["history"]] == [7, 14, 21, 28]
+    assert summary["resumed_at"] == [2]

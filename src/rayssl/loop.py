@@ -51,7 +51,7 @@ class LoopState:
     bad_epochs: int = 0
     history: list[dict[str, float]] = field(default_factory=list)
     finished: bool = False  # the run reached its end (schedule, early stop, method's stop)
-    restored_at: list[int] = field(default_factory=list)  # epochs at which an attempt resumed
+    resumed_at: list[int] = field(default_factory=list)  # epochs at which an attempt resumed
 
 
 PROBE_METRICS = ("knn_acc", "linear_acc")

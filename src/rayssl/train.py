@@ -49,7 +49,7 @@ def run_worker(config: dict[str, Any]) -> Loop:
         if checkpoint is None:
             loop.adopt_hyperparameters(state["config"])
         else:
-            loop.state.restored_at.append(loop.state.epoch)  # this attempt is a restart
+            loop.state.resumed_at.append(loop.state.epoch)  # a restart or --resume
     first_epoch = loop.state.epoch
     if (loop.state.finished or first_epoch >= cfg.epochs) and loop.state.history:
         # Restarted after its last checkpoint (early stop, the method's own stop, or a Tune
@@ -361,8 +361,9 @@ def summarize(cfg: TrainConfig, result: Any, run: str, storage: Storage, wall_s:
         "epochs_run": int(final["epoch"]),
         "global_steps": int(final["step"]),
         "stopped_early": int(final["epoch"]) < cfg.epochs,
-        # epochs at which an attempt resumed from a checkpoint (a worker-group restart)
-        "restarts": state["loop"].get("restored_at", []),
+        # epochs from which an attempt continued a checkpoint: a worker-group restart after
+        # a failure, or `--resume`
+        "resumed_at": state["loop"].get("resumed_at", []),
         "final_metrics": final,
         "best": {
             "metric": monitor,
