@@ -126,7 +126,7 @@ def linear(in_features: int, num_classes: int):
     return nn.Linear(in_features, num_classes)
 
 
-def mlp_head(in_features: int, num_classes: int, hidden: Sequence[int] = (256,)):
+def mlp_classifier(in_features: int, num_classes: int, hidden: Sequence[int] = (256,)):
     """Linear-ReLU layers, then a linear classifier."""
     layers: list[nn.Module] = []
     for h in hidden:
@@ -142,7 +142,7 @@ BACKBONES: dict[str, Callable[..., nn.Module]] = {
     "cnn2d": cnn2d,
     "resnet18": resnet18,
 }
-HEADS: dict[str, Callable[..., nn.Module]] = {"linear": linear, "mlp": mlp_head}
+HEADS: dict[str, Callable[..., nn.Module]] = {"linear": linear, "mlp": mlp_classifier}
 
 
 def call_factory(factory: Callable[..., Any], kwargs: dict[str, Any], **inferred: Any) -> nn.Module:

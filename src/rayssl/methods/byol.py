@@ -11,7 +11,7 @@ from torch import nn
 
 from rayssl.losses import NegativeCosineSimilarity
 from rayssl.methods.base import Method
-from rayssl.methods.heads import infer_features, mlp_head
+from rayssl.methods.heads import MLPHead, infer_features
 
 
 def cosine_schedule(
@@ -75,8 +75,8 @@ class BYOL(Method):
             raise ValueError(f"base_momentum must be in [0, 1], got {base_momentum}")
         self.backbone = backbone
         features = infer_features(backbone) if projection_head is None else None
-        self.projection_head = projection_head or mlp_head([features, 4096, 256])
-        self.prediction_head = prediction_head or mlp_head([256, 4096, 256])
+        self.projection_head = projection_head or MLPHead([features, 4096, 256])
+        self.prediction_head = prediction_head or MLPHead([256, 4096, 256])
         self.backbone_momentum = copy.deepcopy(self.backbone)
         self.projection_head_momentum = copy.deepcopy(self.projection_head)
         deactivate_requires_grad(self.backbone_momentum)

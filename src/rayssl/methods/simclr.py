@@ -9,7 +9,7 @@ from torch import nn
 
 from rayssl.losses import NTXentLoss
 from rayssl.methods.base import Method
-from rayssl.methods.heads import infer_features, mlp_head
+from rayssl.methods.heads import MLPHead, infer_features
 
 
 class SimCLR(Method):
@@ -29,12 +29,18 @@ class SimCLR(Method):
         optimizer_kwargs: dict[str, Any] | None = None,
         lr_scheduler: Any = None,
         lr_scheduler_kwargs: dict[str, Any] | None = None,
+        lr: float | None = None,
     ):
+        """`lr` is Minerva's name for `learning_rate` (accepted as an alias)."""
         super().__init__()
+        if lr is not None:
+            if learning_rate not in (1e-3, lr):
+                raise ValueError(f"give lr ({lr}) or learning_rate ({learning_rate}), not both")
+            learning_rate = lr
         self.backbone = backbone
         if projection_head is None:
             features = infer_features(backbone)
-            projection_head = mlp_head([features, features, 128])
+            projection_head = MLPHead([features, features, 128])
         self.projection_head = projection_head
         self.flatten = flatten
         self.loss_fn = NTXentLoss(temperature)
