@@ -17,8 +17,12 @@ and, in this process, two kernels the issue names:
 
 and the wall time from `rayssl train` start to its first optimizer step (a real subprocess).
 
-Step times are the median over timing windows after warm-up steps; every window covers whole
-epochs of the same batches, so data indexing and augmentation are inside the time.
+What is timed: every optimizer step of the training epochs, from the end of the previous
+step to the end of this one, so fetching and augmenting the batch, forward, backward,
+optimizer and scheduler step and the method's hook are inside; evaluation, probes and
+checkpoints are not (training steps only). A row's ms/step is the median of those per-step
+times after the first epoch (warm-up). `lfr-heads` and `byol-ema` are medians of repeated
+calls of the one operation, after warm-up calls.
 
     python benchmarks/throughput.py                       # everything, writes throughput.json
     python benchmarks/throughput.py --methods supervised --no-startup --epochs 3
