@@ -131,3 +131,32 @@ def test_resume_on_fewer_workers_says_so_and_counts_right(write_config, tmp_path
     assert [h["epoch"] for h in summary["history"]] == [1, 2, 3, 4]
     assert [h["step"] for h in summary["history"]] == [7, 14, 21, 28]
     assert summary["resumed_at"] == [2]
+
+
+def test_local_mode_runs_in_the_driver_and_resumes_exactly(write_config, tmp_path):
+    """num_workers 0: Ray Train's local mode, no Ray cluster; rayssl writes the checkpoints
+    itself. Crashed after epoch 2 and resumed, it ends torch.equal to an uninterrupted run."""
+    local = {**EXACT, "num_workers": 0}
+    straight = _train(write_config({**local, "name": "straight"}, name="straight"))
+    assert straight.returncode == 0, straight.stderr[-3000:]
+    assert "epoch 4/4" in straight.stdout
+    assert "Running in local mode" not in straight.stdout + straight.stderr  # rayssl's lines only
+    (run,) = (tmp_path / "runs").glob("straight-*")
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["epochs_run"] == 4 and summary["start_to_first_step_s"] > 0
+    assert len(_checkpoints(run)) == 2  # checkpoint.num_to_keep
+    assert summary["checkpoint"].endswith(_checkpoints(run)[-1].name)
+
+    cut_cfg = write_config({**local, "name": "cut"}, name="cut")
+    crashed = _train(cut_cfg, env={CRASH_ENV: "2"})
+    assert crashed.returncode == 1
+    assert crashed.stderr.strip().splitlines()[-1].startswith("rayssl: error: run 'cut-")
+    assert "injected failure after epoch 2" in crashed.stderr
+    resumed = _train(cut_cfg, "--resume")
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "epoch 3/4" in resumed.stdout and "epoch 2/4" not in resumed.stdout
+    _assert_same_training_state(
+        _final_state(tmp_path / "runs", "straight"), _final_state(tmp_path / "runs", "cut")
+    )
+    (cut_run,) = (tmp_path / "runs").glob("cut-*")
+    assert json.loads((cut_run / "summary.json").read_text())["resumed_at"] == [2]

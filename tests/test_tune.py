@@ -103,7 +103,33 @@ def test_small_search_reports_table_best_config_and_plot(write_search, ray_sessi
     assert best["optimizer"]["lr"] == pytest.approx(float(rows[0]["optimizer.lr"]))
     assert (experiment / "val_accuracy.png").stat().st_size > 1000
     assert list(experiment.rglob("events.out.tfevents*")), "no TensorBoard logs"
-    assert list((experiment / "trials").glob("*/checkpoint_*")), "trials keep their checkpoints"
+    # 1-worker trials run in the trial's process and give Tune their checkpoints
+    states = list(experiment.glob("*/checkpoint_*/state.pt"))
+    assert states and load_state(states[0].parent)["config"]["num_workers"] == 1
+    assert not list((experiment / "trials").iterdir())  # no nested Ray Train runs
+    per_trial = [float(r["start_to_first_step_s"]) for r in rows if r.get("start_to_first_step_s")]
+    assert per_trial and max(per_trial) < 30  # trial start -> first step, no Train start-up
+
+
+def test_multi_worker_trials_fit_a_torch_trainer_each(write_search, ray_session, tmp_path):
+    search = write_search(
+        {
+            "num_samples": 1,
+            "scheduler": {"name": "fifo"},
+            "resources": {"workers_per_trial": 2},
+            "max_concurrent_trials": 3,
+        }
+    )
+    result = CliRunner().invoke(main, ["tune", str(search)])
+    assert result.exit_code == 0, result.output
+    assert "max_concurrent_trials 3 lowered to 2" in result.output  # 4 CPUs, 2 per trial
+    (experiment,) = (tmp_path / "tune").iterdir()
+    (row,) = list(csv.DictReader(open(experiment / "results.csv")))
+    assert int(row["epochs"]) == 3
+    (state,) = [
+        load_state(p.parent) for p in (experiment / "trials").glob("*/checkpoint_*/state.pt")
+    ][-1:]
+    assert state["world_size"] == 2
 
 
 @pytest.mark.slow

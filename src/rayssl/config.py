@@ -227,7 +227,9 @@ class TrainConfig(Strict):
     name: str | None = Field(None, description="run name; default: the config file's stem")
     seed: int = Field(0, ge=0)
     epochs: int = Field(10, ge=1)
-    num_workers: int = Field(2, ge=1)
+    num_workers: int = Field(
+        2, ge=0, description="Ray Train workers; 0: local mode, the loop runs in this process"
+    )
     cpus_per_worker: float = Field(1.0, gt=0.0)
     use_gpu: bool = False
     storage_path: str = "./runs"
@@ -249,7 +251,12 @@ class TrainConfig(Strict):
 
     @model_validator(mode="after")
     def _consistent(self) -> TrainConfig:
-        if self.data.batch_size % self.num_workers:
+        if self.num_workers == 0 and self.data.name == "parquet":
+            raise ValueError(
+                "num_workers 0 (local mode) holds data in memory; data.name 'parquet' streams "
+                "through Ray Data to Ray Train workers: set num_workers >= 1"
+            )
+        if self.data.batch_size % max(1, self.num_workers):
             raise ValueError(
                 f"data.batch_size ({self.data.batch_size}) must be divisible by num_workers "
                 f"({self.num_workers}): it is the global batch, split evenly across workers"

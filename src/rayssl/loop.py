@@ -300,8 +300,9 @@ class Loop:
     def epochs(self) -> Iterator[dict[str, float]]:
         """Run the remaining epochs, yielding each epoch's metrics. The last one (end of the
         schedule, early stop, or the method's own stop) also carries test metrics. A run
-        restored from a finished state yields nothing: a stopped run stays stopped."""
-        if self.state.finished:
+        restored after an early stop or the method's own stop yields nothing: a stopped run
+        stays stopped (a run that ended its schedule continues if `epochs` was raised)."""
+        if self.state.history and self.should_stop():
             return
         if self.state.epoch == 0 and not self.state.history:
             self.method.on_training_start()

@@ -16,6 +16,15 @@ from rayssl.config import ConfigError, TrainConfig
 from rayssl.state import STATE_FILE, load_state
 
 SNAPSHOT_FILE = "checkpoint_manager_snapshot.json"  # Ray Train's record of registered checkpoints
+# rayssl's own record, for checkpoints Ray Train does not persist (local mode, num_workers 0)
+LOCAL_INDEX_FILE = "rayssl_checkpoints.json"
+
+
+def checkpoint_dir_name() -> str:
+    """A new checkpoint folder name in Ray Train's pattern, so names sort by time."""
+    now = time.time()
+    stamp = time.strftime("%Y-%m-%d_%H-%M-%S", time.localtime(now))
+    return f"checkpoint_{stamp}.{int(now % 1 * 1e6):06d}"
 
 
 @dataclass
@@ -49,16 +58,35 @@ class Storage:
         return sorted(i.base_name for i in infos if i.type == pyarrow.fs.FileType.Directory)
 
     def latest_checkpoint(self, run: str) -> str | None:
-        """The newest checkpoint Ray registered for `run` (its manager snapshot), or None.
-        A checkpoint folder Ray never registered (an upload cut short) is never returned."""
+        """The newest checkpoint of `run` that was registered, or None: by Ray Train (its
+        manager snapshot) or by rayssl's local mode (its index, written after the state).
+        A checkpoint folder never registered (an upload cut short) is never returned."""
+        fs, base = self._fs()
+        names = []
+        for record, key in ((SNAPSHOT_FILE, "latest_checkpoint_result"), (LOCAL_INDEX_FILE, None)):
+            try:
+                with fs.open_input_stream(f"{base}/{run}/{record}") as f:
+                    snapshot = json.loads(f.read())
+            except (FileNotFoundError, OSError, ValueError):
+                continue
+            latest = (snapshot.get(key) or {}) if key else snapshot
+            if latest.get("checkpoint_dir_name"):
+                names.append(latest["checkpoint_dir_name"])
+        return max(names) if names else None
+
+    def registered_by_ray(self, run: str, checkpoint: str) -> bool:
+        """Whether Ray Train knows `checkpoint` (else a Train run must be handed it)."""
         fs, base = self._fs()
         try:
             with fs.open_input_stream(f"{base}/{run}/{SNAPSHOT_FILE}") as f:
                 snapshot = json.loads(f.read())
         except (FileNotFoundError, OSError, ValueError):
-            return None
+            return False
         latest = snapshot.get("latest_checkpoint_result") or {}
-        return latest.get("checkpoint_dir_name")
+        return latest.get("checkpoint_dir_name") == checkpoint
+
+    def path(self, run: str, name: str = "") -> str:
+        return f"{self.uri}/{run}/{name}" if name else f"{self.uri}/{run}"
 
     def read_state(self, run: str, checkpoint: str) -> dict[str, Any]:
         fs, base = self._fs()
@@ -70,6 +98,38 @@ class Storage:
                 destination_filesystem=pyarrow.fs.LocalFileSystem(),
             )
             return load_state(tmp)
+
+    def save_local_checkpoint(self, run: str, state: dict[str, Any], keep: int | None) -> str:
+        """Local mode: write `state` as a new checkpoint folder of `run`, register it in the
+        index (after the state is complete), then delete the oldest beyond `keep`."""
+        from rayssl.state import save_state
+
+        fs, base = self._fs()
+        name = checkpoint_dir_name()
+        with tempfile.TemporaryDirectory() as tmp:
+            save_state(state, tmp)
+            fs.create_dir(f"{base}/{run}/{name}")
+            pyarrow.fs.copy_files(
+                f"{tmp}/{STATE_FILE}",
+                f"{base}/{run}/{name}/{STATE_FILE}",
+                source_filesystem=pyarrow.fs.LocalFileSystem(),
+                destination_filesystem=fs,
+            )
+        try:
+            with fs.open_input_stream(f"{base}/{run}/{LOCAL_INDEX_FILE}") as f:
+                kept = json.loads(f.read())["checkpoints"]
+        except (FileNotFoundError, OSError, ValueError, KeyError):
+            kept = []
+        kept.append(name)
+        dropped, kept = (kept[:-keep], kept[-keep:]) if keep else ([], kept)
+        record = {"checkpoint_dir_name": name, "checkpoints": kept}
+        self.write_text(run, LOCAL_INDEX_FILE, json.dumps(record, indent=2))
+        for old in dropped:
+            try:
+                fs.delete_dir(f"{base}/{run}/{old}")
+            except FileNotFoundError:
+                pass
+        return name
 
     def write_text(self, run: str, name: str, text: str) -> str:
         fs, base = self._fs()

@@ -41,33 +41,43 @@ def run_worker(config: dict[str, Any]) -> Loop:
     loop = build_worker_loop(config)
     cfg, rank, world_size = loop.cfg, loop.rank, loop.world_size
     checkpoint = ray.train.get_checkpoint()
-    donor = config.get("initial_checkpoint")  # PBT: another trial's (or this one's) state
-    if checkpoint is not None or donor is not None:
-        with (checkpoint or donor).as_directory() as directory:
+    # A state to start from when Ray Train has none of its own: PBT's donor, or a --resume
+    # of a checkpoint that rayssl's local mode wrote (Ray never registered it).
+    initial = config.get("initial_checkpoint")
+    if checkpoint is not None or initial is not None:
+        with (checkpoint or initial).as_directory() as directory:
             state = load_state(directory)
         loop.load_state_dict(state)
-        if checkpoint is None:
+        if checkpoint is None and not config.get("initial_is_resume"):
             loop.adopt_hyperparameters(state["config"])
         else:
             loop.state.resumed_at.append(loop.state.epoch)  # a restart or --resume
     first_epoch = loop.state.epoch
-    if (loop.state.finished or first_epoch >= cfg.epochs) and loop.state.history:
+    if loop.state.history and (loop.should_stop() or first_epoch >= cfg.epochs):
         # Restarted after its last checkpoint (early stop, the method's own stop, or a Tune
         # trial whose driver died before it saw the final report): train nothing, report the
         # final metrics once more so the caller has them.
         ray.train.report(loop.state.history[-1])
         return loop
     loop.launched_at = config.get("launched_at")
+    local_run = config.get("local_run")  # local mode: (storage uri, run), rayssl persists
 
     started = time.perf_counter()
     for metrics in loop.epochs():
         rng_states = _gather(capture_rng(), world_size)
-        with tempfile.TemporaryDirectory() as tmp:
-            ckpt = None
-            if rank == 0:
-                save_state(loop.state_dict(rng_states), tmp)
-                ckpt = ray.train.Checkpoint.from_directory(tmp)
-            ray.train.report(metrics, checkpoint=ckpt)
+        if local_run is not None:
+            storage = Storage(local_run[0])
+            storage.save_local_checkpoint(
+                local_run[1], loop.state_dict(rng_states), cfg.checkpoint.num_to_keep
+            )
+            ray.train.report(metrics)  # local mode would only keep a checkpoint in memory
+        else:
+            with tempfile.TemporaryDirectory() as tmp:
+                ckpt = None
+                if rank == 0:
+                    save_state(loop.state_dict(rng_states), tmp)
+                    ckpt = ray.train.Checkpoint.from_directory(tmp)
+                ray.train.report(metrics, checkpoint=ckpt)
         if rank == 0:
             print(progress_line(metrics, cfg, loop.state.epoch - first_epoch, started), flush=True)
         after_epoch_hook(config, loop.state.epoch, rank)  # TEST HOOK: no-op unless asked
@@ -75,15 +85,41 @@ def run_worker(config: dict[str, Any]) -> Loop:
 
 
 def build_worker_loop(config: dict[str, Any]) -> Loop:
-    """This worker's `Loop`: same initial weights on every rank, its device, DDP wrapping."""
+    """This Ray Train worker's `Loop`: its rank, device and DDP wrapping from Ray Train."""
     import ray
     import ray.train
     import ray.train.torch
 
     cfg = TrainConfig.model_validate(config["config"])
-    _quiet_report_logs()
+    _quiet_report_logs(local=cfg.num_workers == 0)
     context = ray.train.get_context()
     rank, world_size = context.get_world_rank(), context.get_world_size()
+    splits = config["splits"]
+    if not isinstance(splits, Splits):  # an object-store reference (workers), else local mode
+        splits = ray.get(splits)
+    return build_loop(
+        cfg,
+        splits,
+        rank=rank,
+        world_size=world_size,
+        device=ray.train.torch.get_device(),
+        wrap_model=ray.train.torch.prepare_model,
+        train_shard=ray.train.get_dataset_shard("train") if splits.stream else None,
+    )
+
+
+def build_loop(
+    cfg: TrainConfig,
+    splits: Splits,
+    *,
+    rank: int = 0,
+    world_size: int = 1,
+    device: torch.device | str = "cpu",
+    wrap_model: Callable[[torch.nn.Module], torch.nn.Module] | None = None,
+    train_shard: Any = None,
+) -> Loop:
+    """A `Loop` with the same initial weights on every rank (Ray Train workers, local mode,
+    and in-process Tune trials all build theirs here)."""
     torch.set_num_threads(max(1, int(cfg.cpus_per_worker)))
 
     def broadcast(obj: Any) -> Any:
@@ -94,7 +130,6 @@ def build_worker_loop(config: dict[str, Any]) -> Loop:
         torch.distributed.broadcast_object_list(box, src=0)
         return box[0]
 
-    splits: Splits = ray.get(config["splits"])
     seed_everything(cfg.seed)  # identical initial weights on every rank
     method = build_method(
         cfg,
@@ -108,22 +143,27 @@ def build_worker_loop(config: dict[str, Any]) -> Loop:
         method,
         splits,
         cfg,
-        device=ray.train.torch.get_device(),
+        device=device,
         rank=rank,
         world_size=world_size,
-        wrap_model=ray.train.torch.prepare_model,
+        wrap_model=wrap_model,
         broadcast=broadcast,
-        train_shard=ray.train.get_dataset_shard("train") if splits.stream else None,
+        train_shard=train_shard,
     )
 
 
-def _quiet_report_logs() -> None:
+def _quiet_report_logs(local: bool = False) -> None:
     """Ray Train logs every report at INFO under a logger named after its source file, which
-    its LoggingConfig does not reach; rayssl prints its own one-line progress instead."""
+    its LoggingConfig does not reach; rayssl prints its own one-line progress instead.
+    (Private module path: guarded, only the log level depends on it.)"""
     import logging
 
-    from ray.train.v2._internal.execution import context
-
+    if local:  # local mode logs through the "ray.train" loggers of this process
+        logging.getLogger("ray.train").setLevel(logging.WARNING)
+    try:
+        from ray.train.v2._internal.execution import context
+    except ImportError:
+        return
     logging.getLogger(context.__file__).setLevel(logging.WARNING)
 
 
@@ -221,10 +261,14 @@ def build_trainer(
     launched_at: float | None = None,
     stream: Any = None,
     initial_checkpoint: Any = None,
+    initial_is_resume: bool = False,
 ):
     """The TorchTrainer of one run (also used by `rayssl tune`, one per trial). `stream`
     (a `data.Stream`) adds the Ray Data dataset whose shards the workers train on;
-    `initial_checkpoint` is a state to start from when the run has none of its own (PBT)."""
+    `initial_checkpoint` is a state to start from when the run has none of its own (PBT's
+    donor; or, with `initial_is_resume`, this run's own checkpoint that Ray never saw).
+    `cfg.num_workers == 0` is Ray Train's local mode: the loop runs in this process and
+    rayssl writes the run's checkpoints itself (local mode keeps them only in memory)."""
     for key, value in RAY_TRAIN_ENV.items():
         os.environ.setdefault(key, value)
     from ray.train import CheckpointConfig, FailureConfig, LoggingConfig, RunConfig, ScalingConfig
@@ -250,6 +294,8 @@ def build_trainer(
             "crash_marker": str(Path(storage.uri) / run / ".rayssl-crash-injected"),
             "launched_at": launched_at,
             "initial_checkpoint": initial_checkpoint,
+            "initial_is_resume": initial_is_resume,
+            "local_run": (storage.uri, run) if cfg.num_workers == 0 else None,
         },
         datasets=datasets,
         scaling_config=ScalingConfig(
@@ -293,32 +339,51 @@ def fit(
     fault injection for tests: the first attempt's workers fail after that epoch."""
     entered = time.time()
     import ray
-    from ray.train import TrainingFailedError
+    from ray.train import Checkpoint, TrainingFailedError
 
+    local = cfg.num_workers == 0
     splits, method_state = preflight(cfg)
     storage = Storage.resolve(cfg.storage_path)
     run = pick_run_name(cfg, storage, resume)
+    initial = None
     if resume:
         check_resumable(cfg, storage, run, method_state)
-    init_ray(cfg)
+        latest = storage.latest_checkpoint(run)
+        if local or not storage.registered_by_ray(run, latest):
+            initial = Checkpoint(storage.path(run, latest))
+    if local:  # local mode needs no Ray cluster at all; rayssl prints its own progress
+        import logging
+
+        logging.getLogger("ray.train").setLevel(logging.WARNING)
+    else:
+        init_ray(cfg)
     if crash_after_epoch is None:
         crash_after_epoch = int(os.environ.get(CRASH_ENV, "0") or 0)
     trainer = build_trainer(
         cfg,
-        ray.put(splits),
+        splits if local else ray.put(splits),
         storage,
         run,
         train_fn=train_fn,
         crash_after_epoch=crash_after_epoch,
         launched_at=launched_at or entered,
         stream=splits.stream,
+        initial_checkpoint=initial,
+        initial_is_resume=initial is not None,
     )
     started = time.time()
     try:
-        result = trainer.fit()
+        trainer.fit()
     except TrainingFailedError as exc:
         raise RunFailed(f"run '{run}' failed: {worker_error(exc)}") from None
-    summary = summarize(cfg, result, run, storage, wall_s=time.time() - started)
+    except Exception as exc:  # local mode: the loop's own error, raised in this process
+        if not local:
+            raise
+        text = str(exc).strip().splitlines()
+        raise RunFailed(
+            f"run '{run}' failed: {type(exc).__name__}: {text[0] if text else ''}"
+        ) from None
+    summary = summarize(cfg, run, storage, wall_s=time.time() - started)
     summary["path"] = storage.write_text(run, "summary.json", json.dumps(summary, indent=2))
     return summary
 
@@ -333,9 +398,10 @@ def worker_error(exc: Exception) -> str:
     return str(exc).strip().splitlines()[-1]
 
 
-def summarize(cfg: TrainConfig, result: Any, run: str, storage: Storage, wall_s: float) -> dict:
-    with result.checkpoint.as_directory() as directory:
-        state = load_state(directory)
+def summarize(cfg: TrainConfig, run: str, storage: Storage, wall_s: float) -> dict:
+    """The run's summary, from its newest registered checkpoint (Ray's or rayssl's)."""
+    checkpoint = storage.latest_checkpoint(run)
+    state = storage.read_state(run, checkpoint)
     history: list[dict[str, float]] = state["loop"]["history"]
     if cfg.early_stopping is not None:
         monitor, mode = cfg.early_stopping.monitor, cfg.early_stopping.mode
@@ -376,7 +442,7 @@ def summarize(cfg: TrainConfig, result: Any, run: str, storage: Storage, wall_s:
         "start_to_first_step_s": next(
             (h["start_to_first_step_s"] for h in history if "start_to_first_step_s" in h), None
         ),
-        "checkpoint": result.checkpoint.path,
+        "checkpoint": storage.path(run, checkpoint),
         "config": cfg.model_dump(mode="json"),
         "history": history,
     }

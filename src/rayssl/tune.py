@@ -1,9 +1,14 @@
-"""`rayssl tune`: a Ray Tune search whose every trial is a Ray Train run of the same loop.
+"""`rayssl tune`: a Ray Tune search whose every trial runs the same per-worker loop.
 
 A search YAML names a base training config, a space over config paths, the metric, the
-scheduler and the budget. Each trial is a Tune function trainable (a token CPU) that builds
-and fits a `TorchTrainer` reporting to Tune through `TuneReportCallback` every epoch, so ASHA
-stops weak trials early; each trial keeps its checkpoints under the search folder.
+scheduler and the budget. Two trial paths, same metrics and checkpoint format:
+
+- `workers_per_trial: 1` (the default): the trial is a Tune function trainable holding the
+  trial's resources, running `Loop` in its own process. It reports every epoch with
+  `ray.tune.report(metrics, checkpoint=...)` and restores from `ray.tune.get_checkpoint()`,
+  so ASHA, PBT and `Tuner.restore` work natively, with no Ray Train start-up per trial.
+- more workers: the trial (a token CPU) builds and fits a `TorchTrainer` reporting to Tune
+  through `TuneReportCallback`; its checkpoints stay under the search's `trials/` folder.
 """
 
 from __future__ import annotations
@@ -228,8 +233,56 @@ def trial_config(base: dict, params: dict[str, Any]) -> dict:
     return deep_merge(base, nested)
 
 
+def run_trial_in_process(config: dict[str, Any]) -> None:
+    """Tune function trainable of a 1-worker trial: the loop in this process, a report and
+    a checkpoint to Tune every epoch. A restored checkpoint may be another trial's (PBT's
+    exploit): its state continues under this trial's values (`adopt_hyperparameters`)."""
+    started = time.time()
+    import tempfile
+
+    import ray
+    import ray.tune
+    import torch
+
+    from rayssl.state import load_state, save_state
+    from rayssl.train import build_loop
+
+    params = {k: v for k, v in config.items() if not k.startswith("_")}
+    cfg = TrainConfig.model_validate(trial_config(config["_base"], params))
+    splits = ray.get(config["_splits"])
+    shard = None
+    if splits.stream is not None:  # parquet: this trial streams every row itself
+        import ray.data
+
+        stream = splits.stream
+        shard = (
+            ray.data.read_parquet(stream.path, concurrency=cfg.data.read_concurrency)
+            .select_columns([stream.x_column, stream.y_column])
+            .iterator()
+        )
+    device = torch.device("cuda" if cfg.use_gpu and torch.cuda.is_available() else "cpu")
+    loop = build_loop(cfg, splits, device=device, train_shard=shard)
+    checkpoint = ray.tune.get_checkpoint()
+    if checkpoint is not None:
+        with checkpoint.as_directory() as directory:
+            state = load_state(directory)
+        loop.load_state_dict(state)
+        loop.adopt_hyperparameters(state["config"])  # a no-op for the trial's own state
+        loop.state.resumed_at.append(loop.state.epoch)
+    if loop.state.history and (loop.should_stop() or loop.state.epoch >= cfg.epochs):
+        ray.tune.report(loop.state.history[-1])  # restored after its end: report it again
+        return
+    loop.launched_at = started  # start_to_first_step_s: this trial's own overhead
+    for metrics in loop.epochs():
+        with tempfile.TemporaryDirectory() as tmp:
+            save_state(loop.state_dict(), tmp)
+            ray.tune.report(metrics, checkpoint=ray.tune.Checkpoint.from_directory(tmp))
+
+
 def run_trial(config: dict[str, Any]) -> None:
-    """Tune function trainable: one Ray Train run of the loop, reporting every epoch."""
+    """Tune function trainable of a multi-worker trial: one Ray Train run of the loop,
+    reporting every epoch."""
+    started = time.time()
     import ray.tune
     from ray.tune.integration.ray_train import TuneReportCallback
 
@@ -246,7 +299,13 @@ def run_trial(config: dict[str, Any]) -> None:
         _run_checkpointed_trial(cfg, config["_splits"], storage, run, stream)
         return
     trainer = build_trainer(
-        cfg, config["_splits"], storage, run, callbacks=[TuneReportCallback()], stream=stream
+        cfg,
+        config["_splits"],
+        storage,
+        run,
+        callbacks=[TuneReportCallback()],
+        stream=stream,
+        launched_at=started,
     )
     trainer.fit()
 
@@ -347,7 +406,15 @@ def tune(
         _trials_storage=str(trials_storage),
         _pbt=search.scheduler.name == "pbt",
     )
-    trainable = ray_tune.with_resources(run_trial, {"cpu": 0.01})
+    res = search.resources
+    if res.workers_per_trial == 1:
+        trainable = ray_tune.with_resources(
+            run_trial_in_process, {"cpu": res.cpus_per_worker, "gpu": res.gpus_per_worker}
+        )
+        concurrent = search.max_concurrent_trials
+    else:
+        trainable = ray_tune.with_resources(run_trial, {"cpu": 0.01})
+        concurrent = _concurrency_that_fits(search)
     # Every epoch reports (progress, plots); probe metrics only on probe epochs, which the
     # cadence check above lines up with the scheduler's decisions.
     os.environ["TUNE_DISABLE_STRICT_METRIC_CHECKING"] = "1"
@@ -365,7 +432,7 @@ def tune(
                 num_samples=search.num_samples,
                 scheduler=_scheduler(search, cfg.epochs),
                 search_alg=_search_alg(search, points),
-                max_concurrent_trials=search.max_concurrent_trials,
+                max_concurrent_trials=concurrent,
             ),
             run_config=ray_tune.RunConfig(
                 name=experiment.name,
@@ -378,6 +445,27 @@ def tune(
         )
     results = tuner.fit()
     return report(results, search, base, cfg.epochs, experiment)
+
+
+def _concurrency_that_fits(search: SearchConfig) -> int:
+    """Multi-worker trials hold a token CPU each and start their Ray Train workers later:
+    more of them at once than the cluster can host would leave worker groups waiting until
+    their start-up timeout. Run at most as many as fit, and say so."""
+    import ray
+
+    res, cluster = search.resources, ray.cluster_resources()
+    per_trial = res.workers_per_trial * res.cpus_per_worker
+    fit = int(cluster.get("CPU", 0) // per_trial)
+    if res.gpus_per_worker:
+        fit = min(fit, int(cluster.get("GPU", 0) // (res.workers_per_trial * res.gpus_per_worker)))
+    fit = max(1, fit)
+    if search.max_concurrent_trials > fit:
+        print(
+            f"[rayssl] max_concurrent_trials {search.max_concurrent_trials} lowered to {fit}: "
+            f"that many trials of {res.workers_per_trial} workers fit this cluster",
+            flush=True,
+        )
+    return min(search.max_concurrent_trials, fit)
 
 
 def _scheduler(search: SearchConfig, max_epochs: int):
@@ -429,6 +517,11 @@ def report(results, search: SearchConfig, base: dict, max_epochs: int, experimen
         )
         best = (max(values) if search.mode == "max" else min(values)) if len(values) else math.nan
         epochs = int(history["epoch"].max()) if history is not None and "epoch" in history else 0
+        startup = (
+            history["start_to_first_step_s"].dropna()
+            if history is not None and "start_to_first_step_s" in history
+            else []
+        )
         rows.append(
             {
                 "trial": (result.metrics or {}).get("trial_id", Path(result.path).name),
@@ -437,6 +530,8 @@ def report(results, search: SearchConfig, base: dict, max_epochs: int, experimen
                 "epochs": epochs,
                 "stopped_early": epochs < max_epochs,
                 "error": type(result.error).__name__ if result.error else "",
+                # trial start -> its first optimizer step (first attempt)
+                "start_to_first_step_s": float(startup.iloc[0]) if len(startup) else math.nan,
                 "_history": list(values),
             }
         )

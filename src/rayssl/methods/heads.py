@@ -22,7 +22,6 @@ class MLPHead(nn.Sequential):
         super().__init__(*layers)
 
 
-
 def infer_features(module: nn.Module) -> int:
     """Output width of a backbone, read from its last layer that declares one."""
     for layer in reversed(list(module.modules())):
