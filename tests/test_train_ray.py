@@ -2,6 +2,7 @@
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -67,6 +68,8 @@ def test_interrupted_and_resumed_equals_uninterrupted(write_config, tmp_path):
     (cut_run,) = [p for p in storage.iterdir() if p.name.startswith("cut-")]
     assert not (cut_run / "summary.json").exists()
 
+    # A copy of the crashed run resumes on 1 worker (below); the original on 2.
+    shutil.copytree(cut_run, tmp_path / "shrunk" / cut_run.name)
     resumed = _train(cut_cfg, "--resume")
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     _assert_same_training_state(_final_state(storage, "straight"), _final_state(storage, "cut"))
@@ -78,7 +81,26 @@ def test_interrupted_and_resumed_equals_uninterrupted(write_config, tmp_path):
     # num_to_keep: 2 (the default) bounds the checkpoints on disk
     assert len(_checkpoints(cut_run)) == 2
 
+    # Resumed on fewer workers: the global batch and so the steps per epoch (7) stay,
+    # epochs 3 and 4 run once each, and one line says the per-rank RNG streams restart.
+    shrunk = _train(
+        cut_cfg,
+        "--resume",
+        "--set",
+        "num_workers=1",
+        "--set",
+        f"storage_path={tmp_path / 'shrunk'}",
+    )
+    assert shrunk.returncode == 0, shrunk.stderr[-3000:]
+    output = shrunk.stdout + shrunk.stderr
+    assert output.count("the checkpoint was written by 2 workers, this run has 1") == 1
+    summary = json.loads((tmp_path / "shrunk" / cut_run.name / "summary.json").read_text())
+    assert [h["epoch"] for h in summary["history"]] == [1, 2, 3, 4]
+    assert [h["step"] for h in summary["history"]] == [7, 14, 21, 28]
+    assert summary["resumed_at"] == [2]
 
+
+@pytest.mark.slow  # FailureConfig restarts are also covered by test_ssl_ray and the SIGKILL test
 def test_failed_worker_restarts_from_checkpoint_with_failure_config(write_config, tmp_path):
     storage = tmp_path / "runs"
     straight = _train(write_config({**EXACT, "name": "straight"}, name="straight"))
@@ -113,24 +135,6 @@ def test_in_process_fit_with_one_worker_and_resume_checks(ray_session, write_con
         )
     with pytest.raises(ConfigError, match="CPUs, but the Ray cluster has 4"):
         fit(load_train_config(write_config({"num_workers": 8, "data": {"batch_size": 64}})))
-
-
-def test_resume_on_fewer_workers_says_so_and_counts_right(write_config, tmp_path):
-    """2 workers crash after epoch 2; the run resumes on 1 worker: the global batch and so
-    the steps per epoch (7) stay, epochs 3 and 4 run once each, and one line says that the
-    per-rank RNG streams restart."""
-    cfg = write_config({**EXACT, "name": "shrunk"}, name="shrunk")
-    crashed = _train(cfg, env={CRASH_ENV: "2"})
-    assert crashed.returncode == 1
-    resumed = _train(cfg, "--resume", "--set", "num_workers=1")
-    assert resumed.returncode == 0, resumed.stderr[-3000:]
-    output = resumed.stdout + resumed.stderr
-    assert output.count("the checkpoint was written by 2 workers, this run has 1") == 1
-    (run,) = (tmp_path / "runs").glob("shrunk-*")
-    summary = json.loads((run / "summary.json").read_text())
-    assert [h["epoch"] for h in summary["history"]] == [1, 2, 3, 4]
-    assert [h["step"] for h in summary["history"]] == [7, 14, 21, 28]
-    assert summary["resumed_at"] == [2]
 
 
 def test_local_mode_runs_in_the_driver_and_resumes_exactly(write_config, tmp_path):
