@@ -38,13 +38,16 @@ def main() -> None:
     is_flag=True,
     help="Continue the newest run of this name from its latest checkpoint.",
 )
-def train(config: str, overrides: tuple[str, ...], resume: bool) -> None:
+@click.option(
+    "--dashboard", is_flag=True, help="Start the Ray dashboard with the local Ray (off: faster)."
+)
+def train(config: str, overrides: tuple[str, ...], resume: bool, dashboard: bool) -> None:
     """Train the run described by CONFIG (a YAML file)."""
     from rayssl.train import RunFailed, fit
 
     try:
         cfg = load_train_config(config, overrides)
-        summary = fit(cfg, resume=resume, launched_at=LAUNCHED_AT)
+        summary = fit(cfg, resume=resume, launched_at=LAUNCHED_AT, dashboard=dashboard)
     except ConfigError as exc:
         _fail(str(exc), EXIT_BAD_INPUT)
     except RunFailed as exc:
@@ -56,6 +59,8 @@ def train(config: str, overrides: tuple[str, ...], resume: bool) -> None:
         f"in {summary['wall_time_s']:.0f}s: {shown}"
     )
     click.echo(f"rayssl: summary: {summary['path']}")
+    if summary.get("ray_logs"):
+        click.echo(f"rayssl: Ray's own logs: {summary['ray_logs']}")
 
 
 @main.command("tune")

@@ -220,12 +220,35 @@ def preflight(cfg: TrainConfig) -> tuple[Splits, dict[str, torch.Tensor]]:
     return splits, method.state_dict()
 
 
-def init_ray(cfg: TrainConfig) -> None:
-    """Join the cluster in RAY_ADDRESS (set for jobs), else start a local Ray."""
+def init_ray(cfg: TrainConfig, dashboard: bool = False) -> str | None:
+    """Join the cluster in RAY_ADDRESS (set for jobs), else start a local Ray: quietly (no
+    INFO banner, no token-auth notice) and without a dashboard unless `dashboard`. Returns
+    the folder of Ray's own logs (None if Ray was already initialised here)."""
+    import logging
+
     import ray
 
+    logs = None
     if not ray.is_initialized():
-        ray.init(log_to_driver=True)
+        joining = bool(os.environ.get("RAY_ADDRESS"))
+        # Ray logs a notice about token authentication each time it starts a local cluster;
+        # rayssl's embedded cluster is private to this command, so keep the notice in Ray's
+        # log files only. (Logger names are Ray's; a rename only brings the notice back.)
+        quiet = [logging.getLogger(n) for n in ("ray", "ray._private", "ray._common")]
+        levels = [lg.level for lg in quiet]
+        for lg in quiet:
+            lg.setLevel(logging.ERROR)
+        try:
+            context = ray.init(
+                log_to_driver=True,
+                logging_level=logging.WARNING,
+                **({} if joining else {"include_dashboard": dashboard}),
+            )
+        finally:
+            for lg, level in zip(quiet, levels, strict=True):
+                lg.setLevel(level)
+        session = (getattr(context, "address_info", None) or {}).get("session_dir")
+        logs = f"{session}/logs" if session else None
     resources = ray.cluster_resources()
     cpus_needed = cfg.num_workers * cfg.cpus_per_worker
     if cpus_needed > resources.get("CPU", 0):
@@ -238,6 +261,7 @@ def init_ray(cfg: TrainConfig) -> None:
             f"use_gpu with num_workers={cfg.num_workers} needs {cfg.num_workers} GPUs, the Ray "
             f"cluster has {resources.get('GPU', 0):g}; lower num_workers or set use_gpu: false"
         )
+    return logs
 
 
 # Ray Train's controller collects worker reports when it polls them (every 2 s by default),
@@ -329,8 +353,11 @@ def fit(
     train_fn: Callable[[dict[str, Any]], Any] = train_func,
     crash_after_epoch: int | None = None,
     launched_at: float | None = None,
+    dashboard: bool = False,
 ) -> dict[str, Any]:
     """Validate inputs, run the TorchTrainer, write `summary.json`; return the summary.
+
+    `dashboard`: start the Ray dashboard with an embedded local Ray (off: faster start).
 
     `launched_at` (time.time() when the command started; default: now) is what the reported
     `start_to_first_step_s` counts from.
@@ -342,6 +369,7 @@ def fit(
     from ray.train import Checkpoint, TrainingFailedError
 
     local = cfg.num_workers == 0
+    ray_logs = None
     splits, method_state = preflight(cfg)
     storage = Storage.resolve(cfg.storage_path)
     run = pick_run_name(cfg, storage, resume)
@@ -356,7 +384,7 @@ def fit(
 
         logging.getLogger("ray.train").setLevel(logging.WARNING)
     else:
-        init_ray(cfg)
+        ray_logs = init_ray(cfg, dashboard=dashboard)
     if crash_after_epoch is None:
         crash_after_epoch = int(os.environ.get(CRASH_ENV, "0") or 0)
     trainer = build_trainer(
@@ -384,6 +412,7 @@ def fit(
             f"run '{run}' failed: {type(exc).__name__}: {text[0] if text else ''}"
         ) from None
     summary = summarize(cfg, run, storage, wall_s=time.time() - started)
+    summary["ray_logs"] = ray_logs
     summary["path"] = storage.write_text(run, "summary.json", json.dumps(summary, indent=2))
     return summary
 

@@ -238,11 +238,17 @@ def run_trial_in_process(config: dict[str, Any]) -> None:
     a checkpoint to Tune every epoch. A restored checkpoint may be another trial's (PBT's
     exploit): its state continues under this trial's values (`adopt_hyperparameters`)."""
     started = time.time()
+    import logging
     import tempfile
 
     import ray
     import ray.tune
     import torch
+
+    # Tune logs each checkpoint and restore at INFO in the trial's process: noise beside
+    # rayssl's own lines (the search's table and Tune's status are what users read).
+    for name in ("ray.tune", "ray.train"):
+        logging.getLogger(name).setLevel(logging.WARNING)
 
     from rayssl.state import load_state, save_state
     from rayssl.train import build_loop
