@@ -92,3 +92,34 @@ def test_ranks_agree_and_restart_is_exact(ray_session, write_config, tmp_path, m
     if method == "lfr":
         steps = a["loop"]["global_step"] // 3
         assert a["method_extra"]["backbone_training_steps"] == 2 * steps  # epochs 1 and 3 only
+
+
+def test_image_views_restart_exactly_on_two_workers(ray_session, write_config, tmp_path):
+    """SimCLR with the paper's image views on RGB images: a run whose 2 workers crash after
+    epoch 1 and restart ends torch.equal to an uninterrupted one (views come from the
+    (seed, epoch, rank) generator, per sample)."""
+    overrides = {
+        "method": "simclr",
+        "epochs": 2,
+        "data": {
+            "shape": [3, 16, 16],
+            "num_samples": 128,
+            "batch_size": 32,
+            "augment": {"preset": "simclr"},
+        },
+        "backbone": {"name": "cnn2d", "width": 4, "depth": 2},
+        "eval": {"every": 0, "linear_probe": False},
+        **METHODS["simclr"],
+    }
+    runs = []
+    for name, extra in (("a", {}), ("b", {"max_failures": 1})):
+        cfg = {**overrides, **extra, "storage_path": str(tmp_path / name)}
+        runs.append(
+            fit(
+                load_train_config(write_config(cfg, name=name)),
+                crash_after_epoch=1 if extra else None,
+            )
+        )
+    a, b = (load_state(Path(r["checkpoint"])) for r in runs)
+    assert runs[1]["resumed_at"] == [1]
+    _assert_states_equal(a["model"], b["model"])

@@ -21,8 +21,79 @@ class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
 
+ViewP = float | list[float]  # a probability, or one per view ([view0, view1]: BYOL)
+
+
+class ImageViewsConfig(Strict):
+    """SimCLR / BYOL views of (C, H, W) images in [0, 1] (see `rayssl.data.image_views`).
+    Probabilities may be a pair [view0, view1], for asymmetric views."""
+
+    size: int | None = Field(None, ge=1, description="output side; null: the input's")
+    crop_scale: tuple[float, float] = Field((0.08, 1.0), description="area fraction range")
+    crop_ratio: tuple[float, float] = Field((0.75, 4 / 3), description="aspect ratio range")
+    flip_p: float = Field(0.5, ge=0.0, le=1.0)
+    jitter_p: ViewP = 0.8
+    brightness: float = Field(0.4, ge=0.0)
+    contrast: float = Field(0.4, ge=0.0)
+    saturation: float = Field(0.2, ge=0.0)
+    hue: float = Field(0.1, ge=0.0, le=0.5)
+    grayscale_p: ViewP = 0.2
+    blur_p: ViewP = 0.5
+    blur_sigma: tuple[float, float] = (0.1, 2.0)
+    solarize_p: ViewP = 0.0
+    solarize_threshold: float = Field(0.5, ge=0.0, le=1.0)
+
+    @model_validator(mode="after")
+    def _ranges(self) -> ImageViewsConfig:
+        for name in ("jitter_p", "grayscale_p", "blur_p", "solarize_p"):
+            value = getattr(self, name)
+            values = value if isinstance(value, list) else [value]
+            if not values or any(not 0.0 <= v <= 1.0 for v in values):
+                raise ValueError(f"augment.image.{name} must be in [0, 1] (or a list of such)")
+        for name, (low, high) in (
+            ("crop_scale", self.crop_scale),
+            ("crop_ratio", self.crop_ratio),
+            ("blur_sigma", self.blur_sigma),
+        ):
+            if not 0 < low <= high:
+                raise ValueError(f"augment.image.{name} must be [low, high] with 0 < low <= high")
+        if self.crop_scale[1] > 1:
+            raise ValueError("augment.image.crop_scale must lie within (0, 1]")
+        return self
+
+
+# The papers' view parameters (as lightly ships them); `augment.image` keys override them.
+VIEW_PRESETS: dict[str, dict[str, Any]] = {
+    "simclr": {
+        "brightness": 0.8,
+        "contrast": 0.8,
+        "saturation": 0.8,
+        "hue": 0.2,
+        "jitter_p": 0.8,
+        "grayscale_p": 0.2,
+        "blur_p": 0.5,
+        "solarize_p": 0.0,
+    },
+    "byol": {
+        "brightness": 0.4,
+        "contrast": 0.4,
+        "saturation": 0.2,
+        "hue": 0.1,
+        "jitter_p": 0.8,
+        "grayscale_p": 0.2,
+        "blur_p": [1.0, 0.1],
+        "solarize_p": [0.0, 0.2],
+    },
+}
+
+
 class AugmentConfig(Strict):
     """Batched, seeded augmentations applied to training inputs (see `rayssl.data.augment`)."""
+
+    preset: Literal["simclr", "byol"] | None = Field(
+        None, description="image views with the paper's parameters (fills `image`)"
+    )
+    image: ImageViewsConfig | None = Field(None, description="SimCLR/BYOL image views")
 
     shift: int = Field(0, ge=0, description="max circular-free shift along the last axis")
     scale: float = Field(0.0, ge=0.0, lt=1.0, description="amplitude scaling in [1-s, 1+s]")
@@ -31,6 +102,15 @@ class AugmentConfig(Strict):
     stretch: float = Field(0.0, ge=0.0, lt=1.0, description="time-stretch by [1-s, 1+s]")
     mask: int = Field(0, ge=0, description="zero a random window of up to this many steps")
     crop: int = Field(0, ge=0, description="images: random crop after padding by this much")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _fill_preset(cls, data: Any) -> Any:
+        if isinstance(data, dict) and data.get("preset") in VIEW_PRESETS:
+            image = data.get("image") or {}
+            if isinstance(image, dict):
+                data = {**data, "image": {**VIEW_PRESETS[data["preset"]], **image}}
+        return data
 
 
 class DataConfig(Strict):

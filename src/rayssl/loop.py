@@ -234,7 +234,8 @@ class Loop:
         """The method's input: one augmented batch, or a tuple of `num_views` views."""
         if self.method.num_views > 1:
             return tuple(
-                self._layout(self.augment(x, generator)) for _ in range(self.method.num_views)
+                self._layout(self.augment(x, generator, view))
+                for view in range(self.method.num_views)
             )
         return self._layout(self.augment(x, generator) if self.augment.active else x)
 
@@ -478,3 +479,50 @@ class Loop:
                 "reproducible but not bitwise equal to one that kept its size",
                 flush=True,
             )
+
+
+def build_loop(
+    cfg: TrainConfig,
+    splits: Splits,
+    *,
+    rank: int = 0,
+    world_size: int = 1,
+    device: torch.device | str = "cpu",
+    wrap_model: Callable[[torch.nn.Module], torch.nn.Module] | None = None,
+    train_shard: Any = None,
+) -> Loop:
+    """A `Loop` with the same initial weights on every rank (Ray Train workers, local mode,
+    and in-process Tune trials all build theirs here)."""
+    from rayssl.build import build_method
+    from rayssl.state import seed_everything
+
+    torch.set_num_threads(max(1, int(cfg.cpus_per_worker)))
+
+    def broadcast(obj: Any) -> Any:
+        """Rank 0's `obj` on every rank (LFR's target choice, probe metrics)."""
+        if world_size == 1:
+            return obj
+        box = [obj]
+        torch.distributed.broadcast_object_list(box, src=0)
+        return box[0]
+
+    seed_everything(cfg.seed)  # identical initial weights on every rank
+    method = build_method(
+        cfg,
+        splits.sample_shape,
+        splits.num_classes,
+        selection_sample=splits.train[0],
+        broadcast=broadcast,
+    )
+    seed_everything(cfg.seed + 7919 * (rank + 1))  # then per-rank randomness (e.g. dropout)
+    return Loop(
+        method,
+        splits,
+        cfg,
+        device=device,
+        rank=rank,
+        world_size=world_size,
+        wrap_model=wrap_model,
+        broadcast=broadcast,
+        train_shard=train_shard,
+    )

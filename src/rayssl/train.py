@@ -16,7 +16,7 @@ from rayssl.build import build_method
 from rayssl.config import ConfigError, TrainConfig
 from rayssl.data import Splits, load_splits
 from rayssl.faults import CRASH_ENV, after_epoch_hook
-from rayssl.loop import Loop
+from rayssl.loop import Loop, build_loop
 from rayssl.state import capture_rng, load_state, save_state, seed_everything
 from rayssl.storage import Storage, check_resumable, pick_run_name
 
@@ -105,50 +105,6 @@ def build_worker_loop(config: dict[str, Any]) -> Loop:
         device=ray.train.torch.get_device(),
         wrap_model=ray.train.torch.prepare_model,
         train_shard=ray.train.get_dataset_shard("train") if splits.stream else None,
-    )
-
-
-def build_loop(
-    cfg: TrainConfig,
-    splits: Splits,
-    *,
-    rank: int = 0,
-    world_size: int = 1,
-    device: torch.device | str = "cpu",
-    wrap_model: Callable[[torch.nn.Module], torch.nn.Module] | None = None,
-    train_shard: Any = None,
-) -> Loop:
-    """A `Loop` with the same initial weights on every rank (Ray Train workers, local mode,
-    and in-process Tune trials all build theirs here)."""
-    torch.set_num_threads(max(1, int(cfg.cpus_per_worker)))
-
-    def broadcast(obj: Any) -> Any:
-        """Rank 0's `obj` on every rank (LFR's target choice, probe metrics)."""
-        if world_size == 1:
-            return obj
-        box = [obj]
-        torch.distributed.broadcast_object_list(box, src=0)
-        return box[0]
-
-    seed_everything(cfg.seed)  # identical initial weights on every rank
-    method = build_method(
-        cfg,
-        splits.sample_shape,
-        splits.num_classes,
-        selection_sample=splits.train[0],
-        broadcast=broadcast,
-    )
-    seed_everything(cfg.seed + 7919 * (rank + 1))  # then per-rank randomness (e.g. dropout)
-    return Loop(
-        method,
-        splits,
-        cfg,
-        device=device,
-        rank=rank,
-        world_size=world_size,
-        wrap_model=wrap_model,
-        broadcast=broadcast,
-        train_shard=train_shard,
     )
 
 

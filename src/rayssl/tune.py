@@ -250,8 +250,8 @@ def run_trial_in_process(config: dict[str, Any]) -> None:
     for name in ("ray.tune", "ray.train"):
         logging.getLogger(name).setLevel(logging.WARNING)
 
+    from rayssl.loop import build_loop  # not rayssl.train: no Ray Train import per trial
     from rayssl.state import load_state, save_state
-    from rayssl.train import build_loop
 
     params = {k: v for k, v in config.items() if not k.startswith("_")}
     cfg = TrainConfig.model_validate(trial_config(config["_base"], params))
@@ -424,6 +424,8 @@ def tune(
     # Every epoch reports (progress, plots); probe metrics only on probe epochs, which the
     # cadence check above lines up with the scheduler's decisions.
     os.environ["TUNE_DISABLE_STRICT_METRIC_CHECKING"] = "1"
+    # Short epochs snapshot the experiment often; Tune warns about it at every sync.
+    os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
     if resume:
         tuner = ray_tune.Tuner.restore(
             str(experiment), trainable=trainable, param_space=param_space, resume_errored=True
@@ -439,6 +441,7 @@ def tune(
                 scheduler=_scheduler(search, cfg.epochs),
                 search_alg=_search_alg(search, points),
                 max_concurrent_trials=concurrent,
+                reuse_actors=True,  # later trials skip the imports (torch) of a new process
             ),
             run_config=ray_tune.RunConfig(
                 name=experiment.name,

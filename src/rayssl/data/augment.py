@@ -9,6 +9,7 @@ from __future__ import annotations
 import torch
 
 from rayssl.config import AugmentConfig
+from rayssl.data.image_views import ImageViews
 
 
 def random_shift(x: torch.Tensor, max_shift: int, g: torch.Generator) -> torch.Tensor:
@@ -72,7 +73,8 @@ def random_crop(x: torch.Tensor, pad: int, g: torch.Generator) -> torch.Tensor:
 
 
 class Augment:
-    """The configured pipeline: crop, stretch, shift, scale, flip, mask, then jitter."""
+    """The configured pipeline: image views (`image` / `preset`), then crop, stretch, shift,
+    scale, flip, mask and jitter."""
 
     def __init__(self, cfg: AugmentConfig):
         self.cfg = cfg
@@ -80,10 +82,15 @@ class Augment:
     @property
     def active(self) -> bool:
         c = self.cfg
-        return bool(c.shift or c.scale or c.jitter or c.flip or c.mask or c.crop or c.stretch)
+        return bool(
+            c.image or c.shift or c.scale or c.jitter or c.flip or c.mask or c.crop or c.stretch
+        )
 
-    def __call__(self, x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
+    def __call__(self, x: torch.Tensor, g: torch.Generator, view: int = 0) -> torch.Tensor:
+        """One augmented batch; `view` selects per-view probabilities (BYOL's asymmetry)."""
         c = self.cfg
+        if c.image is not None:
+            x = ImageViews(c.image, view)(x, g)
         if c.crop:
             x = random_crop(x, c.crop, g)
         if c.stretch:

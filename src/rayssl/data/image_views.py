@@ -1,0 +1,221 @@
+"""The SimCLR / BYOL image views, on whole `(B, C, H, W)` batches on their device.
+
+Every random parameter of a batch is drawn from the caller's `torch.Generator` (seeded from
+(seed, epoch, rank) by the loop), one value per sample, so a resumed run draws the same
+views and a p = 0.2 grayscale greys a fifth of the samples, not a fifth of the batches.
+All parameters are drawn on every call, even where an op's probability gates it off, so
+the generator's stream has the same shape whatever the configuration's probabilities.
+
+Why hand-written (DESIGN.md, "View pipelines for images"): torchvision.transforms.v2 draws
+one set of parameters per call and takes no generator; kornia.augmentation draws per-sample
+parameters from the global RNG only (its `generator` argument is ignored) and picks one
+colour-jitter order per batch. kornia's functional hue kernel holds no RNG and takes
+per-sample factors: it is used below. Brightness, contrast and saturation follow
+torchvision's definitions (blends with black, the mean grey and the grey image), which
+kornia's functional `adjust_contrast` / `adjust_saturation` do not (they scale).
+
+Inputs are floats in [0, 1]; outputs stay in [0, 1] (normalisation is separate: it applies
+to evaluation inputs too).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+LUMA = (0.299, 0.587, 0.114)  # ITU-R 601-2, as torchvision's rgb_to_grayscale
+
+
+def _uniform(n: int, low: float, high: float, g: torch.Generator) -> torch.Tensor:
+    return low + (high - low) * torch.rand(n, generator=g, device=g.device)
+
+
+def _coin(n: int, p: float, g: torch.Generator) -> torch.Tensor:
+    return torch.rand(n, generator=g, device=g.device) < p
+
+
+def _per_sample(values: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """(B,) -> (B, 1, 1, 1) on x's device and dtype."""
+    return values.to(x.device, x.dtype).view(-1, 1, 1, 1)
+
+
+def grayscale(x: torch.Tensor) -> torch.Tensor:
+    """(B, 3, H, W) RGB -> (B, 1, H, W) luma."""
+    weights = torch.tensor(LUMA, device=x.device, dtype=x.dtype).view(1, 3, 1, 1)
+    return (x * weights).sum(1, keepdim=True)
+
+
+def sample_crop_boxes(
+    n: int,
+    scale: tuple[float, float],
+    ratio: tuple[float, float],
+    g: torch.Generator,
+    image_aspect: float = 1.0,
+    attempts: int = 10,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Per-sample crop boxes as fractions of the image: width, height, centre x, centre y.
+
+    As torchvision's RandomResizedCrop: area fraction ~ U(scale), log aspect ratio (in
+    pixels) ~ U(log ratio), up to `attempts` tries for a box inside the image, else the
+    largest centred box of an allowed ratio. The tries are drawn for every sample at once
+    (a fixed number of draws, no data-dependent loop); the first that fits is kept.
+    `image_aspect` is the image's width / height.
+    """
+    area = _uniform(n * attempts, scale[0], scale[1], g).view(n, attempts)
+    log_ratio = _uniform(n * attempts, math.log(ratio[0]), math.log(ratio[1]), g)
+    aspect = log_ratio.exp().view(n, attempts)
+    width = (area * aspect / image_aspect).sqrt()
+    height = (area * image_aspect / aspect).sqrt()
+    fits = (width <= 1) & (height <= 1)
+    first = fits.float().argmax(dim=1, keepdim=True)  # index of the first box that fits
+    width, height = width.gather(1, first).squeeze(1), height.gather(1, first).squeeze(1)
+    # torchvision's fallback: the whole image, narrowed to the nearest allowed ratio
+    fallback_w = min(1.0, ratio[1] / image_aspect)
+    fallback_h = min(1.0, image_aspect / ratio[0])
+    none_fit = ~fits.any(dim=1)
+    width = torch.where(none_fit, torch.full_like(width, fallback_w), width)
+    height = torch.where(none_fit, torch.full_like(height, fallback_h), height)
+    cx = width / 2 + (1 - width) * torch.rand(n, generator=g, device=g.device)
+    cy = height / 2 + (1 - height) * torch.rand(n, generator=g, device=g.device)
+    return width, height, cx, cy
+
+
+def resized_crop_and_flip(
+    x: torch.Tensor,
+    boxes: tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor],
+    flip: torch.Tensor,
+    size: tuple[int, int],
+) -> torch.Tensor:
+    """Crop each sample's box, resize it to `size` (bilinear) and mirror where `flip`:
+    one `affine_grid` + `grid_sample` for the whole batch."""
+    width, height, cx, cy = (t.to(x.device, x.dtype) for t in boxes)
+    sign = 1.0 - 2.0 * flip.to(x.device, x.dtype)
+    theta = torch.zeros(x.shape[0], 2, 3, device=x.device, dtype=x.dtype)
+    theta[:, 0, 0] = width * sign  # grid coordinates are in [-1, 1]: half-sizes x 2 / 2
+    theta[:, 0, 2] = 2 * cx - 1
+    theta[:, 1, 1] = height
+    theta[:, 1, 2] = 2 * cy - 1
+    grid = F.affine_grid(theta, [x.shape[0], x.shape[1], *size], align_corners=False)
+    return F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
+
+
+def _brightness(x: torch.Tensor, f: torch.Tensor) -> torch.Tensor:
+    return (x * f).clamp(0, 1)
+
+
+def _contrast(x: torch.Tensor, f: torch.Tensor) -> torch.Tensor:
+    grey = grayscale(x) if x.shape[1] == 3 else x
+    mean = grey.mean(dim=(1, 2, 3), keepdim=True)
+    return ((x - mean) * f + mean).clamp(0, 1)
+
+
+def _saturation(x: torch.Tensor, f: torch.Tensor) -> torch.Tensor:
+    if x.shape[1] != 3:
+        return x
+    grey = grayscale(x)
+    return ((x - grey) * f + grey).clamp(0, 1)
+
+
+def _hue(x: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
+    """Rotate hue by `shift` turns (torchvision's hue_factor, in [-0.5, 0.5])."""
+    if x.shape[1] != 3:
+        return x
+    from kornia.enhance import adjust_hue
+
+    return adjust_hue(x, (2 * math.pi * shift).view(-1)).clamp(0, 1)
+
+
+def color_jitter(
+    x: torch.Tensor,
+    factors: torch.Tensor,
+    order: torch.Tensor,
+) -> torch.Tensor:
+    """torchvision's ColorJitter with per-sample factors and a per-sample op order.
+
+    factors: (B, 4) brightness, contrast, saturation (multipliers) and hue (turns);
+    order: (B, 4) a permutation of the four ops per sample. Round k applies, to each sample,
+    its k-th op: every op is computed for the batch and each sample keeps its own.
+    """
+    ops = (_brightness, _contrast, _saturation, _hue)
+    for k in range(4):
+        outputs = torch.stack(
+            [op(x, _per_sample(factors[:, i], x)) for i, op in enumerate(ops)]
+        )  # (4, B, C, H, W)
+        pick = order[:, k].to(x.device).view(1, -1, 1, 1, 1).expand(1, *x.shape)
+        x = outputs.gather(0, pick).squeeze(0)
+    return x
+
+
+def gaussian_blur(x: torch.Tensor, sigma: torch.Tensor, kernel_size: int) -> torch.Tensor:
+    """Separable Gaussian blur with a per-sample sigma, as one grouped convolution per axis;
+    reflect padding (torchvision's)."""
+    b, c, h, w = x.shape
+    half = kernel_size // 2
+    offsets = torch.arange(-half, half + 1, device=x.device, dtype=x.dtype)
+    s = sigma.to(x.device, x.dtype).view(-1, 1)
+    kernel = torch.exp(-(offsets.view(1, -1) ** 2) / (2 * s**2))
+    kernel = (kernel / kernel.sum(1, keepdim=True)).repeat_interleave(c, 0)  # (B*C, k)
+    flat = x.reshape(1, b * c, h, w)
+    flat = F.pad(flat, (half, half, 0, 0), mode="reflect")
+    flat = F.conv2d(flat, kernel.view(b * c, 1, 1, kernel_size), groups=b * c)
+    flat = F.pad(flat, (0, 0, half, half), mode="reflect")
+    flat = F.conv2d(flat, kernel.view(b * c, 1, kernel_size, 1), groups=b * c)
+    return flat.view(b, c, h, w)
+
+
+def blur_kernel_size(height: int, width: int) -> int:
+    """Odd kernel of about a tenth of the image side (SimCLR's 23 px at 224), at least 3."""
+    k = max(3, int(0.1 * min(height, width)))
+    return k if k % 2 else k + 1
+
+
+def solarize(x: torch.Tensor, threshold: float) -> torch.Tensor:
+    return torch.where(x >= threshold, 1.0 - x, x)
+
+
+class ImageViews:
+    """The configured view pipeline (`augment.image` / `augment.preset`) for one view index:
+    random resized crop + flip, colour jitter (p), grayscale (p), blur (p), solarize (p).
+    Per-view probabilities (BYOL's asymmetric views) come from `[view0, view1]` pairs."""
+
+    def __init__(self, cfg, view: int = 0):
+        self.cfg, self.view = cfg, view
+
+    def _p(self, value) -> float:
+        return value[min(self.view, len(value) - 1)] if isinstance(value, list) else value
+
+    def __call__(self, x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
+        c, n = self.cfg, x.shape[0]
+        size = (c.size, c.size) if c.size else tuple(x.shape[-2:])
+        aspect = x.shape[-1] / x.shape[-2]
+        boxes = sample_crop_boxes(n, tuple(c.crop_scale), tuple(c.crop_ratio), g, aspect)
+        flip = _coin(n, c.flip_p, g)
+        jitter_on = _coin(n, self._p(c.jitter_p), g)
+        factors = torch.stack(
+            [
+                _uniform(n, max(0.0, 1 - c.brightness), 1 + c.brightness, g),
+                _uniform(n, max(0.0, 1 - c.contrast), 1 + c.contrast, g),
+                _uniform(n, max(0.0, 1 - c.saturation), 1 + c.saturation, g),
+                _uniform(n, -c.hue, c.hue, g),
+            ],
+            dim=1,
+        )
+        order = torch.rand(n, 4, generator=g, device=g.device).argsort(dim=1)
+        grey_on = _coin(n, self._p(c.grayscale_p), g)
+        blur_on = _coin(n, self._p(c.blur_p), g)
+        sigma = _uniform(n, c.blur_sigma[0], c.blur_sigma[1], g)
+        solarize_on = _coin(n, self._p(c.solarize_p), g)
+
+        x = resized_crop_and_flip(x, boxes, flip, size)
+        if jitter_on.any():
+            x = torch.where(_per_sample(jitter_on, x) > 0, color_jitter(x, factors, order), x)
+        if x.shape[1] == 3 and grey_on.any():
+            x = torch.where(_per_sample(grey_on, x) > 0, grayscale(x).expand_as(x), x)
+        if blur_on.any():
+            blurred = gaussian_blur(x, sigma, blur_kernel_size(*x.shape[-2:]))
+            x = torch.where(_per_sample(blur_on, x) > 0, blurred, x)
+        if solarize_on.any():
+            x = torch.where(_per_sample(solarize_on, x) > 0, solarize(x, c.solarize_threshold), x)
+        return x

@@ -1,0 +1,171 @@
+"""The SimCLR / BYOL image views: per-sample statistics, determinism, the papers' presets."""
+
+import math
+
+import pytest
+import torch
+
+from rayssl.config import AugmentConfig, ConfigError, ImageViewsConfig, validate_train_config
+from rayssl.data import Augment
+from rayssl.data.image_views import (
+    ImageViews,
+    blur_kernel_size,
+    gaussian_blur,
+    grayscale,
+    sample_crop_boxes,
+)
+
+OFF = {"flip_p": 0.0, "jitter_p": 0.0, "grayscale_p": 0.0, "blur_p": 0.0, "solarize_p": 0.0}
+FULL_CROP = {"crop_scale": (1.0, 1.0), "crop_ratio": (1.0, 1.0)}
+
+
+def _views(x, seed=0, view=0, **cfg):
+    return ImageViews(ImageViewsConfig(**cfg), view)(x, torch.Generator().manual_seed(seed))
+
+
+def _colour_images(n=2000, size=8, seed=1):
+    g = torch.Generator().manual_seed(seed)
+    return torch.rand(n, 3, 1, 1, generator=g).expand(n, 3, size, size).contiguous()
+
+
+def test_crop_boxes_stay_in_the_scale_and_ratio_ranges():
+    width, height, cx, cy = sample_crop_boxes(
+        20000, (0.08, 1.0), (3 / 4, 4 / 3), torch.Generator().manual_seed(0)
+    )
+    area, ratio = width * height, width / height
+    assert width.max() <= 1 and height.max() <= 1  # every box lies inside the image
+    assert area.min() >= 0.08 - 1e-6 and area.max() <= 1.0 + 1e-6
+    assert ratio.min() >= 0.75 - 1e-5 and ratio.max() <= 4 / 3 + 1e-5
+    assert (cx - width / 2).min() >= 0 and (cx + width / 2).max() <= 1 + 1e-6
+    assert (cy - height / 2).min() >= 0 and (cy + height / 2).max() <= 1 + 1e-6
+    # per-sample, spread over the range (not one box per batch)
+    # per-sample, spread over the range (not one box per batch); large boxes are rejected
+    # more often (their ratio makes them overflow), so the mean lies below U(0.08, 1)'s 0.54
+    assert area.std() > 0.2 and 0.4 < float(area.mean()) < 0.54
+
+
+def test_a_full_crop_without_flip_is_the_identity():
+    x = torch.rand(4, 3, 16, 16)
+    assert torch.allclose(_views(x, **OFF, **FULL_CROP), x, atol=1e-5)
+
+
+def test_flip_mirrors_about_half_of_the_samples():
+    x = torch.rand(1000, 1, 6, 6)
+    out = _views(x, **{**OFF, "flip_p": 0.5}, **FULL_CROP)
+    mirrored = torch.tensor(
+        [torch.allclose(o, i.flip(-1), atol=1e-5) for o, i in zip(out, x, strict=True)]
+    )
+    kept = torch.tensor([torch.allclose(o, i, atol=1e-5) for o, i in zip(out, x, strict=True)])
+    assert bool((mirrored | kept).all()) and abs(float(mirrored.float().mean()) - 0.5) < 0.05
+
+
+def test_grayscale_share_is_p_over_a_large_batch():
+    x = _colour_images(4000)
+    out = _views(x, **{**OFF, "grayscale_p": 0.2}, **FULL_CROP)
+    grey = (out[:, 0] == out[:, 1]).all(dim=(1, 2)) & (out[:, 1] == out[:, 2]).all(dim=(1, 2))
+    assert abs(float(grey.float().mean()) - 0.2) < 0.03
+    expected = 0.299 * x[:, 0] + 0.587 * x[:, 1] + 0.114 * x[:, 2]
+    assert torch.allclose(out[grey, 0], expected[grey], atol=1e-5)
+
+
+def test_colour_jitter_draws_factors_per_sample_within_their_ranges():
+    x = torch.full((2000, 3, 4, 4), 0.5)
+    out = _views(
+        x,
+        **{**OFF, "jitter_p": 1.0, "contrast": 0, "saturation": 0, "hue": 0, "brightness": 0.4},
+        **FULL_CROP,
+    )
+    factors = out[:, 0, 0, 0] / 0.5  # brightness multiplies: a uniform image shows it
+    assert factors.min() >= 0.6 - 1e-5 and factors.max() <= 1.4 + 1e-5
+    assert factors.std() > 0.2  # one factor per sample: U(0.6, 1.4) has std 0.23
+
+
+def test_jitter_probability_gates_per_sample():
+    x = _colour_images(4000)
+    out = _views(x, **{**OFF, "jitter_p": 0.8, "brightness": 0.8}, **FULL_CROP)
+    changed = (out - x).abs().amax(dim=(1, 2, 3)) > 1e-6
+    assert abs(float(changed.float().mean()) - 0.8) < 0.03
+
+
+def test_hue_rotation_keeps_brightness_order_and_greys_stay_grey():
+    grey = torch.full((8, 3, 4, 4), 0.3)
+    out = _views(
+        grey,
+        **{**OFF, "jitter_p": 1.0, "brightness": 0, "contrast": 0, "saturation": 0, "hue": 0.5},
+        **FULL_CROP,
+    )
+    assert torch.allclose(out, grey, atol=1e-4)  # hue has no effect on grey
+
+
+def test_blur_uses_a_per_sample_sigma_and_preserves_the_mean():
+    x = torch.rand(6, 3, 32, 32)
+    sigma = torch.tensor([0.1, 0.5, 1.0, 1.5, 2.0, 2.0])
+    out = gaussian_blur(x, sigma, blur_kernel_size(32, 32))
+    assert blur_kernel_size(32, 32) == 3 and blur_kernel_size(224, 224) == 23
+    spread = out.std(dim=(1, 2, 3))
+    assert spread[0] > spread[2] > spread[4]  # more blur, less variance
+    assert torch.allclose(out.mean(dim=(1, 2, 3)), x.mean(dim=(1, 2, 3)), atol=0.02)
+    assert torch.allclose(gaussian_blur(x, torch.full((6,), 1e-3), 3), x, atol=1e-5)
+
+
+def test_solarize_inverts_above_the_threshold_with_probability_p():
+    x = torch.rand(4000, 1, 2, 2)
+    always = _views(x, **{**OFF, "solarize_p": 1.0}, **FULL_CROP)
+    assert torch.allclose(always, torch.where(x >= 0.5, 1 - x, x), atol=1e-5)
+    some = _views(x, **{**OFF, "solarize_p": 0.2}, **FULL_CROP)
+    changed = (some - x).abs().amax(dim=(1, 2, 3)) > 1e-6
+    share_above = float((x >= 0.5).any(dim=(1, 2, 3)).float().mean())
+    assert abs(float(changed.float().mean()) - 0.2 * share_above) < 0.03
+
+
+def test_views_are_reproducible_from_the_generator_and_differ_across_seeds():
+    x = torch.rand(16, 3, 16, 16)
+    cfg = AugmentConfig(preset="simclr")
+    a = Augment(cfg)(x, torch.Generator().manual_seed(7))
+    b = Augment(cfg)(x, torch.Generator().manual_seed(7))
+    c = Augment(cfg)(x, torch.Generator().manual_seed(8))
+    assert torch.equal(a, b) and not torch.equal(a, c)
+    assert a.min() >= 0 and a.max() <= 1
+    # the stream has the same shape whatever the probabilities: the next draw agrees
+    g1, g2 = torch.Generator().manual_seed(3), torch.Generator().manual_seed(3)
+    Augment(AugmentConfig(preset="simclr"))(x, g1)
+    Augment(AugmentConfig(preset="byol"))(x, g2)
+    assert torch.equal(torch.rand(3, generator=g1), torch.rand(3, generator=g2))
+
+
+def test_presets_hold_the_papers_parameters_and_keys_override_them():
+    simclr = AugmentConfig(preset="simclr").image
+    assert (simclr.brightness, simclr.contrast, simclr.saturation, simclr.hue) == (
+        0.8,
+        0.8,
+        0.8,
+        0.2,
+    )
+    assert simclr.blur_p == 0.5 and simclr.grayscale_p == 0.2 and simclr.jitter_p == 0.8
+    byol = AugmentConfig(preset="byol").image
+    assert (byol.brightness, byol.contrast, byol.saturation, byol.hue) == (0.4, 0.4, 0.2, 0.1)
+    assert byol.blur_p == [1.0, 0.1] and byol.solarize_p == [0.0, 0.2]
+    assert tuple(byol.crop_scale) == (0.08, 1.0) and byol.flip_p == 0.5
+    assert AugmentConfig(preset="byol", image={"blur_p": 0.3}).image.blur_p == 0.3
+
+
+def test_byols_views_are_asymmetric():
+    x = torch.rand(2000, 3, 8, 8)
+    cfg = ImageViewsConfig(**{**OFF, **FULL_CROP, "solarize_p": [0.0, 1.0]})
+    first = ImageViews(cfg, 0)(x, torch.Generator().manual_seed(0))
+    second = ImageViews(cfg, 1)(x, torch.Generator().manual_seed(0))
+    assert torch.allclose(first, x, atol=1e-5) and not torch.allclose(second, x, atol=1e-2)
+
+
+def test_bad_view_parameters_name_the_field():
+    with pytest.raises(ConfigError, match="augment.image.blur_p must be in"):
+        validate_train_config({"data": {"augment": {"image": {"blur_p": [1.0, 1.5]}}}})
+    with pytest.raises(ConfigError, match="crop_scale"):
+        validate_train_config({"data": {"augment": {"image": {"crop_scale": [0.5, 0.1]}}}})
+    with pytest.raises(ConfigError, match="preset"):
+        validate_train_config({"data": {"augment": {"preset": "moco"}}})
+
+
+def test_grayscale_helper_matches_itu_601():
+    x = torch.tensor([1.0, 0.0, 0.0]).view(1, 3, 1, 1)
+    assert math.isclose(float(grayscale(x)), 0.299, rel_tol=1e-6)
