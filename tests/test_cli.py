@@ -220,7 +220,7 @@ def test_real_process_exit_code_and_no_traceback(tmp_path):
 
 
 def test_more_workers_than_cpus(tmp_path):
-    """Starts a real local Ray (in a subprocess, so the session's Ray keeps its 4 CPUs)."""
+    """Refused before a local Ray starts: 64 workers cannot fit this machine."""
     cfg = tmp_path / "wide.yaml"
     cfg.write_text(
         yaml.safe_dump(

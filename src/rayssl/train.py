@@ -187,6 +187,8 @@ def init_ray(cfg: TrainConfig, dashboard: bool = False) -> str | None:
     logs = None
     if not ray.is_initialized():
         joining = bool(os.environ.get("RAY_ADDRESS"))
+        if not joining:  # a local Ray gets this machine's CPUs: refuse before starting it
+            _check_fits(cfg, {"CPU": float(os.cpu_count() or 1)}, gpus_known=False)
         # Ray logs a notice about token authentication each time it starts a local cluster;
         # rayssl's embedded cluster is private to this command, so keep the notice in Ray's
         # log files only. (Logger names are Ray's; a rename only brings the notice back.)
@@ -205,19 +207,23 @@ def init_ray(cfg: TrainConfig, dashboard: bool = False) -> str | None:
                 lg.setLevel(level)
         session = (getattr(context, "address_info", None) or {}).get("session_dir")
         logs = f"{session}/logs" if session else None
-    resources = ray.cluster_resources()
+    _check_fits(cfg, ray.cluster_resources())
+    return logs
+
+
+def _check_fits(cfg: TrainConfig, resources: dict[str, float], gpus_known: bool = True) -> None:
+    """One line (exit 2) when the run's workers cannot all be placed on the cluster."""
     cpus_needed = cfg.num_workers * cfg.cpus_per_worker
     if cpus_needed > resources.get("CPU", 0):
         raise ConfigError(
             f"num_workers x cpus_per_worker = {cpus_needed:g} CPUs, but the Ray cluster has "
             f"{resources.get('CPU', 0):g}; lower num_workers or cpus_per_worker"
         )
-    if cfg.use_gpu and cfg.num_workers > resources.get("GPU", 0):
+    if gpus_known and cfg.use_gpu and cfg.num_workers > resources.get("GPU", 0):
         raise ConfigError(
             f"use_gpu with num_workers={cfg.num_workers} needs {cfg.num_workers} GPUs, the Ray "
             f"cluster has {resources.get('GPU', 0):g}; lower num_workers or set use_gpu: false"
         )
-    return logs
 
 
 # Ray Train's controller collects worker reports when it polls them (every 2 s by default),
