@@ -80,6 +80,11 @@ BAD_VALUES = [
         "'knn_acc' is measured every eval.every (0) epochs: set eval.every >= 1 and "
         "early_stopping.patience (3) to a multiple of it",
     ),
+    (
+        {"data": {"normalize": {"mean": [0.5, 0.5, 0.5], "std": [0.2, 0.2, 0.2]}}},
+        "data.normalize has 3 channel values, samples have 1 channels (shape [1, 16])",
+    ),
+    ({"data": {"normalize": {"mean": [0.5], "std": [0.0]}}}, "std > 0"),
     ({"grad_clip": -1.0}, "grad_clip: Input should be greater than 0"),
     ({"cpus_per_worker": 0}, "cpus_per_worker: Input should be greater than 0"),
     (

@@ -333,3 +333,32 @@ def test_lifecycle_hooks_run_in_order_on_every_rank(tmp_path):
             "on_training_end[]",
         ]
     )
+
+
+def test_dataset_normalisation_reaches_training_evaluation_and_probes():
+    """digits lie in [0, 1] (mean about 0.3): with normalize 'dataset' every input the
+    network sees, training view or clean evaluation batch, is standardised per channel."""
+    loop = _loop(
+        {
+            "epochs": 1,
+            "method": "simclr",
+            "data": {
+                "name": "digits",
+                "batch_size": 64,
+                "normalize": "dataset",
+                "augment": {"flip": True},
+            },
+            "backbone": {"name": "cnn2d", "width": 4, "depth": 2},
+            "simclr": {"proj_hidden": 8, "proj_dim": 4},
+            "eval": {"linear_probe": False},
+        }
+    )
+    seen: list[torch.Tensor] = []
+    first = next(m for m in loop.method.modules() if isinstance(m, torch.nn.Conv2d))
+    first.register_forward_pre_hook(lambda m, i: seen.append(i[0].detach()))
+    loop.probe()  # clean inputs of the whole train split
+    probed = torch.cat(seen)
+    assert abs(float(probed.mean())) < 1e-3 and abs(float(probed.std()) - 1) < 1e-2
+    seen.clear()
+    next(loop.iterate())  # training views: normalised after augmentation
+    assert abs(float(seen[0].mean())) < 0.2 and float(seen[0].min()) < -0.3

@@ -113,6 +113,17 @@ class AugmentConfig(Strict):
         return data
 
 
+class NormalizeConfig(Strict):
+    mean: list[float] = Field(min_length=1)
+    std: list[float] = Field(min_length=1)
+
+    @model_validator(mode="after")
+    def _positive(self) -> NormalizeConfig:
+        if len(self.mean) != len(self.std) or any(v <= 0 for v in self.std):
+            raise ValueError("data.normalize needs mean and std of equal length, std > 0")
+        return self
+
+
 class DataConfig(Strict):
     name: Literal["mnist1d", "digits", "synthetic", "npz", "parquet"] = "mnist1d"
     path: str | None = Field(
@@ -143,6 +154,11 @@ class DataConfig(Strict):
     num_samples: int = Field(1024, ge=2, description="synthetic: number of train samples")
     num_classes: int = Field(10, ge=2, description="synthetic: number of classes")
     augment: AugmentConfig = AugmentConfig()
+    normalize: Literal["dataset"] | NormalizeConfig | None = Field(
+        None,
+        description="per-channel (x - mean) / std of every input, training views and "
+        "evaluation alike: 'dataset' (computed from the training split) or {mean, std}",
+    )
 
     @model_validator(mode="after")
     def _path_for_npz(self) -> DataConfig:

@@ -77,7 +77,7 @@ def evaluate_checkpoint(path: str, knn_k: int | None = None) -> dict[str, float]
 
     from rayssl.build import build_method
     from rayssl.config import ConfigError, validate_train_config
-    from rayssl.data import load_splits
+    from rayssl.data import input_normalizer, load_splits
     from rayssl.state import STATE_FILE, load_state
     from rayssl.storage import Storage
 
@@ -96,8 +96,9 @@ def evaluate_checkpoint(path: str, knn_k: int | None = None) -> dict[str, float]
     method.load_extra_state(state["method_extra"])  # LFR: its saved target selection
     method.load_state_dict(state["model"])
     method.eval()
+    normalize = input_normalizer(cfg.data, splits) or (lambda x: x)
     return probe(
-        method.embed,
+        lambda x: method.embed(normalize(x)),
         splits.train,
         splits.test or splits.val,
         k=knn_k or cfg.eval.knn_k,

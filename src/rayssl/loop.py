@@ -21,7 +21,7 @@ from torch import nn
 from torchmetrics import MeanMetric
 
 from rayssl.config import TrainConfig
-from rayssl.data import Augment, Splits, StreamedBatches, TensorBatches
+from rayssl.data import Augment, Splits, StreamedBatches, TensorBatches, input_normalizer
 from rayssl.methods import Method
 from rayssl.state import capture_rng, restore_rng
 
@@ -151,6 +151,7 @@ class Loop:
             self.total_steps, self.steps_per_epoch
         )
         self.augment = Augment(cfg.data.augment)
+        self.normalize = input_normalizer(cfg.data, splits) or (lambda x: x)
         self.generator = torch.Generator(device=self.device)
         self.eval_generator = torch.Generator(device=self.device)
         self.train_loss = MeanMetric().to(self.device)
@@ -240,6 +241,9 @@ class Loop:
         return self._layout(self.augment(x, generator) if self.augment.active else x)
 
     def _layout(self, x: torch.Tensor) -> torch.Tensor:
+        """Normalised (`data.normalize`) and in the configured memory layout: what every
+        input of the method, training view or evaluation batch, goes through."""
+        x = self.normalize(x)
         if self.channels_last and x.dim() == 4:
             return x.contiguous(memory_format=torch.channels_last)
         return x
@@ -375,7 +379,7 @@ class Loop:
         if scored is not None and self.rank == 0:
             self.method.eval()
             metrics = probe(
-                self.method.embed,
+                lambda x: self.method.embed(self._layout(x)),
                 tuple(t.to(self.device) for t in self.splits.train),
                 tuple(t.to(self.device) for t in scored),
                 k=self.cfg.eval.knn_k,

@@ -14,7 +14,7 @@ import torch
 
 from rayssl.build import build_method
 from rayssl.config import ConfigError, TrainConfig
-from rayssl.data import Splits, load_splits
+from rayssl.data import Splits, input_normalizer, load_splits
 from rayssl.faults import CRASH_ENV, after_epoch_hook
 from rayssl.loop import Loop, build_loop
 from rayssl.state import capture_rng, load_state, save_state, seed_everything
@@ -151,6 +151,7 @@ def preflight(cfg: TrainConfig) -> tuple[Splits, dict[str, torch.Tensor]]:
     """Load the data and push two samples through the method on the driver, so bad data or a
     backbone that cannot take it fails with one line before Ray starts."""
     splits = load_splits(cfg.data, cfg.seed)
+    input_normalizer(cfg.data, splits)  # its channel count is checked against the data
     if cfg.performance.channels_last and len(splits.sample_shape) != 3:
         raise ConfigError(
             f"performance.channels_last needs image samples (C, H, W); data '{cfg.data.name}' "

@@ -2,6 +2,13 @@
 
 from rayssl.data.augment import Augment
 from rayssl.data.batches import StreamedBatches, TensorBatches
-from rayssl.data.datasets import Splits, load_splits
+from rayssl.data.datasets import Splits, input_normalizer, load_splits
 
-__all__ = ["Augment", "Splits", "StreamedBatches", "TensorBatches", "load_splits"]
+__all__ = [
+    "Augment",
+    "Splits",
+    "StreamedBatches",
+    "TensorBatches",
+    "input_normalizer",
+    "load_splits",
+]

@@ -221,3 +221,34 @@ def _parquet(cfg: DataConfig) -> Splits:
     seen = [labels, *(s[1].numpy() for s in (val, test) if s is not None)]
     num_classes = int(max(int(a.max()) for a in seen)) + 1
     return Splits(train=sample, val=val, test=test, num_classes=num_classes, stream=stream)
+
+
+def channel_statistics(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-channel mean and std of samples `(N, C, ...)`, over every other axis."""
+    dims = [0, *range(2, x.dim())]
+    return x.mean(dim=dims), x.std(dim=dims).clamp_min(1e-6)
+
+
+def input_normalizer(cfg: DataConfig, splits: Splits):
+    """The configured `(x - mean) / std` over the channel axis, or None. 'dataset' reads the
+    statistics from the training split (the in-memory rows, for a stream), so every rank and
+    `rayssl eval` compute the same numbers."""
+    if cfg.normalize is None:
+        return None
+    if cfg.normalize == "dataset":
+        mean, std = channel_statistics(splits.train[0])
+    else:
+        mean, std = (torch.tensor(v) for v in (cfg.normalize.mean, cfg.normalize.std))
+        channels = splits.sample_shape[0]
+        if len(mean) != channels:
+            raise ConfigError(
+                f"data.normalize has {len(mean)} channel values, samples have {channels} "
+                f"channels (shape {list(splits.sample_shape)})"
+            )
+    shape = (1, -1, *([1] * (len(splits.sample_shape) - 1)))
+    mean, std = mean.view(shape), std.view(shape)
+
+    def normalize(x: torch.Tensor) -> torch.Tensor:
+        return (x - mean.to(x.device, x.dtype)) / std.to(x.device, x.dtype)
+
+    return normalize
