@@ -90,10 +90,6 @@ VIEW_PRESETS: dict[str, dict[str, Any]] = {
 class AugmentConfig(Strict):
     """Batched, seeded augmentations applied to training inputs (see `rayssl.data.augment`)."""
 
-    preset: Literal["simclr", "byol"] | None = Field(
-        None, description="image views with the paper's parameters (fills `image`)"
-    )
-    image: ImageViewsConfig | None = Field(None, description="SimCLR/BYOL image views")
 
     shift: int = Field(0, ge=0, description="max circular-free shift along the last axis")
     scale: float = Field(0.0, ge=0.0, lt=1.0, description="amplitude scaling in [1-s, 1+s]")
@@ -102,6 +98,10 @@ class AugmentConfig(Strict):
     stretch: float = Field(0.0, ge=0.0, lt=1.0, description="time-stretch by [1-s, 1+s]")
     mask: int = Field(0, ge=0, description="zero a random window of up to this many steps")
     crop: int = Field(0, ge=0, description="images: random crop after padding by this much")
+    preset: Literal["simclr", "byol"] | None = Field(
+        None, description="image views with the paper's parameters (fills `image`)"
+    )
+    image: ImageViewsConfig | None = Field(None, description="SimCLR/BYOL image views")
 
     @model_validator(mode="before")
     @classmethod
