@@ -13,6 +13,7 @@ from rayssl import nets
         (nets.cnn1d, (40,), 64),
         (nets.cnn2d, (1, 8, 8), 128),
         (nets.resnet18, (3, 16, 16), 512),
+        (nets.resnet50, (3, 32, 32), 2048),
     ],
 )
 def test_backbones_map_samples_to_features(factory, shape, features):
@@ -25,6 +26,30 @@ def test_resnet18_has_resnet18_depth():
     net = nets.resnet18((3, 32, 32))
     convs = [m for m in net.modules() if isinstance(m, nn.Conv2d) and m.kernel_size == (3, 3)]
     assert len(convs) == 17  # stem + 8 blocks x 2
+
+
+@pytest.mark.parametrize(
+    "factory, parameters",
+    # torchvision's documented totals (11,689,512 and 25,557,032) minus the 1000-class fc
+    [(nets.resnet18, 11_689_512 - 513_000), (nets.resnet50, 25_557_032 - 2_049_000)],
+)
+def test_imagenet_stem_resnets_have_the_published_parameter_counts(factory, parameters):
+    net = factory((3, 64, 64), stem="imagenet")
+    assert sum(p.numel() for p in net.parameters()) == parameters
+
+
+def test_stems_set_the_resolution_of_the_first_stage():
+    seen = {}
+    for stem in ("cifar", "imagenet"):
+        net = nets.resnet18((3, 64, 64), stem=stem)
+        first_block = next(m for m in net if isinstance(m, nets._BasicBlock))
+        first_block.register_forward_pre_hook(
+            lambda m, i, stem=stem: seen.update({stem: i[0].shape})
+        )
+        net(torch.randn(2, 3, 64, 64))
+    assert seen["cifar"][-2:] == (64, 64) and seen["imagenet"][-2:] == (16, 16)
+    with pytest.raises(ValueError, match="stem must be 'cifar' or 'imagenet'"):
+        nets.resnet18((3, 32, 32), stem="tiny")
 
 
 def test_user_factory_gets_only_the_inferred_args_it_accepts():

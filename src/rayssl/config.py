@@ -90,7 +90,6 @@ VIEW_PRESETS: dict[str, dict[str, Any]] = {
 class AugmentConfig(Strict):
     """Batched, seeded augmentations applied to training inputs (see `rayssl.data.augment`)."""
 
-
     shift: int = Field(0, ge=0, description="max circular-free shift along the last axis")
     scale: float = Field(0.0, ge=0.0, lt=1.0, description="amplitude scaling in [1-s, 1+s]")
     jitter: float = Field(0.0, ge=0.0, description="std of additive Gaussian noise")

@@ -89,25 +89,69 @@ class _BasicBlock(nn.Module):
         return torch.relu(self.bn2(self.conv2(out)) + self.shortcut(x))
 
 
-def resnet18(input_shape: Sequence[int], width: int = 64):
-    """ResNet-18 adapted to small images (3x3 stem, no max-pool). Features: `8 * width`."""
+class _Bottleneck(nn.Module):
+    """ResNet-50's block: 1x1 reduce, 3x3 (carrying the stride, as torchvision's v1.5),
+    1x1 expand by 4."""
+
+    expansion = 4
+
+    def __init__(self, cin: int, planes: int, stride: int):
+        super().__init__()
+        cout = planes * self.expansion
+        self.conv1 = nn.Conv2d(cin, planes, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(planes)
+        self.conv2 = nn.Conv2d(planes, planes, 3, stride, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(planes)
+        self.conv3 = nn.Conv2d(planes, cout, 1, bias=False)
+        self.bn3 = nn.BatchNorm2d(cout)
+        self.shortcut = nn.Identity()
+        if stride != 1 or cin != cout:
+            self.shortcut = nn.Sequential(
+                nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout)
+            )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = torch.relu(self.bn1(self.conv1(x)))
+        out = torch.relu(self.bn2(self.conv2(out)))
+        return torch.relu(self.bn3(self.conv3(out)) + self.shortcut(x))
+
+
+def _resnet(
+    input_shape: Sequence[int], name: str, block: type, depths: Sequence[int], width: int, stem: str
+) -> nn.Sequential:
     if len(input_shape) != 3:
         raise ValueError(
-            f"resnet18 takes (channels, height, width) samples, got {tuple(input_shape)}"
+            f"{name} takes (channels, height, width) samples, got {tuple(input_shape)}"
         )
-    layers: list[nn.Module] = [
-        nn.Conv2d(input_shape[0], width, 3, 1, 1, bias=False),
-        nn.BatchNorm2d(width),
-        nn.ReLU(inplace=True),
-    ]
+    if stem not in ("cifar", "imagenet"):
+        raise ValueError(f"stem must be 'cifar' or 'imagenet', got '{stem}'")
+    if stem == "cifar":  # small images: 3x3 stride-1 stem, no max-pool (SimCLR's CIFAR variant)
+        layers: list[nn.Module] = [nn.Conv2d(input_shape[0], width, 3, 1, 1, bias=False)]
+    else:  # the original 7x7 stride-2 stem and 3x3 stride-2 max-pool
+        layers = [nn.Conv2d(input_shape[0], width, 7, 2, 3, bias=False)]
+    layers += [nn.BatchNorm2d(width), nn.ReLU(inplace=True)]
+    if stem == "imagenet":
+        layers.append(nn.MaxPool2d(3, 2, 1))
     cin = width
-    for stage, mult in enumerate((1, 2, 4, 8)):
-        cout = width * mult
-        stride = 1 if stage == 0 else 2
-        layers += [_BasicBlock(cin, cout, stride), _BasicBlock(cout, cout, 1)]
-        cin = cout
+    expansion = getattr(block, "expansion", 1)
+    for stage, depth in enumerate(depths):
+        planes = width * 2**stage
+        for i in range(depth):
+            layers.append(block(cin, planes, 2 if stage > 0 and i == 0 else 1))
+            cin = planes * expansion
     layers += [nn.AdaptiveAvgPool2d(1), nn.Flatten()]
     return nn.Sequential(*layers)
+
+
+def resnet18(input_shape: Sequence[int], width: int = 64, stem: str = "cifar"):
+    """ResNet-18. `stem: cifar` (3x3, no max-pool; small images) or `imagenet` (7x7 stride 2
+    and max-pool). Features: `8 * width`."""
+    return _resnet(input_shape, "resnet18", _BasicBlock, (2, 2, 2, 2), width, stem)
+
+
+def resnet50(input_shape: Sequence[int], width: int = 64, stem: str = "imagenet"):
+    """ResNet-50 (bottleneck blocks 3-4-6-3). `stem` as resnet18's. Features: `32 * width`."""
+    return _resnet(input_shape, "resnet50", _Bottleneck, (3, 4, 6, 3), width, stem)
 
 
 class _AddChannel(nn.Module):
@@ -141,6 +185,7 @@ BACKBONES: dict[str, Callable[..., nn.Module]] = {
     "cnn1d": cnn1d,
     "cnn2d": cnn2d,
     "resnet18": resnet18,
+    "resnet50": resnet50,
 }
 HEADS: dict[str, Callable[..., nn.Module]] = {"linear": linear, "mlp": mlp_classifier}
 
