@@ -11,6 +11,7 @@ workers, and tests drive it directly.
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
@@ -176,9 +177,9 @@ class Loop:
                 loss = self.model((self.views(x, self.generator), y))["loss"]
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
-            self._check_finite(loss, epoch, step_in_epoch)
-            if self.cfg.grad_clip:
-                torch.nn.utils.clip_grad_norm_(self.method.parameters(), self.cfg.grad_clip)
+            loss_value, grads, grad_norm = self._check_finite(loss, epoch, step_in_epoch)
+            if self.cfg.grad_clip:  # reuses the norm the check computed
+                torch.nn.utils.clip_grads_with_norm_(grads, self.cfg.grad_clip, grad_norm)
             self.optimizer.step()
             if self.lr_scheduler is not None:
                 self.lr_scheduler.step()
@@ -188,16 +189,22 @@ class Loop:
             self.method.on_step_end(self.state.global_step, self.total_steps)
             self.train_loss.update(loss.detach())
             yield TrainingIterationStats(
-                self.state.global_step, float(loss.detach()), time.perf_counter() - start
+                self.state.global_step, loss_value, time.perf_counter() - start
             )
 
-    def _check_finite(self, loss: torch.Tensor, epoch: int, step_in_epoch: int) -> None:
+    def _check_finite(
+        self, loss: torch.Tensor, epoch: int, step_in_epoch: int
+    ) -> tuple[float, list[torch.Tensor], torch.Tensor]:
         """Stop every rank before the optimizer step when any rank's loss or gradients are
         NaN/Inf. DDP has already averaged the gradients, but a rank's own non-finite loss
-        need not reach them, so the ranks agree through one small all-reduce of flags."""
+        need not reach them, so the ranks agree through one small all-reduce of flags.
+        Returns the loss value, the gradients and their total norm (one device sync)."""
         grads = [p.grad for p in self.method.parameters() if p.grad is not None]
-        bad = not bool(torch.isfinite(loss.detach()).all())
-        bad_grad = bool(grads) and not bool(torch.isfinite(torch.nn.utils.get_total_norm(grads)))
+        grad_norm = (
+            torch.nn.utils.get_total_norm(grads) if grads else torch.zeros((), device=loss.device)
+        )
+        loss_value, norm_value = torch.stack([loss.detach().float(), grad_norm.float()]).tolist()
+        bad, bad_grad = not math.isfinite(loss_value), not math.isfinite(norm_value)
         flags = torch.zeros(2 * self.world_size)
         flags[self.rank], flags[self.world_size + self.rank] = float(bad), float(bad_grad)
         if self.world_size > 1 and torch.distributed.is_initialized():
@@ -205,11 +212,11 @@ class Loop:
             torch.distributed.all_reduce(flags)
             flags = flags.cpu()
         if not flags.any():
-            return
+            return loss_value, grads, grad_norm
         loss_ranks = [r for r in range(self.world_size) if flags[r]]
         grad_ranks = [r for r in range(self.world_size) if flags[self.world_size + r]]
         what, ranks = ("loss", loss_ranks) if loss_ranks else ("gradient", grad_ranks)
-        value = f" {float(loss.detach())}" if what == "loss" and bad else " non-finite"
+        value = f" {loss_value}" if what == "loss" and bad else " non-finite"
         raise NonFiniteLossError(
             f"{what} became{value} at epoch {epoch + 1}, step {step_in_epoch} "
             f"(global step {self.state.global_step + 1}) on rank "
@@ -307,7 +314,7 @@ class Loop:
         schedule, early stop, or the method's own stop) also carries test metrics. A run
         restored after an early stop or the method's own stop yields nothing: a stopped run
         stays stopped (a run that ended its schedule continues if `epochs` was raised)."""
-        if self.state.history and self.should_stop():
+        if self.is_over():
             return
         if self.state.epoch == 0 and not self.state.history:
             self.method.on_training_start()
@@ -421,6 +428,13 @@ class Loop:
             )
         else:
             self.state.bad_epochs += epochs_per_report
+
+    def is_over(self) -> bool:
+        """A restored run that has already ended: its schedule, an early stop or the
+        method's own stop. Restarts and resumes of such a run train nothing."""
+        return bool(self.state.history) and (
+            self.should_stop() or self.state.epoch >= self.cfg.epochs
+        )
 
     def should_stop(self) -> bool:
         es = self.cfg.early_stopping

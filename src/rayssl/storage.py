@@ -57,33 +57,36 @@ class Storage:
         infos = fs.get_file_info(pyarrow.fs.FileSelector(base, allow_not_found=True))
         return sorted(i.base_name for i in infos if i.type == pyarrow.fs.FileType.Directory)
 
+    def _read_json(self, run: str, name: str) -> dict[str, Any]:
+        """A JSON record of `run` ({} when missing or unreadable)."""
+        fs, base = self._fs()
+        try:
+            with fs.open_input_stream(f"{base}/{run}/{name}") as f:
+                return json.loads(f.read())
+        except (FileNotFoundError, OSError, ValueError):
+            return {}
+
+    def _ray_latest(self, run: str) -> str | None:
+        latest = self._read_json(run, SNAPSHOT_FILE).get("latest_checkpoint_result") or {}
+        return latest.get("checkpoint_dir_name")
+
     def latest_checkpoint(self, run: str) -> str | None:
         """The newest checkpoint of `run` that was registered, or None: by Ray Train (its
         manager snapshot) or by rayssl's local mode (its index, written after the state).
         A checkpoint folder never registered (an upload cut short) is never returned."""
-        fs, base = self._fs()
-        names = []
-        for record, key in ((SNAPSHOT_FILE, "latest_checkpoint_result"), (LOCAL_INDEX_FILE, None)):
-            try:
-                with fs.open_input_stream(f"{base}/{run}/{record}") as f:
-                    snapshot = json.loads(f.read())
-            except (FileNotFoundError, OSError, ValueError):
-                continue
-            latest = (snapshot.get(key) or {}) if key else snapshot
-            if latest.get("checkpoint_dir_name"):
-                names.append(latest["checkpoint_dir_name"])
+        names = [
+            n
+            for n in (
+                self._ray_latest(run),
+                self._read_json(run, LOCAL_INDEX_FILE).get("checkpoint_dir_name"),
+            )
+            if n
+        ]
         return max(names) if names else None
 
     def registered_by_ray(self, run: str, checkpoint: str) -> bool:
         """Whether Ray Train knows `checkpoint` (else a Train run must be handed it)."""
-        fs, base = self._fs()
-        try:
-            with fs.open_input_stream(f"{base}/{run}/{SNAPSHOT_FILE}") as f:
-                snapshot = json.loads(f.read())
-        except (FileNotFoundError, OSError, ValueError):
-            return False
-        latest = snapshot.get("latest_checkpoint_result") or {}
-        return latest.get("checkpoint_dir_name") == checkpoint
+        return self._ray_latest(run) == checkpoint
 
     def path(self, run: str, name: str = "") -> str:
         return f"{self.uri}/{run}/{name}" if name else f"{self.uri}/{run}"
@@ -115,12 +118,7 @@ class Storage:
                 source_filesystem=pyarrow.fs.LocalFileSystem(),
                 destination_filesystem=fs,
             )
-        try:
-            with fs.open_input_stream(f"{base}/{run}/{LOCAL_INDEX_FILE}") as f:
-                kept = json.loads(f.read())["checkpoints"]
-        except (FileNotFoundError, OSError, ValueError, KeyError):
-            kept = []
-        kept.append(name)
+        kept = [*self._read_json(run, LOCAL_INDEX_FILE).get("checkpoints", []), name]
         dropped, kept = (kept[:-keep], kept[-keep:]) if keep else ([], kept)
         record = {"checkpoint_dir_name": name, "checkpoints": kept}
         self.write_text(run, LOCAL_INDEX_FILE, json.dumps(record, indent=2))

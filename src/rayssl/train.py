@@ -53,7 +53,7 @@ def run_worker(config: dict[str, Any]) -> Loop:
         else:
             loop.state.resumed_at.append(loop.state.epoch)  # a restart or --resume
     first_epoch = loop.state.epoch
-    if loop.state.history and (loop.should_stop() or first_epoch >= cfg.epochs):
+    if loop.is_over():
         # Restarted after its last checkpoint (early stop, the method's own stop, or a Tune
         # trial whose driver died before it saw the final report): train nothing, report the
         # final metrics once more so the caller has them.

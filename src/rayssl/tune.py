@@ -275,7 +275,7 @@ def run_trial_in_process(config: dict[str, Any]) -> None:
         loop.load_state_dict(state)
         loop.adopt_hyperparameters(state["config"])  # a no-op for the trial's own state
         loop.state.resumed_at.append(loop.state.epoch)
-    if loop.state.history and (loop.should_stop() or loop.state.epoch >= cfg.epochs):
+    if loop.is_over():
         ray.tune.report(loop.state.history[-1])  # restored after its end: report it again
         return
     loop.launched_at = started  # start_to_first_step_s: this trial's own overhead
