@@ -124,21 +124,37 @@ class NormalizeConfig(Strict):
 
 
 class DataConfig(Strict):
-    name: Literal["mnist1d", "digits", "synthetic", "npz", "parquet"] = "mnist1d"
+    name: Literal["mnist1d", "digits", "synthetic", "npz", "parquet", "images"] = "mnist1d"
     path: str | None = Field(
         None,
         description="npz: a file with x, y (optional x_test, y_test); parquet: a file, folder "
-        "or s3:// / gs:// URI of the training rows, streamed to the workers by Ray Data",
+        "or s3:// / gs:// URI of the training rows, streamed to the workers by Ray Data; "
+        "images: a folder (or URI) of images, one subfolder per class or flat (no labels)",
     )
-    test_path: str | None = Field(None, description="parquet: test rows (held in memory)")
-    val_path: str | None = Field(None, description="parquet: validation rows (held in memory)")
-    x_column: str = Field("x", description="parquet: column of flattened float samples")
+    test_path: str | None = Field(
+        None, description="parquet, images: test rows / images (held in memory)"
+    )
+    val_path: str | None = Field(
+        None, description="parquet, images: validation rows / images (held in memory)"
+    )
+    x_column: str = Field(
+        "x", description="parquet: column of flattened float samples, or of encoded images"
+    )
     y_column: str = Field("y", description="parquet: column of integer labels")
     probe_samples: int = Field(
         4096, ge=2, description="parquet: train rows held in memory for probes / LFR selection"
     )
     shuffle_buffer: int = Field(
         2048, ge=0, description="parquet: rows in each worker's shuffle buffer (0: no shuffle)"
+    )
+    image_size: int | tuple[int, int] | None = Field(
+        None, description="images: resize every image to this side (or [H, W]); null: as stored"
+    )
+    color: Literal["rgb", "grayscale"] = Field("rgb", description="images: decoded channels")
+    in_memory: Literal["auto"] | bool = Field(
+        "auto",
+        description="images: decode once and hold in memory (true), stream from storage "
+        "(false), or auto: in memory when the decoded training set fits in 1 GiB",
     )
     prefetch_batches: int = Field(2, ge=0, description="parquet: batches fetched ahead")
     pin_memory: bool = Field(False, description="parquet + use_gpu: page-locked host batches")
@@ -161,10 +177,13 @@ class DataConfig(Strict):
 
     @model_validator(mode="after")
     def _path_for_npz(self) -> DataConfig:
-        if self.name in ("npz", "parquet") and not self.path:
+        if self.name in ("npz", "parquet", "images") and not self.path:
             raise ValueError(f"data.path is required when data.name is '{self.name}'")
         if any(s < 1 for s in self.shape):
             raise ValueError(f"data.shape must hold positive sizes, got {self.shape}")
+        size = self.image_size
+        if size is not None and min([size] if isinstance(size, int) else size) < 1:
+            raise ValueError(f"data.image_size must be positive, got {size}")
         return self
 
 
@@ -346,10 +365,13 @@ class TrainConfig(Strict):
 
     @model_validator(mode="after")
     def _consistent(self) -> TrainConfig:
-        if self.num_workers == 0 and self.data.name == "parquet":
+        if self.num_workers == 0 and (
+            self.data.name == "parquet" or (self.data.name == "images" and not self.data.in_memory)
+        ):
             raise ValueError(
-                "num_workers 0 (local mode) holds data in memory; data.name 'parquet' streams "
-                "through Ray Data to Ray Train workers: set num_workers >= 1"
+                "num_workers 0 (local mode) holds data in memory; streamed data (parquet, "
+                "images with in_memory false) goes through Ray Data to Ray Train workers: "
+                "set num_workers >= 1"
             )
         if self.data.batch_size % max(1, self.num_workers):
             raise ValueError(
@@ -370,7 +392,8 @@ class TrainConfig(Strict):
     def reported_metrics(self) -> list[str]:
         """The per-epoch metrics this config's run reports, that early stopping can watch."""
         names = ["train_loss"]
-        has_val = self.data.val_path if self.data.name == "parquet" else self.data.val_fraction > 0
+        d = self.data
+        has_val = d.val_path if d.name == "parquet" else d.val_path or d.val_fraction > 0
         if has_val:
             names.append("val_loss")
         if self.method == "supervised":

@@ -70,6 +70,12 @@ def probe(
     return metrics
 
 
+NO_PROBE_LABELS = (
+    "the training images have no labels (a flat folder) and neither data.val_path nor "
+    "data.test_path gives labeled images, so there is nothing to fit kNN / linear probes on"
+)
+
+
 def evaluate_checkpoint(path: str, knn_k: int | None = None) -> dict[str, float]:
     """Rebuild the method of a run directory's newest checkpoint (or of a checkpoint
     directory) from its saved config, load the weights, and probe its backbone."""
@@ -97,10 +103,12 @@ def evaluate_checkpoint(path: str, knn_k: int | None = None) -> dict[str, float]
     method.load_state_dict(state["model"])
     method.eval()
     normalize = input_normalizer(cfg.data, splits) or (lambda x: x)
+    sets = splits.probe_sets(cfg.seed)
+    if sets is None:
+        raise ConfigError(f"'{path}': {NO_PROBE_LABELS}")
     return probe(
         lambda x: method.embed(normalize(x)),
-        splits.train,
-        splits.test or splits.val,
+        *sets,
         k=knn_k or cfg.eval.knn_k,
         linear=cfg.eval.linear_probe,
     )

@@ -121,7 +121,7 @@ class Loop:
         self.amp_dtype = torch.bfloat16 if perf.amp == "bf16" else None
         if splits.stream is not None:
             if train_shard is None:
-                raise ValueError("streamed data (data.name: parquet) needs a Ray Data shard")
+                raise ValueError("streamed data (parquet, images) needs a Ray Data shard")
             stream, d = splits.stream, cfg.data
             self.train_batches = StreamedBatches(
                 train_shard,
@@ -136,6 +136,7 @@ class Loop:
                 shuffle_buffer=d.shuffle_buffer,
                 prefetch_batches=d.prefetch_batches,
                 pin_memory=d.pin_memory and self.device.type == "cuda",
+                scale=stream.scale,
             )
         else:
             self.train_batches = batches(splits.train, cfg.data.batch_size // world_size, True)
@@ -381,14 +382,13 @@ class Loop:
         the result does not depend on the number of workers."""
         from rayssl.evaluate import probe
 
-        scored = self.splits.test or self.splits.val
+        sets = self.splits.probe_sets(self.cfg.seed)
         metrics: dict[str, float] = {}
-        if scored is not None and self.rank == 0:
+        if sets is not None and self.rank == 0:
             self.method.eval()
             metrics = probe(
                 lambda x: self.method.embed(self._layout(x)),
-                tuple(t.to(self.device) for t in self.splits.train),
-                tuple(t.to(self.device) for t in scored),
+                *(tuple(t.to(self.device) for t in pair) for pair in sets),
                 k=self.cfg.eval.knn_k,
                 linear=self.cfg.eval.linear_probe,
             )

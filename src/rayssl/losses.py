@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import warnings
+
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
@@ -21,7 +23,12 @@ def gather_with_grad(x: torch.Tensor) -> torch.Tensor:
         return x
     from torch.distributed.nn.functional import all_gather
 
-    return torch.cat(all_gather(x), dim=0)
+    # torch 2.13 marks this public autograd all_gather deprecated in favour of a private
+    # module (torch.distributed._functional_collectives); until a public successor exists
+    # it stays, without its warning on every worker.
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", category=FutureWarning)
+        return torch.cat(all_gather(x), dim=0)
 
 
 class NTXentLoss(nn.Module):

@@ -16,7 +16,7 @@ from rayssl.build import build_method
 from rayssl.config import ConfigError, TrainConfig
 from rayssl.data import Splits, input_normalizer, load_splits
 from rayssl.faults import CRASH_ENV, after_epoch_hook
-from rayssl.loop import Loop, build_loop
+from rayssl.loop import PROBE_METRICS, Loop, build_loop
 from rayssl.state import capture_rng, load_state, save_state, seed_everything
 from rayssl.storage import Storage, check_resumable, pick_run_name
 
@@ -152,6 +152,25 @@ def preflight(cfg: TrainConfig) -> tuple[Splits, dict[str, torch.Tensor]]:
     backbone that cannot take it fails with one line before Ray starts."""
     splits = load_splits(cfg.data, cfg.seed)
     input_normalizer(cfg.data, splits)  # its channel count is checked against the data
+    if not splits.labeled and cfg.method == "supervised":
+        raise ConfigError(
+            f"data.path '{cfg.data.path}' holds images without labels (no class folders); "
+            "a supervised run needs one subfolder per class"
+        )
+    if splits.stream is not None and cfg.num_workers == 0:
+        raise ConfigError(
+            f"data.path '{cfg.data.path}' decodes to more than 1 GiB, so it streams through "
+            "Ray Data, which local mode (num_workers 0) cannot: set num_workers >= 1, or "
+            "data.in_memory: true"
+        )
+    if cfg.method != "supervised" and splits.probe_sets(cfg.seed) is None:
+        from rayssl.evaluate import NO_PROBE_LABELS
+
+        if cfg.early_stopping and cfg.early_stopping.monitor in PROBE_METRICS:
+            raise ConfigError(
+                f"early_stopping.monitor '{cfg.early_stopping.monitor}': {NO_PROBE_LABELS}"
+            )
+        print(f"[rayssl] note: probes skipped: {NO_PROBE_LABELS}", flush=True)
     if cfg.performance.channels_last and len(splits.sample_shape) != 3:
         raise ConfigError(
             f"performance.channels_last needs image samples (C, H, W); data '{cfg.data.name}' "
@@ -177,10 +196,15 @@ def preflight(cfg: TrainConfig) -> tuple[Splits, dict[str, torch.Tensor]]:
     return splits, method.state_dict()
 
 
-def init_ray(cfg: TrainConfig, dashboard: bool = False) -> str | None:
+def init_ray(cfg: TrainConfig, dashboard: bool = False, streaming: bool = False) -> str | None:
     """Join the cluster in RAY_ADDRESS (set for jobs), else start a local Ray: quietly (no
     INFO banner, no token-auth notice) and without a dashboard unless `dashboard`. Returns
-    the folder of Ray's own logs (None if Ray was already initialised here)."""
+    the folder of Ray's own logs (None if Ray was already initialised here).
+
+    `streaming`: the run reads its training data through Ray Data, whose read and decode
+    tasks need a CPU beside the workers' (Ray Train keeps the workers' CPUs from Ray Data):
+    a local Ray then gets one logical CPU more than the workers take if this machine has
+    none to spare (the tasks share the cores with the workers), and a cluster must have it."""
     import logging
 
     import ray
@@ -188,8 +212,12 @@ def init_ray(cfg: TrainConfig, dashboard: bool = False) -> str | None:
     logs = None
     if not ray.is_initialized():
         joining = bool(os.environ.get("RAY_ADDRESS"))
-        if not joining:  # a local Ray gets this machine's CPUs: refuse before starting it
-            _check_fits(cfg, {"CPU": float(os.cpu_count() or 1)}, gpus_known=False)
+        cpus = float(os.cpu_count() or 1)
+        if not joining:
+            os.environ.setdefault("RAY_DATA_LOGGING_CONFIG", str(RAY_DATA_LOGGING))  # a local Ray gets this machine's CPUs: refuse before starting it
+            _check_fits(cfg, {"CPU": cpus}, gpus_known=False)
+            if streaming:
+                cpus = max(cpus, cfg.num_workers * cfg.cpus_per_worker + DATA_CPUS)
         # Ray logs a notice about token authentication each time it starts a local cluster;
         # rayssl's embedded cluster is private to this command, so keep the notice in Ray's
         # log files only. (Logger names are Ray's; a rename only brings the notice back.)
@@ -201,20 +229,44 @@ def init_ray(cfg: TrainConfig, dashboard: bool = False) -> str | None:
             context = ray.init(
                 log_to_driver=True,
                 logging_level=logging.WARNING,
-                **({} if joining else {"include_dashboard": dashboard}),
+                **(
+                    {}
+                    if joining
+                    else {
+                        "include_dashboard": dashboard,
+                        "num_cpus": int(cpus),
+                        "runtime_env": {
+                            "worker_process_setup_hook": "rayssl.quiet.setup_worker",
+                            "env_vars": {"RAY_DATA_LOGGING_CONFIG": str(RAY_DATA_LOGGING)},
+                        },
+                    }
+                ),
             )
         finally:
             for lg, level in zip(quiet, levels, strict=True):
                 lg.setLevel(level)
         session = (getattr(context, "address_info", None) or {}).get("session_dir")
         logs = f"{session}/logs" if session else None
-    _check_fits(cfg, ray.cluster_resources())
+    _check_fits(cfg, ray.cluster_resources(), streaming=streaming)
     return logs
 
 
-def _check_fits(cfg: TrainConfig, resources: dict[str, float], gpus_known: bool = True) -> None:
-    """One line (exit 2) when the run's workers cannot all be placed on the cluster."""
+RAY_DATA_LOGGING = Path(__file__).with_name("ray_data_logging.yaml")
+DATA_CPUS = 1  # Ray Data's read / decode tasks take 1 CPU each; one must be free beside workers
+
+
+def _check_fits(
+    cfg: TrainConfig, resources: dict[str, float], gpus_known: bool = True, streaming=False
+) -> None:
+    """One line (exit 2) when the run's workers (and, `streaming`, one Ray Data task) cannot
+    all be placed on the cluster."""
     cpus_needed = cfg.num_workers * cfg.cpus_per_worker
+    if streaming and cpus_needed + DATA_CPUS > resources.get("CPU", 0):
+        raise ConfigError(
+            f"num_workers x cpus_per_worker = {cpus_needed:g} CPUs leaves none of the Ray "
+            f"cluster's {resources.get('CPU', 0):g} for streaming the training data (Ray Data "
+            "needs 1); lower num_workers or cpus_per_worker, or set data.in_memory: true"
+        )
     if cpus_needed > resources.get("CPU", 0):
         raise ConfigError(
             f"num_workers x cpus_per_worker = {cpus_needed:g} CPUs, but the Ray cluster has "
@@ -264,13 +316,7 @@ def build_trainer(
     ck = cfg.checkpoint
     datasets = None
     if stream is not None:
-        import ray.data
-
-        datasets = {
-            "train": ray.data.read_parquet(
-                stream.path, concurrency=cfg.data.read_concurrency
-            ).select_columns([stream.x_column, stream.y_column])
-        }
+        datasets = {"train": stream.dataset(cfg.data.read_concurrency)}
     return TorchTrainer(
         train_fn,
         train_loop_config={
@@ -347,7 +393,7 @@ def fit(
 
         logging.getLogger("ray.train").setLevel(logging.WARNING)
     else:
-        ray_logs = init_ray(cfg, dashboard=dashboard)
+        ray_logs = init_ray(cfg, dashboard=dashboard, streaming=splits.stream is not None)
     if crash_after_epoch is None:
         crash_after_epoch = int(os.environ.get(CRASH_ENV, "0") or 0)
     trainer = build_trainer(

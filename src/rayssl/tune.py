@@ -258,14 +258,7 @@ def run_trial_in_process(config: dict[str, Any]) -> None:
     splits = ray.get(config["_splits"])
     shard = None
     if splits.stream is not None:  # parquet: this trial streams every row itself
-        import ray.data
-
-        stream = splits.stream
-        shard = (
-            ray.data.read_parquet(stream.path, concurrency=cfg.data.read_concurrency)
-            .select_columns([stream.x_column, stream.y_column])
-            .iterator()
-        )
+        shard = splits.stream.dataset(cfg.data.read_concurrency).iterator()
     device = torch.device("cuda" if cfg.use_gpu and torch.cuda.is_available() else "cpu")
     loop = build_loop(cfg, splits, device=device, train_shard=shard)
     checkpoint = ray.tune.get_checkpoint()
@@ -300,7 +293,7 @@ def run_trial(config: dict[str, Any]) -> None:
     context = ray.tune.get_context()
     storage = Storage(config["_trials_storage"])
     run = f"{context.get_trial_name()}"
-    stream = ray.get(config["_splits"]).stream if cfg.data.name == "parquet" else None
+    stream = ray.get(config["_splits"]).stream
     if config.get("_pbt"):
         _run_checkpointed_trial(cfg, config["_splits"], storage, run, stream)
         return

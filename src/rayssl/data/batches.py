@@ -100,8 +100,12 @@ class StreamedBatches:
         shuffle_buffer: int = 0,
         prefetch_batches: int = 1,
         pin_memory: bool = False,
+        scale: float | None = None,
     ):
+        """`scale`: rows arrive as integers (image pixels, uint8) and are multiplied by it,
+        as float32, on `device`."""
         self.shard = shard
+        self.scale = scale
         self.rows_per_worker = num_rows // world_size
         self.shape = tuple(shape)
         self.batch_size = batch_size
@@ -121,7 +125,11 @@ class StreamedBatches:
         batches = self.shard.iter_torch_batches(
             batch_size=self.batch_size,
             drop_last=True,
-            dtypes={self.x_column: torch.float32, self.y_column: torch.int64},
+            # Ray Data takes one dtype for all columns or one per column: image rows keep
+            # their own (uint8 pixels, converted below on the device)
+            dtypes=None
+            if self.scale
+            else {self.y_column: torch.int64, self.x_column: torch.float32},
             device=self.device,
             local_shuffle_buffer_size=self.shuffle_buffer or None,
             local_shuffle_seed=self.seed * 1_000_003 + self.epoch if self.shuffle_buffer else None,
@@ -132,4 +140,6 @@ class StreamedBatches:
             if step >= len(self):  # equal steps on every rank, whatever the shard's last block
                 return
             x = batch[self.x_column].reshape(-1, *self.shape)
-            yield x, batch[self.y_column]
+            if self.scale:
+                x = x.float().mul_(self.scale)
+            yield x, batch[self.y_column].long()

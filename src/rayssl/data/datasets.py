@@ -12,6 +12,7 @@ import os
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -23,13 +24,72 @@ Pair = tuple[torch.Tensor, torch.Tensor]
 
 @dataclass
 class Stream:
-    """Training rows that stay on disk: Ray Data streams each worker its shard per epoch."""
+    """Training rows that stay on disk: Ray Data streams each worker its shard per epoch.
+
+    `kind`: "parquet" (a column of flattened floats), "parquet_images" (a column of encoded
+    image bytes) or "image_files" (a folder of images, `files`). `x_column` / `y_column` name
+    the columns the dataset yields; image kinds yield uint8 pixels, scaled to [0, 1] on the
+    worker's device (a quarter of float32's bytes through the object store)."""
 
     path: str
     x_column: str
     y_column: str
     shape: tuple[int, ...]
     num_rows: int
+    kind: str = "parquet"
+    files: Any = None  # images.ImageFiles of the training folder (image_files)
+    image_format: Any = None  # images.ImageFormat (image kinds)
+    seed: int = 0
+
+    @property
+    def scale(self) -> float | None:
+        return None if self.kind == "parquet" else 1 / 255
+
+    def dataset(self, read_concurrency: int | None = None):
+        """The Ray Data dataset of every training row (built lazily; Ray Train shards it)."""
+        import ray.data
+
+        from rayssl.data.images import Decoder
+
+        # rayssl's progress line says what a user needs each epoch; Ray Data's progress bars
+        # would add one per epoch's pass (the context travels with the dataset)
+        ray.data.DataContext.get_current().enable_progress_bars = False
+        if self.kind == "parquet":
+            return ray.data.read_parquet(self.path, concurrency=read_concurrency).select_columns(
+                [self.x_column, self.y_column]
+            )
+        if self.kind == "parquet_images":
+            rows = ray.data.read_parquet(
+                self.path, concurrency=read_concurrency, include_paths=True
+            ).select_columns([self.x_column, self.y_column, "path"])
+            decoder = Decoder(
+                self.image_format,
+                self.shape,
+                bytes_column=self.x_column,
+                name_column="path",
+                label_column=self.y_column,
+                out_columns=(self.x_column, self.y_column),
+            )
+        else:
+            files = self.files
+            # a new file order every epoch (every execution of the dataset), from the seed
+            rows = ray.data.read_binary_files(
+                files.paths,
+                filesystem=files.filesystem,
+                include_paths=True,
+                shuffle=ray.data.FileShuffleConfig(seed=self.seed),
+                concurrency=read_concurrency,
+            )
+            decoder = Decoder(
+                self.image_format,
+                self.shape,
+                bytes_column="bytes",
+                name_column="path",
+                root=files.root,
+                classes=files.classes,
+                out_columns=(self.x_column, self.y_column),
+            )
+        return rows.map_batches(decoder, batch_format="numpy")
 
 
 @dataclass
@@ -44,11 +104,35 @@ class Splits:
     def sample_shape(self) -> tuple[int, ...]:
         return tuple(self.train[0].shape[1:])
 
+    @property
+    def labeled(self) -> bool:
+        """Whether the training samples have labels (a flat image folder has none: -1)."""
+        return bool((self.train[1] >= 0).all())
+
+    def probe_sets(self, seed: int = 0) -> tuple[Pair, Pair] | None:
+        """(fit, score) splits of the kNN / linear probes, or None when no labels allow them:
+        labeled train data fits and test (else val) scores; unlabeled train data leaves the
+        labeled val and test splits (or halves of the only one)."""
+        if self.labeled:
+            scored = self.test or self.val
+            return (self.train, scored) if scored is not None else None
+        labeled = [s for s in (self.val, self.test) if s is not None and bool((s[1] >= 0).all())]
+        if len(labeled) == 2:
+            return labeled[0], labeled[1]
+        if not labeled or len(labeled[0][0]) < 4:
+            return None
+        x, y = labeled[0]
+        order = torch.randperm(len(x), generator=torch.Generator().manual_seed(seed))
+        half = len(x) // 2
+        return (x[order[:half]], y[order[:half]]), (x[order[half:]], y[order[half:]])
+
 
 def load_splits(cfg: DataConfig, seed: int = 0) -> Splits:
     """Load the configured data and hold out `val_fraction` of train (seeded, stratified-free)."""
     if cfg.name == "parquet":
-        return _parquet(cfg)
+        return _parquet(cfg, seed)
+    if cfg.name == "images":
+        return _images(cfg, seed)
     loaders = {"mnist1d": _mnist1d, "digits": _digits, "synthetic": _synthetic, "npz": _npz}
     x, y, x_test, y_test = loaders[cfg.name](cfg)
     x, y = _as_tensors(x, y, cfg.name, "x", "y")
@@ -166,13 +250,18 @@ def _npz(cfg: DataConfig):
     return arrays["x"], arrays["y"], arrays.get("x_test"), arrays.get("y_test")
 
 
-def _parquet(cfg: DataConfig) -> Splits:
-    """Parquet rows (`x_column`: a flattened sample, `y_column`: its label) read with pyarrow:
-    the label column in full (for the class count), the first `probe_samples` rows of samples
-    (checked like any data), and the optional val / test files. Training streams later."""
+def _parquet(cfg: DataConfig, seed: int = 0) -> Splits:
+    """Parquet rows (`x_column`: a flattened sample or an encoded image, `y_column`: its label)
+    read with pyarrow: the label column in full (for the class count), the first
+    `probe_samples` rows of samples (checked like any data), and the optional val / test
+    files. Training streams later."""
+    import pyarrow as pa
     import pyarrow.dataset as ds
 
+    from rayssl.data import images
+
     shape = tuple(cfg.shape)
+    fmt = images.ImageFormat.of(cfg)
 
     def open_rows(path: str, field: str) -> ds.Dataset:
         try:
@@ -187,14 +276,29 @@ def _parquet(cfg: DataConfig) -> Splits:
             )
         return dataset
 
+    def encoded(dataset: ds.Dataset) -> bool:
+        kind = dataset.schema.field(cfg.x_column).type
+        return pa.types.is_binary(kind) or pa.types.is_large_binary(kind)
+
     def rows(dataset: ds.Dataset, field: str, limit: int | None) -> Pair:
         table = dataset.head(limit) if limit else dataset.to_table()
+        y = table.column(cfg.y_column).to_numpy()
+        if encoded(dataset):  # PNG / JPEG bytes
+            path = getattr(cfg, field)
+            arrays = [
+                images.decode(data, f"{path} row {i}", fmt)
+                for i, data in enumerate(table.column(cfg.x_column).to_pylist())
+            ]
+            for i, array in enumerate(arrays):
+                images.check_size(array, f"{path} row {i}", arrays[0].shape)
+            x = np.stack(arrays).astype(np.float32) / 255
+            return _as_tensors(x, y, "parquet", cfg.x_column, cfg.y_column)
         try:
             flat = np.asarray(table.column(cfg.x_column).to_pylist(), dtype=np.float32)
         except (TypeError, ValueError):
             raise ConfigError(
                 f"data.{field}: column '{cfg.x_column}' must hold one equal-length list of "
-                "numbers per row"
+                "numbers per row, or encoded images (bytes)"
             ) from None
         per_row = flat.shape[1] if flat.ndim == 2 else 1
         if flat.ndim != 2 or per_row != int(np.prod(shape)):
@@ -202,7 +306,6 @@ def _parquet(cfg: DataConfig) -> Splits:
                 f"data.{field}: rows of column '{cfg.x_column}' hold {per_row} values, "
                 f"data.shape {list(shape)} needs {int(np.prod(shape))}; set data.shape"
             )
-        y = table.column(cfg.y_column).to_numpy()
         return _as_tensors(flat.reshape(-1, *shape), y, "parquet", cfg.x_column, cfg.y_column)
 
     train = open_rows(cfg.path or "", "path")
@@ -217,9 +320,96 @@ def _parquet(cfg: DataConfig) -> Splits:
         rows(open_rows(path, field), field, None) if path else None
         for path, field in ((cfg.val_path, "val_path"), (cfg.test_path, "test_path"))
     )
-    stream = Stream(cfg.path or "", cfg.x_column, cfg.y_column, shape, len(labels))
+    kind = "parquet_images" if encoded(train) else "parquet"
+    shape = tuple(sample[0].shape[1:])
+    for split, field in ((val, "val_path"), (test, "test_path")):
+        if split is not None and tuple(split[0].shape[1:]) != shape:
+            raise ConfigError(
+                f"data.{field} samples have shape {list(split[0].shape[1:])}, data.path's "
+                f"{list(shape)}; they must match (images: set data.image_size)"
+            )
+    stream = Stream(
+        cfg.path or "",
+        cfg.x_column,
+        cfg.y_column,
+        shape,
+        len(labels),
+        kind=kind,
+        image_format=fmt if kind == "parquet_images" else None,
+        seed=seed,
+    )
     seen = [labels, *(s[1].numpy() for s in (val, test) if s is not None)]
     num_classes = int(max(int(a.max()) for a in seen)) + 1
+    return Splits(train=sample, val=val, test=test, num_classes=num_classes, stream=stream)
+
+
+def _images(cfg: DataConfig, seed: int) -> Splits:
+    """A folder of images: listed here; decoded here when it fits in memory (`in_memory`),
+    else only val / test and `probe_samples` random training images are (the rest streams)."""
+    from rayssl.data import images
+
+    fmt = images.ImageFormat.of(cfg)
+    train = images.list_images(cfg.path or "", "path")
+    splits = {}
+    classes = train.classes  # a flat training folder: the first labeled split's classes
+    for field in ("val_path", "test_path"):
+        path = getattr(cfg, field)
+        if path:
+            files = images.list_images(path, field, classes)
+            classes = classes or files.classes
+            if train.labels is not None and files.labels is None:
+                raise ConfigError(
+                    f"data.{field} '{path}' holds no class folders but data.path has them; "
+                    "give it one subfolder per class"
+                )
+            splits[field] = files
+    order = np.random.default_rng(seed).permutation(len(train.paths))
+    if "val_path" not in splits and cfg.val_fraction > 0:
+        n_val = max(1, int(round(len(order) * cfg.val_fraction)))
+        splits["val_path"] = train.subset(sorted(order[:n_val]))
+        train = train.subset(sorted(order[n_val:]))
+        order = np.random.default_rng(seed).permutation(len(train.paths))
+    if cfg.batch_size > len(train.paths):
+        raise ConfigError(
+            f"data.batch_size ({cfg.batch_size}) is larger than the training set "
+            f"({len(train.paths)} images); lower data.batch_size"
+        )
+    first = images.decode(train.read(0), train.paths[0], fmt)
+    in_memory = cfg.in_memory
+    if in_memory == "auto":
+        in_memory = (
+            images.decoded_bytes(len(train.paths), first.shape) <= images.IN_MEMORY_LIMIT_BYTES
+        )
+
+    def load(files: images.ImageFiles, field: str) -> Pair:
+        x = images.decode_files(files, fmt)
+        if x.shape[1:] != first.shape:
+            raise ConfigError(
+                f"data.{field} images are {x.shape[3]}x{x.shape[2]} with {x.shape[1]} "
+                f"channel(s), data.path's {first.shape[2]}x{first.shape[1]} with "
+                f"{first.shape[0]}: set data.image_size"
+            )
+        y = files.labels if files.labels is not None else [-1] * len(files.paths)
+        return torch.from_numpy(x).float().div_(255), torch.tensor(y, dtype=torch.int64)
+
+    val, test = (load(splits[f], f) if f in splits else None for f in ("val_path", "test_path"))
+    stream = None
+    if in_memory:
+        sample = load(train, "path")
+    else:
+        sample = load(train.subset(sorted(order[: cfg.probe_samples])), "path")
+        stream = Stream(
+            train.uri,
+            "x",
+            "y",
+            tuple(first.shape),
+            len(train.paths),
+            kind="image_files",
+            files=train,
+            image_format=fmt,
+            seed=seed,
+        )
+    num_classes = len(classes or [])
     return Splits(train=sample, val=val, test=test, num_classes=num_classes, stream=stream)
 
 
