@@ -213,8 +213,8 @@ def init_ray(cfg: TrainConfig, dashboard: bool = False, streaming: bool = False)
     if not ray.is_initialized():
         joining = bool(os.environ.get("RAY_ADDRESS"))
         cpus = float(os.cpu_count() or 1)
-        if not joining:
-            os.environ.setdefault("RAY_DATA_LOGGING_CONFIG", str(RAY_DATA_LOGGING))  # a local Ray gets this machine's CPUs: refuse before starting it
+        if not joining:  # a local Ray gets this machine's CPUs: refuse before starting it
+            os.environ.setdefault("RAY_DATA_LOGGING_CONFIG", str(RAY_DATA_LOGGING))
             _check_fits(cfg, {"CPU": cpus}, gpus_known=False)
             if streaming:
                 cpus = max(cpus, cfg.num_workers * cfg.cpus_per_worker + DATA_CPUS)
