@@ -31,7 +31,7 @@ BAD_VALUES = [
     ({"data": {"val_fraction": 1.0}}, "data.val_fraction: Input should be less than 1"),
     (
         {"data": {"name": "imagenet"}},
-        "data.name: Input should be 'mnist1d', 'digits', 'synthetic', 'npz' or 'parquet'",
+        "data.name: Input should be 'mnist1d', 'digits', 'synthetic', 'npz', 'parquet' or 'images'",
     ),
     ({"data": {"name": "npz", "path": "/nonexistent/x.npz"}}, "does not exist"),
     ({"backbone": {"name": "no_such_pkg.nets:big"}}, "cannot import module 'no_such_pkg.nets'"),

@@ -1,4 +1,4 @@
-"""`rayssl train` (and later `tune`, `eval`). Exit codes: 0 success, 1 failed run, 2 bad input."""
+"""`rayssl train`, `tune`, `eval`, `demo-images`. Exits: 0 success, 1 failed run, 2 bad input."""
 
 from __future__ import annotations
 
@@ -95,6 +95,28 @@ def evaluate(path: str, knn_k: int | None) -> None:
     except ConfigError as exc:
         _fail(str(exc), EXIT_BAD_INPUT)
     click.echo("  ".join(f"{k} {v:.4f}" for k, v in metrics.items()))
+
+
+@main.command("demo-images")
+@click.argument("out", type=click.Path(file_okay=False))
+@click.option("--train", "n_train", type=click.IntRange(min=10), default=5000, show_default=True)
+@click.option("--test", "n_test", type=click.IntRange(min=10), default=1000, show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True)
+def demo_images(out: str, n_train: int, n_test: int, seed: int) -> None:
+    """Render the offline demo image set into OUT: scikit-learn's digits as 32x32 RGB PNGs
+    with random sizes, positions, colours and backgrounds (OUT/train/<digit>/, OUT/test/)."""
+    from pathlib import Path
+
+    from rayssl.data.demo import write_digit_images
+
+    if Path(out).exists() and any(Path(out).iterdir()):
+        _fail(f"'{out}' exists and is not empty; give a new folder", EXIT_BAD_INPUT)
+    started = time.time()
+    write_digit_images(out, train=n_train, test=n_test, seed=seed)
+    click.echo(
+        f"rayssl: wrote {n_train} training and {n_test} test images to {out}/train and "
+        f"{out}/test in {time.time() - started:.1f}s"
+    )
 
 
 if __name__ == "__main__":
