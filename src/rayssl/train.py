@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import tempfile
 import time
 from collections.abc import Callable
@@ -426,10 +427,18 @@ def fit(
     return summary
 
 
+RAYSSL_ERROR_LINE = re.compile(r"\s*rayssl\.(?:\w+\.)*(\w+Error: .*)$")
+
+
 def worker_error(exc: Exception) -> str:
     """The first worker's own error line, without Ray's traceback around it."""
     failures = getattr(exc, "worker_failures", None) or {}
     for _, failure in sorted(failures.items()):
+        # an error raised by rayssl's code in another Ray process (a Ray Data task decoding
+        # an image) reaches us only as text inside Ray's wrapper: its own line names the file
+        own = [m.group(1) for m in map(RAYSSL_ERROR_LINE.match, str(failure).splitlines()) if m]
+        if own:
+            return own[-1]
         cause = getattr(failure, "cause", None) or failure
         text = f"{type(cause).__name__}: {cause}"
         return text.strip().splitlines()[-1] if "Traceback" in text else text.splitlines()[0]

@@ -181,7 +181,8 @@ def _as_tensors(x, y, source: str, xname: str, yname: str) -> Pair:
         raise ConfigError(f"data '{source}': {yname} must hold integer class labels, got {y.dtype}")
     if len(y) and y.min() < 0:
         raise ConfigError(f"data '{source}': {yname} must hold labels >= 0, found {int(y.min())}")
-    return torch.as_tensor(x, dtype=torch.float32), torch.as_tensor(y, dtype=torch.int64)
+    # copies where needed: arrays from pyarrow are read-only, which torch does not support
+    return torch.tensor(x, dtype=torch.float32), torch.tensor(y, dtype=torch.int64)
 
 
 def _cache_dir(cfg: DataConfig) -> Path:

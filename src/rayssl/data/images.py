@@ -63,6 +63,11 @@ def decode(data: bytes, name: str, fmt: ImageFormat) -> np.ndarray:
             if fmt.size is not None and image.size != (fmt.size[1], fmt.size[0]):
                 image = image.resize((fmt.size[1], fmt.size[0]), Image.Resampling.BILINEAR)
             array = np.asarray(image, dtype=np.uint8)
+    except Image.UnidentifiedImageError:
+        raise ImageDecodeError(
+            f"image '{name}' cannot be decoded (not an image format PIL reads); "
+            "remove or replace the file"
+        ) from None
     except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
         raise ImageDecodeError(
             f"image '{name}' cannot be decoded ({type(exc).__name__}: {exc}); "

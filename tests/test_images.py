@@ -1,0 +1,340 @@
+"""Image folders end to end, on real PNG files made at test time (the offline digit renderer):
+listing and labels, decoding in memory and in Ray Data tasks, Parquet image bytes, bad
+input, streamed and local-mode SSL runs."""
+
+from __future__ import annotations
+
+import hashlib
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import torch
+from click.testing import CliRunner
+from PIL import Image
+
+from rayssl.cli import main
+from rayssl.config import ConfigError, DataConfig, load_train_config
+from rayssl.data.datasets import load_splits
+from rayssl.data.demo import write_digit_images
+from rayssl.data.images import list_images
+from rayssl.train import RunFailed, fit
+
+SSL = {
+    "method": "simclr",
+    "epochs": 1,
+    "backbone": {"name": "cnn2d", "width": 4, "depth": 2},
+    "simclr": {"temperature": 0.5},
+    "eval": {"every": 1, "linear_probe": False},
+}
+
+
+@pytest.fixture(scope="module")
+def digits(tmp_path_factory) -> Path:
+    """`root/train/<digit>/*.png` (240) and `root/test/<digit>/*.png` (80), 32x32 RGB."""
+    root = tmp_path_factory.mktemp("digits")
+    write_digit_images(root, train=240, test=80, seed=0)
+    return root
+
+
+def _pixels(path: Path, mode: str = "RGB") -> np.ndarray:
+    with Image.open(path) as image:
+        array = np.asarray(image.convert(mode), dtype=np.uint8)
+    return array[None] if array.ndim == 2 else array.transpose(2, 0, 1)
+
+
+def _files(root: Path) -> list[Path]:
+    return sorted(root.rglob("*.png"))
+
+
+def _flat_copy(src: Path, dst: Path, count: int) -> Path:
+    dst.mkdir(parents=True)
+    for i, path in enumerate(_files(src)[:count]):
+        shutil.copy(path, dst / f"{i:05d}.png")
+    return dst
+
+
+def _digest(x: np.ndarray | torch.Tensor) -> str:
+    return hashlib.sha1(np.ascontiguousarray(np.asarray(x, dtype=np.uint8)).tobytes()).hexdigest()
+
+
+# ============================================================================ reading
+
+
+def test_image_folder_labels_index_the_sorted_class_folders(digits):
+    files = list_images(str(digits / "train"), "path")
+    assert files.classes == [str(d) for d in range(10)]
+    assert len(files.paths) == 240
+    for path, label in zip(files.paths, files.labels, strict=True):
+        assert Path(path).parent.name == str(label)
+
+
+def test_in_memory_images_hold_the_decoded_pixels_and_labels(digits):
+    cfg = DataConfig(
+        name="images",
+        path=str(digits / "train"),
+        test_path=str(digits / "test"),
+        val_fraction=0.0,
+        batch_size=32,
+    )
+    splits = load_splits(cfg)
+    assert splits.stream is None  # 240 small images: auto keeps them in memory
+    assert splits.num_classes == 10 and splits.labeled
+    x, y = splits.train
+    assert x.shape == (240, 3, 32, 32) and x.dtype == torch.float32
+    expected = {(int(p.parent.name), _digest(_pixels(p))) for p in _files(digits / "train")}
+    got = {(int(label), _digest((xi * 255).round())) for xi, label in zip(x, y, strict=True)}
+    assert got == expected
+    assert splits.test[0].shape == (80, 3, 32, 32)
+
+
+def test_image_size_and_grayscale_resize_and_convert(digits):
+    cfg = DataConfig(
+        name="images",
+        path=str(digits / "train"),
+        image_size=16,
+        color="grayscale",
+        val_fraction=0.25,
+        batch_size=32,
+    )
+    splits = load_splits(cfg)
+    assert splits.train[0].shape == (180, 1, 16, 16)
+    assert splits.val[0].shape == (60, 1, 16, 16)  # val_fraction of the folder, held out
+
+
+def test_a_flat_folder_has_no_labels_and_probes_on_the_labeled_split(digits, tmp_path):
+    flat = _flat_copy(digits / "train", tmp_path / "flat", 64)
+    alone = load_splits(DataConfig(name="images", path=str(flat), val_fraction=0, batch_size=16))
+    assert not alone.labeled and alone.probe_sets() is None
+    with_test = load_splits(
+        DataConfig(
+            name="images",
+            path=str(flat),
+            test_path=str(digits / "test"),
+            val_fraction=0,
+            batch_size=16,
+        )
+    )
+    assert with_test.num_classes == 10
+    fit_set, score_set = with_test.probe_sets()
+    assert len(fit_set[0]) + len(score_set[0]) == 80  # halves of the labeled test split
+    assert (fit_set[1] >= 0).all() and (score_set[1] >= 0).all()
+
+
+def test_in_memory_false_streams_the_folder(digits):
+    cfg = DataConfig(
+        name="images",
+        path=str(digits / "train"),
+        in_memory=False,
+        probe_samples=50,
+        val_fraction=0,
+        batch_size=32,
+    )
+    splits = load_splits(cfg)
+    assert splits.stream is not None and splits.stream.kind == "image_files"
+    assert splits.stream.num_rows == 240 and splits.stream.shape == (3, 32, 32)
+    assert splits.train[0].shape == (50, 3, 32, 32)  # probe / statistics sample only
+
+
+# ============================================================================ bad input
+
+
+def _bad_cases(digits: Path, tmp: Path) -> list[tuple[dict, str]]:
+    corrupt = tmp / "corrupt"
+    shutil.copytree(digits / "train", corrupt)
+    (corrupt / "4" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n not an image")
+    truncated = tmp / "truncated"
+    shutil.copytree(digits / "train", truncated)
+    whole = (truncated / "7").iterdir().__next__()
+    whole.write_bytes(whole.read_bytes()[:200])
+    mixed = tmp / "mixed"
+    shutil.copytree(digits / "train", mixed)
+    Image.new("RGB", (40, 24)).save(mixed / "2" / "wide.png")
+    missing = tmp / "missing_class"
+    shutil.copytree(digits / "test", missing)
+    shutil.rmtree(missing / "9")
+    layout = tmp / "layout"
+    shutil.copytree(digits / "train", layout)
+    shutil.copy(next((layout / "1").iterdir()), layout / "loose.png")
+    (tmp / "empty").mkdir()
+    (tmp / "empty" / "notes.txt").write_text("no images here")
+    flat = _flat_copy(digits / "train", tmp / "flat", 64)
+    train = str(digits / "train")
+    return [
+        ({"path": str(corrupt)}, "broken.png' cannot be decoded"),
+        ({"path": str(truncated)}, f"{whole.name}' cannot be decoded"),
+        ({"path": str(mixed)}, "wide.png' is 40x24, others are 32x32: set data.image_size"),
+        ({"path": train, "test_path": str(missing)}, "lacks the class folder(s) 9"),
+        ({"path": str(layout)}, "use one layout"),
+        ({"path": str(tmp / "empty")}, "holds no images"),
+        ({"path": str(tmp / "nowhere")}, "data.path"),
+        ({"path": str(flat), "_supervised": True}, "holds images without labels"),
+    ]
+
+
+def test_bad_image_input_is_one_line_and_writes_nothing(digits, tmp_path, write_config):
+    for data, expected in _bad_cases(digits, tmp_path):
+        supervised = data.pop("_supervised", False)
+        cfg = {
+            **({} if supervised else SSL),
+            "num_workers": 2,
+            "data": {"name": "images", "batch_size": 16, "val_fraction": 0, **data},
+        }
+        if supervised:
+            cfg["backbone"] = SSL["backbone"]
+        storage = tmp_path / "runs"
+        result = CliRunner().invoke(main, ["train", str(write_config(cfg))])
+        assert result.exit_code == 2, (expected, result.output)
+        lines = result.output.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith("rayssl: error:"), result.output
+        assert expected in lines[0], (expected, lines[0])
+        assert "Traceback" not in result.output
+        assert not storage.exists()
+
+
+def test_a_truncated_file_is_refused_by_load_splits(digits, tmp_path):
+    """The decode forces a full read: a PNG cut short fails here, not in a worker later."""
+    folder = tmp_path / "t"
+    shutil.copytree(digits / "test", folder)
+    victim = sorted((folder / "0").iterdir())[0]
+    victim.write_bytes(victim.read_bytes()[:-40])
+    with pytest.raises(ConfigError, match=victim.name):
+        load_splits(DataConfig(name="images", path=str(folder), val_fraction=0, batch_size=8))
+
+
+# ============================================================================ Ray Data
+
+
+def test_streamed_folder_yields_every_image_once_with_its_label(ray_session, digits):
+    cfg = DataConfig(
+        name="images",
+        path=str(digits / "train"),
+        in_memory=False,
+        probe_samples=16,
+        val_fraction=0,
+        batch_size=32,
+    )
+    rows = load_splits(cfg).stream.dataset().take_all()
+    got = sorted((int(r["y"]), _digest(r["x"])) for r in rows)
+    expected = sorted((int(p.parent.name), _digest(_pixels(p))) for p in _files(digits / "train"))
+    assert got == expected
+
+
+def test_parquet_image_bytes_decode_in_ray_data(ray_session, digits, tmp_path):
+    paths = _files(digits / "train")[:96]
+    table = pa.table(
+        {
+            "image": pa.array([p.read_bytes() for p in paths], type=pa.binary()),
+            "label": pa.array([int(p.parent.name) for p in paths], type=pa.int64()),
+        }
+    )
+    folder = tmp_path / "pq"
+    folder.mkdir()
+    pq.write_table(table.slice(0, 48), folder / "part-0.parquet")
+    pq.write_table(table.slice(48), folder / "part-1.parquet")
+    cfg = DataConfig(
+        name="parquet",
+        path=str(folder),
+        x_column="image",
+        y_column="label",
+        image_size=16,
+        probe_samples=20,
+        batch_size=16,
+    )
+    splits = load_splits(cfg)
+    assert splits.stream.kind == "parquet_images" and splits.sample_shape == (3, 16, 16)
+    rows = splits.stream.dataset().take_all()
+    assert len(rows) == 96
+
+    def resized(p: Path) -> np.ndarray:
+        with Image.open(p) as image:
+            small = image.convert("RGB").resize((16, 16), Image.Resampling.BILINEAR)
+        return np.asarray(small, dtype=np.uint8).transpose(2, 0, 1)
+
+    got = sorted((int(r["label"]), _digest(r["image"])) for r in rows)
+    assert got == sorted((int(p.parent.name), _digest(resized(p))) for p in paths)
+
+
+def test_simclr_streams_an_image_folder_to_two_workers(ray_session, digits, write_config):
+    data = {
+        "name": "images",
+        "path": str(digits / "train"),
+        "test_path": str(digits / "test"),
+        "in_memory": False,
+        "val_fraction": 0,
+        "batch_size": 32,
+        "probe_samples": 120,
+        "augment": {"preset": "simclr"},
+    }
+    cfg = load_train_config(write_config({**SSL, "epochs": 2, "data": data}))
+    summary = fit(cfg)
+    assert summary["global_steps"] == 2 * (240 // 2 // 16)  # each worker: 120 images, batch 16
+    assert all(np.isfinite(h["train_loss"]) for h in summary["history"])
+    assert 0.0 <= summary["history"][-1]["knn_acc"] <= 1.0
+
+
+def test_a_corrupt_file_found_mid_stream_names_it(ray_session, digits, tmp_path, write_config):
+    folder = tmp_path / "train"
+    shutil.copytree(digits / "train", folder)
+    probe_samples = 16
+    # a file that the driver's probe sample (the seed's first `probe_samples` of the shuffled
+    # listing) does not decode, so only a Ray Data task meets it
+    paths = list_images(str(folder), "path").paths
+    order = np.random.default_rng(0).permutation(len(paths))
+    victim = Path(paths[int(order[-1])])
+    victim.write_bytes(b"garbage")
+    data = {
+        "name": "images",
+        "path": str(folder),
+        "in_memory": False,
+        "val_fraction": 0,
+        "batch_size": 32,
+        "probe_samples": probe_samples,
+    }
+    cfg = load_train_config(write_config({**SSL, "seed": 0, "eval": {"every": 0}, "data": data}))
+    with pytest.raises(RunFailed, match=f"{victim.parent.name}/{victim.name}' cannot be decoded"):
+        fit(cfg)
+
+
+# ============================================================================ local mode, CLI
+
+
+def test_flat_folder_ssl_in_local_mode_probes_on_labeled_test(digits, tmp_path, write_config):
+    flat = _flat_copy(digits / "train", tmp_path / "flat", 128)
+    data = {
+        "name": "images",
+        "path": str(flat),
+        "test_path": str(digits / "test"),
+        "val_fraction": 0,
+        "batch_size": 32,
+        "augment": {"preset": "byol"},
+    }
+    cfg = load_train_config(write_config({**SSL, "num_workers": 0, "data": data}))
+    summary = fit(cfg)
+    assert summary["global_steps"] == 128 // 32
+    assert 0.0 <= summary["history"][-1]["knn_acc"] <= 1.0
+
+
+def test_flat_folder_without_labels_skips_probes_with_a_note(digits, tmp_path, write_config):
+    flat = _flat_copy(digits / "train", tmp_path / "flat", 64)
+    data = {"name": "images", "path": str(flat), "val_fraction": 0, "batch_size": 32}
+    config = write_config({**SSL, "num_workers": 0, "data": data})
+    result = CliRunner().invoke(main, ["train", str(config)])
+    assert result.exit_code == 0, result.output
+    assert "note: probes skipped" in result.output
+    assert "knn_acc" not in result.output
+
+
+def test_demo_images_command_writes_image_folders(tmp_path):
+    out = tmp_path / "demo"
+    result = CliRunner().invoke(main, ["demo-images", str(out), "--train", "30", "--test", "10"])
+    assert result.exit_code == 0, result.output
+    assert len(_files(out / "train")) == 30 and len(_files(out / "test")) == 10
+    with Image.open(_files(out / "train")[0]) as image:
+        assert image.size == (32, 32) and image.mode == "RGB"
+    again = CliRunner().invoke(main, ["demo-images", str(out)])
+    assert again.exit_code == 2 and "not empty" in again.output
+    assert len(_files(out / "train")) == 30
