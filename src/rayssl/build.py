@@ -64,9 +64,19 @@ def optimizer_setup(cfg: TrainConfig) -> dict[str, Any]:
     }
 
 
-def build_backbone(cfg: TrainConfig, sample_shape: tuple[int, ...]) -> nn.Module:
+def build_backbone(
+    cfg: TrainConfig, sample_shape: tuple[int, ...], weights: Any = None
+) -> nn.Module:
+    """The configured backbone; `weights`: a `pretrained.Pretrained` to start from."""
     spec = cfg.backbone
-    return nets.call_factory(spec.factory(nets.BACKBONES), spec.kwargs, input_shape=sample_shape)
+    backbone = nets.call_factory(
+        spec.factory(nets.BACKBONES), spec.kwargs, input_shape=sample_shape
+    )
+    if weights is not None:
+        from rayssl.pretrained import load_into
+
+        load_into(backbone, weights, cfg.backbone.model_dump(), cfg.backbone.init_from)
+    return backbone
 
 
 def build_method(
@@ -75,10 +85,13 @@ def build_method(
     num_classes: int,
     selection_sample: torch.Tensor | None = None,
     broadcast: Callable[[Any], Any] | None = None,
+    pretrained: Any = None,
 ) -> Method:
     """Build the configured method. Call under the same seed on every rank. LFR selects its
-    targets on `selection_sample`; `broadcast` shares rank 0's choice with every rank."""
-    backbone = build_backbone(cfg, sample_shape)
+    targets on `selection_sample`; `broadcast` shares rank 0's choice with every rank.
+    `pretrained` (`backbone.init_from`, read once on the driver) is loaded into the backbone
+    before the method wraps it, so BYOL's momentum copy starts from it too."""
+    backbone = build_backbone(cfg, sample_shape, pretrained)
     features = nets.output_features(backbone, sample_shape)
     setup = optimizer_setup(cfg)
     if cfg.method == "byol":
@@ -142,5 +155,6 @@ def build_method(
         val_metrics=metrics(),
         test_metrics=metrics(),
         freeze_backbone=cfg.supervised.freeze_backbone,
+        backbone_lr_scale=cfg.optimizer.backbone_lr_scale,
         **setup,
     )

@@ -1,4 +1,4 @@
-"""`rayssl train`, `tune`, `eval`, `demo-images`. Exits: 0 success, 1 failed run, 2 bad input."""
+"""The `rayssl` commands. Exit codes: 0 success, 1 failed run, 2 bad input."""
 
 from __future__ import annotations
 
@@ -95,6 +95,34 @@ def evaluate(path: str, knn_k: int | None) -> None:
     except ConfigError as exc:
         _fail(str(exc), EXIT_BAD_INPUT)
     click.echo("  ".join(f"{k} {v:.4f}" for k, v in metrics.items()))
+
+
+@main.command("export")
+@click.argument("path")
+@click.option("--out", required=True, type=click.Path(dir_okay=False), help="File to write.")
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(["state_dict", "torchscript"]),
+    default="state_dict",
+    show_default=True,
+    help="A state_dict with what rebuilds the network, or a traced TorchScript module.",
+)
+def export_command(path: str, out: str, fmt: str) -> None:
+    """Write the backbone of a run (its newest checkpoint) or of a checkpoint folder to OUT,
+    for use outside rayssl or as another run's backbone.init_from."""
+    from rayssl.pretrained import export
+
+    try:
+        pretrained = export(path, out, fmt)
+    except ConfigError as exc:
+        _fail(str(exc), EXIT_BAD_INPUT)
+    source = pretrained.source
+    click.echo(
+        f"rayssl: wrote the {source['method']} backbone {pretrained.describe()} of "
+        f"{source['checkpoint']} (epoch {source['epoch']}, input "
+        f"{pretrained.input_shape}) to {out} ({fmt})"
+    )
 
 
 @main.command("demo-images")

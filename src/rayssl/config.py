@@ -196,6 +196,11 @@ class NetConfig(Strict):
 
     model_config = ConfigDict(extra="allow", validate_assignment=True)
     name: str
+    init_from: str | None = Field(
+        None,
+        description="backbone only: start from the backbone of a run folder, a checkpoint "
+        "folder or a `rayssl export` file (local or a URI)",
+    )
 
     @property
     def kwargs(self) -> dict[str, Any]:
@@ -241,6 +246,9 @@ class OptimizerConfig(Strict):
     weight_decay: float = Field(0.0, ge=0.0)
     momentum: float = Field(0.9, ge=0.0, lt=1.0, description="sgd only")
     betas: tuple[float, float] = (0.9, 0.999)
+    backbone_lr_scale: float = Field(
+        1.0, gt=0.0, le=10.0, description="supervised: backbone lr = lr x this (fine-tuning)"
+    )
 
 
 class LRSchedulerConfig(Strict):
@@ -379,6 +387,13 @@ class TrainConfig(Strict):
                 f"({self.num_workers}): it is the global batch, split evenly across workers"
             )
         self._check_monitor()
+        if self.head.init_from is not None:
+            raise ValueError("head.init_from: only the backbone starts from another run")
+        if self.optimizer.backbone_lr_scale != 1.0 and self.method != "supervised":
+            raise ValueError(
+                f"optimizer.backbone_lr_scale scales a supervised run's backbone lr; a "
+                f"{self.method} run trains its backbone at optimizer.lr: remove it"
+            )
         from rayssl import nets
 
         for section, registry in (("backbone", nets.BACKBONES), ("head", nets.HEADS)):

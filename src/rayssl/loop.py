@@ -22,7 +22,14 @@ from torch import nn
 from torchmetrics import MeanMetric
 
 from rayssl.config import TrainConfig
-from rayssl.data import Augment, Splits, StreamedBatches, TensorBatches, input_normalizer
+from rayssl.data import (
+    Augment,
+    Splits,
+    StreamedBatches,
+    TensorBatches,
+    input_normalizer,
+    input_statistics,
+)
 from rayssl.methods import Method
 from rayssl.state import capture_rng, restore_rng
 
@@ -154,6 +161,13 @@ class Loop:
         )
         self.augment = Augment(cfg.data.augment)
         self.normalize = input_normalizer(cfg.data, splits) or (lambda x: x)
+        # what a sample looks like to the backbone, saved with every checkpoint for
+        # `rayssl export` and `backbone.init_from`: its shape and normalisation
+        stats = input_statistics(cfg.data, splits)
+        self.input_record = {
+            "shape": list(splits.sample_shape),
+            "normalize": {"mean": stats[0].tolist(), "std": stats[1].tolist()} if stats else None,
+        }
         self.generator = torch.Generator(device=self.device)
         self.eval_generator = torch.Generator(device=self.device)
         self.train_loss = MeanMetric().to(self.device)
@@ -458,6 +472,7 @@ class Loop:
             "method_extra": self.method.extra_state(),
             "rng": rng_states if rng_states is not None else [capture_rng()],
             "world_size": self.world_size,
+            "input": self.input_record,
         }
 
     def adopt_hyperparameters(self, saved_config: dict[str, Any]) -> None:
@@ -531,6 +546,7 @@ def build_loop(
         splits.num_classes,
         selection_sample=splits.train[0],
         broadcast=broadcast,
+        pretrained=splits.pretrained,
     )
     seed_everything(cfg.seed + 7919 * (rank + 1))  # then per-rank randomness (e.g. dropout)
     return Loop(

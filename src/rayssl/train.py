@@ -177,10 +177,18 @@ def preflight(cfg: TrainConfig) -> tuple[Splits, dict[str, torch.Tensor]]:
             f"performance.channels_last needs image samples (C, H, W); data '{cfg.data.name}' "
             f"gives {splits.sample_shape}: set performance.channels_last=false"
         )
+    if cfg.backbone.init_from:
+        from rayssl import pretrained
+
+        splits.pretrained = pretrained.read(cfg.backbone.init_from)
     try:
         seed_everything(cfg.seed)
         method = build_method(
-            cfg, splits.sample_shape, splits.num_classes, selection_sample=splits.train[0]
+            cfg,
+            splits.sample_shape,
+            splits.num_classes,
+            selection_sample=splits.train[0],
+            pretrained=splits.pretrained,
         )
         method.eval()
         x = splits.train[0][:2]
@@ -188,6 +196,8 @@ def preflight(cfg: TrainConfig) -> tuple[Splits, dict[str, torch.Tensor]]:
             method.validation_step(
                 (tuple([x] * method.num_views) if method.num_views > 1 else x, splits.train[1][:2])
             )
+    except ConfigError:  # its own line already (backbone.init_from that does not fit)
+        raise
     except (RuntimeError, ValueError, TypeError) as exc:
         first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise ConfigError(

@@ -2,7 +2,7 @@
 
 from rayssl.data.augment import Augment
 from rayssl.data.batches import StreamedBatches, TensorBatches
-from rayssl.data.datasets import Splits, input_normalizer, load_splits
+from rayssl.data.datasets import Splits, input_normalizer, input_statistics, load_splits
 
 __all__ = [
     "Augment",
@@ -10,5 +10,6 @@ __all__ = [
     "StreamedBatches",
     "TensorBatches",
     "input_normalizer",
+    "input_statistics",
     "load_splits",
 ]

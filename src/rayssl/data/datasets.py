@@ -99,6 +99,9 @@ class Splits:
     test: Pair | None
     num_classes: int
     stream: Stream | None = None
+    # `backbone.init_from`'s weights (a `pretrained.Pretrained`), read once on the driver:
+    # they travel to every worker and trial with the data, whatever storage they came from
+    pretrained: Any = None
 
     @property
     def sample_shape(self) -> tuple[int, ...]:
@@ -420,10 +423,10 @@ def channel_statistics(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return x.mean(dim=dims), x.std(dim=dims).clamp_min(1e-6)
 
 
-def input_normalizer(cfg: DataConfig, splits: Splits):
-    """The configured `(x - mean) / std` over the channel axis, or None. 'dataset' reads the
-    statistics from the training split (the in-memory rows, for a stream), so every rank and
-    `rayssl eval` compute the same numbers."""
+def input_statistics(cfg: DataConfig, splits: Splits) -> tuple[torch.Tensor, ...] | None:
+    """The per-channel (mean, std) of `data.normalize`, or None. 'dataset' reads them from
+    the training split (the in-memory rows, for a stream), so every rank and `rayssl eval`
+    compute the same numbers."""
     if cfg.normalize is None:
         return None
     if cfg.normalize == "dataset":
@@ -436,8 +439,16 @@ def input_normalizer(cfg: DataConfig, splits: Splits):
                 f"data.normalize has {len(mean)} channel values, samples have {channels} "
                 f"channels (shape {list(splits.sample_shape)})"
             )
+    return mean.float(), std.float()
+
+
+def input_normalizer(cfg: DataConfig, splits: Splits):
+    """The configured `(x - mean) / std` over the channel axis (`input_statistics`), or None."""
+    stats = input_statistics(cfg, splits)
+    if stats is None:
+        return None
     shape = (1, -1, *([1] * (len(splits.sample_shape) - 1)))
-    mean, std = mean.view(shape), std.view(shape)
+    mean, std = (v.view(shape) for v in stats)
 
     def normalize(x: torch.Tensor) -> torch.Tensor:
         return (x - mean.to(x.device, x.dtype)) / std.to(x.device, x.dtype)

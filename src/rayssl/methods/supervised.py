@@ -32,6 +32,7 @@ class SimpleSupervisedModel(Method):
         val_metrics: dict[str, Metric] | None = None,
         test_metrics: dict[str, Metric] | None = None,
         freeze_backbone: bool = False,
+        backbone_lr_scale: float = 1.0,
         optimizer: type[torch.optim.Optimizer] = torch.optim.Adam,
         optimizer_kwargs: dict[str, Any] | None = None,
         lr_scheduler: Callable[..., Any] | None = None,
@@ -45,6 +46,7 @@ class SimpleSupervisedModel(Method):
         self.learning_rate = learning_rate
         self.flatten = flatten
         self.freeze_backbone = freeze_backbone
+        self.backbone_lr_scale = backbone_lr_scale
         self.optimizer = optimizer
         self.optimizer_kwargs = dict(optimizer_kwargs or {})
         self.lr_scheduler = lr_scheduler
@@ -56,6 +58,19 @@ class SimpleSupervisedModel(Method):
         if freeze_backbone:
             # Frozen before any DDP wrapping, so DDP never registers these parameters.
             self.backbone.requires_grad_(False)
+
+    def param_groups(self) -> list[dict[str, Any]]:
+        """Backbone and the rest; the backbone's lr is `backbone_lr_scale` x the lr (a
+        fine-tune that moves pretrained weights less than the new head)."""
+        if self.backbone_lr_scale == 1.0:
+            return super().param_groups()
+        ids = {id(p) for p in self.backbone.parameters()}
+        trained = [p for p in self.parameters() if p.requires_grad]
+        backbone = [p for p in trained if id(p) in ids]
+        groups = [{"params": [p for p in trained if id(p) not in ids]}]
+        if backbone:
+            groups.append({"params": backbone, "lr": self.learning_rate * self.backbone_lr_scale})
+        return groups
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.freeze_backbone:

@@ -1,0 +1,235 @@
+"""Backbones across runs: read the trained backbone of a run, a checkpoint or an export
+(`backbone.init_from`), load it into another run's backbone, and write it out for use
+outside rayssl (`rayssl export`).
+
+Every method keeps the network it trains under `backbone` (BYOL: the online one; the
+momentum copy is `backbone_momentum`), so a method's backbone is the `backbone.*` part of
+its state dict. An export is one `torch.save` file of plain data: the state dict, the
+factory name and kwargs that rebuild the network, the input shape and normalisation, and
+where it came from; `load_exported` rebuilds it without Ray or a rayssl config.
+"""
+
+from __future__ import annotations
+
+import io
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from rayssl.config import ConfigError
+
+EXPORT_FORMAT = "rayssl-backbone/1"
+PREFIX = "backbone."
+
+
+@dataclass
+class Pretrained:
+    """A trained backbone: its weights and what rebuilds it."""
+
+    state: dict[str, torch.Tensor]
+    spec: dict[str, Any]  # {"name": factory, **kwargs}: the run's `backbone` section
+    input_shape: list[int] | None
+    normalize: dict[str, list[float]] | None  # {"mean", "std"} per channel, or None
+    source: dict[str, Any] = field(default_factory=dict)  # run, checkpoint, method, epoch
+
+    def describe(self) -> str:
+        kwargs = ", ".join(f"{k} {v}" for k, v in sorted(self.spec.items()) if k != "name")
+        return f"{self.spec['name']}" + (f" ({kwargs})" if kwargs else "")
+
+
+def read(path: str, field_name: str = "backbone.init_from") -> Pretrained:
+    """The backbone of `path`: a run directory (its newest registered checkpoint, so a
+    running run works too), a checkpoint directory, or a file written by `rayssl export`.
+    Local paths or any URI the run's storage takes."""
+    from rayssl.state import STATE_FILE
+
+    if path.endswith((".pt", ".pth")) and "://" not in path and Path(path).is_file():
+        return _read_export(path, field_name)
+    state, where = _read_state(path, field_name, STATE_FILE)
+    model = state["model"]
+    weights = {k[len(PREFIX) :]: v for k, v in model.items() if k.startswith(PREFIX)}
+    if not weights:
+        raise ConfigError(f"{field_name} '{path}': its checkpoint holds no backbone weights")
+    cfg = state["config"]
+    spec = {k: v for k, v in cfg["backbone"].items() if k != "init_from"}
+    shape = state.get("input", {}).get("shape")
+    if shape is None:  # checkpoints written before the input record: ask the data
+        from rayssl.config import validate_train_config
+        from rayssl.data import load_splits
+
+        shape = list(load_splits(validate_train_config(cfg).data, cfg["seed"]).sample_shape)
+    stats = state.get("input", {}).get("normalize")
+    return Pretrained(
+        weights,
+        spec,
+        shape,
+        stats,
+        {
+            **where,
+            "method": cfg["method"],
+            "epoch": state["loop"]["epoch"],
+        },
+    )
+
+
+def _read_state(path: str, field_name: str, state_file: str) -> tuple[dict, dict[str, str]]:
+    """The training state at `path` (a run or checkpoint directory, local or a URI)."""
+    import pyarrow.fs as pafs
+
+    from rayssl.storage import Storage
+
+    where = path.rstrip("/") if "://" in path else str(Path(path).expanduser().resolve())
+    try:
+        fs, base = pafs.FileSystem.from_uri(where)
+        if fs.get_file_info(base).type != pafs.FileType.Directory:
+            raise ConfigError(
+                f"{field_name} '{path}' is not a run or checkpoint folder, nor a .pt file "
+                "written by rayssl export"
+            )
+        if fs.get_file_info(f"{base}/{state_file}").type == pafs.FileType.File:
+            found, record = f"{base}/{state_file}", {"checkpoint": where}
+        else:
+            parent, run = where.rsplit("/", 1)
+            latest = Storage(parent).latest_checkpoint(run)
+            if latest is None:
+                raise ConfigError(
+                    f"{field_name} '{path}' holds neither {state_file} nor a checkpoint "
+                    "registered by Ray or rayssl; give a run folder with at least one "
+                    "finished epoch, or a checkpoint folder"
+                )
+            found, record = f"{base}/{latest}/{state_file}", {"run": where, "checkpoint": latest}
+        with fs.open_input_file(found) as f:
+            data = f.readall()
+    except OSError as exc:
+        raise ConfigError(f"{field_name} '{path}' cannot be read ({exc})") from None
+    try:
+        # weights_only=False: a rayssl state holds RNG tuples and numpy arrays
+        state = torch.load(io.BytesIO(data), map_location="cpu", weights_only=False)
+    except Exception as exc:  # torch raises several types for a foreign or truncated file
+        raise ConfigError(
+            f"{field_name} '{path}': not a rayssl checkpoint ({_first_line(exc)})"
+        ) from None
+    if not isinstance(state, dict) or "model" not in state or "config" not in state:
+        raise ConfigError(f"{field_name} '{path}': not a rayssl checkpoint")
+    return state, record
+
+
+def _first_line(exc: Exception) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+def _read_export(path: str, field_name: str) -> Pretrained:
+    try:
+        data = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch raises several types for a foreign or truncated file
+        raise ConfigError(
+            f"{field_name} '{path}': not a rayssl export ({_first_line(exc)}); give a run "
+            "folder, a checkpoint folder, or a file written by rayssl export"
+        ) from None
+    if not isinstance(data, dict) or data.get("format") != EXPORT_FORMAT:
+        raise ConfigError(
+            f"{field_name} '{path}': not a rayssl export (format {EXPORT_FORMAT}); give a "
+            "run folder, a checkpoint folder, or a file written by rayssl export"
+        )
+    return Pretrained(
+        data["state_dict"],
+        data["backbone"],
+        data["input_shape"],
+        data["normalize"],
+        data["source"],
+    )
+
+
+def load_into(backbone: nn.Module, pretrained: Pretrained, spec: dict[str, Any], path: str):
+    """Copy `pretrained`'s weights into `backbone` (this run's, built from `spec`); a
+    different architecture or shape is one line naming both."""
+    ours = {k: v for k, v in spec.items() if k != "init_from"}
+    mine = Pretrained({}, ours, None, None)
+    expected = backbone.state_dict()
+    missing = sorted(set(expected) - set(pretrained.state))
+    extra = sorted(set(pretrained.state) - set(expected))
+    wrong = [
+        (k, tuple(pretrained.state[k].shape), tuple(v.shape))
+        for k, v in expected.items()
+        if k in pretrained.state and pretrained.state[k].shape != v.shape
+    ]
+    if missing or extra or wrong:
+        if wrong:
+            key, theirs, mine_shape = wrong[0]
+            detail = f"'{key}' is {list(theirs)} there, {list(mine_shape)} here"
+        else:
+            detail = f"weights {', '.join((missing or extra)[:3])} " + (
+                "missing there" if missing else "not in this backbone"
+            )
+        raise ConfigError(
+            f"backbone.init_from '{path}': its backbone {pretrained.describe()} does not fit "
+            f"this run's {mine.describe()} ({detail}); use the same backbone settings"
+        )
+    backbone.load_state_dict(pretrained.state)
+
+
+# ============================================================================ export
+
+
+def export(path: str, out: str, fmt: str = "state_dict") -> Pretrained:
+    """Write the backbone of run / checkpoint `path` to `out`: a `state_dict` export (see
+    the module docstring), or TorchScript (`torch.jit.trace` on the input shape, with the
+    same metadata in the archive's extra files)."""
+    import json
+
+    from rayssl import nets
+    from rayssl.config import NetConfig
+
+    pretrained = read(path, "path")
+    out_path = Path(out)
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    record = {
+        "format": EXPORT_FORMAT,
+        "backbone": pretrained.spec,
+        "input_shape": pretrained.input_shape,
+        "normalize": pretrained.normalize,
+        "source": pretrained.source,
+    }
+    if fmt == "state_dict":
+        torch.save({**record, "state_dict": pretrained.state}, out_path)
+        return pretrained
+    spec = NetConfig(**pretrained.spec)
+    module = nets.call_factory(
+        spec.factory(nets.BACKBONES), spec.kwargs, input_shape=tuple(pretrained.input_shape)
+    )
+    module.load_state_dict(pretrained.state)
+    module.eval()
+    example = torch.zeros(2, *pretrained.input_shape)
+    with torch.no_grad():
+        traced = torch.jit.trace(module, example)
+    torch.jit.save(traced, str(out_path), _extra_files={"rayssl.json": json.dumps(record)})
+    return pretrained
+
+
+def load_exported(path: str | Path) -> tuple[nn.Module, dict[str, Any]]:
+    """Rebuild an export (either format) as an eval-mode module, with its metadata. Needs
+    only torch (and, for a `state_dict` export of a backbone given by import path, that
+    package); no Ray, no config file."""
+    import json
+
+    path = str(path)
+    extra = {"rayssl.json": ""}
+    try:
+        module = torch.jit.load(path, map_location="cpu", _extra_files=extra)
+        return module.eval(), json.loads(extra["rayssl.json"])
+    except RuntimeError:  # not TorchScript: a state_dict export
+        pass
+    from rayssl import nets
+    from rayssl.config import NetConfig
+
+    data = torch.load(path, map_location="cpu", weights_only=True)
+    spec = NetConfig(**data["backbone"])
+    module = nets.call_factory(
+        spec.factory(nets.BACKBONES), spec.kwargs, input_shape=tuple(data["input_shape"])
+    )
+    module.load_state_dict(data["state_dict"])
+    return module.eval(), {k: v for k, v in data.items() if k != "state_dict"}

@@ -1,0 +1,213 @@
+"""Pretrain -> downstream: `backbone.init_from` (runs, checkpoints, exports; BYOL's online
+backbone, SimCLR's, LFR's), linear evaluation and fine-tuning with a scaled backbone lr,
+and `rayssl export` loaded in a fresh process without Ray."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from click.testing import CliRunner
+
+from rayssl.build import build_method, optimizer_setup
+from rayssl.cli import main
+from rayssl.config import ConfigError, validate_train_config
+from rayssl.pretrained import read
+from rayssl.state import load_state, save_state
+from rayssl.train import fit
+
+IMAGES = {"name": "synthetic", "shape": [3, 16, 16], "num_samples": 128, "batch_size": 32}
+BACKBONE = {"name": "cnn2d", "width": 4, "depth": 2}
+METHODS = {  # small heads
+    "byol": {"byol": {"proj_hidden": 16, "proj_dim": 8, "pred_hidden": 16}},
+    "simclr": {"simclr": {"proj_hidden": 16, "proj_dim": 8, "temperature": 0.2}},
+    "lfr": {"lfr": {"num_projectors": 4, "proj_dim": 8, "proj_hidden": 16, "pred_hidden": 16}},
+}
+
+
+def _cfg(method: str, **extra):
+    raw = {
+        "method": method,
+        "data": IMAGES,
+        "backbone": BACKBONE,
+        **METHODS.get(method, {}),
+        **extra,
+    }
+    return validate_train_config(raw)
+
+
+def _checkpoint(tmp: Path, method: str) -> tuple[Path, torch.nn.Module]:
+    """A checkpoint folder of `method` whose backbone differs from any fresh one (and, for
+    BYOL, from its momentum copy), in the layout the loop writes."""
+    cfg = _cfg(method)
+    torch.manual_seed(1)
+    method_ = build_method(cfg, (3, 16, 16), 10)
+    with torch.no_grad():
+        for p in method_.backbone.parameters():
+            p.add_(torch.randn_like(p))
+    state = {
+        "config": cfg.model_dump(mode="json"),
+        "model": method_.state_dict(),
+        "loop": {"epoch": 3},
+        "method_extra": method_.extra_state(),
+        "input": {"shape": [3, 16, 16], "normalize": None},
+    }
+    save_state(state, tmp / method)
+    return tmp / method, method_
+
+
+@pytest.mark.parametrize("method", ["byol", "simclr", "lfr"])
+def test_init_from_loads_each_methods_trained_backbone(tmp_path, method):
+    folder, trained = _checkpoint(tmp_path, method)
+    pretrained = read(str(folder))
+    assert pretrained.source["method"] == method and pretrained.input_shape == [3, 16, 16]
+    # a supervised run built from it starts from exactly those weights
+    cfg = _cfg("supervised", backbone={**BACKBONE, "init_from": str(folder)})
+    fresh = build_method(cfg, (3, 16, 16), 10, pretrained=pretrained)
+    for key, value in trained.backbone.state_dict().items():
+        assert torch.equal(fresh.backbone.state_dict()[key], value), key
+    if method == "byol":  # the online backbone, not the momentum copy
+        momentum = trained.backbone_momentum.state_dict()
+        assert any(
+            not torch.equal(v, momentum[k]) for k, v in trained.backbone.state_dict().items()
+        )
+
+
+def test_byol_started_from_a_backbone_starts_its_momentum_copy_there(tmp_path):
+    folder, trained = _checkpoint(tmp_path, "simclr")
+    cfg = _cfg("byol", backbone={**BACKBONE, "init_from": str(folder)})
+    byol = build_method(cfg, (3, 16, 16), 10, pretrained=read(str(folder)))
+    for key, value in trained.backbone.state_dict().items():
+        assert torch.equal(byol.backbone.state_dict()[key], value)
+        assert torch.equal(byol.backbone_momentum.state_dict()[key], value)
+
+
+def test_backbone_lr_scale_gives_the_backbone_its_own_lr():
+    cfg = _cfg("supervised", optimizer={"lr": 1e-2, "backbone_lr_scale": 0.1})
+    method = build_method(cfg, (3, 16, 16), 10)
+    optimizer, _ = method.configure_optimizers(total_steps=10, steps_per_epoch=5)
+    backbone = {id(p) for p in method.backbone.parameters()}
+    lrs = {id(p): group["lr"] for group in optimizer.param_groups for p in group["params"]}
+    assert all(lrs[i] == pytest.approx(1e-3) for i in backbone)
+    head = [id(p) for p in method.fc.parameters()]
+    assert head and all(lrs[i] == pytest.approx(1e-2) for i in head)
+    assert optimizer_setup(cfg)["learning_rate"] == 1e-2
+    with pytest.raises(ConfigError, match="optimizer.backbone_lr_scale"):
+        validate_train_config(
+            {"method": "simclr", "data": IMAGES, "backbone": BACKBONE,
+             "optimizer": {"backbone_lr_scale": 0.1}}
+        )  # fmt: skip
+
+
+def test_bad_init_from_is_one_line_and_writes_nothing(tmp_path, write_config):
+    folder, _ = _checkpoint(tmp_path, "simclr")
+    (tmp_path / "empty_run").mkdir()
+    (tmp_path / "junk.pt").write_bytes(b"not a checkpoint")
+    cases = [
+        ({**BACKBONE, "width": 8}, folder, "does not fit this run's cnn2d (depth 2, width 8)"),
+        ({"name": "cnn1d", "width": 4}, folder, "does not fit this run's cnn1d"),
+        (BACKBONE, tmp_path / "missing", "is not a run or checkpoint folder"),
+        (BACKBONE, tmp_path / "empty_run", "holds neither state.pt nor a checkpoint"),
+        (BACKBONE, tmp_path / "junk.pt", "not a rayssl export"),
+    ]
+    for backbone, source, expected in cases:
+        data = IMAGES if backbone["name"] == "cnn2d" else {**IMAGES, "shape": [1, 16]}
+        config = write_config(
+            {
+                "method": "supervised",
+                "data": data,
+                "backbone": {**backbone, "init_from": str(source)},
+            }
+        )
+        result = CliRunner().invoke(main, ["train", str(config)])
+        assert result.exit_code == 2, result.output
+        lines = result.output.strip().splitlines()
+        assert len(lines) == 1 and expected in lines[0], (expected, result.output)
+        assert not (tmp_path / "runs").exists()
+
+
+def test_linear_eval_from_a_pretrained_run_on_two_workers(ray_session, write_config, tmp_path):
+    """SimCLR pretrains (2 workers); a supervised run with init_from and a frozen backbone
+    (2 workers) ends with exactly the pretrained backbone, BatchNorm statistics included,
+    and a trained head; an export of either run loads in a fresh process without Ray."""
+    common = {
+        "epochs": 1,
+        "data": {**IMAGES, "augment": {"preset": "simclr"}},
+        "backbone": BACKBONE,
+    }
+    ssl = fit(
+        validate_train_config(
+            {
+                **common,
+                **METHODS["simclr"],
+                "method": "simclr",
+                "name": "ssl",
+                "num_workers": 2,
+                "storage_path": str(tmp_path / "runs"),
+                "eval": {"every": 0},
+            }
+        )
+    )
+    run_dir = Path(ssl["checkpoint"]).parent
+    lin = fit(
+        validate_train_config(
+            {
+                **common,
+                "data": IMAGES,
+                "method": "supervised",
+                "name": "linear",
+                "num_workers": 2,
+                "storage_path": str(tmp_path / "runs"),
+                "backbone": {**BACKBONE, "init_from": str(run_dir)},
+                "supervised": {"freeze_backbone": True},
+                "optimizer": {"lr": 1e-2},
+            }
+        )
+    )
+    before = load_state(ssl["checkpoint"])["model"]
+    after = load_state(lin["checkpoint"])["model"]
+    backbone = [k for k in before if k.startswith("backbone.")]
+    assert backbone
+    for key in backbone:
+        assert torch.equal(before[key], after[key]), key
+    assert lin["history"][-1]["train_loss"] < 2.5  # the head trained (chance: ln 10 = 2.30+)
+
+    # export, then load in a fresh Python process without Ray: same features as the run's
+    x = torch.rand(4, 3, 16, 16, generator=torch.Generator().manual_seed(0))
+    torch.save(x, tmp_path / "x.pt")
+    cfg = validate_train_config(load_state(ssl["checkpoint"])["config"])
+    method = build_method(cfg, (3, 16, 16), 10)
+    method.load_state_dict(before)
+    method.eval()
+    with torch.no_grad():
+        expected = method.backbone(x)
+    for fmt in ("state_dict", "torchscript"):
+        out = tmp_path / f"backbone-{fmt}.pt"
+        result = CliRunner().invoke(
+            main, ["export", str(run_dir), "--out", str(out), "--format", fmt]
+        )
+        assert result.exit_code == 0, result.output
+        script = (
+            "import sys, json, torch\n"
+            "from rayssl.pretrained import load_exported\n"
+            f"module, meta = load_exported({str(out)!r})\n"
+            f"features = module(torch.load({str(tmp_path / 'x.pt')!r}))\n"
+            f"torch.save(features.detach(), {str(tmp_path / 'f.pt')!r})\n"
+            "print(json.dumps({'ray': any(m.split('.')[0] == 'ray' for m in sys.modules),"
+            " 'meta': meta}))\n"
+        )
+        done = subprocess.run(
+            [sys.executable, "-c", script], capture_output=True, text=True, check=True
+        )
+        report = json.loads(done.stdout.strip().splitlines()[-1])
+        assert report["ray"] is False
+        assert report["meta"]["input_shape"] == [3, 16, 16]
+        assert report["meta"]["backbone"] == BACKBONE
+        assert report["meta"]["source"]["method"] == "simclr"
+        torch.testing.assert_close(torch.load(tmp_path / "f.pt"), expected)
+    # an export is itself a valid init_from
+    assert read(str(tmp_path / "backbone-state_dict.pt")).spec == BACKBONE
