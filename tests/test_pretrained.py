@@ -162,7 +162,8 @@ def test_linear_eval_from_a_pretrained_run_on_two_workers(ray_session, write_con
                 "name": "linear",
                 "num_workers": 2,
                 "storage_path": str(tmp_path / "runs"),
-                "backbone": {**BACKBONE, "init_from": str(run_dir)},
+                # the run's name: its newest run under the storage path
+                "backbone": {**BACKBONE, "init_from": str(tmp_path / "runs" / "ssl")},
                 "supervised": {"freeze_backbone": True},
                 "optimizer": {"lr": 1e-2},
             }

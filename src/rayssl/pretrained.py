@@ -85,10 +85,16 @@ def _read_state(path: str, field_name: str, state_file: str) -> tuple[dict, dict
     try:
         fs, base = pafs.FileSystem.from_uri(where)
         if fs.get_file_info(base).type != pafs.FileType.Directory:
-            raise ConfigError(
-                f"{field_name} '{path}' is not a run or checkpoint folder, nor a .pt file "
-                "written by rayssl export"
-            )
+            # a run's name without its timestamp: the newest run of that name
+            parent, name = where.rsplit("/", 1)
+            newest = Storage(parent).newest_run(name)
+            if newest is None:
+                raise ConfigError(
+                    f"{field_name} '{path}' is not a run or checkpoint folder, a run name "
+                    "under its storage_path, nor a .pt file written by rayssl export"
+                )
+            where = f"{parent}/{newest}"
+            fs, base = pafs.FileSystem.from_uri(where)
         if fs.get_file_info(f"{base}/{state_file}").type == pafs.FileType.File:
             found, record = f"{base}/{state_file}", {"checkpoint": where}
         else:

@@ -84,6 +84,17 @@ class Storage:
         ]
         return max(names) if names else None
 
+    def newest_run(self, name: str) -> str | None:
+        """The run named `name` (or `name-<timestamp>`) with the newest checkpoint, or None."""
+        latest = {
+            r: self.latest_checkpoint(r)
+            for r in self.runs()
+            if r == name or r.startswith(f"{name}-")
+        }
+        candidates = [r for r, checkpoint in latest.items() if checkpoint]
+        # checkpoints are named checkpoint_<timestamp>: the greatest name is the newest
+        return max(candidates, key=lambda r: latest[r]) if candidates else None
+
     def registered_by_ray(self, run: str, checkpoint: str) -> bool:
         """Whether Ray Train knows `checkpoint` (else a Train run must be handed it)."""
         return self._ray_latest(run) == checkpoint
@@ -144,19 +155,13 @@ def pick_run_name(cfg: TrainConfig, storage: Storage, resume: bool) -> str:
     that has a checkpoint."""
     base = cfg.name or "run"
     if resume:
-        latest = {
-            r: storage.latest_checkpoint(r)
-            for r in storage.runs()
-            if r == base or r.startswith(f"{base}-")
-        }
-        candidates = [r for r, checkpoint in latest.items() if checkpoint]
-        if not candidates:
+        newest = storage.newest_run(base)
+        if newest is None:
             raise ConfigError(
                 f"--resume: no run named '{base}' with a checkpoint under '{storage.uri}'; "
                 "start it without --resume first"
             )
-        # Ray names checkpoints checkpoint_<timestamp>: the greatest name is the newest.
-        return max(candidates, key=lambda r: latest[r])
+        return newest
     name = f"{base}-{time.strftime('%Y%m%d-%H%M%S')}"
     existing = set(storage.runs())
     suffix = 1
