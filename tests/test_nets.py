@@ -68,3 +68,34 @@ def test_factory_must_return_a_module():
 def test_cnn1d_rejects_images():
     with pytest.raises(ValueError, match="cnn1d takes"):
         nets.cnn1d((3, 8, 8))
+
+
+def test_a_timm_model_is_a_backbone_by_import_path(write_config):
+    """timm is an optional extra (`pip install -e '.[timm]'`): skipped where it is not
+    installed or cannot import (timm needs a torchvision built for the installed torch)."""
+    try:
+        import timm  # noqa: F401
+    except Exception as exc:  # ImportError, or torchvision's operator error at import
+        pytest.skip(f"timm not importable here ({type(exc).__name__})")
+    from rayssl.build import build_method
+    from rayssl.config import load_train_config
+
+    config = write_config(
+        {
+            "method": "simclr",
+            "data": {"shape": [3, 32, 32]},
+            "backbone": {
+                "name": "timm:create_model",
+                "model_name": "resnet10t",
+                "pretrained": False,  # offline: nothing downloads
+                "num_classes": 0,  # features, no classifier
+            },
+            "simclr": {"proj_hidden": 16, "proj_dim": 8},
+        }
+    )
+    cfg = load_train_config(config)
+    method = build_method(cfg, (3, 32, 32), 4)
+    x = torch.rand(4, 3, 32, 32)
+    loss = method.training_step(((x, x.flip(-1)), torch.zeros(4, dtype=torch.long)))["loss"]
+    loss.backward()
+    assert torch.isfinite(loss) and method.embed(x).shape == (4, 512)

@@ -191,10 +191,11 @@ HEADS: dict[str, Callable[..., nn.Module]] = {"linear": linear, "mlp": mlp_class
 
 
 def call_factory(factory: Callable[..., Any], kwargs: dict[str, Any], **inferred: Any) -> nn.Module:
-    """Call a net factory with the user's kwargs plus whichever inferred args it accepts."""
+    """Call a net factory with the user's kwargs plus the inferred args (`input_shape`,
+    `in_features`, `num_classes`) that it names. A factory that only takes `**kwargs` gets
+    none: it usually forwards them (timm's `create_model` passes them to the model class)."""
     params = inspect.signature(factory).parameters
-    takes_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
-    extra = {k: v for k, v in inferred.items() if takes_any or k in params}
+    extra = {k: v for k, v in inferred.items() if k in params}
     module = factory(**kwargs, **extra)
     if not isinstance(module, nn.Module):
         raise TypeError(

@@ -1,0 +1,352 @@
+"""Image views and SSL steps: rayssl's batched views against lightly's transforms in a torch
+DataLoader, on the same PNG folder, the same machine, in one run.
+
+    python benchmarks/images.py                 # writes benchmarks/results/images-2core-cpu.json
+    python benchmarks/images.py --sections views
+
+Needs lightly and torchvision (benchmark-only: `pip install -e '.[bench]'`; on this machine in
+a separate venv with torch 2.14.1 + torchvision 0.29.1, see BENCHMARKS.md). Sections:
+
+  views   images/s of two views per image, nothing else. lightly: `SimCLRTransform` /
+          `BYOLTransform` on PIL images in a DataLoader with 2 workers, decoding the PNGs
+          every pass (as a lightly pipeline does). rayssl: the folder decoded once (the
+          in-memory path; the decode time is reported apart), then `ImageViews` on whole
+          (256, 3, 32, 32) batches in this process, 2 torch threads.
+  step    images/s of whole SimCLR / BYOL training steps (views, forward, backward, optimizer
+          step, BYOL's EMA) with the small `cnn2d` of configs/*_images.yaml: lightly-fed is a
+          plain torch loop fed by that DataLoader (2 workers, 2 torch threads in the main
+          process), rayssl is its own `Loop` in this process (2 torch threads). Same module,
+          same loss, same batch.
+  resnet  the same with ResNet-18 (stem cifar), batch 64, for information.
+  stream  a Ray Data stream of 20,000 PNG files into a 2-worker rayssl run (in_memory false):
+          resident memory of the driver and of each Ray Train worker, sampled every second.
+
+Everything runs on the CPU here: no GPU was lent to the session that wrote it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parent.parent
+DATA = ROOT / "data" / "digits32"
+BATCH = 256
+
+
+def ssl_config(method: str, batch: int = BATCH, backbone: dict | None = None):
+    """configs/<method>_images.yaml in one process (2 threads), without evaluation."""
+    from rayssl.config import load_train_config, validate_train_config
+
+    raw = load_train_config(ROOT / "configs" / f"{method}_images.yaml").model_dump(mode="json")
+    raw.update({"num_workers": 0, "cpus_per_worker": 2})
+    if backbone:
+        raw["backbone"] = backbone
+    raw["data"]["batch_size"] = batch
+    raw["data"]["path"] = str(DATA / "train")
+    raw["data"]["test_path"] = None
+    raw["data"]["augment"]["image"]["blur_p"] = 0.0 if method == "simclr" else [1.0, 0.1]
+    raw["eval"]["every"] = 0
+    return validate_train_config(raw)
+
+
+# ============================================================================ lightly side
+
+
+def lightly_transform(method: str):
+    from lightly.transforms import BYOLTransform, SimCLRTransform
+    from lightly.transforms.byol_transform import BYOLView1Transform, BYOLView2Transform
+
+    if method == "simclr":
+        # the paper's views at 32x32, no blur (as the issue measures lightly)
+        return SimCLRTransform(input_size=32, gaussian_blur=0.0, min_scale=0.25, hf_prob=0.0)
+    return BYOLTransform(
+        view_1_transform=BYOLView1Transform(input_size=32, min_scale=0.25, hf_prob=0.0),
+        view_2_transform=BYOLView2Transform(input_size=32, min_scale=0.25, hf_prob=0.0),
+    )
+
+
+def lightly_loader(method: str, batch: int = BATCH):
+    from torchvision.datasets import ImageFolder
+
+    dataset = ImageFolder(str(DATA / "train"), transform=lightly_transform(method))
+    return torch.utils.data.DataLoader(
+        dataset,
+        batch_size=batch,
+        shuffle=True,
+        drop_last=True,
+        num_workers=2,
+        persistent_workers=True,
+    )
+
+
+def lightly_views(method: str) -> dict:
+    loader = lightly_loader(method)
+    for _ in loader:  # warm-up pass: worker start-up, page cache
+        pass
+    started, images = time.perf_counter(), 0
+    for (v0, _v1), _ in loader:
+        images += len(v0)
+    return {"images_per_s": images / (time.perf_counter() - started), "images": images}
+
+
+def lightly_steps(method: str, cfg, steps: int, batch: int = BATCH) -> dict:
+    from rayssl.build import build_method
+
+    torch.manual_seed(0)
+    model = build_method(cfg, (3, 32, 32), 10)
+    model.train()
+    optimizer, _ = model.configure_optimizers(steps + 2, steps + 2)
+    loader = lightly_loader(method, batch)
+    times, step, last = [], 0, time.perf_counter()
+    while step < steps + 2:
+        for (v0, v1), y in loader:
+            loss = model.training_step(((v0, v1), y))["loss"]
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            step += 1
+            model.on_step_end(step, steps + 2)
+            now = time.perf_counter()
+            times.append(now - last)
+            last = now
+            if step == steps + 2:
+                break
+    per_step = statistics.median(times[2:])
+    return {"images_per_s": batch / per_step, "ms_per_step": per_step * 1e3, "steps": steps}
+
+
+# ============================================================================ rayssl side
+
+
+def rayssl_views(method: str) -> dict:
+    from rayssl.data import load_splits
+    from rayssl.data.image_views import ImageViews
+
+    cfg = ssl_config(method)
+    started = time.perf_counter()
+    splits = load_splits(cfg.data)
+    decode_s = time.perf_counter() - started
+    x = splits.train[0]
+    views = [ImageViews(cfg.data.augment.image, v) for v in (0, 1)]
+    g = torch.Generator().manual_seed(0)
+
+    def one_pass() -> int:
+        order = torch.randperm(len(x), generator=g)
+        done = 0
+        for i in range(0, len(x) - BATCH + 1, BATCH):
+            batch = x[order[i : i + BATCH]]
+            views[0](batch, g), views[1](batch, g)
+            done += BATCH
+        return done
+
+    one_pass()  # warm-up
+    started = time.perf_counter()
+    images = one_pass()
+    return {
+        "images_per_s": images / (time.perf_counter() - started),
+        "images": images,
+        "decode_once_s": decode_s,
+    }
+
+
+def rayssl_steps(cfg, steps: int) -> dict:
+    from rayssl.data import load_splits
+    from rayssl.loop import build_loop
+
+    splits = load_splits(cfg.data)
+    loop = build_loop(cfg, splits)  # 2 torch threads (cpus_per_worker)
+    loop.start_epoch()
+    times, last = [], time.perf_counter()
+    for _ in loop.iterate():
+        now = time.perf_counter()
+        times.append(now - last)
+        last = now
+        if len(times) == steps + 2:
+            break
+    per_step = statistics.median(times[2:])
+    batch = cfg.data.batch_size
+    return {"images_per_s": batch / per_step, "ms_per_step": per_step * 1e3, "steps": steps}
+
+
+# ============================================================================ stream memory
+
+
+def _rss_mb(pid: int) -> float | None:
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        return None
+    return None
+
+
+def _descendants(root: int) -> list[int]:
+    """Processes under `root` (this run's own Ray), from /proc: no pattern over the machine."""
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+            children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+        except (OSError, IndexError, ValueError):
+            continue
+    found, todo = [], [root]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            found.append(child)
+            todo.append(child)
+    return found
+
+
+def stream_memory(files: int) -> dict:
+    from rayssl.config import validate_train_config
+    from rayssl.data.demo import write_digit_images
+    from rayssl.train import fit
+
+    tmp = Path(tempfile.mkdtemp(prefix="rayssl-stream-"))
+    started = time.perf_counter()
+    write_digit_images(tmp / "set", train=files, test=10, seed=1)
+    write_s = time.perf_counter() - started
+    cfg = validate_train_config(
+        {
+            "method": "simclr",
+            "name": "stream",
+            "epochs": 2,
+            "num_workers": 2,
+            "storage_path": str(tmp / "runs"),
+            "data": {
+                "name": "images",
+                "path": str(tmp / "set" / "train"),
+                "in_memory": False,
+                "val_fraction": 0,
+                "batch_size": 256,
+                "probe_samples": 512,
+                "augment": {"preset": "simclr", "image": {"blur_p": 0.0}},
+            },
+            "backbone": {"name": "cnn2d", "width": 8, "depth": 2},
+            "simclr": {"proj_hidden": 64, "proj_dim": 32},
+            "eval": {"every": 0},
+        }
+    )
+    samples: list[dict] = []
+    done = threading.Event()
+
+    def sample() -> None:
+        t0 = time.perf_counter()
+        while not done.wait(1.0):
+            workers = {}
+            for pid in _descendants(os.getpid()):
+                try:
+                    name = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")[0].decode()
+                except OSError:
+                    continue
+                if "RayTrainWorker" in name:
+                    workers[pid] = _rss_mb(pid)
+            samples.append(
+                {
+                    "t_s": round(time.perf_counter() - t0, 1),
+                    "driver_mb": round(_rss_mb(os.getpid()) or 0, 1),
+                    "workers_mb": [round(v or 0, 1) for _, v in sorted(workers.items())],
+                }
+            )
+
+    thread = threading.Thread(target=sample, daemon=True)
+    thread.start()
+    summary = fit(cfg)
+    done.set()
+    thread.join()
+    with_workers = [s for s in samples if s["workers_mb"]]
+    third = max(1, len(with_workers) // 3)
+    early, late = with_workers[third : 2 * third], with_workers[-third:]
+
+    def mean_worker(rows):
+        return statistics.mean(statistics.mean(r["workers_mb"]) for r in rows)
+
+    return {
+        "files": files,
+        "write_files_s": round(write_s, 1),
+        "epochs": summary["epochs_run"],
+        "steps": summary["global_steps"],
+        "train_wall_s": round(summary["wall_time_s"], 1),
+        "worker_rss_mb_middle_third": round(mean_worker(early), 1),
+        "worker_rss_mb_last_third": round(mean_worker(late), 1),
+        "driver_rss_mb_middle_third": round(statistics.mean(r["driver_mb"] for r in early), 1),
+        "driver_rss_mb_last_third": round(statistics.mean(r["driver_mb"] for r in late), 1),
+        "curve": samples,
+    }
+
+
+# ============================================================================ main
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--out", default="benchmarks/results/images-2core-cpu.json")
+    parser.add_argument("--sections", nargs="+", default=["views", "step", "resnet", "stream"])
+    parser.add_argument("--steps", type=int, default=10)
+    parser.add_argument("--stream-files", type=int, default=20_000)
+    args = parser.parse_args()
+    torch.set_num_threads(2)
+    if not DATA.exists():
+        from rayssl.data.demo import write_digit_images
+
+        write_digit_images(DATA)
+    import lightly
+    import torchvision
+
+    result: dict = {
+        "machine": f"{platform.machine()}, {len(os.sched_getaffinity(0))} CPUs, no GPU",
+        "versions": {
+            "torch": torch.__version__,
+            "torchvision": torchvision.__version__,
+            "lightly": lightly.__version__,
+            "python": sys.version.split()[0],
+        },
+        "data": str(DATA.relative_to(ROOT)),
+    }
+
+    def show(key: str, value: dict) -> None:
+        result[key] = value
+        print(key, json.dumps({k: v for k, v in value.items() if k != "curve"}), flush=True)
+
+    for method in ("simclr", "byol"):
+        if "views" in args.sections:
+            ours, theirs = rayssl_views(method), lightly_views(method)
+            ours["vs_lightly"] = ours["images_per_s"] / theirs["images_per_s"]
+            show(f"views/{method}/lightly", theirs)
+            show(f"views/{method}/rayssl", ours)
+        if "step" in args.sections:
+            cfg = ssl_config(method)
+            theirs = lightly_steps(method, cfg, args.steps)
+            ours = rayssl_steps(cfg, args.steps)
+            ours["vs_lightly"] = ours["images_per_s"] / theirs["images_per_s"]
+            show(f"step/{method}/cnn2d/lightly", theirs)
+            show(f"step/{method}/cnn2d/rayssl", ours)
+        if "resnet" in args.sections:
+            cfg = ssl_config(method, 64, {"name": "resnet18", "stem": "cifar"})
+            steps = max(2, args.steps // 3)
+            theirs = lightly_steps(method, cfg, steps, batch=64)
+            ours = rayssl_steps(cfg, steps)
+            ours["vs_lightly"] = ours["images_per_s"] / theirs["images_per_s"]
+            show(f"step/{method}/resnet18/lightly", theirs)
+            show(f"step/{method}/resnet18/rayssl", ours)
+    if "stream" in args.sections:
+        show("stream", stream_memory(args.stream_files))
+    out = ROOT / args.out
+    out.write_text(json.dumps(result, indent=2))
+    print(f"wrote {out}")
+
+
+if __name__ == "__main__":
+    main()
