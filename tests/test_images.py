@@ -338,3 +338,17 @@ def test_demo_images_command_writes_image_folders(tmp_path):
     again = CliRunner().invoke(main, ["demo-images", str(out)])
     assert again.exit_code == 2 and "not empty" in again.output
     assert len(_files(out / "train")) == 30
+
+
+def test_the_probe_note_says_why_probes_cannot_run(digits, tmp_path):
+    from rayssl.evaluate import NO_PROBE_LABELS, NO_PROBE_SCORE_SPLIT, no_probe_reason
+
+    labeled = load_splits(
+        DataConfig(name="images", path=str(digits / "test"), val_fraction=0, batch_size=16)
+    )
+    assert labeled.probe_sets() is None and no_probe_reason(labeled) == NO_PROBE_SCORE_SPLIT
+    flat = _flat_copy(digits / "test", tmp_path / "flat", 32)
+    unlabeled = load_splits(
+        DataConfig(name="images", path=str(flat), val_fraction=0, batch_size=16)
+    )
+    assert no_probe_reason(unlabeled) == NO_PROBE_LABELS

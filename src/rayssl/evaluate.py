@@ -74,6 +74,15 @@ NO_PROBE_LABELS = (
     "the training images have no labels (a flat folder) and neither data.val_path nor "
     "data.test_path gives labeled images, so there is nothing to fit kNN / linear probes on"
 )
+NO_PROBE_SCORE_SPLIT = (
+    "there is no split to score kNN / linear probes on (data.val_fraction 0 and no "
+    "data.val_path or data.test_path); give one of them"
+)
+
+
+def no_probe_reason(splits) -> str:
+    """Why `splits.probe_sets()` is None: no labels at all, or nothing to score on."""
+    return NO_PROBE_SCORE_SPLIT if splits.labeled else NO_PROBE_LABELS
 
 
 def evaluate_checkpoint(path: str, knn_k: int | None = None) -> dict[str, float]:
@@ -105,7 +114,7 @@ def evaluate_checkpoint(path: str, knn_k: int | None = None) -> dict[str, float]
     normalize = input_normalizer(cfg.data, splits) or (lambda x: x)
     sets = splits.probe_sets(cfg.seed)
     if sets is None:
-        raise ConfigError(f"'{path}': {NO_PROBE_LABELS}")
+        raise ConfigError(f"'{path}': {no_probe_reason(splits)}")
     return probe(
         lambda x: method.embed(normalize(x)),
         *sets,

@@ -165,13 +165,12 @@ def preflight(cfg: TrainConfig) -> tuple[Splits, dict[str, torch.Tensor]]:
             "data.in_memory: true"
         )
     if cfg.method != "supervised" and splits.probe_sets(cfg.seed) is None:
-        from rayssl.evaluate import NO_PROBE_LABELS
+        from rayssl.evaluate import no_probe_reason
 
+        reason = no_probe_reason(splits)
         if cfg.early_stopping and cfg.early_stopping.monitor in PROBE_METRICS:
-            raise ConfigError(
-                f"early_stopping.monitor '{cfg.early_stopping.monitor}': {NO_PROBE_LABELS}"
-            )
-        print(f"[rayssl] note: probes skipped: {NO_PROBE_LABELS}", flush=True)
+            raise ConfigError(f"early_stopping.monitor '{cfg.early_stopping.monitor}': {reason}")
+        print(f"[rayssl] note: probes skipped: {reason}", flush=True)
     if cfg.performance.channels_last and len(splits.sample_shape) != 3:
         raise ConfigError(
             f"performance.channels_last needs image samples (C, H, W); data '{cfg.data.name}' "

@@ -136,15 +136,20 @@ def color_jitter(
 
     factors: (B, 4) brightness, contrast, saturation (multipliers) and hue (turns);
     order: (B, 4) a permutation of the four ops per sample. Round k applies, to each sample,
-    its k-th op: every op is computed for the batch and each sample keeps its own.
+    its k-th op: each op runs once per round on the samples whose k-th op it is, so every
+    sample goes through each op exactly once (hue, an RGB -> HSV -> RGB round trip, is most
+    of the cost; computing all four ops for every sample each round cost 4x).
     """
     ops = (_brightness, _contrast, _saturation, _hue)
+    order = order.to(x.device)
+    factors = factors.to(x.device, x.dtype)
     for k in range(4):
-        outputs = torch.stack(
-            [op(x, _per_sample(factors[:, i], x)) for i, op in enumerate(ops)]
-        )  # (4, B, C, H, W)
-        pick = order[:, k].to(x.device).view(1, -1, 1, 1, 1).expand(1, *x.shape)
-        x = outputs.gather(0, pick).squeeze(0)
+        out = torch.empty_like(x)
+        for i, op in enumerate(ops):
+            rows = (order[:, k] == i).nonzero().squeeze(1)
+            if rows.numel():
+                out[rows] = op(x[rows], factors[rows, i].view(-1, 1, 1, 1))
+        x = out
     return x
 
 
@@ -209,8 +214,9 @@ class ImageViews:
         solarize_on = _coin(n, self._p(c.solarize_p), g)
 
         x = resized_crop_and_flip(x, boxes, flip, size)
-        if jitter_on.any():
-            x = torch.where(_per_sample(jitter_on, x) > 0, color_jitter(x, factors, order), x)
+        if jitter_on.any():  # only the samples that get it
+            rows = jitter_on.to(x.device).nonzero().squeeze(1)
+            x = x.index_copy(0, rows, color_jitter(x[rows], factors[rows.to(factors.device)], order[rows.to(order.device)]))
         if x.shape[1] == 3 and grey_on.any():
             x = torch.where(_per_sample(grey_on, x) > 0, grayscale(x).expand_as(x), x)
         if blur_on.any():
