@@ -18,8 +18,8 @@ a separate venv with torch 2.14.1 + torchvision 0.29.1, see BENCHMARKS.md). Sect
           process), rayssl is its own `Loop` in this process (2 torch threads). Same module,
           same loss, same batch.
   resnet  the same with ResNet-18 (stem cifar), batch 64, for information.
-  stream  a Ray Data stream of 20,000 PNG files into a 2-worker rayssl run (in_memory false):
-          resident memory of the driver and of each Ray Train worker, sampled every second.
+  stream  a Ray Data stream of 20,000 PNG files into a 2-worker rayssl run (in_memory false,
+          4 epochs): resident memory of the driver and of each Ray Train worker, every second.
 
 Everything runs on the CPU here: no GPU was lent to the session that wrote it.
 """
@@ -209,7 +209,7 @@ def _descendants(root: int) -> list[int]:
     return found
 
 
-def stream_memory(files: int) -> dict:
+def stream_memory(files: int, epochs: int) -> dict:
     from rayssl.config import validate_train_config
     from rayssl.data.demo import write_digit_images
     from rayssl.train import fit
@@ -222,7 +222,7 @@ def stream_memory(files: int) -> dict:
         {
             "method": "simclr",
             "name": "stream",
-            "epochs": 2,
+            "epochs": epochs,
             "num_workers": 2,
             "storage_path": str(tmp / "runs"),
             "data": {
@@ -296,6 +296,7 @@ def main() -> None:
     parser.add_argument("--sections", nargs="+", default=["views", "step", "resnet", "stream"])
     parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--stream-files", type=int, default=20_000)
+    parser.add_argument("--stream-epochs", type=int, default=4)
     args = parser.parse_args()
     torch.set_num_threads(2)
     if not DATA.exists():
@@ -342,7 +343,7 @@ def main() -> None:
             show(f"step/{method}/resnet18/lightly", theirs)
             show(f"step/{method}/resnet18/rayssl", ours)
     if "stream" in args.sections:
-        show("stream", stream_memory(args.stream_files))
+        show("stream", stream_memory(args.stream_files, args.stream_epochs))
     out = ROOT / args.out
     out.write_text(json.dumps(result, indent=2))
     print(f"wrote {out}")
