@@ -125,6 +125,23 @@ def export_command(path: str, out: str, fmt: str) -> None:
     )
 
 
+@main.command("runs")
+@click.argument("storage", default="./runs")
+@click.option("--json", "as_json", is_flag=True, help="One JSON list, for scripts.")
+def runs_command(storage: str, as_json: bool) -> None:
+    """List the runs under STORAGE (a storage_path: folder or URI; default ./runs): status,
+    epochs done of planned, best metric, wall time, newest checkpoint."""
+    import json
+    from pathlib import Path
+
+    from rayssl.runs import format_table, list_runs
+
+    if "://" not in storage and not Path(storage).is_dir():
+        _fail(f"'{storage}' holds no runs (no such folder); give a storage_path", EXIT_BAD_INPUT)
+    rows = list_runs(storage)
+    click.echo(json.dumps(rows, indent=2) if as_json else format_table(rows))
+
+
 @main.command("demo-images")
 @click.argument("out", type=click.Path(file_okay=False))
 @click.option("--train", "n_train", type=click.IntRange(min=10), default=5000, show_default=True)

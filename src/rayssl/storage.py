@@ -18,6 +18,8 @@ from rayssl.state import STATE_FILE, load_state
 SNAPSHOT_FILE = "checkpoint_manager_snapshot.json"  # Ray Train's record of registered checkpoints
 # rayssl's own record, for checkpoints Ray Train does not persist (local mode, num_workers 0)
 LOCAL_INDEX_FILE = "rayssl_checkpoints.json"
+# rayssl's record of a run's driver: status (running / finished / failed), host, pid, config
+RUN_RECORD = "run.json"
 
 
 def checkpoint_dir_name() -> str:
@@ -57,7 +59,7 @@ class Storage:
         infos = fs.get_file_info(pyarrow.fs.FileSelector(base, allow_not_found=True))
         return sorted(i.base_name for i in infos if i.type == pyarrow.fs.FileType.Directory)
 
-    def _read_json(self, run: str, name: str) -> dict[str, Any]:
+    def read_json(self, run: str, name: str) -> dict[str, Any]:
         """A JSON record of `run` ({} when missing or unreadable)."""
         fs, base = self._fs()
         try:
@@ -67,7 +69,7 @@ class Storage:
             return {}
 
     def _ray_latest(self, run: str) -> str | None:
-        latest = self._read_json(run, SNAPSHOT_FILE).get("latest_checkpoint_result") or {}
+        latest = self.read_json(run, SNAPSHOT_FILE).get("latest_checkpoint_result") or {}
         return latest.get("checkpoint_dir_name")
 
     def latest_checkpoint(self, run: str) -> str | None:
@@ -78,7 +80,7 @@ class Storage:
             n
             for n in (
                 self._ray_latest(run),
-                self._read_json(run, LOCAL_INDEX_FILE).get("checkpoint_dir_name"),
+                self.read_json(run, LOCAL_INDEX_FILE).get("checkpoint_dir_name"),
             )
             if n
         ]
@@ -129,7 +131,7 @@ class Storage:
                 source_filesystem=pyarrow.fs.LocalFileSystem(),
                 destination_filesystem=fs,
             )
-        kept = [*self._read_json(run, LOCAL_INDEX_FILE).get("checkpoints", []), name]
+        kept = [*self.read_json(run, LOCAL_INDEX_FILE).get("checkpoints", []), name]
         dropped, kept = (kept[:-keep], kept[-keep:]) if keep else ([], kept)
         record = {"checkpoint_dir_name": name, "checkpoints": kept}
         self.write_text(run, LOCAL_INDEX_FILE, json.dumps(record, indent=2))
@@ -142,6 +144,7 @@ class Storage:
 
     def write_text(self, run: str, name: str, text: str) -> str:
         fs, base = self._fs()
+        fs.create_dir(f"{base}/{run}", recursive=True)
         path = f"{base}/{run}/{name}"
         tmp = f"{base}/{run}/.{name}.tmp"
         with fs.open_output_stream(tmp) as f:

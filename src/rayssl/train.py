@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import socket
 import tempfile
 import time
 from collections.abc import Callable
@@ -19,7 +20,7 @@ from rayssl.data import Splits, input_normalizer, load_splits
 from rayssl.faults import CRASH_ENV, after_epoch_hook
 from rayssl.loop import PROBE_METRICS, Loop, build_loop
 from rayssl.state import capture_rng, load_state, save_state, seed_everything
-from rayssl.storage import Storage, check_resumable, pick_run_name
+from rayssl.storage import RUN_RECORD, Storage, check_resumable, pick_run_name
 
 
 class RunFailed(RuntimeError):
@@ -419,18 +420,33 @@ def fit(
         initial_is_resume=initial is not None,
     )
     started = time.time()
+    record = {
+        "status": "running",
+        "host": socket.gethostname(),
+        "pid": os.getpid(),
+        "started": started,
+        "config": cfg.model_dump(mode="json"),
+    }
+    storage.write_text(run, RUN_RECORD, json.dumps(record))
     try:
-        trainer.fit()
-    except TrainingFailedError as exc:
-        raise RunFailed(f"run '{run}' failed: {worker_error(exc)}") from None
-    except Exception as exc:  # local mode: the loop's own error, raised in this process
-        if not local:
-            raise
-        text = str(exc).strip().splitlines()
-        raise RunFailed(
-            f"run '{run}' failed: {type(exc).__name__}: {text[0] if text else ''}"
-        ) from None
+        try:
+            trainer.fit()
+        except TrainingFailedError as exc:
+            raise RunFailed(f"run '{run}' failed: {worker_error(exc)}") from None
+        except Exception as exc:  # local mode: the loop's own error, raised in this process
+            if not local:
+                raise
+            text = str(exc).strip().splitlines()
+            raise RunFailed(
+                f"run '{run}' failed: {type(exc).__name__}: {text[0] if text else ''}"
+            ) from None
+    except RunFailed as exc:
+        record.update(status="failed", error=str(exc), wall_time_s=time.time() - started)
+        storage.write_text(run, RUN_RECORD, json.dumps(record))
+        raise
     summary = summarize(cfg, run, storage, wall_s=time.time() - started)
+    record.update(status="finished", wall_time_s=summary["wall_time_s"])
+    storage.write_text(run, RUN_RECORD, json.dumps(record))
     summary["ray_logs"] = ray_logs
     summary["path"] = storage.write_text(run, "summary.json", json.dumps(summary, indent=2))
     return summary

@@ -1,0 +1,74 @@
+"""`rayssl runs`: the table of past and present runs, from real runs' records on disk."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+from click.testing import CliRunner
+
+from rayssl.cli import main
+from rayssl.config import load_train_config
+from rayssl.train import RunFailed, fit
+
+LOCAL = {"num_workers": 0, "epochs": 2}
+
+
+def test_runs_lists_finished_failed_running_and_interrupted_runs(write_config, tmp_path):
+    storage = tmp_path / "runs"
+    fit(load_train_config(write_config({**LOCAL, "name": "done"}, name="done")))
+    try:
+        fit(
+            load_train_config(write_config({**LOCAL, "name": "broken"}, name="broken")),
+            crash_after_epoch=1,
+        )
+    except RunFailed:
+        pass
+    # a real run that keeps training, in its own process (its pid is ours to signal)
+    long = write_config({**LOCAL, "name": "long", "epochs": 10_000}, name="long")
+    process = subprocess.Popen(
+        [sys.executable, "-m", "rayssl.cli", "train", str(long)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
+    try:
+        deadline = time.time() + 120
+        while time.time() < deadline:
+            if list(storage.glob("long-*/rayssl_checkpoints.json")):
+                break
+            time.sleep(0.5)
+        result = CliRunner().invoke(main, ["runs", str(storage), "--json"])
+        assert result.exit_code == 0, result.output
+        rows = {r["run"].rsplit("-", 2)[0]: r for r in json.loads(result.output)}
+    finally:
+        process.send_signal(signal.SIGKILL)
+        process.wait()
+    assert rows["done"]["status"] == "finished"
+    assert (rows["done"]["epochs"], rows["done"]["planned_epochs"]) == (2, 2)
+    assert rows["done"]["best_metric"] == "val_accuracy" and rows["done"]["checkpoint"]
+    assert rows["broken"]["status"] == "failed" and "injected" in rows["broken"]["error"]
+    assert rows["long"]["status"] == "running" and rows["long"]["planned_epochs"] == 10_000
+    assert all(r["method"] == "supervised" for r in rows.values())
+
+    after = CliRunner().invoke(main, ["runs", str(storage)])
+    assert after.exit_code == 0, after.output
+    lines = after.output.strip().splitlines()
+    assert lines[0].split()[:4] == ["run", "method", "status", "epochs"]
+    table = {line.split()[0].rsplit("-", 2)[0]: line for line in lines[1:]}
+    assert "interrupted" in table["long"]  # its driver is gone
+    assert "finished" in table["done"] and "2/2" in table["done"]
+    assert "val_accuracy" in table["done"]
+
+
+def test_runs_of_a_missing_folder_is_one_line(tmp_path):
+    result = CliRunner().invoke(main, ["runs", str(tmp_path / "nowhere")])
+    assert result.exit_code == 2
+    assert result.output.strip().splitlines() == [
+        f"rayssl: error: '{tmp_path / 'nowhere'}' holds no runs (no such folder); give a "
+        "storage_path"
+    ]
