@@ -95,6 +95,26 @@ def test_ranks_agree_and_restart_is_exact(ray_session, write_config, tmp_path, m
         steps = a["loop"]["global_step"] // 3
         assert a["method_extra"]["backbone_training_steps"] == 2 * steps  # epochs 1 and 3 only
 
+    # TensorBoard: the restarted run's curves hold each epoch once, with the run's values
+    curves = _curves(Path(retried["checkpoint"]).parent / "tensorboard")
+    history = retried["history"]
+    assert curves["train_loss"] == [(h["epoch"], pytest.approx(h["train_loss"])) for h in history]
+    assert [step for step, _ in curves["lr"]] == [1, 2, 3]
+    if method == "byol":  # the momentum rises on its cosine towards 1
+        momentum = [v for _, v in curves["momentum"]]
+        assert len(momentum) == 3 and 0.9 < momentum[0] < momentum[1] < momentum[2] <= 1.0
+    if method == "lfr":  # the phase: the backbone trains in epochs 1 and 3
+        assert [v for _, v in curves["backbone_trains"]] == [1.0, 0.0, 1.0]
+
+
+def _curves(folder: Path) -> dict[str, list[tuple[int, float]]]:
+    """Scalars as TensorBoard shows them (its own reader: it applies purge_step)."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(folder))
+    events.Reload()
+    return {t: [(e.step, e.value) for e in events.Scalars(t)] for t in events.Tags()["scalars"]}
+
 
 def test_image_views_restart_exactly_on_two_workers(ray_session, write_config, tmp_path):
     """SimCLR with the paper's image views on RGB images: a run whose 2 workers crash after

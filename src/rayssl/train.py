@@ -63,6 +63,11 @@ def run_worker(config: dict[str, Any]) -> Loop:
         return loop
     loop.launched_at = config.get("launched_at")
     local_run = config.get("local_run")  # local mode: (storage uri, run), rayssl persists
+    curves = None
+    if rank == 0 and config.get("run_dir"):
+        from rayssl.tracking import TensorBoard
+
+        curves = TensorBoard(config["run_dir"], loop.state.history)
 
     started = time.perf_counter()
     for metrics in loop.epochs():
@@ -82,7 +87,11 @@ def run_worker(config: dict[str, Any]) -> Loop:
                 ray.train.report(metrics, checkpoint=ckpt)
         if rank == 0:
             print(progress_line(metrics, cfg, loop.state.epoch - first_epoch, started), flush=True)
+        if curves is not None:  # after the checkpoint: a restart rewrites from its history
+            curves.log(metrics)
         after_epoch_hook(config, loop.state.epoch, rank)  # TEST HOOK: no-op unless asked
+    if curves is not None:
+        curves.close()
     return loop
 
 
@@ -340,6 +349,7 @@ def build_trainer(
             "initial_checkpoint": initial_checkpoint,
             "initial_is_resume": initial_is_resume,
             "local_run": (storage.uri, run) if cfg.num_workers == 0 else None,
+            "run_dir": storage.path(run),  # TensorBoard curves (rank 0)
         },
         datasets=datasets,
         scaling_config=ScalingConfig(

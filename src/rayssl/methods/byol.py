@@ -120,6 +120,10 @@ class BYOL(Method):
     def momentum_at(self, step: int, total_steps: int) -> float:
         return cosine_schedule(step, self.schedule_length or total_steps, self.base_momentum, 1.0)
 
+    def epoch_metrics(self, stage: str) -> dict[str, float]:
+        """The target's momentum after the epoch's last step (a curve worth watching)."""
+        return {"momentum": float(self.momentum)} if stage == "train" else {}
+
     def on_step_end(self, step: int, total_steps: int) -> None:
         self.momentum = self.momentum_at(step, total_steps)
         update_momentum(self.backbone, self.backbone_momentum, self.momentum)

@@ -256,6 +256,10 @@ class LearnFromRandomnessModel(Method):
         limit = self.max_backbone_training_steps
         return limit is not None and self.backbone_training_steps >= limit
 
+    def epoch_metrics(self, stage: str) -> dict[str, float]:
+        """The epoch's phase: 1.0 when the backbone trained, 0.0 when only predictors did."""
+        return {"backbone_trains": float(self.backbone_trains)} if stage == "train" else {}
+
     def extra_state(self):
         return {
             "backbone_training_steps": self.backbone_training_steps,
