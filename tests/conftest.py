@@ -10,6 +10,10 @@ import yaml
 
 # One thread per process: tests run 2 Ray workers on a 2-core machine.
 os.environ.setdefault("OMP_NUM_THREADS", "1")
+# User code that tests name by import path (tests/helpers: a VICReg method, factories) must
+# import in Ray's workers too, whichever test starts Ray: they inherit this environment.
+HELPERS = str(Path(__file__).parent / "helpers")
+os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (HELPERS, os.environ.get("PYTHONPATH")) if p)
 
 TINY = {
     "epochs": 3,

@@ -42,7 +42,7 @@ def test_overrides_are_yaml_typed_and_nested(write_config):
             "byol.base_momentum: Input should be less than or equal to 1",
         ),
         ({"lfr": {"num_projectors": 4, "num_targets": 8}}, "lfr.num_targets (8) cannot exceed"),
-        ({"method": "mae"}, "method: Input should be 'supervised', 'byol', 'simclr' or 'lfr'"),
+        ({"method": "mae"}, "method: 'mae' is neither one of supervised, byol, simclr, lfr nor"),
     ],
 )
 def test_bad_values_name_the_field(raw, expected):

@@ -94,6 +94,8 @@ def build_method(
     backbone = build_backbone(cfg, sample_shape, pretrained)
     features = nets.output_features(backbone, sample_shape)
     setup = optimizer_setup(cfg)
+    if not cfg.builtin_method:
+        return build_user_method(cfg, backbone, features, sample_shape, num_classes, setup)
     if cfg.method == "byol":
         c = cfg.byol
         return BYOL(
@@ -158,3 +160,36 @@ def build_method(
         backbone_lr_scale=cfg.optimizer.backbone_lr_scale,
         **setup,
     )
+
+
+def build_user_method(
+    cfg: TrainConfig,
+    backbone: nn.Module,
+    features: int,
+    sample_shape: tuple[int, ...],
+    num_classes: int,
+    setup: dict[str, Any],
+) -> Method:
+    """A `method: "package.module:Class"`: the class gets the backbone, its `method_options`,
+    and whichever of `features` (the backbone's output width), `num_classes`,
+    `input_shape` and the optimizer setup (`learning_rate`, `optimizer`, ...) it names; the
+    setup it does not take is set on the instance, so `configure_optimizers` uses it."""
+    import inspect
+
+    from rayssl.config import import_factory
+
+    cls = import_factory(cfg.method)
+    params = inspect.signature(cls).parameters
+    offered = {
+        "features": features,
+        "num_classes": num_classes,
+        "input_shape": tuple(sample_shape),
+        **setup,
+    }
+    method = cls(
+        backbone, **{k: v for k, v in offered.items() if k in params}, **cfg.method_options
+    )
+    for key, value in setup.items():
+        if key not in params:
+            setattr(method, key, value)
+    return method

@@ -342,10 +342,30 @@ class PerformanceConfig(Strict):
     compile_backend: str = Field("inductor", description="torch.compile backend")
 
 
+BUILTIN_METHODS = ("supervised", "byol", "simclr", "lfr")
+# what rayssl passes to an import-path method's constructor when it names them
+METHOD_INFERRED = (
+    "features",
+    "num_classes",
+    "input_shape",
+    "learning_rate",
+    "optimizer",
+    "optimizer_kwargs",
+    "lr_scheduler",
+    "lr_scheduler_kwargs",
+)
+
+
 class TrainConfig(Strict):
     """One training run. Every field has a default, so `{}` is a valid (supervised MNIST-1D) run."""
 
-    method: Literal["supervised", "byol", "simclr", "lfr"] = "supervised"
+    method: str = Field(
+        "supervised",
+        description="supervised | byol | simclr | lfr, or a Method subclass 'package.module:Class'",
+    )
+    method_options: dict[str, Any] = Field(
+        default_factory=dict, description="keyword arguments of an import-path method's class"
+    )
     name: str | None = Field(None, description="run name; default: the config file's stem")
     seed: int = Field(0, ge=0)
     epochs: int = Field(10, ge=1)
@@ -386,6 +406,7 @@ class TrainConfig(Strict):
                 f"data.batch_size ({self.data.batch_size}) must be divisible by num_workers "
                 f"({self.num_workers}): it is the global batch, split evenly across workers"
             )
+        self._check_method()
         self._check_monitor()
         if self.head.init_from is not None:
             raise ValueError("head.init_from: only the backbone starts from another run")
@@ -403,6 +424,43 @@ class TrainConfig(Strict):
             except ValueError as exc:
                 raise ValueError(f"{section}.name '{spec.name}': {exc}") from None
         return self
+
+    @property
+    def builtin_method(self) -> bool:
+        return self.method in BUILTIN_METHODS
+
+    def _check_method(self) -> None:
+        """A built-in name, or an importable Method subclass whose constructor takes every
+        `method_options` key (checked here, before Ray starts)."""
+        if self.builtin_method:
+            if self.method_options:
+                raise ValueError(
+                    f"method_options: only for a method given by import path; '{self.method}' "
+                    f"takes its options from its own section ({self.method}: ...)"
+                )
+            return
+        if ":" not in self.method:
+            raise ValueError(
+                f"method: '{self.method}' is neither one of {', '.join(BUILTIN_METHODS)} nor of "
+                "the form 'package.module:ClassName'"
+            )
+        from rayssl.methods import Method
+
+        try:
+            cls = import_factory(self.method)
+        except ValueError as exc:
+            raise ValueError(f"method: {exc}") from None
+        if not (isinstance(cls, type) and issubclass(cls, Method)):
+            raise ValueError(f"method: '{self.method}' is not a subclass of rayssl's Method")
+        params = inspect.signature(cls).parameters
+        if not any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+            unknown = sorted(set(self.method_options) - set(params) - set(METHOD_INFERRED))
+            if unknown:
+                takes = [n for n in params if n not in ("backbone", *METHOD_INFERRED)]
+                raise ValueError(
+                    f"method_options: {', '.join(unknown)} not taken by {self.method} "
+                    f"(it takes: {', '.join(takes) or 'nothing'})"
+                )
 
     def reported_metrics(self) -> list[str]:
         """The per-epoch metrics this config's run reports, that early stopping can watch."""

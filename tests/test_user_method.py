@@ -1,0 +1,65 @@
+"""Methods by import path: a VICReg written only against the `Method` contract
+(tests/helpers/vicreg.py) trains on 2 real Ray Train workers and restarts exactly;
+its options are checked before Ray starts."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from click.testing import CliRunner
+
+from rayssl.cli import main
+from rayssl.config import load_train_config
+from rayssl.state import load_state
+from rayssl.train import fit
+
+HELPERS = str(Path(__file__).parent / "helpers")
+VICREG = {
+    "method": "vicreg:VICReg",
+    "method_options": {"proj_dim": 16, "cov": 0.5},
+    "epochs": 2,
+    "data": {"augment": {"shift": 2, "jitter": 0.05}},
+    "eval": {"every": 1, "linear_probe": False},
+}
+
+
+@pytest.fixture(autouse=True)
+def helpers_importable(monkeypatch):
+    monkeypatch.syspath_prepend(HELPERS)  # the driver; Ray's workers: conftest's PYTHONPATH
+
+
+def test_vicreg_by_import_path_on_two_workers_restarts_exactly(ray_session, write_config, tmp_path):
+    straight = fit(
+        load_train_config(write_config({**VICREG, "storage_path": str(tmp_path / "a")}, name="a"))
+    )
+    retried = fit(
+        load_train_config(
+            write_config(
+                {**VICREG, "max_failures": 1, "storage_path": str(tmp_path / "b")}, name="b"
+            )
+        ),
+        crash_after_epoch=1,
+    )
+    a, b = load_state(straight["checkpoint"]), load_state(retried["checkpoint"])
+    assert a["method"] == "VICReg" and retried["resumed_at"] == [1]
+    assert "knn_acc" in straight["final_metrics"]  # probes run on its backbone
+    assert a["model"].keys() == b["model"].keys()
+    for key, value in a["model"].items():
+        assert torch.equal(value, b["model"][key]), key
+    assert a["config"]["method_options"] == {"proj_dim": 16, "cov": 0.5}
+
+
+def test_unknown_method_options_are_one_line(write_config, tmp_path):
+    config = write_config({**VICREG, "method_options": {"proj_dim": 8, "lambda_": 1.0}})
+    result = CliRunner().invoke(main, ["train", str(config)])
+    assert result.exit_code == 2
+    assert result.output.strip().splitlines() == [
+        "rayssl: error: method_options: lambda_ not taken by vicreg:VICReg (it takes: proj_dim, "
+        "sim, var, cov)"
+    ]
+    missing = write_config({**VICREG, "method": "vicreg:Nope"}, name="missing")
+    result = CliRunner().invoke(main, ["train", str(missing)])
+    assert result.exit_code == 2 and "module 'vicreg' has no attribute 'Nope'" in result.output
+    assert not (tmp_path / "runs").exists()
