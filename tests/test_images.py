@@ -276,6 +276,7 @@ def test_simclr_streams_an_image_folder_to_two_workers(ray_session, digits, writ
     assert 0.0 <= summary["history"][-1]["knn_acc"] <= 1.0
 
 
+@pytest.mark.slow  # the decode error itself is in the default suite (bad-input table)
 def test_a_corrupt_file_found_mid_stream_names_it(ray_session, digits, tmp_path, write_config):
     folder = tmp_path / "train"
     shutil.copytree(digits / "train", folder)

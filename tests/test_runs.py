@@ -53,6 +53,7 @@ def test_runs_lists_finished_failed_running_and_interrupted_runs(write_config, t
     assert rows["done"]["best_metric"] == "val_accuracy" and rows["done"]["checkpoint"]
     assert rows["broken"]["status"] == "failed" and "injected" in rows["broken"]["error"]
     assert rows["long"]["status"] == "running" and rows["long"]["planned_epochs"] == 10_000
+    assert rows["long"]["epochs"] >= 1  # local mode: from its newest checkpoint
     assert all(r["method"] == "supervised" for r in rows.values())
 
     after = CliRunner().invoke(main, ["runs", str(storage)])
@@ -63,6 +64,27 @@ def test_runs_lists_finished_failed_running_and_interrupted_runs(write_config, t
     assert "interrupted" in table["long"]  # its driver is gone
     assert "finished" in table["done"] and "2/2" in table["done"]
     assert "val_accuracy" in table["done"]
+
+    # pictures: every finished run draws curves.png; rayssl plot draws several runs
+    (done,) = storage.glob("done-*")
+    from PIL import Image
+
+    with Image.open(done / "curves.png") as picture:
+        assert picture.size == (1100, 750)
+    (long_run,) = storage.glob("long-*")
+    out = tmp_path / "both.png"
+    both = CliRunner().invoke(main, ["plot", str(done), str(long_run), "--out", str(out)])
+    assert both.exit_code == 0, both.output
+    with Image.open(out) as picture:
+        assert picture.size == (1100, 750)
+
+
+def test_plot_of_a_folder_that_is_no_run_is_one_line(tmp_path):
+    (tmp_path / "empty").mkdir()
+    result = CliRunner().invoke(main, ["plot", str(tmp_path / "empty")])
+    assert result.exit_code == 2
+    assert "has no summary.json nor checkpoint metrics" in result.output
+    assert len(result.output.strip().splitlines()) == 1
 
 
 def test_runs_of_a_missing_folder_is_one_line(tmp_path):

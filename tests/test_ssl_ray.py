@@ -116,6 +116,7 @@ def _curves(folder: Path) -> dict[str, list[tuple[int, float]]]:
     return {t: [(e.step, e.value) for e in events.Scalars(t)] for t in events.Tags()["scalars"]}
 
 
+@pytest.mark.slow  # the default suite checks the same with BYOL's views (test_user_method)
 def test_image_views_restart_exactly_on_two_workers(ray_session, write_config, tmp_path):
     """SimCLR with the paper's image views on RGB images: a run whose 2 workers crash after
     epoch 1 and restart ends torch.equal to an uninterrupted one (views come from the

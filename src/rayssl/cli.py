@@ -142,6 +142,20 @@ def runs_command(storage: str, as_json: bool) -> None:
     click.echo(json.dumps(rows, indent=2) if as_json else format_table(rows))
 
 
+@main.command("plot")
+@click.argument("runs", nargs=-1, required=True)
+@click.option("--out", default="curves.png", show_default=True, type=click.Path(dir_okay=False))
+def plot_command(runs: tuple[str, ...], out: str) -> None:
+    """Draw the learning curves of one or more RUNS (run folders) on one figure."""
+    from rayssl.plots import history_of, plot_runs
+
+    try:
+        histories = [history_of(run) for run in runs]
+    except ConfigError as exc:
+        _fail(str(exc), EXIT_BAD_INPUT)
+    click.echo(f"rayssl: wrote {plot_runs(histories, out)}")
+
+
 @main.command("demo-images")
 @click.argument("out", type=click.Path(file_okay=False))
 @click.option("--train", "n_train", type=click.IntRange(min=10), default=5000, show_default=True)

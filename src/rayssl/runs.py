@@ -2,7 +2,8 @@
 `storage_path` takes), from the records each run leaves: `run.json` (written by `fit` when
 training starts and when it ends), `summary.json`, and the checkpoint records of Ray Train
 (its manager snapshot, with the metrics reported beside each checkpoint) or of local mode.
-Reads no checkpoint file, so it stays fast for runs with large models."""
+Reads a checkpoint file only for a local-mode run without a summary (local mode records no
+metrics beside its checkpoints), so it stays fast for runs with large models."""
 
 from __future__ import annotations
 
@@ -50,6 +51,8 @@ def describe(storage: Storage, run: str) -> dict[str, Any] | None:
     if not (record or summary or snapshot or local):
         return None
     reported = [r.get("metrics", {}) for r in snapshot.get("checkpoint_results", [])]
+    if local and not summary:  # a local-mode run without a summary: its newest state
+        reported = storage.read_state(run, local["checkpoint_dir_name"])["loop"]["history"]
     history = summary.get("history") or reported
     config = summary.get("config") or record.get("config") or {}
     if summary:

@@ -143,12 +143,16 @@ class Storage:
         return name
 
     def write_text(self, run: str, name: str, text: str) -> str:
+        return self.write_bytes(run, name, text.encode())
+
+    def write_bytes(self, run: str, name: str, data: bytes) -> str:
+        """Write `run/name` whole (a temporary name, then a move)."""
         fs, base = self._fs()
         fs.create_dir(f"{base}/{run}", recursive=True)
         path = f"{base}/{run}/{name}"
         tmp = f"{base}/{run}/.{name}.tmp"
         with fs.open_output_stream(tmp) as f:
-            f.write(text.encode())
+            f.write(data)
         fs.move(tmp, path)
         return path
 

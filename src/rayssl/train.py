@@ -455,11 +455,21 @@ def fit(
         storage.write_text(run, RUN_RECORD, json.dumps(record))
         raise
     summary = summarize(cfg, run, storage, wall_s=time.time() - started)
+    summary["curves"] = _draw_curves(storage, run, summary["history"])
     record.update(status="finished", wall_time_s=summary["wall_time_s"])
     storage.write_text(run, RUN_RECORD, json.dumps(record))
     summary["ray_logs"] = ray_logs
     summary["path"] = storage.write_text(run, "summary.json", json.dumps(summary, indent=2))
     return summary
+
+
+def _draw_curves(storage: Storage, run: str, history: list[dict[str, float]]) -> str:
+    """`curves.png` in the run folder (drawn locally, then copied: storage may be a URI)."""
+    from rayssl.plots import plot_runs
+
+    with tempfile.TemporaryDirectory() as tmp:
+        picture = plot_runs([(run, history)], Path(tmp) / "curves.png")
+        return storage.write_bytes(run, "curves.png", picture.read_bytes())
 
 
 RAYSSL_ERROR_LINE = re.compile(r"\s*rayssl\.(?:\w+\.)*(\w+Error: .*)$")

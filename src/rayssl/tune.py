@@ -512,11 +512,12 @@ def report(results, search: SearchConfig, base: dict, max_epochs: int, experimen
     for result in results:
         history = result.metrics_dataframe
         params = {k: result.config[k] for k in search.space}
-        values = (
-            history[search.metric].dropna()
-            if history is not None and search.metric in history
-            else []
+        reported = (
+            history[["epoch", search.metric]].dropna()
+            if history is not None and search.metric in history and "epoch" in history
+            else None
         )
+        values = list(reported[search.metric]) if reported is not None else []
         best = (max(values) if search.mode == "max" else min(values)) if len(values) else math.nan
         epochs = int(history["epoch"].max()) if history is not None and "epoch" in history else 0
         startup = (
@@ -534,7 +535,15 @@ def report(results, search: SearchConfig, base: dict, max_epochs: int, experimen
                 "error": type(result.error).__name__ if result.error else "",
                 # trial start -> its first optimizer step (first attempt)
                 "start_to_first_step_s": float(startup.iloc[0]) if len(startup) else math.nan,
-                "_history": list(values),
+                # (epoch, value) of every report of the metric: the plot's x is the epoch
+                "_history": (
+                    list(zip(reported["epoch"].astype(int), reported[search.metric], strict=True))
+                    if reported is not None
+                    else []
+                ),
+                "_label": ", ".join(
+                    f"{_short(k)} {_legend_value(result.config[k])}" for k in search.space
+                ),
             }
         )
     ranked = sorted(
@@ -562,6 +571,19 @@ def report(results, search: SearchConfig, base: dict, max_epochs: int, experimen
     return {"rows": ranked, "best": best, "experiment": str(experiment)}
 
 
+def _short(key: str) -> str:
+    """A searched key as a legend names it: its last part (optimizer.lr -> lr,
+    simclr.temperature -> T)."""
+    last = key.rsplit(".", 1)[-1]
+    return {"temperature": "T", "weight_decay": "wd", "base_momentum": "m"}.get(last, last)
+
+
+def _legend_value(value: Any) -> str:
+    if isinstance(value, float) and value and not 0.01 <= abs(value) < 1000:
+        return f"{value:.1e}".replace("e-0", "e-")  # 1.8e-3
+    return f"{value:.3g}" if isinstance(value, float) else str(value)
+
+
 def _fmt(value: Any) -> str:
     return f"{value:.4g}" if isinstance(value, float) else str(value)
 
@@ -571,11 +593,14 @@ def _plot(rows: list[dict], search: SearchConfig, path: Path) -> None:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
-    fig, ax = plt.subplots(figsize=(7, 4))
+    fig, ax = plt.subplots(figsize=(8, 4.5))
     for r in rows:
-        ax.plot(range(1, len(r["_history"]) + 1), r["_history"], marker="o", label=r["trial"])
+        epochs = [e for e, _ in r["_history"]]
+        ax.plot(epochs, [v for _, v in r["_history"]], marker="o", label=r["_label"])
     ax.set_xlabel("epoch")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_ylabel(search.metric)
     ax.set_title(f"{search.name}: {search.metric} per epoch")
     ax.legend(fontsize=7)

@@ -1,0 +1,105 @@
+"""Learning curves: `curves.png` at the end of every run, `rayssl plot` for several runs on
+one figure, and the search plot of `rayssl tune`. Every x-axis is the run's epoch (1-based,
+as the progress lines count), whatever the reporting cadence."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+# (panel title, y label, metrics drawn in it: solid, dashed, dotted ...)
+LOSS = ("loss", "loss", ("train_loss", "val_loss"))
+HEADLINE = (
+    "accuracy",
+    "accuracy",
+    ("val_accuracy", "train_accuracy", "test_accuracy", "linear_acc", "knn_acc"),
+)
+LR = ("learning rate", "lr", ("lr",))
+EXTRA = (  # the fourth panel: whatever the run has first
+    ("BYOL target momentum", "momentum", ("momentum",)),
+    ("LFR phase (1: backbone trains)", "backbone_trains", ("backbone_trains",)),
+    ("throughput", "samples / s", ("samples_per_s",)),
+)
+STYLES = ("-", "--", ":", "-.", (0, (1, 3)))
+
+
+def _series(history: list[dict[str, float]], metric: str) -> tuple[list[int], list[float]]:
+    points = [(int(h["epoch"]), h[metric]) for h in history if metric in h and "epoch" in h]
+    return [p[0] for p in points], [p[1] for p in points]
+
+
+def plot_runs(runs: list[tuple[str, list[dict[str, float]]]], path: str | Path) -> Path:
+    """Draw `runs` ((label, per-epoch history) pairs) on one 2x2 figure: losses, the
+    headline metric, the lr and a fourth panel (BYOL momentum, LFR phase or samples/s)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
+
+    present = {k for _, history in runs for h in history for k in h}
+    extra = next((p for p in EXTRA if set(p[2]) & present), EXTRA[-1])
+    headline = HEADLINE
+    if len(runs) > 1:  # several runs: held-out accuracy only, or the legend drowns the plot
+        headline = (*HEADLINE[:2], tuple(m for m in HEADLINE[2] if m != "train_accuracy"))
+    panels = (LOSS, headline, LR, extra)
+    fig, axes = plt.subplots(2, 2, figsize=(11, 7.5))
+    colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    for ax, (title, ylabel, metrics) in zip(axes.flat, panels, strict=True):
+        drawn = False
+        for r, (label, history) in enumerate(runs):
+            for m, metric in enumerate(m for m in metrics if m in present):
+                x, y = _series(history, metric)
+                if not x:
+                    continue
+                name = metric if len(runs) == 1 else f"{label}: {metric}"
+                ax.plot(
+                    x,
+                    y,
+                    linestyle=STYLES[m % len(STYLES)],
+                    marker="o" if len(x) < 25 else None,
+                    markersize=3,
+                    color=colours[r % len(colours)],
+                    label=name,
+                )
+                drawn = True
+        ax.set_title(title)
+        ax.set_xlabel("epoch")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.set_ylabel(ylabel)
+        ax.grid(alpha=0.3)
+        if drawn:
+            ax.legend(fontsize=7)
+        else:
+            ax.text(0.5, 0.5, "not reported", ha="center", va="center", transform=ax.transAxes)
+    if len(runs) == 1:
+        fig.suptitle(runs[0][0])
+    fig.tight_layout()
+    path = Path(path)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+def history_of(run_dir: str) -> tuple[str, list[dict[str, Any]]]:
+    """A run's label and per-epoch history: its summary.json, else (a run still training or
+    one that failed) the metrics Ray Train recorded beside its checkpoints."""
+    from rayssl.config import ConfigError
+    from rayssl.storage import SNAPSHOT_FILE, Storage
+
+    where = run_dir.rstrip("/") if "://" in run_dir else str(Path(run_dir).resolve())
+    parent, run = where.rsplit("/", 1)
+    storage = Storage(parent)
+    summary = storage.read_json(run, "summary.json")
+    if summary.get("history"):
+        return run, summary["history"]
+    snapshot = storage.read_json(run, SNAPSHOT_FILE)
+    history = [r.get("metrics", {}) for r in snapshot.get("checkpoint_results", [])]
+    latest = storage.latest_checkpoint(run)
+    if latest and not snapshot:  # local mode keeps no metrics beside its checkpoints
+        history = storage.read_state(run, latest)["loop"]["history"]
+    if not history:
+        raise ConfigError(
+            f"'{run_dir}' has no summary.json nor checkpoint metrics; give a run folder"
+        )
+    return run, history
