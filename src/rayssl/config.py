@@ -328,6 +328,13 @@ class EvalConfig(Strict):
     linear_probe: bool = True
 
 
+class TrackingConfig(Strict):
+    """MLflow, optional (`pip install -e '.[mlflow]'`): one MLflow run per rayssl run."""
+
+    mlflow_uri: str = Field(description="tracking URI: sqlite:///mlflow.db, http://host:5000")
+    experiment: str = Field("rayssl", min_length=1)
+
+
 class PerformanceConfig(Strict):
     """Speed switches, all off by default (on CPU they rarely help; see BENCHMARKS.md)."""
 
@@ -390,6 +397,7 @@ class TrainConfig(Strict):
     lfr: LFRConfig = LFRConfig()
     eval: EvalConfig = EvalConfig()
     performance: PerformanceConfig = PerformanceConfig()
+    tracking: TrackingConfig | None = None
 
     @model_validator(mode="after")
     def _consistent(self) -> TrainConfig:

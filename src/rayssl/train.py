@@ -63,11 +63,14 @@ def run_worker(config: dict[str, Any]) -> Loop:
         return loop
     loop.launched_at = config.get("launched_at")
     local_run = config.get("local_run")  # local mode: (storage uri, run), rayssl persists
-    curves = None
+    curves = mlflow_run = None
     if rank == 0 and config.get("run_dir"):
-        from rayssl.tracking import TensorBoard
+        from rayssl.tracking import MLflowRun, TensorBoard
 
         curves = TensorBoard(config["run_dir"], loop.state.history)
+        if config.get("mlflow"):
+            mlflow_run = MLflowRun(*config["mlflow"])
+            mlflow_run.catch_up(loop.state.history)
 
     started = time.perf_counter()
     for metrics in loop.epochs():
@@ -89,6 +92,8 @@ def run_worker(config: dict[str, Any]) -> Loop:
             print(progress_line(metrics, cfg, loop.state.epoch - first_epoch, started), flush=True)
         if curves is not None:  # after the checkpoint: a restart rewrites from its history
             curves.log(metrics)
+        if mlflow_run is not None:
+            mlflow_run.log(metrics)
         after_epoch_hook(config, loop.state.epoch, rank)  # TEST HOOK: no-op unless asked
     if curves is not None:
         curves.close()
@@ -186,6 +191,14 @@ def preflight(cfg: TrainConfig) -> tuple[Splits, dict[str, torch.Tensor]]:
             f"performance.channels_last needs image samples (C, H, W); data '{cfg.data.name}' "
             f"gives {splits.sample_shape}: set performance.channels_last=false"
         )
+    if cfg.tracking is not None:
+        try:
+            import mlflow  # noqa: F401
+        except ImportError:
+            raise ConfigError(
+                "tracking.mlflow_uri needs MLflow, an optional extra: pip install -e "
+                "'.[mlflow]' (or pip install mlflow), or remove tracking"
+            ) from None
     if cfg.backbone.init_from:
         from rayssl import pretrained
 
@@ -417,6 +430,7 @@ def fit(
         ray_logs = init_ray(cfg, dashboard=dashboard, streaming=splits.stream is not None)
     if crash_after_epoch is None:
         crash_after_epoch = int(os.environ.get(CRASH_ENV, "0") or 0)
+    mlflow_run = open_mlflow(cfg, run)
     trainer = build_trainer(
         cfg,
         splits if local else ray.put(splits),
@@ -429,6 +443,8 @@ def fit(
         initial_checkpoint=initial,
         initial_is_resume=initial is not None,
     )
+    if mlflow_run is not None:  # rank 0 logs each epoch into it
+        trainer.train_loop_config["mlflow"] = (cfg.tracking.mlflow_uri, mlflow_run.run_id)
     started = time.time()
     record = {
         "status": "running",
@@ -453,14 +469,36 @@ def fit(
     except RunFailed as exc:
         record.update(status="failed", error=str(exc), wall_time_s=time.time() - started)
         storage.write_text(run, RUN_RECORD, json.dumps(record))
+        if mlflow_run is not None:
+            mlflow_run.close(None, error=str(exc))
         raise
     summary = summarize(cfg, run, storage, wall_s=time.time() - started)
     summary["curves"] = _draw_curves(storage, run, summary["history"])
+    if mlflow_run is not None:
+        mlflow_run.close(summary)
     record.update(status="finished", wall_time_s=summary["wall_time_s"])
     storage.write_text(run, RUN_RECORD, json.dumps(record))
     summary["ray_logs"] = ray_logs
     summary["path"] = storage.write_text(run, "summary.json", json.dumps(summary, indent=2))
     return summary
+
+
+def open_mlflow(cfg: TrainConfig, run: str):
+    """The run's MLflow run (`tracking`), opened on the driver; None without `tracking`."""
+    if cfg.tracking is None:
+        return None
+    from rayssl.tracking import MLflowRun
+
+    try:
+        return MLflowRun.open(
+            cfg.tracking.mlflow_uri, cfg.tracking.experiment, run, cfg.model_dump(mode="json")
+        )
+    except Exception as exc:  # MLflow raises its own types for a bad URI or store
+        text = str(exc).strip().splitlines()
+        raise ConfigError(
+            f"tracking.mlflow_uri '{cfg.tracking.mlflow_uri}' cannot be used "
+            f"({text[0] if text else type(exc).__name__})"
+        ) from None
 
 
 def _draw_curves(storage: Storage, run: str, history: list[dict[str, float]]) -> str:

@@ -443,10 +443,38 @@ def tune(
                 checkpoint_config=ray_tune.CheckpointConfig(
                     num_to_keep=4 if search.scheduler.name == "pbt" else 2
                 ),
+                callbacks=_mlflow_callbacks(cfg),
             ),
         )
     results = tuner.fit()
     return report(results, search, base, cfg.epochs, experiment)
+
+
+def _mlflow_callbacks(cfg) -> list:
+    """`tracking` in the base config: one MLflow run per trial, through Ray's own MLflow
+    callback (params: the trial's sampled values; metrics: every report)."""
+    if cfg.tracking is None:
+        return []
+    from ray.air.integrations.mlflow import MLflowLoggerCallback
+
+    class SampledParams(MLflowLoggerCallback):
+        """Logs only the sampled values as params: the rest of a trial's config is rayssl's
+        plumbing (the base config, an object-store reference to the data)."""
+
+        def log_trial_start(self, trial):
+            hidden = {k: trial.config.pop(k) for k in list(trial.config) if k.startswith("_")}
+            try:
+                super().log_trial_start(trial)
+            finally:
+                trial.config.update(hidden)
+
+    return [
+        SampledParams(
+            tracking_uri=cfg.tracking.mlflow_uri,
+            experiment_name=cfg.tracking.experiment,
+            save_artifact=False,
+        )
+    ]
 
 
 def _concurrency_that_fits(search: SearchConfig) -> int:

@@ -1,0 +1,93 @@
+"""MLflow tracking (optional extra) against a real local sqlite store: one MLflow run per
+rayssl run, params, per-epoch metrics, the summary; a failed run and its --resume share the
+MLflow run, with every epoch logged exactly once."""
+
+from __future__ import annotations
+
+import pytest
+from click.testing import CliRunner
+
+from rayssl.cli import main
+from rayssl.config import load_train_config
+from rayssl.train import RunFailed, fit
+
+mlflow = pytest.importorskip("mlflow")
+
+
+def test_mlflow_run_survives_a_failure_and_resume(write_config, tmp_path):
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    config = write_config(
+        {
+            "name": "tracked",
+            "num_workers": 0,
+            "epochs": 3,
+            "tracking": {"mlflow_uri": uri, "experiment": "demo"},
+        }
+    )
+    with pytest.raises(RunFailed):
+        fit(load_train_config(config), crash_after_epoch=2)
+    client = mlflow.tracking.MlflowClient(uri)
+    experiment = client.get_experiment_by_name("demo")
+    (failed,) = client.search_runs([experiment.experiment_id])
+    assert failed.info.status == "FAILED" and "injected" in failed.data.tags["rayssl_error"]
+
+    summary = fit(load_train_config(config), resume=True)
+    (run,) = client.search_runs([experiment.experiment_id])  # the same MLflow run
+    assert run.info.run_id == failed.info.run_id and run.info.status == "FINISHED"
+    assert run.data.tags["rayssl_run"] == summary["run"]
+    assert run.data.params["optimizer.lr"] == "0.003" and run.data.params["epochs"] == "3"
+    losses = client.get_metric_history(run.info.run_id, "train_loss")
+    assert sorted(m.step for m in losses) == [1, 2, 3]  # each epoch once
+    assert [m.value for m in sorted(losses, key=lambda m: m.step)] == pytest.approx(
+        [h["train_loss"] for h in summary["history"]]
+    )
+    assert run.data.metrics["final_test_accuracy"] == pytest.approx(
+        summary["final_metrics"]["test_accuracy"]
+    )
+
+
+def test_an_unusable_mlflow_uri_is_one_line(write_config, tmp_path):
+    config = write_config({"num_workers": 0, "tracking": {"mlflow_uri": "nosuch://x"}})
+    result = CliRunner().invoke(main, ["train", str(config)])
+    assert result.exit_code == 2, result.output
+    lines = result.output.strip().splitlines()
+    assert len(lines) == 1 and "tracking.mlflow_uri 'nosuch://x' cannot be used" in lines[0]
+
+
+def test_a_search_logs_one_mlflow_run_per_trial(ray_session, write_config, tmp_path):
+    import yaml
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    base = write_config(
+        {
+            "epochs": 2,
+            "num_workers": 1,
+            "data": {"batch_size": 16},
+            "tracking": {"mlflow_uri": uri, "experiment": "search"},
+        }
+    )
+    search = tmp_path / "search.yaml"
+    search.write_text(
+        yaml.safe_dump(
+            {
+                "base": base.name,
+                "space": {"optimizer.lr": {"choice": [1.0e-3, 1.0e-2]}},
+                "metric": "val_accuracy",
+                "mode": "max",
+                "num_samples": 2,
+                "scheduler": {"name": "fifo"},
+                "max_concurrent_trials": 2,
+                "storage_path": str(tmp_path / "tune"),
+            }
+        )
+    )
+    result = CliRunner().invoke(main, ["tune", str(search)])
+    assert result.exit_code == 0, result.output
+    client = mlflow.tracking.MlflowClient(uri)
+    runs = client.search_runs([client.get_experiment_by_name("search").experiment_id])
+    assert len(runs) == 2
+    assert sorted(r.data.params["optimizer.lr"] for r in runs) == ["0.001", "0.01"]
+    for run in runs:
+        assert not any(k.startswith("_") for k in run.data.params)
+        steps = sorted(m.step for m in client.get_metric_history(run.info.run_id, "val_accuracy"))
+        assert len(steps) == 2
