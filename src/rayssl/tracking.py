@@ -2,10 +2,11 @@
 `tensorboard --logdir <storage_path>` shows runs side by side.
 
 Every number an epoch reports becomes a scalar at step = epoch: losses, accuracies, probe
-metrics, lr, samples/s, BYOL's momentum, LFR's phase (`backbone_trains`). A restarted or
-resumed run rewrites its curves from the checkpoint's history under `purge_step=1`, which
-tells TensorBoard to drop every point an earlier attempt wrote (including epochs after the
-checkpoint it restarts from), so no epoch appears twice or goes missing.
+metrics, lr, samples/s, BYOL's momentum, LFR's phase (`backbone_trains`). Every attempt
+(a new run, a restart, a resume) writes its curves from the checkpoint's history under
+`purge_step=1`, which tells TensorBoard to drop every point an earlier attempt wrote
+(including epochs after the checkpoint it restarts from), so no epoch appears twice or goes
+missing.
 
 For a storage URI (s3://, gs://) the event files are written locally and copied to the
 run folder after every epoch through pyarrow (TensorBoard's writer speaks local paths).
@@ -26,8 +27,9 @@ class TensorBoard:
         self.remote = "://" in run_uri
         self.target = f"{run_uri}/tensorboard"
         self.dir = tempfile.mkdtemp(prefix="rayssl-tb-") if self.remote else self.target
-        # purge_step=1 only when there are earlier points to replace
-        self.writer = SummaryWriter(self.dir, purge_step=1 if history else None)
+        # always: an attempt that crashed before its first checkpoint was registered leaves
+        # points that a restart from scratch (empty history) must replace too
+        self.writer = SummaryWriter(self.dir, purge_step=1)
         for metrics in history:
             self._add(metrics)
         self.flush()
@@ -67,13 +69,14 @@ class MLflowRun:
     its `rayssl_run` tag when the run restarts or resumes. The driver opens it (params: the
     resolved config, flattened) and closes it (the summary, the status); rank 0 logs each
     epoch's numbers at step = epoch. A restart first logs the checkpoint's epochs that the
-    MLflow run lacks (an epoch can end between its checkpoint and its MLflow point), then
-    goes on: no epoch is logged twice, none is missing."""
+    MLflow run lacks (an epoch can end between its checkpoint and its MLflow point), and
+    never logs an epoch the run already has: none twice, none missing."""
 
     def __init__(self, uri: str, run_id: str):
         from mlflow.tracking import MlflowClient
 
         self.client, self.run_id = MlflowClient(uri), run_id
+        self.logged: set[int] | None = None  # epochs the MLflow run has (read when needed)
 
     @classmethod
     def open(cls, uri: str, experiment: str, run: str, config: dict) -> MLflowRun:
@@ -101,17 +104,25 @@ class MLflowRun:
         return cls(uri, run_id)
 
     def catch_up(self, history: list[dict[str, float]]) -> None:
-        logged = {m.step for m in self.client.get_metric_history(self.run_id, "train_loss")}
         for metrics in history:
-            if int(metrics["epoch"]) not in logged:
-                self.log(metrics)
+            self.log(metrics)
 
     def log(self, metrics: dict[str, float]) -> None:
+        """Log an epoch unless the MLflow run has it: MLflow cannot delete points, and an
+        attempt restarted from an earlier checkpoint (or from scratch, when it crashed before
+        its first one was registered) trains epochs again that it already logged, with the
+        same numbers (runs resume exactly)."""
         import time
 
         from mlflow.entities import Metric
 
+        if self.logged is None:
+            history = self.client.get_metric_history(self.run_id, "train_loss")
+            self.logged = {m.step for m in history}
         step, now = int(metrics["epoch"]), int(time.time() * 1000)
+        if step in self.logged:
+            return
+        self.logged.add(step)
         points = [
             Metric(k, float(v), now, step)
             for k, v in metrics.items()
