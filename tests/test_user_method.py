@@ -19,7 +19,7 @@ HELPERS = str(Path(__file__).parent / "helpers")
 VICREG = {
     "method": "vicreg:VICReg",
     "method_options": {"proj_dim": 16, "cov": 0.5},
-    "epochs": 2,
+    "epochs": 3,
     # the papers' image views: this test is also the default suite's check that the image
     # pipeline restarts exactly on 2 workers (test_ssl_ray's SimCLR one is marked slow)
     "data": {
@@ -48,10 +48,12 @@ def test_vicreg_by_import_path_on_two_workers_restarts_exactly(ray_session, writ
                 {**VICREG, "max_failures": 1, "storage_path": str(tmp_path / "b")}, name="b"
             )
         ),
-        crash_after_epoch=1,
+        crash_after_epoch=2,
     )
     a, b = load_state(straight["checkpoint"]), load_state(retried["checkpoint"])
-    assert a["method"] == "VICReg" and retried["resumed_at"] == [1]
+    # resumed from a checkpoint: epoch 2's, or epoch 1's when the crash came before Ray
+    # Train registered epoch 2's (the controller registers reports asynchronously)
+    assert a["method"] == "VICReg" and retried["resumed_at"] in ([1], [2])
     assert "knn_acc" in straight["final_metrics"]  # probes run on its backbone
     assert a["model"].keys() == b["model"].keys()
     for key, value in a["model"].items():
