@@ -119,11 +119,11 @@ def _curves(folder: Path) -> dict[str, list[tuple[int, float]]]:
 @pytest.mark.slow  # the default suite checks the same with BYOL's views (test_user_method)
 def test_image_views_restart_exactly_on_two_workers(ray_session, write_config, tmp_path):
     """SimCLR with the paper's image views on RGB images: a run whose 2 workers crash after
-    epoch 1 and restart ends torch.equal to an uninterrupted one (views come from the
+    epoch 2 and restart ends torch.equal to an uninterrupted one (views come from the
     (seed, epoch, rank) generator, per sample)."""
     overrides = {
         "method": "simclr",
-        "epochs": 2,
+        "epochs": 3,
         "data": {
             "shape": [3, 16, 16],
             "num_samples": 128,
@@ -140,9 +140,10 @@ def test_image_views_restart_exactly_on_two_workers(ray_session, write_config, t
         runs.append(
             fit(
                 load_train_config(write_config(cfg, name=name)),
-                crash_after_epoch=1 if extra else None,
+                crash_after_epoch=2 if extra else None,
             )
         )
     a, b = (load_state(Path(r["checkpoint"])) for r in runs)
-    assert runs[1]["resumed_at"] == [1]
+    # epoch 2's checkpoint, or epoch 1's if Ray Train had not registered epoch 2's yet
+    assert runs[1]["resumed_at"] in ([1], [2])
     _assert_states_equal(a["model"], b["model"])
