@@ -74,6 +74,46 @@ def test_batches_shard_disjointly_and_reshuffle_per_epoch():
     assert not torch.equal(torch.cat([b[1] for b in shards[0]]), first)
 
 
+def test_global_batches_do_not_depend_on_the_number_of_workers():
+    """An elastic run resizes between (or within) epochs: global batch k of an epoch must be
+    the same samples on 1, 2 or 4 workers, so the schedule sees the same training."""
+    x, y = torch.zeros(103, 1), torch.arange(103)
+    global_batch = 20
+
+    def global_batches(world: int, epoch: int = 5) -> list[list[int]]:
+        shards = []
+        for rank in range(world):
+            batches = TensorBatches(x, y, global_batch // world, rank=rank, world_size=world)
+            batches.set_epoch(epoch)
+            shards.append([b[1].tolist() for b in batches])
+        return [sorted(sum(parts, [])) for parts in zip(*shards, strict=True)]
+
+    one = global_batches(1)
+    assert len(one) == 103 // global_batch == 5
+    assert global_batches(2) == one and global_batches(4) == one
+    assert global_batches(2, epoch=6) != one
+    # every sample at most once per epoch
+    flat = sum(one, [])
+    assert len(flat) == len(set(flat)) == 100
+
+
+def test_a_mid_epoch_resume_on_another_world_size_continues_the_epoch():
+    """Steps 1-2 on 2 workers, the rest on 1: together exactly the epoch's global batches."""
+    x, y = torch.zeros(64, 1), torch.arange(64)
+    whole = TensorBatches(x, y, 8)
+    whole.set_epoch(3)
+    expected = [b[1].tolist() for b in whole]
+    before = []
+    for rank in range(2):
+        part = TensorBatches(x, y, 4, rank=rank, world_size=2)
+        part.set_epoch(3)
+        before.append([b[1].tolist() for b in part][:2])
+    after = TensorBatches(x, y, 8)
+    after.set_epoch(3, start_step=2)
+    resumed = [a + b for a, b in zip(*before, strict=True)] + [b[1].tolist() for b in after]
+    assert resumed == expected
+
+
 def test_eval_batches_cover_every_sample_once():
     x, y = torch.zeros(7, 1), torch.arange(7)
     shards = [

@@ -233,14 +233,59 @@ def test_non_finite_gradient_with_a_finite_loss_stops_before_the_step():
     assert not loop.optimizer.state  # the optimizer never stepped
 
 
-def test_restoring_another_world_size_says_rng_streams_restart(tmp_path, capsys):
+def test_restoring_another_world_size_records_the_resize(tmp_path, capsys):
     first = _loop({"epochs": 2})
     next(first.epochs())
-    state = first.state_dict(rng_states=[first.state_dict()["rng"][0]] * 2)  # as if 2 workers
+    state = first.state_dict(rng_states=[first.rank_state()] * 2)  # as if 2 workers
+    state["world_size"] = 2
     second = _loop({"epochs": 2})
     second.load_state_dict(state)
     out = capsys.readouterr().out
-    assert "written by 2 workers, this run has 1" in out and "RNG streams restart" in out
+    assert "resized from 2 to 1 workers at epoch 2" in out
+    steps = first.steps_per_epoch
+    assert second.state.resizes == [{"epoch": 1, "step": steps, "from": 2, "to": 1}]
+    last = list(second.epochs())[-1]
+    assert last["epoch"] == 2 and last["step"] == 2 * steps and last["workers"] == 1
+
+
+def test_a_preemption_checkpoint_mid_epoch_resumes_exactly(tmp_path):
+    """A notice at global step 10 (epoch 2 of 3) saves mid-epoch; a fresh loop restored from
+    that state ends torch.equal to an uninterrupted run, its epoch 2 loss included."""
+    overrides = {
+        "epochs": 3,
+        "data": {"augment": {"shift": 2, "jitter": 0.1}},
+        "backbone": {"name": "mlp", "hidden": [16], "dropout": 0.2},
+        "checkpoint": {"preemption_check_steps": 2},
+    }
+    straight = _loop(overrides)
+    list(straight.epochs())
+    steps = straight.steps_per_epoch
+    assert steps < 10 < 2 * steps  # the notice lands inside epoch 2
+
+    first = _loop(overrides)
+    asked: list[int] = []
+
+    def notice() -> bool:
+        asked.append(first.state.global_step)
+        return first.state.global_step >= 10
+
+    first.preemption_notice = notice
+    first.save_now = lambda: save_state(first.state_dict(), tmp_path)
+    list(first.epochs())
+    assert asked == [2, 4, 6, 8, 10]  # every 2 steps, until the first notice is saved
+    torch.manual_seed(999)  # the restore must not depend on this process's RNG
+    second = _loop(overrides)
+    state = load_state(tmp_path)
+    assert state["loop"]["epoch"] == 1 and state["loop"]["step_in_epoch"] == 10 - steps
+    second.load_state_dict(state)
+    rest = list(second.epochs())
+    assert [h["epoch"] for h in rest] == [2, 3]
+    assert second.state.global_step == straight.state.global_step == 3 * steps
+    for key, value in straight.method.state_dict().items():
+        assert torch.equal(value, second.method.state_dict()[key]), key
+    resumed, expected = second.state.history[1], straight.state.history[1]
+    assert resumed["train_loss"] == pytest.approx(expected["train_loss"], rel=1e-6)
+    assert resumed["val_loss"] == expected["val_loss"] and resumed["lr"] == expected["lr"]
 
 
 def _two_rank_worker(rank, port, out_dir, poison_rank):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib
 import inspect
+import math
 from pathlib import Path
 from typing import Any, Literal
 
@@ -271,6 +272,12 @@ class CheckpointConfig(Strict):
     num_to_keep: int | None = Field(2, ge=1, description="null keeps every checkpoint")
     score_attribute: str | None = Field(None, description="keep the best by this metric")
     score_order: Literal["min", "max"] = "max"
+    preemption_check_steps: int = Field(
+        10,
+        ge=0,
+        description="every this many optimizer steps the workers ask Ray Train whether a "
+        "node of theirs is being preempted, and save a checkpoint mid-epoch if so; 0: never",
+    )
 
 
 class SupervisedConfig(Strict):
@@ -376,8 +383,13 @@ class TrainConfig(Strict):
     name: str | None = Field(None, description="run name; default: the config file's stem")
     seed: int = Field(0, ge=0)
     epochs: int = Field(10, ge=1)
-    num_workers: int = Field(
-        2, ge=0, description="Ray Train workers; 0: local mode, the loop runs in this process"
+    num_workers: int | tuple[int, int] = Field(
+        2,
+        description="Ray Train workers; 0: local mode, the loop runs in this process; "
+        "[MIN, MAX]: elastic, runs on as many as fit and resizes when nodes come and go",
+    )
+    elastic_check_s: float = Field(
+        60.0, gt=0, description="elastic runs: how often Ray Train looks for room to grow"
     )
     cpus_per_worker: float = Field(1.0, gt=0.0)
     use_gpu: bool = False
@@ -399,8 +411,21 @@ class TrainConfig(Strict):
     performance: PerformanceConfig = PerformanceConfig()
     tracking: TrackingConfig | None = None
 
+    @property
+    def min_workers(self) -> int:
+        return self.num_workers[0] if isinstance(self.num_workers, tuple) else self.num_workers
+
+    @property
+    def max_workers(self) -> int:
+        return self.num_workers[1] if isinstance(self.num_workers, tuple) else self.num_workers
+
+    @property
+    def elastic(self) -> bool:
+        return isinstance(self.num_workers, tuple)
+
     @model_validator(mode="after")
     def _consistent(self) -> TrainConfig:
+        self._check_workers()
         if self.num_workers == 0 and (
             self.data.name == "parquet" or (self.data.name == "images" and not self.data.in_memory)
         ):
@@ -409,7 +434,7 @@ class TrainConfig(Strict):
                 "images with in_memory false) goes through Ray Data to Ray Train workers: "
                 "set num_workers >= 1"
             )
-        if self.data.batch_size % max(1, self.num_workers):
+        if not self.elastic and self.data.batch_size % max(1, self.num_workers):
             raise ValueError(
                 f"data.batch_size ({self.data.batch_size}) must be divisible by num_workers "
                 f"({self.num_workers}): it is the global batch, split evenly across workers"
@@ -432,6 +457,39 @@ class TrainConfig(Strict):
             except ValueError as exc:
                 raise ValueError(f"{section}.name '{spec.name}': {exc}") from None
         return self
+
+    def _check_workers(self) -> None:
+        """`num_workers`: a count >= 0, or an elastic [MIN, MAX] range with 1 <= MIN <= MAX
+        whose every worker count divides the global batch (a resize keeps the global batch
+        and splits it evenly: no gradient accumulation, which would split SimCLR's negatives
+        and BatchNorm's statistics into micro-batches and so change the training)."""
+        if not self.elastic:
+            if self.num_workers < 0:
+                raise ValueError(f"num_workers: {self.num_workers} must be >= 0")
+            return
+        low, high = self.num_workers
+        if not 1 <= low <= high:
+            raise ValueError(
+                f"num_workers: [{low}, {high}] must be [MIN, MAX] with 1 <= MIN <= MAX "
+                "(local mode, 0, cannot resize)"
+            )
+        batch = self.data.batch_size
+        odd = [n for n in range(low, high + 1) if batch % n]
+        if odd:
+            need = math.lcm(*range(low, high + 1))
+            raise ValueError(
+                f"data.batch_size ({batch}) must be divisible by every worker count "
+                f"num_workers [{low}, {high}] allows ({', '.join(map(str, odd))} "
+                f"{'does' if len(odd) == 1 else 'do'} not divide it): a resize keeps the "
+                f"global batch and splits it evenly; use a multiple of {need} (e.g. "
+                f"{need * max(1, round(batch / need))}) or a narrower range"
+            )
+        if self.max_failures == 0:
+            raise ValueError(
+                f"num_workers [{low}, {high}] (elastic) continues on fewer workers through a "
+                "restart after a node is lost, which max_failures 0 forbids: set max_failures "
+                "to a count or -1 (preemption notices do not count against it)"
+            )
 
     @property
     def builtin_method(self) -> bool:

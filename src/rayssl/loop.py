@@ -60,6 +60,13 @@ class LoopState:
     history: list[dict[str, float]] = field(default_factory=list)
     finished: bool = False  # the run reached its end (schedule, early stop, method's stop)
     resumed_at: list[int] = field(default_factory=list)  # epochs at which an attempt resumed
+    # A checkpoint saved mid-epoch (a preemption notice): the steps of epoch `epoch` already
+    # done, and the epoch's training loss so far over all ranks as [sum, count].
+    step_in_epoch: int = 0
+    partial_loss: list[float] | None = None
+    # Each change of the number of workers between attempts (an elastic resize, or a
+    # --resume with another num_workers): {"epoch", "step", "from", "to"}.
+    resizes: list[dict[str, int]] = field(default_factory=list)
 
 
 PROBE_METRICS = ("knn_acc", "linear_acc")
@@ -175,6 +182,14 @@ class Loop:
         self.state = LoopState()
         self.first_step_at: float | None = None  # time.time() of this process's first step
         self.launched_at: float | None = None  # time.time() when the command started, if known
+        # Preemption notices (Ray Train workers only): `preemption_notice()` is asked every
+        # `checkpoint.preemption_check_steps` optimizer steps on every rank (the same steps,
+        # it is a collective); on the first notice every rank calls `save_now()`, which
+        # writes a mid-epoch checkpoint.
+        self.preemption_notice: Callable[[], bool] | None = None
+        self.save_now: Callable[[], None] | None = None
+        self.saved_on_notice = False
+        self._resume_views: torch.Tensor | None = None  # view generator state, mid-epoch
 
     # ------------------------------------------------------------------ training
 
@@ -183,9 +198,10 @@ class Loop:
         step once the method's own budget is spent (LFR's `max_backbone_training_steps`)."""
         self.model.train()
         epoch = self.state.epoch
-        for step_in_epoch, batch in enumerate(self.train_batches, start=1):
+        first = self.state.step_in_epoch + 1  # after a mid-epoch resume, the next step's
+        for step_in_epoch, batch in enumerate(self.train_batches, start=first):
             if self.method.should_stop():
-                return
+                break
             start = time.perf_counter()
             x, y = batch
             with self.autocast():
@@ -203,9 +219,38 @@ class Loop:
                 self.first_step_at = time.time()
             self.method.on_step_end(self.state.global_step, self.total_steps)
             self.train_loss.update(loss.detach())
+            self.state.step_in_epoch = step_in_epoch
+            if self._preemption_noticed():
+                self._save_mid_epoch()
             yield TrainingIterationStats(
                 self.state.global_step, loss_value, time.perf_counter() - start
             )
+        # the epoch's steps are done (or the method's budget is spent)
+        self.state.step_in_epoch, self.state.partial_loss = 0, None
+
+    def _preemption_noticed(self) -> bool:
+        """Whether to checkpoint now: the first preemption notice of this attempt, asked
+        for on every rank at the same global steps."""
+        every = self.cfg.checkpoint.preemption_check_steps
+        if (
+            self.preemption_notice is None
+            or self.saved_on_notice
+            or not every
+            or self.state.global_step % every
+        ):
+            return False
+        return self.preemption_notice()
+
+    def _save_mid_epoch(self) -> None:
+        """Every rank: reduce the epoch's loss so far into the state, then save (`save_now`
+        gathers the ranks' RNG and reports the checkpoint)."""
+        self.saved_on_notice = True
+        totals = torch.stack([self.train_loss.mean_value, self.train_loss.weight]).double()
+        if self.world_size > 1 and torch.distributed.is_initialized():
+            torch.distributed.all_reduce(totals)
+        self.state.partial_loss = totals.tolist()
+        if self.save_now is not None:
+            self.save_now()
 
     def _check_finite(
         self, loss: torch.Tensor, epoch: int, step_in_epoch: int
@@ -281,10 +326,21 @@ class Loop:
     def start_epoch(self) -> None:
         """Set the sampler's epoch, reseed the view generator, call the method's hook, and
         re-wrap the model for DDP if the hook changed which parameters train."""
-        epoch = self.state.epoch
-        self.train_batches.set_epoch(epoch)
+        epoch, done = self.state.epoch, self.state.step_in_epoch
+        self.train_batches.set_epoch(epoch, start_step=done)
         # Views depend only on (seed, epoch, rank): a resumed run draws the same ones.
         self.generator.manual_seed(self.cfg.seed * 1_000_003 + epoch * 1_009 + self.rank)
+        if done:  # resumed mid-epoch: this rank's generator where it was, if it existed
+            if self._resume_views is not None:
+                self.generator.set_state(self._resume_views)
+            else:  # another world size: a stream of its own for the rest of the epoch
+                self.generator.manual_seed(
+                    self.cfg.seed * 1_000_003 + epoch * 1_009 + self.rank + 7_919 * done
+                )
+            self._resume_views = None
+            if self.rank == 0 and self.state.partial_loss:
+                total, count = self.state.partial_loss
+                self.train_loss.update(torch.tensor(total / count), weight=count)
         self.method.on_training_epoch_start(epoch)
         trainable = self._trainable_parameters()
         if trainable != self._trainable:
@@ -315,6 +371,7 @@ class Loop:
             "lr": self.optimizer.param_groups[0]["lr"],
             "samples_per_s": samples / max(elapsed, 1e-9),
             "epoch_time_s": elapsed,
+            "workers": self.world_size,
         }
         self.train_loss.reset()
         if self.launched_at is not None and self.first_step_at is not None:
@@ -457,6 +514,11 @@ class Loop:
 
     # ------------------------------------------------------------------ state
 
+    def rank_state(self) -> dict[str, Any]:
+        """This rank's random state: its RNGs and the view generator (a mid-epoch
+        checkpoint resumes the views where they were). The caller gathers one per rank."""
+        return {**capture_rng(), "views": self.generator.get_state()}
+
     def state_dict(self, rng_states: list[dict[str, Any]] | None = None) -> dict[str, Any]:
         """Every piece of training state. `rng_states` holds one entry per rank (the caller
         gathers them); without it, this process's RNG state is stored for rank 0."""
@@ -470,7 +532,7 @@ class Loop:
             "loop": asdict(self.state),
             "sampler_epoch": self.train_batches.epoch,
             "method_extra": self.method.extra_state(),
-            "rng": rng_states if rng_states is not None else [capture_rng()],
+            "rng": rng_states if rng_states is not None else [self.rank_state()],
             "world_size": self.world_size,
             "input": self.input_record,
         }
@@ -500,16 +562,39 @@ class Loop:
         if self.lr_scheduler is not None and state["lr_scheduler"] is not None:
             self.lr_scheduler.load_state_dict(state["lr_scheduler"])
         self.state = LoopState(**state["loop"])
-        self.train_batches.set_epoch(state["sampler_epoch"])
+        self.train_batches.set_epoch(state["sampler_epoch"], self.state.step_in_epoch)
         rng = state["rng"]
         if len(rng) == self.world_size:
             restore_rng(rng[self.rank])
-        elif self.rank == 0:
+            views = rng[self.rank].get("views")
+            self._resume_views = views if self.state.step_in_epoch else None
+            return
+        from rayssl.state import seed_everything
+
+        # Another number of workers (an elastic resize): per-rank streams derived afresh from
+        # (seed, epoch, step, rank, world size), so a resized run is reproducible, though not
+        # bitwise equal to one that kept its size.
+        old = len(rng)
+        seed_everything(
+            self.cfg.seed * 1_000_003
+            + self.state.global_step * 1_009
+            + self.rank * 31
+            + self.world_size
+        )
+        self.state.resizes.append(
+            {
+                "epoch": self.state.epoch,
+                "step": self.state.global_step,
+                "from": old,
+                "to": self.world_size,
+            }
+        )
+        if self.rank == 0:
             print(
-                f"[rayssl] the checkpoint was written by {len(rng)} workers, this run has "
-                f"{self.world_size}: per-rank RNG streams restart from the seed (dropout and "
-                "the like); views stay seeded by (seed, epoch, rank), so the run is "
-                "reproducible but not bitwise equal to one that kept its size",
+                f"[rayssl] resized from {old} to {self.world_size} workers at epoch "
+                f"{self.state.epoch + 1}, step {self.state.global_step}: the global batch, the "
+                "schedules and the counters carry on; per-rank random streams are derived "
+                "afresh for the new size (reproducible, not bitwise equal to a fixed size)",
                 flush=True,
             )
 

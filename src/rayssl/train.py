@@ -19,7 +19,7 @@ from rayssl.config import ConfigError, TrainConfig
 from rayssl.data import Splits, input_normalizer, load_splits
 from rayssl.faults import CRASH_ENV, after_epoch_hook
 from rayssl.loop import PROBE_METRICS, Loop, build_loop
-from rayssl.state import capture_rng, load_state, save_state, seed_everything
+from rayssl.state import load_state, save_state, seed_everything
 from rayssl.storage import RUN_RECORD, Storage, check_resumable, pick_run_name
 
 
@@ -72,9 +72,13 @@ def run_worker(config: dict[str, Any]) -> Loop:
             mlflow_run = MLflowRun(*config["mlflow"])
             mlflow_run.catch_up(loop.state.history)
 
+    if config.get("preemption_checkpoints") and local_run is None:
+        loop.preemption_notice = lambda: ray.train.get_preemption_info() is not None
+        loop.save_now = lambda: _save_on_preemption(loop)
+
     started = time.perf_counter()
     for metrics in loop.epochs():
-        rng_states = _gather(capture_rng(), world_size)
+        rng_states = _gather(loop.rank_state(), world_size)
         if local_run is not None:
             storage = Storage(local_run[0])
             storage.save_local_checkpoint(
@@ -98,6 +102,34 @@ def run_worker(config: dict[str, Any]) -> Loop:
     if curves is not None:
         curves.close()
     return loop
+
+
+def _save_on_preemption(loop: Loop) -> None:
+    """Every rank: a node of this run is being preempted; report a checkpoint of the state
+    mid-epoch now, so the restart (on the nodes left, or a resized group) loses at most the
+    steps since. The report carries the last epoch's metrics (a keep-best checkpoint policy
+    needs its score) and the step it was taken at."""
+    import ray.train
+
+    rng_states = _gather(loop.rank_state(), loop.world_size)
+    state = loop.state
+    metrics = {**(state.history[-1] if state.history else {}), "step": state.global_step}
+    metrics["preemption_checkpoint_step_in_epoch"] = state.step_in_epoch
+    ck = loop.cfg.checkpoint
+    if ck.score_attribute and ck.score_attribute not in metrics:
+        metrics[ck.score_attribute] = float("-inf" if ck.score_order == "max" else "inf")
+    with tempfile.TemporaryDirectory() as tmp:
+        ckpt = None
+        if loop.rank == 0:
+            save_state(loop.state_dict(rng_states), tmp)
+            ckpt = ray.train.Checkpoint.from_directory(tmp)
+        ray.train.report(metrics, checkpoint=ckpt)
+    if loop.rank == 0:
+        print(
+            f"[rayssl] preemption notice: checkpoint saved at epoch {state.epoch + 1}, step "
+            f"{state.step_in_epoch} of {loop.steps_per_epoch}",
+            flush=True,
+        )
 
 
 def build_worker_loop(config: dict[str, Any]) -> Loop:
@@ -250,7 +282,7 @@ def init_ray(cfg: TrainConfig, dashboard: bool = False, streaming: bool = False)
             os.environ.setdefault("RAY_DATA_LOGGING_CONFIG", str(RAY_DATA_LOGGING))
             _check_fits(cfg, {"CPU": cpus}, gpus_known=False)
             if streaming:
-                cpus = max(cpus, cfg.num_workers * cfg.cpus_per_worker + DATA_CPUS)
+                cpus = max(cpus, cfg.max_workers * cfg.cpus_per_worker + DATA_CPUS)
         # Ray logs a notice about token authentication each time it starts a local cluster;
         # rayssl's embedded cluster is private to this command, so keep the notice in Ray's
         # log files only. (Logger names are Ray's; a rename only brings the notice back.)
@@ -292,8 +324,8 @@ def _check_fits(
     cfg: TrainConfig, resources: dict[str, float], gpus_known: bool = True, streaming=False
 ) -> None:
     """One line (exit 2) when the run's workers (and, `streaming`, one Ray Data task) cannot
-    all be placed on the cluster."""
-    cpus_needed = cfg.num_workers * cfg.cpus_per_worker
+    all be placed on the cluster. An elastic run needs room for its minimum."""
+    cpus_needed = cfg.min_workers * cfg.cpus_per_worker
     if streaming and cpus_needed + DATA_CPUS > resources.get("CPU", 0):
         raise ConfigError(
             f"num_workers x cpus_per_worker = {cpus_needed:g} CPUs leaves none of the Ray "
@@ -305,9 +337,9 @@ def _check_fits(
             f"num_workers x cpus_per_worker = {cpus_needed:g} CPUs, but the Ray cluster has "
             f"{resources.get('CPU', 0):g}; lower num_workers or cpus_per_worker"
         )
-    if gpus_known and cfg.use_gpu and cfg.num_workers > resources.get("GPU", 0):
+    if gpus_known and cfg.use_gpu and cfg.min_workers > resources.get("GPU", 0):
         raise ConfigError(
-            f"use_gpu with num_workers={cfg.num_workers} needs {cfg.num_workers} GPUs, the Ray "
+            f"use_gpu with num_workers={cfg.min_workers} needs {cfg.min_workers} GPUs, the Ray "
             f"cluster has {resources.get('GPU', 0):g}; lower num_workers or set use_gpu: false"
         )
 
@@ -367,6 +399,7 @@ def build_trainer(
         datasets=datasets,
         scaling_config=ScalingConfig(
             num_workers=cfg.num_workers,
+            **({"elastic_resize_monitor_interval_s": cfg.elastic_check_s} if cfg.elastic else {}),
             use_gpu=cfg.use_gpu,
             resources_per_worker={
                 "CPU": cfg.cpus_per_worker,
@@ -445,6 +478,9 @@ def fit(
     )
     if mlflow_run is not None:  # rank 0 logs each epoch into it
         trainer.train_loop_config["mlflow"] = (cfg.tracking.mlflow_uri, mlflow_run.run_id)
+    # a checkpoint mid-epoch on a preemption notice (not under Tune: its trials' reports
+    # are epochs, and ASHA and PBT act on each)
+    trainer.train_loop_config["preemption_checkpoints"] = True
     started = time.time()
     record = {
         "status": "running",
@@ -560,6 +596,8 @@ def summarize(cfg: TrainConfig, run: str, storage: Storage, wall_s: float) -> di
         # epochs from which an attempt continued a checkpoint: a worker-group restart after
         # a failure, or `--resume`
         "resumed_at": state["loop"].get("resumed_at", []),
+        # each change of the number of workers: {"epoch", "step", "from", "to"}
+        "resizes": state["loop"].get("resizes", []),
         "final_metrics": final,
         "best": {
             "metric": monitor,

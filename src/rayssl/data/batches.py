@@ -5,16 +5,21 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 import torch
-from torch.utils.data import DistributedSampler
 
 
 class TensorBatches:
-    """Yield `(x, y)` batches of this rank's shard without per-sample Python.
+    """Yield `(x, y)` batches of this rank's share without per-sample Python.
 
-    Training order comes from torch's `DistributedSampler` (shuffled per epoch from `seed`,
-    every rank a disjoint equal share); indices are then sliced in blocks. For evaluation
-    (`shuffle=False`) ranks take a strided, unpadded share, so metrics count each sample once.
+    Training: every epoch draws one permutation of all samples from (seed, epoch) and cuts
+    it into global batches of `batch_size * world_size`; rank r takes the r-th equal slice
+    of each. The global batches are therefore the same whatever the number of workers, so an
+    elastic run that resizes, even mid-epoch (`start_step`), sees every sample of the epoch
+    once. (torch's DistributedSampler strides the permutation by rank instead, which ties
+    the batches to the world size.) For evaluation (`shuffle=False`) ranks take a strided,
+    unpadded share, so metrics count each sample once.
     """
+
+    sampler = None
 
     def __init__(
         self,
@@ -32,45 +37,36 @@ class TensorBatches:
         self.batch_size = batch_size
         self.rank, self.world_size = rank, world_size
         self.shuffle, self.drop_last = shuffle, drop_last
-        self.sampler = (
-            DistributedSampler(
-                range(len(x)),
-                num_replicas=world_size,
-                rank=rank,
-                shuffle=True,
-                seed=seed,
-                drop_last=True,
-            )
-            if shuffle
-            else None
-        )
+        self.seed = seed
+        self.epoch = 0
+        self.start_step = 0
 
-    def set_epoch(self, epoch: int) -> None:
-        if self.sampler is not None:
-            self.sampler.set_epoch(epoch)
-
-    @property
-    def epoch(self) -> int:
-        return self.sampler.epoch if self.sampler is not None else 0
+    def set_epoch(self, epoch: int, start_step: int = 0) -> None:
+        """The epoch to draw, and how many of its steps are already done (a mid-epoch
+        resume skips them)."""
+        self.epoch, self.start_step = epoch, start_step
 
     def _indices(self) -> torch.Tensor:
-        if self.sampler is not None:
-            return torch.tensor(list(iter(self.sampler)), dtype=torch.long)
-        return torch.arange(self.rank, len(self.x), self.world_size)
+        if not self.shuffle:
+            return torch.arange(self.rank, len(self.x), self.world_size)
+        generator = torch.Generator().manual_seed(self.seed + self.epoch)
+        order = torch.randperm(len(self.x), generator=generator)
+        steps, share = len(self), self.batch_size
+        batches = order[: steps * share * self.world_size].view(steps, self.world_size, share)
+        return batches[self.start_step :, self.rank].reshape(-1)
 
     def __len__(self) -> int:
-        n = (
-            len(self.sampler)
-            if self.sampler is not None
-            else len(range(self.rank, len(self.x), self.world_size))
-        )
+        if self.shuffle:
+            return len(self.x) // (self.batch_size * self.world_size)
+        n = len(range(self.rank, len(self.x), self.world_size))
         return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         indices = self._indices().to(self.x.device)
-        stop = len(self) * self.batch_size
-        for start in range(0, min(stop, len(indices)), self.batch_size):
+        for start in range(0, len(indices), self.batch_size):
             batch = indices[start : start + self.batch_size]
+            if self.drop_last and len(batch) < self.batch_size:
+                return
             yield self.x[batch], self.y[batch]
 
 
@@ -115,8 +111,11 @@ class StreamedBatches:
         self.prefetch_batches, self.pin_memory = prefetch_batches, pin_memory
         self.epoch = 0
 
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
+    def set_epoch(self, epoch: int, start_step: int = 0) -> None:
+        """A mid-epoch resume (`start_step` > 0) runs the epoch's remaining steps on a fresh
+        pass of the stream: the step count is exact, the samples that fill them are not
+        the ones the interrupted pass had left (Ray Data's split is not ordered)."""
+        self.epoch, self.start_step = epoch, start_step
 
     def __len__(self) -> int:
         return self.rows_per_worker // self.batch_size
@@ -136,7 +135,7 @@ class StreamedBatches:
             prefetch_batches=self.prefetch_batches,
             pin_memory=self.pin_memory,
         )
-        for step, batch in enumerate(batches):
+        for step, batch in enumerate(batches, start=self.start_step):
             if step >= len(self):  # equal steps on every rank, whatever the shard's last block
                 return
             x = batch[self.x_column].reshape(-1, *self.shape)
