@@ -32,3 +32,22 @@ def recorded_cnn(input_shape, record_dir: str, width: int = 8):
         record.parent.mkdir(parents=True, exist_ok=True)
         record.write_text("0")
     return _Recorded(cnn1d(input_shape, width=width), record)
+
+
+class _Slow(nn.Module):
+    def __init__(self, net: nn.Module, delay_s: float):
+        super().__init__()
+        self.net, self.delay_s = net, delay_s
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.training:
+            import time
+
+            time.sleep(self.delay_s)
+        return self.net(x)
+
+
+def slow_cnn(input_shape, delay_s: float, width: int = 8):
+    """cnn1d whose training forwards take `delay_s` longer: a larger network's step time,
+    so a multi-node test can act between a run's steps."""
+    return _Slow(cnn1d(input_shape, width=width), delay_s)
