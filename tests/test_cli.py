@@ -24,7 +24,15 @@ BAD_VALUES = [
         {"data": {"augment": {"shfit": 2}}},
         "data.augment.shfit: unknown key; accepted keys here: shift",
     ),
-    ({"num_workers": "two"}, "num_workers: Input should be a valid integer"),
+    ({"num_workers": "two"}, "num_workers: expected a count (2) or an elastic range [MIN"),
+    ({"num_workers": [2, 1]}, "num_workers: [2, 1] must be [MIN, MAX] with 1 <= MIN <= MAX"),
+    ({"num_workers": [1, 2, 3]}, "num_workers: expected a count (2) or an elastic range"),
+    (
+        {"num_workers": [1, 3], "max_failures": 2},
+        "data.batch_size (32) must be divisible by every worker count num_workers [1, 3] "
+        "allows (3 does not divide it)",
+    ),
+    ({"num_workers": [1, 2]}, "max_failures 0 forbids: set max_failures to a count or -1"),
     ({"use_gpu": "maybe"}, "use_gpu: Input should be a valid boolean"),
     ({"data": {"batch_size": 4096}}, "larger than the training set"),
     ({"data": {"batch_size": 0}}, "data.batch_size: Input should be greater than or equal to 1"),

@@ -9,7 +9,14 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 
 class ConfigError(ValueError):
@@ -410,6 +417,22 @@ class TrainConfig(Strict):
     eval: EvalConfig = EvalConfig()
     performance: PerformanceConfig = PerformanceConfig()
     tracking: TrackingConfig | None = None
+
+    @field_validator("num_workers", mode="before")
+    @classmethod
+    def _workers_shape(cls, value: Any) -> Any:
+        """A count or a [MIN, MAX] pair, said in one message (not one per union member)."""
+        given = value
+        if isinstance(value, bool):
+            value = None  # refused below: True is not a count
+        elif isinstance(value, str) and value.strip().lstrip("-").isdigit():
+            value = int(value)  # --set num_workers=4
+        if isinstance(value, int):
+            return value
+        if isinstance(value, (list, tuple)) and len(value) == 2:
+            if all(isinstance(v, int) and not isinstance(v, bool) for v in value):
+                return tuple(value)
+        raise ValueError(f"expected a count (2) or an elastic range [MIN, MAX], got {given!r}")
 
     @property
     def min_workers(self) -> int:
