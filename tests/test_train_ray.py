@@ -82,7 +82,7 @@ def test_interrupted_and_resumed_equals_uninterrupted(write_config, tmp_path):
     assert len(_checkpoints(cut_run)) == 2
 
     # Resumed on fewer workers: the global batch and so the steps per epoch (7) stay,
-    # epochs 3 and 4 run once each, and one line says the per-rank RNG streams restart.
+    # epochs 3 and 4 run once each, one line says so, and the summary records the resize.
     shrunk = _train(
         cut_cfg,
         "--resume",
@@ -93,11 +93,13 @@ def test_interrupted_and_resumed_equals_uninterrupted(write_config, tmp_path):
     )
     assert shrunk.returncode == 0, shrunk.stderr[-3000:]
     output = shrunk.stdout + shrunk.stderr
-    assert output.count("the checkpoint was written by 2 workers, this run has 1") == 1
+    assert output.count("resized from 2 to 1 workers at epoch 3, step 14") == 1
     summary = json.loads((tmp_path / "shrunk" / cut_run.name / "summary.json").read_text())
     assert [h["epoch"] for h in summary["history"]] == [1, 2, 3, 4]
     assert [h["step"] for h in summary["history"]] == [7, 14, 21, 28]
+    assert [h["workers"] for h in summary["history"]] == [2, 2, 1, 1]
     assert summary["resumed_at"] == [2]
+    assert summary["resizes"] == [{"epoch": 2, "step": 14, "from": 2, "to": 1}]
 
 
 @pytest.mark.slow  # FailureConfig restarts are also covered by test_ssl_ray and the SIGKILL test
