@@ -280,6 +280,10 @@ def init_ray(cfg: TrainConfig, dashboard: bool = False, streaming: bool = False)
         cpus = float(os.cpu_count() or 1)
         if not joining:  # a local Ray gets this machine's CPUs: refuse before starting it
             os.environ.setdefault("RAY_DATA_LOGGING_CONFIG", str(RAY_DATA_LOGGING))
+            # No node of a Ray started here can be preempted: Ray Train's preemption watcher
+            # (an actor per worker group, which logs an error line from Ray's C++ core as it
+            # starts) has nothing to watch. On a cluster it stays on.
+            os.environ.setdefault("RAY_TRAIN_ENABLE_PREEMPTION_WATCHER", "0")
             _check_fits(cfg, {"CPU": cpus}, gpus_known=False)
             if streaming:
                 cpus = max(cpus, cfg.max_workers * cfg.cpus_per_worker + DATA_CPUS)
