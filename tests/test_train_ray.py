@@ -139,6 +139,32 @@ def test_in_process_fit_with_one_worker_and_resume_checks(ray_session, write_con
         fit(load_train_config(write_config({"num_workers": 8, "data": {"batch_size": 64}})))
 
 
+def test_elastic_range_starts_with_as_many_workers_as_fit(ray_session, write_config):
+    """num_workers [1, 3] on the session's 4-CPU Ray: Ray Train's elastic policy starts 3
+    workers (the maximum that fits), each takes a third of the global batch of 48, and
+    nothing is resized. An elastic minimum that cannot fit is refused with one line."""
+    cfg = load_train_config(
+        write_config(
+            {
+                "num_workers": [1, 3],
+                "max_failures": 1,
+                "epochs": 2,
+                "elastic_check_s": 1,
+                "data": {"batch_size": 48},
+            }
+        )
+    )
+    summary = fit(cfg)
+    assert [h["workers"] for h in summary["history"]] == [3, 3]
+    assert summary["resizes"] == [] and summary["resumed_at"] == []
+    with pytest.raises(ConfigError, match="CPUs, but the Ray cluster has 4"):
+        fit(
+            load_train_config(
+                write_config({"num_workers": [5, 6], "max_failures": 1, "data": {"batch_size": 60}})
+            )
+        )
+
+
 def test_local_mode_runs_in_the_driver_and_resumes_exactly(write_config, tmp_path):
     """num_workers 0: Ray Train's local mode, no Ray cluster; rayssl writes the checkpoints
     itself. Crashed after epoch 2 and resumed, it ends torch.equal to an uninterrupted run."""
