@@ -86,12 +86,7 @@ def run_worker(config: dict[str, Any]) -> Loop:
             )
             ray.train.report(metrics)  # local mode would only keep a checkpoint in memory
         else:
-            with tempfile.TemporaryDirectory() as tmp:
-                ckpt = None
-                if rank == 0:
-                    save_state(loop.state_dict(rng_states), tmp)
-                    ckpt = ray.train.Checkpoint.from_directory(tmp)
-                ray.train.report(metrics, checkpoint=ckpt)
+            _report_checkpoint(loop, metrics, rng_states)
         if rank == 0:
             print(progress_line(metrics, cfg, loop.state.epoch - first_epoch, started), flush=True)
         if curves is not None:  # after the checkpoint: a restart rewrites from its history
@@ -109,7 +104,6 @@ def _save_on_preemption(loop: Loop) -> None:
     mid-epoch now, so the restart (on the nodes left, or a resized group) loses at most the
     steps since. The report carries the last epoch's metrics (a keep-best checkpoint policy
     needs its score) and the step it was taken at."""
-    import ray.train
 
     rng_states = _gather(loop.rank_state(), loop.world_size)
     state = loop.state
@@ -118,18 +112,25 @@ def _save_on_preemption(loop: Loop) -> None:
     ck = loop.cfg.checkpoint
     if ck.score_attribute and ck.score_attribute not in metrics:
         metrics[ck.score_attribute] = float("-inf" if ck.score_order == "max" else "inf")
-    with tempfile.TemporaryDirectory() as tmp:
-        ckpt = None
-        if loop.rank == 0:
-            save_state(loop.state_dict(rng_states), tmp)
-            ckpt = ray.train.Checkpoint.from_directory(tmp)
-        ray.train.report(metrics, checkpoint=ckpt)
+    _report_checkpoint(loop, metrics, rng_states)
     if loop.rank == 0:
         print(
             f"[rayssl] preemption notice: checkpoint saved at epoch {state.epoch + 1}, step "
             f"{state.step_in_epoch} of {loop.steps_per_epoch}",
             flush=True,
         )
+
+
+def _report_checkpoint(loop: Loop, metrics: dict[str, Any], rng_states: list[Any]) -> None:
+    """Every rank reports `metrics`; rank 0 attaches the checkpoint of the loop's state."""
+    import ray.train
+
+    with tempfile.TemporaryDirectory() as tmp:
+        ckpt = None
+        if loop.rank == 0:
+            save_state(loop.state_dict(rng_states), tmp)
+            ckpt = ray.train.Checkpoint.from_directory(tmp)
+        ray.train.report(metrics, checkpoint=ckpt)
 
 
 def build_worker_loop(config: dict[str, Any]) -> Loop:

@@ -24,7 +24,7 @@ import time
 from pathlib import Path
 
 import ray
-from ray.cluster_utils import Cluster
+from nodes import start_cluster, worker_nodes
 
 from rayssl.config import load_train_config
 from rayssl.storage import Storage
@@ -32,12 +32,7 @@ from rayssl.storage import Storage
 
 def main(config_path: str) -> None:
     cfg = load_train_config(config_path)
-    cluster = Cluster(
-        initialize_head=True,
-        head_node_args={"num_cpus": 0, "include_dashboard": False},
-    )
-    nodes = [cluster.add_node(num_cpus=1) for _ in range(2)]
-    ray.init(address=cluster.address, log_to_driver=False)
+    cluster, nodes = start_cluster(2)
     seen: dict = {}
     storage = Storage.resolve(cfg.storage_path)
     name = cfg.name or Path(config_path).stem
@@ -60,14 +55,6 @@ def main(config_path: str) -> None:
                 return state
             time.sleep(0.2)
         raise SystemExit(f"timed out waiting for {what}")
-
-    def worker_nodes() -> list[str]:
-        """Node ids of the alive Ray Train workers (the GCS actor table; no dashboard)."""
-        return [
-            a["Address"]["NodeID"]
-            for a in ray._private.state.actors().values()
-            if a["ActorClassName"] == "RayTrainWorker" and a["State"] == "ALIVE"
-        ]
 
     env = {
         **os.environ,

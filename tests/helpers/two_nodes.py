@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 
 import ray
-from ray.cluster_utils import Cluster
+from nodes import start_cluster, worker_nodes
 
 from rayssl.config import load_train_config
 from rayssl.storage import SNAPSHOT_FILE
@@ -24,22 +24,8 @@ from rayssl.train import fit
 
 def main(config_path: str) -> None:
     cfg = load_train_config(config_path)
-    cluster = Cluster(
-        initialize_head=True,
-        head_node_args={"num_cpus": 0, "include_dashboard": False},
-    )
-    nodes = [cluster.add_node(num_cpus=1) for _ in range(3)]
-    ray.init(address=cluster.address, log_to_driver=False)
-    assert len([n for n in ray.nodes() if n["Alive"]]) == 4
+    cluster, nodes = start_cluster(3)
     removed = {}
-
-    def worker_nodes() -> list[str]:
-        """Node ids of the alive Ray Train workers (from the GCS, no dashboard needed)."""
-        return [
-            a["Address"]["NodeID"]
-            for a in ray._private.state.actors().values()
-            if a["ActorClassName"] == "RayTrainWorker" and a["State"] == "ALIVE"
-        ]
 
     def remove_after_first_checkpoint() -> None:
         storage = Path(cfg.storage_path)
