@@ -55,6 +55,10 @@ def test_atomic_state_write_leaves_the_old_checkpoint(tmp_path, monkeypatch):
     assert sorted(p.name for p in tmp_path.iterdir()) == [STATE_FILE]  # no temp file left
 
 
+# slow: the NaN stop is covered in the default suite by tests/test_loop.py (the message, and a
+# real 2-process gloo group where one rank's NaN stops both), a failed run's one line and
+# --resume by tests/test_train_ray.py; this one runs both through Ray workers and the CLI.
+@pytest.mark.slow
 def test_nan_loss_names_epoch_and_step_and_the_last_good_checkpoint_resumes(write_config, tmp_path):
     # 7 steps per epoch on each worker (230 samples, 16 per worker-batch): the 16th training
     # forward is epoch 3, step 2.

@@ -116,10 +116,25 @@ def test_failed_worker_restarts_from_checkpoint_with_failure_config(write_config
     _assert_same_training_state(_final_state(storage, "straight"), _final_state(storage, "retried"))
 
 
-def test_in_process_fit_with_one_worker_and_resume_checks(ray_session, write_config, tmp_path):
-    cfg = load_train_config(write_config({"num_workers": 1, "epochs": 2}))
+def test_in_process_fit_of_an_elastic_range_and_resume_checks(ray_session, write_config, tmp_path):
+    """num_workers [1, 3] on the session's 4-CPU Ray: Ray Train's elastic policy starts 3
+    workers (the most that fit), each takes a third of the global batch of 48, and nothing
+    is resized. Then `rayssl eval` of the run, and refusals before Ray Train starts."""
+    cfg = load_train_config(
+        write_config(
+            {
+                "num_workers": [1, 3],
+                "max_failures": 1,
+                "epochs": 2,
+                "elastic_check_s": 1,
+                "data": {"batch_size": 48},
+            }
+        )
+    )
     summary = fit(cfg)
     assert summary["epochs_run"] == 2 and Path(summary["path"]).is_file()
+    assert [h["workers"] for h in summary["history"]] == [3, 3]
+    assert summary["resizes"] == [] and summary["resumed_at"] == []
 
     from click.testing import CliRunner
 
@@ -137,32 +152,9 @@ def test_in_process_fit_with_one_worker_and_resume_checks(ray_session, write_con
         )
     with pytest.raises(ConfigError, match="CPUs, but the Ray cluster has 4"):
         fit(load_train_config(write_config({"num_workers": 8, "data": {"batch_size": 64}})))
-
-
-def test_elastic_range_starts_with_as_many_workers_as_fit(ray_session, write_config):
-    """num_workers [1, 3] on the session's 4-CPU Ray: Ray Train's elastic policy starts 3
-    workers (the maximum that fits), each takes a third of the global batch of 48, and
-    nothing is resized. An elastic minimum that cannot fit is refused with one line."""
-    cfg = load_train_config(
-        write_config(
-            {
-                "num_workers": [1, 3],
-                "max_failures": 1,
-                "epochs": 2,
-                "elastic_check_s": 1,
-                "data": {"batch_size": 48},
-            }
-        )
-    )
-    summary = fit(cfg)
-    assert [h["workers"] for h in summary["history"]] == [3, 3]
-    assert summary["resizes"] == [] and summary["resumed_at"] == []
     with pytest.raises(ConfigError, match="CPUs, but the Ray cluster has 4"):
-        fit(
-            load_train_config(
-                write_config({"num_workers": [5, 6], "max_failures": 1, "data": {"batch_size": 60}})
-            )
-        )
+        elastic = {"num_workers": [5, 6], "max_failures": 1, "data": {"batch_size": 60}}
+        fit(load_train_config(write_config(elastic)))
 
 
 def test_local_mode_runs_in_the_driver_and_resumes_exactly(write_config, tmp_path):
