@@ -10,7 +10,9 @@ from rayssl.loop import Loop, NonFiniteLossError, TrainingIterationStats
 from rayssl.state import load_state, save_state, seed_everything
 
 
-def _loop(overrides=None):
+def _loop(overrides=None, select_targets=False):
+    """A one-process Loop on TINY + `overrides`; `select_targets`: LFR picks its targets on
+    the training inputs, as the Ray worker does."""
     from rayssl.config import deep_merge
 
     base = {**TINY, "num_workers": 1}
@@ -19,7 +21,8 @@ def _loop(overrides=None):
     cfg = validate_train_config(deep_merge(base, overrides or {}))
     splits = load_splits(cfg.data, cfg.seed)
     seed_everything(cfg.seed)
-    method = build_method(cfg, splits.sample_shape, splits.num_classes)
+    sample = splits.train[0] if select_targets else None
+    method = build_method(cfg, splits.sample_shape, splits.num_classes, selection_sample=sample)
     return Loop(method, splits, cfg)
 
 
@@ -246,6 +249,27 @@ def test_restoring_another_world_size_records_the_resize(tmp_path, capsys):
     assert second.state.resizes == [{"epoch": 1, "step": steps, "from": 2, "to": 1}]
     last = list(second.epochs())[-1]
     assert last["epoch"] == 2 and last["step"] == 2 * steps and last["workers"] == 1
+
+
+def test_lfr_keeps_its_targets_and_phase_across_a_resize():
+    """LFR restored by another world size: the chosen targets, the backbone-step budget and
+    the phase schedule carry on, and the resize is recorded."""
+    overrides = {
+        "method": "lfr",
+        "epochs": 3,
+        "lfr": {"num_projectors": 4, "num_targets": 2, "predictor_training_epochs": 1},
+    }
+    first = _loop(overrides, select_targets=True)
+    next(first.epochs())
+    state = first.state_dict(rng_states=[first.rank_state()] * 2)  # as if 2 workers
+    state["world_size"] = 2
+    second = _loop(overrides, select_targets=True)
+    second.load_state_dict(state)
+    assert second.method.selected == first.method.selected and len(first.method.selected) == 2
+    assert second.method.backbone_training_steps == first.method.backbone_training_steps
+    assert second.state.resizes == [{"epoch": 1, "step": first.steps_per_epoch, "from": 2, "to": 1}]
+    rest = list(second.epochs())
+    assert [h["backbone_trains"] for h in rest] == [0.0, 1.0]  # epoch 2 predictors only
 
 
 def test_a_preemption_checkpoint_mid_epoch_resumes_exactly(tmp_path):

@@ -65,3 +65,19 @@ def test_bad_parquet_input_is_one_line(write_config, parquet_files, tmp_path):
         assert result.exit_code == 2, result.output
         lines = result.output.strip().splitlines()
         assert len(lines) == 1 and expected in lines[0], result.output
+
+
+def test_a_mid_epoch_resume_of_a_stream_runs_the_epochs_remaining_steps(ray_session):
+    """Streamed batches restored at step 3 of an 8-step epoch run the 5 steps left, from a
+    fresh pass of a real Ray Data stream (Ray Data's split keeps no order to resume)."""
+    import ray.data
+
+    from rayssl.data import StreamedBatches
+
+    rows = [{"x": [float(i)] * 4, "y": i % 3} for i in range(64)]
+    dataset = ray.data.from_items(rows)
+    batches = StreamedBatches(dataset.iterator(), 64, (1, 4), 8)
+    assert len(batches) == 8 and len(list(batches)) == 8
+    batches.set_epoch(0, start_step=3)
+    rest = list(batches)
+    assert len(rest) == 5 and all(x.shape == (8, 1, 4) for x, _ in rest)

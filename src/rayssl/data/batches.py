@@ -109,7 +109,7 @@ class StreamedBatches:
         self.device = torch.device(device)
         self.seed, self.shuffle_buffer = seed, shuffle_buffer
         self.prefetch_batches, self.pin_memory = prefetch_batches, pin_memory
-        self.epoch = 0
+        self.epoch, self.start_step = 0, 0
 
     def set_epoch(self, epoch: int, start_step: int = 0) -> None:
         """A mid-epoch resume (`start_step` > 0) runs the epoch's remaining steps on a fresh
