@@ -14,26 +14,32 @@ from rayssl.train import RunFailed, fit
 mlflow = pytest.importorskip("mlflow")
 
 
-def test_mlflow_run_survives_a_failure_and_resume(write_config, tmp_path):
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+def test_mlflow_run_survives_a_failure_and_resume(ray_session, write_config, tmp_path, monkeypatch):
+    """2 Ray workers (each in Ray's own working directory) and the README's relative sqlite
+    URI: rank 0 logs into the driver's database, and a --resume logs only the epochs the
+    MLflow run lacks."""
+    monkeypatch.chdir(tmp_path)
+    uri = "sqlite:///mlflow.db"  # relative to the directory the command runs in
     config = write_config(
         {
             "name": "tracked",
-            "num_workers": 0,
             "epochs": 3,
             "tracking": {"mlflow_uri": uri, "experiment": "demo"},
         }
     )
     with pytest.raises(RunFailed):
         fit(load_train_config(config), crash_after_epoch=2)
-    client = mlflow.tracking.MlflowClient(uri)
+    client = mlflow.tracking.MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
     experiment = client.get_experiment_by_name("demo")
     (failed,) = client.search_runs([experiment.experiment_id])
     assert failed.info.status == "FAILED" and "injected" in failed.data.tags["rayssl_error"]
+    before = client.get_metric_history(failed.info.run_id, "train_loss")
+    assert sorted(m.step for m in before) == [1, 2]  # logged by rank 0 in the worker
 
     summary = fit(load_train_config(config), resume=True)
     (run,) = client.search_runs([experiment.experiment_id])  # the same MLflow run
     assert run.info.run_id == failed.info.run_id and run.info.status == "FINISHED"
+    assert "rayssl_error" not in run.data.tags  # a successful resume clears the old error
     assert run.data.tags["rayssl_run"] == summary["run"]
     assert run.data.params["optimizer.lr"] == "0.003" and run.data.params["epochs"] == "3"
     losses = client.get_metric_history(run.info.run_id, "train_loss")
@@ -44,6 +50,39 @@ def test_mlflow_run_survives_a_failure_and_resume(write_config, tmp_path):
     assert run.data.metrics["final_test_accuracy"] == pytest.approx(
         summary["final_metrics"]["test_accuracy"]
     )
+    (final,) = client.get_metric_history(run.info.run_id, "final_test_accuracy")
+    assert final.step == 3 and final.timestamp > 0  # at the run's last epoch, not step 0
+
+
+def test_a_tracking_outage_never_stops_training(write_config, tmp_path, capsys, monkeypatch):
+    """The MLflow store breaks after the run opened: every epoch still trains and is
+    checkpointed, one warning line says so, and the summary is written."""
+    db = tmp_path / "mlflow.db"
+    config = write_config(
+        {
+            "name": "outage",
+            "num_workers": 0,
+            "epochs": 2,
+            "tracking": {"mlflow_uri": f"sqlite:///{db}", "experiment": "demo"},
+        }
+    )
+    cfg = load_train_config(config)
+    from rayssl import train
+
+    opened = train.open_mlflow
+
+    def open_then_break(*args):
+        run = opened(*args)
+        db.write_bytes(b"not a database" * 100)  # the store is gone from here on
+        return run
+
+    monkeypatch.setattr(train, "open_mlflow", open_then_break)
+    summary = fit(cfg)
+    assert [h["epoch"] for h in summary["history"]] == [1, 2]
+    warnings = [line for line in capsys.readouterr().out.splitlines() if "MLflow" in line]
+    assert [w for w in warnings if "training goes on" in w] == warnings[:1], warnings
+    assert len(warnings) == 2 and "not closed" in warnings[1]  # the driver's close, at the end
+    assert summary["path"].endswith("summary.json")
 
 
 def test_an_unusable_mlflow_uri_is_one_line(write_config, tmp_path):

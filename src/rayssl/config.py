@@ -345,8 +345,38 @@ class EvalConfig(Strict):
 class TrackingConfig(Strict):
     """MLflow, optional (`pip install -e '.[mlflow]'`): one MLflow run per rayssl run."""
 
-    mlflow_uri: str = Field(description="tracking URI: sqlite:///mlflow.db, http://host:5000")
+    mlflow_uri: str = Field(
+        description="tracking URI: sqlite:///mlflow.db, http://host:5000; a relative file "
+        "or sqlite path is relative to the directory the command runs in"
+    )
     experiment: str = Field("rayssl", min_length=1)
+
+    @field_validator("mlflow_uri")
+    @classmethod
+    def _absolute(cls, uri: str) -> str:
+        # Ray Train workers run in a working directory of their own: a relative store
+        # would open a fresh, empty one there. Resolved where the config is read.
+        return absolute_tracking_uri(uri)
+
+
+def absolute_tracking_uri(uri: str) -> str:
+    """`sqlite:///mlflow.db`, `file:mlruns` or `mlruns` made absolute against the current
+    directory; server URIs (http://, databricks, ...) and absolute paths unchanged."""
+    for scheme in ("sqlite:///", "file://", "file:"):
+        if uri.startswith(scheme):
+            path = uri[len(scheme) :]
+            if scheme == "file://" and not path.startswith("/"):
+                return uri  # file://host/...: not ours to change
+            if path and not path.startswith("/") and path != ":memory:":
+                return (
+                    f"{'sqlite:///' if scheme == 'sqlite:///' else 'file://'}{Path(path).resolve()}"
+                )
+            return uri
+    if uri in ("databricks", "databricks-uc", "uc"):
+        return uri  # MLflow's names for hosted stores
+    if "://" not in uri and ":" not in uri.split("/")[0]:
+        return str(Path(uri).resolve())  # a plain folder: MLflow's file store
+    return uri
 
 
 class PerformanceConfig(Strict):

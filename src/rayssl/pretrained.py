@@ -20,6 +20,8 @@ import torch
 from torch import nn
 
 from rayssl.config import ConfigError
+from rayssl.errors import first_line
+from rayssl.state import UnsafeState, load_state_file
 
 EXPORT_FORMAT = "rayssl-backbone/1"
 PREFIX = "backbone."
@@ -112,20 +114,16 @@ def _read_state(path: str, field_name: str, state_file: str) -> tuple[dict, dict
     except OSError as exc:
         raise ConfigError(f"{field_name} '{path}' cannot be read ({exc})") from None
     try:
-        # weights_only=False: a rayssl state holds RNG tuples and numpy arrays
-        state = torch.load(io.BytesIO(data), map_location="cpu", weights_only=False)
+        state = load_state_file(io.BytesIO(data))
+    except UnsafeState as exc:
+        raise ConfigError(f"{field_name} '{path}': {exc}") from None
     except Exception as exc:  # torch raises several types for a foreign or truncated file
         raise ConfigError(
-            f"{field_name} '{path}': not a rayssl checkpoint ({_first_line(exc)})"
+            f"{field_name} '{path}': not a rayssl checkpoint ({first_line(exc, with_type=False)})"
         ) from None
     if not isinstance(state, dict) or "model" not in state or "config" not in state:
         raise ConfigError(f"{field_name} '{path}': not a rayssl checkpoint")
     return state, record
-
-
-def _first_line(exc: Exception) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
 
 
 def _read_export(path: str, field_name: str) -> Pretrained:
@@ -133,7 +131,8 @@ def _read_export(path: str, field_name: str) -> Pretrained:
         data = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises several types for a foreign or truncated file
         raise ConfigError(
-            f"{field_name} '{path}': not a rayssl export ({_first_line(exc)}); give a run "
+            f"{field_name} '{path}': not a rayssl export "
+            f"({first_line(exc, with_type=False)}); give a run "
             "folder, a checkpoint folder, or a file written by rayssl export"
         ) from None
     if not isinstance(data, dict) or data.get("format") != EXPORT_FORMAT:
@@ -181,10 +180,25 @@ def load_into(backbone: nn.Module, pretrained: Pretrained, spec: dict[str, Any],
 # ============================================================================ export
 
 
-def export(path: str, out: str, fmt: str = "state_dict") -> Pretrained:
+def refuse_import_paths(names: list[Any], where: str, trusted: bool) -> None:
+    """Rebuilding a network named by import path ('package.module:function') imports and
+    calls what a file names: only when the caller says it trusts the file."""
+    named = [n for n in names if isinstance(n, str) and ":" in n]
+    if named and not trusted:
+        raise ConfigError(
+            f"'{where}' names '{named[0]}' by import path; rebuilding it would import and "
+            "call that: pass --trust-import-paths (trust_import_paths=True) if you trust "
+            "the file"
+        )
+
+
+def export(
+    path: str, out: str, fmt: str = "state_dict", trust_import_paths: bool = False
+) -> Pretrained:
     """Write the backbone of run / checkpoint `path` to `out`: a `state_dict` export (see
     the module docstring), or TorchScript (`torch.jit.trace` on the input shape, with the
-    same metadata in the archive's extra files)."""
+    same metadata in the archive's extra files; a backbone named by import path is rebuilt
+    for tracing only with `trust_import_paths`)."""
     import json
 
     from rayssl import nets
@@ -203,6 +217,7 @@ def export(path: str, out: str, fmt: str = "state_dict") -> Pretrained:
     if fmt == "state_dict":
         torch.save({**record, "state_dict": pretrained.state}, out_path)
         return pretrained
+    refuse_import_paths([pretrained.spec.get("name")], path, trust_import_paths)
     spec = NetConfig(**pretrained.spec)
     module = nets.call_factory(
         spec.factory(nets.BACKBONES), spec.kwargs, input_shape=tuple(pretrained.input_shape)
@@ -216,10 +231,12 @@ def export(path: str, out: str, fmt: str = "state_dict") -> Pretrained:
     return pretrained
 
 
-def load_exported(path: str | Path) -> tuple[nn.Module, dict[str, Any]]:
+def load_exported(
+    path: str | Path, trust_import_paths: bool = False
+) -> tuple[nn.Module, dict[str, Any]]:
     """Rebuild an export (either format) as an eval-mode module, with its metadata. Needs
-    only torch (and, for a `state_dict` export of a backbone given by import path, that
-    package); no Ray, no config file."""
+    only torch; no Ray, no config file. A `state_dict` export of a backbone given by import
+    path imports and calls that factory: refused unless `trust_import_paths`."""
     import json
 
     path = str(path)
@@ -233,6 +250,7 @@ def load_exported(path: str | Path) -> tuple[nn.Module, dict[str, Any]]:
     from rayssl.config import NetConfig
 
     data = torch.load(path, map_location="cpu", weights_only=True)
+    refuse_import_paths([data["backbone"].get("name")], path, trust_import_paths)
     spec = NetConfig(**data["backbone"])
     module = nets.call_factory(
         spec.factory(nets.BACKBONES), spec.kwargs, input_shape=tuple(data["input_shape"])

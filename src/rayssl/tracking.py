@@ -15,7 +15,10 @@ run folder after every epoch through pyarrow (TensorBoard's writer speaks local 
 from __future__ import annotations
 
 import tempfile
+import time
 from pathlib import Path
+
+from rayssl.errors import first_line
 
 SKIPPED = {"epoch", "step"}  # the x-axis, not curves
 
@@ -77,9 +80,11 @@ class MLflowRun:
 
         self.client, self.run_id = MlflowClient(uri), run_id
         self.logged: set[int] | None = None  # epochs the MLflow run has (read when needed)
+        self.warned = False
 
     @classmethod
     def open(cls, uri: str, experiment: str, run: str, config: dict) -> MLflowRun:
+        from mlflow.entities import Param
         from mlflow.tracking import MlflowClient
 
         client = MlflowClient(uri)
@@ -95,59 +100,76 @@ class MLflowRun:
             run_id = client.create_run(
                 experiment_id, tags={"rayssl_run": run}, run_name=run
             ).info.run_id
-            params = flatten(config)
+            params = list(flatten(config).items())
             for start in range(0, len(params), 100):  # MLflow takes at most 100 per batch
-                from mlflow.entities import Param
-
-                batch = list(params.items())[start : start + 100]
+                batch = params[start : start + 100]
                 client.log_batch(run_id, params=[Param(k, str(v)[:500]) for k, v in batch])
         return cls(uri, run_id)
 
-    def catch_up(self, history: list[dict[str, float]]) -> None:
-        for metrics in history:
-            self.log(metrics)
+    def sync(self, history: list[dict[str, float]]) -> None:
+        """Log every epoch of `history` the MLflow run lacks. MLflow cannot delete points:
+        an attempt restarted from an earlier checkpoint (or from scratch) trains epochs it
+        already logged, with the same numbers (runs resume exactly), so those are skipped;
+        epochs missed while the store was unreachable are logged once it answers again."""
+        self._safely(lambda: self._sync(history))
 
-    def log(self, metrics: dict[str, float]) -> None:
-        """Log an epoch unless the MLflow run has it: MLflow cannot delete points, and an
-        attempt restarted from an earlier checkpoint (or from scratch, when it crashed before
-        its first one was registered) trains epochs again that it already logged, with the
-        same numbers (runs resume exactly)."""
-        import time
-
-        from mlflow.entities import Metric
+    def _sync(self, history: list[dict[str, float]]) -> None:
 
         if self.logged is None:
-            history = self.client.get_metric_history(self.run_id, "train_loss")
-            self.logged = {m.step for m in history}
-        step, now = int(metrics["epoch"]), int(time.time() * 1000)
-        if step in self.logged:
-            return
-        self.logged.add(step)
-        points = [
-            Metric(k, float(v), now, step)
-            for k, v in metrics.items()
-            if k not in SKIPPED and isinstance(v, int | float)
-        ]
-        self.client.log_batch(self.run_id, metrics=points)
+            points = self.client.get_metric_history(self.run_id, "train_loss")
+            self.logged = {m.step for m in points}
+        now = int(time.time() * 1000)
+        for metrics in history:
+            step = int(metrics["epoch"])
+            if step in self.logged:
+                continue
+            self.client.log_batch(self.run_id, metrics=_points(metrics, now, step))
+            self.logged.add(step)
 
     def close(self, summary: dict | None, error: str | None = None) -> None:
-        from mlflow.entities import Metric
+        """The summary's final and best numbers at the run's last epoch, then the status;
+        a successful resume drops the error a failed attempt tagged."""
+        self._safely(lambda: self._close(summary, error), "the MLflow run is not closed")
 
+    def _close(self, summary: dict | None, error: str | None) -> None:
         if summary is not None:
-            now = 0
             final = {f"final_{k}": v for k, v in summary.get("final_metrics", {}).items()}
             final["wall_time_s"] = summary.get("wall_time_s", 0.0)
             if summary.get("best", {}).get("value") is not None:
                 final[f"best_{summary['best']['metric']}"] = summary["best"]["value"]
-            points = [
-                Metric(k, float(v), now, 0)
-                for k, v in final.items()
-                if isinstance(v, int | float) and k not in ("final_epoch", "final_step")
-            ]
+            final.pop("final_epoch", None), final.pop("final_step", None)
+            step = int(summary.get("final_metrics", {}).get("epoch", 0))
+            points = _points(final, int(time.time() * 1000), step)
             self.client.log_batch(self.run_id, metrics=points)
         if error:
             self.client.set_tag(self.run_id, "rayssl_error", error[:5000])
+        elif "rayssl_error" in self.client.get_run(self.run_id).data.tags:
+            self.client.delete_tag(self.run_id, "rayssl_error")
         self.client.set_terminated(self.run_id, status="FAILED" if error else "FINISHED")
+
+    def _safely(self, action, consequence: str = "training goes on without it") -> None:
+        # Tracking is a report on training, never a reason to stop it: one warning line
+        # for the first failure, then training goes on (later epochs retry the store).
+        try:
+            action()
+        except Exception as exc:  # MLflow and its stores raise many types
+            self.logged = None  # read the run's epochs again once the store answers
+            if not self.warned:
+                self.warned = True
+                print(
+                    f"rayssl: warning: MLflow tracking failed ({first_line(exc)}); {consequence}",
+                    flush=True,
+                )
+
+
+def _points(metrics: dict[str, float], timestamp: int, step: int) -> list:
+    from mlflow.entities import Metric
+
+    return [
+        Metric(k, float(v), timestamp, step)
+        for k, v in metrics.items()
+        if k not in SKIPPED and isinstance(v, int | float)
+    ]
 
 
 def flatten(config: dict, prefix: str = "") -> dict[str, object]:

@@ -17,6 +17,7 @@ import torch
 from rayssl.build import build_method
 from rayssl.config import ConfigError, TrainConfig
 from rayssl.data import Splits, input_normalizer, load_splits
+from rayssl.errors import first_line
 from rayssl.faults import CRASH_ENV, after_epoch_hook
 from rayssl.loop import PROBE_METRICS, Loop, build_loop
 from rayssl.state import load_state, save_state, seed_everything
@@ -70,7 +71,7 @@ def run_worker(config: dict[str, Any]) -> Loop:
         curves = TensorBoard(config["run_dir"], loop.state.history)
         if config.get("mlflow"):
             mlflow_run = MLflowRun(*config["mlflow"])
-            mlflow_run.catch_up(loop.state.history)
+            mlflow_run.sync(loop.state.history)  # epochs an earlier attempt did not log
 
     if config.get("preemption_checkpoints") and local_run is None:
         loop.preemption_notice = lambda: ray.train.get_preemption_info() is not None
@@ -92,7 +93,7 @@ def run_worker(config: dict[str, Any]) -> Loop:
         if curves is not None:  # after the checkpoint: a restart rewrites from its history
             curves.log(metrics)
         if mlflow_run is not None:
-            mlflow_run.log(metrics)
+            mlflow_run.sync(loop.state.history)
         after_epoch_hook(config, loop.state.epoch, rank)  # TEST HOOK: no-op unless asked
     if curves is not None:
         curves.close()
@@ -254,10 +255,10 @@ def preflight(cfg: TrainConfig) -> tuple[Splits, dict[str, torch.Tensor]]:
     except ConfigError:  # its own line already (backbone.init_from that does not fit)
         raise
     except (RuntimeError, ValueError, TypeError) as exc:
-        first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise ConfigError(
             f"backbone '{cfg.backbone.name}' / head '{cfg.head.name}' cannot take samples of "
-            f"shape {splits.sample_shape} from data '{cfg.data.name}': {first_line}"
+            f"shape {splits.sample_shape} from data '{cfg.data.name}': "
+            f"{first_line(exc, with_type=False)}"
         ) from None
     return splits, method.state_dict()
 
@@ -503,24 +504,25 @@ def fit(
         except Exception as exc:  # local mode: the loop's own error, raised in this process
             if not local:
                 raise
-            text = str(exc).strip().splitlines()
-            raise RunFailed(
-                f"run '{run}' failed: {type(exc).__name__}: {text[0] if text else ''}"
-            ) from None
+            raise RunFailed(f"run '{run}' failed: {first_line(exc)}") from None
     except RunFailed as exc:
         record.update(status="failed", error=str(exc), wall_time_s=time.time() - started)
         storage.write_text(run, RUN_RECORD, json.dumps(record))
         if mlflow_run is not None:
             mlflow_run.close(None, error=str(exc))
         raise
+    # The records first: a picture or a tracking store that fails must not leave a finished
+    # run reading "running" (the extras below warn in one line and never raise).
     summary = summarize(cfg, run, storage, wall_s=time.time() - started)
-    summary["curves"] = _draw_curves(storage, run, summary["history"])
-    if mlflow_run is not None:
-        mlflow_run.close(summary)
+    summary["ray_logs"] = ray_logs
+    summary["curves"] = storage.path(run, "curves.png")
+    summary["path"] = storage.write_text(run, "summary.json", json.dumps(summary, indent=2))
     record.update(status="finished", wall_time_s=summary["wall_time_s"])
     storage.write_text(run, RUN_RECORD, json.dumps(record))
-    summary["ray_logs"] = ray_logs
-    summary["path"] = storage.write_text(run, "summary.json", json.dumps(summary, indent=2))
+    if not _draw_curves(storage, run, summary["history"]):
+        summary["curves"] = None
+    if mlflow_run is not None:
+        mlflow_run.close(summary)
     return summary
 
 
@@ -535,20 +537,23 @@ def open_mlflow(cfg: TrainConfig, run: str):
             cfg.tracking.mlflow_uri, cfg.tracking.experiment, run, cfg.model_dump(mode="json")
         )
     except Exception as exc:  # MLflow raises its own types for a bad URI or store
-        text = str(exc).strip().splitlines()
         raise ConfigError(
             f"tracking.mlflow_uri '{cfg.tracking.mlflow_uri}' cannot be used "
-            f"({text[0] if text else type(exc).__name__})"
+            f"({first_line(exc, with_type=False)})"
         ) from None
 
 
-def _draw_curves(storage: Storage, run: str, history: list[dict[str, float]]) -> str:
+def _draw_curves(storage: Storage, run: str, history: list[dict[str, float]]) -> str | None:
     """`curves.png` in the run folder (drawn locally, then copied: storage may be a URI)."""
     from rayssl.plots import plot_runs
 
-    with tempfile.TemporaryDirectory() as tmp:
-        picture = plot_runs([(run, history)], Path(tmp) / "curves.png")
-        return storage.write_bytes(run, "curves.png", picture.read_bytes())
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            picture = plot_runs([(run, history)], Path(tmp) / "curves.png")
+            return storage.write_bytes(run, "curves.png", picture.read_bytes())
+    except Exception as exc:  # matplotlib or the store: the run itself is recorded already
+        print(f"rayssl: warning: curves.png not drawn ({first_line(exc)})", flush=True)
+        return None
 
 
 RAYSSL_ERROR_LINE = re.compile(r"\s*rayssl\.(?:\w+\.)*(\w+Error: .*)$")
