@@ -12,6 +12,10 @@ import click  # noqa: E402
 from rayssl.config import ConfigError, load_train_config  # noqa: E402
 
 EXIT_FAILED, EXIT_BAD_INPUT = 1, 2
+TRUST_HELP = (
+    "Rebuild networks the checkpoint names by import path (package.module:function): "
+    "that imports and calls them; only for files you trust."
+)
 
 
 def _fail(message: str, code: int) -> None:
@@ -86,12 +90,13 @@ def tune_command(search: str, overrides: tuple[str, ...], resume: bool) -> None:
 @main.command("eval")
 @click.argument("path", type=click.Path(exists=True, file_okay=False))
 @click.option("--knn-k", type=click.IntRange(min=1), default=None, help="Neighbours for kNN.")
-def evaluate(path: str, knn_k: int | None) -> None:
+@click.option("--trust-import-paths", is_flag=True, help=TRUST_HELP)
+def evaluate(path: str, knn_k: int | None, trust_import_paths: bool) -> None:
     """kNN and linear-probe accuracy of a run's (or a checkpoint's) frozen backbone."""
     from rayssl.evaluate import evaluate_checkpoint
 
     try:
-        metrics = evaluate_checkpoint(path, knn_k=knn_k)
+        metrics = evaluate_checkpoint(path, knn_k=knn_k, trust_import_paths=trust_import_paths)
     except ConfigError as exc:
         _fail(str(exc), EXIT_BAD_INPUT)
     click.echo("  ".join(f"{k} {v:.4f}" for k, v in metrics.items()))
@@ -108,13 +113,14 @@ def evaluate(path: str, knn_k: int | None) -> None:
     show_default=True,
     help="A state_dict with what rebuilds the network, or a traced TorchScript module.",
 )
-def export_command(path: str, out: str, fmt: str) -> None:
+@click.option("--trust-import-paths", is_flag=True, help=TRUST_HELP)
+def export_command(path: str, out: str, fmt: str, trust_import_paths: bool) -> None:
     """Write the backbone of a run (its newest checkpoint) or of a checkpoint folder to OUT,
     for use outside rayssl or as another run's backbone.init_from."""
     from rayssl.pretrained import export
 
     try:
-        pretrained = export(path, out, fmt)
+        pretrained = export(path, out, fmt, trust_import_paths=trust_import_paths)
     except ConfigError as exc:
         _fail(str(exc), EXIT_BAD_INPUT)
     source = pretrained.source

@@ -85,14 +85,19 @@ def no_probe_reason(splits) -> str:
     return NO_PROBE_SCORE_SPLIT if splits.labeled else NO_PROBE_LABELS
 
 
-def evaluate_checkpoint(path: str, knn_k: int | None = None) -> dict[str, float]:
+def evaluate_checkpoint(
+    path: str, knn_k: int | None = None, trust_import_paths: bool = False
+) -> dict[str, float]:
     """Rebuild the method of a run directory's newest checkpoint (or of a checkpoint
-    directory) from its saved config, load the weights, and probe its backbone."""
+    directory) from its saved config, load the weights, and probe its backbone. A config
+    naming its method, backbone or head by import path is rebuilt only with
+    `trust_import_paths` (that imports and calls what the file names)."""
     from pathlib import Path
 
     from rayssl.build import build_method
     from rayssl.config import ConfigError, validate_train_config
     from rayssl.data import input_normalizer, load_splits
+    from rayssl.pretrained import refuse_import_paths
     from rayssl.state import STATE_FILE, load_state
     from rayssl.storage import Storage
 
@@ -105,7 +110,10 @@ def evaluate_checkpoint(path: str, knn_k: int | None = None) -> dict[str, float]
             )
         directory = directory / latest
     state = load_state(directory)
-    cfg = validate_train_config(state["config"])
+    saved = state["config"]
+    names = [saved.get("method"), *(saved.get(k, {}).get("name") for k in ("backbone", "head"))]
+    refuse_import_paths(names, str(directory), trust_import_paths)
+    cfg = validate_train_config(saved)
     splits = load_splits(cfg.data, cfg.seed)
     method = build_method(cfg, splits.sample_shape, splits.num_classes)
     method.load_extra_state(state["method_extra"])  # LFR: its saved target selection

@@ -82,22 +82,21 @@ def plot_runs(runs: list[tuple[str, list[dict[str, float]]]], path: str | Path) 
 
 
 def history_of(run_dir: str) -> tuple[str, list[dict[str, Any]]]:
-    """A run's label and per-epoch history: its summary.json, else (a run still training or
-    one that failed) the metrics Ray Train recorded beside its checkpoints."""
+    """A run's label and per-epoch history: its summary.json while the run record agrees it
+    finished, else (a run still training, failed, or resumed) its newest checkpoint's."""
     from rayssl.config import ConfigError
-    from rayssl.storage import SNAPSHOT_FILE, Storage
+    from rayssl.runs import newest_history
+    from rayssl.storage import RUN_RECORD, Storage
 
     where = run_dir.rstrip("/") if "://" in run_dir else str(Path(run_dir).resolve())
     parent, run = where.rsplit("/", 1)
     storage = Storage(parent)
     summary = storage.read_json(run, "summary.json")
-    if summary.get("history"):
-        return run, summary["history"]
-    snapshot = storage.read_json(run, SNAPSHOT_FILE)
-    history = [r.get("metrics", {}) for r in snapshot.get("checkpoint_results", [])]
-    latest = storage.latest_checkpoint(run)
-    if latest and not snapshot:  # local mode keeps no metrics beside its checkpoints
-        history = storage.read_state(run, latest)["loop"]["history"]
+    record = storage.read_json(run, RUN_RECORD)
+    current = record.get("status") in (None, "finished")  # else the summary is older
+    history = summary.get("history") if current else None
+    if not history:
+        history = newest_history(storage, run)
     if not history:
         raise ConfigError(
             f"'{run_dir}' has no summary.json nor checkpoint metrics; give a run folder"

@@ -2,8 +2,8 @@
 `storage_path` takes), from the records each run leaves: `run.json` (written by `fit` when
 training starts and when it ends), `summary.json`, and the checkpoint records of Ray Train
 (its manager snapshot, with the metrics reported beside each checkpoint) or of local mode.
-Reads a checkpoint file only for a local-mode run without a summary (local mode records no
-metrics beside its checkpoints), so it stays fast for runs with large models."""
+Reads the newest checkpoint file only for a run without a current summary (Ray keeps the
+metrics of its kept checkpoints only, local mode none), as data (`weights_only`)."""
 
 from __future__ import annotations
 
@@ -42,20 +42,47 @@ def _best(history: list[dict[str, float]]) -> tuple[str, float] | None:
     return None
 
 
+def newest_history(storage: Storage, run: str) -> list[dict[str, float]]:
+    """Every epoch a run has reported, from its newest checkpoint's state (Ray keeps the
+    metrics of only the checkpoints it still holds). A state that cannot be read is one
+    ConfigError line."""
+    from rayssl.config import ConfigError
+
+    latest = storage.latest_checkpoint(run)
+    if latest is None:
+        return []
+    try:
+        return storage.read_state(run, latest)["loop"]["history"]
+    except (OSError, KeyError, TypeError) as exc:  # missing or foreign state.pt
+        raise ConfigError(
+            f"'{storage.path(run, latest)}' holds no readable rayssl state ({type(exc).__name__})"
+        ) from None
+
+
 def describe(storage: Storage, run: str) -> dict[str, Any] | None:
-    """One row of the table, or None for a folder that is not a rayssl run."""
+    """One row of the table, or None for a folder that is not a rayssl run. The run record
+    decides the status (a resumed run rewrites it, so an older summary.json never makes a
+    running or failed run read "finished"); the summary's history is used only while the
+    record agrees the run finished, else the newest checkpoint's."""
+    from rayssl.config import ConfigError
+
     record = storage.read_json(run, RUN_RECORD)
     summary = storage.read_json(run, "summary.json")
     snapshot = storage.read_json(run, SNAPSHOT_FILE)
     local = storage.read_json(run, LOCAL_INDEX_FILE)
     if not (record or summary or snapshot or local):
         return None
-    reported = [r.get("metrics", {}) for r in snapshot.get("checkpoint_results", [])]
-    if local and not summary:  # a local-mode run without a summary: its newest state
-        reported = storage.read_state(run, local["checkpoint_dir_name"])["loop"]["history"]
-    history = summary.get("history") or reported
+    if summary and record.get("status") not in (None, "finished"):
+        summary = {}  # from an earlier attempt: the record is newer
+    error = record.get("error")
+    try:
+        history = summary.get("history") or newest_history(storage, run)
+    except ConfigError as exc:
+        history, error = [], str(exc)
     config = summary.get("config") or record.get("config") or {}
-    if summary:
+    if error and not history and record.get("status") != "failed":
+        status = "unreadable"
+    elif summary:
         status = "stopped early" if summary.get("stopped_early") else "finished"
     elif record.get("status") == "failed":
         status = "failed"
@@ -66,7 +93,7 @@ def describe(storage: Storage, run: str) -> dict[str, Any] | None:
         status = "unknown"
     done = summary.get("epochs_run")
     if done is None:
-        epochs = [int(m["epoch"]) for m in reported if "epoch" in m]
+        epochs = [int(m["epoch"]) for m in history if "epoch" in m]
         done = max(epochs) if epochs else 0
     best = _best(history)
     return {
@@ -79,7 +106,7 @@ def describe(storage: Storage, run: str) -> dict[str, Any] | None:
         "best_value": best[1] if best else None,
         "wall_time_s": summary.get("wall_time_s") or record.get("wall_time_s"),
         "checkpoint": storage.latest_checkpoint(run),
-        "error": record.get("error"),
+        "error": error,
     }
 
 

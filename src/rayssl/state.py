@@ -3,22 +3,29 @@
 from __future__ import annotations
 
 import os
+import pickle
 import random
+import re
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import numpy as np
 import torch
+
+from rayssl.config import ConfigError
+from rayssl.errors import first_line
 
 STATE_FILE = "state.pt"
 
 
 def capture_rng() -> dict[str, Any]:
-    """RNG states of python, numpy, torch (CPU and, where present, CUDA) in this process."""
+    """RNG states of python, numpy, torch (CPU and, where present, CUDA) in this process,
+    as tensors and plain types only: a checkpoint loads with `weights_only=True`."""
+    name, keys, position, has_gauss, cached = np.random.get_state()
     return {
         "python": random.getstate(),
-        "numpy": np.random.get_state(),
+        "numpy": (name, torch.from_numpy(keys.astype(np.int64)), position, has_gauss, cached),
         "torch": torch.get_rng_state(),
         "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
     }
@@ -26,7 +33,10 @@ def capture_rng() -> dict[str, Any]:
 
 def restore_rng(state: dict[str, Any]) -> None:
     random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
+    name, keys, position, has_gauss, cached = state["numpy"]
+    if isinstance(keys, torch.Tensor):  # older checkpoints hold the numpy array itself
+        keys = keys.numpy().astype(np.uint32)
+    np.random.set_state((name, keys, position, has_gauss, cached))
     torch.set_rng_state(state["torch"])
     if state.get("cuda") is not None and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
@@ -57,7 +67,43 @@ def save_state(state: dict[str, Any], directory: str | Path) -> Path:
     return target
 
 
-def load_state(directory: str | Path) -> dict[str, Any]:
+class UnsafeState(ValueError):
+    """A state file that needs more than tensors and plain types to load."""
+
+
+def load_state(directory: str | Path, shown_as: str | None = None) -> dict[str, Any]:
+    """`directory/state.pt`, loaded as data only (see `load_state_file`); a file that is
+    not a rayssl state is one ConfigError line naming it (`shown_as`, e.g. its URI)."""
     path = Path(directory) / STATE_FILE
-    # weights_only=False: the state holds RNG tuples and numpy arrays, and we wrote it ourselves.
-    return torch.load(path, map_location="cpu", weights_only=False)
+    try:
+        return load_state_file(path)
+    except UnsafeState as exc:
+        raise ConfigError(f"'{shown_as or path}': {exc}") from None
+
+
+def load_state_file(source: str | Path | BinaryIO) -> dict[str, Any]:
+    """A state written by rayssl, unpickled with `weights_only=True`: tensors and plain
+    types, nothing a file can name gets imported or called. States written before RNG
+    states were stored as tensors hold numpy's MT19937 key array; the three numpy names
+    that rebuild an array are allowed for those, and nothing else.
+    Raises `UnsafeState` (one line) for a file that asks for more."""
+    try:
+        with torch.serialization.safe_globals(_NUMPY_ARRAY_GLOBALS):
+            return torch.load(source, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        named = re.search(r"GLOBAL ([\w.]+)", str(exc))
+        what = named.group(1) if named else first_line(exc, with_type=False)[:80]
+        raise UnsafeState(
+            f"it names '{what}', which a rayssl state never holds; refused without loading it"
+        ) from None
+
+
+def _numpy_array_globals() -> list[Any]:
+    try:
+        from numpy._core.multiarray import _reconstruct
+    except ImportError:  # numpy < 2
+        from numpy.core.multiarray import _reconstruct
+    return [_reconstruct, np.ndarray, np.dtype, type(np.dtype(np.uint32))]
+
+
+_NUMPY_ARRAY_GLOBALS = _numpy_array_globals()

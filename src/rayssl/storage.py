@@ -113,7 +113,7 @@ class Storage:
                 source_filesystem=fs,
                 destination_filesystem=pyarrow.fs.LocalFileSystem(),
             )
-            return load_state(tmp)
+            return load_state(tmp, shown_as=self.path(run, f"{checkpoint}/{STATE_FILE}"))
 
     def save_local_checkpoint(self, run: str, state: dict[str, Any], keep: int | None) -> str:
         """Local mode: write `state` as a new checkpoint folder of `run`, register it in the
