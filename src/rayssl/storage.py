@@ -4,6 +4,7 @@ checks. Used by the driver (`train`, `tune`) and by `rayssl eval`; no Ray in her
 from __future__ import annotations
 
 import json
+import re
 import tempfile
 import time
 from dataclasses import dataclass
@@ -20,6 +21,7 @@ SNAPSHOT_FILE = "checkpoint_manager_snapshot.json"  # Ray Train's record of regi
 LOCAL_INDEX_FILE = "rayssl_checkpoints.json"
 # rayssl's record of a run's driver: status (running / finished / failed), host, pid, config
 RUN_RECORD = "run.json"
+RUN_SUFFIX = r"-\d{8}-\d{6}(?:-\d+)?"  # what pick_run_name appends: -<date>-<time>[-N]
 
 
 def checkpoint_dir_name() -> str:
@@ -54,6 +56,25 @@ class Storage:
     def _fs(self) -> tuple[pyarrow.fs.FileSystem, str]:
         return pyarrow.fs.FileSystem.from_uri(self.uri)
 
+    def reserve(self, run: str) -> bool:
+        """Create `run`'s folder; False if it exists already. Atomic on a local or mounted
+        file system (mkdir either creates or fails); object stores have no atomic create
+        that pyarrow exposes, so there it is a check then a create (launches in the same
+        second on one bucket are the rare case left)."""
+        if "://" not in self.uri or self.uri.startswith("file://"):
+            root = Path(self.uri.removeprefix("file://"))
+            root.mkdir(parents=True, exist_ok=True)
+            try:
+                (root / run).mkdir()
+            except FileExistsError:
+                return False
+            return True
+        if run in self.runs():
+            return False
+        fs, base = self._fs()
+        fs.create_dir(f"{base}/{run}", recursive=True)
+        return True
+
     def runs(self) -> list[str]:
         fs, base = self._fs()
         infos = fs.get_file_info(pyarrow.fs.FileSelector(base, allow_not_found=True))
@@ -87,12 +108,10 @@ class Storage:
         return max(names) if names else None
 
     def newest_run(self, name: str) -> str | None:
-        """The run named `name` (or `name-<timestamp>`) with the newest checkpoint, or None."""
-        latest = {
-            r: self.latest_checkpoint(r)
-            for r in self.runs()
-            if r == name or r.startswith(f"{name}-")
-        }
+        """The run named `name` (or `name-<timestamp>[-N]`, as `pick_run_name` names them)
+        with the newest checkpoint, or None. `name-best-…` or `name-v2-…` are other runs."""
+        own = re.compile(rf"{re.escape(name)}(?:{RUN_SUFFIX})?")
+        latest = {r: self.latest_checkpoint(r) for r in self.runs() if own.fullmatch(r)}
         candidates = [r for r, checkpoint in latest.items() if checkpoint]
         # checkpoints are named checkpoint_<timestamp>: the greatest name is the newest
         return max(candidates, key=lambda r: latest[r]) if candidates else None
@@ -170,9 +189,8 @@ def pick_run_name(cfg: TrainConfig, storage: Storage, resume: bool) -> str:
             )
         return newest
     name = f"{base}-{time.strftime('%Y%m%d-%H%M%S')}"
-    existing = set(storage.runs())
     suffix = 1
-    while (candidate := name if suffix == 1 else f"{name}-{suffix}") in existing:
+    while not storage.reserve(candidate := name if suffix == 1 else f"{name}-{suffix}"):
         suffix += 1
     return candidate
 
