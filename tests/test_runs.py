@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 from click.testing import CliRunner
 
@@ -94,3 +95,39 @@ def test_runs_of_a_missing_folder_is_one_line(tmp_path):
         f"rayssl: error: '{tmp_path / 'nowhere'}' holds no runs (no such folder); give a "
         "storage_path"
     ]
+
+
+def test_runs_and_plot_read_a_resumed_ray_run_from_its_newest_state(
+    ray_session, write_config, tmp_path
+):
+    """A Ray run (2 workers, one checkpoint kept) finishes 2 epochs, is resumed for 4 and
+    fails after epoch 3: its older summary.json no longer counts (status failed, 3/4), and
+    the history is every epoch from the newest state, not the one checkpoint Ray keeps. A
+    local run that lost its state.pt shows as unreadable without breaking the table."""
+    from rayssl.plots import history_of
+
+    storage = tmp_path / "runs"
+    keep_one = {"name": "resumed", "checkpoint": {"num_to_keep": 1}}
+    fit(load_train_config(write_config({**keep_one, "epochs": 2}, name="resumed")))
+    try:
+        fit(
+            load_train_config(write_config({**keep_one, "epochs": 4}, name="resumed")),
+            resume=True,
+            crash_after_epoch=3,
+        )
+    except RunFailed:
+        pass
+    lost = fit(load_train_config(write_config({**LOCAL, "name": "lost"}, name="lost")))
+    (Path(lost["path"]).parent / "summary.json").unlink()
+    for state in Path(lost["path"]).parent.glob("*/state.pt"):
+        state.unlink()
+
+    result = CliRunner().invoke(main, ["runs", str(storage), "--json"])
+    assert result.exit_code == 0, result.output
+    rows = {r["run"].rsplit("-", 2)[0]: r for r in json.loads(result.output)}
+    assert rows["resumed"]["status"] == "failed" and "injected" in rows["resumed"]["error"]
+    assert (rows["resumed"]["epochs"], rows["resumed"]["planned_epochs"]) == (3, 4)
+    assert rows["lost"]["status"] == "unreadable" and "state.pt" not in str(rows["lost"]["run"])
+    (run_dir,) = storage.glob("resumed-*")
+    _, history = history_of(str(run_dir))
+    assert [int(h["epoch"]) for h in history] == [1, 2, 3]
