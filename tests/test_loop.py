@@ -312,6 +312,29 @@ def test_a_preemption_checkpoint_mid_epoch_resumes_exactly(tmp_path):
     assert resumed["val_loss"] == expected["val_loss"] and resumed["lr"] == expected["lr"]
 
 
+def test_a_resume_from_a_notice_in_epoch_0_does_not_start_training_again(tmp_path):
+    """`on_training_start` runs once per run, before its first step: a state saved by a
+    preemption notice mid-epoch 0 has taken steps, so the resumed loop skips it."""
+    overrides = {"epochs": 1, "checkpoint": {"preemption_check_steps": 2}}
+    first = _loop(overrides)
+    assert first.steps_per_epoch > 2
+    first.preemption_notice = lambda: first.state.global_step >= 2
+    first.save_now = lambda: save_state(first.state_dict(), tmp_path)
+    list(first.epochs())
+    state = load_state(tmp_path)
+    assert state["loop"]["epoch"] == 0 and state["loop"]["step_in_epoch"] == 2
+    second = _loop(overrides)
+    second.load_state_dict(state)
+    starts: list[int] = []
+    second.method.on_training_start = lambda: starts.append(second.state.global_step)
+    list(second.epochs())
+    assert starts == []
+    fresh = _loop(overrides)
+    fresh.method.on_training_start = lambda: starts.append(fresh.state.global_step)
+    list(fresh.epochs())
+    assert starts == [0]  # a new run still starts
+
+
 def _two_rank_worker(rank, port, out_dir, poison_rank):
     """One rank of a real 2-process gloo group running a DDP-wrapped Loop: records the
     method's lifecycle hooks, then (if `poison_rank` is set) the first step with a NaN

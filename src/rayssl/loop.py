@@ -388,7 +388,7 @@ class Loop:
         stays stopped (a run that ended its schedule continues if `epochs` was raised)."""
         if self.is_over():
             return
-        if self.state.epoch == 0 and not self.state.history:
+        if self.state.global_step == 0:  # no step taken yet (a notice may save mid-epoch 0)
             self.method.on_training_start()
         while self.state.epoch < self.cfg.epochs:
             metrics = self.run_epoch()
