@@ -10,6 +10,7 @@ from rayssl.data import Augment
 from rayssl.data.image_views import (
     ImageViews,
     blur_kernel_size,
+    color_jitter,
     gaussian_blur,
     grayscale,
     sample_crop_boxes,
@@ -95,6 +96,65 @@ def test_hue_rotation_keeps_brightness_order_and_greys_stay_grey():
         **FULL_CROP,
     )
     assert torch.allclose(out, grey, atol=1e-4)  # hue has no effect on grey
+
+
+def test_hue_rotation_matches_the_hsv_definition():
+    """Each sample's hue turns by its own shift, as colorsys (the standard library's HSV)
+    defines it: a hue op that does nothing, or turns every sample alike, fails here."""
+    import colorsys
+
+    n = 64
+    g = torch.Generator().manual_seed(5)
+    rgb = torch.rand(n, 3, generator=g) * 0.8 + 0.1
+    shift = torch.rand(n, generator=g) - 0.5  # torchvision's hue_factor range
+    x = rgb.view(n, 3, 1, 1).expand(n, 3, 2, 2).contiguous()
+    out = color_jitter(x, _factors(hue=shift), torch.tensor([[3, 0, 1, 2]] * n))
+    expected = []
+    for (r, g_, b), turn in zip(rgb.tolist(), shift.tolist(), strict=True):
+        h, s, v = colorsys.rgb_to_hsv(r, g_, b)
+        expected.append(colorsys.hsv_to_rgb((h + turn) % 1.0, s, v))
+    torch.testing.assert_close(out[:, :, 0, 0], torch.tensor(expected), atol=2e-3, rtol=0)
+    assert (out - x).abs().amax() > 0.1  # it did rotate
+
+
+def _factors(brightness=None, contrast=None, saturation=None, hue=None, n=64):
+    ones = torch.ones(n)
+    return torch.stack(
+        [
+            ones if brightness is None else brightness,
+            ones if contrast is None else contrast,
+            ones if saturation is None else saturation,
+            torch.zeros(n) if hue is None else hue,
+        ],
+        dim=1,
+    )
+
+
+def test_colour_jitter_matches_torchvision_per_sample_factors_and_order():
+    """Brightness, contrast, saturation and hue, each sample with its own factors and op
+    order, equal torchvision's functional ops applied to that sample in that order
+    (torchvision is a benchmark extra: skipped where it is not installed)."""
+    tvf = pytest.importorskip("torchvision.transforms.v2.functional")
+    n = 24
+    g = torch.Generator().manual_seed(7)
+    x = torch.rand(n, 3, 8, 8, generator=g)
+    factors = torch.stack(
+        [
+            0.2 + 1.6 * torch.rand(n, generator=g),
+            0.2 + 1.6 * torch.rand(n, generator=g),
+            0.2 + 1.6 * torch.rand(n, generator=g),
+            torch.rand(n, generator=g) - 0.5,
+        ],
+        dim=1,
+    )
+    order = torch.rand(n, 4, generator=g).argsort(dim=1)
+    out = color_jitter(x, factors, order)
+    ops = (tvf.adjust_brightness, tvf.adjust_contrast, tvf.adjust_saturation, tvf.adjust_hue)
+    for i in range(n):
+        expected = x[i]
+        for op in order[i].tolist():
+            expected = ops[op](expected, float(factors[i, op]))
+        torch.testing.assert_close(out[i], expected, atol=2e-3, rtol=0)
 
 
 def test_blur_uses_a_per_sample_sigma_and_preserves_the_mean():

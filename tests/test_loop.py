@@ -396,6 +396,94 @@ def _run_two_ranks(tmp_path, poison_rank):
     return [torch.load(tmp_path / f"rank{r}.pt") for r in (0, 1)]
 
 
+def _two_rank_preemption_worker(rank, port, out_dir):
+    """One rank of a 2-process gloo group: an uninterrupted run, then a run that saves on a
+    notice mid-epoch 2 (the ranks' RNG and view states gathered, as the Ray worker does),
+    then a fresh loop restored from that state. Saves rank 0's results."""
+    import datetime
+    import os
+
+    import torch.distributed as dist
+    from torch.nn.parallel import DistributedDataParallel
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=rank, world_size=2, timeout=datetime.timedelta(seconds=60))
+    torch.set_num_threads(1)
+    cfg = validate_train_config(
+        {
+            **TINY,
+            "epochs": 3,
+            "data": {**TINY["data"], "augment": {"shift": 2, "jitter": 0.1}},
+            "backbone": {"name": "mlp", "hidden": [16], "dropout": 0.2},
+            "checkpoint": {"preemption_check_steps": 1},
+        }
+    )
+    splits = load_splits(cfg.data, cfg.seed)
+
+    def loop() -> Loop:
+        seed_everything(cfg.seed)
+        method = build_method(cfg, splits.sample_shape, splits.num_classes)
+        return Loop(
+            method, splits, cfg, rank=rank, world_size=2, wrap_model=DistributedDataParallel
+        )
+
+    straight = loop()
+    list(straight.epochs())
+    at = straight.steps_per_epoch + 2  # the notice lands inside epoch 2
+    first = loop()
+    first.preemption_notice = lambda: first.state.global_step >= at
+
+    def save_now() -> None:
+        rng_states = [None, None]
+        dist.all_gather_object(rng_states, first.rank_state())
+        if rank == 0:
+            save_state(first.state_dict(rng_states), out_dir)
+        dist.barrier()
+
+    first.save_now = save_now
+    list(first.epochs())
+    torch.manual_seed(999 + rank)  # the restore must not depend on this process's RNG
+    second = loop()
+    second.load_state_dict(load_state(out_dir))
+    rest = list(second.epochs())
+    if rank == 0:
+        torch.save(
+            {
+                "straight": (straight.method.state_dict(), straight.state.history),
+                "resumed": (second.method.state_dict(), second.state.history),
+                "rest_epochs": [h["epoch"] for h in rest],
+                "at": at,
+            },
+            f"{out_dir}/preemption.pt",
+        )
+    dist.barrier()
+    dist.destroy_process_group()
+
+
+def test_a_mid_epoch_preemption_checkpoint_on_two_ranks_resumes_exactly(tmp_path):
+    """2 gloo processes, per-rank augmentation and dropout: a state saved at a notice mid-
+    epoch 2 resumes torch.equal to an uninterrupted run, the epoch's loss reduced across
+    ranks included."""
+    import socket
+
+    import torch.multiprocessing as mp
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    mp.spawn(_two_rank_preemption_worker, args=(port, str(tmp_path)), nprocs=2, join=True)
+    result = torch.load(tmp_path / "preemption.pt", weights_only=False)
+    saved = load_state(tmp_path)
+    assert saved["loop"]["epoch"] == 1 and saved["loop"]["step_in_epoch"] == 2
+    assert len(saved["rng"]) == 2 and saved["world_size"] == 2
+    assert result["rest_epochs"] == [2, 3]
+    (expected, straight), (resumed, history) = result["straight"], result["resumed"]
+    for key, value in expected.items():
+        assert torch.equal(value, resumed[key]), key
+    assert history[1]["train_loss"] == pytest.approx(straight[1]["train_loss"], rel=1e-6)
+    assert history[-1]["val_loss"] == straight[-1]["val_loss"]
+
+
 def test_a_nan_loss_on_one_rank_stops_every_rank_before_its_step(tmp_path):
     results = _run_two_ranks(tmp_path, poison_rank=1)
     for result in results:  # rank 0's loss was finite: it must not step on NaN gradients

@@ -166,6 +166,7 @@ def test_linear_eval_from_a_pretrained_run_on_two_workers(ray_session, write_con
                 "backbone": {**BACKBONE, "init_from": str(tmp_path / "runs" / "ssl")},
                 "supervised": {"freeze_backbone": True},
                 "optimizer": {"lr": 1e-2},
+                "epochs": 3,
             }
         )
     )
@@ -175,7 +176,11 @@ def test_linear_eval_from_a_pretrained_run_on_two_workers(ray_session, write_con
     assert backbone
     for key in backbone:
         assert torch.equal(before[key], after[key]), key
-    assert lin["history"][-1]["train_loss"] < 2.5  # the head trained (chance: ln 10 = 2.30+)
+    # The head trained: a frozen backbone in eval mode and an untrained head give the same
+    # epoch loss every epoch (measured: 2.325, 2.304, 2.290; chance is ln 10 = 2.303)
+    losses = [h["train_loss"] for h in lin["history"]]
+    assert all(later < earlier for earlier, later in zip(losses, losses[1:]))
+    assert losses[-1] < losses[0] - 0.02
 
     # export, then load in a fresh Python process without Ray: same features as the run's
     x = torch.rand(4, 3, 16, 16, generator=torch.Generator().manual_seed(0))
