@@ -217,3 +217,43 @@ def test_linear_eval_from_a_pretrained_run_on_two_workers(ray_session, write_con
         torch.testing.assert_close(torch.load(tmp_path / "f.pt"), expected)
     # an export is itself a valid init_from
     assert read(str(tmp_path / "backbone-state_dict.pt")).spec == BACKBONE
+
+
+def test_exports_go_to_uris_in_either_format_and_serve_as_init_from(tmp_path):
+    """`rayssl export --out file://…` in both formats; each export (a URI, TorchScript too)
+    is a valid init_from with the checkpoint's exact weights."""
+    directory, method = _checkpoint(tmp_path, "simclr")
+    expected = method.backbone.state_dict()
+    for fmt in ("state_dict", "torchscript"):
+        uri = f"file://{tmp_path}/exports/{fmt}/backbone.pt"
+        result = CliRunner().invoke(
+            main, ["export", str(directory), "--out", uri, "--format", fmt]
+        )
+        assert result.exit_code == 0, result.output
+        assert (tmp_path / "exports" / fmt / "backbone.pt").is_file()
+        pretrained = read(uri)
+        assert pretrained.spec == BACKBONE and pretrained.input_shape == [3, 16, 16]
+        for key, value in expected.items():
+            assert torch.equal(pretrained.state[key], value), (fmt, key)
+
+
+def test_export_failures_are_one_line_and_leave_no_file(tmp_path):
+    directory, _ = _checkpoint(tmp_path, "simclr")
+    (tmp_path / "a-file").write_text("")
+    blocked = tmp_path / "a-file" / "backbone.pt"  # its folder would be a file
+    result = CliRunner().invoke(main, ["export", str(directory), "--out", str(blocked)])
+    assert result.exit_code == 2, result.output
+    lines = result.output.strip().splitlines()
+    assert len(lines) == 1 and f"--out '{blocked}' cannot be written" in lines[0]
+
+    state = load_state(directory)
+    state["config"]["backbone"]["bogus"] = 1  # a spec the factory does not take
+    save_state(state, tmp_path / "odd")
+    out = tmp_path / "odd.pt"
+    result = CliRunner().invoke(
+        main, ["export", str(tmp_path / "odd"), "--out", str(out), "--format", "torchscript"]
+    )
+    assert result.exit_code == 2, result.output
+    lines = result.output.strip().splitlines()
+    assert len(lines) == 1 and "cannot be traced to TorchScript" in lines[0], result.output
+    assert not out.exists()

@@ -48,8 +48,10 @@ def read(path: str, field_name: str = "backbone.init_from") -> Pretrained:
     Local paths or any URI the run's storage takes."""
     from rayssl.state import STATE_FILE
 
-    if path.endswith((".pt", ".pth")) and "://" not in path and Path(path).is_file():
-        return _read_export(path, field_name)
+    if path.endswith((".pt", ".pth")):
+        data = _export_bytes(path, field_name)
+        if data is not None:
+            return _read_export(data, path, field_name)
     state, where = _read_state(path, field_name, STATE_FILE)
     model = state["model"]
     weights = {k[len(PREFIX) :]: v for k, v in model.items() if k.startswith(PREFIX)}
@@ -126,26 +128,53 @@ def _read_state(path: str, field_name: str, state_file: str) -> tuple[dict, dict
     return state, record
 
 
-def _read_export(path: str, field_name: str) -> Pretrained:
+def _export_bytes(path: str, field_name: str) -> bytes | None:
+    """The bytes of export file `path` (a local path or a URI); None if it is no file."""
+    import pyarrow.fs as pafs
+
+    where = path if "://" in path else str(Path(path).expanduser().resolve())
     try:
-        data = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # torch raises several types for a foreign or truncated file
-        raise ConfigError(
-            f"{field_name} '{path}': not a rayssl export "
-            f"({first_line(exc, with_type=False)}); give a run "
-            "folder, a checkpoint folder, or a file written by rayssl export"
-        ) from None
-    if not isinstance(data, dict) or data.get("format") != EXPORT_FORMAT:
-        raise ConfigError(
-            f"{field_name} '{path}': not a rayssl export (format {EXPORT_FORMAT}); give a "
-            "run folder, a checkpoint folder, or a file written by rayssl export"
-        )
+        fs, base = pafs.FileSystem.from_uri(where)
+        if fs.get_file_info(base).type != pafs.FileType.File:
+            return None
+        with fs.open_input_file(base) as f:
+            return f.readall()
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"{field_name} '{path}' cannot be read ({exc})") from None
+
+
+def _read_export(data: bytes, path: str, field_name: str) -> Pretrained:
+    """An export of either format: TorchScript (its weights and the metadata it carries)
+    or a `state_dict` file (plain data, loaded with weights_only)."""
+    import json
+
+    not_export = (
+        f"{field_name} '{path}': not a rayssl export (format {EXPORT_FORMAT}); give a run "
+        "folder, a checkpoint folder, or a file written by rayssl export"
+    )
+    extra = {"rayssl.json": ""}
+    try:
+        module = torch.jit.load(io.BytesIO(data), map_location="cpu", _extra_files=extra)
+    except RuntimeError:  # not TorchScript
+        module = None
+    if module is not None:
+        if not extra["rayssl.json"]:
+            raise ConfigError(not_export)
+        record = json.loads(extra["rayssl.json"])
+        record["state_dict"] = dict(module.state_dict())
+    else:
+        try:
+            record = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+        except Exception as exc:  # torch raises several types for a foreign or truncated file
+            raise ConfigError(f"{not_export} ({first_line(exc, with_type=False)})") from None
+    if not isinstance(record, dict) or record.get("format") != EXPORT_FORMAT:
+        raise ConfigError(not_export)
     return Pretrained(
-        data["state_dict"],
-        data["backbone"],
-        data["input_shape"],
-        data["normalize"],
-        data["source"],
+        record["state_dict"],
+        record["backbone"],
+        record["input_shape"],
+        record["normalize"],
+        record["source"],
     )
 
 
@@ -195,18 +224,15 @@ def refuse_import_paths(names: list[Any], where: str, trusted: bool) -> None:
 def export(
     path: str, out: str, fmt: str = "state_dict", trust_import_paths: bool = False
 ) -> Pretrained:
-    """Write the backbone of run / checkpoint `path` to `out`: a `state_dict` export (see
-    the module docstring), or TorchScript (`torch.jit.trace` on the input shape, with the
-    same metadata in the archive's extra files; a backbone named by import path is rebuilt
-    for tracing only with `trust_import_paths`)."""
+    """Write the backbone of run / checkpoint `path` to `out` (a local path or a URI): a
+    `state_dict` export (see the module docstring), or TorchScript (`torch.jit.trace` on the
+    input shape, with the same metadata in the archive's extra files; a backbone named by
+    import path is rebuilt for tracing only with `trust_import_paths`). Written locally,
+    then moved into place: a failed export leaves no partial file at `out`."""
     import json
-
-    from rayssl import nets
-    from rayssl.config import NetConfig
+    import tempfile
 
     pretrained = read(path, "path")
-    out_path = Path(out)
-    out_path.parent.mkdir(parents=True, exist_ok=True)
     record = {
         "format": EXPORT_FORMAT,
         "backbone": pretrained.spec,
@@ -214,21 +240,54 @@ def export(
         "normalize": pretrained.normalize,
         "source": pretrained.source,
     }
-    if fmt == "state_dict":
-        torch.save({**record, "state_dict": pretrained.state}, out_path)
-        return pretrained
-    refuse_import_paths([pretrained.spec.get("name")], path, trust_import_paths)
-    spec = NetConfig(**pretrained.spec)
-    module = nets.call_factory(
-        spec.factory(nets.BACKBONES), spec.kwargs, input_shape=tuple(pretrained.input_shape)
-    )
-    module.load_state_dict(pretrained.state)
-    module.eval()
-    example = torch.zeros(2, *pretrained.input_shape)
-    with torch.no_grad():
-        traced = torch.jit.trace(module, example)
-    torch.jit.save(traced, str(out_path), _extra_files={"rayssl.json": json.dumps(record)})
+    with tempfile.TemporaryDirectory() as tmp:
+        local = Path(tmp) / "backbone.pt"
+        if fmt == "state_dict":
+            torch.save({**record, "state_dict": pretrained.state}, local)
+        else:
+            traced = _trace(pretrained, path, trust_import_paths)
+            torch.jit.save(traced, str(local), _extra_files={"rayssl.json": json.dumps(record)})
+        _put(local, out)
     return pretrained
+
+
+def _trace(pretrained: Pretrained, path: str, trust_import_paths: bool) -> Any:
+    """The backbone rebuilt from its spec, loaded, and traced on its input shape."""
+    from rayssl import nets
+    from rayssl.config import NetConfig
+
+    refuse_import_paths([pretrained.spec.get("name")], path, trust_import_paths)
+    try:
+        spec = NetConfig(**pretrained.spec)
+        module = nets.call_factory(
+            spec.factory(nets.BACKBONES), spec.kwargs, input_shape=tuple(pretrained.input_shape)
+        )
+        module.load_state_dict(pretrained.state)
+        module.eval()
+        with torch.no_grad():
+            return torch.jit.trace(module, torch.zeros(2, *pretrained.input_shape))
+    except Exception as exc:  # pydantic, the factory or the tracer: many types
+        raise ConfigError(
+            f"path '{path}': its backbone {pretrained.describe()} cannot be traced to "
+            f"TorchScript ({first_line(exc)}); use --format state_dict"
+        ) from None
+
+
+def _put(local: Path, out: str) -> None:
+    """Copy `local` to `out` (a path or a URI pyarrow takes) through a temporary name."""
+    import pyarrow.fs as pafs
+
+    where = out if "://" in out else str(Path(out).expanduser().resolve())
+    try:
+        fs, base = pafs.FileSystem.from_uri(where)
+        parent = base.rsplit("/", 1)[0]
+        if parent:
+            fs.create_dir(parent, recursive=True)
+        tmp = f"{parent}/.{base.rsplit('/', 1)[-1]}.tmp"
+        pafs.copy_files(str(local), tmp, destination_filesystem=fs)
+        fs.move(tmp, base)
+    except (OSError, ValueError) as exc:  # pyarrow: ArrowInvalid is a ValueError
+        raise ConfigError(f"--out '{out}' cannot be written ({first_line(exc)})") from None
 
 
 def load_exported(
