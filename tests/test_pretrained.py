@@ -257,3 +257,55 @@ def test_export_failures_are_one_line_and_leave_no_file(tmp_path):
     lines = result.output.strip().splitlines()
     assert len(lines) == 1 and "cannot be traced to TorchScript" in lines[0], result.output
     assert not out.exists()
+
+
+def test_init_from_brings_its_normalisation_and_a_resume_needs_no_source(
+    write_config, tmp_path, capsys
+):
+    """A downstream run without data.normalize uses the normalisation its backbone was
+    trained with; its --resume takes the weights from its own checkpoint, so it resumes
+    after the source run is deleted."""
+    import shutil
+
+    from rayssl.config import load_train_config
+    from rayssl.train import RunFailed
+
+    stats = {"mean": [0.5, 0.5, 0.5], "std": [0.25, 0.25, 0.25]}
+    source = fit(
+        load_train_config(
+            write_config(
+                {
+                    "name": "source",
+                    "num_workers": 0,
+                    "epochs": 1,
+                    "method": "simclr",
+                    **METHODS["simclr"],
+                    "data": {**IMAGES, "normalize": stats},
+                    "backbone": BACKBONE,
+                    "eval": {"every": 0, "linear_probe": False},
+                },
+                name="source",
+                base=None,
+            )
+        )
+    )
+    source_dir = Path(source["path"]).parent
+    downstream = write_config(
+        {
+            "name": "downstream",
+            "num_workers": 0,
+            "epochs": 2,
+            "data": IMAGES,
+            "backbone": {**BACKBONE, "init_from": str(source_dir)},
+            "supervised": {"freeze_backbone": True},
+        },
+        name="downstream",
+        base=None,
+    )
+    with pytest.raises(RunFailed):
+        fit(load_train_config(downstream), crash_after_epoch=1)
+    assert "data.normalize from backbone.init_from" in capsys.readouterr().out
+    shutil.rmtree(source_dir)
+    summary = fit(load_train_config(downstream), resume=True)
+    assert summary["epochs_run"] == 2 or summary["history"][-1]["epoch"] == 2
+    assert summary["config"]["data"]["normalize"] == stats

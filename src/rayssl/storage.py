@@ -195,9 +195,8 @@ def pick_run_name(cfg: TrainConfig, storage: Storage, resume: bool) -> str:
     return candidate
 
 
-def check_resumable(cfg: TrainConfig, storage: Storage, run: str, method_state: dict) -> None:
-    """Refuse to resume a checkpoint of another method or other weight shapes."""
-    state = storage.read_state(run, storage.latest_checkpoint(run))
+def check_resumable(cfg: TrainConfig, state: dict, run: str, method_state: dict) -> None:
+    """Refuse to resume `run`'s newest `state` with another method or other weight shapes."""
     if state["method"] != cfg.method and state["config"]["method"] != cfg.method:
         raise ConfigError(
             f"--resume: run '{run}' was trained with method '{state['config']['method']}', "

@@ -181,6 +181,28 @@ def _gather(obj: Any, world_size: int) -> list[Any]:
     return gathered
 
 
+def adopt_normalization(cfg: TrainConfig, stats: dict[str, list[float]] | None) -> None:
+    """A pretrained backbone saw inputs normalised by `stats`: a config without
+    `data.normalize` uses them too (said in one line); one that sets other values is
+    warned about, and its own values are kept."""
+    if not stats:
+        return
+    wanted = cfg.data.normalize
+    if wanted is None:
+        cfg.data.normalize = {"mean": stats["mean"], "std": stats["std"]}
+        print(
+            f"[rayssl] note: data.normalize from backbone.init_from: mean {stats['mean']}, "
+            f"std {stats['std']}",
+            flush=True,
+        )
+    elif wanted == "dataset" or [wanted.mean, wanted.std] != [stats["mean"], stats["std"]]:
+        print(
+            f"[rayssl] warning: backbone.init_from was trained on inputs normalised with mean "
+            f"{stats['mean']}, std {stats['std']}; this run's data.normalize differs",
+            flush=True,
+        )
+
+
 def progress_line(metrics: dict[str, float], cfg: TrainConfig, done: int, started: float) -> str:
     """One short line per epoch: loss, the headline metric, throughput and ETA."""
     epoch = int(metrics["epoch"])
@@ -197,10 +219,19 @@ def progress_line(metrics: dict[str, float], cfg: TrainConfig, done: int, starte
 # ============================================================================ driver
 
 
-def preflight(cfg: TrainConfig) -> tuple[Splits, dict[str, torch.Tensor]]:
+def preflight(
+    cfg: TrainConfig, read_init_from: bool = True
+) -> tuple[Splits, dict[str, torch.Tensor]]:
     """Load the data and push two samples through the method on the driver, so bad data or a
-    backbone that cannot take it fails with one line before Ray starts."""
+    backbone that cannot take it fails with one line before Ray starts. Reads
+    `backbone.init_from` (unless `read_init_from` is off: a resume has the weights) and
+    adopts its normalisation where the config sets none."""
     splits = load_splits(cfg.data, cfg.seed)
+    if cfg.backbone.init_from and read_init_from:
+        from rayssl import pretrained
+
+        splits.pretrained = pretrained.read(cfg.backbone.init_from)
+        adopt_normalization(cfg, splits.pretrained.normalize)
     input_normalizer(cfg.data, splits)  # its channel count is checked against the data
     if not splits.labeled and cfg.method == "supervised":
         raise ConfigError(
@@ -233,10 +264,6 @@ def preflight(cfg: TrainConfig) -> tuple[Splits, dict[str, torch.Tensor]]:
                 "tracking.mlflow_uri needs MLflow, an optional extra: pip install -e "
                 "'.[mlflow]' (or pip install mlflow), or remove tracking"
             ) from None
-    if cfg.backbone.init_from:
-        from rayssl import pretrained
-
-        splits.pretrained = pretrained.read(cfg.backbone.init_from)
     try:
         seed_everything(cfg.seed)
         method = build_method(
@@ -452,12 +479,20 @@ def fit(
 
     local = cfg.num_workers == 0
     ray_logs = None
-    splits, method_state = preflight(cfg)
     storage = Storage.resolve(cfg.storage_path)
-    run = pick_run_name(cfg, storage, resume)
+    saved = None
+    if resume:  # the run's own record decides what its config left open
+        run = pick_run_name(cfg, storage, resume)
+        saved = storage.read_state(run, storage.latest_checkpoint(run))
+        if cfg.data.normalize is None and saved["config"]["data"].get("normalize"):
+            cfg.data.normalize = saved["config"]["data"]["normalize"]  # e.g. init_from's
+    # a resumed run's backbone weights are in its checkpoint: init_from is not read again
+    splits, method_state = preflight(cfg, read_init_from=saved is None)
+    if not resume:
+        run = pick_run_name(cfg, storage, resume)  # reserves the folder: after preflight
     initial = None
     if resume:
-        check_resumable(cfg, storage, run, method_state)
+        check_resumable(cfg, saved, run, method_state)
         latest = storage.latest_checkpoint(run)
         if local or not storage.registered_by_ray(run, latest):
             initial = Checkpoint(storage.path(run, latest))
