@@ -229,3 +229,36 @@ def test_bad_view_parameters_name_the_field():
 def test_grayscale_helper_matches_itu_601():
     x = torch.tensor([1.0, 0.0, 0.0]).view(1, 3, 1, 1)
     assert math.isclose(float(grayscale(x)), 0.299, rel_tol=1e-6)
+
+
+def test_views_that_cannot_take_the_data_fail_before_ray_in_one_line(write_config, tmp_path):
+    """Image views on 1-D samples, and an augment.image.size the backbone cannot take, were
+    a worker's traceback (exit 1); preflight runs the views on the driver."""
+    from click.testing import CliRunner
+
+    from rayssl.cli import main
+
+    cases = [
+        (
+            {"data": {"name": "synthetic", "shape": [1, 16], "augment": {"preset": "simclr"}}},
+            "data.augment cannot make views of samples of shape (1, 16)",
+        ),
+        (
+            {
+                "data": {
+                    "name": "synthetic",
+                    "shape": [3, 16, 16],
+                    "augment": {"image": {"size": 40}},
+                },
+                "backbone": {"name": "mlp", "hidden": [8]},
+            },
+            "resized to 40x40 by data.augment.image.size",
+        ),
+    ]
+    for overrides, expected in cases:
+        config = write_config({"method": "simclr", **overrides})
+        result = CliRunner().invoke(main, ["train", str(config)])
+        assert result.exit_code == 2, result.output
+        lines = result.output.strip().splitlines()
+        assert len(lines) == 1 and expected in lines[0], result.output
+        assert not (tmp_path / "runs").exists()

@@ -205,6 +205,30 @@ def test_a_truncated_file_is_refused_by_load_splits(digits, tmp_path):
         load_splits(DataConfig(name="images", path=str(folder), val_fraction=0, batch_size=8))
 
 
+def test_a_malformed_tiff_and_a_vanished_file_are_one_line(digits, tmp_path):
+    """PIL raises TypeError (also struct.error, EOFError) on some malformed files, and a
+    file can vanish between listing and reading: each is an ImageDecodeError naming it."""
+    import io
+
+    from PIL import Image
+
+    from rayssl.data.images import ImageDecodeError, ImageFormat, decode, decode_files, list_images
+
+    buffer = io.BytesIO()
+    Image.new("RGB", (16, 16), (200, 10, 10)).save(buffer, "TIFF")
+    data = bytearray(buffer.getvalue())
+    data[72] = 11  # a tag's type byte: PIL then computes a float count (TypeError)
+    with pytest.raises(ImageDecodeError, match="image 'odd.tif' cannot be decoded"):
+        decode(bytes(data[:294]), "odd.tif", ImageFormat("RGB", None))
+
+    folder = tmp_path / "v"
+    shutil.copytree(digits / "test", folder)
+    files = list_images(str(folder), "path")
+    Path(files.paths[3]).unlink()
+    with pytest.raises(ImageDecodeError, match="cannot be read"):
+        decode_files(files, ImageFormat("RGB", None))
+
+
 # ============================================================================ Ray Data
 
 

@@ -181,6 +181,29 @@ def _gather(obj: Any, world_size: int) -> list[Any]:
     return gathered
 
 
+def preflight_views(cfg: TrainConfig, splits: Splits, method) -> Any:
+    """Two training samples through the configured views and normalisation, as the loop
+    makes them: a pipeline that cannot take the data is one line here, not a worker's
+    traceback (image views on non-image data, an `augment.image.size` the backbone
+    cannot take is caught by the method's step right after)."""
+    from rayssl.data import Augment
+
+    x = splits.train[0][:2].float()
+    augment = Augment(cfg.data.augment)
+    normalize = input_normalizer(cfg.data, splits) or (lambda t: t)
+    g = torch.Generator().manual_seed(cfg.seed)
+    try:
+        if method.num_views > 1:
+            return tuple(normalize(augment(x, g, view)) for view in range(method.num_views))
+        return normalize(augment(x, g) if augment.active else x)
+    except (RuntimeError, ValueError, TypeError, IndexError) as exc:
+        image = " (image views need (C, H, W) images)" if cfg.data.augment.image else ""
+        raise ConfigError(
+            f"data.augment cannot make views of samples of shape {splits.sample_shape} from "
+            f"data '{cfg.data.name}'{image}: {first_line(exc, with_type=False)}"
+        ) from None
+
+
 def adopt_normalization(cfg: TrainConfig, stats: dict[str, list[float]] | None) -> None:
     """A pretrained backbone saw inputs normalised by `stats`: a config without
     `data.normalize` uses them too (said in one line); one that sets other values is
@@ -274,17 +297,16 @@ def preflight(
             pretrained=splits.pretrained,
         )
         method.eval()
-        x = splits.train[0][:2]
         with torch.no_grad():
-            method.validation_step(
-                (tuple([x] * method.num_views) if method.num_views > 1 else x, splits.train[1][:2])
-            )
+            method.validation_step((preflight_views(cfg, splits, method), splits.train[1][:2]))
     except ConfigError:  # its own line already (backbone.init_from that does not fit)
         raise
     except (RuntimeError, ValueError, TypeError) as exc:
+        size = cfg.data.augment.image.size if cfg.data.augment.image else None
+        resized = f", resized to {size}x{size} by data.augment.image.size" if size else ""
         raise ConfigError(
             f"backbone '{cfg.backbone.name}' / head '{cfg.head.name}' cannot take samples of "
-            f"shape {splits.sample_shape} from data '{cfg.data.name}': "
+            f"shape {splits.sample_shape}{resized} from data '{cfg.data.name}': "
             f"{first_line(exc, with_type=False)}"
         ) from None
     return splits, method.state_dict()
@@ -479,17 +501,18 @@ def fit(
 
     local = cfg.num_workers == 0
     ray_logs = None
-    storage = Storage.resolve(cfg.storage_path)
     saved = None
     if resume:  # the run's own record decides what its config left open
+        storage = Storage.resolve(cfg.storage_path)
         run = pick_run_name(cfg, storage, resume)
         saved = storage.read_state(run, storage.latest_checkpoint(run))
         if cfg.data.normalize is None and saved["config"]["data"].get("normalize"):
             cfg.data.normalize = saved["config"]["data"]["normalize"]  # e.g. init_from's
     # a resumed run's backbone weights are in its checkpoint: init_from is not read again
     splits, method_state = preflight(cfg, read_init_from=saved is None)
-    if not resume:
-        run = pick_run_name(cfg, storage, resume)  # reserves the folder: after preflight
+    if not resume:  # creates the folders: only once the inputs passed preflight
+        storage = Storage.resolve(cfg.storage_path)
+        run = pick_run_name(cfg, storage, resume)
     initial = None
     if resume:
         check_resumable(cfg, saved, run, method_state)

@@ -68,7 +68,8 @@ def decode(data: bytes, name: str, fmt: ImageFormat) -> np.ndarray:
             f"image '{name}' cannot be decoded (not an image format PIL reads); "
             "remove or replace the file"
         ) from None
-    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
+    except Exception as exc:  # PIL's plugins raise many types on a malformed file
+        # (OSError, ValueError, SyntaxError, struct.error, EOFError, TypeError, ...)
         raise ImageDecodeError(
             f"image '{name}' cannot be decoded ({type(exc).__name__}: {exc}); "
             "remove or replace the file"
@@ -99,8 +100,15 @@ class ImageFiles:
     classes: list[str] | None
 
     def read(self, index: int) -> bytes:
-        with self.filesystem.open_input_file(self.paths[index]) as f:
-            return f.readall()
+        """The bytes of image `index`; a file that cannot be read is one line naming it."""
+        try:
+            with self.filesystem.open_input_file(self.paths[index]) as f:
+                return f.readall()
+        except OSError as exc:
+            raise ImageDecodeError(
+                f"image '{self.paths[index]}' cannot be read ({type(exc).__name__}: {exc}); "
+                "check the file and its folder"
+            ) from None
 
     def subset(self, indices) -> ImageFiles:
         labels = [self.labels[i] for i in indices] if self.labels is not None else None
