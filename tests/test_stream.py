@@ -81,3 +81,39 @@ def test_a_mid_epoch_resume_of_a_stream_runs_the_epochs_remaining_steps(ray_sess
     batches.set_epoch(0, start_step=3)
     rest = list(batches)
     assert len(rest) == 5 and all(x.shape == (8, 1, 4) for x, _ in rest)
+
+
+def test_a_streamed_search_whose_trials_fill_the_cluster_finishes(
+    ray_session, write_config, parquet_files, tmp_path
+):
+    """1-worker trials of a Parquet search that take every CPU of the cluster (2 trials x 2
+    CPUs on 4): Ray Data's read tasks run in each trial's own data bundle. Before, they
+    waited for a CPU outside every trial's reservation and the search never finished."""
+    import csv
+
+    import yaml
+
+    train, test = parquet_files
+    data = {"name": "parquet", "path": str(train), "test_path": str(test), "shape": [1, 16]}
+    base = write_config({"epochs": 1, "num_workers": 1, "data": {**data, "batch_size": 32}})
+    search = tmp_path / "search.yaml"
+    search.write_text(
+        yaml.safe_dump(
+            {
+                "base": base.name,
+                "space": {"optimizer.lr": {"choice": [1.0e-3, 1.0e-2]}},
+                "metric": "train_loss",
+                "mode": "min",
+                "num_samples": 2,
+                "scheduler": {"name": "fifo"},
+                "max_concurrent_trials": 2,
+                "resources": {"cpus_per_worker": 2, "data_cpus_per_trial": 1},
+                "storage_path": str(tmp_path / "tune"),
+            }
+        )
+    )
+    result = CliRunner().invoke(main, ["tune", str(search)])
+    assert result.exit_code == 0, result.output
+    (experiment,) = (tmp_path / "tune").iterdir()
+    rows = list(csv.DictReader(open(experiment / "results.csv")))
+    assert len(rows) == 2 and all(r["epochs"] == "1" and not r["error"] for r in rows)

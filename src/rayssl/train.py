@@ -510,9 +510,6 @@ def fit(
             cfg.data.normalize = saved["config"]["data"]["normalize"]  # e.g. init_from's
     # a resumed run's backbone weights are in its checkpoint: init_from is not read again
     splits, method_state = preflight(cfg, read_init_from=saved is None)
-    if not resume:  # creates the folders: only once the inputs passed preflight
-        storage = Storage.resolve(cfg.storage_path)
-        run = pick_run_name(cfg, storage, resume)
     initial = None
     if resume:
         check_resumable(cfg, saved, run, method_state)
@@ -525,6 +522,9 @@ def fit(
         logging.getLogger("ray.train").setLevel(logging.WARNING)
     else:
         ray_logs = init_ray(cfg, dashboard=dashboard, streaming=splits.stream is not None)
+    if not resume:  # creates the folders: only once the inputs and the cluster passed
+        storage = Storage.resolve(cfg.storage_path)
+        run = pick_run_name(cfg, storage, resume)
     if crash_after_epoch is None:
         crash_after_epoch = int(os.environ.get(CRASH_ENV, "0") or 0)
     mlflow_run = open_mlflow(cfg, run)

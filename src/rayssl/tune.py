@@ -121,6 +121,12 @@ class ResourcesConfig(Strict):
     workers_per_trial: int = Field(1, ge=1)
     cpus_per_worker: float = Field(1.0, gt=0.0)
     gpus_per_worker: float = Field(0.0, ge=0.0)
+    data_cpus_per_trial: float = Field(
+        1.0,
+        gt=0.0,
+        description="streamed data (Parquet, large image folders), 1-worker trials: CPUs "
+        "each trial reserves for Ray Data's read and decode tasks",
+    )
 
 
 class SearchConfig(Strict):
@@ -258,6 +264,7 @@ def run_trial_in_process(config: dict[str, Any]) -> None:
     splits = ray.get(config["_splits"])
     shard = None
     if splits.stream is not None:  # parquet: this trial streams every row itself
+        _data_in_this_trials_bundle()
         shard = splits.stream.dataset(cfg.data.read_concurrency).iterator()
     device = torch.device("cuda" if cfg.use_gpu and torch.cuda.is_available() else "cpu")
     loop = build_loop(cfg, splits, device=device, train_shard=shard)
@@ -276,6 +283,22 @@ def run_trial_in_process(config: dict[str, Any]) -> None:
         with tempfile.TemporaryDirectory() as tmp:
             save_state(loop.state_dict(), tmp)
             ray.tune.report(metrics, checkpoint=ray.tune.Checkpoint.from_directory(tmp))
+
+
+def _data_in_this_trials_bundle() -> None:
+    """Ray Data schedules its tasks with an explicit strategy ("SPREAD"), so they leave the
+    trial's placement group and need CPUs no trial holds. Point them at the trial's own
+    group (the data bundle `tune` reserves), with Ray Data's public DataContext."""
+    import ray.data
+    from ray.util import get_current_placement_group
+    from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
+
+    group = get_current_placement_group()
+    if group is None:
+        return
+    strategy = PlacementGroupSchedulingStrategy(group, placement_group_capture_child_tasks=True)
+    context = ray.data.DataContext.get_current()
+    context.scheduling_strategy = context.scheduling_strategy_large_args = strategy
 
 
 def run_trial(config: dict[str, Any]) -> None:
@@ -407,8 +430,14 @@ def tune(
     )
     res = search.resources
     if res.workers_per_trial == 1:
+        trial = {"CPU": res.cpus_per_worker, "GPU": res.gpus_per_worker}
+        # Streamed data: Ray Data's tasks run in a bundle of the trial's own placement group
+        # (run_trial_in_process points Ray Data there). Without it they wait for CPUs
+        # outside every trial's reservation, and a search whose trials fill the cluster
+        # waits forever.
+        bundles = [trial, {"CPU": res.data_cpus_per_trial}] if splits.stream else [trial]
         trainable = ray_tune.with_resources(
-            run_trial_in_process, {"cpu": res.cpus_per_worker, "gpu": res.gpus_per_worker}
+            run_trial_in_process, ray_tune.PlacementGroupFactory(bundles)
         )
         concurrent = search.max_concurrent_trials
     else:

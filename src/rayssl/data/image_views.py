@@ -6,7 +6,7 @@ views and a p = 0.2 grayscale greys a fifth of the samples, not a fifth of the b
 All parameters are drawn on every call, even where an op's probability gates it off, so
 the generator's stream has the same shape whatever the configuration's probabilities.
 
-Why hand-written (DESIGN.md, "View pipelines for images"): torchvision.transforms.v2 draws
+Why hand-written (checked in the libraries' sources): torchvision.transforms.v2 draws
 one set of parameters per call and takes no generator; kornia.augmentation draws per-sample
 parameters from the global RNG only (its `generator` argument is ignored) and picks one
 colour-jitter order per batch. kornia's functional hue kernel holds no RNG and takes
