@@ -203,3 +203,28 @@ def test_pbt_copies_the_better_trial_and_perturbs_its_learning_rate(write_search
     lrs = {s["config"]["optimizer"]["lr"] for s in states}
     assert len(lrs) > 2, lrs  # a perturbed value (0.8x or 1.2x the donor's) was used
     assert (experiment / "pbt_global.txt").read_text().strip()  # PBT's log of each copy
+
+
+def test_a_search_on_a_storage_uri_writes_there_and_resumes(
+    write_search, ray_session, tmp_path, monkeypatch
+):
+    """storage_path as a URI (file:// through pyarrow, as s3:// or gs:// go): the search,
+    its results and --resume live under the URI; nothing lands in a local 'file:' folder."""
+    monkeypatch.chdir(tmp_path)
+    search = write_search(
+        {
+            "storage_path": f"file://{tmp_path}/store",
+            "num_samples": 2,
+            "scheduler": {"name": "fifo"},
+        }
+    )
+    result = CliRunner().invoke(main, ["tune", str(search)])
+    assert result.exit_code == 0, result.output
+    (experiment,) = (tmp_path / "store").iterdir()
+    rows = list(csv.DictReader(open(experiment / "results.csv")))
+    assert len(rows) == 2 and (experiment / "best.yaml").is_file()
+    assert (experiment / "val_accuracy.png").stat().st_size > 1000
+    assert not any(p.name.startswith("file:") for p in tmp_path.iterdir())
+    again = CliRunner().invoke(main, ["tune", str(search), "--resume"])
+    assert again.exit_code == 0, again.output
+    assert [p.name for p in (tmp_path / "store").iterdir()] == [experiment.name]  # the same

@@ -161,6 +161,12 @@ class Storage:
                 pass
         return name
 
+    def make_dir(self, run: str, name: str = "") -> str:
+        """Create `run/name` (and its parents); return its path or URI."""
+        fs, base = self._fs()
+        fs.create_dir(f"{base}/{run}/{name}" if name else f"{base}/{run}", recursive=True)
+        return self.path(run, name)
+
     def write_text(self, run: str, name: str, text: str) -> str:
         return self.write_bytes(run, name, text.encode())
 

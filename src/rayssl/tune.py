@@ -402,12 +402,14 @@ def tune(
     from rayssl.train import init_ray, preflight
 
     search, base = load_search(path, overrides)
+    # Storage: local folders and URIs (s3://, gs://, file://) alike, as training runs do
     storage = Storage.resolve(search.storage_path)
-    experiment = Path(storage.uri) / search.name
-    if resume and not ray_tune.Tuner.can_restore(str(experiment)):
+    name = search.name
+    if resume and not ray_tune.Tuner.can_restore(storage.path(name)):
         raise ConfigError(f"--resume: no search '{search.name}' under '{storage.uri}' to resume")
-    if not resume and experiment.exists():
-        experiment = Path(storage.uri) / f"{search.name}-{time.strftime('%Y%m%d-%H%M%S')}"
+    if not resume and name in storage.runs():
+        name = f"{search.name}-{time.strftime('%Y%m%d-%H%M%S')}"
+    experiment = storage.path(name)
     cfg = validate_train_config(base)
     splits, _ = preflight(cfg)  # seeds numpy: a new search samples reproducibly from cfg.seed
     if resume:
@@ -419,13 +421,12 @@ def tune(
         raise ConfigError(
             f"resources: {exc} (resources.workers_per_trial / cpus_per_worker)"
         ) from None
-    trials_storage = experiment / "trials"
-    trials_storage.mkdir(parents=True, exist_ok=True)
+    trials_storage = storage.make_dir(name, "trials")
     param_space = {k: d.to_tune() for k, d in search.space.items()}
     param_space.update(
         _base=base,
         _splits=ray.put(splits),
-        _trials_storage=str(trials_storage),
+        _trials_storage=trials_storage,
         _pbt=search.scheduler.name == "pbt",
     )
     res = search.resources
@@ -450,7 +451,7 @@ def tune(
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
     if resume:
         tuner = ray_tune.Tuner.restore(
-            str(experiment), trainable=trainable, param_space=param_space, resume_errored=True
+            experiment, trainable=trainable, param_space=param_space, resume_errored=True
         )
     else:
         tuner = ray_tune.Tuner(
@@ -466,7 +467,7 @@ def tune(
                 reuse_actors=True,  # later trials skip the imports (torch) of a new process
             ),
             run_config=ray_tune.RunConfig(
-                name=experiment.name,
+                name=name,
                 storage_path=storage.uri,
                 # PBT hands a trial's checkpoint to another one later: keep a few more.
                 checkpoint_config=ray_tune.CheckpointConfig(
@@ -563,8 +564,16 @@ def _search_alg(search: SearchConfig, points: list[dict[str, Any]] | None = None
     return None
 
 
-def report(results, search: SearchConfig, base: dict, max_epochs: int, experiment: Path) -> dict:
-    """Print and save the results table, the best config as YAML and the metric plot."""
+def report(results, search: SearchConfig, base: dict, max_epochs: int, experiment: str) -> dict:
+    """Print and save the results table, the best config as YAML and the metric plot into
+    `experiment` (a folder or a URI)."""
+    import io
+    import tempfile
+
+    from rayssl.storage import Storage
+
+    parent, name = str(experiment).rstrip("/").rsplit("/", 1)
+    storage = Storage(parent)
     rows = []
     for result in results:
         history = result.metrics_dataframe
@@ -611,10 +620,11 @@ def report(results, search: SearchConfig, base: dict, max_epochs: int, experimen
         ),
     )
     columns = [c for c in ranked[0] if not c.startswith("_")]
-    with open(experiment / "results.csv", "w", newline="") as f:
-        writer = csv.DictWriter(f, columns, extrasaction="ignore")
-        writer.writeheader()
-        writer.writerows(ranked)
+    table = io.StringIO(newline="")
+    writer = csv.DictWriter(table, columns, extrasaction="ignore")
+    writer.writeheader()
+    writer.writerows(ranked)
+    storage.write_text(name, "results.csv", table.getvalue())
     widths = {c: max(len(c), *(len(_fmt(r[c])) for r in ranked)) for c in columns}
     print("  ".join(c.ljust(widths[c]) for c in columns))
     for r in ranked:
@@ -622,9 +632,12 @@ def report(results, search: SearchConfig, base: dict, max_epochs: int, experimen
     best = ranked[0]
     best_cfg = trial_config(base, {k: best[k] for k in search.space})
     best_cfg["name"] = f"{search.name}-best"
-    (experiment / "best.yaml").write_text(yaml.safe_dump(best_cfg, sort_keys=False))
-    _plot(ranked, search, experiment / f"{search.metric}.png")
-    print(f"best {search.metric} {best[search.metric]:.4f}: {experiment / 'best.yaml'}")
+    best_path = storage.write_text(name, "best.yaml", yaml.safe_dump(best_cfg, sort_keys=False))
+    with tempfile.TemporaryDirectory() as tmp:
+        picture = Path(tmp) / f"{search.metric}.png"
+        _plot(ranked, search, picture)
+        storage.write_bytes(name, picture.name, picture.read_bytes())
+    print(f"best {search.metric} {best[search.metric]:.4f}: {best_path}")
     return {"rows": ranked, "best": best, "experiment": str(experiment)}
 
 
