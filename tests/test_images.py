@@ -172,6 +172,11 @@ def _bad_cases(digits: Path, tmp: Path) -> list[tuple[dict, str]]:
         ({"path": str(tmp / "empty")}, "holds no images"),
         ({"path": str(tmp / "nowhere")}, "data.path"),
         ({"path": str(flat), "_supervised": True}, "holds images without labels"),
+        (  # 120 images of 32x32x3 as float32: 1.4 MiB, refused before the driver decodes
+            {"path": train, "val_fraction": 0.5, "eval_limit_mb": 1},
+            "data.val_fraction 0.5 of data.path is 120 images, 1.4 MiB decoded, more than "
+            "data.eval_limit_mb (1)",
+        ),
     ]
 
 

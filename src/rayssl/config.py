@@ -164,6 +164,12 @@ class DataConfig(Strict):
         description="images: decode once and hold in memory (true), stream from storage "
         "(false), or auto: in memory when the decoded training set fits in 1 GiB",
     )
+    eval_limit_mb: int = Field(
+        1024,
+        ge=1,
+        description="images: val and test splits are decoded on the driver and shared with "
+        "every worker; a split larger than this (MiB, as float32) is refused before decoding",
+    )
     prefetch_batches: int = Field(2, ge=0, description="parquet: batches fetched ahead")
     pin_memory: bool = Field(False, description="parquet + use_gpu: page-locked host batches")
     read_concurrency: int | None = Field(None, ge=1, description="parquet: Ray Data read tasks")

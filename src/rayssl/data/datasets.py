@@ -396,6 +396,20 @@ def _images(cfg: DataConfig, seed: int) -> Splits:
         y = files.labels if files.labels is not None else [-1] * len(files.paths)
         return torch.from_numpy(x).float().div_(255), torch.tensor(y, dtype=torch.int64)
 
+    for field, files in splits.items():  # refused before decoding: the driver stays flat
+        size = images.decoded_bytes(len(files.paths), first.shape)
+        if size > cfg.eval_limit_mb * 2**20:
+            where = (
+                f"data.val_fraction {cfg.val_fraction} of data.path"
+                if field == "val_path" and not cfg.val_path
+                else f"data.{field} '{getattr(cfg, field)}'"
+            )
+            raise ConfigError(
+                f"{where} is {len(files.paths)} images, {size / 2**20:.1f} MiB decoded, more "
+                f"than data.eval_limit_mb ({cfg.eval_limit_mb}) on the driver: give a smaller "
+                "data.val_path / data.test_path, lower data.val_fraction, or raise "
+                "data.eval_limit_mb"
+            )
     val, test = (load(splits[f], f) if f in splits else None for f in ("val_path", "test_path"))
     stream = None
     if in_memory:
