@@ -84,12 +84,17 @@ def test_a_mid_epoch_resume_of_a_stream_runs_the_epochs_remaining_steps(ray_sess
 
 
 def test_a_streamed_search_whose_trials_fill_the_cluster_finishes(
-    ray_session, write_config, parquet_files, tmp_path
+    write_config, parquet_files, tmp_path
 ):
-    """1-worker trials of a Parquet search that take every CPU of the cluster (2 trials x 2
-    CPUs on 4): Ray Data's read tasks run in each trial's own data bundle. Before, they
-    waited for a CPU outside every trial's reservation and the search never finished."""
+    """`rayssl tune` of Parquet data in its own process, on the local Ray it starts (this
+    machine's CPUs, 2 here): 1-worker trials would take every CPU, and Ray Data's read
+    tasks, scheduled outside the trials' placement groups, waited forever (reproduced: 4
+    trials RUNNING on 4/4 CPUs, no step in 3 minutes). Each trial now reserves its own data
+    bundle, so the search finishes."""
     import csv
+    import os
+    import subprocess
+    import sys
 
     import yaml
 
@@ -107,13 +112,19 @@ def test_a_streamed_search_whose_trials_fill_the_cluster_finishes(
                 "num_samples": 2,
                 "scheduler": {"name": "fifo"},
                 "max_concurrent_trials": 2,
-                "resources": {"cpus_per_worker": 2, "data_cpus_per_trial": 1},
                 "storage_path": str(tmp_path / "tune"),
             }
         )
     )
-    result = CliRunner().invoke(main, ["tune", str(search)])
-    assert result.exit_code == 0, result.output
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    done = subprocess.run(
+        [sys.executable, "-m", "rayssl.cli", "tune", str(search)],
+        capture_output=True,
+        text=True,
+        timeout=400,
+        env=env,
+    )
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
     (experiment,) = (tmp_path / "tune").iterdir()
     rows = list(csv.DictReader(open(experiment / "results.csv")))
     assert len(rows) == 2 and all(r["epochs"] == "1" and not r["error"] for r in rows)

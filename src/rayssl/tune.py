@@ -415,12 +415,21 @@ def tune(
     if resume:
         # Trials not yet sampled must not repeat the first samples of the original driver.
         np.random.seed()
-    try:
-        init_ray(cfg)  # checks that one trial's workers fit the cluster
+    try:  # checks that one trial's workers fit the cluster
+        init_ray(cfg, streaming=splits.stream is not None)
     except ConfigError as exc:
         raise ConfigError(
             f"resources: {exc} (resources.workers_per_trial / cpus_per_worker)"
         ) from None
+    res = search.resources
+    if splits.stream is not None and res.workers_per_trial == 1:
+        need = res.cpus_per_worker + res.data_cpus_per_trial
+        have = ray.cluster_resources().get("CPU", 0.0)
+        if need > have:
+            raise ConfigError(
+                f"resources: a streamed trial needs cpus_per_worker + data_cpus_per_trial = "
+                f"{need:g} CPUs, the cluster has {have:g}; lower them"
+            )
     trials_storage = storage.make_dir(name, "trials")
     param_space = {k: d.to_tune() for k, d in search.space.items()}
     param_space.update(
@@ -429,7 +438,6 @@ def tune(
         _trials_storage=trials_storage,
         _pbt=search.scheduler.name == "pbt",
     )
-    res = search.resources
     if res.workers_per_trial == 1:
         trial = {"CPU": res.cpus_per_worker, "GPU": res.gpus_per_worker}
         # Streamed data: Ray Data's tasks run in a bundle of the trial's own placement group
