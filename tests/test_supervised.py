@@ -46,3 +46,45 @@ def test_scheduler_class_gets_total_steps():
     )
     _, scheduler = model.configure_optimizers(total_steps=7, steps_per_epoch=7)
     assert scheduler.total_steps == 7
+
+
+def test_a_frozen_backbone_linear_eval_reaches_the_standardised_probe():
+    """Linear evaluation (frozen random MLP features of scikit-learn digits, 10 epochs):
+    with the features standardised before the head (the default for a frozen backbone) the
+    head comes within 1 point of the standardised logistic-regression probe on the same
+    features; without, it stays further off (measured: 0.969 and 0.931 vs the probe's 0.975)."""
+    from rayssl.build import build_method
+    from rayssl.config import validate_train_config
+    from rayssl.data import load_splits
+    from rayssl.evaluate import extract_features, linear_probe_accuracy
+    from rayssl.loop import Loop
+    from rayssl.state import seed_everything
+
+    def linear_eval(standardize):
+        cfg = validate_train_config(
+            {
+                "num_workers": 1,
+                "epochs": 10,
+                "data": {"name": "digits", "batch_size": 64, "val_fraction": 0.1},
+                "backbone": {"name": "mlp", "hidden": [128]},
+                "supervised": {"freeze_backbone": True, "standardize_features": standardize},
+                "optimizer": {"name": "adamw", "lr": 1e-2, "weight_decay": 0.0},
+                "lr_scheduler": {"name": "warmup_cosine", "warmup_epochs": 1},
+            }
+        )
+        splits = load_splits(cfg.data, cfg.seed)
+        seed_everything(cfg.seed)
+        method = build_method(cfg, splits.sample_shape, splits.num_classes)
+        accuracy = list(Loop(method, splits, cfg).epochs())[-1]["test_accuracy"]
+        method.eval()
+        train, test = (
+            extract_features(lambda x: method.backbone(x).flatten(1), s[0])
+            for s in (splits.train, splits.test)
+        )
+        return accuracy, linear_probe_accuracy(train, splits.train[1], test, splits.test[1])
+
+    standardised, probe = linear_eval(None)
+    raw, same_probe = linear_eval(False)
+    assert same_probe == probe  # the same frozen features
+    assert abs(standardised - probe) <= 0.01
+    assert probe - raw > 0.02

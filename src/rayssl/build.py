@@ -157,9 +157,19 @@ def build_method(
         val_metrics=metrics(),
         test_metrics=metrics(),
         freeze_backbone=cfg.supervised.freeze_backbone,
+        feature_norm=nn.BatchNorm1d(features, affine=False) if standardized(cfg) else None,
         backbone_lr_scale=cfg.optimizer.backbone_lr_scale,
         **setup,
     )
+
+
+def standardized(cfg: TrainConfig) -> bool:
+    """Whether a supervised run standardises its features before the head (on by default
+    for a frozen backbone: frozen SSL features have arbitrary scales, and a linear head
+    trained on them with a short schedule stays far from what a standardised probe reads)."""
+    c = cfg.supervised
+    wanted = c.freeze_backbone if c.standardize_features is None else c.standardize_features
+    return wanted and c.flatten
 
 
 def build_user_method(

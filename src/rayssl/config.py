@@ -296,6 +296,11 @@ class CheckpointConfig(Strict):
 class SupervisedConfig(Strict):
     flatten: bool = True
     freeze_backbone: bool = False
+    standardize_features: bool | None = Field(
+        None,
+        description="a BatchNorm1d(affine=False) on the flattened features before the head, "
+        "as the linear probes of SSL papers; null: on when freeze_backbone is",
+    )
     label_smoothing: float = Field(0.0, ge=0.0, lt=1.0)
     metrics: list[Literal["accuracy", "f1", "precision", "recall"]] = ["accuracy"]
 

@@ -508,8 +508,12 @@ def fit(
         saved = storage.read_state(run, storage.latest_checkpoint(run))
         if cfg.data.normalize is None and saved["config"]["data"].get("normalize"):
             cfg.data.normalize = saved["config"]["data"]["normalize"]  # e.g. init_from's
+        if "standardize_features" not in saved["config"].get("supervised", {}):
+            cfg.supervised.standardize_features = False  # written before the option existed
     # a resumed run's backbone weights are in its checkpoint: init_from is not read again
     splits, method_state = preflight(cfg, read_init_from=saved is None)
+    if not resume:  # a storage_path that cannot be written fails here, before Ray starts
+        storage = Storage.resolve(cfg.storage_path)
     initial = None
     if resume:
         check_resumable(cfg, saved, run, method_state)
@@ -522,8 +526,7 @@ def fit(
         logging.getLogger("ray.train").setLevel(logging.WARNING)
     else:
         ray_logs = init_ray(cfg, dashboard=dashboard, streaming=splits.stream is not None)
-    if not resume:  # creates the folders: only once the inputs and the cluster passed
-        storage = Storage.resolve(cfg.storage_path)
+    if not resume:  # reserves the run's folder: only once the inputs and the cluster passed
         run = pick_run_name(cfg, storage, resume)
     if crash_after_epoch is None:
         crash_after_epoch = int(os.environ.get(CRASH_ENV, "0") or 0)

@@ -32,6 +32,7 @@ class SimpleSupervisedModel(Method):
         val_metrics: dict[str, Metric] | None = None,
         test_metrics: dict[str, Metric] | None = None,
         freeze_backbone: bool = False,
+        feature_norm: nn.Module | None = None,
         backbone_lr_scale: float = 1.0,
         optimizer: type[torch.optim.Optimizer] = torch.optim.Adam,
         optimizer_kwargs: dict[str, Any] | None = None,
@@ -46,6 +47,7 @@ class SimpleSupervisedModel(Method):
         self.learning_rate = learning_rate
         self.flatten = flatten
         self.freeze_backbone = freeze_backbone
+        self.feature_norm = feature_norm  # e.g. BatchNorm1d(affine=False): standardised features
         self.backbone_lr_scale = backbone_lr_scale
         self.optimizer = optimizer
         self.optimizer_kwargs = dict(optimizer_kwargs or {})
@@ -83,6 +85,8 @@ class SimpleSupervisedModel(Method):
             features = self.adapter(features)
         if self.flatten:
             features = features.flatten(1)
+        if self.feature_norm is not None:
+            features = self.feature_norm(features)
         return self.fc(features)
 
     def _single_step(self, batch: tuple[torch.Tensor, torch.Tensor], stage: str):
