@@ -34,6 +34,24 @@ def summary(storage: Path, name: str) -> dict:
     return json.loads(runs[-1].read_text())
 
 
+def side_by_side(rows: list[dict]) -> dict[str, dict]:
+    """Per pretraining method: its probes and rayssl's linear evaluation of its backbone."""
+    by_run = {r["run"]: r for r in rows}
+    table = {}
+    for method in ("SimCLR", "BYOL"):
+        pre, lin = by_run[f"{method} pretraining"], by_run[f"linear eval: {method} backbone"]
+        table[method] = {
+            "knn_acc": pre["knn_acc"],
+            "linear_probe_acc": pre["linear_acc"],
+            "online_linear_acc": pre["online_linear_acc"],
+            "linear_eval_acc": lin["test_accuracy"],
+        }
+    table["random init"] = {"linear_eval_acc": by_run["linear eval: random init"]["test_accuracy"]}
+    ceiling = by_run["supervised from scratch (same network, 20 epochs)"]
+    table["supervised (ceiling)"] = {"test_accuracy": ceiling["test_accuracy"]}
+    return table
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--out", default="benchmarks/results/demo_images-2core-cpu.json")
@@ -55,7 +73,12 @@ def main() -> None:
             "run": label,
             "command": command,
             "test_accuracy": final.get("test_accuracy"),
-            "knn_acc": next((h["knn_acc"] for h in reversed(s["history"]) if "knn_acc" in h), None),
+            # the pretraining runs' probes at their last epoch: kNN, the standardised
+            # logistic probe, and the online linear probe trained alongside
+            **{
+                key: next((h[key] for h in reversed(s["history"]) if key in h), None)
+                for key in ("knn_acc", "linear_acc", "online_linear_acc")
+            },
             "epochs": s["epochs_run"],
             "command_wall_s": round(wall, 1),
             "train_wall_s": round(s["wall_time_s"], 1),
@@ -92,8 +115,9 @@ def main() -> None:
     )
     result = {
         "machine": f"{platform.machine()}, {len(__import__('os').sched_getaffinity(0))} CPUs",
-        "data": f"{DATA}: 5000 train / 1000 test 32x32 RGB PNGs (rayssl demo-images)",
+        "data": f"{DATA}: 5000 train / 1000 test 32x32 RGB PNGs (rayssl demo-images, fair preset)",
         "rows": rows,
+        "side_by_side": side_by_side(rows),
     }
     out = ROOT / args.out
     out.write_text(json.dumps(result, indent=2))

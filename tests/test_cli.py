@@ -59,6 +59,38 @@ BAD_VALUES = [
         "simclr.temperature: Input should be greater than 0",
     ),
     (
+        {"method": "barlow_twins", "barlow_twins": {"proj_dim": 1}},
+        "barlow_twins.proj_dim: Input should be greater than or equal to 2",
+    ),
+    (
+        {"method": "vicreg", "vicreg": {"var_weight": -1}},
+        "vicreg.var_weight: Input should be greater than or equal to 0",
+    ),
+    (
+        {"method": "moco", "moco": {"temperature": 0}},
+        "moco.temperature: Input should be greater than 0",
+    ),
+    (
+        {"method": "moco", "moco": {"base_momentum": 1.5}},
+        "moco.base_momentum: Input should be less than or equal to 1",
+    ),
+    (
+        {"optimizer": {"name": "lars", "trust_coefficient": 0}},
+        "optimizer.trust_coefficient: Input should be greater than 0",
+    ),
+    (
+        {"optimizer": {"name": "lamb"}},
+        "optimizer.name: Input should be 'adam', 'adamw', 'sgd' or 'lars'",
+    ),
+    (
+        {"model": {"sync_batchnorm": "maybe"}},
+        "model.sync_batchnorm: Input should be a valid boolean",
+    ),
+    (
+        {"model": {"sync_bn": True}},
+        "model.sync_bn: unknown key; accepted keys here: sync_batchnorm",
+    ),
+    (
         {"method": "byol", "byol": {"base_momentum": 1.5}},
         "byol.base_momentum: Input should be less than or equal to 1",
     ),

@@ -1,3 +1,5 @@
+from pathlib import Path
+
 import pytest
 
 from rayssl.config import (
@@ -28,7 +30,7 @@ def test_overrides_are_yaml_typed_and_nested(write_config):
         ({"optimizer": {"lr": 0}}, "optimizer.lr: Input should be greater than 0 (got 0)"),
         (
             {"optimizer": {"name": "lamb"}},
-            "optimizer.name: Input should be 'adam', 'adamw' or 'sgd'",
+            "optimizer.name: Input should be 'adam', 'adamw', 'sgd' or 'lars'",
         ),
         ({"epochs": "ten"}, "epochs: Input should be a valid integer"),
         ({"data": {"batch_size": 33}, "num_workers": 2}, "must be divisible by num_workers"),
@@ -42,7 +44,11 @@ def test_overrides_are_yaml_typed_and_nested(write_config):
             "byol.base_momentum: Input should be less than or equal to 1",
         ),
         ({"lfr": {"num_projectors": 4, "num_targets": 8}}, "lfr.num_targets (8) cannot exceed"),
-        ({"method": "mae"}, "method: 'mae' is neither one of supervised, byol, simclr, lfr nor"),
+        (
+            {"method": "mae"},
+            "method: 'mae' is neither one of supervised, byol, simclr, lfr, barlow_twins, "
+            "vicreg, moco nor",
+        ),
     ],
 )
 def test_bad_values_name_the_field(raw, expected):
@@ -72,3 +78,12 @@ def test_user_factory_kwargs_are_checked():
     assert cfg.backbone.name == "torch.nn:Identity"  # Identity(*args, **kwargs) takes anything
     with pytest.raises(ConfigError, match="has no attribute 'Nope'"):
         validate_train_config({"backbone": {"name": "torch.nn:Nope"}})
+
+
+def test_every_shipped_config_is_valid():
+    """configs/*.yaml are what users start from: each validates as it stands."""
+    shipped = sorted((Path(__file__).parents[1] / "configs").glob("*.yaml"))
+    assert len(shipped) >= 11
+    for path in shipped:
+        cfg = load_train_config(path)
+        assert cfg.method in path.stem.replace("linear_eval", "supervised"), path.name

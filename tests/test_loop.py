@@ -542,3 +542,43 @@ def test_dataset_normalisation_reaches_training_evaluation_and_probes():
     seen.clear()
     next(loop.iterate())  # training views: normalised after augmentation
     assert abs(float(seen[0].mean())) < 0.2 and float(seen[0].min()) < -0.3
+
+
+def test_the_online_probe_learns_beside_the_method_without_touching_it(tmp_path):
+    """eval.online_linear: the method's weights and buffers after 3 epochs are bitwise those
+    of the same run without the probe (detached features, its own RNG), the probe reports
+    online_linear_acc every epoch, well above chance, and its state resumes exactly."""
+    overrides = {
+        "method": "simclr",
+        "simclr": {"proj_hidden": 16, "proj_dim": 8},
+        "data": {"augment": {"shift": 2, "jitter": 0.1}},
+        "backbone": {"name": "mlp", "hidden": [32], "dropout": 0.2},
+        "eval": {"every": 0, "linear_probe": False},
+    }
+    online = {**overrides, "eval": {**overrides["eval"], "online_linear": True}}
+    online["eval"]["online_linear_lr"] = 1e-2
+    without = _loop(overrides)  # each built right before it runs: dropout draws from the
+    list(without.epochs())  # global RNG, which _loop seeds
+    straight = _loop(online)
+    history = list(straight.epochs())
+    assert without.online_probe is None
+    for key, value in without.method.state_dict().items():
+        assert torch.equal(value, straight.method.state_dict()[key]), key
+    accuracies = [h["online_linear_acc"] for h in history]
+    chance = 1 / straight.splits.num_classes
+    assert len(accuracies) == 3 and accuracies[-1] > 2 * chance, accuracies
+    assert "online_linear_acc" not in without.state.history[-1]
+
+    first = _loop(online)
+    next(first.epochs())
+    save_state(first.state_dict(), tmp_path)
+    second = _loop(online)
+    second.load_state_dict(load_state(tmp_path))
+    list(second.epochs())
+    a, b = straight.online_probe.state_dict(), second.online_probe.state_dict()
+    for key, value in a["head"].items():
+        assert torch.equal(value, b["head"][key]), key
+    for key, value in a["optimizer"]["state"].items():
+        for name, tensor in value.items():
+            assert torch.equal(tensor, b["optimizer"]["state"][key][name]), (key, name)
+    assert [h["online_linear_acc"] for h in second.state.history] == accuracies

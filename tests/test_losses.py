@@ -1,13 +1,21 @@
 import os
 import socket
 
+import numpy as np
 import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 import torch.nn.functional as F
 
-from rayssl.losses import BatchWiseBarlowTwinsLoss, NegativeCosineSimilarity, NTXentLoss
+from rayssl.losses import (
+    BarlowTwinsLoss,
+    BatchWiseBarlowTwinsLoss,
+    MoCoInfoNCELoss,
+    NegativeCosineSimilarity,
+    NTXentLoss,
+    VICRegLoss,
+)
 
 
 def _ntxent_reference(z0, z1, t):
@@ -46,13 +54,22 @@ def test_barlow_twins_is_stable_on_degenerate_inputs():
     assert stacked.dim() == 0
 
 
-def _ddp_worker(rank, world, port, z0, z1, out):
+# the losses whose negatives or batch statistics span every rank, by name (spawn pickles names)
+GLOBAL_LOSSES = {
+    "ntxent": lambda: NTXentLoss(0.5),
+    "barlow_twins": lambda: BarlowTwinsLoss(0.05),
+    "vicreg": lambda: VICRegLoss(25.0, 25.0, 1.0),
+    "moco": lambda: MoCoInfoNCELoss(0.2),  # z1 plays the keys: gathered without gradient
+}
+
+
+def _ddp_worker(rank, world, port, z0, z1, out, name="ntxent"):
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     dist.init_process_group("gloo", rank=rank, world_size=world)
     b = len(z0) // world
     a0 = z0[rank * b : (rank + 1) * b].clone().requires_grad_(True)
     a1 = z1[rank * b : (rank + 1) * b].clone().requires_grad_(True)
-    loss = NTXentLoss(0.5)(a0, a1)
+    loss = GLOBAL_LOSSES[name]()(a0, a1)
     loss.backward()
     # DDP averages gradients over ranks; do the same by hand for the inputs' gradients.
     g0 = torch.zeros_like(z0)
@@ -66,19 +83,24 @@ def _ddp_worker(rank, world, port, z0, z1, out):
     dist.destroy_process_group()
 
 
-def test_ntxent_under_ddp_equals_single_process_on_the_global_batch(tmp_path):
+@pytest.mark.parametrize("name", list(GLOBAL_LOSSES))
+def test_losses_under_ddp_equal_single_process_on_the_global_batch(tmp_path, name):
     """A real 2-process gloo group: mean of ranks' losses (and the averaged gradients) equal
-    the single-process loss on the concatenated batch, because negatives span all ranks."""
+    the single-process loss on the concatenated batch, because negatives (NT-Xent) and batch
+    statistics (Barlow Twins' cross-correlation, VICReg's variance and covariance) span all
+    ranks."""
     z0, z1 = torch.randn(8, 4), torch.randn(8, 4)
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     out = tmp_path / "ddp.pt"
-    mp.spawn(_ddp_worker, args=(2, port, z0, z1, str(out)), nprocs=2, join=True)
+    mp.spawn(_ddp_worker, args=(2, port, z0, z1, str(out), name), nprocs=2, join=True)
     got = torch.load(out)
     ref0 = z0.clone().requires_grad_(True)
-    reference = NTXentLoss(0.5)(ref0, z1)
+    reference = GLOBAL_LOSSES[name]()(ref0, z1)
     reference.backward()
+    # a rank's own half alone gives another value: the check above could not pass by chance
+    assert not torch.allclose(GLOBAL_LOSSES[name]()(z0[:4], z1[:4]), reference, atol=1e-3)
     assert torch.allclose(got["loss"], reference.detach(), atol=1e-6)
     assert torch.allclose(got["grad0"], ref0.grad, atol=1e-6)
 
@@ -108,3 +130,65 @@ def test_barlow_twins_matches_an_independent_reference():
     assert float(loss(pred, target)) == pytest.approx(
         _barlow_reference(pred, target, 0.05), rel=1e-5
     )
+
+
+def _cross_correlation_reference(z0, z1, eps):
+    """C_ij = sum_b s0_bi s1_bj / N with s the batch-standardised columns (biased std), in
+    float64 numpy, entry by entry."""
+    a, b = z0.double().numpy(), z1.double().numpy()
+    a = (a - a.mean(0)) / np.sqrt(a.var(0) + eps)
+    b = (b - b.mean(0)) / np.sqrt(b.var(0) + eps)
+    n, d = a.shape
+    return [[sum(a[k, i] * b[k, j] for k in range(n)) / n for j in range(d)] for i in range(d)]
+
+
+def test_barlow_twins_loss_is_the_papers_definition():
+    g = torch.Generator().manual_seed(5)
+    z0, z1 = torch.randn(10, 4, generator=g), torch.randn(10, 4, generator=g)
+    z1[:, 0] = z0[:, 0] + 0.1 * z1[:, 0]  # one near-invariant dimension
+    c = _cross_correlation_reference(z0, z1, 1e-5)
+    expected = sum(
+        (1 - c[i][j]) ** 2 if i == j else 0.0051 * c[i][j] ** 2 for i in range(4) for j in range(4)
+    )
+    assert float(BarlowTwinsLoss()(z0, z1)) == pytest.approx(expected, rel=1e-5)
+    # identical views with decorrelated, standardised dimensions: C = I, loss 0
+    q, _ = torch.linalg.qr(torch.randn(64, 4, generator=g))
+    q = (q - q.mean(0)) / q.std(0, unbiased=False)
+    assert float(BarlowTwinsLoss(eps=0.0)(q, q)) < 0.1
+
+
+def test_vicreg_loss_is_the_papers_definition():
+    g = torch.Generator().manual_seed(6)
+    z0, z1 = torch.randn(10, 3, generator=g), 0.3 * torch.randn(10, 3, generator=g)
+    a, b = z0.double().numpy(), z1.double().numpy()
+    n, d = a.shape
+    invariance = ((a - b) ** 2).mean()
+    variance = sum(np.maximum(0, 1 - np.sqrt(z.var(0, ddof=1) + 1e-4)).mean() / 2 for z in (a, b))
+    covariance = 0.0
+    for z in (a, b):
+        cov = np.cov(z, rowvar=False)  # unbiased, (D, D)
+        covariance += sum(cov[i, j] ** 2 for i in range(d) for j in range(d) if i != j) / d
+    expected = 25 * invariance + 25 * variance + 1 * covariance
+    assert float(VICRegLoss()(z0, z1)) == pytest.approx(expected, rel=1e-5)
+    # each weight switches its own term: a collapsed pair costs only variance
+    same = torch.zeros(10, 3)
+    assert float(VICRegLoss(sim=1, var=0, cov=1)(same, same)) == 0.0
+    assert float(VICRegLoss(sim=0, var=1, cov=0)(same, same)) == pytest.approx(1 - 1e-2, rel=1e-6)
+
+
+def test_moco_loss_is_the_papers_definition():
+    """ctr(q, k) = 2t * mean_i -log(exp(q_i.k_i / t) / sum_j exp(q_i.k_j / t)) on unit vectors,
+    row by row."""
+    q, k = torch.randn(6, 4), torch.randn(6, 4, requires_grad=True)
+    qn, kn = F.normalize(q, dim=1), F.normalize(k.detach(), dim=1)
+    rows = [
+        -(
+            qn[i] @ kn[i] / 0.3
+            - torch.logsumexp(torch.stack([qn[i] @ kn[j] / 0.3 for j in range(6)]), 0)
+        )
+        for i in range(6)
+    ]
+    expected = 2 * 0.3 * torch.stack(rows).mean()
+    assert torch.allclose(MoCoInfoNCELoss(0.3)(q, k.detach()), expected, atol=1e-6)
+    with pytest.raises(ValueError, match="temperature must be > 0"):
+        MoCoInfoNCELoss(0)

@@ -30,6 +30,22 @@ METHODS = {
             "predictor_training_epochs": 1,
         }
     },
+    # the large-batch tools ride along: LARS (its momentum buffers resume) and BatchNorm
+    # over the global batch (rayssl's CPU SyncBatchNorm under gloo)
+    "barlow_twins": {
+        "barlow_twins": {"proj_hidden": 16, "proj_dim": 16},
+        "optimizer": {"name": "lars", "lr": 0.2, "weight_decay": 1e-4},
+        "model": {"sync_batchnorm": True},
+        # and the online linear probe, whose head and optimizer resume with the rest
+        "eval": {"every": 0, "linear_probe": False, "online_linear": True},
+    },
+    "vicreg": {
+        "vicreg": {"proj_hidden": 16, "proj_dim": 16},
+        "model": {"sync_batchnorm": True},
+    },
+    "moco": {
+        "moco": {"proj_hidden": 16, "proj_dim": 8, "pred_hidden": 16, "base_momentum": 0.9},
+    },
 }
 
 
@@ -53,7 +69,21 @@ def _assert_states_equal(a, b):
 
 # SimCLR's 2-worker restart is also exact in test_image_views_restart_exactly_on_two_workers,
 # and its global-batch loss is checked on a gloo group in test_losses: slow here.
-@pytest.mark.parametrize("method", ["byol", pytest.param("simclr", marks=pytest.mark.slow), "lfr"])
+# VICReg's global-batch loss is checked on a gloo group in test_losses, and it shares
+# SimCLR's JointEmbedding with Barlow Twins, whose restart is in the default suite: slow here.
+@pytest.mark.parametrize(
+    "method",
+    [
+        "byol",
+        pytest.param("simclr", marks=pytest.mark.slow),
+        "lfr",
+        "barlow_twins",
+        pytest.param("vicreg", marks=pytest.mark.slow),
+        # MoCo v3 is BYOL's two networks with a contrastive loss (checked on gloo in
+        # test_losses); BYOL's momentum-target restart is in the default suite
+        pytest.param("moco", marks=pytest.mark.slow),
+    ],
+)
 def test_ranks_agree_and_restart_is_exact(ray_session, write_config, tmp_path, method):
     overrides = {
         "method": method,
@@ -91,6 +121,16 @@ def test_ranks_agree_and_restart_is_exact(ray_session, write_config, tmp_path, m
         a["method_extra"] == b["method_extra"]
         and a["loop"]["global_step"] == b["loop"]["global_step"]
     )
+    if method == "barlow_twins":  # LARS's state and the synchronised BatchNorms resumed
+        assert a["optimizer"]["state"] and all(
+            "momentum_buffer" in v for v in a["optimizer"]["state"].values()
+        )
+        _assert_states_equal(a["online_probe"]["head"], b["online_probe"]["head"])
+        for key, value in a["online_probe"]["optimizer"]["state"].items():
+            _assert_states_equal(value, b["online_probe"]["optimizer"]["state"][key])
+        assert [h["online_linear_acc"] for h in retried["history"]] == [
+            h["online_linear_acc"] for h in straight["history"]
+        ]
     if method == "lfr":
         steps = a["loop"]["global_step"] // 3
         assert a["method_extra"]["backbone_training_steps"] == 2 * steps  # epochs 1 and 3 only
@@ -100,7 +140,7 @@ def test_ranks_agree_and_restart_is_exact(ray_session, write_config, tmp_path, m
     history = retried["history"]
     assert curves["train_loss"] == [(h["epoch"], pytest.approx(h["train_loss"])) for h in history]
     assert [step for step, _ in curves["lr"]] == [1, 2, 3]
-    if method == "byol":  # the momentum rises on its cosine towards 1
+    if method in ("byol", "moco"):  # the momentum rises on its cosine towards 1
         momentum = [v for _, v in curves["momentum"]]
         assert len(momentum) == 3 and 0.9 < momentum[0] < momentum[1] < momentum[2] <= 1.0
     if method == "lfr":  # the phase: the backbone trains in epochs 1 and 3

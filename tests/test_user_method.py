@@ -1,5 +1,6 @@
 """Methods by import path: a VICReg written only against the `Method` contract
-(tests/helpers/vicreg.py) trains on 2 real Ray Train workers and restarts exactly;
+(tests/helpers/vicreg.py) trains on 2 real Ray Train workers with LARS and global-batch
+BatchNorm from the config, and restarts exactly;
 its options are checked before Ray starts."""
 
 from __future__ import annotations
@@ -30,6 +31,9 @@ VICREG = {
     },
     "backbone": {"name": "cnn2d", "width": 4, "depth": 2},
     "eval": {"every": 1, "linear_probe": False},
+    # the large-batch tools reach a plug-in method through config alone
+    "optimizer": {"name": "lars", "lr": 0.1, "weight_decay": 1e-4},
+    "model": {"sync_batchnorm": True},
 }
 
 
@@ -59,6 +63,7 @@ def test_vicreg_by_import_path_on_two_workers_restarts_exactly(ray_session, writ
     for key, value in a["model"].items():
         assert torch.equal(value, b["model"][key]), key
     assert a["config"]["method_options"] == {"proj_dim": 16, "cov": 0.5}
+    assert all("momentum_buffer" in v for v in a["optimizer"]["state"].values())  # LARS's
 
 
 def test_unknown_method_options_are_one_line(write_config, tmp_path):

@@ -18,15 +18,20 @@ from torchmetrics.classification import (
 from rayssl import nets, schedules
 from rayssl.config import TrainConfig
 from rayssl.methods import Method, SimpleSupervisedModel
+from rayssl.methods.barlow_twins import BarlowTwins
 from rayssl.methods.byol import BYOL
 from rayssl.methods.heads import MLPHead
 from rayssl.methods.lfr import LearnFromRandomnessModel, RandomProjector, RepeatedModuleList
+from rayssl.methods.moco import MoCo
 from rayssl.methods.simclr import SimCLR
+from rayssl.methods.vicreg import VICReg
+from rayssl.optim import LARS
 
 OPTIMIZERS: dict[str, type[torch.optim.Optimizer]] = {
     "adam": torch.optim.Adam,
     "adamw": torch.optim.AdamW,
     "sgd": torch.optim.SGD,
+    "lars": LARS,
 }
 
 METRICS = {
@@ -43,6 +48,8 @@ def optimizer_setup(cfg: TrainConfig) -> dict[str, Any]:
     kwargs: dict[str, Any] = {"weight_decay": opt.weight_decay}
     if opt.name == "sgd":
         kwargs["momentum"] = opt.momentum
+    elif opt.name == "lars":
+        kwargs.update(momentum=opt.momentum, trust_coefficient=opt.trust_coefficient)
     else:
         kwargs["betas"] = tuple(opt.betas)
     sched = cfg.lr_scheduler
@@ -112,6 +119,35 @@ def build_method(
             backbone,
             projection_head=MLPHead([features, c.proj_hidden, c.proj_dim]),
             temperature=c.temperature,
+            **setup,
+        )
+    if cfg.method == "barlow_twins":
+        c = cfg.barlow_twins
+        return BarlowTwins(
+            backbone,
+            projection_head=MLPHead([features, c.proj_hidden, c.proj_hidden, c.proj_dim]),
+            lambda_offdiag=c.lambda_offdiag,
+            **setup,
+        )
+    if cfg.method == "vicreg":
+        c = cfg.vicreg
+        return VICReg(
+            backbone,
+            projection_head=MLPHead([features, c.proj_hidden, c.proj_hidden, c.proj_dim]),
+            sim_weight=c.sim_weight,
+            var_weight=c.var_weight,
+            cov_weight=c.cov_weight,
+            **setup,
+        )
+    if cfg.method == "moco":
+        c = cfg.moco
+        return MoCo(
+            backbone,
+            projection_head=MLPHead([features, c.proj_hidden, c.proj_hidden, c.proj_dim]),
+            prediction_head=MLPHead([c.proj_dim, c.pred_hidden, c.proj_dim]),
+            temperature=c.temperature,
+            base_momentum=c.base_momentum,
+            schedule=c.schedule,
             **setup,
         )
     if cfg.method == "lfr":

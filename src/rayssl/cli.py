@@ -167,9 +167,16 @@ def plot_command(runs: tuple[str, ...], out: str) -> None:
 @click.option("--train", "n_train", type=click.IntRange(min=10), default=5000, show_default=True)
 @click.option("--test", "n_test", type=click.IntRange(min=10), default=1000, show_default=True)
 @click.option("--seed", type=int, default=0, show_default=True)
-def demo_images(out: str, n_train: int, n_test: int, seed: int) -> None:
+@click.option(
+    "--hard",
+    is_flag=True,
+    help="random sizes and places, gradient backgrounds, any ink colour (a raw-pixel "
+    "classifier is near chance on it)",
+)
+def demo_images(out: str, n_train: int, n_test: int, seed: int, hard: bool) -> None:
     """Render the offline demo image set into OUT: scikit-learn's digits as 32x32 RGB PNGs
-    with random sizes, positions, colours and backgrounds (OUT/train/<digit>/, OUT/test/)."""
+    (OUT/train/<digit>/, OUT/test/<digit>/). By default shape carries the label: light ink
+    of a random hue on a dark flat background, sizes and places in a narrow band."""
     from pathlib import Path
 
     from rayssl.data.demo import write_digit_images
@@ -177,10 +184,12 @@ def demo_images(out: str, n_train: int, n_test: int, seed: int) -> None:
     if Path(out).exists() and any(Path(out).iterdir()):
         _fail(f"'{out}' exists and is not empty; give a new folder", EXIT_BAD_INPUT)
     started = time.time()
-    write_digit_images(out, train=n_train, test=n_test, seed=seed)
+    written = write_digit_images(out, train=n_train, test=n_test, seed=seed, hard=hard)
+    tr, te = written["train"], written["test"]
     click.echo(
-        f"rayssl: wrote {n_train} training and {n_test} test images to {out}/train and "
-        f"{out}/test in {time.time() - started:.1f}s"
+        f"rayssl: wrote {tr['images']} training images ({tr['source_digits']} distinct source "
+        f"digits) and {te['images']} test images ({te['source_digits']} distinct, none shared "
+        f"with training) to {out}/train and {out}/test in {time.time() - started:.1f}s"
     )
 
 

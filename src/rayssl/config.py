@@ -255,10 +255,17 @@ def check_kwargs(factory: Any, kwargs: dict[str, Any], inferred: tuple[str, ...]
 
 
 class OptimizerConfig(Strict):
-    name: Literal["adam", "adamw", "sgd"] = "adamw"
+    name: Literal["adam", "adamw", "sgd", "lars"] = Field(
+        "adamw",
+        description="lars: SGD with layer-wise trust ratios for large batches; biases and "
+        "normalisation parameters get neither adaptation nor weight decay",
+    )
     lr: float = Field(1e-3, gt=0.0, le=10.0)
     weight_decay: float = Field(0.0, ge=0.0)
-    momentum: float = Field(0.9, ge=0.0, lt=1.0, description="sgd only")
+    momentum: float = Field(0.9, ge=0.0, lt=1.0, description="sgd and lars")
+    trust_coefficient: float = Field(
+        0.001, gt=0.0, le=1.0, description="lars: eta in lr_layer = eta * |w| / |update|"
+    )
     betas: tuple[float, float] = (0.9, 0.999)
     backbone_lr_scale: float = Field(
         1.0, gt=0.0, le=10.0, description="supervised: backbone lr = lr x this (fine-tuning)"
@@ -320,6 +327,45 @@ class SimCLRConfig(SSLHeadConfig):
     temperature: float = Field(0.5, gt=0.0)
 
 
+class BarlowTwinsConfig(Strict):
+    """The paper's defaults: a 3-layer 8192-wide projector, lambda 0.0051."""
+
+    proj_hidden: int = Field(8192, ge=1)
+    proj_dim: int = Field(8192, ge=2)
+    lambda_offdiag: float = Field(0.0051, ge=0.0, description="weight of the off-diagonal term")
+
+
+class VICRegConfig(Strict):
+    """The paper's defaults: a 3-layer 8192-wide expander, weights 25 / 25 / 1."""
+
+    proj_hidden: int = Field(8192, ge=1)
+    proj_dim: int = Field(8192, ge=2)
+    sim_weight: float = Field(25.0, ge=0.0, description="invariance (mean squared error)")
+    var_weight: float = Field(25.0, ge=0.0, description="variance hinge per dimension")
+    cov_weight: float = Field(1.0, ge=0.0, description="off-diagonal covariance")
+
+
+class MoCoConfig(Strict):
+    """MoCo v3's defaults (ResNet heads): projector 4096-4096-256, predictor 4096-256."""
+
+    proj_hidden: int = Field(4096, ge=1)
+    proj_dim: int = Field(256, ge=1)
+    pred_hidden: int = Field(4096, ge=1)
+    temperature: float = Field(0.2, gt=0.0)
+    base_momentum: float = Field(0.99, ge=0.0, le=1.0)
+    schedule: int | None = Field(None, ge=1, description="optimizer steps; null: the whole run")
+
+
+class ModelConfig(Strict):
+    """Whole-model options, whatever the method."""
+
+    sync_batchnorm: bool = Field(
+        False,
+        description="BatchNorm statistics over the global batch under DDP (torch's "
+        "SyncBatchNorm on GPUs, rayssl's equivalent on CPU workers)",
+    )
+
+
 class LFRConfig(Strict):
     num_projectors: int = Field(16, ge=1)
     num_targets: int | None = Field(None, ge=1, description="DPP-selected subset; null: all")
@@ -351,6 +397,12 @@ class EvalConfig(Strict):
     every: int = Field(0, ge=0, description="also every N epochs; 0: only at the end")
     knn_k: int = Field(20, ge=1)
     linear_probe: bool = True
+    online_linear: bool = Field(
+        False,
+        description="train a linear classifier on detached backbone features alongside the "
+        "method (labeled data); online_linear_acc every epoch, scored where the probes score",
+    )
+    online_linear_lr: float = Field(1e-3, gt=0.0, description="its AdamW learning rate")
 
 
 class TrackingConfig(Strict):
@@ -404,7 +456,7 @@ class PerformanceConfig(Strict):
     compile_backend: str = Field("inductor", description="torch.compile backend")
 
 
-BUILTIN_METHODS = ("supervised", "byol", "simclr", "lfr")
+BUILTIN_METHODS = ("supervised", "byol", "simclr", "lfr", "barlow_twins", "vicreg", "moco")
 # what rayssl passes to an import-path method's constructor when it names them
 METHOD_INFERRED = (
     "features",
@@ -423,7 +475,8 @@ class TrainConfig(Strict):
 
     method: str = Field(
         "supervised",
-        description="supervised | byol | simclr | lfr, or a Method subclass 'package.module:Class'",
+        description="supervised | byol | simclr | lfr | barlow_twins | vicreg | moco, or a Method "
+        "subclass 'package.module:Class'",
     )
     method_options: dict[str, Any] = Field(
         default_factory=dict, description="keyword arguments of an import-path method's class"
@@ -455,6 +508,10 @@ class TrainConfig(Strict):
     byol: BYOLConfig = BYOLConfig()
     simclr: SimCLRConfig = SimCLRConfig()
     lfr: LFRConfig = LFRConfig()
+    barlow_twins: BarlowTwinsConfig = BarlowTwinsConfig()
+    vicreg: VICRegConfig = VICRegConfig()
+    moco: MoCoConfig = MoCoConfig()
+    model: ModelConfig = ModelConfig()
     eval: EvalConfig = EvalConfig()
     performance: PerformanceConfig = PerformanceConfig()
     tracking: TrackingConfig | None = None
@@ -605,6 +662,7 @@ class TrainConfig(Strict):
                 names += [f"val_{m}" for m in self.supervised.metrics]
         else:
             names += ["knn_acc", *(["linear_acc"] if self.eval.linear_probe else [])]
+            names += ["online_linear_acc"] if self.eval.online_linear else []
         return names
 
     def _check_monitor(self) -> None:

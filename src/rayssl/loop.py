@@ -31,6 +31,7 @@ from rayssl.data import (
     input_statistics,
 )
 from rayssl.methods import Method
+from rayssl.online_probe import OnlineLinearProbe
 from rayssl.state import capture_rng, restore_rng
 
 
@@ -70,6 +71,7 @@ class LoopState:
 
 
 PROBE_METRICS = ("knn_acc", "linear_acc")
+ONLINE_PROBE_SEED_OFFSET = 104_729  # the online probe's initial weights: seed + this
 
 
 class _TrainingStep(nn.Module):
@@ -168,6 +170,7 @@ class Loop:
         )
         self.augment = Augment(cfg.data.augment)
         self.normalize = input_normalizer(cfg.data, splits) or (lambda x: x)
+        self.online_probe = self._online_probe()
         # what a sample looks like to the backbone, saved with every checkpoint for
         # `rayssl export` and `backbone.init_from`: its shape and normalisation
         stats = input_statistics(cfg.data, splits)
@@ -218,6 +221,8 @@ class Loop:
             if self.first_step_at is None:
                 self.first_step_at = time.time()
             self.method.on_step_end(self.state.global_step, self.total_steps)
+            if self.online_probe is not None:
+                self.online_probe.step(self._clean_features(x), y)
             self.train_loss.update(loss.detach())
             self.state.step_in_epoch = step_in_epoch
             if self._preemption_noticed():
@@ -307,6 +312,35 @@ class Loop:
             )
         return self._layout(self.augment(x, generator) if self.augment.active else x)
 
+    def _online_probe(self) -> OnlineLinearProbe | None:
+        """`eval.online_linear` on a self-supervised run with labeled data to score on."""
+        scored = self._probe_scored_batches()
+        wanted = self.cfg.eval.online_linear and self.cfg.method != "supervised"
+        if not (wanted and self.splits.labeled and scored is not None):
+            return None
+        sample = torch.zeros(2, *self.splits.sample_shape, device=self.device)
+        return OnlineLinearProbe(
+            self._clean_features(sample).shape[1],
+            self.splits.num_classes,
+            self.cfg.eval.online_linear_lr,
+            device=self.device,
+            seed=self.cfg.seed + ONLINE_PROBE_SEED_OFFSET,
+            world_size=self.world_size,
+        )
+
+    def _probe_scored_batches(self) -> TensorBatches | None:
+        """The split the probes score on: test, else val (this rank's shard of it)."""
+        return self.test_batches if self.test_batches is not None else self.val_batches
+
+    @torch.no_grad()
+    def _clean_features(self, x: torch.Tensor) -> torch.Tensor:
+        """What the probes read: the backbone in eval mode on clean inputs (no gradient, no
+        BatchNorm update)."""
+        self.method.eval()
+        features = self.method.embed(self._layout(x))
+        self.method.train()
+        return features
+
     def _layout(self, x: torch.Tensor) -> torch.Tensor:
         """Normalised (`data.normalize`) and in the configured memory layout: what every
         input of the method, training view or evaluation batch, goes through."""
@@ -360,6 +394,8 @@ class Loop:
         start = time.perf_counter()
         steps = sum(1 for _ in self.iterate())
         self._sync_buffers()
+        if self.online_probe is not None:
+            self.online_probe.sync()
         self.method.on_training_epoch_end(epoch)
         elapsed = time.perf_counter() - start
         samples = steps * self.train_batches.batch_size * self.world_size
@@ -378,6 +414,10 @@ class Loop:
             metrics["start_to_first_step_s"] = self.first_step_at - self.launched_at
             self.launched_at = None  # reported once per attempt
         metrics.update(self.evaluate("val"))
+        if self.online_probe is not None:
+            metrics["online_linear_acc"] = self.online_probe.accuracy(
+                self._probe_scored_batches(), self._clean_features
+            )
         self.state.epoch += 1
         return metrics
 
@@ -535,6 +575,7 @@ class Loop:
             "rng": rng_states if rng_states is not None else [self.rank_state()],
             "world_size": self.world_size,
             "input": self.input_record,
+            **({"online_probe": self.online_probe.state_dict()} if self.online_probe else {}),
         }
 
     def adopt_hyperparameters(self, saved_config: dict[str, Any]) -> None:
@@ -562,6 +603,8 @@ class Loop:
         if self.lr_scheduler is not None and state["lr_scheduler"] is not None:
             self.lr_scheduler.load_state_dict(state["lr_scheduler"])
         self.state = LoopState(**state["loop"])
+        if self.online_probe is not None and "online_probe" in state:
+            self.online_probe.load_state_dict(state["online_probe"])
         self.train_batches.set_epoch(state["sampler_epoch"], self.state.step_in_epoch)
         rng = state["rng"]
         if len(rng) == self.world_size:
@@ -633,6 +676,10 @@ def build_loop(
         broadcast=broadcast,
         pretrained=splits.pretrained,
     )
+    if cfg.model.sync_batchnorm and world_size > 1:
+        from rayssl.batchnorm import convert_sync_batchnorm
+
+        method = convert_sync_batchnorm(method, device)  # before DDP wraps it
     seed_everything(cfg.seed + 7919 * (rank + 1))  # then per-rank randomness (e.g. dropout)
     return Loop(
         method,

@@ -90,3 +90,103 @@ class BatchWiseBarlowTwinsLoss(nn.Module):
         on = (1 - diag).pow(2).sum(-1)
         off = c.pow(2).sum((-1, -2)) - diag.pow(2).sum(-1)
         return ((on + self.lambda_offdiag * off) / dim).mean()
+
+
+def _standardize(z: torch.Tensor, eps: float) -> torch.Tensor:
+    """(N, D) -> zero mean, unit (biased) variance per column, as BatchNorm1d(affine=False)."""
+    return (z - z.mean(0)) / torch.sqrt(z.var(0, unbiased=False) + eps)
+
+
+def _off_diagonal(c: torch.Tensor) -> torch.Tensor:
+    """The D*(D-1) off-diagonal entries of a (D, D) matrix, flattened."""
+    d = c.shape[0]
+    return c.flatten()[:-1].view(d - 1, d + 1)[:, 1:].flatten()
+
+
+class BarlowTwinsLoss(nn.Module):
+    """Barlow Twins (Zbontar et al. 2021): drive the cross-correlation of the two views'
+    standardised embeddings to the identity.
+
+    With z0, z1 standardised over the batch of N rows, C = z0^T z1 / N is (D, D) and
+    loss = sum_i (1 - C_ii)^2 + lambda * sum_{i != j} C_ij^2 (the paper's lambda: 0.0051).
+    Under DDP the batch is the global one: embeddings are gathered with gradient, so every
+    rank computes the same loss, equal to the single-process loss on the concatenated batch.
+    z0, z1: (B, D) local views.
+    """
+
+    def __init__(self, lambda_offdiag: float = 0.0051, eps: float = 1e-5):
+        super().__init__()
+        self.lambda_offdiag, self.eps = lambda_offdiag, eps
+
+    def forward(self, z0: torch.Tensor, z1: torch.Tensor, gather: bool = True) -> torch.Tensor:
+        if gather:
+            z0, z1 = gather_with_grad(z0), gather_with_grad(z1)
+        c = _standardize(z0, self.eps).T @ _standardize(z1, self.eps) / z0.shape[0]
+        on = (1 - torch.diagonal(c)).pow(2).sum()
+        return on + self.lambda_offdiag * _off_diagonal(c).pow(2).sum()
+
+
+class VICRegLoss(nn.Module):
+    """VICReg (Bardes et al. 2022): invariance + variance + covariance terms.
+
+    invariance = mean squared error between z0 and z1;
+    variance   = mean_j relu(1 - sqrt(Var(z_j) + 1e-4)), averaged over the two views;
+    covariance = sum_{i != j} Cov(z)_ij^2 / D, summed over the two views;
+    loss = sim * invariance + var * variance + cov * covariance (the paper: 25, 25, 1).
+    Variance and covariance are statistics of the global batch under DDP: embeddings are
+    gathered with gradient (as the paper's multi-GPU code does), so every rank computes the
+    single-process loss on the concatenated batch. z0, z1: (B, D) local views.
+    """
+
+    def __init__(self, sim: float = 25.0, var: float = 25.0, cov: float = 1.0, eps: float = 1e-4):
+        super().__init__()
+        self.sim, self.var, self.cov, self.eps = sim, var, cov, eps
+
+    def forward(self, z0: torch.Tensor, z1: torch.Tensor, gather: bool = True) -> torch.Tensor:
+        if gather:
+            z0, z1 = gather_with_grad(z0), gather_with_grad(z1)
+        invariance = F.mse_loss(z0, z1)
+        n, d = z0.shape
+        variance = covariance = z0.new_zeros(())
+        for z in (z0, z1):
+            z = z - z.mean(0)
+            variance = variance + F.relu(1 - torch.sqrt(z.var(0) + self.eps)).mean() / 2
+            covariance = covariance + _off_diagonal(z.T @ z / (n - 1)).pow(2).sum() / d
+        return self.sim * invariance + self.var * variance + self.cov * covariance
+
+
+@torch.no_grad()
+def gather_no_grad(x: torch.Tensor) -> torch.Tensor:
+    """Concatenate `x` from every rank along dim 0, without gradient (momentum keys)."""
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return x
+    parts = [torch.empty_like(x) for _ in range(dist.get_world_size())]
+    dist.all_gather(parts, x.contiguous())
+    return torch.cat(parts)
+
+
+class MoCoInfoNCELoss(nn.Module):
+    """MoCo v3's contrastive loss (Chen, Xie and He 2021) for one (query, key) direction.
+
+    Queries q (B, D) come from the online network, keys k (B, D) from the momentum encoder
+    (no gradient). Both are L2-normalised; each query's positive is the key of its own
+    sample and every other key of the global batch is a negative:
+    loss = 2 * t * CE(q @ K^T / t, own index), with K the keys of all ranks (gathered
+    without gradient, as the paper's code). The mean of the ranks' losses equals the
+    single-process loss on the concatenated batch.
+    """
+
+    def __init__(self, temperature: float = 0.2):
+        super().__init__()
+        if temperature <= 0:
+            raise ValueError(f"temperature must be > 0, got {temperature}")
+        self.temperature = temperature
+
+    def forward(self, q: torch.Tensor, k: torch.Tensor, gather: bool = True) -> torch.Tensor:
+        q, k = F.normalize(q, dim=1), F.normalize(k, dim=1)
+        rank = 0
+        if gather and dist.is_available() and dist.is_initialized():
+            k, rank = gather_no_grad(k), dist.get_rank()
+        logits = q @ k.T / self.temperature
+        own = torch.arange(len(q), device=q.device) + rank * len(q)
+        return 2 * self.temperature * F.cross_entropy(logits, own)

@@ -1,9 +1,16 @@
 """An offline image set for demos and tests: scikit-learn's 8x8 digits rendered as 32x32
-RGB PNGs in ImageFolder layout, each with a random size, position, ink colour and
-background (a colour gradient plus noise), so that crops and colour jitter matter.
+RGB PNGs in ImageFolder layout.
+
+Two presets. The default is fair to the method: shape carries the label and colour is a
+nuisance that colour jitter and grayscale views teach a network to ignore. Each image is a
+digit 20-24 pixels tall near the centre (+-2 pixels), light ink on a dark, gently noisy,
+flat background, ink and background each of a random hue. `hard` adds the nuisances that
+make a raw-pixel classifier fail: sizes 14-26 anywhere in the frame, a two-colour gradient
+background and an ink of any colour far enough from it (lighter or darker).
 
 Test images come from digits that no training image uses (the first 80% of the shuffled
-1,797 digits render the train split, the rest the test split).
+1,797 digits render the train split, the rest the test split), and each split uses every
+one of its source digits once before any repeats.
 """
 
 from __future__ import annotations
@@ -15,17 +22,36 @@ import numpy as np
 SIDE = 32
 
 
-def render(digit: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    """One (32, 32, 3) uint8 image of an (8, 8) digit in [0, 1]."""
+def _place(digit: np.ndarray, size: int, top: int, left: int) -> np.ndarray:
+    """A (32, 32) ink mask in [0, 1]: the (8, 8) digit resized to `size` at (top, left)."""
     from PIL import Image
 
-    size = int(rng.integers(14, 27))
     glyph = Image.fromarray((digit * 255).astype(np.uint8)).resize(
         (size, size), Image.Resampling.BILINEAR
     )
     mask = np.zeros((SIDE, SIDE), np.float32)
-    top, left = rng.integers(0, SIDE - size + 1, size=2)
     mask[top : top + size, left : left + size] = np.asarray(glyph, np.float32) / 255
+    return mask
+
+
+def render(digit: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """One fair (32, 32, 3) uint8 image of an (8, 8) digit in [0, 1]: light ink of a random
+    hue on a dark, flat, gently noisy background of another."""
+    size = int(rng.integers(20, 25))
+    centre = (SIDE - size) // 2
+    top, left = (centre + rng.integers(-2, 3, size=2)).clip(0, SIDE - size)
+    mask = _place(digit, size, int(top), int(left))[..., None]
+    background = rng.uniform(0.0, 0.3, size=3) + rng.normal(0, 0.02, size=(SIDE, SIDE, 3))
+    ink = rng.uniform(0.65, 1.0, size=3)
+    image = background * (1 - mask) + ink * mask
+    return (np.clip(image, 0, 1) * 255).round().astype(np.uint8)
+
+
+def render_hard(digit: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """One hard (32, 32, 3) image: random size and place, gradient background, any ink."""
+    size = int(rng.integers(14, 27))
+    top, left = rng.integers(0, SIDE - size + 1, size=2)
+    mask = _place(digit, size, int(top), int(left))[..., None]
     # background: a gradient between two random colours, in a random direction, plus noise
     a, b = rng.uniform(0, 1, size=(2, 3))
     angle = rng.uniform(0, 2 * np.pi)
@@ -36,14 +62,21 @@ def render(digit: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     ink = rng.uniform(0, 1, size=3)
     while np.abs(ink - background.mean((0, 1))).sum() < 0.6:
         ink = rng.uniform(0, 1, size=3)
-    image = background * (1 - mask[..., None]) + ink * mask[..., None]
+    image = background * (1 - mask) + ink * mask
     return (np.clip(image, 0, 1) * 255).round().astype(np.uint8)
 
 
+def each_once_then_repeat(pool: np.ndarray, count: int, rng: np.random.Generator) -> np.ndarray:
+    """`count` picks from `pool`: every element once (in a random order) before any twice."""
+    rounds = -(-count // len(pool))
+    return np.concatenate([rng.permutation(pool) for _ in range(rounds)])[:count]
+
+
 def write_digit_images(
-    out: str | Path, train: int = 5000, test: int = 1000, seed: int = 0
-) -> dict[str, int]:
-    """Write `out/train/<digit>/*.png` and `out/test/<digit>/*.png`; returns the counts."""
+    out: str | Path, train: int = 5000, test: int = 1000, seed: int = 0, hard: bool = False
+) -> dict[str, dict[str, int]]:
+    """Write `out/train/<digit>/*.png` and `out/test/<digit>/*.png`; returns, per split, the
+    number of images and of distinct source digits they show."""
     from PIL import Image
     from sklearn.datasets import load_digits
 
@@ -52,13 +85,16 @@ def write_digit_images(
     order = rng.permutation(len(digits.images))
     cut = int(0.8 * len(order))
     pools = {"train": order[:cut], "test": order[cut:]}
+    draw = render_hard if hard else render
     out = Path(out)
+    written = {}
     for split, count in (("train", train), ("test", test)):
         for label in range(10):
             (out / split / str(label)).mkdir(parents=True, exist_ok=True)
-        picks = rng.choice(pools[split], size=count, replace=count > len(pools[split]))
+        picks = each_once_then_repeat(pools[split], count, rng)
         for i, index in enumerate(picks):
-            image = render(digits.images[index] / 16.0, rng)
+            image = draw(digits.images[index] / 16.0, rng)
             label = int(digits.target[index])
             Image.fromarray(image).save(out / split / str(label) / f"{i:06d}.png")
-    return {"train": train, "test": test}
+        written[split] = {"images": count, "source_digits": len(set(picks.tolist()))}
+    return written

@@ -1,0 +1,90 @@
+"""The online linear probe (`eval.online_linear`): a linear classifier trained alongside a
+self-supervised method on detached backbone features, as solo-learn's online evaluation.
+
+It reads the same features as the kNN / linear probes and linear evaluation (the backbone
+in eval mode on clean inputs, standardised by a BatchNorm1d(affine=False)), so its accuracy
+tracks what a linear evaluation would give without a second run. The features are computed
+under no_grad: the probe never changes the method's gradients, weights or buffers, and its
+parameters live outside the DDP model, so their gradients are averaged over ranks here.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from typing import Any
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from torch import nn
+
+
+class OnlineLinearProbe:
+    def __init__(
+        self,
+        features: int,
+        num_classes: int,
+        lr: float,
+        *,
+        device: torch.device,
+        seed: int,
+        world_size: int = 1,
+    ):
+        # its own seed, outside the global RNG: turning the probe on draws no random numbers
+        # the run would otherwise use
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            self.head = nn.Sequential(
+                nn.BatchNorm1d(features, affine=False), nn.Linear(features, num_classes)
+            ).to(device)
+        self.optimizer = torch.optim.AdamW(self.head.parameters(), lr=lr)
+        self.world_size = world_size
+
+    def _distributed(self) -> bool:
+        return self.world_size > 1 and dist.is_available() and dist.is_initialized()
+
+    def step(self, features: torch.Tensor, y: torch.Tensor) -> None:
+        """One optimizer step on this rank's (B, F) detached features and labels; the
+        gradients are averaged over ranks, so every rank's probe stays the same."""
+        self.head.train()
+        loss = F.cross_entropy(self.head(features.detach().float()), y)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if self._distributed():  # two small tensors: weight and bias
+            for p in self.head.parameters():
+                dist.all_reduce(p.grad)
+                p.grad /= self.world_size
+        self.optimizer.step()
+
+    def sync(self) -> None:
+        """Rank 0's BatchNorm statistics on every rank (they are rank-local while training);
+        called at epoch ends, where checkpoints and evaluation happen."""
+        if self._distributed():
+            for buffer in self.head.buffers():
+                dist.broadcast(buffer, src=0)
+
+    @torch.no_grad()
+    def accuracy(
+        self,
+        batches: Iterable[tuple[torch.Tensor, torch.Tensor]],
+        embed: Callable[[torch.Tensor], torch.Tensor],
+    ) -> float:
+        """Share of this split's samples (every rank's shard, summed) the probe labels right."""
+        self.head.eval()
+        counts = torch.zeros(2, dtype=torch.float64)
+        for x, y in batches:
+            predicted = self.head(embed(x).float()).argmax(1)
+            counts += torch.tensor([(predicted == y).sum().item(), len(y)], dtype=torch.float64)
+        if self._distributed():
+            device = next(self.head.parameters()).device
+            counts = counts.to(device)
+            dist.all_reduce(counts)
+        correct, total = counts.tolist()
+        return correct / max(total, 1.0)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"head": self.head.state_dict(), "optimizer": self.optimizer.state_dict()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.head.load_state_dict(state["head"])
+        self.optimizer.load_state_dict(state["optimizer"])
