@@ -87,3 +87,15 @@ def test_every_shipped_config_is_valid():
     for path in shipped:
         cfg = load_train_config(path)
         assert cfg.method in path.stem.replace("linear_eval", "supervised"), path.name
+
+
+def test_the_configuration_page_is_current():
+    """docs/configuration.md is generated from the schema's Field descriptions; after a
+    change to the schema, regenerate it: python -m rayssl.config_reference > docs/..."""
+    from rayssl.config_reference import render
+
+    page = (Path(__file__).parents[1] / "docs" / "configuration.md").read_text()
+    assert page == render(), "run: python -m rayssl.config_reference > docs/configuration.md"
+    for section in ("barlow_twins", "moco", "model", "eval", "data.augment.image"):
+        assert f"## `{section}`" in page
+    assert "| `trust_coefficient` | float | `0.001` | > 0.0, <= 1.0 |" in page

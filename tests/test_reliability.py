@@ -87,6 +87,15 @@ def test_nan_loss_names_epoch_and_step_and_the_last_good_checkpoint_resumes(writ
     ]
 
 
+def _snapshot(path: Path) -> dict:
+    """Ray Train's checkpoint-manager snapshot, or {} while Ray is rewriting it (the file is
+    written in place: a read can see it empty or half written)."""
+    try:
+        return json.loads(path.read_text())
+    except (json.JSONDecodeError, FileNotFoundError):
+        return {}
+
+
 def test_sigkill_of_a_worker_mid_epoch_restarts_exactly(write_config, tmp_path):
     """SIGKILL one worker of this run (its pid recorded by the run's own backbone) in the
     middle of epoch 2: the run restarts from epoch 1's checkpoint and ends bitwise equal to
@@ -121,12 +130,13 @@ def test_sigkill_of_a_worker_mid_epoch_restarts_exactly(write_config, tmp_path):
     while killed is None and time.time() < deadline and proc.poll() is None:
         runs = list(storage.glob("killed-*/checkpoint_manager_snapshot.json"))
         workers = list(records.glob("rank1-*.steps"))
-        if runs and workers and json.loads(runs[0].read_text()).get("latest_checkpoint_result"):
+        snap = _snapshot(runs[0]) if runs else {}
+        if workers and snap.get("latest_checkpoint_result"):
             steps = int(workers[0].read_text() or 0)
             if steps >= steps_per_epoch + 10:  # epoch 1's checkpoint is in, epoch 2 is running
                 killed, steps_at_kill = int(workers[0].name.split("-")[1].split(".")[0]), steps
                 os.kill(killed, signal.SIGKILL)
-                snapshot = json.loads(runs[0].read_text())
+                snapshot = snap  # what Ray Train had registered when the kill landed
         time.sleep(0.02)
     out, err = proc.communicate(timeout=300)
     assert killed is not None, "the run ended before a worker could be killed"

@@ -39,17 +39,19 @@ class ImageViewsConfig(Strict):
     size: int | None = Field(None, ge=1, description="output side; null: the input's")
     crop_scale: tuple[float, float] = Field((0.08, 1.0), description="area fraction range")
     crop_ratio: tuple[float, float] = Field((0.75, 4 / 3), description="aspect ratio range")
-    flip_p: float = Field(0.5, ge=0.0, le=1.0)
-    jitter_p: ViewP = 0.8
-    brightness: float = Field(0.4, ge=0.0)
-    contrast: float = Field(0.4, ge=0.0)
-    saturation: float = Field(0.2, ge=0.0)
-    hue: float = Field(0.1, ge=0.0, le=0.5)
-    grayscale_p: ViewP = 0.2
-    blur_p: ViewP = 0.5
-    blur_sigma: tuple[float, float] = (0.1, 2.0)
-    solarize_p: ViewP = 0.0
-    solarize_threshold: float = Field(0.5, ge=0.0, le=1.0)
+    flip_p: float = Field(0.5, ge=0.0, le=1.0, description="horizontal flip probability")
+    jitter_p: ViewP = Field(0.8, description="colour jitter probability (ops in random order)")
+    brightness: float = Field(0.4, ge=0.0, description="jitter: factor in [1-b, 1+b]")
+    contrast: float = Field(0.4, ge=0.0, description="jitter: factor in [1-c, 1+c]")
+    saturation: float = Field(0.2, ge=0.0, description="jitter: factor in [1-s, 1+s]")
+    hue: float = Field(0.1, ge=0.0, le=0.5, description="jitter: hue shift in [-h, h] turns")
+    grayscale_p: ViewP = Field(0.2, description="grayscale probability")
+    blur_p: ViewP = Field(0.5, description="Gaussian blur probability")
+    blur_sigma: tuple[float, float] = Field((0.1, 2.0), description="blur sigma range")
+    solarize_p: ViewP = Field(0.0, description="solarize probability")
+    solarize_threshold: float = Field(
+        0.5, ge=0.0, le=1.0, description="solarize inverts pixels above this"
+    )
 
     @model_validator(mode="after")
     def _ranges(self) -> ImageViewsConfig:
@@ -174,7 +176,7 @@ class DataConfig(Strict):
     pin_memory: bool = Field(False, description="parquet + use_gpu: page-locked host batches")
     read_concurrency: int | None = Field(None, ge=1, description="parquet: Ray Data read tasks")
     batch_size: int = Field(128, ge=1, description="global batch, split evenly across workers")
-    eval_batch_size: int = Field(1024, ge=1)
+    eval_batch_size: int = Field(1024, ge=1, description="per-worker batch of val / test")
     val_fraction: float = Field(0.1, ge=0.0, lt=1.0, description="share of train held out")
     cache_dir: str | None = Field(None, description="where generated MNIST-1D is cached")
     shape: list[int] = Field(
@@ -209,7 +211,10 @@ class NetConfig(Strict):
     """
 
     model_config = ConfigDict(extra="allow", validate_assignment=True)
-    name: str
+    name: str = Field(
+        description="built-in (backbone: mlp | cnn1d | cnn2d | resnet18 | resnet50; head: "
+        "linear | mlp) or an importable factory 'package.module:function'"
+    )
     init_from: str | None = Field(
         None,
         description="backbone only: start from the backbone of a run folder, a checkpoint "
@@ -260,13 +265,13 @@ class OptimizerConfig(Strict):
         description="lars: SGD with layer-wise trust ratios for large batches; biases and "
         "normalisation parameters get neither adaptation nor weight decay",
     )
-    lr: float = Field(1e-3, gt=0.0, le=10.0)
-    weight_decay: float = Field(0.0, ge=0.0)
+    lr: float = Field(1e-3, gt=0.0, le=10.0, description="peak learning rate")
+    weight_decay: float = Field(0.0, ge=0.0, description="decoupled for adamw, L2 otherwise")
     momentum: float = Field(0.9, ge=0.0, lt=1.0, description="sgd and lars")
     trust_coefficient: float = Field(
         0.001, gt=0.0, le=1.0, description="lars: eta in lr_layer = eta * |w| / |update|"
     )
-    betas: tuple[float, float] = (0.9, 0.999)
+    betas: tuple[float, float] = Field((0.9, 0.999), description="adam and adamw")
     backbone_lr_scale: float = Field(
         1.0, gt=0.0, le=10.0, description="supervised: backbone lr = lr x this (fine-tuning)"
     )
@@ -282,10 +287,10 @@ class LRSchedulerConfig(Strict):
 
 
 class EarlyStoppingConfig(Strict):
-    monitor: str = "val_loss"
+    monitor: str = Field("val_loss", description="any metric the run reports")
     mode: Literal["min", "max"] = "min"
-    patience: int = Field(5, ge=1)
-    min_delta: float = Field(0.0, ge=0.0)
+    patience: int = Field(5, ge=1, description="epochs without improvement before stopping")
+    min_delta: float = Field(0.0, ge=0.0, description="smallest change that counts")
 
 
 class CheckpointConfig(Strict):
@@ -301,45 +306,51 @@ class CheckpointConfig(Strict):
 
 
 class SupervisedConfig(Strict):
-    flatten: bool = True
-    freeze_backbone: bool = False
+    flatten: bool = Field(True, description="flatten backbone features before the head")
+    freeze_backbone: bool = Field(
+        False, description="train the head only (linear evaluation), BatchNorm statistics too"
+    )
     standardize_features: bool | None = Field(
         None,
         description="a BatchNorm1d(affine=False) on the flattened features before the head, "
         "as the linear probes of SSL papers; null: on when freeze_backbone is",
     )
-    label_smoothing: float = Field(0.0, ge=0.0, lt=1.0)
-    metrics: list[Literal["accuracy", "f1", "precision", "recall"]] = ["accuracy"]
+    label_smoothing: float = Field(0.0, ge=0.0, lt=1.0, description="cross-entropy smoothing")
+    metrics: list[Literal["accuracy", "f1", "precision", "recall"]] = Field(
+        ["accuracy"], description="reported per split; f1 / precision / recall are macro"
+    )
 
 
 class SSLHeadConfig(Strict):
-    proj_hidden: int = Field(512, ge=1)
-    proj_dim: int = Field(128, ge=1)
+    proj_hidden: int = Field(512, ge=1, description="projector hidden width")
+    proj_dim: int = Field(128, ge=1, description="projector output width")
 
 
 class BYOLConfig(SSLHeadConfig):
-    base_momentum: float = Field(0.996, ge=0.0, le=1.0)
+    base_momentum: float = Field(
+        0.996, ge=0.0, le=1.0, description="target momentum at step 0, rising to 1 on a cosine"
+    )
     schedule: int | None = Field(None, ge=1, description="optimizer steps; null: the whole run")
-    pred_hidden: int = Field(512, ge=1)
+    pred_hidden: int = Field(512, ge=1, description="predictor hidden width")
 
 
 class SimCLRConfig(SSLHeadConfig):
-    temperature: float = Field(0.5, gt=0.0)
+    temperature: float = Field(0.5, gt=0.0, description="NT-Xent temperature")
 
 
 class BarlowTwinsConfig(Strict):
     """The paper's defaults: a 3-layer 8192-wide projector, lambda 0.0051."""
 
-    proj_hidden: int = Field(8192, ge=1)
-    proj_dim: int = Field(8192, ge=2)
+    proj_hidden: int = Field(8192, ge=1, description="projector hidden width (two layers)")
+    proj_dim: int = Field(8192, ge=2, description="projector output width")
     lambda_offdiag: float = Field(0.0051, ge=0.0, description="weight of the off-diagonal term")
 
 
 class VICRegConfig(Strict):
     """The paper's defaults: a 3-layer 8192-wide expander, weights 25 / 25 / 1."""
 
-    proj_hidden: int = Field(8192, ge=1)
-    proj_dim: int = Field(8192, ge=2)
+    proj_hidden: int = Field(8192, ge=1, description="projector hidden width (two layers)")
+    proj_dim: int = Field(8192, ge=2, description="projector output width")
     sim_weight: float = Field(25.0, ge=0.0, description="invariance (mean squared error)")
     var_weight: float = Field(25.0, ge=0.0, description="variance hinge per dimension")
     cov_weight: float = Field(1.0, ge=0.0, description="off-diagonal covariance")
@@ -348,11 +359,13 @@ class VICRegConfig(Strict):
 class MoCoConfig(Strict):
     """MoCo v3's defaults (ResNet heads): projector 4096-4096-256, predictor 4096-256."""
 
-    proj_hidden: int = Field(4096, ge=1)
-    proj_dim: int = Field(256, ge=1)
-    pred_hidden: int = Field(4096, ge=1)
-    temperature: float = Field(0.2, gt=0.0)
-    base_momentum: float = Field(0.99, ge=0.0, le=1.0)
+    proj_hidden: int = Field(4096, ge=1, description="projector hidden width (two layers)")
+    proj_dim: int = Field(256, ge=1, description="projector and predictor output width")
+    pred_hidden: int = Field(4096, ge=1, description="predictor hidden width")
+    temperature: float = Field(0.2, gt=0.0, description="InfoNCE temperature")
+    base_momentum: float = Field(
+        0.99, ge=0.0, le=1.0, description="key encoder momentum at step 0, rising to 1"
+    )
     schedule: int | None = Field(None, ge=1, description="optimizer steps; null: the whole run")
 
 
@@ -367,19 +380,23 @@ class ModelConfig(Strict):
 
 
 class LFRConfig(Strict):
-    num_projectors: int = Field(16, ge=1)
+    num_projectors: int = Field(16, ge=1, description="random target networks drawn")
     num_targets: int | None = Field(None, ge=1, description="DPP-selected subset; null: all")
-    proj_dim: int = Field(64, ge=1)
+    proj_dim: int = Field(64, ge=1, description="output width of each random projector")
     projector: Literal["backbone", "mlp"] = Field(
         "backbone", description="random target nets: a fresh copy of the backbone, or an MLP"
     )
     proj_hidden: int = Field(256, ge=1, description="hidden width of the projectors' MLP")
-    pred_hidden: int = Field(256, ge=1)
+    pred_hidden: int = Field(256, ge=1, description="predictors' hidden width")
     predictor_training_epochs: int = Field(
         0, description="frozen-backbone epochs after each backbone epoch; 0 or less: none"
     )
-    max_backbone_training_steps: int | None = Field(None, ge=1)
-    selection_batch_size: int = Field(128, ge=2)
+    max_backbone_training_steps: int | None = Field(
+        None, ge=1, description="end the run after this many backbone steps; null: no limit"
+    )
+    selection_batch_size: int = Field(
+        128, ge=2, description="samples the DPP target selection looks at"
+    )
 
     @model_validator(mode="after")
     def _targets_fit(self) -> LFRConfig:
@@ -395,8 +412,10 @@ class EvalConfig(Strict):
     """kNN / linear-probe evaluation of the frozen backbone (self-supervised methods)."""
 
     every: int = Field(0, ge=0, description="also every N epochs; 0: only at the end")
-    knn_k: int = Field(20, ge=1)
-    linear_probe: bool = True
+    knn_k: int = Field(20, ge=1, description="neighbours of the cosine kNN probe")
+    linear_probe: bool = Field(
+        True, description="also fit a logistic regression on standardised frozen features"
+    )
     online_linear: bool = Field(
         False,
         description="train a linear classifier on detached backbone features alongside the "
@@ -482,8 +501,8 @@ class TrainConfig(Strict):
         default_factory=dict, description="keyword arguments of an import-path method's class"
     )
     name: str | None = Field(None, description="run name; default: the config file's stem")
-    seed: int = Field(0, ge=0)
-    epochs: int = Field(10, ge=1)
+    seed: int = Field(0, ge=0, description="seeds weights, data order, views and probes")
+    epochs: int = Field(10, ge=1, description="passes over the training split")
     num_workers: int | tuple[int, int] = Field(
         2,
         description="Ray Train workers; 0: local mode, the loop runs in this process; "
@@ -492,11 +511,18 @@ class TrainConfig(Strict):
     elastic_check_s: float = Field(
         60.0, gt=0, description="elastic runs: how often Ray Train looks for room to grow"
     )
-    cpus_per_worker: float = Field(1.0, gt=0.0)
-    use_gpu: bool = False
-    storage_path: str = "./runs"
+    cpus_per_worker: float = Field(
+        1.0, gt=0.0, description="CPUs Ray reserves per worker; also its torch thread count"
+    )
+    use_gpu: bool = Field(False, description="one GPU per worker (NCCL); false: CPU on gloo")
+    storage_path: str = Field(
+        "./runs",
+        description="run folders: a local path, a shared filesystem or an s3:// / gs:// URI",
+    )
     max_failures: int = Field(0, ge=-1, description="-1: retry forever")
-    grad_clip: float | None = Field(None, gt=0.0)
+    grad_clip: float | None = Field(
+        None, gt=0.0, description="clip the global gradient norm to this; null: no clipping"
+    )
     data: DataConfig = DataConfig()
     backbone: NetConfig = NetConfig(name="cnn1d")
     head: NetConfig = NetConfig(name="linear")
