@@ -6,6 +6,7 @@ import os
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 
 # One thread per process: tests run 2 Ray workers on a 2-core machine.
@@ -14,6 +15,22 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 # import in Ray's workers too, whichever test starts Ray: they inherit this environment.
 HELPERS = str(Path(__file__).parent / "helpers")
 os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (HELPERS, os.environ.get("PYTHONPATH")) if p)
+
+
+def assert_states_equal(a: dict, b: dict, where: str = "") -> None:
+    """Two state dicts (or nested ones, e.g. an optimizer's) hold the same keys and bitwise
+    equal tensors; other values compare with ==. `where` names the key that differs."""
+    assert a.keys() == b.keys(), where
+    for key, value in a.items():
+        here = f"{where}.{key}" if where else str(key)
+        other = b[key]
+        if isinstance(value, dict):
+            assert_states_equal(value, other, here)
+        elif isinstance(value, torch.Tensor) or isinstance(other, torch.Tensor):
+            assert torch.equal(torch.as_tensor(value), torch.as_tensor(other)), here
+        else:
+            assert value == other, here
+
 
 TINY = {
     "epochs": 3,

@@ -1,6 +1,6 @@
 import pytest
 import torch
-from conftest import TINY
+from conftest import TINY, assert_states_equal
 
 from rayssl.build import build_method
 from rayssl.config import validate_train_config
@@ -107,8 +107,7 @@ def test_state_round_trip_resumes_exactly(tmp_path):
     rest = list(second.epochs())
     assert [h["epoch"] for h in rest] == [3, 4]
     assert second.state.global_step == straight.state.global_step
-    for key, value in straight.method.state_dict().items():
-        assert torch.equal(value, second.method.state_dict()[key]), key
+    assert_states_equal(straight.method.state_dict(), second.method.state_dict())
 
     def timeless(h):
         return {k: v for k, v in h.items() if k not in ("samples_per_s", "epoch_time_s")}
@@ -305,8 +304,7 @@ def test_a_preemption_checkpoint_mid_epoch_resumes_exactly(tmp_path):
     rest = list(second.epochs())
     assert [h["epoch"] for h in rest] == [2, 3]
     assert second.state.global_step == straight.state.global_step == 3 * steps
-    for key, value in straight.method.state_dict().items():
-        assert torch.equal(value, second.method.state_dict()[key]), key
+    assert_states_equal(straight.method.state_dict(), second.method.state_dict())
     resumed, expected = second.state.history[1], straight.state.history[1]
     assert resumed["train_loss"] == pytest.approx(expected["train_loss"], rel=1e-6)
     assert resumed["val_loss"] == expected["val_loss"] and resumed["lr"] == expected["lr"]
@@ -478,8 +476,7 @@ def test_a_mid_epoch_preemption_checkpoint_on_two_ranks_resumes_exactly(tmp_path
     assert len(saved["rng"]) == 2 and saved["world_size"] == 2
     assert result["rest_epochs"] == [2, 3]
     (expected, straight), (resumed, history) = result["straight"], result["resumed"]
-    for key, value in expected.items():
-        assert torch.equal(value, resumed[key]), key
+    assert_states_equal(expected, resumed)
     assert history[1]["train_loss"] == pytest.approx(straight[1]["train_loss"], rel=1e-6)
     assert history[-1]["val_loss"] == straight[-1]["val_loss"]
 
@@ -562,8 +559,7 @@ def test_the_online_probe_learns_beside_the_method_without_touching_it(tmp_path)
     straight = _loop(online)
     history = list(straight.epochs())
     assert without.online_probe is None
-    for key, value in without.method.state_dict().items():
-        assert torch.equal(value, straight.method.state_dict()[key]), key
+    assert_states_equal(without.method.state_dict(), straight.method.state_dict())
     accuracies = [h["online_linear_acc"] for h in history]
     chance = 1 / straight.splits.num_classes
     assert len(accuracies) == 3 and accuracies[-1] > 2 * chance, accuracies
@@ -575,10 +571,5 @@ def test_the_online_probe_learns_beside_the_method_without_touching_it(tmp_path)
     second = _loop(online)
     second.load_state_dict(load_state(tmp_path))
     list(second.epochs())
-    a, b = straight.online_probe.state_dict(), second.online_probe.state_dict()
-    for key, value in a["head"].items():
-        assert torch.equal(value, b["head"][key]), key
-    for key, value in a["optimizer"]["state"].items():
-        for name, tensor in value.items():
-            assert torch.equal(tensor, b["optimizer"]["state"][key][name]), (key, name)
+    assert_states_equal(straight.online_probe.state_dict(), second.online_probe.state_dict())
     assert [h["online_linear_acc"] for h in second.state.history] == accuracies

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import assert_states_equal
 
 from rayssl.state import STATE_FILE, load_state, save_state
 
@@ -150,5 +151,4 @@ def test_sigkill_of_a_worker_mid_epoch_restarts_exactly(write_config, tmp_path):
 
     a, b = _latest_state(storage, "straight"), _latest_state(storage, "killed")
     assert a["loop"]["global_step"] == b["loop"]["global_step"] == 4 * steps_per_epoch
-    for key, tensor in a["model"].items():
-        assert torch.equal(tensor, b["model"][key]), key
+    assert_states_equal(a["model"], b["model"])

@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 
 import pytest
-import torch
+from conftest import assert_states_equal
 
 from rayssl.config import ConfigError, load_train_config
 from rayssl.faults import CRASH_ENV
@@ -45,13 +45,8 @@ def _checkpoints(run: Path) -> list[Path]:
 def _assert_same_training_state(a: dict, b: dict) -> None:
     assert a["loop"]["global_step"] == b["loop"]["global_step"]
     assert a["loop"]["epoch"] == b["loop"]["epoch"] == 4
-    for key, tensor in a["model"].items():
-        assert torch.equal(tensor, b["model"][key]), key
-    for pid, slot in a["optimizer"]["state"].items():
-        for name, value in slot.items():
-            assert torch.equal(
-                torch.as_tensor(value), torch.as_tensor(b["optimizer"]["state"][pid][name])
-            )
+    assert_states_equal(a["model"], b["model"])
+    assert_states_equal(a["optimizer"]["state"], b["optimizer"]["state"])
 
 
 def test_interrupted_and_resumed_equals_uninterrupted(write_config, tmp_path):

@@ -8,8 +8,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-import torch
 from click.testing import CliRunner
+from conftest import assert_states_equal
 
 from rayssl.cli import main
 from rayssl.config import load_train_config
@@ -59,9 +59,8 @@ def test_vicreg_by_import_path_on_two_workers_restarts_exactly(ray_session, writ
     # Train registered epoch 2's (the controller registers reports asynchronously)
     assert a["method"] == "VICReg" and retried["resumed_at"] in ([1], [2])
     assert "knn_acc" in straight["final_metrics"]  # probes run on its backbone
-    assert a["model"].keys() == b["model"].keys()
-    for key, value in a["model"].items():
-        assert torch.equal(value, b["model"][key]), key
+    assert_states_equal(a["model"], b["model"])
+    assert_states_equal(a["optimizer"]["state"], b["optimizer"]["state"])
     assert a["config"]["method_options"] == {"proj_dim": 16, "cov": 0.5}
     assert all("momentum_buffer" in v for v in a["optimizer"]["state"].values())  # LARS's
 
