@@ -75,6 +75,25 @@ BAD_VALUES = [
         "moco.base_momentum: Input should be less than or equal to 1",
     ),
     (
+        {"method": "dino", "dino": {"center_momentum": 1.0}},
+        "dino.center_momentum: Input should be less than 1",
+    ),
+    (
+        {"method": "dino", "dino": {"teacher_tmp": 0.07}},
+        "dino.teacher_tmp: unknown key; accepted keys here: out_dim",
+    ),
+    (
+        {
+            "method": "simclr",
+            "data": {"shape": [3, 16, 16], "augment": {"image": {"local_crops": {"number": 2}}}},
+        },
+        "simclr pairs two views and takes no local crops",
+    ),
+    (
+        {"method": "dino", "data": {"augment": {"image": {"local_crops": {"scale": [0.5, 0.1]}}}}},
+        "augment.image.local_crops.scale must be [low, high] in (0, 1]",
+    ),
+    (
         {"optimizer": {"name": "lars", "trust_coefficient": 0}},
         "optimizer.trust_coefficient: Input should be greater than 0",
     ),

@@ -262,3 +262,31 @@ def test_views_that_cannot_take_the_data_fail_before_ray_in_one_line(write_confi
         lines = result.output.strip().splitlines()
         assert len(lines) == 1 and expected in lines[0], result.output
         assert not (tmp_path / "runs").exists()
+
+
+def test_multi_crop_adds_small_local_crops_after_unchanged_global_views():
+    """augment.image.local_crops (DINO): after the two global views come `number` local
+    crops at `size`, from the same generator; the global views are exactly those of the
+    same config without local crops, and a method that takes no multi-crop gets two views."""
+    x = torch.rand(6, 3, 16, 16, generator=torch.Generator().manual_seed(0))
+    local = {"number": 3, "size": 8, "scale": [0.05, 0.4]}
+    multi = Augment(AugmentConfig(preset="byol", image={"local_crops": local}))
+    plain = Augment(AugmentConfig(preset="byol"))
+    views = multi.views(x, torch.Generator().manual_seed(1), 2, multi_crop=True)
+    assert [tuple(v.shape) for v in views] == [(6, 3, 16, 16)] * 2 + [(6, 3, 8, 8)] * 3
+    expected = plain.views(x, torch.Generator().manual_seed(1), 2)
+    assert all(torch.equal(a, b) for a, b in zip(views[:2], expected, strict=True))
+    again = multi.views(x, torch.Generator().manual_seed(1), 2, multi_crop=True)
+    assert all(torch.equal(a, b) for a, b in zip(views, again, strict=True))
+    assert not torch.equal(views[2], views[3])  # each local crop draws its own boxes
+    assert len(multi.views(x, torch.Generator().manual_seed(1), 2)) == 2
+    # the default side is 3/7 of the global views' (DINO's 96 for 224)
+    default = Augment(AugmentConfig(preset="byol", image={"local_crops": {"number": 1}}))
+    assert default.views(x, torch.Generator(), 2, multi_crop=True)[2].shape[-1] == 7
+
+
+def test_local_crops_are_refused_for_a_method_that_pairs_two_views():
+    image = {"shape": [3, 16, 16], "augment": {"preset": "byol", "image": {"local_crops": {}}}}
+    with pytest.raises(ConfigError, match="simclr pairs two views and takes no local crops"):
+        validate_train_config({"method": "simclr", "data": image})
+    assert validate_train_config({"method": "dino", "data": image}).method == "dino"

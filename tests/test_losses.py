@@ -192,3 +192,64 @@ def test_moco_loss_is_the_papers_definition():
     assert torch.allclose(MoCoInfoNCELoss(0.3)(q, k.detach()), expected, atol=1e-6)
     with pytest.raises(ValueError, match="temperature must be > 0"):
         MoCoInfoNCELoss(0)
+
+
+def test_dino_loss_is_its_definition():
+    """mean over pairs (g, v != g) of mean_b sum_k -softmax((t_g - c)/tt) * log_softmax(s_v/ts),
+    written out in float64 numpy; globals first among the student's views."""
+    from rayssl.methods.dino import DINOLoss
+
+    g = torch.Generator().manual_seed(7)
+    batch, k, views = 3, 5, 4  # 2 global + 2 local views
+    student, teacher = (
+        torch.randn(views * batch, k, generator=g),
+        torch.randn(2 * batch, k, generator=g),
+    )
+    loss = DINOLoss(k, student_temp=0.1)
+    loss.center.copy_(torch.randn(1, k, generator=g))
+    s, t, c = student.double().numpy(), teacher.double().numpy(), loss.center.double().numpy()
+
+    def softmax(z):
+        e = np.exp(z - z.max(-1, keepdims=True))
+        return e / e.sum(-1, keepdims=True)
+
+    terms = []
+    for gi in range(2):
+        p_t = softmax((t[gi * batch : (gi + 1) * batch] - c) / 0.05)
+        for v in range(views):
+            if v == gi:
+                continue
+            log_p = np.log(softmax(s[v * batch : (v + 1) * batch] / 0.1))
+            terms.append((-(p_t * log_p).sum(-1)).mean())
+    got = loss(student, teacher, teacher_temp=0.05, globals_=2)
+    assert float(got) == pytest.approx(np.mean(terms), rel=1e-5)
+
+
+def _centre_worker(rank, world, port, teacher, out):
+    from rayssl.methods.dino import DINOLoss
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=rank, world_size=world)
+    b = len(teacher) // world
+    loss = DINOLoss(teacher.shape[1], center_momentum=0.9)
+    loss.update_center(teacher[rank * b : (rank + 1) * b])
+    if rank == 0:
+        torch.save(loss.center, out)
+    dist.barrier()
+    dist.destroy_process_group()
+
+
+def test_dino_centre_moves_towards_the_global_batch_mean_on_two_gloo_processes(tmp_path):
+    from rayssl.methods.dino import DINOLoss
+
+    teacher = torch.randn(8, 6)
+    teacher[4:] += 3.0  # the ranks' halves differ: a per-rank mean would give another centre
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    out = tmp_path / "centre.pt"
+    mp.spawn(_centre_worker, args=(2, port, teacher, str(out)), nprocs=2, join=True)
+    single = DINOLoss(6, center_momentum=0.9)
+    single.update_center(teacher)
+    assert torch.allclose(torch.load(out), single.center, atol=1e-6)
+    assert torch.allclose(single.center, 0.1 * teacher.mean(0, keepdim=True), atol=1e-6)

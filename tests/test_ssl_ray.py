@@ -44,6 +44,25 @@ METHODS = {
         "vicreg": {"proj_hidden": 16, "proj_dim": 16},
         "model": {"sync_batchnorm": True},
     },
+    # multi-crop: 2 global views of 16 px and 2 local crops of 8 px per sample, all drawn
+    # per (seed, epoch, rank); the teacher's centre (all-reduced) and temperature warm-up
+    "dino": {
+        "dino": {
+            "out_dim": 32,
+            "hidden_dim": 16,
+            "bottleneck_dim": 8,
+            "warmup_teacher_temp_steps": 6,
+            "teacher_temp": 0.07,
+            "base_momentum": 0.9,
+        },
+        "data": {
+            "shape": [3, 16, 16],
+            "num_samples": 128,
+            "batch_size": 32,
+            "augment": {"preset": "byol", "image": {"local_crops": {"number": 2, "size": 8}}},
+        },
+        "backbone": {"name": "cnn2d", "width": 4, "depth": 2},
+    },
     "moco": {
         "moco": {"proj_hidden": 16, "proj_dim": 8, "pred_hidden": 16, "base_momentum": 0.9},
     },
@@ -76,6 +95,7 @@ def dumping_train_func(config):
         "lfr",
         "barlow_twins",
         pytest.param("vicreg", marks=pytest.mark.slow),
+        "dino",
         # MoCo v3 is BYOL's two networks with a contrastive loss (checked on gloo in
         # test_losses); BYOL's momentum-target restart is in the default suite
         pytest.param("moco", marks=pytest.mark.slow),
@@ -135,6 +155,9 @@ def test_ranks_agree_and_restart_is_exact(ray_session, write_config, tmp_path, m
     history = retried["history"]
     assert curves["train_loss"] == [(h["epoch"], pytest.approx(h["train_loss"])) for h in history]
     assert [step for step, _ in curves["lr"]] == [1, 2, 3]
+    if method == "dino":  # the teacher temperature warms up over global steps, then holds
+        temps = [v for _, v in curves["teacher_temp"]]
+        assert temps[0] < temps[1] == temps[2] == pytest.approx(0.07)
     if method in ("byol", "moco"):  # the momentum rises on its cosine towards 1
         momentum = [v for _, v in curves["momentum"]]
         assert len(momentum) == 3 and 0.9 < momentum[0] < momentum[1] < momentum[2] <= 1.0

@@ -20,6 +20,7 @@ from rayssl.config import TrainConfig
 from rayssl.methods import Method, SimpleSupervisedModel
 from rayssl.methods.barlow_twins import BarlowTwins
 from rayssl.methods.byol import BYOL
+from rayssl.methods.dino import DINO, DINOHead
 from rayssl.methods.heads import MLPHead
 from rayssl.methods.lfr import LearnFromRandomnessModel, RandomProjector, RepeatedModuleList
 from rayssl.methods.moco import MoCo
@@ -137,6 +138,21 @@ def build_method(
             sim_weight=c.sim_weight,
             var_weight=c.var_weight,
             cov_weight=c.cov_weight,
+            **setup,
+        )
+    if cfg.method == "dino":
+        c = cfg.dino
+        return DINO(
+            backbone,
+            head=DINOHead(features, c.out_dim, c.hidden_dim, c.bottleneck_dim, c.norm_last_layer),
+            out_dim=c.out_dim,
+            student_temp=c.student_temp,
+            teacher_temp=c.teacher_temp,
+            warmup_teacher_temp=c.warmup_teacher_temp,
+            warmup_teacher_temp_steps=c.warmup_teacher_temp_steps,
+            center_momentum=c.center_momentum,
+            base_momentum=c.base_momentum,
+            schedule=c.schedule,
             **setup,
         )
     if cfg.method == "moco":

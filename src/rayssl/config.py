@@ -32,6 +32,27 @@ class Strict(BaseModel):
 ViewP = float | list[float]  # a probability, or one per view ([view0, view1]: BYOL)
 
 
+class LocalCropsConfig(Strict):
+    """Multi-crop (DINO): small crops added after the global views, for methods that take
+    them. Each is a random resized crop of `scale` at `size`, then the view pipeline's
+    jitter and grayscale, blur with `blur_p`, solarize with `solarize_p`."""
+
+    number: int = Field(6, ge=0, description="local crops per sample; 0: none")
+    size: int | None = Field(
+        None, ge=2, description="their side in pixels; null: 3/7 of the global views' side"
+    )
+    scale: tuple[float, float] = Field((0.05, 0.4), description="area fraction range")
+    blur_p: float = Field(0.5, ge=0.0, le=1.0, description="blur probability")
+    solarize_p: float = Field(0.0, ge=0.0, le=1.0, description="solarize probability")
+
+    @model_validator(mode="after")
+    def _scale(self) -> LocalCropsConfig:
+        low, high = self.scale
+        if not 0 < low <= high <= 1:
+            raise ValueError("augment.image.local_crops.scale must be [low, high] in (0, 1]")
+        return self
+
+
 class ImageViewsConfig(Strict):
     """SimCLR / BYOL views of (C, H, W) images in [0, 1] (see `rayssl.data.image_views`).
     Probabilities may be a pair [view0, view1], for asymmetric views."""
@@ -51,6 +72,9 @@ class ImageViewsConfig(Strict):
     solarize_p: ViewP = Field(0.0, description="solarize probability")
     solarize_threshold: float = Field(
         0.5, ge=0.0, le=1.0, description="solarize inverts pixels above this"
+    )
+    local_crops: LocalCropsConfig | None = Field(
+        None, description="multi-crop: smaller local crops after the global views (DINO)"
     )
 
     @model_validator(mode="after")
@@ -369,6 +393,26 @@ class MoCoConfig(Strict):
     schedule: int | None = Field(None, ge=1, description="optimizer steps; null: the whole run")
 
 
+class DINOConfig(Strict):
+    """DINO's defaults (Caron et al. 2021, ResNet-50 / ViT-S recipes)."""
+
+    out_dim: int = Field(65536, ge=2, description="prototypes of the head's last layer")
+    hidden_dim: int = Field(2048, ge=1, description="head MLP width")
+    bottleneck_dim: int = Field(256, ge=1, description="head output before the prototypes")
+    norm_last_layer: bool = Field(True, description="prototype weights of norm 1 (frozen g)")
+    student_temp: float = Field(0.1, gt=0.0)
+    teacher_temp: float = Field(0.04, gt=0.0, description="after the warm-up")
+    warmup_teacher_temp: float = Field(0.04, gt=0.0, description="at step 0")
+    warmup_teacher_temp_steps: int = Field(
+        0, ge=0, description="global optimizer steps of the linear teacher-temperature warm-up"
+    )
+    center_momentum: float = Field(0.9, ge=0.0, lt=1.0, description="of the teacher's centre")
+    base_momentum: float = Field(
+        0.996, ge=0.0, le=1.0, description="teacher momentum at step 0, rising to 1"
+    )
+    schedule: int | None = Field(None, ge=1, description="optimizer steps; null: the whole run")
+
+
 class ModelConfig(Strict):
     """Whole-model options, whatever the method."""
 
@@ -475,7 +519,16 @@ class PerformanceConfig(Strict):
     compile_backend: str = Field("inductor", description="torch.compile backend")
 
 
-BUILTIN_METHODS = ("supervised", "byol", "simclr", "lfr", "barlow_twins", "vicreg", "moco")
+BUILTIN_METHODS = (
+    "supervised",
+    "byol",
+    "simclr",
+    "lfr",
+    "barlow_twins",
+    "vicreg",
+    "moco",
+    "dino",
+)
 # what rayssl passes to an import-path method's constructor when it names them
 METHOD_INFERRED = (
     "features",
@@ -494,8 +547,8 @@ class TrainConfig(Strict):
 
     method: str = Field(
         "supervised",
-        description="supervised | byol | simclr | lfr | barlow_twins | vicreg | moco, or a Method "
-        "subclass 'package.module:Class'",
+        description="supervised | byol | simclr | lfr | barlow_twins | vicreg | moco | dino, or a "
+        "Method subclass 'package.module:Class'",
     )
     method_options: dict[str, Any] = Field(
         default_factory=dict, description="keyword arguments of an import-path method's class"
@@ -537,6 +590,7 @@ class TrainConfig(Strict):
     barlow_twins: BarlowTwinsConfig = BarlowTwinsConfig()
     vicreg: VICRegConfig = VICRegConfig()
     moco: MoCoConfig = MoCoConfig()
+    dino: DINOConfig = DINOConfig()
     model: ModelConfig = ModelConfig()
     eval: EvalConfig = EvalConfig()
     performance: PerformanceConfig = PerformanceConfig()
@@ -587,6 +641,7 @@ class TrainConfig(Strict):
                 f"({self.num_workers}): it is the global batch, split evenly across workers"
             )
         self._check_method()
+        self._check_local_crops()
         self._check_monitor()
         if self.head.init_from is not None:
             raise ValueError("head.init_from: only the backbone starts from another run")
@@ -674,6 +729,21 @@ class TrainConfig(Strict):
                     f"method_options: {', '.join(unknown)} not taken by {self.method} "
                     f"(it takes: {', '.join(takes) or 'nothing'})"
                 )
+
+    def _check_local_crops(self) -> None:
+        """Multi-crop views only for a method that takes them (DINO, or an import-path
+        method whose class sets `multi_crop = True`): the others' losses pair two views."""
+        image = self.data.augment.image
+        if image is None or image.local_crops is None or not image.local_crops.number:
+            return
+        cls = None if self.builtin_method else import_factory(self.method)
+        if self.method == "dino" or getattr(cls, "multi_crop", False):
+            return
+        raise ValueError(
+            f"data.augment.image.local_crops: {self.method} pairs two views and takes no "
+            "local crops (dino does, and an import-path Method with multi_crop = True): "
+            "remove local_crops or set its number to 0"
+        )
 
     def reported_metrics(self) -> list[str]:
         """The per-epoch metrics this config's run reports, that early stopping can watch."""

@@ -306,10 +306,9 @@ class Loop:
     def views(self, x: torch.Tensor, generator: torch.Generator):
         """The method's input: one augmented batch, or a tuple of `num_views` views."""
         if self.method.num_views > 1:
-            return tuple(
-                self._layout(self.augment(x, generator, view))
-                for view in range(self.method.num_views)
-            )
+            multi_crop = getattr(self.method, "multi_crop", False)
+            views = self.augment.views(x, generator, self.method.num_views, multi_crop)
+            return tuple(self._layout(view) for view in views)
         return self._layout(self.augment(x, generator) if self.augment.active else x)
 
     def _online_probe(self) -> OnlineLinearProbe | None:

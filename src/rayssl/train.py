@@ -194,7 +194,8 @@ def preflight_views(cfg: TrainConfig, splits: Splits, method) -> Any:
     g = torch.Generator().manual_seed(cfg.seed)
     try:
         if method.num_views > 1:
-            return tuple(normalize(augment(x, g, view)) for view in range(method.num_views))
+            multi_crop = getattr(method, "multi_crop", False)
+            return tuple(normalize(v) for v in augment.views(x, g, method.num_views, multi_crop))
         return normalize(augment(x, g) if augment.active else x)
     except (RuntimeError, ValueError, TypeError, IndexError) as exc:
         image = " (image views need (C, H, W) images)" if cfg.data.augment.image else ""

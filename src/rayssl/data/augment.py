@@ -86,6 +86,28 @@ class Augment:
             c.image or c.shift or c.scale or c.jitter or c.flip or c.mask or c.crop or c.stretch
         )
 
+    def views(
+        self, x: torch.Tensor, g: torch.Generator, num_views: int, multi_crop: bool = False
+    ) -> tuple[torch.Tensor, ...]:
+        """`num_views` views of the batch, then, for a method that takes them (`multi_crop`),
+        `augment.image.local_crops.number` smaller local crops, all from the generator `g`
+        in that order (so a run without local crops draws exactly the same global views)."""
+        views = [self(x, g, view) for view in range(num_views)]
+        image = self.cfg.image
+        local = image.local_crops if image is not None else None
+        if multi_crop and local is not None and local.number:
+            side = image.size or min(x.shape[-2:])
+            crops = image.model_copy(
+                update={
+                    "size": local.size or max(2, round(side * 3 / 7)),
+                    "crop_scale": tuple(local.scale),
+                    "blur_p": local.blur_p,
+                    "solarize_p": local.solarize_p,
+                }
+            )
+            views += [ImageViews(crops)(x, g) for _ in range(local.number)]
+        return tuple(views)
+
     def __call__(self, x: torch.Tensor, g: torch.Generator, view: int = 0) -> torch.Tensor:
         """One augmented batch; `view` selects per-view probabilities (BYOL's asymmetry)."""
         c = self.cfg

@@ -1,0 +1,187 @@
+"""DINO (Caron et al. 2021): a student matches a momentum teacher's centred, sharpened
+distribution over prototypes, across multi-crop views; no negatives, no predictor."""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from torch import nn
+from torch.nn.utils.parametrizations import weight_norm
+
+from rayssl.methods.base import Method
+from rayssl.methods.byol import cosine_schedule, deactivate_requires_grad, update_momentum
+from rayssl.methods.heads import infer_features
+
+
+class DINOHead(nn.Module):
+    """MLP (in -> hidden -> hidden -> bottleneck, GELU between), L2 normalisation, then a
+    weight-normalised linear layer onto `out_dim` prototypes whose norm is fixed at 1 when
+    `norm_last_layer` (the paper's default, which stabilises training)."""
+
+    def __init__(
+        self,
+        in_dim: int,
+        out_dim: int = 65536,
+        hidden_dim: int = 2048,
+        bottleneck_dim: int = 256,
+        norm_last_layer: bool = True,
+    ):
+        super().__init__()
+        self.mlp = nn.Sequential(
+            nn.Linear(in_dim, hidden_dim),
+            nn.GELU(),
+            nn.Linear(hidden_dim, hidden_dim),
+            nn.GELU(),
+            nn.Linear(hidden_dim, bottleneck_dim),
+        )
+        self.last_layer = weight_norm(nn.Linear(bottleneck_dim, out_dim, bias=False))
+        self.last_layer.parametrizations.weight.original0.data.fill_(1.0)
+        if norm_last_layer:
+            self.last_layer.parametrizations.weight.original0.requires_grad_(False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.last_layer(F.normalize(self.mlp(x), dim=-1))
+
+
+class DINOLoss(nn.Module):
+    """Cross-entropy between the teacher's and the student's distributions over views.
+
+    teacher: (G*B, K) logits of the G global crops, student: (V*B, K) logits of all V crops
+    (globals first). With p_t = softmax((teacher - center) / t_teacher) and
+    log p_s = log_softmax(student / t_student):
+    loss = mean over pairs (g, v), v != g, of mean_b sum_k -p_t[g] * log p_s[v].
+    The centre is a buffer: after each training step it moves towards the mean teacher
+    logit of the global batch (all-reduced), centre <- m * centre + (1 - m) * mean.
+    """
+
+    def __init__(self, out_dim: int, student_temp: float = 0.1, center_momentum: float = 0.9):
+        super().__init__()
+        self.student_temp, self.center_momentum = student_temp, center_momentum
+        self.register_buffer("center", torch.zeros(1, out_dim))
+
+    def forward(
+        self, student: torch.Tensor, teacher: torch.Tensor, teacher_temp: float, globals_: int
+    ) -> torch.Tensor:
+        batch = teacher.shape[0] // globals_
+        targets = F.softmax((teacher - self.center) / teacher_temp, dim=-1).chunk(globals_)
+        log_probs = F.log_softmax(student / self.student_temp, dim=-1).split(batch)
+        losses = [
+            -(t * log_probs[v]).sum(-1).mean()
+            for g, t in enumerate(targets)
+            for v in range(len(log_probs))
+            if v != g
+        ]
+        return torch.stack(losses).mean()
+
+    @torch.no_grad()
+    def update_center(self, teacher: torch.Tensor) -> None:
+        total = teacher.sum(0, keepdim=True)
+        count = torch.tensor([float(teacher.shape[0])], device=teacher.device)
+        if dist.is_available() and dist.is_initialized():
+            dist.all_reduce(total)
+            dist.all_reduce(count)
+        self.center.mul_(self.center_momentum).add_(total / count, alpha=1 - self.center_momentum)
+
+
+class DINO(Method):
+    """Student = backbone + DINOHead; teacher = momentum copies of both (BYOL's fused EMA,
+    momentum on a cosine from `base_momentum` to 1 over global steps). The teacher sees the
+    two global crops, the student every crop (multi-crop: `augment.image.local_crops`).
+    The teacher temperature rises linearly from `warmup_teacher_temp` to `teacher_temp` over
+    `warmup_teacher_temp_steps` global optimizer steps, so a resumed run continues the same
+    curve. Batches are `((global0, global1, local0, ...), y)`; y is ignored."""
+
+    num_views = 2  # global crops; the loop appends the local ones
+    multi_crop = True
+
+    def __init__(
+        self,
+        backbone: nn.Module,
+        head: nn.Module | None = None,
+        out_dim: int = 65536,
+        student_temp: float = 0.1,
+        teacher_temp: float = 0.04,
+        warmup_teacher_temp: float = 0.04,
+        warmup_teacher_temp_steps: int = 0,
+        center_momentum: float = 0.9,
+        base_momentum: float = 0.996,
+        schedule: int | None = None,
+        **setup: Any,
+    ):
+        """`setup`: `learning_rate`, `optimizer`, `optimizer_kwargs`, `lr_scheduler`,
+        `lr_scheduler_kwargs`, as every method."""
+        super().__init__()
+        self.backbone = backbone
+        self.head = head or DINOHead(infer_features(backbone), out_dim)
+        self.backbone_momentum = copy.deepcopy(self.backbone)
+        self.head_momentum = copy.deepcopy(self.head)
+        deactivate_requires_grad(self.backbone_momentum)
+        deactivate_requires_grad(self.head_momentum)
+        self.criterion = DINOLoss(out_dim, student_temp, center_momentum)
+        self.teacher_temp, self.warmup_teacher_temp = teacher_temp, warmup_teacher_temp
+        self.warmup_teacher_temp_steps = warmup_teacher_temp_steps
+        self.base_momentum, self.schedule_length = base_momentum, schedule
+        self.momentum, self.step = base_momentum, 0
+        self.learning_rate = setup.pop("learning_rate", 1e-3)
+        self.optimizer = setup.pop("optimizer", torch.optim.AdamW)
+        self.optimizer_kwargs = dict(setup.pop("optimizer_kwargs", None) or {})
+        self.lr_scheduler = setup.pop("lr_scheduler", None)
+        self.lr_scheduler_kwargs = dict(setup.pop("lr_scheduler_kwargs", None) or {})
+        if setup:
+            raise TypeError(f"DINO got unexpected arguments: {', '.join(setup)}")
+
+    def current_teacher_temp(self) -> float:
+        if self.step >= self.warmup_teacher_temp_steps:
+            return self.teacher_temp
+        share = self.step / self.warmup_teacher_temp_steps
+        return self.warmup_teacher_temp + share * (self.teacher_temp - self.warmup_teacher_temp)
+
+    def _student(self, crops: list[torch.Tensor]) -> torch.Tensor:
+        """One backbone pass per crop size (globals, then locals), one head pass for all."""
+        by_size: dict[tuple[int, ...], list[torch.Tensor]] = {}
+        for crop in crops:
+            by_size.setdefault(tuple(crop.shape[-2:]), []).append(crop)
+        features = [self.backbone(torch.cat(group)).flatten(1) for group in by_size.values()]
+        return self.head(torch.cat(features))
+
+    def _loss(self, views, update_center: bool) -> torch.Tensor:
+        crops = list(views)
+        student = self._student(crops)
+        with torch.no_grad():
+            teacher = self.head_momentum(self.backbone_momentum(torch.cat(crops[:2])).flatten(1))
+        loss = self.criterion(student, teacher, self.current_teacher_temp(), globals_=2)
+        if update_center:
+            self.criterion.update_center(teacher)
+        return loss
+
+    def training_step(self, batch):
+        return {"loss": self._loss(batch[0], update_center=True)}
+
+    def validation_step(self, batch):
+        return {"loss": self._loss(batch[0], update_center=False)}
+
+    def param_groups(self):
+        trainable = [p for m in (self.backbone, self.head) for p in m.parameters()]
+        return [{"params": [p for p in trainable if p.requires_grad]}]
+
+    def on_step_end(self, step: int, total_steps: int) -> None:
+        self.step = step
+        length = self.schedule_length or total_steps
+        self.momentum = cosine_schedule(step, length, self.base_momentum, 1.0)
+        update_momentum(self.backbone, self.backbone_momentum, self.momentum)
+        update_momentum(self.head, self.head_momentum, self.momentum)
+
+    def epoch_metrics(self, stage: str) -> dict[str, float]:
+        if stage != "train":
+            return {}
+        return {"momentum": float(self.momentum), "teacher_temp": self.current_teacher_temp()}
+
+    def extra_state(self) -> dict[str, Any]:
+        return {"momentum": self.momentum, "step": self.step}
+
+    def load_extra_state(self, state: dict[str, Any]) -> None:
+        self.momentum, self.step = state["momentum"], state["step"]
