@@ -98,97 +98,130 @@ def build_method(
     """Build the configured method. Call under the same seed on every rank. LFR selects its
     targets on `selection_sample`; `broadcast` shares rank 0's choice with every rank.
     `pretrained` (`backbone.init_from`, read once on the driver) is loaded into the backbone
-    before the method wraps it, so BYOL's momentum copy starts from it too."""
+    before the method wraps it, so a momentum copy (BYOL, MoCo, DINO) starts from it too."""
     backbone = build_backbone(cfg, sample_shape, pretrained)
     features = nets.output_features(backbone, sample_shape)
     setup = optimizer_setup(cfg)
     if not cfg.builtin_method:
         return build_user_method(cfg, backbone, features, sample_shape, num_classes, setup)
-    if cfg.method == "byol":
-        c = cfg.byol
-        return BYOL(
-            backbone,
-            projection_head=MLPHead([features, c.proj_hidden, c.proj_dim]),
-            prediction_head=MLPHead([c.proj_dim, c.pred_hidden, c.proj_dim]),
-            schedule=c.schedule,
-            base_momentum=c.base_momentum,
-            **setup,
-        )
-    if cfg.method == "simclr":
-        c = cfg.simclr
-        return SimCLR(
-            backbone,
-            projection_head=MLPHead([features, c.proj_hidden, c.proj_dim]),
-            temperature=c.temperature,
-            **setup,
-        )
-    if cfg.method == "barlow_twins":
-        c = cfg.barlow_twins
-        return BarlowTwins(
-            backbone,
-            projection_head=MLPHead([features, c.proj_hidden, c.proj_hidden, c.proj_dim]),
-            lambda_offdiag=c.lambda_offdiag,
-            **setup,
-        )
-    if cfg.method == "vicreg":
-        c = cfg.vicreg
-        return VICReg(
-            backbone,
-            projection_head=MLPHead([features, c.proj_hidden, c.proj_hidden, c.proj_dim]),
-            sim_weight=c.sim_weight,
-            var_weight=c.var_weight,
-            cov_weight=c.cov_weight,
-            **setup,
-        )
-    if cfg.method == "dino":
-        c = cfg.dino
-        return DINO(
-            backbone,
-            head=DINOHead(features, c.out_dim, c.hidden_dim, c.bottleneck_dim, c.norm_last_layer),
-            out_dim=c.out_dim,
-            student_temp=c.student_temp,
-            teacher_temp=c.teacher_temp,
-            warmup_teacher_temp=c.warmup_teacher_temp,
-            warmup_teacher_temp_steps=c.warmup_teacher_temp_steps,
-            center_momentum=c.center_momentum,
-            base_momentum=c.base_momentum,
-            schedule=c.schedule,
-            **setup,
-        )
-    if cfg.method == "moco":
-        c = cfg.moco
-        return MoCo(
-            backbone,
-            projection_head=MLPHead([features, c.proj_hidden, c.proj_hidden, c.proj_dim]),
-            prediction_head=MLPHead([c.proj_dim, c.pred_hidden, c.proj_dim]),
-            temperature=c.temperature,
-            base_momentum=c.base_momentum,
-            schedule=c.schedule,
-            **setup,
-        )
+    if cfg.method == "supervised":
+        return _supervised(cfg, backbone, features, num_classes, setup)
     if cfg.method == "lfr":
-        c = cfg.lfr
-        if c.projector == "backbone":
-            encoder, in_dim = (lambda: build_backbone(cfg, sample_shape)), features
-        else:
-            encoder, in_dim = None, math.prod(sample_shape)
-        method = LearnFromRandomnessModel(
-            backbone,
-            projectors=RepeatedModuleList(
-                c.num_projectors, RandomProjector, in_dim, c.proj_hidden, c.proj_dim, encoder
-            ),
-            predictors=RepeatedModuleList(
-                c.num_projectors, MLPHead, [features, c.pred_hidden, c.proj_dim], batch_norm=False
-            ),
-            num_targets=c.num_targets,
-            predictor_training_epochs=c.predictor_training_epochs,
-            max_backbone_training_steps=c.max_backbone_training_steps,
-            selection_batch_size=c.selection_batch_size,
-            **setup,
-        )
+        method = _lfr(cfg, backbone, features, sample_shape, setup)
         if selection_sample is not None:
             method.select_targets(selection_sample, broadcast)
         return method
+    return SSL_BUILDERS[cfg.method](cfg, backbone, features, setup)
+
+
+def _byol(cfg: TrainConfig, backbone: nn.Module, features: int, setup: dict) -> Method:
+    c = cfg.byol
+    return BYOL(
+        backbone,
+        projection_head=MLPHead([features, c.proj_hidden, c.proj_dim]),
+        prediction_head=MLPHead([c.proj_dim, c.pred_hidden, c.proj_dim]),
+        schedule=c.schedule,
+        base_momentum=c.base_momentum,
+        **setup,
+    )
+
+
+def _simclr(cfg: TrainConfig, backbone: nn.Module, features: int, setup: dict) -> Method:
+    c = cfg.simclr
+    head = MLPHead([features, c.proj_hidden, c.proj_dim])
+    return SimCLR(backbone, projection_head=head, temperature=c.temperature, **setup)
+
+
+def _barlow_twins(cfg: TrainConfig, backbone: nn.Module, features: int, setup: dict) -> Method:
+    c = cfg.barlow_twins
+    head = MLPHead([features, c.proj_hidden, c.proj_hidden, c.proj_dim])
+    return BarlowTwins(backbone, projection_head=head, lambda_offdiag=c.lambda_offdiag, **setup)
+
+
+def _vicreg(cfg: TrainConfig, backbone: nn.Module, features: int, setup: dict) -> Method:
+    c = cfg.vicreg
+    return VICReg(
+        backbone,
+        projection_head=MLPHead([features, c.proj_hidden, c.proj_hidden, c.proj_dim]),
+        sim_weight=c.sim_weight,
+        var_weight=c.var_weight,
+        cov_weight=c.cov_weight,
+        **setup,
+    )
+
+
+def _moco(cfg: TrainConfig, backbone: nn.Module, features: int, setup: dict) -> Method:
+    c = cfg.moco
+    return MoCo(
+        backbone,
+        projection_head=MLPHead([features, c.proj_hidden, c.proj_hidden, c.proj_dim]),
+        prediction_head=MLPHead([c.proj_dim, c.pred_hidden, c.proj_dim]),
+        temperature=c.temperature,
+        base_momentum=c.base_momentum,
+        schedule=c.schedule,
+        **setup,
+    )
+
+
+def _dino(cfg: TrainConfig, backbone: nn.Module, features: int, setup: dict) -> Method:
+    c = cfg.dino
+    return DINO(
+        backbone,
+        head=DINOHead(features, c.out_dim, c.hidden_dim, c.bottleneck_dim, c.norm_last_layer),
+        out_dim=c.out_dim,
+        student_temp=c.student_temp,
+        teacher_temp=c.teacher_temp,
+        warmup_teacher_temp=c.warmup_teacher_temp,
+        warmup_teacher_temp_steps=c.warmup_teacher_temp_steps,
+        center_momentum=c.center_momentum,
+        base_momentum=c.base_momentum,
+        schedule=c.schedule,
+        **setup,
+    )
+
+
+# the self-supervised methods whose whole setup is their config section
+SSL_BUILDERS: dict[str, Callable[[TrainConfig, nn.Module, int, dict], Method]] = {
+    "byol": _byol,
+    "simclr": _simclr,
+    "barlow_twins": _barlow_twins,
+    "vicreg": _vicreg,
+    "moco": _moco,
+    "dino": _dino,
+}
+
+
+def _lfr(
+    cfg: TrainConfig,
+    backbone: nn.Module,
+    features: int,
+    sample_shape: tuple[int, ...],
+    setup: dict,
+) -> LearnFromRandomnessModel:
+    c = cfg.lfr
+    if c.projector == "backbone":
+        encoder, in_dim = (lambda: build_backbone(cfg, sample_shape)), features
+    else:
+        encoder, in_dim = None, math.prod(sample_shape)
+    return LearnFromRandomnessModel(
+        backbone,
+        projectors=RepeatedModuleList(
+            c.num_projectors, RandomProjector, in_dim, c.proj_hidden, c.proj_dim, encoder
+        ),
+        predictors=RepeatedModuleList(
+            c.num_projectors, MLPHead, [features, c.pred_hidden, c.proj_dim], batch_norm=False
+        ),
+        num_targets=c.num_targets,
+        predictor_training_epochs=c.predictor_training_epochs,
+        max_backbone_training_steps=c.max_backbone_training_steps,
+        selection_batch_size=c.selection_batch_size,
+        **setup,
+    )
+
+
+def _supervised(
+    cfg: TrainConfig, backbone: nn.Module, features: int, num_classes: int, setup: dict
+) -> Method:
     head = nets.call_factory(
         cfg.head.factory(nets.HEADS), cfg.head.kwargs, in_features=features, num_classes=num_classes
     )
