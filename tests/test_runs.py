@@ -126,8 +126,13 @@ def test_runs_and_plot_read_a_resumed_ray_run_from_its_newest_state(
     assert result.exit_code == 0, result.output
     rows = {r["run"].rsplit("-", 2)[0]: r for r in json.loads(result.output)}
     assert rows["resumed"]["status"] == "failed" and "injected" in rows["resumed"]["error"]
-    assert (rows["resumed"]["epochs"], rows["resumed"]["planned_epochs"]) == (3, 4)
+    # the newest state is epoch 3's, or epoch 2's when the crash came before Ray Train
+    # registered epoch 3's checkpoint (its controller registers reports asynchronously;
+    # seen under load); either way the resumed 4-epoch run, not the old 2/2 summary
+    newest = rows["resumed"]["epochs"]
+    assert newest in (2, 3) and rows["resumed"]["planned_epochs"] == 4
     assert rows["lost"]["status"] == "unreadable" and "state.pt" not in str(rows["lost"]["run"])
     (run_dir,) = storage.glob("resumed-*")
     _, history = history_of(str(run_dir))
-    assert [int(h["epoch"]) for h in history] == [1, 2, 3]
+    # every epoch of the newest state, not only the one checkpoint Ray keeps
+    assert [int(h["epoch"]) for h in history] == list(range(1, newest + 1))
