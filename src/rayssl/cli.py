@@ -1,12 +1,12 @@
 """The `rayssl` commands. Exit codes: 0 success, 1 failed run, 2 bad input (one line).
 
-    rayssl train CONFIG.yaml [--set key=value ...] [--resume]   a run (train.fit)
-    rayssl tune SEARCH.yaml [--set ...] [--resume]              a Ray Tune search (tune.tune)
-    rayssl eval RUN_DIR                                         kNN / linear probe of a run
-    rayssl export RUN_DIR --out FILE [--format torchscript]     its backbone, for elsewhere
-    rayssl runs [STORAGE_PATH] [--json]                         the table of runs
-    rayssl plot RUN_DIR [RUN_DIR ...] --out curves.png          learning curves
-    rayssl demo-images OUT [--hard]                             the offline demo image set
+rayssl train CONFIG.yaml [--set key=value ...] [--resume]   a run (train.fit)
+rayssl tune SEARCH.yaml [--set ...] [--resume]              a Ray Tune search (tune.tune)
+rayssl eval RUN_DIR                                         kNN / linear probe of a run
+rayssl export RUN_DIR --out FILE [--format torchscript]     its backbone, for elsewhere
+rayssl runs [STORAGE_PATH] [--json]                         the table of runs
+rayssl plot RUN_DIR [RUN_DIR ...] --out curves.png          learning curves
+rayssl demo-images OUT [--hard]                             the offline demo image set
 """
 
 from __future__ import annotations
