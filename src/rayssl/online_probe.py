@@ -71,13 +71,13 @@ class OnlineLinearProbe:
     ) -> float:
         """Share of this split's samples (every rank's shard, summed) the probe labels right."""
         self.head.eval()
-        counts = torch.zeros(2, dtype=torch.float64)
-        for x, y in batches:
+        device = next(self.head.parameters()).device
+        counts = torch.zeros(2, dtype=torch.float64, device=device)  # correct, total
+        for x, y in batches:  # counted on the device: no host sync per batch
             predicted = self.head(embed(x).float()).argmax(1)
-            counts += torch.tensor([(predicted == y).sum().item(), len(y)], dtype=torch.float64)
+            counts[0] += (predicted == y).sum()
+            counts[1] += len(y)
         if self._distributed():
-            device = next(self.head.parameters()).device
-            counts = counts.to(device)
             dist.all_reduce(counts)
         correct, total = counts.tolist()
         return correct / max(total, 1.0)
