@@ -209,16 +209,10 @@ def _descendants(root: int) -> list[int]:
     return found
 
 
-def stream_memory(files: int, epochs: int) -> dict:
+def _stream_config(tmp: Path, epochs: int, val_fraction: float, eval_limit_mb: int = 1024):
     from rayssl.config import validate_train_config
-    from rayssl.data.demo import write_digit_images
-    from rayssl.train import fit
 
-    tmp = Path(tempfile.mkdtemp(prefix="rayssl-stream-"))
-    started = time.perf_counter()
-    write_digit_images(tmp / "set", train=files, test=10, seed=1)
-    write_s = time.perf_counter() - started
-    cfg = validate_train_config(
+    return validate_train_config(
         {
             "method": "simclr",
             "name": "stream",
@@ -229,7 +223,8 @@ def stream_memory(files: int, epochs: int) -> dict:
                 "name": "images",
                 "path": str(tmp / "set" / "train"),
                 "in_memory": False,
-                "val_fraction": 0,
+                "val_fraction": val_fraction,
+                "eval_limit_mb": eval_limit_mb,
                 "batch_size": 256,
                 "probe_samples": 512,
                 "augment": {"preset": "simclr", "image": {"blur_p": 0.0}},
@@ -239,14 +234,19 @@ def stream_memory(files: int, epochs: int) -> dict:
             "eval": {"every": 0},
         }
     )
+
+
+def _sampled(run, pid_filter: bool = True) -> tuple[object, list[dict]]:
+    """Run `run()` while a thread samples the resident memory of this process (the driver)
+    and of this run's Ray Train workers every `period` seconds."""
     samples: list[dict] = []
     done = threading.Event()
 
     def sample() -> None:
         t0 = time.perf_counter()
-        while not done.wait(1.0):
+        while not done.wait(1.0 if pid_filter else 0.1):
             workers = {}
-            for pid in _descendants(os.getpid()):
+            for pid in _descendants(os.getpid()) if pid_filter else ():
                 try:
                     name = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")[0].decode()
                 except OSError:
@@ -263,9 +263,54 @@ def stream_memory(files: int, epochs: int) -> dict:
 
     thread = threading.Thread(target=sample, daemon=True)
     thread.start()
-    summary = fit(cfg)
+    try:
+        result = run()
+    except Exception as exc:  # the refusal below is the expected outcome
+        result = exc
     done.set()
     thread.join()
+    return result, samples
+
+
+def refused_val(tmp: Path, files: int) -> dict:
+    """A validation share far over `data.eval_limit_mb`: refused in one line before anything
+    is decoded on the driver (its memory before, during and after the attempt)."""
+    from rayssl.train import fit
+
+    fraction, limit = 0.5, 64
+    before = _rss_mb(os.getpid()) or 0.0
+    started = time.perf_counter()
+    error, samples = _sampled(
+        lambda: fit(_stream_config(tmp, 1, fraction, limit)), pid_filter=False
+    )
+    took = time.perf_counter() - started
+    peak = max([s["driver_mb"] for s in samples] + [_rss_mb(os.getpid()) or 0.0])
+    return {
+        "val_fraction": fraction,
+        "val_images": int(files * fraction),
+        "val_decoded_mb_if_loaded": round(int(files * fraction) * 3 * 32 * 32 * 4 / 2**20, 1),
+        "eval_limit_mb": limit,
+        "refused": type(error).__name__ == "ConfigError",
+        "message": str(error).splitlines()[0] if isinstance(error, Exception) else None,
+        "seconds_to_refuse": round(took, 2),
+        "driver_rss_mb_before": round(before, 1),
+        "driver_rss_mb_peak": round(peak, 1),
+        "driver_rss_mb_after": round(_rss_mb(os.getpid()) or 0.0, 1),
+    }
+
+
+def stream_memory(files: int, epochs: int, val_fraction: float) -> dict:
+    from rayssl.data.demo import write_digit_images
+    from rayssl.train import fit
+
+    tmp = Path(tempfile.mkdtemp(prefix="rayssl-stream-"))
+    started = time.perf_counter()
+    write_digit_images(tmp / "set", train=files, test=10, seed=1)
+    write_s = time.perf_counter() - started
+    refused = refused_val(tmp, files)  # first, so the driver's baseline is untouched
+    summary, samples = _sampled(lambda: fit(_stream_config(tmp, epochs, val_fraction)))
+    if isinstance(summary, Exception):
+        raise summary
     with_workers = [s for s in samples if s["workers_mb"]]
     third = max(1, len(with_workers) // 3)
     early, late = with_workers[third : 2 * third], with_workers[-third:]
@@ -273,16 +318,22 @@ def stream_memory(files: int, epochs: int) -> dict:
     def mean_worker(rows):
         return statistics.mean(statistics.mean(r["workers_mb"]) for r in rows)
 
+    val_images = round(files * val_fraction)
     return {
         "files": files,
         "write_files_s": round(write_s, 1),
+        "val_fraction": val_fraction,
+        "val_images_decoded_on_driver": val_images,
+        "val_decoded_mb": round(val_images * 3 * 32 * 32 * 4 / 2**20, 1),
         "epochs": summary["epochs_run"],
         "steps": summary["global_steps"],
         "train_wall_s": round(summary["wall_time_s"], 1),
+        "val_loss_last": summary.get("final_metrics", {}).get("val_loss"),
         "worker_rss_mb_middle_third": round(mean_worker(early), 1),
         "worker_rss_mb_last_third": round(mean_worker(late), 1),
         "driver_rss_mb_middle_third": round(statistics.mean(r["driver_mb"] for r in early), 1),
         "driver_rss_mb_last_third": round(statistics.mean(r["driver_mb"] for r in late), 1),
+        "refused_large_val": refused,
         "curve": samples,
     }
 
@@ -297,23 +348,22 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--stream-files", type=int, default=20_000)
     parser.add_argument("--stream-epochs", type=int, default=4)
+    parser.add_argument("--stream-val-fraction", type=float, default=0.1)
     args = parser.parse_args()
     torch.set_num_threads(2)
     if not DATA.exists():
         from rayssl.data.demo import write_digit_images
 
         write_digit_images(DATA)
-    import lightly
-    import torchvision
+    versions = {"torch": torch.__version__, "python": sys.version.split()[0]}
+    if set(args.sections) - {"stream"}:  # the stream section needs only rayssl
+        import lightly
+        import torchvision
 
+        versions.update(torchvision=torchvision.__version__, lightly=lightly.__version__)
     result: dict = {
         "machine": f"{platform.machine()}, {len(os.sched_getaffinity(0))} CPUs, no GPU",
-        "versions": {
-            "torch": torch.__version__,
-            "torchvision": torchvision.__version__,
-            "lightly": lightly.__version__,
-            "python": sys.version.split()[0],
-        },
+        "versions": versions,
         "data": str(DATA.relative_to(ROOT)),
     }
 
@@ -343,7 +393,9 @@ def main() -> None:
             show(f"step/{method}/resnet18/lightly", theirs)
             show(f"step/{method}/resnet18/rayssl", ours)
     if "stream" in args.sections:
-        show("stream", stream_memory(args.stream_files, args.stream_epochs))
+        show(
+            "stream", stream_memory(args.stream_files, args.stream_epochs, args.stream_val_fraction)
+        )
     out = ROOT / args.out
     out.write_text(json.dumps(result, indent=2))
     print(f"wrote {out}")
