@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from rayssl.tune import load_search, tune
+from rayssl.tune import load_search, run_search
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -56,7 +56,7 @@ def main() -> None:
     results = {"search": args.search, "points": points, "runs": {}}
     for scheduler in (search.scheduler.name, "fifo"):
         started = time.time()
-        out = tune(
+        out = run_search(
             args.search,
             (
                 f"scheduler.name={scheduler}",

@@ -162,7 +162,7 @@ def rayssl_views(method: str) -> dict:
 
 def rayssl_steps(cfg, steps: int) -> dict:
     from rayssl.data import load_splits
-    from rayssl.loop import build_loop
+    from rayssl.engine import build_loop
 
     splits = load_splits(cfg.data)
     loop = build_loop(cfg, splits)  # 2 torch threads (cpus_per_worker)
@@ -275,7 +275,7 @@ def _sampled(run, pid_filter: bool = True) -> tuple[object, list[dict]]:
 def refused_val(tmp: Path, files: int) -> dict:
     """A validation share far over `data.eval_limit_mb`: refused in one line before anything
     is decoded on the driver (its memory before, during and after the attempt)."""
-    from rayssl.train import fit
+    from rayssl.cluster import fit
 
     fraction, limit = 0.5, 64
     before = _rss_mb(os.getpid()) or 0.0
@@ -300,8 +300,8 @@ def refused_val(tmp: Path, files: int) -> dict:
 
 
 def stream_memory(files: int, epochs: int, val_fraction: float) -> dict:
+    from rayssl.cluster import fit
     from rayssl.data.demo import write_digit_images
-    from rayssl.train import fit
 
     tmp = Path(tempfile.mkdtemp(prefix="rayssl-stream-"))
     started = time.perf_counter()

@@ -55,8 +55,8 @@ def call_latency(calls: int) -> list[float]:
 
 
 def run_speed(check_steps: int, epochs: int, storage: str) -> dict[str, float]:
+    from rayssl.cluster import fit
     from rayssl.config import load_train_config
-    from rayssl.train import fit
 
     cfg = load_train_config(
         ROOT / "configs" / "supervised_mnist1d.yaml",
@@ -92,8 +92,8 @@ def main() -> None:
 
     import ray
 
+    from rayssl.cluster.start import RAY_TRAIN_ENV, init_ray
     from rayssl.config import load_train_config
-    from rayssl.train import RAY_TRAIN_ENV, init_ray
 
     for key, value in RAY_TRAIN_ENV.items():
         os.environ.setdefault(key, value)

@@ -50,7 +50,7 @@ import torch  # noqa: E402
 from rayssl.build import build_method  # noqa: E402
 from rayssl.config import load_train_config  # noqa: E402
 from rayssl.data import Augment, load_splits  # noqa: E402
-from rayssl.state import seed_everything  # noqa: E402
+from rayssl.seeds import seed_everything  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = {
@@ -123,9 +123,9 @@ def bare_step_times(cfg, splits) -> list[float]:
 
 def timed_worker(config: dict[str, Any]) -> None:
     """Ray Train worker: rayssl's own Loop (DDP, sharded sampler, views, hooks), timed per step."""
-    from rayssl.train import build_worker_loop
+    from rayssl.cluster.worker import build_worker_loop
 
-    loop = build_worker_loop(config)
+    loop = build_worker_loop(config["args"])
     times: list[float] = []
     for _ in range(loop.cfg.epochs):
         loop.start_epoch()
@@ -140,7 +140,7 @@ def timed_worker(config: dict[str, Any]) -> None:
 
 
 def ray_step_times(cfg, splits_ref, workers: int, storage) -> list[float]:
-    from rayssl.train import build_trainer
+    from rayssl.cluster import build_trainer
 
     cfg = cfg.model_copy(update={"num_workers": workers})
     run = f"bench-{cfg.method}-{workers}w-{time.time_ns()}"

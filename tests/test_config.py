@@ -91,11 +91,11 @@ def test_every_shipped_config_is_valid():
 
 def test_the_configuration_page_is_current():
     """docs/configuration.md is generated from the schema's Field descriptions; after a
-    change to the schema, regenerate it: python -m rayssl.config_reference > docs/..."""
-    from rayssl.config_reference import render
+    change to the schema, regenerate it: python -m rayssl.config.reference > docs/..."""
+    from rayssl.config.reference import render
 
     page = (Path(__file__).parents[1] / "docs" / "configuration.md").read_text()
-    assert page == render(), "run: python -m rayssl.config_reference > docs/configuration.md"
+    assert page == render(), "run: python -m rayssl.config.reference > docs/configuration.md"
     for section in ("barlow_twins", "moco", "model", "eval", "data.augment.image"):
         assert f"## `{section}`" in page
     assert "| `trust_coefficient` | float | `0.001` | > 0.0, <= 1.0 |" in page

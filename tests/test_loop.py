@@ -6,11 +6,27 @@ from rayssl.build import build_method
 from rayssl.config import validate_train_config
 from rayssl.data import load_splits
 from rayssl.dummy import DummyTrainer
-from rayssl.loop import Loop, NonFiniteLossError, TrainingIterationStats
-from rayssl.state import load_state, save_state, seed_everything
+from rayssl.engine import Loop, NonFiniteLossError, NoSink, TrainingIterationStats
+from rayssl.seeds import seed_everything
+from rayssl.state import load_state, save_state
 
 
-def _loop(overrides=None, select_targets=False):
+class SaveOnNotice(NoSink):
+    """A sink whose preemption notice comes once `notice(loop)` says so; a mid-epoch report
+    saves the loop's state (RNG of this process) to `directory`."""
+
+    def __init__(self, notice, directory):
+        self.notice, self.directory = notice, directory
+
+    def preempted(self, loop) -> bool:
+        return self.notice(loop)
+
+    def report(self, loop, metrics, kind) -> None:
+        if kind == "preemption":
+            save_state(loop.state_dict(), self.directory)
+
+
+def _loop(overrides=None, select_targets=False, sink=None):
     """A one-process Loop on TINY + `overrides`; `select_targets`: LFR picks its targets on
     the training inputs, as the Ray worker does."""
     from rayssl.config import deep_merge
@@ -23,7 +39,7 @@ def _loop(overrides=None, select_targets=False):
     seed_everything(cfg.seed)
     sample = splits.train[0] if select_targets else None
     method = build_method(cfg, splits.sample_shape, splits.num_classes, selection_sample=sample)
-    return Loop(method, splits, cfg)
+    return Loop(method, splits, cfg, sink=sink)
 
 
 def test_dummy_trainer_iterate_yields_stats_across_epochs():
@@ -285,15 +301,13 @@ def test_a_preemption_checkpoint_mid_epoch_resumes_exactly(tmp_path):
     steps = straight.steps_per_epoch
     assert steps < 10 < 2 * steps  # the notice lands inside epoch 2
 
-    first = _loop(overrides)
     asked: list[int] = []
 
-    def notice() -> bool:
-        asked.append(first.state.global_step)
-        return first.state.global_step >= 10
+    def notice(loop) -> bool:
+        asked.append(loop.state.global_step)
+        return loop.state.global_step >= 10
 
-    first.preemption_notice = notice
-    first.save_now = lambda: save_state(first.state_dict(), tmp_path)
+    first = _loop(overrides, sink=SaveOnNotice(notice, tmp_path))
     list(first.epochs())
     assert asked == [2, 4, 6, 8, 10]  # every 2 steps, until the first notice is saved
     torch.manual_seed(999)  # the restore must not depend on this process's RNG
@@ -314,10 +328,8 @@ def test_a_resume_from_a_notice_in_epoch_0_does_not_start_training_again(tmp_pat
     """`on_training_start` runs once per run, before its first step: a state saved by a
     preemption notice mid-epoch 0 has taken steps, so the resumed loop skips it."""
     overrides = {"epochs": 1, "checkpoint": {"preemption_check_steps": 2}}
-    first = _loop(overrides)
+    first = _loop(overrides, sink=SaveOnNotice(lambda loop: loop.state.global_step >= 2, tmp_path))
     assert first.steps_per_epoch > 2
-    first.preemption_notice = lambda: first.state.global_step >= 2
-    first.save_now = lambda: save_state(first.state_dict(), tmp_path)
     list(first.epochs())
     state = load_state(tmp_path)
     assert state["loop"]["epoch"] == 0 and state["loop"]["step_in_epoch"] == 2
@@ -418,27 +430,37 @@ def _two_rank_preemption_worker(rank, port, out_dir):
     )
     splits = load_splits(cfg.data, cfg.seed)
 
-    def loop() -> Loop:
+    def loop(sink=None) -> Loop:
         seed_everything(cfg.seed)
         method = build_method(cfg, splits.sample_shape, splits.num_classes)
         return Loop(
-            method, splits, cfg, rank=rank, world_size=2, wrap_model=DistributedDataParallel
+            method,
+            splits,
+            cfg,
+            rank=rank,
+            world_size=2,
+            wrap_model=DistributedDataParallel,
+            sink=sink,
         )
 
     straight = loop()
     list(straight.epochs())
     at = straight.steps_per_epoch + 2  # the notice lands inside epoch 2
-    first = loop()
-    first.preemption_notice = lambda: first.state.global_step >= at
 
-    def save_now() -> None:
-        rng_states = [None, None]
-        dist.all_gather_object(rng_states, first.rank_state())
-        if rank == 0:
-            save_state(first.state_dict(rng_states), out_dir)
-        dist.barrier()
+    class GatherAndSave(NoSink):
+        """As the Ray worker's sink: every rank's RNG gathered, rank 0 saves."""
 
-    first.save_now = save_now
+        def preempted(self, loop) -> bool:
+            return loop.state.global_step >= at
+
+        def report(self, loop, metrics, kind) -> None:
+            rng_states = [None, None]
+            dist.all_gather_object(rng_states, loop.rank_state())
+            if rank == 0:
+                save_state(loop.state_dict(rng_states), out_dir)
+            dist.barrier()
+
+    first = loop(GatherAndSave())
     list(first.epochs())
     torch.manual_seed(999 + rank)  # the restore must not depend on this process's RNG
     second = loop()

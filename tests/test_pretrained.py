@@ -15,10 +15,10 @@ from click.testing import CliRunner
 
 from rayssl.build import build_method, optimizer_setup
 from rayssl.cli import main
+from rayssl.cluster import fit
 from rayssl.config import ConfigError, validate_train_config
 from rayssl.pretrained import read
 from rayssl.state import load_state, save_state
-from rayssl.train import fit
 
 IMAGES = {"name": "synthetic", "shape": [3, 16, 16], "num_samples": 128, "batch_size": 32}
 BACKBONE = {"name": "cnn2d", "width": 4, "depth": 2}
@@ -268,8 +268,8 @@ def test_init_from_brings_its_normalisation_and_a_resume_needs_no_source(
     after the source run is deleted."""
     import shutil
 
+    from rayssl.cluster import RunFailed
     from rayssl.config import load_train_config
-    from rayssl.train import RunFailed
 
     stats = {"mean": [0.5, 0.5, 0.5], "std": [0.25, 0.25, 0.25]}
     source = fit(

@@ -13,8 +13,8 @@ from pathlib import Path
 from click.testing import CliRunner
 
 from rayssl.cli import main
+from rayssl.cluster import RunFailed, fit
 from rayssl.config import load_train_config
-from rayssl.train import RunFailed, fit
 
 LOCAL = {"num_workers": 0, "epochs": 2}
 

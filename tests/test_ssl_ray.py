@@ -11,9 +11,9 @@ import ray.cloudpickle
 import torch
 from conftest import assert_states_equal
 
+from rayssl.cluster import fit
 from rayssl.config import load_train_config
 from rayssl.state import load_state
-from rayssl.train import fit
 
 # Ray ships the dumping train function to its workers by value (tests/ is not importable there).
 ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
@@ -73,11 +73,11 @@ def dumping_train_func(config):
     """rayssl's own worker function, then each rank saves its final method state."""
     import ray.train
 
-    from rayssl.train import run_worker
+    from rayssl.cluster.worker import run_worker
 
     loop = run_worker(config)
     rank = ray.train.get_context().get_world_rank()
-    out = Path(config["config"]["storage_path"]) / f"rank{rank}.pt"
+    out = Path(config["args"].config["storage_path"]) / f"rank{rank}.pt"
     torch.save({"model": loop.method.state_dict(), "extra": loop.method.extra_state()}, out)
 
 

@@ -15,10 +15,10 @@ from click.testing import CliRunner
 from conftest import HELPERS
 
 from rayssl.cli import main
+from rayssl.cluster import fit
 from rayssl.config import ConfigError, load_train_config
 from rayssl.pretrained import EXPORT_FORMAT, load_exported
 from rayssl.state import STATE_FILE, capture_rng, load_state, restore_rng, save_state
-from rayssl.train import fit
 
 
 class _Payload:

@@ -5,10 +5,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from rayssl.cluster import fit
 from rayssl.config import load_train_config
 from rayssl.pretrained import read
 from rayssl.storage import Storage, pick_run_name
-from rayssl.train import fit
 
 LOCAL = {"num_workers": 0, "epochs": 1}
 

@@ -8,8 +8,8 @@ import pytest
 from click.testing import CliRunner
 
 from rayssl.cli import main
+from rayssl.cluster import fit
 from rayssl.config import load_train_config
-from rayssl.train import fit
 
 
 def _write(path, x, y):

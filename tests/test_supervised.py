@@ -56,9 +56,9 @@ def test_a_frozen_backbone_linear_eval_reaches_the_standardised_probe():
     from rayssl.build import build_method
     from rayssl.config import validate_train_config
     from rayssl.data import load_splits
-    from rayssl.evaluate import extract_features, linear_probe_accuracy
-    from rayssl.loop import Loop
-    from rayssl.state import seed_everything
+    from rayssl.engine import Loop
+    from rayssl.engine.probes import extract_features, linear_probe_accuracy
+    from rayssl.seeds import seed_everything
 
     def linear_eval(standardize):
         cfg = validate_train_config(

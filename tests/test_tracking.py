@@ -8,8 +8,8 @@ import pytest
 from click.testing import CliRunner
 
 from rayssl.cli import main
+from rayssl.cluster import RunFailed, fit
 from rayssl.config import load_train_config
-from rayssl.train import RunFailed, fit
 
 mlflow = pytest.importorskip("mlflow")
 

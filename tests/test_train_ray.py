@@ -9,10 +9,10 @@ from pathlib import Path
 import pytest
 from conftest import assert_states_equal
 
+from rayssl.cluster import fit
 from rayssl.config import ConfigError, load_train_config
 from rayssl.faults import CRASH_ENV
 from rayssl.state import load_state
-from rayssl.train import fit
 
 # Augmentation and dropout make exactness depend on restored RNG and view seeding.
 EXACT = {

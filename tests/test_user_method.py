@@ -12,9 +12,9 @@ from click.testing import CliRunner
 from conftest import assert_states_equal
 
 from rayssl.cli import main
+from rayssl.cluster import fit
 from rayssl.config import load_train_config
 from rayssl.state import load_state
-from rayssl.train import fit
 
 HELPERS = str(Path(__file__).parent / "helpers")
 VICREG = {

@@ -1,7 +1,7 @@
 """The `rayssl` commands. Exit codes: 0 success, 1 failed run, 2 bad input (one line).
 
-rayssl train CONFIG.yaml [--set key=value ...] [--resume]   a run (train.fit)
-rayssl tune SEARCH.yaml [--set ...] [--resume]              a Ray Tune search (tune.tune)
+rayssl train CONFIG.yaml [--set key=value ...] [--resume]   a run (cluster.fit)
+rayssl tune SEARCH.yaml [--set ...] [--resume]              a Ray Tune search (tune.run_search)
 rayssl eval RUN_DIR                                         kNN / linear probe of a run
 rayssl export RUN_DIR --out FILE [--format torchscript]     its backbone, for elsewhere
 rayssl runs [STORAGE_PATH] [--json]                         the table of runs
@@ -56,7 +56,7 @@ def main() -> None:
 )
 def train(config: str, overrides: tuple[str, ...], resume: bool, dashboard: bool) -> None:
     """Train the run described by CONFIG (a YAML file)."""
-    from rayssl.train import RunFailed, fit
+    from rayssl.cluster import RunFailed, fit
 
     try:
         cfg = load_train_config(config, overrides)
@@ -88,10 +88,10 @@ def train(config: str, overrides: tuple[str, ...], resume: bool, dashboard: bool
 @click.option("--resume", is_flag=True, help="Continue the search; finished trials are not re-run.")
 def tune_command(search: str, overrides: tuple[str, ...], resume: bool) -> None:
     """Run the Ray Tune search described by SEARCH (a YAML file)."""
-    from rayssl.tune import tune
+    from rayssl.tune import run_search
 
     try:
-        tune(search, overrides, resume=resume)
+        run_search(search, overrides, resume=resume)
     except ConfigError as exc:
         _fail(str(exc), EXIT_BAD_INPUT)
 
@@ -102,7 +102,7 @@ def tune_command(search: str, overrides: tuple[str, ...], resume: bool) -> None:
 @click.option("--trust-import-paths", is_flag=True, help=TRUST_HELP)
 def evaluate(path: str, knn_k: int | None, trust_import_paths: bool) -> None:
     """kNN and linear-probe accuracy of a run's (or a checkpoint's) frozen backbone."""
-    from rayssl.evaluate import evaluate_checkpoint
+    from rayssl.engine.probes import evaluate_checkpoint
 
     try:
         metrics = evaluate_checkpoint(path, knn_k=knn_k, trust_import_paths=trust_import_paths)

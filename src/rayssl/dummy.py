@@ -8,8 +8,8 @@ from typing import Any
 from rayssl.build import build_method
 from rayssl.config import TrainConfig, deep_merge, validate_train_config
 from rayssl.data import load_splits
-from rayssl.loop import Loop, TrainingIterationStats
-from rayssl.state import seed_everything
+from rayssl.engine import Loop, TrainingIterationStats
+from rayssl.seeds import seed_everything
 
 DEFAULTS: dict[str, Any] = {
     "num_workers": 1,

@@ -15,16 +15,17 @@ from typing import Any
 CRASH_ENV = "RAYSSL_CRASH_AFTER_EPOCH"
 
 
-def after_epoch_hook(config: dict[str, Any], epoch: int, rank: int) -> None:
-    """Raise the injected failure after epoch `crash_after_epoch`, the first time only."""
-    crash_after = config.get("crash_after_epoch") or 0
-    if crash_after != epoch or not _first_time(config, rank):
+def after_epoch_hook(args: Any, epoch: int, rank: int) -> None:
+    """Raise the injected failure after epoch `args.crash_after_epoch`, the first time only
+    (`args`: the worker's `WorkerArgs`)."""
+    crash_after = args.crash_after_epoch or 0
+    if crash_after != epoch or not _first_time(args.crash_marker, rank):
         return
     raise RuntimeError(f"{CRASH_ENV}: injected failure after epoch {crash_after}")
 
 
-def _first_time(config: dict[str, Any], rank: int) -> bool:
-    marker = Path(config["crash_marker"])
+def _first_time(crash_marker: str, rank: int) -> bool:
+    marker = Path(crash_marker)
     if marker.exists():
         return False
     if rank == 0:

@@ -42,12 +42,6 @@ def restore_rng(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
-
-
 def save_state(state: dict[str, Any], directory: str | Path) -> Path:
     """Write `state` to `directory/state.pt` via a temporary file and an atomic rename,
     so a crash mid-write never leaves a truncated state.pt behind."""

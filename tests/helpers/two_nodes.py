@@ -17,9 +17,9 @@ from pathlib import Path
 import ray
 from nodes import start_cluster, worker_nodes
 
+from rayssl.cluster import fit
 from rayssl.config import load_train_config
 from rayssl.storage import SNAPSHOT_FILE
-from rayssl.train import fit
 
 
 def main(config_path: str) -> None:

@@ -6,6 +6,8 @@ from collections.abc import Iterator
 
 import torch
 
+from rayssl import seeds
+
 
 class TensorBatches:
     """Yield `(x, y)` batches of this rank's share without per-sample Python.
@@ -131,7 +133,9 @@ class StreamedBatches:
             else {self.y_column: torch.int64, self.x_column: torch.float32},
             device=self.device,
             local_shuffle_buffer_size=self.shuffle_buffer or None,
-            local_shuffle_seed=self.seed * 1_000_003 + self.epoch if self.shuffle_buffer else None,
+            local_shuffle_seed=seeds.stream_shuffle(self.seed, self.epoch)
+            if self.shuffle_buffer
+            else None,
             prefetch_batches=self.prefetch_batches,
             pin_memory=self.pin_memory,
         )

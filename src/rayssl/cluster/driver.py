@@ -1,0 +1,274 @@
+"""`rayssl train` on the driver: check the inputs before Ray starts, start the run on Ray
+Train, keep the run record, and write the summary.
+
+    fit(cfg)                  # a new run
+    fit(cfg, resume=True)     # the newest run of this name, from its latest checkpoint
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import time
+from collections.abc import Callable
+from typing import Any
+
+import torch
+
+from rayssl import seeds
+from rayssl.build import build_method
+from rayssl.cluster.quiet import report_logs
+from rayssl.cluster.records import draw_curves, open_mlflow, summarize, worker_error
+from rayssl.cluster.start import init_ray
+from rayssl.cluster.trainer import build_trainer, train_func
+from rayssl.config import PROBE_METRICS, ConfigError, TrainConfig
+from rayssl.data import Splits, input_normalizer, load_splits
+from rayssl.engine.inputs import Inputs
+from rayssl.errors import first_line
+from rayssl.faults import CRASH_ENV
+from rayssl.storage import RUN_RECORD, Storage, check_resumable, pick_run_name
+
+
+class RunFailed(RuntimeError):
+    """The training run failed after it started (exit code 1)."""
+
+
+def fit(
+    cfg: TrainConfig,
+    *,
+    resume: bool = False,
+    train_fn: Callable[[dict[str, Any]], Any] = train_func,
+    crash_after_epoch: int | None = None,
+    launched_at: float | None = None,
+    dashboard: bool = False,
+) -> dict[str, Any]:
+    """Validate inputs, run the TorchTrainer, write `summary.json`; return the summary.
+
+    `dashboard`: start the Ray dashboard with an embedded local Ray (off: faster start).
+    `launched_at` (time.time() when the command started; default: now) is what the reported
+    `start_to_first_step_s` counts from. `crash_after_epoch` (default: the
+    RAYSSL_CRASH_AFTER_EPOCH environment variable) is fault injection for tests: the first
+    attempt's workers fail after that epoch."""
+    entered = time.time()
+    import ray
+    from ray.train import Checkpoint
+
+    local = cfg.num_workers == 0
+    storage = run = saved = initial = ray_logs = None
+    if resume:  # the run's own record decides what its config left open
+        storage = Storage.resolve(cfg.storage_path)
+        run = pick_run_name(cfg, storage, resume)
+        saved = storage.read_state(run, storage.latest_checkpoint(run))
+        _adopt_saved_defaults(cfg, saved["config"])
+    # a resumed run's backbone weights are in its checkpoint: init_from is not read again
+    splits, method_state = preflight(cfg, read_init_from=saved is None)
+    if resume:
+        check_resumable(cfg, saved, run, method_state)
+        latest = storage.latest_checkpoint(run)
+        if local or not storage.registered_by_ray(run, latest):
+            initial = Checkpoint(storage.path(run, latest))
+    else:  # a storage_path that cannot be written fails here, before Ray starts
+        storage = Storage.resolve(cfg.storage_path)
+    if local:  # local mode needs no Ray cluster at all; rayssl prints its own progress
+        report_logs(local=True)
+    else:
+        ray_logs = init_ray(cfg, dashboard=dashboard, streaming=splits.stream is not None)
+    if not resume:  # reserves the run's folder: only once the inputs and the cluster passed
+        run = pick_run_name(cfg, storage, resume)
+    if crash_after_epoch is None:
+        crash_after_epoch = int(os.environ.get(CRASH_ENV, "0") or 0)
+    mlflow_run = open_mlflow(cfg, run)
+    trainer = build_trainer(
+        cfg,
+        splits if local else ray.put(splits),  # 7. the data, once, in the object store
+        storage,
+        run,
+        train_fn=train_fn,
+        stream=splits.stream,
+        crash_after_epoch=crash_after_epoch,
+        launched_at=launched_at or entered,
+        initial_checkpoint=initial,
+        initial_is_resume=initial is not None,
+        mlflow=(cfg.tracking.mlflow_uri, mlflow_run.run_id) if mlflow_run else None,
+        # a checkpoint mid-epoch on a preemption notice (not under Tune: its trials'
+        # reports are epochs, and ASHA and PBT act on each)
+        preemption_checkpoints=True,
+    )
+    return _run_and_record(cfg, trainer, storage, run, mlflow_run, local, ray_logs)
+
+
+def _adopt_saved_defaults(cfg: TrainConfig, saved: dict[str, Any]) -> None:
+    """A resumed run keeps what its saved config settled that this one leaves open."""
+    if cfg.data.normalize is None and saved["data"].get("normalize"):
+        cfg.data.normalize = saved["data"]["normalize"]  # e.g. init_from's
+    if "standardize_features" not in saved.get("supervised", {}):
+        cfg.supervised.standardize_features = False  # written before the option existed
+
+
+def _run_and_record(
+    cfg, trainer, storage: Storage, run: str, mlflow_run, local: bool, ray_logs: str | None
+) -> dict:
+    """Run the trainer between two run records ("running", then "finished" or "failed"),
+    then write the summary. The records come first: a picture or a tracking store that
+    fails must not leave a finished run reading "running" (the extras warn, never raise)."""
+    from ray.train import TrainingFailedError
+
+    started = time.time()
+    record = {
+        "status": "running",
+        "host": socket.gethostname(),
+        "pid": os.getpid(),
+        "started": started,
+        "config": cfg.model_dump(mode="json"),
+    }
+    storage.write_text(run, RUN_RECORD, json.dumps(record))
+    try:
+        try:
+            trainer.fit()  # 8. the run, with its restarts, until it ends
+        except TrainingFailedError as exc:
+            raise RunFailed(f"run '{run}' failed: {worker_error(exc)}") from None
+        except Exception as exc:  # local mode: the loop's own error, raised in this process
+            if not local:
+                raise
+            raise RunFailed(f"run '{run}' failed: {first_line(exc)}") from None
+    except RunFailed as exc:
+        record.update(status="failed", error=str(exc), wall_time_s=time.time() - started)
+        storage.write_text(run, RUN_RECORD, json.dumps(record))
+        if mlflow_run is not None:
+            mlflow_run.close(None, error=str(exc))
+        raise
+    summary = summarize(cfg, run, storage, wall_s=time.time() - started)
+    summary["ray_logs"] = ray_logs
+    summary["curves"] = storage.path(run, "curves.png")
+    summary["path"] = storage.write_text(run, "summary.json", json.dumps(summary, indent=2))
+    record.update(status="finished", wall_time_s=summary["wall_time_s"])
+    storage.write_text(run, RUN_RECORD, json.dumps(record))
+    if not draw_curves(storage, run, summary["history"]):
+        summary["curves"] = None
+    if mlflow_run is not None:
+        mlflow_run.close(summary)
+    return summary
+
+
+# ============================================================================ preflight
+
+
+def preflight(
+    cfg: TrainConfig, read_init_from: bool = True
+) -> tuple[Splits, dict[str, torch.Tensor]]:
+    """Load the data and push two samples through the method on the driver, so bad data or a
+    backbone that cannot take it fails with one line before Ray starts. Reads
+    `backbone.init_from` (unless `read_init_from` is off: a resume has the weights) and
+    adopts its normalisation where the config sets none."""
+    splits = load_splits(cfg.data, cfg.seed)
+    if cfg.backbone.init_from and read_init_from:
+        from rayssl import pretrained
+
+        splits.pretrained = pretrained.read(cfg.backbone.init_from)
+        adopt_normalization(cfg, splits.pretrained.normalize)
+    input_normalizer(cfg.data, splits)  # its channel count is checked against the data
+    _check_data_fits_run(cfg, splits)
+    if cfg.tracking is not None:
+        try:
+            import mlflow  # noqa: F401
+        except ImportError:
+            raise ConfigError(
+                "tracking.mlflow_uri needs MLflow, an optional extra: pip install -e "
+                "'.[mlflow]' (or pip install mlflow), or remove tracking"
+            ) from None
+    return splits, _two_samples_through_the_method(cfg, splits)
+
+
+def _check_data_fits_run(cfg: TrainConfig, splits: Splits) -> None:
+    """What the data must offer this run: labels, local access, probes, image layout."""
+    if not splits.labeled and cfg.method == "supervised":
+        raise ConfigError(
+            f"data.path '{cfg.data.path}' holds images without labels (no class folders); "
+            "a supervised run needs one subfolder per class"
+        )
+    if splits.stream is not None and cfg.num_workers == 0:
+        raise ConfigError(
+            f"data.path '{cfg.data.path}' decodes to more than 1 GiB, so it streams through "
+            "Ray Data, which local mode (num_workers 0) cannot: set num_workers >= 1, or "
+            "data.in_memory: true"
+        )
+    if cfg.method != "supervised" and splits.probe_sets(cfg.seed) is None:
+        from rayssl.engine.probes import no_probe_reason
+
+        reason = no_probe_reason(splits)
+        if cfg.early_stopping and cfg.early_stopping.monitor in PROBE_METRICS:
+            raise ConfigError(f"early_stopping.monitor '{cfg.early_stopping.monitor}': {reason}")
+        print(f"[rayssl] note: probes skipped: {reason}", flush=True)
+    if cfg.performance.channels_last and len(splits.sample_shape) != 3:
+        raise ConfigError(
+            f"performance.channels_last needs image samples (C, H, W); data '{cfg.data.name}' "
+            f"gives {splits.sample_shape}: set performance.channels_last=false"
+        )
+
+
+def _two_samples_through_the_method(cfg: TrainConfig, splits: Splits) -> dict:
+    """Build the method and run a validation step on two training samples' views; return
+    the method's initial state (a resume checks its checkpoint against it)."""
+    try:
+        seeds.seed_everything(cfg.seed)
+        method = build_method(
+            cfg,
+            splits.sample_shape,
+            splits.num_classes,
+            selection_sample=splits.train[0],
+            pretrained=splits.pretrained,
+        )
+        method.eval()
+        with torch.no_grad():
+            method.validation_step((preflight_views(cfg, splits, method), splits.train[1][:2]))
+    except ConfigError:  # its own line already (backbone.init_from that does not fit)
+        raise
+    except (RuntimeError, ValueError, TypeError) as exc:
+        size = cfg.data.augment.image.size if cfg.data.augment.image else None
+        resized = f", resized to {size}x{size} by data.augment.image.size" if size else ""
+        raise ConfigError(
+            f"backbone '{cfg.backbone.name}' / head '{cfg.head.name}' cannot take samples of "
+            f"shape {splits.sample_shape}{resized} from data '{cfg.data.name}': "
+            f"{first_line(exc, with_type=False)}"
+        ) from None
+    return method.state_dict()
+
+
+def preflight_views(cfg: TrainConfig, splits: Splits, method) -> Any:
+    """Two training samples through the configured views and normalisation, as the loop
+    makes them: a pipeline that cannot take the data is one line here, not a worker's
+    traceback (image views on non-image data, an `augment.image.size` the backbone
+    cannot take is caught by the method's step right after)."""
+    x = splits.train[0][:2].float()
+    g = torch.Generator().manual_seed(cfg.seed)
+    try:
+        return Inputs(method, cfg, splits).views(x, g)
+    except (RuntimeError, ValueError, TypeError, IndexError) as exc:
+        image = " (image views need (C, H, W) images)" if cfg.data.augment.image else ""
+        raise ConfigError(
+            f"data.augment cannot make views of samples of shape {splits.sample_shape} from "
+            f"data '{cfg.data.name}'{image}: {first_line(exc, with_type=False)}"
+        ) from None
+
+
+def adopt_normalization(cfg: TrainConfig, stats: dict[str, list[float]] | None) -> None:
+    """A pretrained backbone saw inputs normalised by `stats`: a config without
+    `data.normalize` uses them too (said in one line); one that sets other values is
+    warned about, and its own values are kept."""
+    if not stats:
+        return
+    wanted = cfg.data.normalize
+    if wanted is None:
+        cfg.data.normalize = {"mean": stats["mean"], "std": stats["std"]}
+        print(
+            f"[rayssl] note: data.normalize from backbone.init_from: mean {stats['mean']}, "
+            f"std {stats['std']}",
+            flush=True,
+        )
+    elif wanted == "dataset" or [wanted.mean, wanted.std] != [stats["mean"], stats["std"]]:
+        print(
+            f"[rayssl] warning: backbone.init_from was trained on inputs normalised with mean "
+            f"{stats['mean']}, std {stats['std']}; this run's data.normalize differs",
+            flush=True,
+        )

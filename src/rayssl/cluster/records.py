@@ -1,0 +1,121 @@
+"""What a run leaves behind and shows: the progress line, the summary, the MLflow run, the
+curves picture, and the one line a worker's failure is reported as."""
+
+from __future__ import annotations
+
+import re
+import tempfile
+import time
+from pathlib import Path
+
+from rayssl.config import ConfigError, TrainConfig
+from rayssl.errors import first_line
+from rayssl.runs import HEADLINE
+from rayssl.storage import Storage
+
+# the metric a run's best epoch is judged by, the first one it reports (never test: it is
+# measured once, at the end)
+BEST_BY = tuple((m, mode) for m, mode in HEADLINE if m != "test_accuracy")
+
+
+def progress_line(metrics: dict[str, float], cfg: TrainConfig, done: int, started: float) -> str:
+    """One short line per epoch: loss, the headline metric, throughput and ETA."""
+    epoch = int(metrics["epoch"])
+    per_epoch = (time.perf_counter() - started) / max(done, 1)
+    eta = per_epoch * (cfg.epochs - epoch)
+    parts = [f"[rayssl] epoch {epoch}/{cfg.epochs}", f"train_loss {metrics['train_loss']:.4f}"]
+    for key in ("val_accuracy", "val_loss", "test_accuracy", "knn_acc", "linear_acc"):
+        if key in metrics:
+            parts.append(f"{key} {metrics[key]:.4f}")
+    parts += [f"{metrics['samples_per_s']:,.0f} samples/s", f"ETA {eta:.0f}s"]
+    return "  ".join(parts)
+
+
+def open_mlflow(cfg: TrainConfig, run: str):
+    """The run's MLflow run (`tracking`), opened on the driver; None without `tracking`."""
+    if cfg.tracking is None:
+        return None
+    from rayssl.tracking import MLflowRun
+
+    try:
+        return MLflowRun.open(
+            cfg.tracking.mlflow_uri, cfg.tracking.experiment, run, cfg.model_dump(mode="json")
+        )
+    except Exception as exc:  # MLflow raises its own types for a bad URI or store
+        raise ConfigError(
+            f"tracking.mlflow_uri '{cfg.tracking.mlflow_uri}' cannot be used "
+            f"({first_line(exc, with_type=False)})"
+        ) from None
+
+
+def draw_curves(storage: Storage, run: str, history: list[dict[str, float]]) -> str | None:
+    """`curves.png` in the run folder (drawn locally, then copied: storage may be a URI)."""
+    from rayssl.plots import plot_runs
+
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            picture = plot_runs([(run, history)], Path(tmp) / "curves.png")
+            return storage.write_bytes(run, "curves.png", picture.read_bytes())
+    except Exception as exc:  # matplotlib or the store: the run itself is recorded already
+        print(f"rayssl: warning: curves.png not drawn ({first_line(exc)})", flush=True)
+        return None
+
+
+RAYSSL_ERROR_LINE = re.compile(r"\s*rayssl\.(?:\w+\.)*(\w+Error: .*)$")
+
+
+def worker_error(exc: Exception) -> str:
+    """The first worker's own error line, without Ray's traceback around it."""
+    failures = getattr(exc, "worker_failures", None) or {}
+    for _, failure in sorted(failures.items()):
+        # an error raised by rayssl's code in another Ray process (a Ray Data task decoding
+        # an image) reaches us only as text inside Ray's wrapper: its own line names the file
+        own = [m.group(1) for m in map(RAYSSL_ERROR_LINE.match, str(failure).splitlines()) if m]
+        if own:
+            return own[-1]
+        cause = getattr(failure, "cause", None) or failure
+        text = f"{type(cause).__name__}: {cause}"
+        return text.strip().splitlines()[-1] if "Traceback" in text else text.splitlines()[0]
+    return str(exc).strip().splitlines()[-1]
+
+
+def summarize(cfg: TrainConfig, run: str, storage: Storage, wall_s: float) -> dict:
+    """The run's summary, from its newest registered checkpoint (Ray's or rayssl's)."""
+    checkpoint = storage.latest_checkpoint(run)
+    state = storage.read_state(run, checkpoint)
+    history: list[dict[str, float]] = state["loop"]["history"]
+    if cfg.early_stopping is not None:
+        monitor, mode = cfg.early_stopping.monitor, cfg.early_stopping.mode
+    else:
+        reported = {k for h in history for k in h}
+        monitor, mode = next((m, mode) for m, mode in BEST_BY if m in reported)
+    scored = [h for h in history if monitor in h]
+    best = (max if mode == "max" else min)(scored, key=lambda h: h[monitor]) if scored else None
+    final = history[-1]
+    return {
+        "run": run,
+        "method": cfg.method,
+        "epochs_run": int(final["epoch"]),
+        "global_steps": int(final["step"]),
+        "stopped_early": int(final["epoch"]) < cfg.epochs,
+        # epochs from which an attempt continued a checkpoint: a worker-group restart after
+        # a failure, or `--resume`
+        "resumed_at": state["loop"].get("resumed_at", []),
+        # each change of the number of workers: {"epoch", "step", "from", "to"}
+        "resizes": state["loop"].get("resizes", []),
+        "final_metrics": final,
+        "best": {
+            "metric": monitor,
+            "mode": mode,
+            "value": best[monitor] if best else None,
+            "epoch": int(best["epoch"]) if best else None,
+        },
+        "wall_time_s": wall_s,
+        "mean_samples_per_s": sum(h["samples_per_s"] for h in history) / len(history),
+        "start_to_first_step_s": next(
+            (h["start_to_first_step_s"] for h in history if "start_to_first_step_s" in h), None
+        ),
+        "checkpoint": storage.path(run, checkpoint),
+        "config": cfg.model_dump(mode="json"),
+        "history": history,
+    }

@@ -1,0 +1,84 @@
+"""Starting (or joining) Ray, and refusing a run the cluster cannot place, in one line."""
+
+from __future__ import annotations
+
+import logging
+import os
+
+from rayssl.cluster.quiet import RAY_DATA_LOGGING, starting_ray
+from rayssl.config import ConfigError, TrainConfig
+
+DATA_CPUS = 1  # Ray Data's read / decode tasks take 1 CPU each; one must be free beside workers
+
+# Ray Train's controller collects worker reports when it polls them (every 2 s by default),
+# and a worker's report blocks until collected: with short epochs that poll dominated the run.
+RAY_TRAIN_ENV = {
+    "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.2",
+    # Without this, Ray Train routes print() through a logger that echoes it a second time.
+    "RAY_TRAIN_ENABLE_PRINT_PATCH": "0",
+}
+
+
+def init_ray(cfg: TrainConfig, dashboard: bool = False, streaming: bool = False) -> str | None:
+    """Join the cluster in RAY_ADDRESS (set for jobs), else start a local Ray: quietly (no
+    INFO banner, no token-auth notice) and without a dashboard unless `dashboard`. Returns
+    the folder of Ray's own logs (None if Ray was already initialised here).
+
+    `streaming`: the run reads its training data through Ray Data, whose read and decode
+    tasks need a CPU beside the workers' (Ray Train keeps the workers' CPUs from Ray Data):
+    a local Ray then gets one logical CPU more than the workers take if this machine has
+    none to spare (the tasks share the cores with the workers), and a cluster must have it."""
+    import ray
+
+    logs = None
+    if not ray.is_initialized():
+        joining = bool(os.environ.get("RAY_ADDRESS"))
+        options: dict = {}
+        if not joining:  # a local Ray gets this machine's CPUs: refuse before starting it
+            cpus = float(os.cpu_count() or 1)
+            os.environ.setdefault("RAY_DATA_LOGGING_CONFIG", str(RAY_DATA_LOGGING))
+            # No node of a Ray started here can be preempted: Ray Train's preemption watcher
+            # (an actor per worker group, which logs an error line from Ray's C++ core as it
+            # starts) has nothing to watch. On a cluster it stays on.
+            os.environ.setdefault("RAY_TRAIN_ENABLE_PREEMPTION_WATCHER", "0")
+            check_fits(cfg, {"CPU": cpus}, gpus_known=False)
+            if streaming:
+                cpus = max(cpus, cfg.max_workers * cfg.cpus_per_worker + DATA_CPUS)
+            options = {
+                "include_dashboard": dashboard,
+                "num_cpus": int(cpus),
+                "runtime_env": {
+                    "worker_process_setup_hook": "rayssl.cluster.quiet.setup_worker",
+                    "env_vars": {"RAY_DATA_LOGGING_CONFIG": str(RAY_DATA_LOGGING)},
+                },
+            }
+        with starting_ray():
+            context = ray.init(log_to_driver=True, logging_level=logging.WARNING, **options)
+        session = (getattr(context, "address_info", None) or {}).get("session_dir")
+        logs = f"{session}/logs" if session else None
+    check_fits(cfg, ray.cluster_resources(), streaming=streaming)
+    return logs
+
+
+def check_fits(
+    cfg: TrainConfig, resources: dict[str, float], gpus_known: bool = True, streaming=False
+) -> None:
+    """One line (exit 2) when the run's workers (and, `streaming`, one Ray Data task) cannot
+    all be placed on the cluster. An elastic run needs room for its minimum."""
+    cpus_needed = cfg.min_workers * cfg.cpus_per_worker
+    if streaming and cpus_needed + DATA_CPUS > resources.get("CPU", 0):
+        raise ConfigError(
+            f"num_workers x cpus_per_worker = {cpus_needed:g} CPUs leaves none of the Ray "
+            f"cluster's {resources.get('CPU', 0):g} for streaming the training data (Ray Data "
+            "needs 1); lower num_workers or cpus_per_worker, or set data.in_memory: true"
+        )
+    if cpus_needed > resources.get("CPU", 0):
+        raise ConfigError(
+            f"num_workers x cpus_per_worker = {cpus_needed:g} CPUs, but the Ray cluster has "
+            f"{resources.get('CPU', 0):g}; lower num_workers or cpus_per_worker"
+        )
+    if gpus_known and cfg.use_gpu and cfg.min_workers > resources.get("GPU", 0):
+        raise ConfigError(
+            f"use_gpu with num_workers={cfg.min_workers} needs {cfg.min_workers} GPUs, the Ray "
+            f"cluster has {resources.get('GPU', 0):g}; lower num_workers or set use_gpu: false"
+        )

@@ -1,0 +1,96 @@
+"""The TorchTrainer of one run (`rayssl train`, and one per multi-worker Tune trial), and the
+typed arguments its workers get."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from rayssl.cluster.start import RAY_TRAIN_ENV
+from rayssl.config import TrainConfig
+from rayssl.storage import Storage
+
+
+@dataclass
+class WorkerArgs:
+    """What every Ray Train worker of a run gets (as `train_loop_config["args"]`)."""
+
+    config: dict[str, Any]  # the TrainConfig as JSON types
+    splits: Any  # the data: an object-store reference (workers) or the Splits (local mode)
+    run_dir: str  # the run's folder: TensorBoard curves (rank 0)
+    local_run: tuple[str, str] | None = None  # local mode: (storage uri, run); rayssl saves
+    launched_at: float | None = None  # time.time() when the command started
+    initial_checkpoint: Any = None  # a state to start from when Ray Train has none
+    initial_is_resume: bool = False  # ... and it is this run's own (else PBT's donor)
+    mlflow: tuple[str, str] | None = None  # (tracking URI, MLflow run id): rank 0 logs
+    preemption_checkpoints: bool = False  # a checkpoint mid-epoch on a preemption notice
+    crash_after_epoch: int | None = None  # fault injection for tests (faults.py)
+    crash_marker: str = ""
+
+
+def train_func(config: dict[str, Any]) -> None:
+    """Ray Train's per-worker entry point (returns nothing: Ray would pickle a return value)."""
+    from rayssl.cluster.worker import run_worker
+
+    run_worker(config)
+
+
+def build_trainer(
+    cfg: TrainConfig,
+    splits_ref: Any,
+    storage: Storage,
+    run: str,
+    callbacks: list | None = None,
+    *,
+    train_fn: Callable[[dict[str, Any]], Any] = train_func,
+    stream: Any = None,
+    **worker: Any,
+):
+    """The TorchTrainer of one run. `stream` (a `data.Stream`) adds the Ray Data dataset
+    whose shards the workers train on; `worker` sets the other `WorkerArgs` fields.
+    `cfg.num_workers == 0` is Ray Train's local mode: the loop runs in this process and
+    rayssl writes the run's checkpoints itself (local mode keeps them only in memory)."""
+    for key, value in RAY_TRAIN_ENV.items():
+        os.environ.setdefault(key, value)
+    from ray.train import CheckpointConfig, FailureConfig, LoggingConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchTrainer
+
+    args = WorkerArgs(
+        config=cfg.model_dump(mode="json"),
+        splits=splits_ref,
+        run_dir=storage.path(run),
+        local_run=(storage.uri, run) if cfg.num_workers == 0 else None,
+        # local storage only: fault injection is for tests on one machine
+        crash_marker=str(Path(storage.uri) / run / ".rayssl-crash-injected"),
+        **worker,
+    )
+    ck = cfg.checkpoint
+    gpu = {"GPU": 1} if cfg.use_gpu else {}
+    elastic = {"elastic_resize_monitor_interval_s": cfg.elastic_check_s} if cfg.elastic else {}
+    return TorchTrainer(  # 1. Ray Train: one worker group of the run, restarted on failure
+        train_fn,
+        train_loop_config={"args": args},
+        datasets=None if stream is None else {"train": stream.dataset(cfg.data.read_concurrency)},
+        scaling_config=ScalingConfig(
+            num_workers=cfg.num_workers,
+            **elastic,
+            use_gpu=cfg.use_gpu,
+            resources_per_worker={"CPU": cfg.cpus_per_worker, **gpu},
+        ),
+        run_config=RunConfig(
+            name=run,
+            storage_path=storage.uri,
+            failure_config=FailureConfig(max_failures=cfg.max_failures),
+            checkpoint_config=CheckpointConfig(
+                num_to_keep=ck.num_to_keep,
+                checkpoint_score_attribute=ck.score_attribute,
+                checkpoint_score_order=ck.score_order,
+            ),
+            callbacks=callbacks,
+            # Ray Train's per-report INFO lines drown rayssl's own progress line.
+            logging_config=LoggingConfig(log_level="WARNING"),
+        ),
+    )

@@ -1,0 +1,131 @@
+"""How a run trains and is watched: optimizer, LR schedule, early stopping, checkpoints,
+evaluation, tracking, speed switches."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import (
+    Field,
+    field_validator,
+)
+
+from rayssl.config.base import Strict
+
+
+class OptimizerConfig(Strict):
+    name: Literal["adam", "adamw", "sgd", "lars"] = Field(
+        "adamw",
+        description="lars: SGD with layer-wise trust ratios for large batches; biases and "
+        "normalisation parameters get neither adaptation nor weight decay",
+    )
+    lr: float = Field(1e-3, gt=0.0, le=10.0, description="peak learning rate")
+    weight_decay: float = Field(0.0, ge=0.0, description="decoupled for adamw, L2 otherwise")
+    momentum: float = Field(0.9, ge=0.0, lt=1.0, description="sgd and lars")
+    trust_coefficient: float = Field(
+        0.001, gt=0.0, le=1.0, description="lars: eta in lr_layer = eta * |w| / |update|"
+    )
+    betas: tuple[float, float] = Field((0.9, 0.999), description="adam and adamw")
+    backbone_lr_scale: float = Field(
+        1.0, gt=0.0, le=10.0, description="supervised: backbone lr = lr x this (fine-tuning)"
+    )
+
+
+class LRSchedulerConfig(Strict):
+    name: Literal["none", "onecycle", "warmup_cosine", "step"] = "none"
+    warmup_epochs: float = Field(0.0, ge=0.0, description="warmup_cosine")
+    pct_start: float = Field(0.3, gt=0.0, lt=1.0, description="onecycle: share of steps rising")
+    step_epochs: int = Field(30, ge=1, description="step: decay every this many epochs")
+    gamma: float = Field(0.1, gt=0.0, le=1.0, description="step: decay factor")
+    min_lr_ratio: float = Field(0.0, ge=0.0, le=1.0, description="warmup_cosine: floor of lr/lr0")
+
+
+class EarlyStoppingConfig(Strict):
+    monitor: str = Field("val_loss", description="any metric the run reports")
+    mode: Literal["min", "max"] = "min"
+    patience: int = Field(5, ge=1, description="epochs without improvement before stopping")
+    min_delta: float = Field(0.0, ge=0.0, description="smallest change that counts")
+
+
+class CheckpointConfig(Strict):
+    num_to_keep: int | None = Field(2, ge=1, description="null keeps every checkpoint")
+    score_attribute: str | None = Field(None, description="keep the best by this metric")
+    score_order: Literal["min", "max"] = "max"
+    preemption_check_steps: int = Field(
+        10,
+        ge=0,
+        description="every this many optimizer steps the workers ask Ray Train whether a "
+        "node of theirs is being preempted, and save a checkpoint mid-epoch if so; 0: never",
+    )
+
+
+# what the kNN / linear probes report: only every `eval.every` epochs (and at the end)
+PROBE_METRICS = ("knn_acc", "linear_acc")
+
+
+class EvalConfig(Strict):
+    """kNN / linear-probe evaluation of the frozen backbone (self-supervised methods)."""
+
+    every: int = Field(0, ge=0, description="also every N epochs; 0: only at the end")
+    knn_k: int = Field(20, ge=1, description="neighbours of the cosine kNN probe")
+    linear_probe: bool = Field(
+        True, description="also fit a logistic regression on standardised frozen features"
+    )
+    online_linear: bool = Field(
+        False,
+        description="train a linear classifier on detached backbone features alongside the "
+        "method (labeled data); online_linear_acc every epoch, scored where the probes score",
+    )
+    online_linear_lr: float = Field(1e-3, gt=0.0, description="its AdamW learning rate")
+
+
+class TrackingConfig(Strict):
+    """MLflow, optional (`pip install -e '.[mlflow]'`): one MLflow run per rayssl run."""
+
+    mlflow_uri: str = Field(
+        description="tracking URI: sqlite:///mlflow.db, http://host:5000; a relative file "
+        "or sqlite path is relative to the directory the command runs in"
+    )
+    experiment: str = Field("rayssl", min_length=1)
+
+    @field_validator("mlflow_uri")
+    @classmethod
+    def _absolute(cls, uri: str) -> str:
+        # Ray Train workers run in a working directory of their own: a relative store
+        # would open a fresh, empty one there. Resolved where the config is read.
+        return absolute_tracking_uri(uri)
+
+
+def absolute_tracking_uri(uri: str) -> str:
+    """`sqlite:///mlflow.db`, `file:mlruns` or `mlruns` made absolute against the current
+    directory; server URIs (http://, databricks, ...) and absolute paths unchanged."""
+    for scheme in ("sqlite:///", "file://", "file:"):
+        if uri.startswith(scheme):
+            path = uri[len(scheme) :]
+            if scheme == "file://" and not path.startswith("/"):
+                return uri  # file://host/...: not ours to change
+            if path and not path.startswith("/") and path != ":memory:":
+                return (
+                    f"{'sqlite:///' if scheme == 'sqlite:///' else 'file://'}{Path(path).resolve()}"
+                )
+            return uri
+    if uri in ("databricks", "databricks-uc", "uc"):
+        return uri  # MLflow's names for hosted stores
+    if "://" not in uri and ":" not in uri.split("/")[0]:
+        return str(Path(uri).resolve())  # a plain folder: MLflow's file store
+    return uri
+
+
+class PerformanceConfig(Strict):
+    """Speed switches, all off by default (on CPU they rarely help; see BENCHMARKS.md)."""
+
+    amp: Literal["none", "bf16"] = Field(
+        "none", description="bf16: autocast forward passes to bfloat16 (weights stay float32)"
+    )
+    channels_last: bool = Field(
+        False, description="image (C, H, W) data: model and batches in channels_last layout"
+    )
+    compile: bool = Field(False, description="torch.compile the training step")
+    compile_mode: Literal["default", "reduce-overhead", "max-autotune"] = "default"
+    compile_backend: str = Field("inductor", description="torch.compile backend")

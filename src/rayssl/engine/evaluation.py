@@ -1,0 +1,139 @@
+"""Evaluation during training: the loss and method metrics on val / test every epoch, the
+kNN and linear probes of the frozen backbone every `eval.every` epochs, and the online
+linear probe trained alongside an SSL method."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from torchmetrics import MeanMetric
+
+from rayssl import seeds
+from rayssl.config import TrainConfig
+from rayssl.data import Splits, TensorBatches
+from rayssl.engine.inputs import Inputs
+from rayssl.engine.online_probe import OnlineLinearProbe
+from rayssl.engine.step import autocast
+from rayssl.methods import Method
+
+
+class Evaluation:
+    def __init__(
+        self,
+        method: Method,
+        cfg: TrainConfig,
+        splits: Splits,
+        inputs: Inputs,
+        *,
+        device: torch.device,
+        rank: int,
+        world_size: int,
+        broadcast: Callable[[Any], Any],
+    ):
+        self.method, self.cfg, self.splits, self.inputs = method, cfg, splits, inputs
+        self.device, self.rank, self.broadcast = device, rank, broadcast
+        self.batches = {
+            stage: _shard(pair, cfg, device, rank, world_size)
+            for stage, pair in (("val", splits.val), ("test", splits.test))
+        }
+        self.generator = torch.Generator(device=device)
+        self.loss = MeanMetric().to(device)
+        self.online_probe = self._online_probe(world_size)
+
+    @torch.no_grad()
+    def evaluate(self, stage: str, cycle: int) -> dict[str, float]:
+        """Loss and method metrics over the whole `stage` split, reduced across ranks;
+        `cycle` is the 1-based epoch being evaluated."""
+        batches = self.batches[stage]
+        if batches is None:
+            return {}
+        if stage == "val":
+            self.method.on_validation_start(cycle)
+        else:
+            self.method.on_testing_start()
+        self.method.eval()
+        step = self.method.validation_step if stage == "val" else self.method.test_step
+        # SSL losses need their views: seeded the same every epoch (per rank, so an SSL
+        # val_loss depends on num_workers; documented). Predictions see clean inputs.
+        self.generator.manual_seed(seeds.eval_views(self.cfg.seed, self.rank))
+        for x, y in batches:
+            with autocast(self.cfg, self.device):
+                loss = step((self.inputs.evaluation(x, self.generator), y))["loss"]
+            self.loss.update(loss, weight=len(x))
+        metrics = {f"{stage}_loss": float(self.loss.compute())}
+        metrics.update(self.method.epoch_metrics(stage))
+        self.loss.reset()
+        self.method.train()
+        if stage == "val":
+            self.method.on_validation_end(cycle)
+        else:
+            self.method.on_testing_end()
+        return metrics
+
+    @torch.no_grad()
+    def probe(self) -> dict[str, float]:
+        """kNN and linear-probe accuracy of the frozen backbone's features: fitted on the
+        whole train split, scored on test (or val). Computed on rank 0 and broadcast, so
+        the result does not depend on the number of workers."""
+        from rayssl.engine.probes import probe
+
+        sets = self.splits.probe_sets(self.cfg.seed)
+        metrics: dict[str, float] = {}
+        if sets is not None and self.rank == 0:
+            self.method.eval()
+            metrics = probe(
+                lambda x: self.method.embed(self.inputs.layout(x)),
+                *(tuple(t.to(self.device) for t in pair) for pair in sets),
+                k=self.cfg.eval.knn_k,
+                linear=self.cfg.eval.linear_probe,
+            )
+            self.method.train()
+        return self.broadcast(metrics)
+
+    def online_accuracy(self) -> dict[str, float]:
+        """The online probe's accuracy on the probes' scoring split (after syncing it)."""
+        if self.online_probe is None:
+            return {}
+        return {
+            "online_linear_acc": self.online_probe.accuracy(
+                self._scored_batches(), self.inputs.clean_features
+            )
+        }
+
+    def _scored_batches(self) -> TensorBatches | None:
+        """The split the probes score on: test, else val (this rank's shard of it)."""
+        return self.batches["test"] if self.batches["test"] is not None else self.batches["val"]
+
+    def _online_probe(self, world_size: int) -> OnlineLinearProbe | None:
+        """`eval.online_linear` on a self-supervised run with labeled data to score on."""
+        wanted = self.cfg.eval.online_linear and self.cfg.method != "supervised"
+        if not (wanted and self.splits.labeled and self._scored_batches() is not None):
+            return None
+        sample = torch.zeros(2, *self.splits.sample_shape, device=self.device)
+        return OnlineLinearProbe(
+            self.inputs.clean_features(sample).shape[1],
+            self.splits.num_classes,
+            self.cfg.eval.online_linear_lr,
+            device=self.device,
+            seed=seeds.online_probe(self.cfg.seed),
+            world_size=world_size,
+        )
+
+
+def _shard(pair, cfg: TrainConfig, device, rank: int, world_size: int) -> TensorBatches | None:
+    """This rank's share of an in-memory evaluation split, in order."""
+    if pair is None:
+        return None
+    x, y = (t.to(device) for t in pair)
+    return TensorBatches(
+        x,
+        y,
+        cfg.data.eval_batch_size,
+        rank=rank,
+        world_size=world_size,
+        shuffle=False,
+        seed=cfg.seed,
+        drop_last=False,
+    )

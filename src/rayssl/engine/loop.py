@@ -1,0 +1,401 @@
+"""The per-worker training loop. No Ray in here: `cluster/worker.py` drives it inside Ray
+Train workers (and Ray Train's local mode), `tune/trials.py` in Tune's in-process trials,
+and tests drive it directly.
+
+    loop = build_loop(cfg, splits, sink=sink)
+    loop.fit(restored)              # restore -> already over? -> train, each epoch to the sink
+    for metrics in loop.epochs():   # or drive the epochs yourself
+        ...
+
+One epoch, top to bottom, is `run_epoch`; one optimizer step is `iterate`'s body. The rooms
+beside this file: `step.py` (the optimizer step), `inputs.py` (views, normalisation),
+`evaluation.py` (val/test, probes), `stopping.py` (early stopping), `checkpoint.py` (state).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any, Literal, Protocol
+
+import torch
+from torch import nn
+from torchmetrics import MeanMetric
+
+from rayssl import seeds
+from rayssl.config import TrainConfig
+from rayssl.data import Splits, StreamedBatches, TensorBatches
+from rayssl.engine import checkpoint, stopping
+from rayssl.engine.checkpoint import LoopState
+from rayssl.engine.evaluation import Evaluation
+from rayssl.engine.inputs import Inputs
+from rayssl.engine.step import Step, autocast
+from rayssl.methods import Method
+
+ReportKind = Literal["epoch", "preemption", "already_over"]
+
+
+class Sink(Protocol):
+    """Where a loop hands its reports: Ray Train (`cluster/worker.py`), a Tune trial
+    (`tune/trials.py`), or a test. Every method is called on every rank."""
+
+    def start(self, loop: Loop) -> None:
+        """Training begins: the state is restored (if any), no epoch has run yet."""
+
+    def report(self, loop: Loop, metrics: dict[str, float], kind: ReportKind) -> None:
+        """Hand `metrics` on; with a checkpoint of the loop's state unless `already_over`
+        (a restored run that had ended reports its final metrics once more)."""
+
+    def preempted(self, loop: Loop) -> bool:
+        """Whether a preemption notice arrived; asked on every rank at the same steps."""
+
+    def finish(self, loop: Loop) -> None:
+        """The last epoch has been reported."""
+
+
+class NoSink:
+    """Reports go nowhere and no notice ever comes (benchmarks, tests of the epochs)."""
+
+    def start(self, loop: Loop) -> None:
+        pass
+
+    def report(self, loop: Loop, metrics: dict[str, float], kind: ReportKind) -> None:
+        pass
+
+    def preempted(self, loop: Loop) -> bool:
+        return False
+
+    def finish(self, loop: Loop) -> None:
+        pass
+
+
+@dataclass
+class TrainingIterationStats:
+    """What one optimizer step produced (as DaCapo's)."""
+
+    iteration: int  # global optimizer step, 1-based, continuing across epochs and resumes
+    loss: float
+    time: float  # seconds this step took
+
+
+class Loop:
+    """Owns the sharded batches, the step, evaluation, early stopping and the training
+    state of one worker; the method owns its math."""
+
+    def __init__(
+        self,
+        method: Method,
+        splits: Splits,
+        cfg: TrainConfig,
+        *,
+        device: torch.device | str = "cpu",
+        rank: int = 0,
+        world_size: int = 1,
+        wrap_model: Callable[[nn.Module], nn.Module] | None = None,
+        broadcast: Callable[[Any], Any] | None = None,
+        train_shard: Any = None,
+        sink: Sink | None = None,
+    ):
+        """`train_shard`: this worker's Ray Data shard of `splits.stream` (streamed data);
+        without a stream, batches come from the in-memory `splits.train`."""
+        self.cfg, self.splits, self.sink = cfg, splits, sink or NoSink()
+        self.device, self.rank, self.world_size = torch.device(device), rank, world_size
+        self.method = method.to(self.device)
+        if cfg.performance.channels_last:
+            self.method.to(memory_format=torch.channels_last)
+        self.train_batches = self._train_batches(train_shard)
+        self.steps_per_epoch = len(self.train_batches)
+        self.total_steps = cfg.epochs * self.steps_per_epoch
+        self.step = Step(
+            self.method,
+            cfg,
+            device=self.device,
+            rank=rank,
+            world_size=world_size,
+            wrap_model=wrap_model,
+            total_steps=self.total_steps,
+            steps_per_epoch=self.steps_per_epoch,
+        )
+        self.inputs = Inputs(self.method, cfg, splits)
+        self.evaluation = Evaluation(
+            self.method,
+            cfg,
+            splits,
+            self.inputs,
+            device=self.device,
+            rank=rank,
+            world_size=world_size,
+            broadcast=broadcast or (lambda obj: obj),
+        )
+        self.generator = torch.Generator(device=self.device)  # the training views
+        self.train_loss = MeanMetric().to(self.device)
+        self.state = LoopState()
+        self.first_step_at: float | None = None  # time.time() of this process's first step
+        self.launched_at: float | None = None  # time.time() when the command started, if known
+        self.saved_on_notice = False
+        self.resume_views: torch.Tensor | None = None  # view generator state, mid-epoch
+
+    # ------------------------------------------------------------------ the run
+
+    def fit(
+        self, restored: dict[str, Any] | None = None, *, adopt: bool = False, resumed=True
+    ) -> None:
+        """The one sequence every driver runs: restore `restored` (with `adopt`, under this
+        config's hyperparameters: PBT's donor; `resumed`: it is this run's own, recorded
+        in `resumed_at`), report the final metrics again if the run had already ended,
+        else train the remaining epochs, handing each epoch's metrics to the sink."""
+        if restored is not None:
+            self.load_state_dict(restored)
+            if adopt:
+                self.adopt_hyperparameters(restored["config"])
+            if resumed:
+                self.state.resumed_at.append(self.state.epoch)
+        if self.is_over():
+            self.sink.report(self, self.state.history[-1], "already_over")
+            return
+        self.sink.start(self)
+        for metrics in self.epochs():
+            self.sink.report(self, metrics, "epoch")
+        self.sink.finish(self)
+
+    def epochs(self) -> Iterator[dict[str, float]]:
+        """Run the remaining epochs, yielding each epoch's metrics. The last one (end of the
+        schedule, early stop, or the method's own stop) also carries test metrics. A run
+        restored after an early stop or the method's own stop yields nothing: a stopped run
+        stays stopped (a run that ended its schedule continues if `epochs` was raised)."""
+        if self.is_over():
+            return
+        if self.state.global_step == 0:  # no step taken yet (a notice may save mid-epoch 0)
+            self.method.on_training_start()
+        while self.state.epoch < self.cfg.epochs:
+            metrics = self.run_epoch()
+            # 4. probes every eval.every epochs, then the early-stopping record
+            every, ssl = self.cfg.eval.every, self.cfg.method != "supervised"
+            probed = ssl and every and self.state.epoch % every == 0
+            if probed:
+                metrics.update(self.probe())
+            stopping.track_best(self.cfg, self.state, metrics)
+            # 5. the last epoch also tests (and probes, if this epoch did not)
+            last = self.state.epoch >= self.cfg.epochs or self.should_stop()
+            if last:
+                metrics.update(self.evaluate("test"))
+                if ssl and not probed:
+                    metrics.update(self.probe())
+                self.state.finished = True
+                self.method.on_training_end()
+            self.state.history.append(dict(metrics))
+            yield metrics
+            if last:
+                return
+
+    def run_epoch(self) -> dict[str, float]:
+        """Train one epoch and evaluate on the validation split (no probes, no stopping
+        decision: `epochs()` adds those)."""
+        epoch = self.state.epoch
+        # 1. the epoch's data order, views and the method's hook
+        self.start_epoch()
+        # 2. the optimizer steps
+        start = time.perf_counter()
+        steps = sum(1 for _ in self.iterate())
+        self._sync_buffers()
+        if self.evaluation.online_probe is not None:
+            self.evaluation.online_probe.sync()
+        self.method.on_training_epoch_end(epoch)
+        elapsed = time.perf_counter() - start
+        samples = steps * self.train_batches.batch_size * self.world_size
+        metrics = {
+            "epoch": epoch + 1,
+            "step": self.state.global_step,
+            "train_loss": float(self.train_loss.compute()),
+            **self.method.epoch_metrics("train"),
+            "lr": self.optimizer.param_groups[0]["lr"],
+            "samples_per_s": samples / max(elapsed, 1e-9),
+            "epoch_time_s": elapsed,
+            "workers": self.world_size,
+        }
+        self.train_loss.reset()
+        if self.launched_at is not None and self.first_step_at is not None:
+            metrics["start_to_first_step_s"] = self.first_step_at - self.launched_at
+            self.launched_at = None  # reported once per attempt
+        # 3. validation, and the online probe's accuracy
+        metrics.update(self.evaluate("val"))
+        metrics.update(self.evaluation.online_accuracy())
+        self.state.epoch += 1
+        return metrics
+
+    def start_epoch(self) -> None:
+        """Set the sampler's epoch, reseed the view generator, call the method's hook, and
+        re-wrap the model for DDP if the hook changed which parameters train."""
+        epoch, done, seed = self.state.epoch, self.state.step_in_epoch, self.cfg.seed
+        self.train_batches.set_epoch(epoch, start_step=done)
+        # Views depend only on (seed, epoch, rank): a resumed run draws the same ones.
+        self.generator.manual_seed(seeds.epoch_views(seed, epoch, self.rank))
+        if done:  # resumed mid-epoch: this rank's generator where it was, if it existed
+            if self.resume_views is not None:
+                self.generator.set_state(self.resume_views)
+            else:  # another world size: a stream of its own for the rest of the epoch
+                self.generator.manual_seed(seeds.resized_views(seed, epoch, self.rank, done))
+            self.resume_views = None
+            if self.rank == 0 and self.state.partial_loss:
+                total, count = self.state.partial_loss
+                self.train_loss.update(torch.tensor(total / count), weight=count)
+        self.method.on_training_epoch_start(epoch)
+        self.step.rewrap_if_trainable_changed()
+
+    def iterate(self) -> Iterator[TrainingIterationStats]:
+        """Run the current epoch's optimizer steps, yielding stats after each. Stops before a
+        step once the method's own budget is spent (LFR's `max_backbone_training_steps`)."""
+        self.model.train()
+        first = self.state.step_in_epoch + 1  # after a mid-epoch resume, the next step's
+        for step_in_epoch, (x, y) in enumerate(self.train_batches, start=first):
+            if self.method.should_stop():
+                break
+            start = time.perf_counter()
+            where = (self.state.epoch, step_in_epoch, self.state.global_step + 1)
+            with autocast(self.cfg, self.device):  # the views too, as the forward
+                views = self.inputs.views(x, self.generator)
+            loss, loss_value = self.step(views, y, where)
+            self.state.global_step += 1
+            if self.first_step_at is None:
+                self.first_step_at = time.time()
+            self.method.on_step_end(self.state.global_step, self.total_steps)
+            if self.evaluation.online_probe is not None:
+                self.evaluation.online_probe.step(self.inputs.clean_features(x), y)
+            self.train_loss.update(loss)
+            self.state.step_in_epoch = step_in_epoch
+            if self._preemption_noticed():
+                self._save_mid_epoch()
+            yield TrainingIterationStats(
+                self.state.global_step, loss_value, time.perf_counter() - start
+            )
+        # the epoch's steps are done (or the method's budget is spent)
+        self.state.step_in_epoch, self.state.partial_loss = 0, None
+
+    # ------------------------------------------------------------------ preemption
+
+    def _preemption_noticed(self) -> bool:
+        """Whether to checkpoint now: the first preemption notice of this attempt, asked
+        for on every rank at the same global steps."""
+        every = self.cfg.checkpoint.preemption_check_steps
+        if self.saved_on_notice or not every or self.state.global_step % every:
+            return False
+        return self.sink.preempted(self)
+
+    def _save_mid_epoch(self) -> None:
+        """Every rank: a node of this run is being preempted; report a checkpoint of the
+        state mid-epoch now, so the restart loses at most the steps since. The report
+        carries the last epoch's metrics (a keep-best checkpoint policy needs its score)
+        and the step it was taken at."""
+        self.saved_on_notice = True
+        state, ck = self.state, self.cfg.checkpoint
+        state.partial_loss = checkpoint.reduce_partial_loss(self)
+        metrics = {**(state.history[-1] if state.history else {}), "step": state.global_step}
+        metrics["preemption_checkpoint_step_in_epoch"] = state.step_in_epoch
+        if ck.score_attribute and ck.score_attribute not in metrics:
+            metrics[ck.score_attribute] = float("-inf" if ck.score_order == "max" else "inf")
+        self.sink.report(self, metrics, "preemption")
+        if self.rank == 0:
+            print(
+                f"[rayssl] preemption notice: checkpoint saved at epoch {state.epoch + 1}, "
+                f"step {state.step_in_epoch} of {self.steps_per_epoch}",
+                flush=True,
+            )
+
+    # ------------------------------------------------------------------ evaluation, stopping
+
+    def evaluate(self, stage: str) -> dict[str, float]:
+        return self.evaluation.evaluate(stage, cycle=self.state.epoch + 1)
+
+    def probe(self) -> dict[str, float]:
+        return self.evaluation.probe()
+
+    def is_over(self) -> bool:
+        """A restored run that has already ended: its schedule, an early stop or the
+        method's own stop. Restarts and resumes of such a run train nothing."""
+        return bool(self.state.history) and (
+            self.should_stop() or self.state.epoch >= self.cfg.epochs
+        )
+
+    def should_stop(self) -> bool:
+        return stopping.patience_spent(self.cfg, self.state) or self.method.should_stop()
+
+    # ------------------------------------------------------------------ state
+
+    def rank_state(self) -> dict[str, Any]:
+        return checkpoint.rank_state(self)
+
+    def state_dict(self, rng_states: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+        return checkpoint.state_dict(self, rng_states)
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        checkpoint.load_state_dict(self, state)
+
+    def adopt_hyperparameters(self, saved_config: dict[str, Any]) -> None:
+        checkpoint.adopt_hyperparameters(self, saved_config)
+
+    @property
+    def model(self) -> nn.Module:
+        return self.step.model
+
+    @property
+    def optimizer(self) -> torch.optim.Optimizer:
+        return self.step.optimizer
+
+    @property
+    def lr_scheduler(self) -> Any:
+        return self.step.lr_scheduler
+
+    @property
+    def online_probe(self) -> Any:
+        return self.evaluation.online_probe
+
+    # ------------------------------------------------------------------ helpers
+
+    def _train_batches(self, train_shard: Any) -> TensorBatches | StreamedBatches:
+        cfg, d, per_worker = self.cfg, self.cfg.data, self.cfg.data.batch_size // self.world_size
+        if self.splits.stream is not None:
+            if train_shard is None:
+                raise ValueError("streamed data (parquet, images) needs a Ray Data shard")
+            stream = self.splits.stream
+            batches = StreamedBatches(
+                train_shard,
+                stream.num_rows,
+                stream.shape,
+                per_worker,
+                world_size=self.world_size,
+                x_column=stream.x_column,
+                y_column=stream.y_column,
+                device=self.device,
+                seed=cfg.seed,
+                shuffle_buffer=d.shuffle_buffer,
+                prefetch_batches=d.prefetch_batches,
+                pin_memory=d.pin_memory and self.device.type == "cuda",
+                scale=stream.scale,
+            )
+        else:
+            x, y = (t.to(self.device) for t in self.splits.train)
+            batches = TensorBatches(
+                x,
+                y,
+                per_worker,
+                rank=self.rank,
+                world_size=self.world_size,
+                shuffle=True,
+                seed=cfg.seed,
+                drop_last=True,
+            )
+        if len(batches) == 0:
+            raise ValueError(
+                f"each worker gets fewer samples than its batch of {batches.batch_size}; "
+                "lower data.batch_size"
+            )
+        return batches
+
+    def _sync_buffers(self) -> None:
+        """Give every rank rank 0's buffers. DDP broadcasts buffers before each forward, but
+        the last step's BatchNorm update (and BYOL's EMA of it) is rank-local; after this the
+        ranks are identical at every epoch boundary, where checkpoints and evaluation happen."""
+        if self.world_size > 1 and torch.distributed.is_initialized():
+            for buffer in self.method.buffers():
+                torch.distributed.broadcast(buffer, src=0)

@@ -1,0 +1,132 @@
+"""One optimizer step: forward under autocast, backward, a cross-rank check that the loss and
+gradients are finite, clipping, the optimizer and the LR schedule."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from torch import nn
+
+from rayssl.config import TrainConfig
+from rayssl.methods import Method
+
+
+class NonFiniteLossError(RuntimeError):
+    """The loss or a gradient became NaN or Inf on some rank; every rank stops before its
+    optimizer step instead of corrupting the weights."""
+
+
+def autocast(cfg: TrainConfig, device: torch.device):
+    """bf16 autocast when `performance.amp` asks for it (a no-op context otherwise)."""
+    bf16 = cfg.performance.amp == "bf16"
+    return torch.autocast(
+        device.type, dtype=torch.bfloat16 if bf16 else torch.float32, enabled=bf16
+    )
+
+
+class _TrainingStep(nn.Module):
+    """Routes the method's training step through `forward`, so DDP sees it and syncs grads."""
+
+    def __init__(self, method: Method):
+        super().__init__()
+        self.method = method
+
+    def forward(self, batch: Any) -> dict[str, torch.Tensor]:
+        return self.method.training_step(batch)
+
+
+class Step:
+    """The model as DDP (and `torch.compile`) see it, and what one step does with it."""
+
+    def __init__(
+        self,
+        method: Method,
+        cfg: TrainConfig,
+        *,
+        device: torch.device,
+        rank: int,
+        world_size: int,
+        wrap_model: Callable[[nn.Module], nn.Module] | None,
+        total_steps: int,
+        steps_per_epoch: int,
+    ):
+        self.method, self.cfg, self.device = method, cfg, device
+        self.rank, self.world_size = rank, world_size
+        self._module = _TrainingStep(method)
+        self._wrap = wrap_model or (lambda module: module)
+        self.model = self._build_model()
+        self._trainable = self._trainable_parameters()
+        self.optimizer, self.lr_scheduler = method.configure_optimizers(
+            total_steps, steps_per_epoch
+        )
+
+    def __call__(self, inputs: Any, y: torch.Tensor, where: tuple[int, int, int]) -> tuple:
+        """One optimizer step on (inputs, y); `where` = (epoch, step in epoch, global step)
+        names the step in an error. Returns the loss tensor (detached) and its value."""
+        with autocast(self.cfg, self.device):
+            loss = self.model((inputs, y))["loss"]
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        loss_value, grads, grad_norm = self._check_finite(loss, where)
+        if self.cfg.grad_clip:  # reuses the norm the check computed
+            torch.nn.utils.clip_grads_with_norm_(grads, self.cfg.grad_clip, grad_norm)
+        self.optimizer.step()
+        if self.lr_scheduler is not None:
+            self.lr_scheduler.step()
+        return loss.detach(), loss_value
+
+    def _check_finite(
+        self, loss: torch.Tensor, where: tuple[int, int, int]
+    ) -> tuple[float, list[torch.Tensor], torch.Tensor]:
+        """Stop every rank before the optimizer step when any rank's loss or gradients are
+        NaN/Inf. DDP has already averaged the gradients, but a rank's own non-finite loss
+        need not reach them, so the ranks agree through one small all-reduce of flags.
+        Returns the loss value, the gradients and their total norm (one device sync)."""
+        grads = [p.grad for p in self.method.parameters() if p.grad is not None]
+        grad_norm = (
+            torch.nn.utils.get_total_norm(grads) if grads else torch.zeros((), device=loss.device)
+        )
+        loss_value, norm_value = torch.stack([loss.detach().float(), grad_norm.float()]).tolist()
+        bad, bad_grad = not math.isfinite(loss_value), not math.isfinite(norm_value)
+        flags = torch.zeros(2 * self.world_size)
+        flags[self.rank], flags[self.world_size + self.rank] = float(bad), float(bad_grad)
+        if self.world_size > 1 and torch.distributed.is_initialized():
+            flags = flags.to(self.device)
+            torch.distributed.all_reduce(flags)
+            flags = flags.cpu()
+        if not flags.any():
+            return loss_value, grads, grad_norm
+        loss_ranks = [r for r in range(self.world_size) if flags[r]]
+        grad_ranks = [r for r in range(self.world_size) if flags[self.world_size + r]]
+        what, ranks = ("loss", loss_ranks) if loss_ranks else ("gradient", grad_ranks)
+        value = f" {loss_value}" if what == "loss" and bad else " non-finite"
+        epoch, step_in_epoch, global_step = where
+        raise NonFiniteLossError(
+            f"{what} became{value} at epoch {epoch + 1}, step {step_in_epoch} "
+            f"(global step {global_step}) on rank {', '.join(map(str, ranks))}; no rank "
+            "stepped, the weights of the last checkpoint are untouched: lower optimizer.lr "
+            "or set grad_clip, then resume"
+        )
+
+    def rewrap_if_trainable_changed(self) -> None:
+        """DDP registers the trainable parameters when it wraps; a method that freezes or
+        thaws parameters (LFR's phases) would otherwise leave gradient buckets waiting
+        forever."""
+        trainable = self._trainable_parameters()
+        if trainable != self._trainable:
+            self.model = self._build_model()
+            self._trainable = trainable
+
+    def _build_model(self) -> nn.Module:
+        """The step module wrapped for DDP, then compiled if `performance.compile` is on."""
+        model = self._wrap(self._module)
+        perf = self.cfg.performance
+        if perf.compile:
+            model = torch.compile(model, mode=perf.compile_mode, backend=perf.compile_backend)
+        return model
+
+    def _trainable_parameters(self) -> frozenset[int]:
+        return frozenset(id(p) for p in self.method.parameters() if p.requires_grad)
