@@ -67,16 +67,16 @@ def test_a_tracking_outage_never_stops_training(write_config, tmp_path, capsys, 
         }
     )
     cfg = load_train_config(config)
-    from rayssl import train
+    from rayssl.cluster import driver
 
-    opened = train.open_mlflow
+    opened = driver.open_mlflow
 
     def open_then_break(*args):
         run = opened(*args)
         db.write_bytes(b"not a database" * 100)  # the store is gone from here on
         return run
 
-    monkeypatch.setattr(train, "open_mlflow", open_then_break)
+    monkeypatch.setattr(driver, "open_mlflow", open_then_break)
     summary = fit(cfg)
     assert [h["epoch"] for h in summary["history"]] == [1, 2]
     warnings = [line for line in capsys.readouterr().out.splitlines() if "MLflow" in line]

@@ -52,22 +52,15 @@ def fit(
     attempt's workers fail after that epoch."""
     entered = time.time()
     import ray
-    from ray.train import Checkpoint
 
     local = cfg.num_workers == 0
     storage = run = saved = initial = ray_logs = None
     if resume:  # the run's own record decides what its config left open
-        storage = Storage.resolve(cfg.storage_path)
-        run = pick_run_name(cfg, storage, resume)
-        saved = storage.read_state(run, storage.latest_checkpoint(run))
-        _adopt_saved_defaults(cfg, saved["config"])
+        storage, run, saved = _saved_run(cfg)
     # a resumed run's backbone weights are in its checkpoint: init_from is not read again
     splits, method_state = preflight(cfg, read_init_from=saved is None)
     if resume:
-        check_resumable(cfg, saved, run, method_state)
-        latest = storage.latest_checkpoint(run)
-        if local or not storage.registered_by_ray(run, latest):
-            initial = Checkpoint(storage.path(run, latest))
+        initial = _state_ray_never_saw(cfg, storage, run, saved, method_state)
     else:  # a storage_path that cannot be written fails here, before Ray starts
         storage = Storage.resolve(cfg.storage_path)
     if local:  # local mode needs no Ray cluster at all; rayssl prints its own progress
@@ -98,12 +91,29 @@ def fit(
     return _run_and_record(cfg, trainer, storage, run, mlflow_run, local, ray_logs)
 
 
-def _adopt_saved_defaults(cfg: TrainConfig, saved: dict[str, Any]) -> None:
-    """A resumed run keeps what its saved config settled that this one leaves open."""
-    if cfg.data.normalize is None and saved["data"].get("normalize"):
-        cfg.data.normalize = saved["data"]["normalize"]  # e.g. init_from's
-    if "standardize_features" not in saved.get("supervised", {}):
+def _saved_run(cfg: TrainConfig) -> tuple[Storage, str, dict]:
+    """The newest run of this name and its latest state; the state settles what this
+    config leaves open."""
+    storage = Storage.resolve(cfg.storage_path)
+    run = pick_run_name(cfg, storage, True)
+    saved = storage.read_state(run, storage.latest_checkpoint(run))
+    if cfg.data.normalize is None and saved["config"]["data"].get("normalize"):
+        cfg.data.normalize = saved["config"]["data"]["normalize"]  # e.g. init_from's
+    if "standardize_features" not in saved["config"].get("supervised", {}):
         cfg.supervised.standardize_features = False  # written before the option existed
+    return storage, run, saved
+
+
+def _state_ray_never_saw(cfg: TrainConfig, storage: Storage, run: str, saved, method_state):
+    """Check the resume, then: the latest checkpoint as a state to start from, if Ray Train
+    would not find it itself (local mode wrote it); else None."""
+    from ray.train import Checkpoint
+
+    check_resumable(cfg, saved, run, method_state)
+    latest = storage.latest_checkpoint(run)
+    if cfg.num_workers == 0 or not storage.registered_by_ray(run, latest):
+        return Checkpoint(storage.path(run, latest))
+    return None
 
 
 def _run_and_record(

@@ -133,13 +133,17 @@ class Splits:
 def load_splits(cfg: DataConfig, seed: int = 0) -> Splits:
     """Load the configured data and hold out `val_fraction` of train (seeded, stratified-free)."""
     if cfg.name == "parquet":
-        return _parquet(cfg, seed)
+        from rayssl.data.parquet import load_parquet
+
+        return load_parquet(cfg, seed)
     if cfg.name == "images":
-        return _images(cfg, seed)
+        from rayssl.data.image_folder import load_image_folder
+
+        return load_image_folder(cfg, seed)
     loaders = {"mnist1d": _mnist1d, "digits": _digits, "synthetic": _synthetic, "npz": _npz}
     x, y, x_test, y_test = loaders[cfg.name](cfg)
-    x, y = _as_tensors(x, y, cfg.name, "x", "y")
-    test = _as_tensors(x_test, y_test, cfg.name, "x_test", "y_test") if x_test is not None else None
+    x, y = as_tensors(x, y, cfg.name, "x", "y")
+    test = as_tensors(x_test, y_test, cfg.name, "x_test", "y_test") if x_test is not None else None
     if test is not None and test[0].shape[1:] != x.shape[1:]:
         raise ConfigError(
             f"data '{cfg.name}': x_test samples have shape {tuple(test[0].shape[1:])}, "
@@ -161,7 +165,7 @@ def load_splits(cfg: DataConfig, seed: int = 0) -> Splits:
     return Splits(train=(x, y), val=val, test=test, num_classes=num_classes)
 
 
-def _as_tensors(x, y, source: str, xname: str, yname: str) -> Pair:
+def as_tensors(x, y, source: str, xname: str, yname: str) -> Pair:
     x = np.asarray(x)
     y = np.asarray(y)
     if not np.issubdtype(x.dtype, np.number) or x.dtype == np.bool_:
@@ -252,183 +256,6 @@ def _npz(cfg: DataConfig):
     if ("x_test" in arrays) != ("y_test" in arrays):
         raise ConfigError(f"data.path '{path}': give both x_test and y_test, or neither")
     return arrays["x"], arrays["y"], arrays.get("x_test"), arrays.get("y_test")
-
-
-def _parquet(cfg: DataConfig, seed: int = 0) -> Splits:
-    """Parquet rows (`x_column`: a flattened sample or an encoded image, `y_column`: its label)
-    read with pyarrow: the label column in full (for the class count), the first
-    `probe_samples` rows of samples (checked like any data), and the optional val / test
-    files. Training streams later."""
-    import pyarrow as pa
-    import pyarrow.dataset as ds
-
-    from rayssl.data import images
-
-    shape = tuple(cfg.shape)
-    fmt = images.ImageFormat.of(cfg)
-
-    def open_rows(path: str, field: str) -> ds.Dataset:
-        try:
-            dataset = ds.dataset(path, format="parquet")
-        except (OSError, ValueError) as exc:
-            raise ConfigError(f"data.{field} '{path}' is not readable parquet ({exc})") from None
-        missing = [c for c in (cfg.x_column, cfg.y_column) if c not in dataset.schema.names]
-        if missing:
-            raise ConfigError(
-                f"data.{field} '{path}' has no column(s) {', '.join(missing)}; found: "
-                f"{', '.join(dataset.schema.names)} (set data.x_column / data.y_column)"
-            )
-        return dataset
-
-    def encoded(dataset: ds.Dataset) -> bool:
-        kind = dataset.schema.field(cfg.x_column).type
-        return pa.types.is_binary(kind) or pa.types.is_large_binary(kind)
-
-    def rows(dataset: ds.Dataset, field: str, limit: int | None) -> Pair:
-        table = dataset.head(limit) if limit else dataset.to_table()
-        y = table.column(cfg.y_column).to_numpy()
-        if encoded(dataset):  # PNG / JPEG bytes
-            path = getattr(cfg, field)
-            arrays = [
-                images.decode(data, f"{path} row {i}", fmt)
-                for i, data in enumerate(table.column(cfg.x_column).to_pylist())
-            ]
-            for i, array in enumerate(arrays):
-                images.check_size(array, f"{path} row {i}", arrays[0].shape)
-            x = np.stack(arrays).astype(np.float32) / 255
-            return _as_tensors(x, y, "parquet", cfg.x_column, cfg.y_column)
-        try:
-            flat = np.asarray(table.column(cfg.x_column).to_pylist(), dtype=np.float32)
-        except (TypeError, ValueError):
-            raise ConfigError(
-                f"data.{field}: column '{cfg.x_column}' must hold one equal-length list of "
-                "numbers per row, or encoded images (bytes)"
-            ) from None
-        per_row = flat.shape[1] if flat.ndim == 2 else 1
-        if flat.ndim != 2 or per_row != int(np.prod(shape)):
-            raise ConfigError(
-                f"data.{field}: rows of column '{cfg.x_column}' hold {per_row} values, "
-                f"data.shape {list(shape)} needs {int(np.prod(shape))}; set data.shape"
-            )
-        return _as_tensors(flat.reshape(-1, *shape), y, "parquet", cfg.x_column, cfg.y_column)
-
-    train = open_rows(cfg.path or "", "path")
-    labels = train.to_table(columns=[cfg.y_column]).column(0).to_numpy()
-    if len(labels) < cfg.batch_size:
-        raise ConfigError(
-            f"data.batch_size ({cfg.batch_size}) is larger than the training set "
-            f"({len(labels)} rows); lower data.batch_size"
-        )
-    sample = rows(train, "path", cfg.probe_samples)
-    val, test = (
-        rows(open_rows(path, field), field, None) if path else None
-        for path, field in ((cfg.val_path, "val_path"), (cfg.test_path, "test_path"))
-    )
-    kind = "parquet_images" if encoded(train) else "parquet"
-    shape = tuple(sample[0].shape[1:])
-    for split, field in ((val, "val_path"), (test, "test_path")):
-        if split is not None and tuple(split[0].shape[1:]) != shape:
-            raise ConfigError(
-                f"data.{field} samples have shape {list(split[0].shape[1:])}, data.path's "
-                f"{list(shape)}; they must match (images: set data.image_size)"
-            )
-    stream = Stream(
-        cfg.path or "",
-        cfg.x_column,
-        cfg.y_column,
-        shape,
-        len(labels),
-        kind=kind,
-        image_format=fmt if kind == "parquet_images" else None,
-        seed=seed,
-    )
-    seen = [labels, *(s[1].numpy() for s in (val, test) if s is not None)]
-    num_classes = int(max(int(a.max()) for a in seen)) + 1
-    return Splits(train=sample, val=val, test=test, num_classes=num_classes, stream=stream)
-
-
-def _images(cfg: DataConfig, seed: int) -> Splits:
-    """A folder of images: listed here; decoded here when it fits in memory (`in_memory`),
-    else only val / test and `probe_samples` random training images are (the rest streams)."""
-    from rayssl.data import images
-
-    fmt = images.ImageFormat.of(cfg)
-    train = images.list_images(cfg.path or "", "path")
-    splits = {}
-    classes = train.classes  # a flat training folder: the first labeled split's classes
-    for field in ("val_path", "test_path"):
-        path = getattr(cfg, field)
-        if path:
-            files = images.list_images(path, field, classes)
-            classes = classes or files.classes
-            if train.labels is not None and files.labels is None:
-                raise ConfigError(
-                    f"data.{field} '{path}' holds no class folders but data.path has them; "
-                    "give it one subfolder per class"
-                )
-            splits[field] = files
-    order = np.random.default_rng(seed).permutation(len(train.paths))
-    if "val_path" not in splits and cfg.val_fraction > 0:
-        n_val = max(1, int(round(len(order) * cfg.val_fraction)))
-        splits["val_path"] = train.subset(sorted(order[:n_val]))
-        train = train.subset(sorted(order[n_val:]))
-        order = np.random.default_rng(seed).permutation(len(train.paths))
-    if cfg.batch_size > len(train.paths):
-        raise ConfigError(
-            f"data.batch_size ({cfg.batch_size}) is larger than the training set "
-            f"({len(train.paths)} images); lower data.batch_size"
-        )
-    first = images.decode(train.read(0), train.paths[0], fmt)
-    in_memory = cfg.in_memory
-    if in_memory == "auto":
-        in_memory = (
-            images.decoded_bytes(len(train.paths), first.shape) <= images.IN_MEMORY_LIMIT_BYTES
-        )
-
-    def load(files: images.ImageFiles, field: str) -> Pair:
-        x = images.decode_files(files, fmt)
-        if x.shape[1:] != first.shape:
-            raise ConfigError(
-                f"data.{field} images are {x.shape[3]}x{x.shape[2]} with {x.shape[1]} "
-                f"channel(s), data.path's {first.shape[2]}x{first.shape[1]} with "
-                f"{first.shape[0]}: set data.image_size"
-            )
-        y = files.labels if files.labels is not None else [-1] * len(files.paths)
-        return torch.from_numpy(x).float().div_(255), torch.tensor(y, dtype=torch.int64)
-
-    for field, files in splits.items():  # refused before decoding: the driver stays flat
-        size = images.decoded_bytes(len(files.paths), first.shape)
-        if size > cfg.eval_limit_mb * 2**20:
-            where = (
-                f"data.val_fraction {cfg.val_fraction} of data.path"
-                if field == "val_path" and not cfg.val_path
-                else f"data.{field} '{getattr(cfg, field)}'"
-            )
-            raise ConfigError(
-                f"{where} is {len(files.paths)} images, {size / 2**20:.1f} MiB decoded, more "
-                f"than data.eval_limit_mb ({cfg.eval_limit_mb}) on the driver: give a smaller "
-                "data.val_path / data.test_path, lower data.val_fraction, or raise "
-                "data.eval_limit_mb"
-            )
-    val, test = (load(splits[f], f) if f in splits else None for f in ("val_path", "test_path"))
-    stream = None
-    if in_memory:
-        sample = load(train, "path")
-    else:
-        sample = load(train.subset(sorted(order[: cfg.probe_samples])), "path")
-        stream = Stream(
-            train.uri,
-            "x",
-            "y",
-            tuple(first.shape),
-            len(train.paths),
-            kind="image_files",
-            files=train,
-            image_format=fmt,
-            seed=seed,
-        )
-    num_classes = len(classes or [])
-    return Splits(train=sample, val=val, test=test, num_classes=num_classes, stream=stream)
 
 
 def channel_statistics(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

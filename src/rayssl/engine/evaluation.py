@@ -13,7 +13,7 @@ from torchmetrics import MeanMetric
 from rayssl import seeds
 from rayssl.config import TrainConfig
 from rayssl.data import Splits, TensorBatches
-from rayssl.engine.inputs import Inputs
+from rayssl.engine.inputs import Inputs, eval_batches
 from rayssl.engine.online_probe import OnlineLinearProbe
 from rayssl.engine.step import autocast
 from rayssl.methods import Method
@@ -35,7 +35,7 @@ class Evaluation:
         self.method, self.cfg, self.splits, self.inputs = method, cfg, splits, inputs
         self.device, self.rank, self.broadcast = device, rank, broadcast
         self.batches = {
-            stage: _shard(pair, cfg, device, rank, world_size)
+            stage: eval_batches(pair, cfg, device, rank, world_size)
             for stage, pair in (("val", splits.val), ("test", splits.test))
         }
         self.generator = torch.Generator(device=device)
@@ -120,20 +120,3 @@ class Evaluation:
             seed=seeds.online_probe(self.cfg.seed),
             world_size=world_size,
         )
-
-
-def _shard(pair, cfg: TrainConfig, device, rank: int, world_size: int) -> TensorBatches | None:
-    """This rank's share of an in-memory evaluation split, in order."""
-    if pair is None:
-        return None
-    x, y = (t.to(device) for t in pair)
-    return TensorBatches(
-        x,
-        y,
-        cfg.data.eval_batch_size,
-        rank=rank,
-        world_size=world_size,
-        shuffle=False,
-        seed=cfg.seed,
-        drop_last=False,
-    )

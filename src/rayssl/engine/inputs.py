@@ -1,5 +1,5 @@
-"""What the method sees: views of a batch, normalised (`data.normalize`) and in the
-configured memory layout; and the clean features the probes read."""
+"""What the method sees: this rank's batches; views of a batch, normalised
+(`data.normalize`) and in the configured memory layout; the clean features the probes read."""
 
 from __future__ import annotations
 
@@ -8,7 +8,14 @@ from typing import Any
 import torch
 
 from rayssl.config import TrainConfig
-from rayssl.data import Augment, Splits, input_normalizer, input_statistics
+from rayssl.data import (
+    Augment,
+    Splits,
+    StreamedBatches,
+    TensorBatches,
+    input_normalizer,
+    input_statistics,
+)
 from rayssl.methods import Method
 
 
@@ -55,3 +62,65 @@ class Inputs:
         features = self.method.embed(self.layout(x))
         self.method.train()
         return features
+
+
+def train_batches(cfg: TrainConfig, splits: Splits, device, rank: int, world_size: int, shard):
+    """This rank's training batches: its Ray Data `shard` of a stream (streamed data), else
+    its share of the in-memory training split, reshuffled every epoch."""
+    d, per_worker = cfg.data, cfg.data.batch_size // world_size
+    if splits.stream is not None:
+        if shard is None:
+            raise ValueError("streamed data (parquet, images) needs a Ray Data shard")
+        stream = splits.stream
+        batches = StreamedBatches(
+            shard,
+            stream.num_rows,
+            stream.shape,
+            per_worker,
+            world_size=world_size,
+            x_column=stream.x_column,
+            y_column=stream.y_column,
+            device=device,
+            seed=cfg.seed,
+            shuffle_buffer=d.shuffle_buffer,
+            prefetch_batches=d.prefetch_batches,
+            pin_memory=d.pin_memory and device.type == "cuda",
+            scale=stream.scale,
+        )
+    else:
+        x, y = (t.to(device) for t in splits.train)
+        batches = TensorBatches(
+            x,
+            y,
+            per_worker,
+            rank=rank,
+            world_size=world_size,
+            shuffle=True,
+            seed=cfg.seed,
+            drop_last=True,
+        )
+    if len(batches) == 0:
+        raise ValueError(
+            f"each worker gets fewer samples than its batch of {batches.batch_size}; "
+            "lower data.batch_size"
+        )
+    return batches
+
+
+def eval_batches(
+    pair, cfg: TrainConfig, device, rank: int, world_size: int
+) -> TensorBatches | None:
+    """This rank's share of an in-memory evaluation split, in order."""
+    if pair is None:
+        return None
+    x, y = (t.to(device) for t in pair)
+    return TensorBatches(
+        x,
+        y,
+        cfg.data.eval_batch_size,
+        rank=rank,
+        world_size=world_size,
+        shuffle=False,
+        seed=cfg.seed,
+        drop_last=False,
+    )

@@ -25,11 +25,11 @@ from torchmetrics import MeanMetric
 
 from rayssl import seeds
 from rayssl.config import TrainConfig
-from rayssl.data import Splits, StreamedBatches, TensorBatches
+from rayssl.data import Splits
 from rayssl.engine import checkpoint, stopping
 from rayssl.engine.checkpoint import LoopState
 from rayssl.engine.evaluation import Evaluation
-from rayssl.engine.inputs import Inputs
+from rayssl.engine.inputs import Inputs, train_batches
 from rayssl.engine.step import Step, autocast
 from rayssl.methods import Method
 
@@ -104,7 +104,7 @@ class Loop:
         self.method = method.to(self.device)
         if cfg.performance.channels_last:
             self.method.to(memory_format=torch.channels_last)
-        self.train_batches = self._train_batches(train_shard)
+        self.train_batches = train_batches(cfg, splits, self.device, rank, world_size, train_shard)
         self.steps_per_epoch = len(self.train_batches)
         self.total_steps = cfg.epochs * self.steps_per_epoch
         self.step = Step(
@@ -351,46 +351,6 @@ class Loop:
         return self.evaluation.online_probe
 
     # ------------------------------------------------------------------ helpers
-
-    def _train_batches(self, train_shard: Any) -> TensorBatches | StreamedBatches:
-        cfg, d, per_worker = self.cfg, self.cfg.data, self.cfg.data.batch_size // self.world_size
-        if self.splits.stream is not None:
-            if train_shard is None:
-                raise ValueError("streamed data (parquet, images) needs a Ray Data shard")
-            stream = self.splits.stream
-            batches = StreamedBatches(
-                train_shard,
-                stream.num_rows,
-                stream.shape,
-                per_worker,
-                world_size=self.world_size,
-                x_column=stream.x_column,
-                y_column=stream.y_column,
-                device=self.device,
-                seed=cfg.seed,
-                shuffle_buffer=d.shuffle_buffer,
-                prefetch_batches=d.prefetch_batches,
-                pin_memory=d.pin_memory and self.device.type == "cuda",
-                scale=stream.scale,
-            )
-        else:
-            x, y = (t.to(self.device) for t in self.splits.train)
-            batches = TensorBatches(
-                x,
-                y,
-                per_worker,
-                rank=self.rank,
-                world_size=self.world_size,
-                shuffle=True,
-                seed=cfg.seed,
-                drop_last=True,
-            )
-        if len(batches) == 0:
-            raise ValueError(
-                f"each worker gets fewer samples than its batch of {batches.batch_size}; "
-                "lower data.batch_size"
-            )
-        return batches
 
     def _sync_buffers(self) -> None:
         """Give every rank rank 0's buffers. DDP broadcasts buffers before each forward, but
