@@ -64,11 +64,20 @@ def write_config(tmp_path: Path):
 
 
 @pytest.fixture(scope="session")
-def ray_session():
-    """A real local Ray with 4 logical CPUs on this 2-core machine, shared by the session."""
+def _ray_at_exit():
+    import ray
+
+    yield
+    ray.shutdown()
+
+
+@pytest.fixture
+def ray_session(_ray_at_exit):
+    """A real local Ray with 4 logical CPUs on this 2-core machine, shared by the tests of
+    the session (started again if a test shut it down: tests/test_jobs.py does, so that its
+    own Ray head is the only cluster its jobs see)."""
     import ray
 
     if not ray.is_initialized():
         ray.init(num_cpus=4, include_dashboard=False, log_to_driver=False)
-    yield ray
-    ray.shutdown()
+    return ray

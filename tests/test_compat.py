@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import json
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -24,8 +26,9 @@ from rayssl.state import load_state_file
 FIXTURES = Path(__file__).parent / "fixtures" / "runs_before_split"
 
 
-def _resume_old_run(tmp_path: Path, name: str) -> tuple[dict, dict]:
-    """Copy the old run folder, resume it for 3 epochs; return (old state, new state)."""
+def _resume_old_run(tmp_path: Path, name: str, in_process: bool = True) -> tuple[dict, dict]:
+    """Copy the old run folder, resume it for 3 epochs (with `rayssl train --resume`, in this
+    process or as a command of its own); return (old state, new state)."""
     (old_dir,) = FIXTURES.glob(f"{name}-*")
     runs = tmp_path / "runs"
     shutil.copytree(old_dir, runs / old_dir.name)
@@ -37,9 +40,15 @@ def _resume_old_run(tmp_path: Path, name: str) -> tuple[dict, dict]:
     old = load_state_file(sorted(old_dir.glob("checkpoint_*/state.pt"))[-1])
     assert old["loop"]["epoch"] == 2 and old["loop"]["history"][-1]["epoch"] == old_newest["epoch"]
 
-    result = CliRunner().invoke(main, ["train", str(config), "--resume"])
-    assert result.exit_code == 0, result.output
-    assert old_dir.name in result.output  # the old folder continued, no new run started
+    if in_process:
+        result = CliRunner().invoke(main, ["train", str(config), "--resume"])
+        code, output = result.exit_code, result.output
+    else:  # a Ray run: its own process, so no Ray stays initialised in this one
+        command = [sys.executable, "-m", "rayssl.cli", "train", str(config), "--resume"]
+        proc = subprocess.run(command, capture_output=True, text=True, timeout=600)
+        code, output = proc.returncode, proc.stdout + proc.stderr
+    assert code == 0, output
+    assert old_dir.name in output  # the old folder continued, no new run started
     assert [p.name for p in runs.iterdir()] == [old_dir.name]
     summary = json.loads((runs / old_dir.name / "summary.json").read_text())
     newest = sorted((runs / old_dir.name).glob("checkpoint_*/state.pt"))[-1]
@@ -66,6 +75,6 @@ def test_a_local_run_written_before_the_split_resumes(tmp_path: Path):
 
 @pytest.mark.slow  # ~40 s: a Ray cluster of its own; the format is the local test's
 def test_a_ray_run_written_before_the_split_resumes(tmp_path: Path):
-    old, new = _resume_old_run(tmp_path, "old_ray")
+    old, new = _resume_old_run(tmp_path, "old_ray", in_process=False)
     _check_continued(old, new)
     assert new["world_size"] == 2 and len(new["rng"]) == 2

@@ -29,6 +29,12 @@ def _free_port() -> int:
 def head():
     """A Ray head on loopback (its own ports and temp dir), stopped by killing its process
     group so that no other Ray on this machine is touched."""
+    import ray
+
+    # A local Ray of this test process (another module's) would share the machine's CPUs
+    # and Ray's session files with the head; its jobs must see only the head's cluster.
+    if ray.is_initialized():
+        ray.shutdown()
     gcs, dashboard = _free_port(), _free_port()
     # Ray's unix sockets live under --temp-dir: keep it short (pytest's tmp_path is too long).
     temp_dir = tempfile.mkdtemp(prefix="rayhead-", dir="/tmp")
@@ -54,12 +60,16 @@ def head():
         env={**os.environ, "RAY_AUTH_MODE": "disabled"},
     )
     address = f"http://127.0.0.1:{dashboard}"
-    deadline = time.time() + 90
+    deadline = time.time() + 120
+    # Ready when a no-op job runs: the job server answers before the node's job agent has
+    # registered ("No available agent to submit job"), which takes longer on a busy machine.
+    noop = [RAY, "job", "submit", "--address", address, "--", "python", "-c", "pass"]
     while time.time() < deadline:
-        probe = subprocess.run([RAY, "job", "list", "--address", address], capture_output=True)
+        env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+        probe = subprocess.run(noop, capture_output=True, env=env)
         if probe.returncode == 0:
             break
-        time.sleep(1)
+        time.sleep(2)
     else:
         os.killpg(proc.pid, signal.SIGKILL)
         pytest.fail("the Ray head did not come up")

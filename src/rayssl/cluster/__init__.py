@@ -1,5 +1,8 @@
 """Everything that touches Ray Train and Ray core for a training run. The numbered comments
-(`# 1.` ... `# 8.`) in these files mark each call into Ray.
+mark each call into Ray, in the order a run makes them: 1. start or join Ray (start.py),
+2. the data into the object store, 3. the TorchTrainer (trainer.py), 4. its fit (driver.py);
+on every worker (worker.py): 5. rank, 6. DDP, 7. data shard, 8. checkpoint to restore,
+9. reports, 10. preemption notices.
 
     driver.py   `rayssl train` on the driver: preflight, fit, the run record and summary
     start.py    start or join Ray; refuse a run the cluster cannot place

@@ -74,7 +74,7 @@ def fit(
     mlflow_run = open_mlflow(cfg, run)
     trainer = build_trainer(
         cfg,
-        splits if local else ray.put(splits),  # 7. the data, once, in the object store
+        splits if local else ray.put(splits),  # 2. the data, once, in the object store
         storage,
         run,
         train_fn=train_fn,
@@ -135,7 +135,7 @@ def _run_and_record(
     storage.write_text(run, RUN_RECORD, json.dumps(record))
     try:
         try:
-            trainer.fit()  # 8. the run, with its restarts, until it ends
+            trainer.fit()  # 4. the run, with its restarts, until it ends
         except TrainingFailedError as exc:
             raise RunFailed(f"run '{run}' failed: {worker_error(exc)}") from None
         except Exception as exc:  # local mode: the loop's own error, raised in this process

@@ -52,7 +52,7 @@ def init_ray(cfg: TrainConfig, dashboard: bool = False, streaming: bool = False)
                     "env_vars": {"RAY_DATA_LOGGING_CONFIG": str(RAY_DATA_LOGGING)},
                 },
             }
-        with starting_ray():
+        with starting_ray():  # 1. start a local Ray, or join the cluster in RAY_ADDRESS
             context = ray.init(log_to_driver=True, logging_level=logging.WARNING, **options)
         session = (getattr(context, "address_info", None) or {}).get("session_dir")
         logs = f"{session}/logs" if session else None

@@ -70,7 +70,7 @@ def build_trainer(
     ck = cfg.checkpoint
     gpu = {"GPU": 1} if cfg.use_gpu else {}
     elastic = {"elastic_resize_monitor_interval_s": cfg.elastic_check_s} if cfg.elastic else {}
-    return TorchTrainer(  # 1. Ray Train: one worker group of the run, restarted on failure
+    return TorchTrainer(  # 3. Ray Train: one worker group of the run, restarted on failure
         train_fn,
         train_loop_config={"args": args},
         datasets=None if stream is None else {"train": stream.dataset(cfg.data.read_concurrency)},

@@ -29,7 +29,7 @@ def run_worker(config: dict[str, Any]) -> Loop:
     args: WorkerArgs = config["args"]
     sink = RayTrainSink(args)
     loop = build_worker_loop(args, sink)
-    # 2. Ray Train's checkpoint of this run (a restart after a failure or a resize); else a
+    # 8. Ray Train's checkpoint of this run (a restart after a failure or a resize); else a
     # state to start from that Ray never registered: PBT's donor, or a --resume of a
     # checkpoint that rayssl's local mode wrote
     checkpoint = ray.train.get_checkpoint()
@@ -51,7 +51,7 @@ def build_worker_loop(args: WorkerArgs, sink: RayTrainSink | None = None) -> Loo
 
     cfg = TrainConfig.model_validate(args.config)
     report_logs(local=cfg.num_workers == 0)
-    context = ray.train.get_context()  # 3. this worker's rank in the group
+    context = ray.train.get_context()  # 5. this worker's rank in the group
     splits = args.splits
     if not isinstance(splits, Splits):  # an object-store reference (workers), else local mode
         splits = ray.get(splits)
@@ -61,7 +61,8 @@ def build_worker_loop(args: WorkerArgs, sink: RayTrainSink | None = None) -> Loo
         rank=context.get_world_rank(),
         world_size=context.get_world_size(),
         device=ray.train.torch.get_device(),
-        wrap_model=ray.train.torch.prepare_model,  # 4. DDP, as Ray Train sets it up
+        wrap_model=ray.train.torch.prepare_model,  # 6. DDP, as Ray Train sets it up
+        # 7. this worker's shard of the streamed training data
         train_shard=ray.train.get_dataset_shard("train") if splits.stream else None,
         sink=sink,
     )
@@ -99,7 +100,7 @@ class RayTrainSink:
 
         if not self.args.preemption_checkpoints or self.args.local_run is not None:
             return False
-        return ray.train.get_preemption_info() is not None  # 5. a node of this run goes away
+        return ray.train.get_preemption_info() is not None  # 10. a node of this run goes away
 
     def report(self, loop: Loop, metrics: dict[str, float], kind: ReportKind) -> None:
         import ray.train
@@ -112,14 +113,14 @@ class RayTrainSink:
             uri, run = self.args.local_run
             state = loop.state_dict(rng_states)
             Storage(uri).save_local_checkpoint(run, state, loop.cfg.checkpoint.num_to_keep)
-            ray.train.report(metrics)  # 6. local mode: metrics only, rayssl saved the state
+            ray.train.report(metrics)  # 9. local mode: metrics only, rayssl saved the state
         else:
             with tempfile.TemporaryDirectory() as tmp:
                 ckpt = None
                 if loop.rank == 0:
                     save_state(loop.state_dict(rng_states), tmp)
                     ckpt = ray.train.Checkpoint.from_directory(tmp)
-                ray.train.report(metrics, checkpoint=ckpt)  # 6. with the checkpoint
+                ray.train.report(metrics, checkpoint=ckpt)  # 9. with the checkpoint
         if kind == "epoch":
             self._after_epoch(loop, metrics)
 
