@@ -1,0 +1,315 @@
+"""Representation quality at equal settings: rayssl against a plain lightly loop.
+
+    python benchmarks/ssl_quality.py [--epochs 10] [--sets demo hard] [--methods simclr byol]
+        [--out benchmarks/results/ssl_quality-2core-cpu.json]
+
+For each image set and method, the same small CNN (rayssl's `cnn2d`, width 32, depth 4, the
+same initial weights), batch 256, AdamW (lr 2e-3, weight decay 1e-4), linear warmup (2
+epochs) then cosine, temperature 0.2 (SimCLR) / base momentum 0.99 rising to 1 on a cosine
+(BYOL), heads 256 -> 64 (predictor 256), crop scale [0.25, 1], no flips, the papers' colour
+jitter / grayscale / blur / solarize probabilities, inputs normalised with the training set's
+channel statistics, and the same number of epochs (configs/<method>_images.yaml), trained
+
+  (a) by rayssl: `fit` with 2 Ray Train workers (1 CPU each), views made on the workers;
+  (b) by lightly: `SimCLRTransform` / `BYOLTransform` on PIL images in a torch DataLoader
+      with 2 worker processes, lightly's heads, losses, `update_momentum` and
+      `cosine_schedule`, as lightly's own examples write the loop (BYOL: one forward per
+      view, the target updated before each step), 2 torch threads in the training process.
+
+Then ONE evaluator for every backbone, random init included: features of the clean train
+and test images (eval mode), cosine kNN (k = 20) and a standardised logistic-regression
+probe (`rayssl.engine.probes.probe`, the same function `rayssl eval` uses). Pretraining
+wall time: rayssl from `fit`'s call to its return (Ray start-up, worker start-up and the
+end-of-run evaluation included), lightly from building the DataLoader to the last step.
+
+Sets (offline, `rayssl demo-images`): "demo" (fair preset, 5000 train / 1000 test) and
+"hard" (`--hard`: more colour and placement nuisance). Needs lightly and torchvision
+(`pip install -e '.[bench]'`; on this machine a separate venv with torch 2.14.1 +
+torchvision 0.29.1, see docs/benchmarks.md). Everything runs on the CPU here.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import os
+import platform
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+from torch import nn
+
+ROOT = Path(__file__).resolve().parent.parent
+SETS = {"demo": ("data/digits32", []), "hard": ("data/digits32hard", ["--hard"])}
+
+
+def config(method: str, data: Path, epochs: int, storage: Path):
+    """configs/<method>_images.yaml on `data`, without evaluation during training."""
+    from rayssl.config import load_train_config, validate_train_config
+
+    raw = load_train_config(ROOT / "configs" / f"{method}_images.yaml").model_dump(mode="json")
+    raw.update(epochs=epochs, storage_path=str(storage), name=f"{method}-{data.name}")
+    raw["data"].update(path=str(data / "train"), test_path=str(data / "test"))
+    raw["eval"] = {"every": 0, "knn_k": 20, "linear_probe": False, "online_linear": False}
+    return validate_train_config(raw)
+
+
+def clean_sets(cfg):
+    """(train, test) clean image tensors in [0, 1] with labels, and the normaliser."""
+    from rayssl.data import input_normalizer, load_splits
+
+    plain = cfg.model_copy(deep=True)
+    plain.data.in_memory = True
+    splits = load_splits(plain.data, cfg.seed)
+    return splits.train, splits.test, input_normalizer(cfg.data, splits)
+
+
+def backbone_of(cfg, state: dict | None = None) -> nn.Module:
+    """A fresh `cnn2d` with the seed's initial weights (rayssl's), or `state`'s weights."""
+    from rayssl.build import build_method
+    from rayssl.seeds import seed_everything
+
+    seed_everything(cfg.seed)
+    method = build_method(cfg, (3, 32, 32), 10)
+    if state is not None:
+        method.load_state_dict(state)
+    return method.backbone
+
+
+def evaluate(backbone: nn.Module, sets) -> dict[str, float]:
+    """The one evaluator: kNN (k=20) and the standardised logistic probe on clean images."""
+    from rayssl.engine.probes import probe
+
+    train, test, normalize = sets
+    backbone.eval()
+    torch.set_num_threads(2)
+    with torch.no_grad():
+        metrics = probe(lambda x: backbone(normalize(x)).flatten(1), train, test, k=20, linear=True)
+    return {k: round(v, 4) for k, v in metrics.items()}
+
+
+# ============================================================================ rayssl
+
+
+def pretrain_rayssl(cfg) -> tuple[nn.Module, dict]:
+    from rayssl.cluster import fit
+    from rayssl.state import load_state
+
+    started = time.perf_counter()
+    summary = fit(cfg)
+    wall = time.perf_counter() - started
+    state = load_state(summary["checkpoint"])
+    return backbone_of(cfg, state["model"]), {
+        "wall_s": round(wall, 1),
+        "train_loss_last": round(summary["final_metrics"]["train_loss"], 4),
+        "epochs": summary["epochs_run"],
+    }
+
+
+# ============================================================================ lightly
+
+
+def lightly_transform(cfg):
+    """lightly's transforms with the rayssl config's view parameters."""
+    from lightly.transforms import BYOLTransform, SimCLRTransform
+    from lightly.transforms.byol_transform import BYOLView1Transform, BYOLView2Transform
+
+    v = cfg.data.augment.image
+    mean, std = (t.tolist() for t in clean_sets.stats)
+    common = {
+        "input_size": 32,
+        "cj_prob": _per_view(v.jitter_p, 0),
+        "cj_bright": v.brightness,
+        "cj_contrast": v.contrast,
+        "cj_sat": v.saturation,
+        "cj_hue": v.hue,
+        "min_scale": v.crop_scale[0],
+        "random_gray_scale": _per_view(v.grayscale_p, 0),
+        "sigmas": tuple(v.blur_sigma),
+        "hf_prob": v.flip_p,
+        "normalize": {"mean": mean, "std": std},
+    }
+    if cfg.method == "simclr":
+        return SimCLRTransform(gaussian_blur=_per_view(v.blur_p, 0), **common)
+    views = [
+        view(
+            gaussian_blur=_per_view(v.blur_p, i),
+            solarization_prob=_per_view(v.solarize_p, i),
+            **common,
+        )
+        for i, view in enumerate((BYOLView1Transform, BYOLView2Transform))
+    ]
+    return BYOLTransform(view_1_transform=views[0], view_2_transform=views[1])
+
+
+def _per_view(p, view: int) -> float:
+    return p[view] if isinstance(p, list | tuple) else p
+
+
+class LightlySimCLR(nn.Module):
+    def __init__(self, backbone: nn.Module, cfg):
+        from lightly.models.modules import SimCLRProjectionHead
+
+        super().__init__()
+        self.backbone = backbone
+        c = cfg.simclr
+        self.projection_head = SimCLRProjectionHead(_features(backbone), c.proj_hidden, c.proj_dim)
+
+    def forward(self, x):
+        return self.projection_head(self.backbone(x).flatten(1))
+
+
+class LightlyBYOL(nn.Module):
+    def __init__(self, backbone: nn.Module, cfg):
+        from lightly.models.modules import BYOLPredictionHead, BYOLProjectionHead
+        from lightly.models.utils import deactivate_requires_grad
+
+        super().__init__()
+        c = cfg.byol
+        self.backbone = backbone
+        self.projection_head = BYOLProjectionHead(_features(backbone), c.proj_hidden, c.proj_dim)
+        self.prediction_head = BYOLPredictionHead(c.proj_dim, c.pred_hidden, c.proj_dim)
+        self.backbone_momentum = copy.deepcopy(self.backbone)
+        self.projection_head_momentum = copy.deepcopy(self.projection_head)
+        deactivate_requires_grad(self.backbone_momentum)
+        deactivate_requires_grad(self.projection_head_momentum)
+
+    def forward(self, x):
+        return self.prediction_head(self.projection_head(self.backbone(x).flatten(1)))
+
+    def forward_momentum(self, x):
+        z = self.projection_head_momentum(self.backbone_momentum(x).flatten(1))
+        return z.detach()
+
+
+def _features(backbone: nn.Module) -> int:
+    with torch.no_grad():
+        backbone.eval()
+        width = backbone(torch.zeros(2, 3, 32, 32)).flatten(1).shape[1]
+        backbone.train()
+    return width
+
+
+def pretrain_lightly(cfg) -> tuple[nn.Module, dict]:
+    from lightly.loss import NegativeCosineSimilarity, NTXentLoss
+    from lightly.models.utils import update_momentum
+    from lightly.utils.scheduler import cosine_schedule
+    from torchvision.datasets import ImageFolder
+
+    from rayssl.schedules import WarmupCosine  # the same LR schedule as rayssl's run
+
+    torch.set_num_threads(2)
+    started = time.perf_counter()
+    backbone = backbone_of(cfg)
+    simclr = cfg.method == "simclr"
+    model = LightlySimCLR(backbone, cfg) if simclr else LightlyBYOL(backbone, cfg)
+    online = [p for n, p in model.named_parameters() if "momentum" not in n]
+    opt = cfg.optimizer
+    optimizer = torch.optim.AdamW(online, lr=opt.lr, weight_decay=opt.weight_decay)
+    loader = torch.utils.data.DataLoader(
+        ImageFolder(cfg.data.path, transform=lightly_transform(cfg)),
+        batch_size=cfg.data.batch_size,
+        shuffle=True,
+        drop_last=True,
+        num_workers=2,
+        persistent_workers=True,
+    )
+    steps_per_epoch = len(loader)
+    total = cfg.epochs * steps_per_epoch
+    warmup = int(round(cfg.lr_scheduler.warmup_epochs * steps_per_epoch))
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, WarmupCosine(warmup, total, 0.0))
+    criterion = NTXentLoss(temperature=cfg.simclr.temperature) if simclr else None
+    cosine = NegativeCosineSimilarity()
+    step, loss = 0, torch.zeros(())
+    model.train()
+    for _epoch in range(cfg.epochs):
+        for (x0, x1), _ in loader:
+            if simclr:
+                loss = criterion(model(x0), model(x1))
+            else:
+                m = cosine_schedule(step, total, cfg.byol.base_momentum, 1.0)
+                update_momentum(model.backbone, model.backbone_momentum, m=m)
+                update_momentum(model.projection_head, model.projection_head_momentum, m=m)
+                p0, p1 = model(x0), model(x1)
+                z0, z1 = model.forward_momentum(x0), model.forward_momentum(x1)
+                loss = 0.5 * (cosine(p0, z1) + cosine(p1, z0))
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            scheduler.step()
+            step += 1
+    wall = time.perf_counter() - started
+    return model.backbone, {
+        "wall_s": round(wall, 1),
+        "train_loss_last": round(float(loss.detach()), 4),
+        "epochs": cfg.epochs,
+    }
+
+
+# ============================================================================ main
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--epochs", type=int, default=10)
+    parser.add_argument("--sets", nargs="+", default=["demo", "hard"], choices=list(SETS))
+    parser.add_argument("--methods", nargs="+", default=["simclr", "byol"])
+    parser.add_argument("--out", default="benchmarks/results/ssl_quality-2core-cpu.json")
+    args = parser.parse_args()
+    import lightly
+    import torchvision
+
+    out = ROOT / args.out
+    result = json.loads(out.read_text()) if out.exists() else {}
+    result.update(
+        machine=f"{platform.machine()}, {len(os.sched_getaffinity(0))} CPUs, no GPU",
+        versions={
+            "torch": torch.__version__,
+            "torchvision": torchvision.__version__,
+            "lightly": lightly.__version__,
+            "python": sys.version.split()[0],
+        },
+        command="python benchmarks/ssl_quality.py " + " ".join(sys.argv[1:]),
+        epochs=args.epochs,
+    )
+    storage = Path(tempfile.mkdtemp(prefix="rayssl-quality-"))
+    for name in args.sets:
+        folder, flags = SETS[name]
+        data = ROOT / folder
+        if not (data / "train").exists():
+            from rayssl.data.demo import write_digit_images
+
+            write_digit_images(data, hard="--hard" in flags)
+        rows = result.setdefault("sets", {}).setdefault(name, {"data": folder})
+        for method in args.methods:
+            cfg = config(method, data, args.epochs, storage)
+            sets = clean_sets(cfg)
+            clean_sets.stats = _stats(cfg, sets)
+            if "random init" not in rows:
+                rows["random init"] = evaluate(backbone_of(cfg), sets)
+                print(name, "random init", rows["random init"], flush=True)
+            row = rows.setdefault(method, {})
+            for tool, pretrain in (("rayssl", pretrain_rayssl), ("lightly", pretrain_lightly)):
+                backbone, timing = pretrain(cfg)
+                row[tool] = {**evaluate(backbone, sets), **timing}
+                print(name, method, tool, row[tool], flush=True)
+            row["rayssl_wall_vs_lightly"] = round(
+                row["rayssl"]["wall_s"] / row["lightly"]["wall_s"], 3
+            )
+            out.write_text(json.dumps(result, indent=2))  # after every method: nothing lost
+    print(f"wrote {out}")
+
+
+def _stats(cfg, sets) -> tuple[torch.Tensor, torch.Tensor]:
+    """The training set's channel mean and std, as `data.normalize: dataset` computes them."""
+    from rayssl.data.datasets import channel_statistics
+
+    return channel_statistics(sets[0][0])
+
+
+if __name__ == "__main__":
+    main()
