@@ -25,7 +25,7 @@ end-of-run evaluation included), lightly from building the DataLoader to the las
 Sets (offline, `rayssl demo-images`): "demo" (fair preset, 5000 train / 1000 test) and
 "hard" (`--hard`: more colour and placement nuisance). Needs lightly and torchvision
 (`pip install -e '.[bench]'`; on this machine a separate venv with torch 2.14.1 +
-torchvision 0.29.1, see docs/benchmarks.md). Everything runs on the CPU here.
+torchvision 0.29.1, see BENCHMARKS.md). Everything runs on the CPU here.
 """
 
 from __future__ import annotations
