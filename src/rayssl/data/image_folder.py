@@ -1,0 +1,107 @@
+"""`data.name: images`: a folder of images, one subfolder per class or flat. Listed on the
+driver; decoded there when the training set fits in memory (`in_memory`), else only val /
+test and `probe_samples` random training images are, and the rest streams to the workers
+through Ray Data."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from rayssl.config import ConfigError, DataConfig
+from rayssl.data import images
+from rayssl.data.datasets import Pair, Splits, Stream
+
+
+def load_image_folder(cfg: DataConfig, seed: int) -> Splits:
+    fmt = images.ImageFormat.of(cfg)
+    train, splits, classes = _list_splits(cfg)
+    order = np.random.default_rng(seed).permutation(len(train.paths))
+    if "val_path" not in splits and cfg.val_fraction > 0:
+        n_val = max(1, int(round(len(order) * cfg.val_fraction)))
+        splits["val_path"] = train.subset(sorted(order[:n_val]))
+        train = train.subset(sorted(order[n_val:]))
+        order = np.random.default_rng(seed).permutation(len(train.paths))
+    if cfg.batch_size > len(train.paths):
+        raise ConfigError(
+            f"data.batch_size ({cfg.batch_size}) is larger than the training set "
+            f"({len(train.paths)} images); lower data.batch_size"
+        )
+    first = images.decode(train.read(0), train.paths[0], fmt)
+    in_memory = cfg.in_memory
+    if in_memory == "auto":
+        in_memory = (
+            images.decoded_bytes(len(train.paths), first.shape) <= images.IN_MEMORY_LIMIT_BYTES
+        )
+    _refuse_large_eval_splits(cfg, splits, first.shape)  # before decoding: the driver stays flat
+    val, test = (
+        _decode(splits[f], f, fmt, first.shape) if f in splits else None
+        for f in ("val_path", "test_path")
+    )
+    stream = None
+    if in_memory:
+        sample = _decode(train, "path", fmt, first.shape)
+    else:
+        sample = _decode(train.subset(sorted(order[: cfg.probe_samples])), "path", fmt, first.shape)
+        stream = Stream(
+            train.uri,
+            "x",
+            "y",
+            tuple(first.shape),
+            len(train.paths),
+            kind="image_files",
+            files=train,
+            image_format=fmt,
+            seed=seed,
+        )
+    num_classes = len(classes or [])
+    return Splits(train=sample, val=val, test=test, num_classes=num_classes, stream=stream)
+
+
+def _list_splits(cfg: DataConfig) -> tuple[images.ImageFiles, dict, list[str] | None]:
+    """The training files, the val / test files by field, and the class names."""
+    train = images.list_images(cfg.path or "", "path")
+    splits = {}
+    classes = train.classes  # a flat training folder: the first labeled split's classes
+    for field in ("val_path", "test_path"):
+        path = getattr(cfg, field)
+        if path:
+            files = images.list_images(path, field, classes)
+            classes = classes or files.classes
+            if train.labels is not None and files.labels is None:
+                raise ConfigError(
+                    f"data.{field} '{path}' holds no class folders but data.path has them; "
+                    "give it one subfolder per class"
+                )
+            splits[field] = files
+    return train, splits, classes
+
+
+def _refuse_large_eval_splits(cfg: DataConfig, splits: dict, shape: tuple[int, ...]) -> None:
+    """Val and test are decoded on the driver and shared with every worker: one over
+    `data.eval_limit_mb` is refused in one line, before anything is decoded."""
+    for field, files in splits.items():
+        size = images.decoded_bytes(len(files.paths), shape)
+        if size > cfg.eval_limit_mb * 2**20:
+            where = (
+                f"data.val_fraction {cfg.val_fraction} of data.path"
+                if field == "val_path" and not cfg.val_path
+                else f"data.{field} '{getattr(cfg, field)}'"
+            )
+            raise ConfigError(
+                f"{where} is {len(files.paths)} images, {size / 2**20:.1f} MiB decoded, more "
+                f"than data.eval_limit_mb ({cfg.eval_limit_mb}) on the driver: give a smaller "
+                "data.val_path / data.test_path, lower data.val_fraction, or raise "
+                "data.eval_limit_mb"
+            )
+
+
+def _decode(files: images.ImageFiles, field: str, fmt, shape: tuple[int, ...]) -> Pair:
+    x = images.decode_files(files, fmt)
+    if x.shape[1:] != shape:
+        raise ConfigError(
+            f"data.{field} images are {x.shape[3]}x{x.shape[2]} with {x.shape[1]} "
+            f"channel(s), data.path's {shape[2]}x{shape[1]} with {shape[0]}: set data.image_size"
+        )
+    y = files.labels if files.labels is not None else [-1] * len(files.paths)
+    return torch.from_numpy(x).float().div_(255), torch.tensor(y, dtype=torch.int64)
