@@ -95,7 +95,7 @@ def evaluate(backbone: nn.Module, sets) -> dict[str, float]:
 # ============================================================================ rayssl
 
 
-def pretrain_rayssl(cfg) -> tuple[nn.Module, dict]:
+def pretrain_rayssl(cfg, stats=None) -> tuple[nn.Module, dict]:
     from rayssl.cluster import fit
     from rayssl.state import load_state
 
@@ -113,13 +113,14 @@ def pretrain_rayssl(cfg) -> tuple[nn.Module, dict]:
 # ============================================================================ lightly
 
 
-def lightly_transform(cfg):
-    """lightly's transforms with the rayssl config's view parameters."""
+def lightly_transform(cfg, stats):
+    """lightly's transforms with the rayssl config's view parameters; `stats`: the training
+    set's channel (mean, std), as rayssl normalises."""
     from lightly.transforms import BYOLTransform, SimCLRTransform
     from lightly.transforms.byol_transform import BYOLView1Transform, BYOLView2Transform
 
     v = cfg.data.augment.image
-    mean, std = (t.tolist() for t in clean_sets.stats)
+    mean, std = (t.tolist() for t in stats)
     common = {
         "input_size": 32,
         "cj_prob": _per_view(v.jitter_p, 0),
@@ -194,7 +195,7 @@ def _features(backbone: nn.Module) -> int:
     return width
 
 
-def pretrain_lightly(cfg) -> tuple[nn.Module, dict]:
+def pretrain_lightly(cfg, stats) -> tuple[nn.Module, dict]:
     from lightly.loss import NegativeCosineSimilarity, NTXentLoss
     from lightly.models.utils import update_momentum
     from lightly.utils.scheduler import cosine_schedule
@@ -211,7 +212,7 @@ def pretrain_lightly(cfg) -> tuple[nn.Module, dict]:
     opt = cfg.optimizer
     optimizer = torch.optim.AdamW(online, lr=opt.lr, weight_decay=opt.weight_decay)
     loader = torch.utils.data.DataLoader(
-        ImageFolder(cfg.data.path, transform=lightly_transform(cfg)),
+        ImageFolder(cfg.data.path, transform=lightly_transform(cfg, stats)),
         batch_size=cfg.data.batch_size,
         shuffle=True,
         drop_last=True,
@@ -288,13 +289,13 @@ def main() -> None:
         for method in args.methods:
             cfg = config(method, data, args.epochs, storage)
             sets = clean_sets(cfg)
-            clean_sets.stats = _stats(cfg, sets)
+            stats = _stats(cfg, sets)
             if "random init" not in rows:
                 rows["random init"] = evaluate(backbone_of(cfg), sets)
                 print(name, "random init", rows["random init"], flush=True)
             row = rows.setdefault(method, {})
             for tool, pretrain in (("rayssl", pretrain_rayssl), ("lightly", pretrain_lightly)):
-                backbone, timing = pretrain(cfg)
+                backbone, timing = pretrain(cfg, stats)
                 row[tool] = {**evaluate(backbone, sets), **timing}
                 print(name, method, tool, row[tool], flush=True)
             row["rayssl_wall_vs_lightly"] = round(

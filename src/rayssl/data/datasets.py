@@ -285,10 +285,14 @@ def input_statistics(cfg: DataConfig, splits: Splits) -> tuple[torch.Tensor, ...
 
 def input_normalizer(cfg: DataConfig, splits: Splits):
     """The configured `(x - mean) / std` over the channel axis (`input_statistics`), or None."""
-    stats = input_statistics(cfg, splits)
+    return channel_normalizer(input_statistics(cfg, splits), len(splits.sample_shape))
+
+
+def channel_normalizer(stats: tuple[torch.Tensor, ...] | None, sample_dims: int):
+    """`(x - mean) / std` over the channel axis of samples with `sample_dims` axes, or None."""
     if stats is None:
         return None
-    shape = (1, -1, *([1] * (len(splits.sample_shape) - 1)))
+    shape = (1, -1, *([1] * (sample_dims - 1)))
     mean, std = (v.view(shape) for v in stats)
 
     def normalize(x: torch.Tensor) -> torch.Tensor:

@@ -216,7 +216,13 @@ class ImageViews:
         x = resized_crop_and_flip(x, boxes, flip, size)
         if jitter_on.any():  # only the samples that get it
             rows = jitter_on.to(x.device).nonzero().squeeze(1)
-            x = x.index_copy(0, rows, color_jitter(x[rows], factors[rows.to(factors.device)], order[rows.to(order.device)]))
+            x = x.index_copy(
+                0,
+                rows,
+                color_jitter(
+                    x[rows], factors[rows.to(factors.device)], order[rows.to(order.device)]
+                ),
+            )
         if x.shape[1] == 3 and grey_on.any():
             x = torch.where(_per_sample(grey_on, x) > 0, grayscale(x).expand_as(x), x)
         if blur_on.any():

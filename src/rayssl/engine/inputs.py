@@ -13,9 +13,9 @@ from rayssl.data import (
     Splits,
     StreamedBatches,
     TensorBatches,
-    input_normalizer,
     input_statistics,
 )
+from rayssl.data.datasets import channel_normalizer
 from rayssl.methods import Method
 
 
@@ -23,11 +23,11 @@ class Inputs:
     def __init__(self, method: Method, cfg: TrainConfig, splits: Splits):
         self.method = method
         self.augment = Augment(cfg.data.augment)
-        self.normalize = input_normalizer(cfg.data, splits) or (lambda x: x)
+        stats = input_statistics(cfg.data, splits)  # one pass over the data, used twice
+        self.normalize = channel_normalizer(stats, len(splits.sample_shape)) or (lambda x: x)
         self.channels_last = cfg.performance.channels_last
         # what a sample looks like to the backbone, saved with every checkpoint for
         # `rayssl export` and `backbone.init_from`: its shape and normalisation
-        stats = input_statistics(cfg.data, splits)
         self.record = {
             "shape": list(splits.sample_shape),
             "normalize": {"mean": stats[0].tolist(), "std": stats[1].tolist()} if stats else None,
