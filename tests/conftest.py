@@ -32,6 +32,19 @@ def assert_states_equal(a: dict, b: dict, where: str = "") -> None:
             assert value == other, here
 
 
+def gloo_group(rank: int, world: int, rendezvous: str) -> None:
+    """Join a real 2-process gloo group through a rendezvous file. A TCP port found free and
+    released by the parent can be taken by another process (a Ray of an earlier test) before
+    rank 0 binds it; a file in the test's own tmp_path cannot."""
+    import datetime
+
+    import torch.distributed as dist
+
+    timeout = datetime.timedelta(seconds=60)
+    url = f"file://{rendezvous}"
+    dist.init_process_group("gloo", init_method=url, rank=rank, world_size=world, timeout=timeout)
+
+
 TINY = {
     "epochs": 3,
     "num_workers": 2,

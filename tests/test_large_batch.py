@@ -3,12 +3,10 @@
 
 from __future__ import annotations
 
-import os
-import socket
-
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
+from conftest import gloo_group
 from torch import nn
 
 from rayssl.batchnorm import GlobalBatchNorm2d, convert_sync_batchnorm
@@ -58,9 +56,8 @@ def test_lars_follows_its_update_rule_and_spares_biases():
     assert torch.equal(zero.detach(), torch.full((2, 2), -0.1))
 
 
-def _bn_worker(rank, world, port, x, out):
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    dist.init_process_group("gloo", rank=rank, world_size=world)
+def _bn_worker(rank, world, rendezvous, x, out):
+    gloo_group(rank, world, rendezvous)
     torch.manual_seed(0)
     model = convert_sync_batchnorm(nn.Sequential(nn.Conv2d(2, 3, 1), nn.BatchNorm2d(3)))
     assert type(model[1]) is GlobalBatchNorm2d
@@ -81,11 +78,9 @@ def _bn_worker(rank, world, port, x, out):
 def test_sync_batchnorm_on_two_gloo_processes_equals_one_batchnorm_on_the_global_batch(tmp_path):
     x = torch.randn(8, 2, 3, 3) * 3 + 1
     x[4:] += 5  # the ranks' halves differ: per-rank statistics would give another answer
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    rendezvous = str(tmp_path / "rendezvous")  # a file: no TCP port picked in advance
     out = tmp_path / "bn.pt"
-    mp.spawn(_bn_worker, args=(2, port, x, str(out)), nprocs=2, join=True)
+    mp.spawn(_bn_worker, args=(2, rendezvous, x, str(out)), nprocs=2, join=True)
     got = torch.load(out)
     torch.manual_seed(0)
     reference = nn.Sequential(nn.Conv2d(2, 3, 1), nn.BatchNorm2d(3))

@@ -1,6 +1,6 @@
 import pytest
 import torch
-from conftest import TINY, assert_states_equal
+from conftest import TINY, assert_states_equal, gloo_group
 
 from rayssl.build import build_method
 from rayssl.config import validate_train_config
@@ -345,18 +345,15 @@ def test_a_resume_from_a_notice_in_epoch_0_does_not_start_training_again(tmp_pat
     assert starts == [0]  # a new run still starts
 
 
-def _two_rank_worker(rank, port, out_dir, poison_rank):
+def _two_rank_worker(rank, rendezvous, out_dir, poison_rank):
     """One rank of a real 2-process gloo group running a DDP-wrapped Loop: records the
     method's lifecycle hooks, then (if `poison_rank` is set) the first step with a NaN
     loss on that rank only."""
-    import datetime
-    import os
 
     import torch.distributed as dist
     from torch.nn.parallel import DistributedDataParallel
 
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    dist.init_process_group("gloo", rank=rank, world_size=2, timeout=datetime.timedelta(seconds=60))
+    gloo_group(rank, 2, rendezvous)
     torch.set_num_threads(1)
     cfg = validate_train_config({**TINY, "epochs": 2, "data": {**TINY["data"], "batch_size": 32}})
     splits = load_splits(cfg.data, cfg.seed)
@@ -395,29 +392,23 @@ def _two_rank_worker(rank, port, out_dir, poison_rank):
 
 
 def _run_two_ranks(tmp_path, poison_rank):
-    import socket
 
     import torch.multiprocessing as mp
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    mp.spawn(_two_rank_worker, args=(port, str(tmp_path), poison_rank), nprocs=2, join=True)
+    rendezvous = str(tmp_path / "rendezvous")  # a file: no TCP port picked in advance
+    mp.spawn(_two_rank_worker, args=(rendezvous, str(tmp_path), poison_rank), nprocs=2, join=True)
     return [torch.load(tmp_path / f"rank{r}.pt") for r in (0, 1)]
 
 
-def _two_rank_preemption_worker(rank, port, out_dir):
+def _two_rank_preemption_worker(rank, rendezvous, out_dir):
     """One rank of a 2-process gloo group: an uninterrupted run, then a run that saves on a
     notice mid-epoch 2 (the ranks' RNG and view states gathered, as the Ray worker does),
     then a fresh loop restored from that state. Saves rank 0's results."""
-    import datetime
-    import os
 
     import torch.distributed as dist
     from torch.nn.parallel import DistributedDataParallel
 
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    dist.init_process_group("gloo", rank=rank, world_size=2, timeout=datetime.timedelta(seconds=60))
+    gloo_group(rank, 2, rendezvous)
     torch.set_num_threads(1)
     cfg = validate_train_config(
         {
@@ -484,14 +475,11 @@ def test_a_mid_epoch_preemption_checkpoint_on_two_ranks_resumes_exactly(tmp_path
     """2 gloo processes, per-rank augmentation and dropout: a state saved at a notice mid-
     epoch 2 resumes torch.equal to an uninterrupted run, the epoch's loss reduced across
     ranks included."""
-    import socket
 
     import torch.multiprocessing as mp
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    mp.spawn(_two_rank_preemption_worker, args=(port, str(tmp_path)), nprocs=2, join=True)
+    rendezvous = str(tmp_path / "rendezvous")  # a file: no TCP port picked in advance
+    mp.spawn(_two_rank_preemption_worker, args=(rendezvous, str(tmp_path)), nprocs=2, join=True)
     result = torch.load(tmp_path / "preemption.pt", weights_only=False)
     saved = load_state(tmp_path)
     assert saved["loop"]["epoch"] == 1 and saved["loop"]["step_in_epoch"] == 2

@@ -1,12 +1,10 @@
-import os
-import socket
-
 import numpy as np
 import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 import torch.nn.functional as F
+from conftest import gloo_group
 
 from rayssl.losses import (
     BarlowTwinsLoss,
@@ -63,9 +61,8 @@ GLOBAL_LOSSES = {
 }
 
 
-def _ddp_worker(rank, world, port, z0, z1, out, name="ntxent"):
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    dist.init_process_group("gloo", rank=rank, world_size=world)
+def _ddp_worker(rank, world, rendezvous, z0, z1, out, name="ntxent"):
+    gloo_group(rank, world, rendezvous)
     b = len(z0) // world
     a0 = z0[rank * b : (rank + 1) * b].clone().requires_grad_(True)
     a1 = z1[rank * b : (rank + 1) * b].clone().requires_grad_(True)
@@ -90,11 +87,9 @@ def test_losses_under_ddp_equal_single_process_on_the_global_batch(tmp_path, nam
     statistics (Barlow Twins' cross-correlation, VICReg's variance and covariance) span all
     ranks."""
     z0, z1 = torch.randn(8, 4), torch.randn(8, 4)
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    rendezvous = str(tmp_path / "rendezvous")  # a file: no TCP port picked in advance
     out = tmp_path / "ddp.pt"
-    mp.spawn(_ddp_worker, args=(2, port, z0, z1, str(out), name), nprocs=2, join=True)
+    mp.spawn(_ddp_worker, args=(2, rendezvous, z0, z1, str(out), name), nprocs=2, join=True)
     got = torch.load(out)
     ref0 = z0.clone().requires_grad_(True)
     reference = GLOBAL_LOSSES[name]()(ref0, z1)
@@ -225,11 +220,10 @@ def test_dino_loss_is_its_definition():
     assert float(got) == pytest.approx(np.mean(terms), rel=1e-5)
 
 
-def _centre_worker(rank, world, port, teacher, out):
+def _centre_worker(rank, world, rendezvous, teacher, out):
     from rayssl.methods.dino import DINOLoss
 
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    dist.init_process_group("gloo", rank=rank, world_size=world)
+    gloo_group(rank, world, rendezvous)
     b = len(teacher) // world
     loss = DINOLoss(teacher.shape[1], center_momentum=0.9)
     loss.update_center(teacher[rank * b : (rank + 1) * b])
@@ -244,11 +238,9 @@ def test_dino_centre_moves_towards_the_global_batch_mean_on_two_gloo_processes(t
 
     teacher = torch.randn(8, 6)
     teacher[4:] += 3.0  # the ranks' halves differ: a per-rank mean would give another centre
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    rendezvous = str(tmp_path / "rendezvous")  # a file: no TCP port picked in advance
     out = tmp_path / "centre.pt"
-    mp.spawn(_centre_worker, args=(2, port, teacher, str(out)), nprocs=2, join=True)
+    mp.spawn(_centre_worker, args=(2, rendezvous, teacher, str(out)), nprocs=2, join=True)
     single = DINOLoss(6, center_momentum=0.9)
     single.update_center(teacher)
     assert torch.allclose(torch.load(out), single.center, atol=1e-6)
