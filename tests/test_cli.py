@@ -79,6 +79,10 @@ BAD_VALUES = [
         "dino.center_momentum: Input should be less than 1",
     ),
     (
+        {"method": "dino", "dino": {"freeze_last_layer_epochs": -1}},
+        "dino.freeze_last_layer_epochs: Input should be greater than or equal to 0",
+    ),
+    (
         {"method": "dino", "dino": {"teacher_tmp": 0.07}},
         "dino.teacher_tmp: unknown key; accepted keys here: out_dim",
     ),

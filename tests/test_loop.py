@@ -583,3 +583,38 @@ def test_the_online_probe_learns_beside_the_method_without_touching_it(tmp_path)
     list(second.epochs())
     assert_states_equal(straight.online_probe.state_dict(), second.online_probe.state_dict())
     assert [h["online_linear_acc"] for h in second.state.history] == accuracies
+
+
+def test_dino_prototypes_stay_frozen_in_the_first_epoch_only():
+    """The paper's freeze of the head's last layer: through the loop's own steps, epoch 1
+    moves the backbone but not the prototypes; epoch 2 moves both. Weight decay would
+    move them too, so the optimizer must skip them, not only see zero gradients."""
+    loop = _loop(
+        {
+            "method": "dino",
+            "epochs": 2,
+            "backbone": {"name": "cnn2d", "width": 4, "depth": 2},
+            "data": {
+                "shape": [3, 16, 16],
+                "num_samples": 64,
+                "augment": {"preset": "byol", "image": {"local_crops": {"number": 2, "size": 8}}},
+            },
+            "optimizer": {"weight_decay": 0.1},
+            "dino": {"out_dim": 16, "hidden_dim": 8, "bottleneck_dim": 8},
+        }
+    )
+    method = loop.method
+    assert method.freeze_last_layer_epochs == 1  # the paper's default
+
+    def snapshot():
+        last = {k: v.clone() for k, v in method.head.last_layer.state_dict().items()}
+        return last, [p.clone() for p in method.backbone.parameters()]
+
+    last0, backbone0 = snapshot()
+    loop.run_epoch()
+    last1, backbone1 = snapshot()
+    assert_states_equal(last0, last1)
+    assert any(not torch.equal(a, b) for a, b in zip(backbone0, backbone1, strict=True))
+    loop.run_epoch()
+    last2, _ = snapshot()
+    assert any(not torch.equal(last1[k], last2[k]) for k in last1)

@@ -176,6 +176,7 @@ def _dino(cfg: TrainConfig, backbone: nn.Module, features: int, setup: dict) -> 
         center_momentum=c.center_momentum,
         base_momentum=c.base_momentum,
         schedule=c.schedule,
+        freeze_last_layer_epochs=c.freeze_last_layer_epochs,
         **setup,
     )
 

@@ -150,6 +150,9 @@ class DINOConfig(Strict):
         0, ge=0, description="global optimizer steps of the linear teacher-temperature warm-up"
     )
     center_momentum: float = Field(0.9, ge=0.0, lt=1.0, description="of the teacher's centre")
+    freeze_last_layer_epochs: int = Field(
+        1, ge=0, description="epochs at the start in which the prototypes do not learn"
+    )
     base_momentum: float = Field(
         0.996, ge=0.0, le=1.0, description="teacher momentum at step 0, rising to 1"
     )

@@ -70,6 +70,7 @@ class Step:
             loss = self.model((inputs, y))["loss"]
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
+        self.method.on_after_backward()
         loss_value, grads, grad_norm = self._check_finite(loss, where)
         if self.cfg.grad_clip:  # reuses the norm the check computed
             torch.nn.utils.clip_grads_with_norm_(grads, self.cfg.grad_clip, grad_norm)

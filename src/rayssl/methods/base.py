@@ -68,6 +68,7 @@ class Method(nn.Module):
     # Lifecycle hooks (Helios' names). The loop calls each on every rank, in this order:
     #   on_training_start                      once, before the first epoch of a new run
     #   on_training_epoch_start(epoch)         before each epoch (0-based)
+    #   on_after_backward()                    after each backward, before the optimizer
     #   on_step_end(step, total_steps)         after each optimizer step (1-based, global)
     #   on_training_epoch_end(epoch)           after the epoch's last step
     #   on_validation_start / _end(cycle)      around validation (cycle: the 1-based epoch)
@@ -81,6 +82,11 @@ class Method(nn.Module):
 
     def on_training_epoch_start(self, epoch: int) -> None:
         """Before epoch `epoch` (0-based)."""
+
+    def on_after_backward(self) -> None:
+        """After the backward pass (gradients already averaged across ranks), before the
+        finite check, clipping and the optimizer step: the place to drop or change
+        gradients (DINO freezes its last layer this way)."""
 
     def on_step_end(self, step: int, total_steps: int) -> None:
         """After optimizer step `step` (1-based, global across epochs and resumes)."""

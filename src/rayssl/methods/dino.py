@@ -93,7 +93,9 @@ class DINO(Method):
     two global crops, the student every crop (multi-crop: `augment.image.local_crops`).
     The teacher temperature rises linearly from `warmup_teacher_temp` to `teacher_temp` over
     `warmup_teacher_temp_steps` global optimizer steps, so a resumed run continues the same
-    curve. Batches are `((global0, global1, local0, ...), y)`; y is ignored."""
+    curve. The head's last layer (the prototypes) does not learn during the first
+    `freeze_last_layer_epochs` epochs, as in the paper. Batches are
+    `((global0, global1, local0, ...), y)`; y is ignored."""
 
     num_views = 2  # global crops; the loop appends the local ones
     multi_crop = True
@@ -110,6 +112,7 @@ class DINO(Method):
         center_momentum: float = 0.9,
         base_momentum: float = 0.996,
         schedule: int | None = None,
+        freeze_last_layer_epochs: int = 1,
         **setup: Any,
     ):
         """`setup`: `learning_rate`, `optimizer`, `optimizer_kwargs`, `lr_scheduler`,
@@ -126,6 +129,7 @@ class DINO(Method):
         self.warmup_teacher_temp_steps = warmup_teacher_temp_steps
         self.base_momentum, self.schedule_length = base_momentum, schedule
         self.momentum, self.step = base_momentum, 0
+        self.freeze_last_layer_epochs, self.epoch = freeze_last_layer_epochs, 0
         self.learning_rate = setup.pop("learning_rate", 1e-3)
         self.optimizer = setup.pop("optimizer", torch.optim.AdamW)
         self.optimizer_kwargs = dict(setup.pop("optimizer_kwargs", None) or {})
@@ -167,6 +171,18 @@ class DINO(Method):
     def param_groups(self):
         trainable = [p for m in (self.backbone, self.head) for p in m.parameters()]
         return [{"params": [p for p in trainable if p.requires_grad]}]
+
+    def on_training_epoch_start(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def on_after_backward(self) -> None:
+        """The paper's first-epoch freeze of the prototypes: their gradients are dropped
+        (the optimizer skips them, weight decay included) while the rest of the head and
+        the backbone learn, which keeps early training from collapsing onto few
+        prototypes. Keyed to the epoch the loop announces, so a resumed run agrees."""
+        if self.epoch < self.freeze_last_layer_epochs:
+            for p in self.head.last_layer.parameters():
+                p.grad = None
 
     def on_step_end(self, step: int, total_steps: int) -> None:
         self.step = step
