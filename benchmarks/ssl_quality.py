@@ -11,8 +11,10 @@ For each image set and method, the same small CNN (rayssl's `cnn2d`, width 32, d
 same initial weights), batch 256, AdamW (lr 2e-3, weight decay 1e-4), linear warmup (2
 epochs) then cosine, temperature 0.2 (SimCLR) / base momentum 0.99 rising to 1 on a cosine
 (BYOL), heads 256 -> 64 (predictor 256), crop scale [0.25, 1], no flips, the papers' colour
-jitter / grayscale / blur / solarize probabilities, inputs normalised with the training set's
-channel statistics, and the same number of epochs (configs/<method>_images.yaml), trained
+jitter / grayscale / blur / solarize probabilities, inputs normalised as the config says
+(the training set's channel statistics, or each image by its own: `normalize: sample`, which
+the lightly loop applies as torch's instance norm), and the same number of epochs
+(configs/<method>_images.yaml), trained
 
   (a) by rayssl: `fit` with 2 Ray Train workers (1 CPU each), views made on the workers;
   (b) by lightly: `SimCLRTransform` / `BYOLTransform` on PIL images in a torch DataLoader
@@ -45,6 +47,7 @@ import time
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -126,6 +129,7 @@ def lightly_transform(cfg, stats):
 
     v = cfg.data.augment.image
     mean, std = (t.tolist() for t in stats)
+    per_sample = cfg.data.normalize == "sample"  # then the loop standardises each image
     common = {
         "input_size": 32,
         "cj_prob": _per_view(v.jitter_p, 0),
@@ -137,7 +141,7 @@ def lightly_transform(cfg, stats):
         "random_gray_scale": _per_view(v.grayscale_p, 0),
         "sigmas": tuple(v.blur_sigma),
         "hf_prob": v.flip_p,
-        "normalize": {"mean": mean, "std": std},
+        "normalize": None if per_sample else {"mean": mean, "std": std},
     }
     if cfg.method == "simclr":
         return SimCLRTransform(gaussian_blur=_per_view(v.blur_p, 0), **common)
@@ -231,9 +235,12 @@ def pretrain_lightly(cfg, stats) -> tuple[nn.Module, dict]:
     criterion = NTXentLoss(temperature=cfg.simclr.temperature) if simclr else None
     cosine = NegativeCosineSimilarity()
     step, loss = 0, torch.zeros(())
+    per_sample = cfg.data.normalize == "sample"
     model.train()
     for _epoch in range(cfg.epochs):
         for (x0, x1), _ in loader:
+            if per_sample:  # rayssl's data.normalize 'sample' is torch's instance norm
+                x0, x1 = F.instance_norm(x0), F.instance_norm(x1)
             if simclr:
                 loss = criterion(model(x0), model(x1))
             else:
@@ -295,9 +302,12 @@ def main() -> None:
             cfg = config(method, data, args.epochs, storage)
             sets = clean_sets(cfg)
             stats = _stats(cfg, sets)
-            if "random init" not in rows:
-                rows["random init"] = evaluate(backbone_of(cfg), sets)
-                print(name, "random init", rows["random init"], flush=True)
+            # random init through the same evaluator, per input normalisation
+            norm = cfg.data.normalize
+            baseline = "random init" if norm == "dataset" else f"random init ({norm})"
+            if baseline not in rows:
+                rows[baseline] = evaluate(backbone_of(cfg), sets)
+                print(name, baseline, rows[baseline], flush=True)
             row = rows.setdefault(method, {})
             tools = [("rayssl", pretrain_rayssl)]
             if method in LIGHTLY_LOOPS:
@@ -307,6 +317,7 @@ def main() -> None:
                 row[tool] = {**evaluate(backbone, sets), **timing}
                 print(name, method, tool, row[tool], flush=True)
             row["command"] = result["command"]  # rows of earlier invocations keep theirs
+            row["normalize"] = cfg.data.normalize if isinstance(cfg.data.normalize, str) else None
             if "lightly" in row:
                 row["rayssl_wall_vs_lightly"] = round(
                     row["rayssl"]["wall_s"] / row["lightly"]["wall_s"], 3

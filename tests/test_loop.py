@@ -551,6 +551,41 @@ def test_dataset_normalisation_reaches_training_evaluation_and_probes():
     assert abs(float(seen[0].mean())) < 0.2 and float(seen[0].min()) < -0.3
 
 
+def test_per_sample_normalisation_standardises_every_input_by_its_own_statistics():
+    """normalize 'sample': each input the network sees, clean evaluation batch or training
+    view, has mean 0 and std 1 per channel over its own pixels, whatever its colour cast."""
+    loop = _loop(
+        {
+            "epochs": 1,
+            "method": "simclr",
+            "data": {
+                "name": "synthetic",
+                "shape": [3, 16, 16],
+                "num_samples": 64,
+                "normalize": "sample",
+                "augment": {"preset": "simclr"},
+            },
+            "backbone": {"name": "cnn2d", "width": 4, "depth": 2},
+            "simclr": {"proj_hidden": 8, "proj_dim": 4},
+            "eval": {"linear_probe": False},
+        }
+    )
+    seen: list[torch.Tensor] = []
+    first = next(m for m in loop.method.modules() if isinstance(m, torch.nn.Conv2d))
+    first.register_forward_pre_hook(lambda m, i: seen.append(i[0].detach()))
+    loop.probe()
+    next(loop.iterate())
+    assert len(seen) >= 2
+    for i, batch in enumerate(seen):  # clean inputs first, then the training views
+        per_channel = batch.flatten(2)
+        assert per_channel.mean(-1).abs().max() < 1e-4
+        # std 1 up to instance norm's eps (1e-5 on the variance), which shrinks the rare
+        # near-flat view (a dark, grayscaled crop) a little
+        tolerance = 1e-3 if i == 0 else 5e-2
+        assert (per_channel.std(-1, unbiased=False) - 1).abs().max() < tolerance
+    assert loop.inputs.record["normalize"] == "sample"  # what checkpoints and exports carry
+
+
 def test_the_online_probe_learns_beside_the_method_without_touching_it(tmp_path):
     """eval.online_linear: the method's weights and buffers after 3 epochs are bitwise those
     of the same run without the probe (detached features, its own RNG), the probe reports

@@ -310,3 +310,59 @@ def test_init_from_brings_its_normalisation_and_a_resume_needs_no_source(
     summary = fit(load_train_config(downstream), resume=True)
     assert summary["epochs_run"] == 2 or summary["history"][-1]["epoch"] == 2
     assert summary["config"]["data"]["normalize"] == stats
+
+
+def test_per_sample_normalisation_travels_with_the_backbone(write_config, tmp_path, capsys):
+    """A backbone pretrained with data.normalize 'sample' records it in its checkpoint and
+    its export; a downstream run that sets no normalisation adopts it (said in one line),
+    one that sets another is warned and keeps its own."""
+    source = fit(
+        load_train_config_from(
+            write_config(
+                {
+                    "name": "source",
+                    "num_workers": 0,
+                    "epochs": 1,
+                    "method": "simclr",
+                    **METHODS["simclr"],
+                    "data": {**IMAGES, "normalize": "sample"},
+                    "backbone": BACKBONE,
+                    "eval": {"every": 0, "linear_probe": False},
+                },
+                name="source",
+                base=None,
+            )
+        )
+    )
+    source_dir = Path(source["path"]).parent
+    out = tmp_path / "backbone.pt"
+    result = CliRunner().invoke(main, ["export", str(source_dir), "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    assert read(str(source_dir)).normalize == read(str(out)).normalize == "sample"
+
+    def downstream(name, data):
+        return write_config(
+            {
+                "name": name,
+                "num_workers": 0,
+                "epochs": 1,
+                "data": data,
+                "backbone": {**BACKBONE, "init_from": str(out)},
+                "supervised": {"freeze_backbone": True},
+            },
+            name=name,
+            base=None,
+        )
+
+    adopted = fit(load_train_config_from(downstream("adopts", IMAGES)))
+    assert adopted["config"]["data"]["normalize"] == "sample"
+    assert "data.normalize 'sample' from backbone.init_from" in capsys.readouterr().out
+    kept = fit(load_train_config_from(downstream("keeps", {**IMAGES, "normalize": "dataset"})))
+    assert kept["config"]["data"]["normalize"] == "dataset"
+    assert "trained on inputs normalised per sample" in capsys.readouterr().out
+
+
+def load_train_config_from(path):
+    from rayssl.config import load_train_config
+
+    return load_train_config(path)

@@ -34,7 +34,7 @@ class Pretrained:
     state: dict[str, torch.Tensor]
     spec: dict[str, Any]  # {"name": factory, **kwargs}: the run's `backbone` section
     input_shape: list[int] | None
-    normalize: dict[str, list[float]] | None  # {"mean", "std"} per channel, or None
+    normalize: dict[str, list[float]] | str | None  # {"mean", "std"} per channel, "sample"
     source: dict[str, Any] = field(default_factory=dict)  # run, checkpoint, method, epoch
 
     def describe(self) -> str:

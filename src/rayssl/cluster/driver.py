@@ -262,13 +262,24 @@ def preflight_views(cfg: TrainConfig, splits: Splits, method) -> Any:
         ) from None
 
 
-def adopt_normalization(cfg: TrainConfig, stats: dict[str, list[float]] | None) -> None:
-    """A pretrained backbone saw inputs normalised by `stats`: a config without
-    `data.normalize` uses them too (said in one line); one that sets other values is
-    warned about, and its own values are kept."""
+def adopt_normalization(cfg: TrainConfig, stats: dict[str, list[float]] | str | None) -> None:
+    """A pretrained backbone saw inputs normalised by `stats` ({mean, std}, or "sample":
+    each input by its own): a config without `data.normalize` uses them too (said in one
+    line); one that sets something else is warned about, and its own setting is kept."""
     if not stats:
         return
     wanted = cfg.data.normalize
+    if stats == "sample":
+        if wanted is None:
+            cfg.data.normalize = "sample"
+            print("[rayssl] note: data.normalize 'sample' from backbone.init_from", flush=True)
+        elif wanted != "sample":
+            print(
+                "[rayssl] warning: backbone.init_from was trained on inputs normalised per "
+                "sample (data.normalize: sample); this run's data.normalize differs",
+                flush=True,
+            )
+        return
     if wanted is None:
         cfg.data.normalize = {"mean": stats["mean"], "std": stats["std"]}
         print(
@@ -276,7 +287,7 @@ def adopt_normalization(cfg: TrainConfig, stats: dict[str, list[float]] | None) 
             f"std {stats['std']}",
             flush=True,
         )
-    elif wanted == "dataset" or [wanted.mean, wanted.std] != [stats["mean"], stats["std"]]:
+    elif isinstance(wanted, str) or [wanted.mean, wanted.std] != [stats["mean"], stats["std"]]:
         print(
             f"[rayssl] warning: backbone.init_from was trained on inputs normalised with mean "
             f"{stats['mean']}, std {stats['std']}; this run's data.normalize differs",

@@ -191,10 +191,12 @@ class DataConfig(Strict):
     num_samples: int = Field(1024, ge=2, description="synthetic: number of train samples")
     num_classes: int = Field(10, ge=2, description="synthetic: number of classes")
     augment: AugmentConfig = AugmentConfig()
-    normalize: Literal["dataset"] | NormalizeConfig | None = Field(
+    normalize: Literal["dataset", "sample"] | NormalizeConfig | None = Field(
         None,
         description="per-channel (x - mean) / std of every input, training views and "
-        "evaluation alike: 'dataset' (computed from the training split) or {mean, std}",
+        "evaluation alike: 'dataset' (computed from the training split), {mean, std}, or "
+        "'sample' (each input's own mean and std per channel: removes a per-image colour "
+        "cast and brightness)",
     )
 
     @model_validator(mode="after")

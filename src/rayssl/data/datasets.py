@@ -267,8 +267,8 @@ def channel_statistics(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 def input_statistics(cfg: DataConfig, splits: Splits) -> tuple[torch.Tensor, ...] | None:
     """The per-channel (mean, std) of `data.normalize`, or None. 'dataset' reads them from
     the training split (the in-memory rows, for a stream), so every rank and `rayssl eval`
-    compute the same numbers."""
-    if cfg.normalize is None:
+    compute the same numbers. 'sample' has no statistics of the data (`sample_normalizer`)."""
+    if cfg.normalize in (None, "sample"):
         return None
     if cfg.normalize == "dataset":
         mean, std = channel_statistics(splits.train[0])
@@ -284,8 +284,24 @@ def input_statistics(cfg: DataConfig, splits: Splits) -> tuple[torch.Tensor, ...
 
 
 def input_normalizer(cfg: DataConfig, splits: Splits):
-    """The configured `(x - mean) / std` over the channel axis (`input_statistics`), or None."""
+    """The configured normalisation of `data.normalize` (a function of a batch), or None."""
+    if cfg.normalize == "sample":
+        return sample_normalizer(len(splits.sample_shape))
     return channel_normalizer(input_statistics(cfg, splits), len(splits.sample_shape))
+
+
+def sample_normalizer(sample_dims: int):
+    """Each input standardised by its own statistics: per channel over the other axes
+    (torch's instance norm, no affine, no running statistics), or over the features of a
+    flat sample (layer norm). Nothing is computed from the data set, so every rank, a
+    resumed run and `rayssl eval` agree by construction."""
+
+    def normalize(x: torch.Tensor) -> torch.Tensor:
+        if sample_dims == 1:
+            return torch.nn.functional.layer_norm(x, x.shape[1:])
+        return torch.nn.functional.instance_norm(x)
+
+    return normalize
 
 
 def channel_normalizer(stats: tuple[torch.Tensor, ...] | None, sample_dims: int):

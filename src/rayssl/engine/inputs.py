@@ -15,7 +15,7 @@ from rayssl.data import (
     TensorBatches,
     input_statistics,
 )
-from rayssl.data.datasets import channel_normalizer
+from rayssl.data.datasets import channel_normalizer, sample_normalizer
 from rayssl.methods import Method
 
 
@@ -24,13 +24,18 @@ class Inputs:
         self.method = method
         self.augment = Augment(cfg.data.augment)
         stats = input_statistics(cfg.data, splits)  # one pass over the data, used twice
-        self.normalize = channel_normalizer(stats, len(splits.sample_shape)) or (lambda x: x)
+        dims = len(splits.sample_shape)
+        per_sample = cfg.data.normalize == "sample"
+        normalize = sample_normalizer(dims) if per_sample else channel_normalizer(stats, dims)
+        self.normalize = normalize or (lambda x: x)
         self.channels_last = cfg.performance.channels_last
         # what a sample looks like to the backbone, saved with every checkpoint for
         # `rayssl export` and `backbone.init_from`: its shape and normalisation
         self.record = {
             "shape": list(splits.sample_shape),
-            "normalize": {"mean": stats[0].tolist(), "std": stats[1].tolist()} if stats else None,
+            "normalize": "sample"
+            if per_sample
+            else ({"mean": stats[0].tolist(), "std": stats[1].tolist()} if stats else None),
         }
 
     def views(self, x: torch.Tensor, generator: torch.Generator) -> Any:
