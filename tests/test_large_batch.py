@@ -6,7 +6,7 @@ from __future__ import annotations
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
-from conftest import gloo_group
+from conftest import gloo_group, leave_gloo_group
 from torch import nn
 
 from rayssl.batchnorm import GlobalBatchNorm2d, convert_sync_batchnorm
@@ -71,8 +71,7 @@ def _bn_worker(rank, world, rendezvous, x, out):
     dist.all_gather(parts, y.detach())
     if rank == 0:
         torch.save({"y": torch.cat(parts), "grads": grads, "state": model[1].state_dict()}, out)
-    dist.barrier()
-    dist.destroy_process_group()
+    leave_gloo_group()
 
 
 def test_sync_batchnorm_on_two_gloo_processes_equals_one_batchnorm_on_the_global_batch(tmp_path):

@@ -1,6 +1,6 @@
 import pytest
 import torch
-from conftest import TINY, assert_states_equal, gloo_group
+from conftest import TINY, assert_states_equal, gloo_group, leave_gloo_group
 
 from rayssl.build import build_method
 from rayssl.config import validate_train_config
@@ -350,7 +350,6 @@ def _two_rank_worker(rank, rendezvous, out_dir, poison_rank):
     method's lifecycle hooks, then (if `poison_rank` is set) the first step with a NaN
     loss on that rank only."""
 
-    import torch.distributed as dist
     from torch.nn.parallel import DistributedDataParallel
 
     gloo_group(rank, 2, rendezvous)
@@ -387,8 +386,7 @@ def _two_rank_worker(rank, rendezvous, out_dir, poison_rank):
             result["error"] = str(exc)
         result["unchanged"] = all(torch.equal(v, before[k]) for k, v in method.named_parameters())
     torch.save(result, f"{out_dir}/rank{rank}.pt")
-    dist.barrier()
-    dist.destroy_process_group()
+    leave_gloo_group()
 
 
 def _run_two_ranks(tmp_path, poison_rank):
@@ -467,8 +465,7 @@ def _two_rank_preemption_worker(rank, rendezvous, out_dir):
             },
             f"{out_dir}/preemption.pt",
         )
-    dist.barrier()
-    dist.destroy_process_group()
+    leave_gloo_group()
 
 
 def test_a_mid_epoch_preemption_checkpoint_on_two_ranks_resumes_exactly(tmp_path):

@@ -4,7 +4,7 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 import torch.nn.functional as F
-from conftest import gloo_group
+from conftest import gloo_group, leave_gloo_group
 
 from rayssl.losses import (
     BarlowTwinsLoss,
@@ -76,8 +76,7 @@ def _ddp_worker(rank, world, rendezvous, z0, z1, out, name="ntxent"):
     dist.all_reduce(total)
     if rank == 0:
         torch.save({"loss": total, "grad0": g0}, out)
-    dist.barrier()  # neither rank tears gloo down while the other still talks to it
-    dist.destroy_process_group()
+    leave_gloo_group()
 
 
 @pytest.mark.parametrize("name", list(GLOBAL_LOSSES))
@@ -229,8 +228,7 @@ def _centre_worker(rank, world, rendezvous, teacher, out):
     loss.update_center(teacher[rank * b : (rank + 1) * b])
     if rank == 0:
         torch.save(loss.center, out)
-    dist.barrier()
-    dist.destroy_process_group()
+    leave_gloo_group()
 
 
 def test_dino_centre_moves_towards_the_global_batch_mean_on_two_gloo_processes(tmp_path):
