@@ -55,11 +55,13 @@ LIGHTLY_LOOPS = ("simclr", "byol")  # the methods this file also trains with lig
 SETS = {"demo": ("data/digits32", []), "hard": ("data/digits32hard", ["--hard"])}
 
 
-def config(method: str, data: Path, epochs: int, storage: Path):
-    """configs/<method>_images.yaml on `data`, without evaluation during training."""
+def config(method: str, data: Path, epochs: int, storage: Path, overrides=()):
+    """configs/<method>_images.yaml (with `--set` overrides) on `data`, without evaluation
+    during training."""
     from rayssl.config import load_train_config, validate_train_config
 
-    raw = load_train_config(ROOT / "configs" / f"{method}_images.yaml").model_dump(mode="json")
+    path = ROOT / "configs" / f"{method}_images.yaml"
+    raw = load_train_config(path, overrides).model_dump(mode="json")
     raw.update(epochs=epochs, storage_path=str(storage), name=f"{method}-{data.name}")
     raw["data"].update(path=str(data / "train"), test_path=str(data / "test"))
     raw["eval"] = {"every": 0, "knn_k": 20, "linear_probe": False, "online_linear": False}
@@ -272,6 +274,15 @@ def main() -> None:
     parser.add_argument("--sets", nargs="+", default=["demo", "hard"], choices=list(SETS))
     parser.add_argument("--methods", nargs="+", default=["simclr", "byol"])
     parser.add_argument("--out", default="benchmarks/results/ssl_quality-2core-cpu.json")
+    parser.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override the rayssl config (as `rayssl train --set`); the row is named after "
+        "it, and only rayssl trains it (the lightly loop has no such switches)",
+    )
     args = parser.parse_args()
     import lightly
     import torchvision
@@ -299,7 +310,7 @@ def main() -> None:
             write_digit_images(data, hard="--hard" in flags)
         rows = result.setdefault("sets", {}).setdefault(name, {"data": folder})
         for method in args.methods:
-            cfg = config(method, data, args.epochs, storage)
+            cfg = config(method, data, args.epochs, storage, args.overrides)
             sets = clean_sets(cfg)
             stats = _stats(cfg, sets)
             # random init through the same evaluator, per input normalisation
@@ -308,9 +319,9 @@ def main() -> None:
             if baseline not in rows:
                 rows[baseline] = evaluate(backbone_of(cfg), sets)
                 print(name, baseline, rows[baseline], flush=True)
-            row = rows.setdefault(method, {})
+            row = rows.setdefault(row_name(method, norm, args.overrides), {})
             tools = [("rayssl", pretrain_rayssl)]
-            if method in LIGHTLY_LOOPS:
+            if method in LIGHTLY_LOOPS and not args.overrides:
                 tools.append(("lightly", pretrain_lightly))
             for tool, pretrain in tools:
                 backbone, timing = pretrain(cfg, stats)
@@ -324,6 +335,13 @@ def main() -> None:
                 )
             out.write_text(json.dumps(result, indent=2))  # after every method: nothing lost
     print(f"wrote {out}")
+
+
+def row_name(method: str, normalize, overrides: list[str]) -> str:
+    """'simclr'; 'byol (sample)' under per-image normalisation; overrides in brackets."""
+    per_image = isinstance(normalize, str) and normalize != "dataset"
+    name = f"{method} ({normalize})" if per_image else method
+    return f"{name} [{' '.join(overrides)}]" if overrides else name
 
 
 def _stats(cfg, sets) -> tuple[torch.Tensor, torch.Tensor]:
