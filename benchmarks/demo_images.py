@@ -7,6 +7,7 @@ summary.json.
     python benchmarks/demo_images.py [--methods simclr byol ...] [--linear-only simclr ...]
         [--baselines random random_sample supervised]
         [--out benchmarks/results/demo_images-2core-cpu.json]
+    python benchmarks/demo_images.py --markdown     # the docs' table from the result file
 
 Rows of methods not run this time stay in the result file as they were (each row holds its
 command). About 17 minutes per method and 6 for the baselines on 2 CPU cores.
@@ -75,6 +76,56 @@ def side_by_side(rows: list[dict]) -> dict[str, dict]:
     return table
 
 
+def _clock(seconds: float) -> str:
+    minutes, rest = divmod(round(seconds), 60)
+    return f"{minutes} min {rest} s" if minutes else f"{rest} s"
+
+
+def markdown(result: dict) -> str:
+    """The docs' table, from the result file: per method its probes at the end of
+    pretraining and rayssl's linear evaluation, then the baselines."""
+
+    def acc(value) -> str:
+        return "" if value is None else f"{value:.3f}"
+
+    by_run = {r["run"]: r for r in result["rows"]}
+    lines = [
+        "| backbone | kNN | standardised probe | online probe | linear evaluation "
+        "| pretraining epochs, wall time | linear evaluation wall time |",
+        "| --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for method in METHODS.values():
+        pre = by_run.get(f"{method} pretraining")
+        lin = by_run.get(f"linear eval: {method} backbone")
+        if pre is None or lin is None:
+            continue
+        norm = pre.get("normalize", "?")  # the run's data.normalize
+        cells = [pre["knn_acc"], pre["linear_acc"], pre["online_linear_acc"]]
+        lines.append(
+            f"| {method} (`normalize: {norm}`) | "
+            + " | ".join(acc(c) for c in cells)
+            + f" | **{acc(lin['test_accuracy'])}** | {pre['epochs']}, "
+            f"{_clock(pre['command_wall_s'])} | {_clock(lin['command_wall_s'])} |"
+        )
+    for label, name in (
+        (RANDOM, "random init (`normalize: dataset`)"),
+        (RANDOM_SAMPLE, "random init (`normalize: sample`)"),
+    ):
+        if label in by_run:
+            r = by_run[label]
+            lines.append(
+                f"| {name} | | | | {acc(r['test_accuracy'])} | | {_clock(r['command_wall_s'])} |"
+            )
+    if SUPERVISED in by_run:
+        r = by_run[SUPERVISED]
+        lines.append(
+            f"| supervised from scratch, same network (ceiling) | | | | "
+            f"{acc(r['test_accuracy'])} (not frozen) | | {r['epochs']} epochs, "
+            f"{_clock(r['command_wall_s'])} |"
+        )
+    return "\n".join(lines)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--out", default="benchmarks/results/demo_images-2core-cpu.json")
@@ -88,8 +139,14 @@ def main() -> None:
         help="methods whose pretraining row is kept: only their linear evaluation runs",
     )
     parser.add_argument("--baselines", nargs="*", default=list(BASELINES), choices=BASELINES)
+    parser.add_argument(
+        "--markdown", action="store_true", help="print the docs' table from --out; run nothing"
+    )
     args = parser.parse_args()
     out = ROOT / args.out
+    if args.markdown:
+        print(markdown(json.loads(out.read_text())))
+        return
     earlier = json.loads(out.read_text())["rows"] if out.exists() else []
     storage = ROOT / args.storage
     if not (ROOT / DATA).exists():
@@ -113,6 +170,7 @@ def main() -> None:
                 key: next((h[key] for h in reversed(s["history"]) if key in h), None)
                 for key in ("knn_acc", "linear_acc", "online_linear_acc")
             },
+            "normalize": s["config"]["data"]["normalize"],  # a backbone's, where it brings one
             "epochs": s["epochs_run"],
             "command_wall_s": round(wall, 1),
             "train_wall_s": round(s["wall_time_s"], 1),

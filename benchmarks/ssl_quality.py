@@ -99,7 +99,26 @@ def evaluate(backbone: nn.Module, sets) -> dict[str, float]:
     torch.set_num_threads(2)
     with torch.no_grad():
         metrics = probe(lambda x: backbone(normalize(x)).flatten(1), train, test, k=20, linear=True)
+        metrics.update(collapse(backbone(normalize(test[0])).flatten(1), test[0]))
     return {k: round(v, 4) for k, v in metrics.items()}
+
+
+def collapse(features: torch.Tensor, images: torch.Tensor) -> dict[str, float]:
+    """Two signs of a representation that learned a shortcut instead of the digit, on the
+    test images' features: their effective rank (exp of the entropy of the normalised
+    squared singular values of the centred features; Roy and Vetterli 2007), and the share
+    of their variance a linear map from each image's mean colour (3 numbers) explains (R^2
+    of a least-squares fit). Hand-written: a few lines of linear algebra, no library call
+    names these two numbers."""
+    f = features - features.mean(0)
+    energy = torch.linalg.svdvals(f).pow(2)
+    p = energy / energy.sum()
+    rank = torch.exp(-(p * torch.log(p.clamp_min(1e-12))).sum())
+    colour = images.mean(dim=(2, 3))
+    colour = torch.cat([colour - colour.mean(0), torch.ones(len(colour), 1)], dim=1)
+    fit = colour @ torch.linalg.lstsq(colour, f).solution
+    r2 = 1 - (f - fit).pow(2).sum() / f.pow(2).sum()
+    return {"feature_rank": float(rank), "colour_r2": float(r2)}
 
 
 # ============================================================================ rayssl
