@@ -1,7 +1,8 @@
 """Representation quality at equal settings: rayssl against a plain lightly loop.
 
     python benchmarks/ssl_quality.py [--epochs 10] [--sets demo hard] [--methods simclr byol]
-        [--out benchmarks/results/ssl_quality-2core-cpu.json]
+        [--out benchmarks/results/ssl_quality-2core-cpu.json] [--set KEY=VALUE ...]
+    python benchmarks/ssl_quality.py --markdown      # BENCHMARKS.md's table from the result file
 
 `--methods` takes any method with a configs/<method>_images.yaml; SimCLR and BYOL are also
 trained by a lightly loop, the others (MoCo v3, Barlow Twins, VICReg, DINO) by rayssl only,
@@ -302,7 +303,13 @@ def main() -> None:
         help="override the rayssl config (as `rayssl train --set`); the row is named after "
         "it, and only rayssl trains it (the lightly loop has no such switches)",
     )
+    parser.add_argument(
+        "--markdown", action="store_true", help="print BENCHMARKS.md's table; run nothing"
+    )
     args = parser.parse_args()
+    if args.markdown:
+        print(markdown(json.loads((ROOT / args.out).read_text())))
+        return
     import lightly
     import torchvision
 
@@ -354,6 +361,53 @@ def main() -> None:
                 )
             out.write_text(json.dumps(result, indent=2))  # after every method: nothing lost
     print(f"wrote {out}")
+
+
+NAMES = {
+    "simclr": "SimCLR",
+    "byol": "BYOL",
+    "moco": "MoCo v3",
+    "barlow_twins": "Barlow Twins",
+    "vicreg": "VICReg",
+    "dino": "DINO (6 local crops)",
+}
+
+
+def markdown(result: dict) -> str:
+    """BENCHMARKS.md's table, from the result file."""
+
+    def cell(row: dict, key: str, fmt: str = ".3f") -> str:
+        return format(row[key], fmt) if key in row else ""
+
+    lines = [
+        "| set | backbone | normalize | kNN | linear probe | feature rank | colour R^2 "
+        "| pretraining wall | rayssl / lightly wall |",
+        "| --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for name, rows in result["sets"].items():
+        # per normalisation (the data set's first), random init first within it
+        keys = [k for k in rows if k != "data"]
+        keys.sort(key=lambda k: ("(sample)" in k, not k.startswith("random init")))
+        for key in keys:
+            row = rows[key]
+            method, _, rest = key.partition(" ")
+            norm = "sample" if "(sample)" in rest else "dataset"
+            extra = rest[rest.index("[") : rest.index("]") + 1] if "[" in rest else ""
+            if method == "random":
+                trained = [("random init", row)]
+            else:
+                label = f"{NAMES.get(method, method)} {extra}".strip()
+                trained = [(f"{label}, {tool}", row.get(tool)) for tool in ("rayssl", "lightly")]
+                trained = [(t, r) for t, r in trained if isinstance(r, dict)]
+            for i, (label, r) in enumerate(trained):
+                ratio = row.get("rayssl_wall_vs_lightly") if i == 0 else None
+                wall = f"{r['wall_s']} s" if "wall_s" in r else ""
+                lines.append(
+                    f"| {name} | {label} | {norm} | {cell(r, 'knn_acc')} | "
+                    f"{cell(r, 'linear_acc')} | {cell(r, 'feature_rank', '.1f')} | "
+                    f"{cell(r, 'colour_r2', '.2f')} | {wall} | {ratio or ''} |"
+                )
+    return "\n".join(lines)
 
 
 def row_name(method: str, normalize, overrides: list[str]) -> str:
