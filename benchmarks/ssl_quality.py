@@ -304,6 +304,12 @@ def main() -> None:
         "it, and only rayssl trains it (the lightly loop has no such switches)",
     )
     parser.add_argument(
+        "--lightly-too",
+        action="store_true",
+        help="train the lightly loop under the --set overrides as well: for view parameters "
+        "(data.augment.image.*), which lightly's transforms read from the same config",
+    )
+    parser.add_argument(
         "--markdown", action="store_true", help="print BENCHMARKS.md's table; run nothing"
     )
     args = parser.parse_args()
@@ -347,7 +353,7 @@ def main() -> None:
                 print(name, baseline, rows[baseline], flush=True)
             row = rows.setdefault(row_name(method, norm, args.overrides), {})
             tools = [("rayssl", pretrain_rayssl)]
-            if method in LIGHTLY_LOOPS and not args.overrides:
+            if method in LIGHTLY_LOOPS and (args.lightly_too or not args.overrides):
                 tools.append(("lightly", pretrain_lightly))
             for tool, pretrain in tools:
                 backbone, timing = pretrain(cfg, stats)
