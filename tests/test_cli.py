@@ -98,6 +98,10 @@ BAD_VALUES = [
         "augment.image.local_crops.scale must be [low, high] in (0, 1]",
     ),
     (
+        {"method": "simclr", "data": {"augment": {"image": {"blur_kernel": 4}}}},
+        "augment.image.blur_kernel must be odd (got 4); e.g. 5",
+    ),
+    (
         {"optimizer": {"name": "lars", "trust_coefficient": 0}},
         "optimizer.trust_coefficient: Input should be greater than 0",
     ),

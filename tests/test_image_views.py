@@ -168,6 +168,22 @@ def test_blur_uses_a_per_sample_sigma_and_preserves_the_mean():
     assert torch.allclose(gaussian_blur(x, torch.full((6,), 1e-3), 3), x, atol=1e-5)
 
 
+def test_a_wider_blur_kernel_keeps_large_sigmas_from_being_truncated():
+    """At 32 px the paper's tenth-of-the-side kernel is 3 taps: sigma 2 then blurs little more
+    than sigma 0.5. `blur_kernel: 13` (+-3 sigma at sigma 2, what PIL's blur covers) blurs
+    sigma 2 far more; with a sigma of 0.1 both are the identity."""
+    x = torch.rand(64, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    strong = {**OFF, **FULL_CROP, "blur_p": 1.0, "blur_sigma": (2.0, 2.0)}
+    paper = _views(x, **strong).std(dim=(1, 2, 3)).mean()
+    wide = _views(x, **strong, blur_kernel=13).std(dim=(1, 2, 3)).mean()
+    assert wide < 0.6 * paper
+    faint = {**strong, "blur_sigma": (0.1, 0.1)}
+    assert torch.allclose(_views(x, **faint, blur_kernel=13), x, atol=1e-4)
+    # a kernel wider than a small crop is clamped to what reflect padding allows
+    small = _views(x[:, :, :4, :4], **strong, blur_kernel=13)
+    assert small.shape == (64, 3, 4, 4) and torch.isfinite(small).all()
+
+
 def test_solarize_inverts_above_the_threshold_with_probability_p():
     x = torch.rand(4000, 1, 2, 2)
     always = _views(x, **{**OFF, "solarize_p": 1.0}, **FULL_CROP)

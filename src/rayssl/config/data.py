@@ -51,6 +51,12 @@ class ImageViewsConfig(Strict):
     grayscale_p: ViewP = Field(0.2, description="grayscale probability")
     blur_p: ViewP = Field(0.5, description="Gaussian blur probability")
     blur_sigma: tuple[float, float] = Field((0.1, 2.0), description="blur sigma range")
+    blur_kernel: int | None = Field(
+        None,
+        ge=3,
+        description="odd blur kernel side; null: a tenth of the image side, at least 3 (the "
+        "SimCLR paper's rule; 3 px at 32 px, which truncates sigmas above about 0.5)",
+    )
     solarize_p: ViewP = Field(0.0, description="solarize probability")
     solarize_threshold: float = Field(
         0.5, ge=0.0, le=1.0, description="solarize inverts pixels above this"
@@ -75,6 +81,11 @@ class ImageViewsConfig(Strict):
                 raise ValueError(f"augment.image.{name} must be [low, high] with 0 < low <= high")
         if self.crop_scale[1] > 1:
             raise ValueError("augment.image.crop_scale must lie within (0, 1]")
+        if self.blur_kernel is not None and self.blur_kernel % 2 == 0:
+            raise ValueError(
+                f"augment.image.blur_kernel must be odd (got {self.blur_kernel}); e.g. "
+                f"{self.blur_kernel + 1}"
+            )
         return self
 
 

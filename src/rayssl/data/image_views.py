@@ -226,7 +226,9 @@ class ImageViews:
         if x.shape[1] == 3 and grey_on.any():
             x = torch.where(_per_sample(grey_on, x) > 0, grayscale(x).expand_as(x), x)
         if blur_on.any():
-            blurred = gaussian_blur(x, sigma, blur_kernel_size(*x.shape[-2:]))
+            kernel = c.blur_kernel or blur_kernel_size(*x.shape[-2:])
+            kernel = min(kernel, 2 * min(x.shape[-2:]) - 1)  # reflect padding < side
+            blurred = gaussian_blur(x, sigma, kernel)
             x = torch.where(_per_sample(blur_on, x) > 0, blurred, x)
         if solarize_on.any():
             x = torch.where(_per_sample(solarize_on, x) > 0, solarize(x, c.solarize_threshold), x)
