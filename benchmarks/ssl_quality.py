@@ -45,6 +45,7 @@ import platform
 import sys
 import tempfile
 import time
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -226,7 +227,28 @@ def _features(backbone: nn.Module) -> int:
     return width
 
 
-def pretrain_lightly(cfg, stats) -> tuple[nn.Module, dict]:
+def rayssl_views(cfg, stats):
+    """For `--lightly-views rayssl`: (a transform giving the clean image, a function making
+    rayssl's two views of a batch, normalised as rayssl does). Isolates the views: the rest
+    of the lightly loop stays as it is."""
+    from torchvision.transforms import ToTensor
+
+    from rayssl.data.augment import Augment
+
+    augment = Augment(cfg.data.augment)
+    mean, std = (t.view(1, -1, 1, 1) for t in stats)
+    generator = torch.Generator().manual_seed(cfg.seed)
+
+    def views(x):
+        x0, x1 = augment.views(x, generator, 2)
+        if cfg.data.normalize == "sample":
+            return x0, x1  # the loop applies the instance norm
+        return (x0 - mean) / std, (x1 - mean) / std
+
+    return ToTensor(), views
+
+
+def pretrain_lightly(cfg, stats, views: str = "lightly") -> tuple[nn.Module, dict]:
     from lightly.loss import NegativeCosineSimilarity, NTXentLoss
     from lightly.models.utils import update_momentum
     from lightly.utils.scheduler import cosine_schedule
@@ -242,8 +264,11 @@ def pretrain_lightly(cfg, stats) -> tuple[nn.Module, dict]:
     online = [p for n, p in model.named_parameters() if "momentum" not in n]
     opt = cfg.optimizer
     optimizer = torch.optim.AdamW(online, lr=opt.lr, weight_decay=opt.weight_decay)
+    transform, make_views = (
+        rayssl_views(cfg, stats) if views == "rayssl" else (lightly_transform(cfg, stats), None)
+    )
     loader = torch.utils.data.DataLoader(
-        ImageFolder(cfg.data.path, transform=lightly_transform(cfg, stats)),
+        ImageFolder(cfg.data.path, transform=transform),
         batch_size=cfg.data.batch_size,
         shuffle=True,
         drop_last=True,
@@ -260,7 +285,8 @@ def pretrain_lightly(cfg, stats) -> tuple[nn.Module, dict]:
     per_sample = cfg.data.normalize == "sample"
     model.train()
     for _epoch in range(cfg.epochs):
-        for (x0, x1), _ in loader:
+        for batch, _ in loader:
+            x0, x1 = make_views(batch) if make_views else batch
             if per_sample:  # rayssl's data.normalize 'sample' is torch's instance norm
                 x0, x1 = F.instance_norm(x0), F.instance_norm(x1)
             if simclr:
@@ -302,6 +328,13 @@ def main() -> None:
         metavar="KEY=VALUE",
         help="override the rayssl config (as `rayssl train --set`); the row is named after "
         "it, and only rayssl trains it (the lightly loop has no such switches)",
+    )
+    parser.add_argument(
+        "--lightly-views",
+        choices=["lightly", "rayssl"],
+        default="lightly",
+        help="rayssl: the lightly loop trains on rayssl's views of each batch (and only the "
+        "lightly loop runs): what is left of a gap is not the views",
     )
     parser.add_argument(
         "--lightly-too",
@@ -351,17 +384,18 @@ def main() -> None:
             if baseline not in rows:
                 rows[baseline] = evaluate(backbone_of(cfg), sets)
                 print(name, baseline, rows[baseline], flush=True)
-            row = rows.setdefault(row_name(method, norm, args.overrides), {})
-            tools = [("rayssl", pretrain_rayssl)]
-            if method in LIGHTLY_LOOPS and (args.lightly_too or not args.overrides):
-                tools.append(("lightly", pretrain_lightly))
+            extra = ["views: rayssl"] if args.lightly_views == "rayssl" else []
+            row = rows.setdefault(row_name(method, norm, args.overrides + extra), {})
+            tools = [] if extra else [("rayssl", pretrain_rayssl)]
+            if method in LIGHTLY_LOOPS and (args.lightly_too or extra or not args.overrides):
+                tools.append(("lightly", partial(pretrain_lightly, views=args.lightly_views)))
             for tool, pretrain in tools:
                 backbone, timing = pretrain(cfg, stats)
                 row[tool] = {**evaluate(backbone, sets), **timing}
                 print(name, method, tool, row[tool], flush=True)
             row["command"] = result["command"]  # rows of earlier invocations keep theirs
             row["normalize"] = cfg.data.normalize if isinstance(cfg.data.normalize, str) else None
-            if "lightly" in row:
+            if "lightly" in row and "rayssl" in row:
                 row["rayssl_wall_vs_lightly"] = round(
                     row["rayssl"]["wall_s"] / row["lightly"]["wall_s"], 3
                 )

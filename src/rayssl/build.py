@@ -128,7 +128,7 @@ def _byol(cfg: TrainConfig, backbone: nn.Module, features: int, setup: dict) -> 
 
 def _simclr(cfg: TrainConfig, backbone: nn.Module, features: int, setup: dict) -> Method:
     c = cfg.simclr
-    head = MLPHead([features, c.proj_hidden, c.proj_dim])
+    head = MLPHead([features, c.proj_hidden, c.proj_dim], output_batch_norm=c.output_batch_norm)
     return SimCLR(backbone, projection_head=head, temperature=c.temperature, **setup)
 
 

@@ -103,6 +103,11 @@ class BYOLConfig(SSLHeadConfig):
 
 class SimCLRConfig(SSLHeadConfig):
     temperature: float = Field(0.5, gt=0.0, description="NT-Xent temperature")
+    output_batch_norm: bool = Field(
+        False,
+        description="BatchNorm on the projector's output (the paper's code and lightly's "
+        "SimCLRProjectionHead have it)",
+    )
 
 
 class BarlowTwinsConfig(Strict):

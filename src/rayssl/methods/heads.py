@@ -8,16 +8,20 @@ from torch import nn
 
 
 class MLPHead(nn.Sequential):
-    """Linear layers through `dims`, with BatchNorm + ReLU between them (not after the last)."""
+    """Linear layers through `dims`, with BatchNorm + ReLU between them (not after the last);
+    `output_batch_norm`: a BatchNorm (no ReLU) after the last too, as SimCLR's code."""
 
-    def __init__(self, dims: Sequence[int], batch_norm: bool = True):
+    def __init__(
+        self, dims: Sequence[int], batch_norm: bool = True, output_batch_norm: bool = False
+    ):
         layers: list[nn.Module] = []
         for i, (din, dout) in enumerate(zip(dims[:-1], dims[1:], strict=True)):
             last = i == len(dims) - 2
-            layers.append(nn.Linear(din, dout, bias=last or not batch_norm))
+            norm = batch_norm and (not last or output_batch_norm)
+            layers.append(nn.Linear(din, dout, bias=not norm))
+            if norm:
+                layers.append(nn.BatchNorm1d(dout))
             if not last:
-                if batch_norm:
-                    layers.append(nn.BatchNorm1d(dout))
                 layers.append(nn.ReLU())
         super().__init__(*layers)
 
