@@ -36,7 +36,27 @@ METHODS = {
 RANDOM = "linear eval: random init"  # inputs normalised with the data set's statistics
 RANDOM_SAMPLE = "linear eval: random init, per-image normalisation"  # data.normalize: sample
 SUPERVISED = "supervised from scratch (same network, 20 epochs)"
-BASELINES = ("random", "random_sample", "supervised")
+# the random-init baselines name their normalisation (a pretrained backbone brings its own)
+BASELINE_RUNS = {
+    "random": (RANDOM, "linear_random", ("backbone.init_from=null", "data.normalize=dataset")),
+    "random_sample": (
+        RANDOM_SAMPLE,
+        "linear_random_sample",
+        ("backbone.init_from=null", "data.normalize=sample"),
+    ),
+    "supervised": (
+        SUPERVISED,
+        "supervised",
+        (
+            "backbone.init_from=null",
+            "data.normalize=dataset",
+            "supervised.freeze_backbone=false",
+            "optimizer.lr=3e-3",
+            "data.batch_size=64",
+        ),
+    ),
+}
+BASELINES = tuple(BASELINE_RUNS)
 
 
 def rayssl(*args: str) -> float:
@@ -126,7 +146,7 @@ def markdown(result: dict) -> str:
     return "\n".join(lines)
 
 
-def main() -> None:
+def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser()
     parser.add_argument("--out", default="benchmarks/results/demo_images-2core-cpu.json")
     parser.add_argument("--storage", default="runs/demo_images")
@@ -142,7 +162,11 @@ def main() -> None:
     parser.add_argument(
         "--markdown", action="store_true", help="print the docs' table from --out; run nothing"
     )
-    args = parser.parse_args()
+    return parser.parse_args()
+
+
+def main() -> None:
+    args = parse_args()
     out = ROOT / args.out
     if args.markdown:
         print(markdown(json.loads(out.read_text())))
@@ -191,23 +215,9 @@ def main() -> None:
             f"linear_{method}",
             f"backbone.init_from={storage}/{method}_images",
         )
-    # the random-init baselines name their normalisation (a pretrained backbone brings its own)
-    if "random" in args.baselines:
-        run(RANDOM, linear, "linear_random", "backbone.init_from=null", "data.normalize=dataset")
-    if "random_sample" in args.baselines:
-        sets = ("backbone.init_from=null", "data.normalize=sample")
-        run(RANDOM_SAMPLE, linear, "linear_random_sample", *sets)
-    if "supervised" in args.baselines:
-        run(
-            SUPERVISED,
-            linear,
-            "supervised",
-            "backbone.init_from=null",
-            "data.normalize=dataset",
-            "supervised.freeze_backbone=false",
-            "optimizer.lr=3e-3",
-            "data.batch_size=64",
-        )
+    for key in args.baselines:
+        label, name, sets = BASELINE_RUNS[key]
+        run(label, linear, name, *sets)
     fresh = {r["run"] for r in rows}
     rows = [r for r in earlier if r["run"] not in fresh] + rows
     result = {

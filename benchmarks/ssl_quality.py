@@ -18,7 +18,8 @@ the lightly loop applies as torch's instance norm), and the same number of epoch
 (configs/<method>_images.yaml), trained
 
   (a) by rayssl: `fit` with 2 Ray Train workers (1 CPU each), views made on the workers;
-  (b) by lightly: `SimCLRTransform` / `BYOLTransform` on PIL images in a torch DataLoader
+  (b) by lightly (benchmarks/lightly_loop.py): `SimCLRTransform` / `BYOLTransform` on PIL
+      images in a torch DataLoader
       with 2 worker processes, lightly's heads, losses, `update_momentum` and
       `cosine_schedule`, as lightly's own examples write the loop (BYOL: one forward per
       view, the target updated before each step), 2 torch threads in the training process.
@@ -38,7 +39,6 @@ torchvision 0.29.1, see BENCHMARKS.md). Everything runs on the CPU here.
 from __future__ import annotations
 
 import argparse
-import copy
 import json
 import os
 import platform
@@ -49,8 +49,10 @@ from functools import partial
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from torch import nn
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from lightly_loop import pretrain_lightly  # noqa: E402  (benchmarks/, beside this file)
 
 ROOT = Path(__file__).resolve().parent.parent
 LIGHTLY_LOOPS = ("simclr", "byol")  # the methods this file also trains with lightly
@@ -141,180 +143,10 @@ def pretrain_rayssl(cfg, stats=None) -> tuple[nn.Module, dict]:
     }
 
 
-# ============================================================================ lightly
-
-
-def lightly_transform(cfg, stats):
-    """lightly's transforms with the rayssl config's view parameters; `stats`: the training
-    set's channel (mean, std), as rayssl normalises."""
-    from lightly.transforms import BYOLTransform, SimCLRTransform
-    from lightly.transforms.byol_transform import BYOLView1Transform, BYOLView2Transform
-
-    v = cfg.data.augment.image
-    mean, std = (t.tolist() for t in stats)
-    per_sample = cfg.data.normalize == "sample"  # then the loop standardises each image
-    common = {
-        "input_size": 32,
-        "cj_prob": _per_view(v.jitter_p, 0),
-        "cj_bright": v.brightness,
-        "cj_contrast": v.contrast,
-        "cj_sat": v.saturation,
-        "cj_hue": v.hue,
-        "min_scale": v.crop_scale[0],
-        "random_gray_scale": _per_view(v.grayscale_p, 0),
-        "sigmas": tuple(v.blur_sigma),
-        "hf_prob": v.flip_p,
-        "normalize": None if per_sample else {"mean": mean, "std": std},
-    }
-    if cfg.method == "simclr":
-        return SimCLRTransform(gaussian_blur=_per_view(v.blur_p, 0), **common)
-    views = [
-        view(
-            gaussian_blur=_per_view(v.blur_p, i),
-            solarization_prob=_per_view(v.solarize_p, i),
-            **common,
-        )
-        for i, view in enumerate((BYOLView1Transform, BYOLView2Transform))
-    ]
-    return BYOLTransform(view_1_transform=views[0], view_2_transform=views[1])
-
-
-def _per_view(p, view: int) -> float:
-    return p[view] if isinstance(p, list | tuple) else p
-
-
-class LightlySimCLR(nn.Module):
-    def __init__(self, backbone: nn.Module, cfg):
-        from lightly.models.modules import SimCLRProjectionHead
-
-        super().__init__()
-        self.backbone = backbone
-        c = cfg.simclr
-        self.projection_head = SimCLRProjectionHead(_features(backbone), c.proj_hidden, c.proj_dim)
-
-    def forward(self, x):
-        return self.projection_head(self.backbone(x).flatten(1))
-
-
-class LightlyBYOL(nn.Module):
-    def __init__(self, backbone: nn.Module, cfg):
-        from lightly.models.modules import BYOLPredictionHead, BYOLProjectionHead
-        from lightly.models.utils import deactivate_requires_grad
-
-        super().__init__()
-        c = cfg.byol
-        self.backbone = backbone
-        self.projection_head = BYOLProjectionHead(_features(backbone), c.proj_hidden, c.proj_dim)
-        self.prediction_head = BYOLPredictionHead(c.proj_dim, c.pred_hidden, c.proj_dim)
-        self.backbone_momentum = copy.deepcopy(self.backbone)
-        self.projection_head_momentum = copy.deepcopy(self.projection_head)
-        deactivate_requires_grad(self.backbone_momentum)
-        deactivate_requires_grad(self.projection_head_momentum)
-
-    def forward(self, x):
-        return self.prediction_head(self.projection_head(self.backbone(x).flatten(1)))
-
-    def forward_momentum(self, x):
-        z = self.projection_head_momentum(self.backbone_momentum(x).flatten(1))
-        return z.detach()
-
-
-def _features(backbone: nn.Module) -> int:
-    with torch.no_grad():
-        backbone.eval()
-        width = backbone(torch.zeros(2, 3, 32, 32)).flatten(1).shape[1]
-        backbone.train()
-    return width
-
-
-def rayssl_views(cfg, stats):
-    """For `--lightly-views rayssl`: (a transform giving the clean image, a function making
-    rayssl's two views of a batch, normalised as rayssl does). Isolates the views: the rest
-    of the lightly loop stays as it is."""
-    from torchvision.transforms import ToTensor
-
-    from rayssl.data.augment import Augment
-
-    augment = Augment(cfg.data.augment)
-    mean, std = (t.view(1, -1, 1, 1) for t in stats)
-    generator = torch.Generator().manual_seed(cfg.seed)
-
-    def views(x):
-        x0, x1 = augment.views(x, generator, 2)
-        if cfg.data.normalize == "sample":
-            return x0, x1  # the loop applies the instance norm
-        return (x0 - mean) / std, (x1 - mean) / std
-
-    return ToTensor(), views
-
-
-def pretrain_lightly(cfg, stats, views: str = "lightly") -> tuple[nn.Module, dict]:
-    from lightly.loss import NegativeCosineSimilarity, NTXentLoss
-    from lightly.models.utils import update_momentum
-    from lightly.utils.scheduler import cosine_schedule
-    from torchvision.datasets import ImageFolder
-
-    from rayssl.schedules import WarmupCosine  # the same LR schedule as rayssl's run
-
-    torch.set_num_threads(2)
-    started = time.perf_counter()
-    backbone = backbone_of(cfg)
-    simclr = cfg.method == "simclr"
-    model = LightlySimCLR(backbone, cfg) if simclr else LightlyBYOL(backbone, cfg)
-    online = [p for n, p in model.named_parameters() if "momentum" not in n]
-    opt = cfg.optimizer
-    optimizer = torch.optim.AdamW(online, lr=opt.lr, weight_decay=opt.weight_decay)
-    transform, make_views = (
-        rayssl_views(cfg, stats) if views == "rayssl" else (lightly_transform(cfg, stats), None)
-    )
-    loader = torch.utils.data.DataLoader(
-        ImageFolder(cfg.data.path, transform=transform),
-        batch_size=cfg.data.batch_size,
-        shuffle=True,
-        drop_last=True,
-        num_workers=2,
-        persistent_workers=True,
-    )
-    steps_per_epoch = len(loader)
-    total = cfg.epochs * steps_per_epoch
-    warmup = int(round(cfg.lr_scheduler.warmup_epochs * steps_per_epoch))
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, WarmupCosine(warmup, total, 0.0))
-    criterion = NTXentLoss(temperature=cfg.simclr.temperature) if simclr else None
-    cosine = NegativeCosineSimilarity()
-    step, loss = 0, torch.zeros(())
-    per_sample = cfg.data.normalize == "sample"
-    model.train()
-    for _epoch in range(cfg.epochs):
-        for batch, _ in loader:
-            x0, x1 = make_views(batch) if make_views else batch
-            if per_sample:  # rayssl's data.normalize 'sample' is torch's instance norm
-                x0, x1 = F.instance_norm(x0), F.instance_norm(x1)
-            if simclr:
-                loss = criterion(model(x0), model(x1))
-            else:
-                m = cosine_schedule(step, total, cfg.byol.base_momentum, 1.0)
-                update_momentum(model.backbone, model.backbone_momentum, m=m)
-                update_momentum(model.projection_head, model.projection_head_momentum, m=m)
-                p0, p1 = model(x0), model(x1)
-                z0, z1 = model.forward_momentum(x0), model.forward_momentum(x1)
-                loss = 0.5 * (cosine(p0, z1) + cosine(p1, z0))
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            scheduler.step()
-            step += 1
-    wall = time.perf_counter() - started
-    return model.backbone, {
-        "wall_s": round(wall, 1),
-        "train_loss_last": round(float(loss.detach()), 4),
-        "epochs": cfg.epochs,
-    }
-
-
 # ============================================================================ main
 
 
-def main() -> None:
+def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser()
     parser.add_argument("--epochs", type=int, default=10)
     parser.add_argument("--sets", nargs="+", default=["demo", "hard"], choices=list(SETS))
@@ -345,7 +177,11 @@ def main() -> None:
     parser.add_argument(
         "--markdown", action="store_true", help="print BENCHMARKS.md's table; run nothing"
     )
-    args = parser.parse_args()
+    return parser.parse_args()
+
+
+def main() -> None:
+    args = parse_args()
     if args.markdown:
         print(markdown(json.loads((ROOT / args.out).read_text())))
         return
@@ -388,7 +224,9 @@ def main() -> None:
             row = rows.setdefault(row_name(method, norm, args.overrides + extra), {})
             tools = [] if extra else [("rayssl", pretrain_rayssl)]
             if method in LIGHTLY_LOOPS and (args.lightly_too or extra or not args.overrides):
-                tools.append(("lightly", partial(pretrain_lightly, views=args.lightly_views)))
+                views = args.lightly_views
+                loop = partial(pretrain_lightly, backbone_of=backbone_of, views=views)
+                tools.append(("lightly", loop))
             for tool, pretrain in tools:
                 backbone, timing = pretrain(cfg, stats)
                 row[tool] = {**evaluate(backbone, sets), **timing}
