@@ -650,3 +650,39 @@ def test_dino_prototypes_stay_frozen_in_the_first_epoch_only():
     loop.run_epoch()
     last2, _ = snapshot()
     assert any(not torch.equal(last1[k], last2[k]) for k in last1)
+
+
+@pytest.mark.parametrize("batch_norm", [False, True])
+def test_dino_head_of_the_image_config_gives_the_teacher_a_signal_to_sharpen(batch_norm):
+    """configs/dino_images.yaml's head on its CNN, at initialisation. DINO learns from the
+    teacher's centred, sharpened distribution; the centre is the mean teacher output. The
+    CNN's pooled ReLU features share one large mean direction, so without BatchNorm in the
+    head every sample's bottleneck output points the same way (mean cosine 0.99), centring
+    leaves nothing and the targets are uniform (entropy ln K): the demo run's loss sat at
+    ln(4096) from epoch 2. With the head's BatchNorm, as the config sets it, the targets
+    are sharp per sample."""
+    import math
+
+    import torch.nn.functional as F
+
+    from rayssl.config import read_yaml
+
+    raw = read_yaml("configs/dino_images.yaml")
+    assert raw["dino"]["batch_norm"] is True  # what the shipped config runs
+    raw["dino"]["batch_norm"] = batch_norm
+    cfg = validate_train_config(raw)
+    seed_everything(0)
+    method = build_method(cfg, (3, 32, 32), 10)
+    images = torch.randn(256, 3, 32, 32)  # per-image standardised inputs, as normalize: sample
+    with torch.no_grad():
+        features = method.backbone_momentum(images).flatten(1)
+        z = F.normalize(method.head_momentum.mlp(features), dim=-1)
+        logits = method.head_momentum(features)
+    mean_cosine = float((z @ F.normalize(z.mean(0), dim=0)).mean())
+    targets = F.softmax((logits - logits.mean(0)) / cfg.dino.teacher_temp, dim=-1)
+    entropy = float(-(targets * targets.clamp_min(1e-12).log()).sum(-1).mean())
+    uniform = math.log(cfg.dino.out_dim)
+    if batch_norm:
+        assert mean_cosine < 0.5 and entropy < uniform - 1.0, (mean_cosine, entropy)
+    else:
+        assert mean_cosine > 0.9 and entropy > uniform - 0.2, (mean_cosine, entropy)

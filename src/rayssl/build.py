@@ -167,7 +167,9 @@ def _dino(cfg: TrainConfig, backbone: nn.Module, features: int, setup: dict) -> 
     c = cfg.dino
     return DINO(
         backbone,
-        head=DINOHead(features, c.out_dim, c.hidden_dim, c.bottleneck_dim, c.norm_last_layer),
+        head=DINOHead(
+            features, c.out_dim, c.hidden_dim, c.bottleneck_dim, c.norm_last_layer, c.batch_norm
+        ),
         out_dim=c.out_dim,
         student_temp=c.student_temp,
         teacher_temp=c.teacher_temp,

@@ -148,6 +148,11 @@ class DINOConfig(Strict):
     hidden_dim: int = Field(2048, ge=1, description="head MLP width")
     bottleneck_dim: int = Field(256, ge=1, description="head output before the prototypes")
     norm_last_layer: bool = Field(True, description="prototype weights of norm 1 (frozen g)")
+    batch_norm: bool = Field(
+        False,
+        description="BatchNorm after the head's hidden layers (the reference code's "
+        "use_bn_in_head); small CNNs need it (docs/methods.md)",
+    )
     student_temp: float = Field(0.1, gt=0.0)
     teacher_temp: float = Field(0.04, gt=0.0, description="after the warm-up")
     warmup_teacher_temp: float = Field(0.04, gt=0.0, description="at step 0")

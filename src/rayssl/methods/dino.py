@@ -20,7 +20,13 @@ from rayssl.methods.heads import infer_features
 class DINOHead(nn.Module):
     """MLP (in -> hidden -> hidden -> bottleneck, GELU between), L2 normalisation, then a
     weight-normalised linear layer onto `out_dim` prototypes whose norm is fixed at 1 when
-    `norm_last_layer` (the paper's default, which stabilises training)."""
+    `norm_last_layer` (the paper's default, which stabilises training).
+
+    `batch_norm` puts a BatchNorm after each hidden Linear (the reference code's
+    `use_bn_in_head`, off for ViTs). A CNN's pooled ReLU features share one large mean
+    direction; without it every sample's bottleneck output points the same way, centring
+    removes all that is left and training collapses to the uniform distribution (loss
+    ln(out_dim)); docs/methods.md has the measurement."""
 
     def __init__(
         self,
@@ -29,14 +35,16 @@ class DINOHead(nn.Module):
         hidden_dim: int = 2048,
         bottleneck_dim: int = 256,
         norm_last_layer: bool = True,
+        batch_norm: bool = False,
     ):
         super().__init__()
+
+        def hidden(width_in: int) -> list[nn.Module]:
+            norm = [nn.BatchNorm1d(hidden_dim)] if batch_norm else []
+            return [nn.Linear(width_in, hidden_dim), *norm, nn.GELU()]
+
         self.mlp = nn.Sequential(
-            nn.Linear(in_dim, hidden_dim),
-            nn.GELU(),
-            nn.Linear(hidden_dim, hidden_dim),
-            nn.GELU(),
-            nn.Linear(hidden_dim, bottleneck_dim),
+            *hidden(in_dim), *hidden(hidden_dim), nn.Linear(hidden_dim, bottleneck_dim)
         )
         self.last_layer = weight_norm(nn.Linear(bottleneck_dim, out_dim, bias=False))
         self.last_layer.parametrizations.weight.original0.data.fill_(1.0)
