@@ -110,6 +110,19 @@ BAD_VALUES = [
         "optimizer.name: Input should be 'adam', 'adamw', 'sgd' or 'lars'",
     ),
     (
+        {"optimizer": {"weight_decay_end": 0.4}},
+        "optimizer: weight_decay_end needs a weight decay to start from: set "
+        "optimizer.weight_decay > 0",
+    ),
+    (
+        {"optimizer": {"weight_decay": 0.04, "weight_decay_end": -0.4}},
+        "optimizer.weight_decay_end: Input should be greater than or equal to 0",
+    ),
+    (
+        {"method": "dino", "dino": {"batch_norm": "sometimes"}},
+        "dino.batch_norm: Input should be a valid boolean",
+    ),
+    (
         {"model": {"sync_batchnorm": "maybe"}},
         "model.sync_batchnorm: Input should be a valid boolean",
     ),

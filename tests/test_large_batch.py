@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
@@ -93,3 +94,28 @@ def test_sync_batchnorm_on_two_gloo_processes_equals_one_batchnorm_on_the_global
     # same keys as the BatchNorm it replaced (and torch's SyncBatchNorm): checkpoints move
     # between them
     assert got["state"].keys() == reference[1].state_dict().keys()
+
+
+def test_weight_decay_schedule_is_a_cosine_from_start_to_end_per_group():
+    """optimizer.weight_decay_end (DINO's 0.04 -> 0.4): values by hand for 5 steps,
+    end + (start - end) * (1 + cos(pi * k / 4)) / 2; a group with its own decay keeps its
+    ratio to the configured one, a group without decay stays at 0."""
+    from rayssl.schedules import WeightDecaySchedule
+
+    w = [torch.nn.Parameter(torch.ones(2)) for _ in range(3)]
+    opt = torch.optim.AdamW(
+        [
+            {"params": [w[0]]},
+            {"params": [w[1]], "weight_decay": 0.08},
+            {"params": [w[2]], "weight_decay": 0.0},
+        ],
+        lr=0.1,
+        weight_decay=0.04,
+    )
+    schedule = WeightDecaySchedule(opt, start=0.04, end=0.4, total_steps=5)
+    expected = [0.04, 0.0927208, 0.22, 0.3472792, 0.4]
+    for step, value in enumerate(expected):
+        assert schedule.set(step) == pytest.approx(value, abs=1e-7)
+        decays = [g["weight_decay"] for g in opt.param_groups]
+        assert decays == pytest.approx([value, 2 * value, 0.0], abs=1e-7)
+    assert schedule.set(9) == pytest.approx(0.4)  # past the end it stays at the end

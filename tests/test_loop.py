@@ -686,3 +686,33 @@ def test_dino_head_of_the_image_config_gives_the_teacher_a_signal_to_sharpen(bat
         assert mean_cosine < 0.5 and entropy < uniform - 1.0, (mean_cosine, entropy)
     else:
         assert mean_cosine > 0.9 and entropy > uniform - 0.2, (mean_cosine, entropy)
+
+
+def test_weight_decay_schedule_through_the_loop_resumes_exactly(tmp_path):
+    """optimizer.weight_decay_end: the loop's steps walk the decay from 0.04 to 0.4 (the
+    last step uses 0.4), it changes the weights against a constant decay, and a run saved
+    after epoch 1 and resumed ends torch.equal to the straight run."""
+    scheduled = {"epochs": 2, "optimizer": {"weight_decay": 0.04, "weight_decay_end": 0.4}}
+    straight = _loop(scheduled)
+    list(straight.epochs())
+    assert straight.step.optimizer.param_groups[0]["weight_decay"] == pytest.approx(0.4)
+    constant = _loop({"epochs": 2, "optimizer": {"weight_decay": 0.04}})
+    list(constant.epochs())
+    assert constant.step.optimizer.param_groups[0]["weight_decay"] == 0.04
+    assert any(
+        not torch.equal(a, b)
+        for a, b in zip(
+            straight.method.state_dict().values(),
+            constant.method.state_dict().values(),
+            strict=True,
+        )
+    )
+
+    first = _loop(scheduled)
+    next(first.epochs())
+    save_state(first.state_dict(), tmp_path)
+    second = _loop(scheduled)
+    second.load_state_dict(load_state(tmp_path))
+    list(second.epochs())
+    assert_states_equal(straight.method.state_dict(), second.method.state_dict())
+    assert_states_equal(straight.step.optimizer.state_dict(), second.step.optimizer.state_dict())

@@ -1,4 +1,5 @@
-"""Learning-rate schedules over optimizer steps (pure functions plus thin torch wrappers)."""
+"""Learning-rate and weight-decay schedules over optimizer steps (pure functions plus thin
+torch wrappers)."""
 
 from __future__ import annotations
 
@@ -49,3 +50,35 @@ def step_decay(
     optimizer: torch.optim.Optimizer, steps_per_epoch: int, step_epochs: int, gamma: float
 ) -> StepLR:
     return StepLR(optimizer, step_size=step_epochs * steps_per_epoch, gamma=gamma)
+
+
+def cosine_between(step: int, total_steps: int, start: float, end: float) -> float:
+    """`start` at step 0, then a half cosine to `end` at the last of `total_steps` steps."""
+    progress = min(1.0, step / max(1, total_steps - 1))
+    return end + (start - end) * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+class WeightDecaySchedule:
+    """Weight decay on a cosine from `start` (optimizer.weight_decay) to `end` over the run's
+    optimizer steps, as DINO's recipe (0.04 -> 0.4). torch's schedulers drive the learning
+    rate only, hence this. Each param group keeps its own weight decay as
+    `initial_weight_decay` and is scaled by value / start, so a group a method or LARS
+    exempts (weight decay 0) stays at 0. Set from the global step before each optimizer
+    step, and the base lives in the optimizer's state_dict: a resumed run continues the same
+    curve."""
+
+    def __init__(
+        self, optimizer: torch.optim.Optimizer, start: float, end: float, total_steps: int
+    ):
+        if start <= 0:
+            raise ValueError("a weight-decay schedule needs a positive starting weight decay")
+        self.optimizer, self.start, self.end, self.total_steps = optimizer, start, end, total_steps
+        for group in optimizer.param_groups:
+            group.setdefault("initial_weight_decay", group["weight_decay"])
+
+    def set(self, step: int) -> float:
+        """Weight decay of optimizer step `step` (0-based); returns the scheduled value."""
+        value = cosine_between(step, self.total_steps, self.start, self.end)
+        for group in self.optimizer.param_groups:
+            group["weight_decay"] = group["initial_weight_decay"] * value / self.start
+        return value

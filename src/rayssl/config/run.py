@@ -9,6 +9,7 @@ from typing import Literal
 from pydantic import (
     Field,
     field_validator,
+    model_validator,
 )
 
 from rayssl.config.base import Strict
@@ -22,6 +23,12 @@ class OptimizerConfig(Strict):
     )
     lr: float = Field(1e-3, gt=0.0, le=10.0, description="peak learning rate")
     weight_decay: float = Field(0.0, ge=0.0, description="decoupled for adamw, L2 otherwise")
+    weight_decay_end: float | None = Field(
+        None,
+        ge=0.0,
+        description="weight decay at the last step, reached on a cosine from weight_decay "
+        "over the run's optimizer steps (DINO: 0.04 -> 0.4); null: constant",
+    )
     momentum: float = Field(0.9, ge=0.0, lt=1.0, description="sgd and lars")
     trust_coefficient: float = Field(
         0.001, gt=0.0, le=1.0, description="lars: eta in lr_layer = eta * |w| / |update|"
@@ -30,6 +37,15 @@ class OptimizerConfig(Strict):
     backbone_lr_scale: float = Field(
         1.0, gt=0.0, le=10.0, description="supervised: backbone lr = lr x this (fine-tuning)"
     )
+
+    @model_validator(mode="after")
+    def _schedule_has_a_start(self) -> OptimizerConfig:
+        if self.weight_decay_end is not None and self.weight_decay == 0:
+            raise ValueError(
+                "weight_decay_end needs a weight decay to start from: set "
+                "optimizer.weight_decay > 0 (DINO: 0.04) or remove weight_decay_end"
+            )
+        return self
 
 
 class LRSchedulerConfig(Strict):

@@ -122,6 +122,8 @@ def adopt_hyperparameters(loop: Loop, saved_config: dict[str, Any]) -> None:
                 group[key] *= ratio
         if group.get("weight_decay") == old["weight_decay"]:
             group["weight_decay"] = new.weight_decay
+        if group.get("initial_weight_decay") == old["weight_decay"]:  # a scheduled decay's base
+            group["initial_weight_decay"] = new.weight_decay
     scheduler = loop.step.lr_scheduler
     if scheduler is not None and hasattr(scheduler, "base_lrs"):
         scheduler.base_lrs = [lr * ratio for lr in scheduler.base_lrs]

@@ -1,5 +1,6 @@
 """One optimizer step: forward under autocast, backward, a cross-rank check that the loss and
-gradients are finite, clipping, the optimizer and the LR schedule."""
+gradients are finite, clipping, the weight-decay schedule, the optimizer and the LR
+schedule."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from torch import nn
 
 from rayssl.config import TrainConfig
 from rayssl.methods import Method
+from rayssl.schedules import WeightDecaySchedule
 
 
 class NonFiniteLossError(RuntimeError):
@@ -62,6 +64,12 @@ class Step:
         self.optimizer, self.lr_scheduler = method.configure_optimizers(
             total_steps, steps_per_epoch
         )
+        opt = cfg.optimizer
+        self.weight_decay = (
+            WeightDecaySchedule(self.optimizer, opt.weight_decay, opt.weight_decay_end, total_steps)
+            if opt.weight_decay_end is not None
+            else None
+        )
 
     def __call__(self, inputs: Any, y: torch.Tensor, where: tuple[int, int, int]) -> tuple:
         """One optimizer step on (inputs, y); `where` = (epoch, step in epoch, global step)
@@ -74,6 +82,8 @@ class Step:
         loss_value, grads, grad_norm = self._check_finite(loss, where)
         if self.cfg.grad_clip:  # reuses the norm the check computed
             torch.nn.utils.clip_grads_with_norm_(grads, self.cfg.grad_clip, grad_norm)
+        if self.weight_decay is not None:
+            self.weight_decay.set(where[2] - 1)
         self.optimizer.step()
         if self.lr_scheduler is not None:
             self.lr_scheduler.step()
