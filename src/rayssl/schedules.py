@@ -52,18 +52,23 @@ def step_decay(
     return StepLR(optimizer, step_size=step_epochs * steps_per_epoch, gamma=gamma)
 
 
-def cosine_between(step: int, total_steps: int, start: float, end: float) -> float:
-    """`start` at step 0, then a half cosine to `end` at the last of `total_steps` steps."""
-    progress = min(1.0, step / max(1, total_steps - 1))
-    return end + (start - end) * 0.5 * (1 + math.cos(math.pi * progress))
+def cosine_schedule(
+    step: int, max_steps: int, start_value: float, end_value: float, period: int | None = None
+) -> float:
+    """Cosine from `start_value` at step 0 to `end_value` at `max_steps` (held after)."""
+    if max_steps < 1:
+        raise ValueError(f"max_steps must be >= 1, got {max_steps}")
+    period = period or max_steps
+    progress = min(step, max_steps) / period
+    return end_value - (end_value - start_value) * (math.cos(math.pi * progress) + 1) / 2
 
 
 class WeightDecaySchedule:
     """Weight decay on a cosine from `start` (optimizer.weight_decay) to `end` over the run's
     optimizer steps, as DINO's recipe (0.04 -> 0.4). torch's schedulers drive the learning
     rate only, hence this. Each param group keeps its own weight decay as
-    `initial_weight_decay` and is scaled by value / start, so a group a method or LARS
-    exempts (weight decay 0) stays at 0. Set from the global step before each optimizer
+    `initial_weight_decay` and is scaled by value / start, so a group a method exempts
+    (weight decay 0) stays at 0 (LARS still spares biases and norms itself). Set from the global step before each optimizer
     step, and the base lives in the optimizer's state_dict: a resumed run continues the same
     curve."""
 
@@ -78,7 +83,7 @@ class WeightDecaySchedule:
 
     def set(self, step: int) -> float:
         """Weight decay of optimizer step `step` (0-based); returns the scheduled value."""
-        value = cosine_between(step, self.total_steps, self.start, self.end)
+        value = cosine_schedule(step, max(1, self.total_steps - 1), self.start, self.end)
         for group in self.optimizer.param_groups:
             group["weight_decay"] = group["initial_weight_decay"] * value / self.start
         return value

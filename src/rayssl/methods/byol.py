@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import copy
-import math
 from typing import Any
 
 import torch
@@ -12,17 +11,7 @@ from torch import nn
 from rayssl.losses import NegativeCosineSimilarity
 from rayssl.methods.base import Method
 from rayssl.methods.heads import MLPHead, infer_features
-
-
-def cosine_schedule(
-    step: int, max_steps: int, start_value: float, end_value: float, period: int | None = None
-) -> float:
-    """Cosine from `start_value` at step 0 to `end_value` at `max_steps` (held after)."""
-    if max_steps < 1:
-        raise ValueError(f"max_steps must be >= 1, got {max_steps}")
-    period = period or max_steps
-    progress = min(step, max_steps) / period
-    return end_value - (end_value - start_value) * (math.cos(math.pi * progress) + 1) / 2
+from rayssl.schedules import cosine_schedule  # noqa: F401  (also imported from here)
 
 
 def deactivate_requires_grad(model: nn.Module) -> None:

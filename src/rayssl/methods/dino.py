@@ -13,8 +13,9 @@ from torch import nn
 from torch.nn.utils.parametrizations import weight_norm
 
 from rayssl.methods.base import Method
-from rayssl.methods.byol import cosine_schedule, deactivate_requires_grad, update_momentum
+from rayssl.methods.byol import deactivate_requires_grad, update_momentum
 from rayssl.methods.heads import infer_features
+from rayssl.schedules import cosine_schedule
 
 
 class DINOHead(nn.Module):
