@@ -21,7 +21,11 @@ a separate venv with torch 2.14.1 + torchvision 0.29.1, see BENCHMARKS.md). Sect
   stream  a Ray Data stream of 20,000 PNG files into a 2-worker rayssl run (in_memory false,
           4 epochs): resident memory of the driver and of each Ray Train worker, every second.
 
-Everything runs on the CPU here: no GPU was lent to the session that wrote it.
+On the CPU by default. `--device cuda` runs the same sections on a GPU (views and steps on
+the device; lightly's model and batches moved there, its DataLoader fed by
+`--loader-workers` processes, page-locked), `--precision bf16` adds bf16 autocast and
+channels_last on both sides (`performance.amp` / `channels_last` for rayssl). Each step is
+timed to a `torch.cuda.synchronize()` on both sides.
 """
 
 from __future__ import annotations
@@ -42,6 +46,9 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 DATA = ROOT / "data" / "digits32"
 BATCH = 256
+DEVICE = torch.device("cpu")  # --device
+LOADER_WORKERS = 2  # --loader-workers
+BF16 = False  # --precision bf16: autocast + channels_last on both sides
 
 
 def ssl_config(method: str, batch: int = BATCH, backbone: dict | None = None):
@@ -50,6 +57,8 @@ def ssl_config(method: str, batch: int = BATCH, backbone: dict | None = None):
 
     raw = load_train_config(ROOT / "configs" / f"{method}_images.yaml").model_dump(mode="json")
     raw.update({"num_workers": 0, "cpus_per_worker": 2})
+    if BF16:
+        raw["performance"].update(amp="bf16", channels_last=True)
     if backbone:
         raw["backbone"] = backbone
     raw["data"]["batch_size"] = batch
@@ -85,8 +94,9 @@ def lightly_loader(method: str, batch: int = BATCH):
         batch_size=batch,
         shuffle=True,
         drop_last=True,
-        num_workers=2,
+        num_workers=LOADER_WORKERS,
         persistent_workers=True,
+        pin_memory=DEVICE.type == "cuda",
     )
 
 
@@ -104,32 +114,56 @@ def lightly_steps(method: str, cfg, steps: int, batch: int = BATCH) -> dict:
     from rayssl.build import build_method
 
     torch.manual_seed(0)
-    model = build_method(cfg, (3, 32, 32), 10)
+    model = build_method(cfg, (3, 32, 32), 10).to(DEVICE)
+    layout = torch.channels_last if BF16 else torch.contiguous_format
+    model.to(memory_format=layout)
     model.train()
     optimizer, _ = model.configure_optimizers(steps + 2, steps + 2)
     loader = lightly_loader(method, batch)
+    autocast = torch.autocast(DEVICE.type, torch.bfloat16, enabled=BF16)
+    total = steps + 2 + 2 * len(loader)
+
+    def train(v0, v1, y, step):
+        v0, v1 = (v.to(DEVICE, non_blocking=True, memory_format=layout) for v in (v0, v1))
+        with autocast:
+            loss = model.training_step(((v0, v1), y.to(DEVICE)))["loss"]
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        model.on_step_end(step, total)
+        _sync()
+
     times, step, last = [], 0, time.perf_counter()
     while step < steps + 2:
         for (v0, v1), y in loader:
-            loss = model.training_step(((v0, v1), y))["loss"]
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
             step += 1
-            model.on_step_end(step, steps + 2)
+            train(v0, v1, y, step)
             now = time.perf_counter()
             times.append(now - last)
             last = now
             if step == steps + 2:
                 break
     per_step = statistics.median(times[2:])
-    return {"images_per_s": batch / per_step, "ms_per_step": per_step * 1e3, "steps": steps}
+    row = {"images_per_s": batch / per_step, "ms_per_step": per_step * 1e3, "steps": steps}
+    if DEVICE.type == "cuda":  # a whole epoch: the loader's prefetched queue hides it above
+
+        def epoch() -> int:
+            nonlocal step
+            for (v0, v1), y in loader:
+                step += 1
+                train(v0, v1, y, step)
+            return len(loader) * batch
+
+        epoch()  # warm-up: a new pass starts from empty queues, as each epoch does
+        started = time.perf_counter()
+        row["epoch_images_per_s"] = epoch() / (time.perf_counter() - started)
+    return row
 
 
 # ============================================================================ rayssl side
 
 
-def rayssl_views(method: str) -> dict:
+def rayssl_views(method: str, masked: bool | None = None) -> dict:
     from rayssl.data import load_splits
     from rayssl.data.image_views import ImageViews
 
@@ -137,17 +171,18 @@ def rayssl_views(method: str) -> dict:
     started = time.perf_counter()
     splits = load_splits(cfg.data)
     decode_s = time.perf_counter() - started
-    x = splits.train[0]
-    views = [ImageViews(cfg.data.augment.image, v) for v in (0, 1)]
-    g = torch.Generator().manual_seed(0)
+    x = splits.train[0].to(DEVICE)
+    views = [ImageViews(cfg.data.augment.image, v, masked) for v in (0, 1)]
+    g = torch.Generator(device=DEVICE).manual_seed(0)
 
     def one_pass() -> int:
-        order = torch.randperm(len(x), generator=g)
+        order = torch.randperm(len(x), generator=g, device=DEVICE)
         done = 0
         for i in range(0, len(x) - BATCH + 1, BATCH):
             batch = x[order[i : i + BATCH]]
             views[0](batch, g), views[1](batch, g)
             done += BATCH
+        _sync()
         return done
 
     one_pass()  # warm-up
@@ -165,10 +200,11 @@ def rayssl_steps(cfg, steps: int) -> dict:
     from rayssl.engine import build_loop
 
     splits = load_splits(cfg.data)
-    loop = build_loop(cfg, splits)  # 2 torch threads (cpus_per_worker)
+    loop = build_loop(cfg, splits, device=DEVICE)  # 2 torch threads (cpus_per_worker)
     loop.start_epoch()
     times, last = [], time.perf_counter()
     for _ in loop.iterate():
+        _sync()
         now = time.perf_counter()
         times.append(now - last)
         last = now
@@ -176,7 +212,25 @@ def rayssl_steps(cfg, steps: int) -> dict:
             break
     per_step = statistics.median(times[2:])
     batch = cfg.data.batch_size
-    return {"images_per_s": batch / per_step, "ms_per_step": per_step * 1e3, "steps": steps}
+    row = {"images_per_s": batch / per_step, "ms_per_step": per_step * 1e3, "steps": steps}
+    if DEVICE.type == "cuda":  # a whole epoch, as the lightly side measures it
+        epochs = build_loop(cfg, splits, device=DEVICE).epochs()
+        next(epochs)  # warm-up
+        started = time.perf_counter()
+        next(epochs)
+        _sync()
+        row["epoch_images_per_s"] = loop.steps_per_epoch * batch / (time.perf_counter() - started)
+    return row
+
+
+def _sync() -> None:
+    if DEVICE.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def machine() -> str:
+    gpu = torch.cuda.get_device_name() if DEVICE.type == "cuda" else "no GPU"
+    return f"{platform.machine()}, {len(os.sched_getaffinity(0))} CPUs, {gpu}"
 
 
 # ============================================================================ stream memory
@@ -349,7 +403,13 @@ def main() -> None:
     parser.add_argument("--stream-files", type=int, default=20_000)
     parser.add_argument("--stream-epochs", type=int, default=4)
     parser.add_argument("--stream-val-fraction", type=float, default=0.1)
+    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    parser.add_argument("--loader-workers", type=int, default=2, help="lightly's DataLoader")
+    parser.add_argument("--precision", default="fp32", choices=["fp32", "bf16"])
     args = parser.parse_args()
+    global DEVICE, LOADER_WORKERS, BF16
+    DEVICE, LOADER_WORKERS = torch.device(args.device), args.loader_workers
+    BF16 = args.precision == "bf16"
     torch.set_num_threads(2)
     if not DATA.exists():
         from rayssl.data.demo import write_digit_images
@@ -362,8 +422,12 @@ def main() -> None:
 
         versions.update(torchvision=torchvision.__version__, lightly=lightly.__version__)
     result: dict = {
-        "machine": f"{platform.machine()}, {len(os.sched_getaffinity(0))} CPUs, no GPU",
+        "machine": machine(),
         "versions": versions,
+        "command": "python benchmarks/images.py " + " ".join(sys.argv[1:]),
+        "device": args.device,
+        "loader_workers": args.loader_workers,
+        "precision": args.precision,
         "data": str(DATA.relative_to(ROOT)),
     }
 
@@ -377,6 +441,10 @@ def main() -> None:
             ours["vs_lightly"] = ours["images_per_s"] / theirs["images_per_s"]
             show(f"views/{method}/lightly", theirs)
             show(f"views/{method}/rayssl", ours)
+            if DEVICE.type == "cuda":  # the CPU's form of the views on the GPU, for the record
+                gathered = rayssl_views(method, masked=False)
+                gathered["vs_lightly"] = gathered["images_per_s"] / theirs["images_per_s"]
+                show(f"views/{method}/rayssl-gathered", gathered)
         if "step" in args.sections:
             cfg = ssl_config(method)
             theirs = lightly_steps(method, cfg, args.steps)

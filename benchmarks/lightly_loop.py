@@ -119,10 +119,16 @@ def rayssl_views(cfg, stats):
 
 
 def pretrain_lightly(
-    cfg, stats, backbone_of: Callable, views: str = "lightly"
+    cfg,
+    stats,
+    backbone_of: Callable,
+    views: str = "lightly",
+    device: str = "cpu",
+    loader_workers: int = 2,
 ) -> tuple[nn.Module, dict]:
     """Train `backbone_of(cfg)` (the same initial weights as rayssl's) as lightly's own
-    examples write the loop; (backbone, timing)."""
+    examples write the loop, on `device` (batches page-locked and moved there); (the
+    backbone on the CPU, timing)."""
     from lightly.loss import NegativeCosineSimilarity, NTXentLoss
     from lightly.models.utils import update_momentum
     from lightly.utils.scheduler import cosine_schedule
@@ -135,6 +141,7 @@ def pretrain_lightly(
     backbone = backbone_of(cfg)
     simclr = cfg.method == "simclr"
     model = LightlySimCLR(backbone, cfg) if simclr else LightlyBYOL(backbone, cfg)
+    model.to(device)
     online = [p for n, p in model.named_parameters() if "momentum" not in n]
     opt = cfg.optimizer
     optimizer = torch.optim.AdamW(online, lr=opt.lr, weight_decay=opt.weight_decay)
@@ -146,8 +153,9 @@ def pretrain_lightly(
         batch_size=cfg.data.batch_size,
         shuffle=True,
         drop_last=True,
-        num_workers=2,
+        num_workers=loader_workers,
         persistent_workers=True,
+        pin_memory=device != "cpu",
     )
     steps_per_epoch = len(loader)
     total = cfg.epochs * steps_per_epoch
@@ -161,6 +169,7 @@ def pretrain_lightly(
     for _epoch in range(cfg.epochs):
         for batch, _ in loader:
             x0, x1 = make_views(batch) if make_views else batch
+            x0, x1 = x0.to(device, non_blocking=True), x1.to(device, non_blocking=True)
             if per_sample:  # rayssl's data.normalize 'sample' is torch's instance norm
                 x0, x1 = F.instance_norm(x0), F.instance_norm(x1)
             if simclr:
@@ -177,8 +186,9 @@ def pretrain_lightly(
             optimizer.step()
             scheduler.step()
             step += 1
+    float(loss.detach())  # waits for the device's last step
     wall = time.perf_counter() - started
-    return model.backbone, {
+    return model.backbone.cpu(), {
         "wall_s": round(wall, 1),
         "train_loss_last": round(float(loss.detach()), 4),
         "epochs": cfg.epochs,

@@ -33,7 +33,9 @@ end-of-run evaluation included), lightly from building the DataLoader to the las
 Sets (offline, `rayssl demo-images`): "demo" (fair preset, 5000 train / 1000 test) and
 "hard" (`--hard`: more colour and placement nuisance). Needs lightly and torchvision
 (`pip install -e '.[bench]'`; on this machine a separate venv with torch 2.14.1 +
-torchvision 0.29.1, see BENCHMARKS.md). Everything runs on the CPU here.
+torchvision 0.29.1, see BENCHMARKS.md). Everything runs on the CPU by default; `--gpu` trains
+both on one GPU: rayssl with 1 Ray Train worker over NCCL (views on the device), the lightly
+loop with its model on the GPU and `--loader-workers` DataLoader processes making its views.
 """
 
 from __future__ import annotations
@@ -59,14 +61,16 @@ LIGHTLY_LOOPS = ("simclr", "byol")  # the methods this file also trains with lig
 SETS = {"demo": ("data/digits32", []), "hard": ("data/digits32hard", ["--hard"])}
 
 
-def config(method: str, data: Path, epochs: int, storage: Path, overrides=()):
+def config(method: str, data: Path, epochs: int, storage: Path, overrides=(), gpu=False):
     """configs/<method>_images.yaml (with `--set` overrides) on `data`, without evaluation
-    during training."""
+    during training; `gpu`: one worker on one GPU."""
     from rayssl.config import load_train_config, validate_train_config
 
     path = ROOT / "configs" / f"{method}_images.yaml"
     raw = load_train_config(path, overrides).model_dump(mode="json")
     raw.update(epochs=epochs, storage_path=str(storage), name=f"{method}-{data.name}")
+    if gpu:
+        raw.update(use_gpu=True, num_workers=1)
     raw["data"].update(path=str(data / "train"), test_path=str(data / "test"))
     raw["eval"] = {"every": 0, "knn_k": 20, "linear_probe": False, "online_linear": False}
     return validate_train_config(raw)
@@ -174,6 +178,8 @@ def parse_args() -> argparse.Namespace:
         help="train the lightly loop under the --set overrides as well: for view parameters "
         "(data.augment.image.*), which lightly's transforms read from the same config",
     )
+    parser.add_argument("--gpu", action="store_true", help="train both on one GPU")
+    parser.add_argument("--loader-workers", type=int, default=2, help="the lightly loop's")
     parser.add_argument(
         "--markdown", action="store_true", help="print BENCHMARKS.md's table; run nothing"
     )
@@ -191,7 +197,9 @@ def main() -> None:
     out = ROOT / args.out
     result = json.loads(out.read_text()) if out.exists() else {}
     result.update(
-        machine=f"{platform.machine()}, {len(os.sched_getaffinity(0))} CPUs, no GPU",
+        machine=f"{platform.machine()}, {len(os.sched_getaffinity(0))} CPUs, "
+        + (torch.cuda.get_device_name() if args.gpu else "no GPU"),
+        loader_workers=args.loader_workers,
         versions={
             "torch": torch.__version__,
             "torchvision": torchvision.__version__,
@@ -211,7 +219,7 @@ def main() -> None:
             write_digit_images(data, hard="--hard" in flags)
         rows = result.setdefault("sets", {}).setdefault(name, {"data": folder})
         for method in args.methods:
-            cfg = config(method, data, args.epochs, storage, args.overrides)
+            cfg = config(method, data, args.epochs, storage, args.overrides, args.gpu)
             sets = clean_sets(cfg)
             stats = _stats(cfg, sets)
             # random init through the same evaluator, per input normalisation
@@ -225,7 +233,13 @@ def main() -> None:
             tools = [] if extra else [("rayssl", pretrain_rayssl)]
             if method in LIGHTLY_LOOPS and (args.lightly_too or extra or not args.overrides):
                 views = args.lightly_views
-                loop = partial(pretrain_lightly, backbone_of=backbone_of, views=views)
+                loop = partial(
+                    pretrain_lightly,
+                    backbone_of=backbone_of,
+                    views=views,
+                    device="cuda" if args.gpu else "cpu",
+                    loader_workers=args.loader_workers,
+                )
                 tools.append(("lightly", loop))
             for tool, pretrain in tools:
                 backbone, timing = pretrain(cfg, stats)

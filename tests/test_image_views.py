@@ -306,3 +306,35 @@ def test_local_crops_are_refused_for_a_method_that_pairs_two_views():
     with pytest.raises(ConfigError, match="simclr pairs two views and takes no local crops"):
         validate_train_config({"method": "simclr", "data": image})
     assert validate_train_config({"method": "dino", "data": image}).method == "dino"
+
+
+@pytest.mark.parametrize("preset", ["simclr", "byol"])
+@pytest.mark.parametrize("view", [0, 1])
+def test_the_sync_free_gpu_form_gives_every_sample_the_cpu_forms_view(preset, view):
+    """The GPU form (every op on the whole batch, kept per sample by torch.where) and the
+    CPU form (each op on the samples that draw it) make the same views from one generator
+    state; here both run on the CPU, chosen explicitly."""
+    x = torch.rand(512, 3, 16, 16, generator=torch.Generator().manual_seed(3))
+    cfg = AugmentConfig(preset=preset).image
+    gathered = ImageViews(cfg, view, masked=False)(x, torch.Generator().manual_seed(7))
+    masked = ImageViews(cfg, view, masked=True)(x, torch.Generator().manual_seed(7))
+    assert not torch.allclose(gathered, x, atol=1e-2)  # the views did something
+    torch.testing.assert_close(masked, gathered, atol=2e-6, rtol=0)
+
+
+def test_the_sync_free_colour_jitter_applies_each_samples_ops_in_its_order():
+    n = 256
+    g = torch.Generator().manual_seed(0)
+    x = torch.rand(n, 3, 8, 8, generator=g)
+    factors = torch.stack(
+        [1 + 0.8 * (torch.rand(n, generator=g) - 0.5) for _ in range(3)]
+        + [0.2 * (torch.rand(n, generator=g) - 0.5)],
+        dim=1,
+    )
+    order = torch.rand(n, 4, generator=g).argsort(dim=1)
+    torch.testing.assert_close(
+        color_jitter(x, factors, order, masked=True),
+        color_jitter(x, factors, order),
+        atol=2e-6,
+        rtol=0,
+    )

@@ -68,9 +68,9 @@ class WeightDecaySchedule:
     optimizer steps, as DINO's recipe (0.04 -> 0.4). torch's schedulers drive the learning
     rate only, hence this. Each param group keeps its own weight decay as
     `initial_weight_decay` and is scaled by value / start, so a group a method exempts
-    (weight decay 0) stays at 0 (LARS still spares biases and norms itself). Set from the global step before each optimizer
-    step, and the base lives in the optimizer's state_dict: a resumed run continues the same
-    curve."""
+    (weight decay 0) stays at 0 (LARS still spares biases and norms itself). Set from the
+    global step before each optimizer step, and the base lives in the optimizer's
+    state_dict: a resumed run continues the same curve."""
 
     def __init__(
         self, optimizer: torch.optim.Optimizer, start: float, end: float, total_steps: int

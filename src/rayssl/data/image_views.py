@@ -16,6 +16,13 @@ kornia's functional `adjust_contrast` / `adjust_saturation` do not (they scale).
 
 Inputs are floats in [0, 1]; outputs stay in [0, 1] (normalisation is separate: it applies
 to evaluation inputs too).
+
+Two forms of the same views, chosen by the batch's device: on the CPU each op runs only on
+the samples that draw it (gathered rows: arithmetic is what costs there); on a GPU every op
+runs on the whole batch and each sample keeps its own op's result (`torch.where`): no
+data-dependent shape, so no host-device sync (the gathered form waits on the GPU about 20
+times per view, which made a view of 256 small images take ~8 ms on an H200; see
+BENCHMARKS.md). Both give each sample the same values (tested).
 """
 
 from __future__ import annotations
@@ -131,6 +138,7 @@ def color_jitter(
     x: torch.Tensor,
     factors: torch.Tensor,
     order: torch.Tensor,
+    masked: bool = False,
 ) -> torch.Tensor:
     """torchvision's ColorJitter with per-sample factors and a per-sample op order.
 
@@ -138,11 +146,20 @@ def color_jitter(
     order: (B, 4) a permutation of the four ops per sample. Round k applies, to each sample,
     its k-th op: each op runs once per round on the samples whose k-th op it is, so every
     sample goes through each op exactly once (hue, an RGB -> HSV -> RGB round trip, is most
-    of the cost; computing all four ops for every sample each round cost 4x).
+    of the cost; computing all four ops for every sample each round cost 4x on the CPU).
+    `masked`: every op on every sample each round, each sample keeping its own (no sync).
     """
     ops = (_brightness, _contrast, _saturation, _hue)
     order = order.to(x.device)
     factors = factors.to(x.device, x.dtype)
+    if masked:
+        for k in range(4):
+            picks = order[:, k].view(-1, 1, 1, 1)
+            x = sum(
+                torch.where(picks == i, op(x, factors[:, i].view(-1, 1, 1, 1)), 0.0)
+                for i, op in enumerate(ops)
+            )
+        return x
     for k in range(4):
         out = torch.empty_like(x)
         for i, op in enumerate(ops):
@@ -183,10 +200,11 @@ def solarize(x: torch.Tensor, threshold: float) -> torch.Tensor:
 class ImageViews:
     """The configured view pipeline (`augment.image` / `augment.preset`) for one view index:
     random resized crop + flip, colour jitter (p), grayscale (p), blur (p), solarize (p).
-    Per-view probabilities (BYOL's asymmetric views) come from `[view0, view1]` pairs."""
+    Per-view probabilities (BYOL's asymmetric views) come from `[view0, view1]` pairs.
+    `masked`: the sync-free form (module docstring); None: on a GPU only."""
 
-    def __init__(self, cfg, view: int = 0):
-        self.cfg, self.view = cfg, view
+    def __init__(self, cfg, view: int = 0, masked: bool | None = None):
+        self.cfg, self.view, self.masked = cfg, view, masked
 
     def _p(self, value) -> float:
         return value[min(self.view, len(value) - 1)] if isinstance(value, list) else value
@@ -214,6 +232,8 @@ class ImageViews:
         solarize_on = _coin(n, self._p(c.solarize_p), g)
 
         x = resized_crop_and_flip(x, boxes, flip, size)
+        if self.masked or (self.masked is None and x.is_cuda):
+            return self._masked(x, jitter_on, factors, order, grey_on, blur_on, sigma, solarize_on)
         if jitter_on.any():  # only the samples that get it
             rows = jitter_on.to(x.device).nonzero().squeeze(1)
             x = x.index_copy(
@@ -231,5 +251,20 @@ class ImageViews:
             blurred = gaussian_blur(x, sigma, kernel)
             x = torch.where(_per_sample(blur_on, x) > 0, blurred, x)
         if solarize_on.any():
+            x = torch.where(_per_sample(solarize_on, x) > 0, solarize(x, c.solarize_threshold), x)
+        return x
+
+    def _masked(self, x, jitter_on, factors, order, grey_on, blur_on, sigma, solarize_on):
+        """The ops after the crop, each on the whole batch, kept per sample by its coin."""
+        c = self.cfg
+        jittered = color_jitter(x, factors, order, masked=True)
+        x = torch.where(_per_sample(jitter_on, x) > 0, jittered, x)
+        if x.shape[1] == 3:
+            x = torch.where(_per_sample(grey_on, x) > 0, grayscale(x).expand_as(x), x)
+        if self._p(c.blur_p) > 0:
+            kernel = c.blur_kernel or blur_kernel_size(*x.shape[-2:])
+            kernel = min(kernel, 2 * min(x.shape[-2:]) - 1)
+            x = torch.where(_per_sample(blur_on, x) > 0, gaussian_blur(x, sigma, kernel), x)
+        if self._p(c.solarize_p) > 0:
             x = torch.where(_per_sample(solarize_on, x) > 0, solarize(x, c.solarize_threshold), x)
         return x
