@@ -18,6 +18,7 @@ a separate venv with torch 2.14.1 + torchvision 0.29.1, see BENCHMARKS.md). Sect
           process), rayssl is its own `Loop` in this process (2 torch threads). Same module,
           same loss, same batch.
   resnet  the same with ResNet-18 (stem cifar), batch 64, for information.
+  ops     ATen ops per view of a batch (torch.profiler, CPU): on a GPU each is a kernel launch.
   stream  a Ray Data stream of 20,000 PNG files into a 2-worker rayssl run (in_memory false,
           4 epochs): resident memory of the driver and of each Ray Train worker, every second.
 
@@ -223,6 +224,40 @@ def rayssl_steps(cfg, steps: int) -> dict:
     return row
 
 
+def markdown(results: list[dict]) -> str:
+    """BENCHMARKS.md's table of views and steps from result files (one per precision)."""
+    lines = [
+        "| precision | what | lightly | rayssl | rayssl / lightly |",
+        "| --- | --- | ---: | ---: | ---: |",
+    ]
+    for result in results:
+        precision = result.get("precision", "fp32")
+        for key, theirs in result.items():
+            if not key.endswith("/lightly"):
+                continue
+            section, method, *rest = key.split("/")[:-1]
+            ours = result[key.replace("/lightly", "/rayssl")]
+            what = f"{method} {section} ({rest[0]})" if rest else f"{method} {section}"
+            rate = "epoch_images_per_s" if "epoch_images_per_s" in theirs else "images_per_s"
+            lines.append(
+                f"| {precision} | {what}, images/s | {theirs[rate]:,.0f} | {ours[rate]:,.0f} "
+                f"| {ours[rate] / theirs[rate]:.2f}x |"
+            )
+            gathered = result.get(key.replace("/lightly", "/rayssl-gathered"))
+            if gathered:
+                lines.append(
+                    f"| {precision} | {what}, rayssl's CPU form of the views on the GPU "
+                    f"| | {gathered[rate]:,.0f} | {gathered[rate] / theirs[rate]:.2f}x |"
+                )
+            if "ms_per_step" in theirs:
+                lines.append(
+                    f"| {precision} | {what}, median ms per step, batches prefetched "
+                    f"| {theirs['ms_per_step']:.1f} | {ours['ms_per_step']:.1f} "
+                    f"| {theirs['ms_per_step'] / ours['ms_per_step']:.2f}x |"
+                )
+    return "\n".join(lines)
+
+
 def _sync() -> None:
     if DEVICE.type == "cuda":
         torch.cuda.synchronize()
@@ -231,6 +266,30 @@ def _sync() -> None:
 def machine() -> str:
     gpu = torch.cuda.get_device_name() if DEVICE.type == "cuda" else "no GPU"
     return f"{platform.machine()}, {len(os.sched_getaffinity(0))} CPUs, {gpu}"
+
+
+def view_ops(method: str) -> dict:
+    """ATen operator calls in one view of a (256, 3, 32, 32) batch, in both forms, and in
+    one call of the hue op; on a GPU each call is about one kernel launch."""
+    from torch.profiler import ProfilerActivity, profile
+
+    from rayssl.data.image_views import ImageViews, _hue
+
+    cfg = ssl_config(method).data.augment.image
+    x = torch.rand(BATCH, 3, 32, 32)
+
+    def count(fn) -> int:
+        fn()  # warm-up
+        with profile(activities=[ProfilerActivity.CPU]) as prof:
+            fn()
+        return sum(e.count for e in prof.key_averages() if e.key.startswith("aten::"))
+
+    g = torch.Generator().manual_seed(0)
+    return {
+        "sync_free": count(lambda: ImageViews(cfg, 0, masked=True)(x, g)),
+        "gathered": count(lambda: ImageViews(cfg, 0, masked=False)(x, g)),
+        "hue_once": count(lambda: _hue(x, torch.zeros(BATCH, 1, 1, 1))),
+    }
 
 
 # ============================================================================ stream memory
@@ -406,7 +465,13 @@ def main() -> None:
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     parser.add_argument("--loader-workers", type=int, default=2, help="lightly's DataLoader")
     parser.add_argument("--precision", default="fp32", choices=["fp32", "bf16"])
+    parser.add_argument(
+        "--markdown", nargs="+", metavar="RESULT", help="print BENCHMARKS.md's GPU table"
+    )
     args = parser.parse_args()
+    if args.markdown:
+        print(markdown([json.loads((ROOT / f).read_text()) for f in args.markdown]))
+        return
     global DEVICE, LOADER_WORKERS, BF16
     DEVICE, LOADER_WORKERS = torch.device(args.device), args.loader_workers
     BF16 = args.precision == "bf16"
@@ -416,7 +481,7 @@ def main() -> None:
 
         write_digit_images(DATA)
     versions = {"torch": torch.__version__, "python": sys.version.split()[0]}
-    if set(args.sections) - {"stream"}:  # the stream section needs only rayssl
+    if set(args.sections) - {"stream", "ops"}:  # these need only rayssl
         import lightly
         import torchvision
 
@@ -436,6 +501,8 @@ def main() -> None:
         print(key, json.dumps({k: v for k, v in value.items() if k != "curve"}), flush=True)
 
     for method in ("simclr", "byol"):
+        if "ops" in args.sections:
+            show(f"ops/{method}", view_ops(method))
         if "views" in args.sections:
             ours, theirs = rayssl_views(method), lightly_views(method)
             ours["vs_lightly"] = ours["images_per_s"] / theirs["images_per_s"]
