@@ -130,9 +130,7 @@ def pretrain_lightly(
     examples write the loop, on `device` (batches page-locked and moved there); (the
     backbone on the CPU, timing)."""
     from lightly.loss import NegativeCosineSimilarity, NTXentLoss
-    from lightly.models.utils import update_momentum
     from lightly.utils.scheduler import cosine_schedule
-    from torchvision.datasets import ImageFolder
 
     from rayssl.schedules import WarmupCosine  # the same LR schedule as rayssl's run
 
@@ -148,21 +146,13 @@ def pretrain_lightly(
     transform, make_views = (
         rayssl_views(cfg, stats) if views == "rayssl" else (lightly_transform(cfg, stats), None)
     )
-    loader = torch.utils.data.DataLoader(
-        ImageFolder(cfg.data.path, transform=transform),
-        batch_size=cfg.data.batch_size,
-        shuffle=True,
-        drop_last=True,
-        num_workers=loader_workers,
-        persistent_workers=True,
-        pin_memory=device != "cpu",
-    )
+    loader = _loader(cfg, transform, loader_workers, pin_memory=device != "cpu")
     steps_per_epoch = len(loader)
     total = cfg.epochs * steps_per_epoch
     warmup = int(round(cfg.lr_scheduler.warmup_epochs * steps_per_epoch))
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, WarmupCosine(warmup, total, 0.0))
     criterion = NTXentLoss(temperature=cfg.simclr.temperature) if simclr else None
-    cosine = NegativeCosineSimilarity()
+    base, cosine = cfg.byol.base_momentum, NegativeCosineSimilarity()
     step, loss = 0, torch.zeros(())
     per_sample = cfg.data.normalize == "sample"
     model.train()
@@ -175,21 +165,44 @@ def pretrain_lightly(
             if simclr:
                 loss = criterion(model(x0), model(x1))
             else:
-                m = cosine_schedule(step, total, cfg.byol.base_momentum, 1.0)
-                update_momentum(model.backbone, model.backbone_momentum, m=m)
-                update_momentum(model.projection_head, model.projection_head_momentum, m=m)
-                p0, p1 = model(x0), model(x1)
-                z0, z1 = model.forward_momentum(x0), model.forward_momentum(x1)
-                loss = 0.5 * (cosine(p0, z1) + cosine(p1, z0))
+                loss = _byol_loss(model, cosine, x0, x1, cosine_schedule(step, total, base, 1.0))
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
             scheduler.step()
             step += 1
-    float(loss.detach())  # waits for the device's last step
+    last = float(loss.detach())  # waits for the device's last step
     wall = time.perf_counter() - started
     return model.backbone.cpu(), {
         "wall_s": round(wall, 1),
-        "train_loss_last": round(float(loss.detach()), 4),
+        "train_loss_last": round(last, 4),
         "epochs": cfg.epochs,
     }
+
+
+def _loader(cfg, transform, workers: int, pin_memory: bool) -> torch.utils.data.DataLoader:
+    """The training folder through `transform` in `workers` processes, as lightly's examples
+    load it (shuffled, last partial batch dropped)."""
+    from torchvision.datasets import ImageFolder
+
+    return torch.utils.data.DataLoader(
+        ImageFolder(cfg.data.path, transform=transform),
+        batch_size=cfg.data.batch_size,
+        shuffle=True,
+        drop_last=True,
+        num_workers=workers,
+        persistent_workers=True,
+        pin_memory=pin_memory,
+    )
+
+
+def _byol_loss(model: LightlyBYOL, cosine: nn.Module, x0, x1, momentum: float) -> torch.Tensor:
+    """lightly's BYOL step: the target updated first, one forward per view, the symmetric
+    negative cosine similarity."""
+    from lightly.models.utils import update_momentum
+
+    update_momentum(model.backbone, model.backbone_momentum, m=momentum)
+    update_momentum(model.projection_head, model.projection_head_momentum, m=momentum)
+    p0, p1 = model(x0), model(x1)
+    z0, z1 = model.forward_momentum(x0), model.forward_momentum(x1)
+    return 0.5 * (cosine(p0, z1) + cosine(p1, z0))

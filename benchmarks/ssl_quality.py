@@ -47,6 +47,7 @@ import platform
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from functools import partial
 from pathlib import Path
 
@@ -230,18 +231,7 @@ def main() -> None:
                 print(name, baseline, rows[baseline], flush=True)
             extra = ["views: rayssl"] if args.lightly_views == "rayssl" else []
             row = rows.setdefault(row_name(method, norm, args.overrides + extra), {})
-            tools = [] if extra else [("rayssl", pretrain_rayssl)]
-            if method in LIGHTLY_LOOPS and (args.lightly_too or extra or not args.overrides):
-                views = args.lightly_views
-                loop = partial(
-                    pretrain_lightly,
-                    backbone_of=backbone_of,
-                    views=views,
-                    device="cuda" if args.gpu else "cpu",
-                    loader_workers=args.loader_workers,
-                )
-                tools.append(("lightly", loop))
-            for tool, pretrain in tools:
+            for tool, pretrain in trainers(args, method):
                 backbone, timing = pretrain(cfg, stats)
                 row[tool] = {**evaluate(backbone, sets), **timing}
                 print(name, method, tool, row[tool], flush=True)
@@ -253,6 +243,24 @@ def main() -> None:
                 )
             out.write_text(json.dumps(result, indent=2))  # after every method: nothing lost
     print(f"wrote {out}")
+
+
+def trainers(args: argparse.Namespace, method: str) -> list[tuple[str, Callable]]:
+    """(name, pretrain) of each trainer this invocation runs: rayssl unless only the lightly
+    loop on rayssl's views is asked for; the lightly loop for SimCLR and BYOL, unless
+    `--set` overrides (which it has no switches for) come without `--lightly-too`."""
+    on_rayssl_views = args.lightly_views == "rayssl"
+    tools = [] if on_rayssl_views else [("rayssl", pretrain_rayssl)]
+    if method in LIGHTLY_LOOPS and (args.lightly_too or on_rayssl_views or not args.overrides):
+        loop = partial(
+            pretrain_lightly,
+            backbone_of=backbone_of,
+            views=args.lightly_views,
+            device="cuda" if args.gpu else "cpu",
+            loader_workers=args.loader_workers,
+        )
+        tools.append(("lightly", loop))
+    return tools
 
 
 NAMES = {

@@ -21,7 +21,7 @@ Two forms of the same views, chosen by the batch's device: on the CPU each op ru
 the samples that draw it (gathered rows: arithmetic is what costs there); on a GPU every op
 runs on the whole batch and each sample keeps its own op's result (`torch.where`): no
 data-dependent shape, so no host-device sync (the gathered form waits on the GPU about 20
-times per view, which made a view of 256 small images take ~8 ms on an H200; see
+times per view, which made a view of 256 small images take 8-11 ms on an H200; see
 BENCHMARKS.md). Both give each sample the same values (tested).
 """
 
@@ -232,39 +232,29 @@ class ImageViews:
         solarize_on = _coin(n, self._p(c.solarize_p), g)
 
         x = resized_crop_and_flip(x, boxes, flip, size)
-        if self.masked or (self.masked is None and x.is_cuda):
-            return self._masked(x, jitter_on, factors, order, grey_on, blur_on, sigma, solarize_on)
-        if jitter_on.any():  # only the samples that get it
-            rows = jitter_on.to(x.device).nonzero().squeeze(1)
-            x = x.index_copy(
-                0,
-                rows,
-                color_jitter(
-                    x[rows], factors[rows.to(factors.device)], order[rows.to(order.device)]
-                ),
-            )
-        if x.shape[1] == 3 and grey_on.any():
+        masked = x.is_cuda if self.masked is None else self.masked
+
+        def applies(coin: torch.Tensor, p) -> bool:
+            """Whether an op can touch a sample: from its coins on the CPU, from its
+            probability alone in the sync-free form (reading the coins would wait)."""
+            return self._p(p) > 0 if masked else bool(coin.any())
+
+        if applies(jitter_on, c.jitter_p):
+            if masked:
+                jittered = color_jitter(x, factors, order, masked=True)
+                x = torch.where(_per_sample(jitter_on, x) > 0, jittered, x)
+            else:  # only the samples that get it
+                rows = jitter_on.to(x.device).nonzero().squeeze(1)
+                rows_here = rows.to(factors.device)
+                jittered = color_jitter(x[rows], factors[rows_here], order[rows_here])
+                x = x.index_copy(0, rows, jittered)
+        if x.shape[1] == 3 and applies(grey_on, c.grayscale_p):
             x = torch.where(_per_sample(grey_on, x) > 0, grayscale(x).expand_as(x), x)
-        if blur_on.any():
+        if applies(blur_on, c.blur_p):
             kernel = c.blur_kernel or blur_kernel_size(*x.shape[-2:])
             kernel = min(kernel, 2 * min(x.shape[-2:]) - 1)  # reflect padding < side
             blurred = gaussian_blur(x, sigma, kernel)
             x = torch.where(_per_sample(blur_on, x) > 0, blurred, x)
-        if solarize_on.any():
-            x = torch.where(_per_sample(solarize_on, x) > 0, solarize(x, c.solarize_threshold), x)
-        return x
-
-    def _masked(self, x, jitter_on, factors, order, grey_on, blur_on, sigma, solarize_on):
-        """The ops after the crop, each on the whole batch, kept per sample by its coin."""
-        c = self.cfg
-        jittered = color_jitter(x, factors, order, masked=True)
-        x = torch.where(_per_sample(jitter_on, x) > 0, jittered, x)
-        if x.shape[1] == 3:
-            x = torch.where(_per_sample(grey_on, x) > 0, grayscale(x).expand_as(x), x)
-        if self._p(c.blur_p) > 0:
-            kernel = c.blur_kernel or blur_kernel_size(*x.shape[-2:])
-            kernel = min(kernel, 2 * min(x.shape[-2:]) - 1)
-            x = torch.where(_per_sample(blur_on, x) > 0, gaussian_blur(x, sigma, kernel), x)
-        if self._p(c.solarize_p) > 0:
+        if applies(solarize_on, c.solarize_p):
             x = torch.where(_per_sample(solarize_on, x) > 0, solarize(x, c.solarize_threshold), x)
         return x
