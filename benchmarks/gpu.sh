@@ -3,6 +3,8 @@
 #
 #   bash benchmarks/gpu.sh tests      # tests/test_gpu.py (CUDA loop, exact resume, NCCL fit)
 #   bash benchmarks/gpu.sh steps      # images.py on the GPU, fp32 and bf16 + channels_last
+#                                     # (PRECISIONS=fp32: the first only)
+#   bash benchmarks/gpu.sh startup    # startup.py --gpu: one SimCLR demo epoch, local and 1 worker
 #   bash benchmarks/gpu.sh quality    # ssl_quality.py --gpu: rayssl (1 NCCL worker) vs lightly
 #
 # Results go to $OUT (default benchmarks/results). Where rayssl's dependencies are not
@@ -13,7 +15,10 @@ cd "$(dirname "$0")/.."
 OUT=${OUT:-benchmarks/results}
 export PYTHONUNBUFFERED=1 PYTHONPATH=$PWD/src${PYTHONPATH:+:$PYTHONPATH}
 if [ -f .whl/site.tgz ] && ! python3 -c "import ray" 2>/dev/null; then
-    tar xzf .whl/site.tgz -C /tmp && export PYTHONPATH=/tmp/site:$PYTHONPATH
+    if [ ! -d /tmp/site ]; then  # unpacked once, compiled once (every process imports it)
+        tar xzf .whl/site.tgz -C /tmp && python3 -m compileall -q -j 0 /tmp/site >/dev/null || true
+    fi
+    export PYTHONPATH=/tmp/site:$PYTHONPATH
 fi
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader
 case "${1:-all}" in
@@ -22,10 +27,17 @@ tests | all)
         tee "$OUT/test_gpu.log"
     ;;&
 steps | all)
-    python3 benchmarks/images.py --device cuda --loader-workers 16 --sections views step resnet \
-        --steps 30 --out "$OUT/images-h200-fp32.json"
-    python3 benchmarks/images.py --device cuda --loader-workers 16 --precision bf16 \
-        --sections step resnet --steps 30 --out "$OUT/images-h200-bf16.json"
+    for precision in ${PRECISIONS:-fp32 bf16}; do
+        sections="step resnet"
+        [ "$precision" = fp32 ] && sections="views $sections"
+        python3 benchmarks/images.py --device cuda --loader-workers 16 --precision "$precision" \
+            --sections $sections --steps 30 --out "$OUT/images-h200-$precision.json"
+    done
+    ;;&
+startup | all)
+    [ -d data/digits32 ] || python3 -m rayssl.cli demo-images data/digits32
+    python3 benchmarks/startup.py --config configs/simclr_images.yaml --gpu --workers 0 1 \
+        --runs "${RUNS:-2}" --out "$OUT/startup-h200.json"
     ;;&
 quality | all)
     python3 benchmarks/ssl_quality.py --gpu --loader-workers 16 --sets demo \

@@ -53,8 +53,9 @@ LOADER_WORKERS = 2  # --loader-workers
 BF16 = False  # --precision bf16: autocast + channels_last on both sides
 
 
-def ssl_config(method: str, batch: int = BATCH, backbone: dict | None = None):
-    """configs/<method>_images.yaml in one process (2 threads), without evaluation."""
+def ssl_config(method: str, batch: int = BATCH, backbone: dict | None = None, graphs=True):
+    """configs/<method>_images.yaml in one process (2 threads), without evaluation; on a GPU
+    its views replayed as CUDA graphs, or (`graphs=False`) launched op by op."""
     from rayssl.config import load_train_config, validate_train_config
 
     raw = load_train_config(ROOT / "configs" / f"{method}_images.yaml").model_dump(mode="json")
@@ -67,6 +68,7 @@ def ssl_config(method: str, batch: int = BATCH, backbone: dict | None = None):
     raw["data"]["path"] = str(DATA / "train")
     raw["data"]["test_path"] = None
     raw["data"]["augment"]["image"]["blur_p"] = 0.0 if method == "simclr" else [1.0, 0.1]
+    raw["data"]["augment"]["image"]["cuda_graph"] = graphs
     raw["eval"]["every"] = 0
     return validate_train_config(raw)
 
@@ -165,11 +167,11 @@ def lightly_steps(method: str, cfg, steps: int, batch: int = BATCH) -> dict:
 # ============================================================================ rayssl side
 
 
-def rayssl_views(method: str, masked: bool | None = None) -> dict:
+def rayssl_views(method: str, masked: bool | None = None, graphs: bool = True) -> dict:
     from rayssl.data import load_splits
     from rayssl.data.image_views import ImageViews
 
-    cfg = ssl_config(method)
+    cfg = ssl_config(method, graphs=graphs)
     started = time.perf_counter()
     splits = load_splits(cfg.data)
     decode_s = time.perf_counter() - started
@@ -225,6 +227,12 @@ def rayssl_steps(cfg, steps: int) -> dict:
     return row
 
 
+VARIANTS = {  # rayssl's other rows, beside its default (graphs on a GPU)
+    "rayssl-eager": "rayssl without CUDA graphs",
+    "rayssl-gathered": "rayssl's CPU form of the views on the GPU",
+}
+
+
 def markdown(results: list[dict]) -> str:
     """BENCHMARKS.md's table of views and steps from result files (one per precision)."""
     lines = [
@@ -244,12 +252,13 @@ def markdown(results: list[dict]) -> str:
                 f"| {precision} | {what}, images/s | {theirs[rate]:,.0f} | {ours[rate]:,.0f} "
                 f"| {ours[rate] / theirs[rate]:.2f}x |"
             )
-            gathered = result.get(key.replace("/lightly", "/rayssl-gathered"))
-            if gathered:
-                lines.append(
-                    f"| {precision} | {what}, rayssl's CPU form of the views on the GPU "
-                    f"| | {gathered[rate]:,.0f} | {gathered[rate] / theirs[rate]:.2f}x |"
-                )
+            for variant, label in VARIANTS.items():
+                other = result.get(key.replace("/lightly", f"/{variant}"))
+                if other:
+                    lines.append(
+                        f"| {precision} | {what}, {label} "
+                        f"| | {other[rate]:,.0f} | {other[rate] / theirs[rate]:.2f}x |"
+                    )
             if "ms_per_step" in theirs:
                 lines.append(
                     f"| {precision} | {what}, median ms per step, batches prefetched "
@@ -362,25 +371,30 @@ def run_sections(method: str, args: argparse.Namespace, show) -> None:
         ours["vs_lightly"] = ours["images_per_s"] / theirs["images_per_s"]
         show(f"views/{method}/lightly", theirs)
         show(f"views/{method}/rayssl", ours)
-        if DEVICE.type == "cuda":  # the CPU's form of the views on the GPU, for the record
-            gathered = rayssl_views(method, masked=False)
-            gathered["vs_lightly"] = gathered["images_per_s"] / theirs["images_per_s"]
-            show(f"views/{method}/rayssl-gathered", gathered)
-    if "step" in args.sections:
-        cfg = ssl_config(method)
-        theirs = lightly_steps(method, cfg, args.steps)
-        ours = rayssl_steps(cfg, args.steps)
-        ours["vs_lightly"] = ours["images_per_s"] / theirs["images_per_s"]
-        show(f"step/{method}/cnn2d/lightly", theirs)
-        show(f"step/{method}/cnn2d/rayssl", ours)
-    if "resnet" in args.sections:
-        cfg = ssl_config(method, 64, {"name": "resnet18", "stem": "cifar"})
-        steps = max(2, args.steps // 3)
-        theirs = lightly_steps(method, cfg, steps, batch=64)
-        ours = rayssl_steps(cfg, steps)
-        ours["vs_lightly"] = ours["images_per_s"] / theirs["images_per_s"]
-        show(f"step/{method}/resnet18/lightly", theirs)
-        show(f"step/{method}/resnet18/rayssl", ours)
+        if DEVICE.type == "cuda":  # side by side: without graphs, and the CPU's form
+            for variant, kwargs in (
+                ("rayssl-eager", {"graphs": False}),
+                ("rayssl-gathered", {"masked": False}),
+            ):
+                other = rayssl_views(method, **kwargs)
+                other["vs_lightly"] = other["images_per_s"] / theirs["images_per_s"]
+                show(f"views/{method}/{variant}", other)
+    for section, batch, backbone in (
+        ("step", BATCH, None),
+        ("resnet", 64, {"name": "resnet18", "stem": "cifar"}),
+    ):
+        if section not in args.sections:
+            continue
+        net = "resnet18" if backbone else "cnn2d"
+        steps = args.steps if section == "step" else max(2, args.steps // 3)
+        theirs = lightly_steps(method, ssl_config(method, batch, backbone), steps, batch=batch)
+        show(f"step/{method}/{net}/lightly", theirs)
+        for variant, graphs in (("rayssl", True), ("rayssl-eager", False)):
+            if variant == "rayssl-eager" and DEVICE.type != "cuda":
+                continue  # graphs are a GPU's
+            ours = rayssl_steps(ssl_config(method, batch, backbone, graphs), steps)
+            ours["vs_lightly"] = ours["images_per_s"] / theirs["images_per_s"]
+            show(f"step/{method}/{net}/{variant}", ours)
 
 
 if __name__ == "__main__":

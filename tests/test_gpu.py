@@ -129,3 +129,81 @@ def test_the_sync_free_views_equal_the_gathered_ones_on_the_gpu(preset):
         masked = ImageViews(cfg, view)(x, torch.Generator("cuda").manual_seed(7))
         gathered = ImageViews(cfg, view, masked=False)(x, torch.Generator("cuda").manual_seed(7))
         torch.testing.assert_close(masked, gathered, atol=1e-5, rtol=0)
+
+
+def _graphed_and_eager(cfg):
+    from rayssl.data.image_views import ImageViews
+
+    eager_cfg = cfg.model_copy(update={"cuda_graph": False})
+    return (
+        [ImageViews(cfg, v) for v in (0, 1)],
+        [ImageViews(eager_cfg, v) for v in (0, 1)],
+    )
+
+
+@pytest.mark.parametrize("preset", ["simclr", "byol"])
+@pytest.mark.parametrize("amp", [False, True])
+def test_the_graphed_views_equal_the_eager_ones_and_draw_the_same_stream(preset, amp):
+    """Replayed CUDA graphs give the eager sync-free views bit for bit, over batches of
+    two shapes (a short last batch is its own graph), under bf16 autocast too, and leave
+    the generator where the eager views leave it; after capture they never wait on the GPU."""
+    from rayssl.config import AugmentConfig
+
+    cfg = AugmentConfig(preset=preset).image
+    graphed, eager = _graphed_and_eager(cfg)
+    g_graphed = torch.Generator("cuda").manual_seed(3)
+    g_eager = torch.Generator("cuda").manual_seed(3)
+    data = torch.rand(1100, 3, 32, 32, device="cuda")
+    batches = [data[i : i + 256] for i in range(0, 1100, 256)] * 2  # 4 x 256, 1 x 76, twice
+    pairs = []
+    with torch.autocast("cuda", dtype=torch.bfloat16, enabled=amp):
+        for i, x in enumerate(batches):
+            for view in (0, 1):
+                if i >= len(batches) // 2:  # every shape captured: replays only, no wait
+                    torch.cuda.set_sync_debug_mode("error")
+                try:
+                    ours = graphed[view](x, g_graphed)
+                finally:
+                    torch.cuda.set_sync_debug_mode("default")
+                pairs.append((i, view, ours, eager[view](x, g_eager)))
+    for i, view, ours, theirs in pairs:
+        assert torch.equal(ours, theirs), (i, view)
+    assert all(len(v._graphs.graphs) == 2 for v in graphed)  # one graph per batch shape
+    assert all(c is not None for v in graphed for c in v._graphs.graphs.values())
+    assert torch.equal(g_graphed.get_state(), g_eager.get_state())
+
+
+def test_multi_crop_views_are_graphed_and_equal_the_eager_ones(digits):
+    from rayssl.config import AugmentConfig
+    from rayssl.data.augment import Augment
+
+    raw = {"preset": "byol", "image": {"local_crops": {"number": 4, "size": 16}}}
+    graphed = Augment(AugmentConfig(**raw))
+    raw["image"]["cuda_graph"] = False
+    eager = Augment(AugmentConfig(**raw))
+    x = torch.rand(128, 3, 32, 32, device="cuda")
+    g1, g2 = (torch.Generator("cuda").manual_seed(5) for _ in range(2))
+    for _ in range(3):
+        ours = graphed.views(x, g1, 2, multi_crop=True)
+        theirs = eager.views(x, g2, 2, multi_crop=True)
+        assert [v.shape[-1] for v in ours] == [32, 32, 16, 16, 16, 16]
+        assert all(torch.equal(a, b) for a, b in zip(ours, theirs, strict=True))
+    assert graphed._local_views(32)._graphs is not None
+
+
+def test_views_made_after_others_were_freed_still_capture_their_graphs():
+    """Each owner's graphs share a pool that lives with them: a handle kept past its graphs
+    once made every later capture fail (an allocator assert) and fall back to eager."""
+    import gc
+
+    from rayssl.config import AugmentConfig
+    from rayssl.data.augment import Augment
+
+    x = torch.rand(64, 3, 32, 32, device="cuda")
+    for seed in range(3):  # each Augment freed before the next is made
+        augment = Augment(AugmentConfig(preset="byol"))
+        augment.views(x, torch.Generator("cuda").manual_seed(seed), 2)
+        graphs = [augment._views_of(v)._graphs.graphs for v in (0, 1)]
+        assert all(c is not None for g in graphs for c in g.values()), seed
+        del augment, graphs
+        gc.collect()

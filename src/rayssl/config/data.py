@@ -64,6 +64,11 @@ class ImageViewsConfig(Strict):
     local_crops: LocalCropsConfig | None = Field(
         None, description="multi-crop: smaller local crops after the global views (DINO)"
     )
+    cuda_graph: bool = Field(
+        True,
+        description="on a GPU, replay each view as a CUDA graph (one launch in place of "
+        "~1,900 small ones; the same views); false: launch its ops one by one",
+    )
 
     @model_validator(mode="after")
     def _ranges(self) -> ImageViewsConfig:

@@ -10,6 +10,7 @@ import torch
 
 from rayssl.config import AugmentConfig
 from rayssl.data.image_views import ImageViews
+from rayssl.data.view_graphs import GraphPool
 
 
 def random_shift(x: torch.Tensor, max_shift: int, g: torch.Generator) -> torch.Tensor:
@@ -78,6 +79,30 @@ class Augment:
 
     def __init__(self, cfg: AugmentConfig):
         self.cfg = cfg
+        self._image_views: dict[int | str, ImageViews] = {}
+        self._graph_pool = GraphPool()  # their CUDA graphs share one memory pool
+
+    def _views_of(self, view: int) -> ImageViews:
+        """The image pipeline of one view index (kept: it holds its CUDA graphs)."""
+        if view not in self._image_views:
+            self._image_views[view] = ImageViews(self.cfg.image, view, graph_pool=self._graph_pool)
+        return self._image_views[view]
+
+    def _local_views(self, side: int) -> ImageViews:
+        """The local crops' pipeline for global views of `side` pixels."""
+        key = f"local {side}"
+        if key not in self._image_views:
+            image, local = self.cfg.image, self.cfg.image.local_crops
+            crops = image.model_copy(
+                update={
+                    "size": local.size or max(2, round(side * 3 / 7)),
+                    "crop_scale": tuple(local.scale),
+                    "blur_p": local.blur_p,
+                    "solarize_p": local.solarize_p,
+                }
+            )
+            self._image_views[key] = ImageViews(crops, graph_pool=self._graph_pool)
+        return self._image_views[key]
 
     @property
     def active(self) -> bool:
@@ -97,22 +122,15 @@ class Augment:
         local = image.local_crops if image is not None else None
         if multi_crop and local is not None and local.number:
             side = image.size or min(x.shape[-2:])
-            crops = image.model_copy(
-                update={
-                    "size": local.size or max(2, round(side * 3 / 7)),
-                    "crop_scale": tuple(local.scale),
-                    "blur_p": local.blur_p,
-                    "solarize_p": local.solarize_p,
-                }
-            )
-            views += [ImageViews(crops)(x, g) for _ in range(local.number)]
+            crops = self._local_views(side)
+            views += [crops(x, g) for _ in range(local.number)]
         return tuple(views)
 
     def __call__(self, x: torch.Tensor, g: torch.Generator, view: int = 0) -> torch.Tensor:
         """One augmented batch; `view` selects per-view probabilities (BYOL's asymmetry)."""
         c = self.cfg
         if c.image is not None:
-            x = ImageViews(c.image, view)(x, g)
+            x = self._views_of(view)(x, g)
         if c.crop:
             x = random_crop(x, c.crop, g)
         if c.stretch:

@@ -28,6 +28,7 @@ BENCHMARKS.md). Both give each sample the same values (tested).
 from __future__ import annotations
 
 import math
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -48,10 +49,16 @@ def _per_sample(values: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     return values.to(x.device, x.dtype).view(-1, 1, 1, 1)
 
 
+_LUMA_ON: dict[tuple[torch.device, torch.dtype], torch.Tensor] = {}
+
+
 def grayscale(x: torch.Tensor) -> torch.Tensor:
-    """(B, 3, H, W) RGB -> (B, 1, H, W) luma."""
-    weights = torch.tensor(LUMA, device=x.device, dtype=x.dtype).view(1, 3, 1, 1)
-    return (x * weights).sum(1, keepdim=True)
+    """(B, 3, H, W) RGB -> (B, 1, H, W) luma. The weights are made once per device and dtype:
+    a host-to-device copy on every call would be illegal inside a CUDA graph's capture."""
+    key = (x.device, x.dtype)
+    if key not in _LUMA_ON:
+        _LUMA_ON[key] = torch.tensor(LUMA, device=x.device, dtype=x.dtype).view(1, 3, 1, 1)
+    return (x * _LUMA_ON[key]).sum(1, keepdim=True)
 
 
 def sample_crop_boxes(
@@ -178,7 +185,8 @@ def gaussian_blur(x: torch.Tensor, sigma: torch.Tensor, kernel_size: int) -> tor
     offsets = torch.arange(-half, half + 1, device=x.device, dtype=x.dtype)
     s = sigma.to(x.device, x.dtype).view(-1, 1)
     kernel = torch.exp(-(offsets.view(1, -1) ** 2) / (2 * s**2))
-    kernel = (kernel / kernel.sum(1, keepdim=True)).repeat_interleave(c, 0)  # (B*C, k)
+    kernel = kernel / kernel.sum(1, keepdim=True)
+    kernel = kernel.unsqueeze(1).expand(b, c, kernel_size).reshape(b * c, kernel_size)
     flat = x.reshape(1, b * c, h, w)
     flat = F.pad(flat, (half, half, 0, 0), mode="reflect")
     flat = F.conv2d(flat, kernel.view(b * c, 1, 1, kernel_size), groups=b * c)
@@ -197,22 +205,57 @@ def solarize(x: torch.Tensor, threshold: float) -> torch.Tensor:
     return torch.where(x >= threshold, 1.0 - x, x)
 
 
+class ViewDraws(NamedTuple):
+    """One view's random parameters for a batch, one value (or row) per sample: all that
+    `ImageViews.draw` takes from the generator and `ImageViews.apply` needs."""
+
+    width: torch.Tensor
+    height: torch.Tensor
+    cx: torch.Tensor
+    cy: torch.Tensor
+    flip: torch.Tensor
+    jitter_on: torch.Tensor
+    factors: torch.Tensor  # (B, 4): brightness, contrast, saturation, hue
+    order: torch.Tensor  # (B, 4): each sample's jitter op order
+    grey_on: torch.Tensor
+    blur_on: torch.Tensor
+    sigma: torch.Tensor
+    solarize_on: torch.Tensor
+
+
 class ImageViews:
     """The configured view pipeline (`augment.image` / `augment.preset`) for one view index:
     random resized crop + flip, colour jitter (p), grayscale (p), blur (p), solarize (p).
     Per-view probabilities (BYOL's asymmetric views) come from `[view0, view1]` pairs.
-    `masked`: the sync-free form (module docstring); None: on a GPU only."""
+    `masked`: the sync-free form (module docstring); None: on a GPU only. On a GPU the
+    sync-free form is replayed as a CUDA graph (`augment.image.cuda_graph`, see
+    `rayssl.data.view_graphs`); the parameters are still drawn eagerly, so the generator's
+    stream, and the views, are the same either way."""
 
-    def __init__(self, cfg, view: int = 0, masked: bool | None = None):
+    def __init__(self, cfg, view: int = 0, masked: bool | None = None, graph_pool=None):
         self.cfg, self.view, self.masked = cfg, view, masked
+        self.graph_pool = graph_pool  # a view_graphs.GraphPool shared with other views
+        self._graphs = None  # a ViewGraphs, made on the first CUDA batch
 
     def _p(self, value) -> float:
         return value[min(self.view, len(value) - 1)] if isinstance(value, list) else value
 
     def __call__(self, x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
-        c, n = self.cfg, x.shape[0]
-        size = (c.size, c.size) if c.size else tuple(x.shape[-2:])
-        aspect = x.shape[-1] / x.shape[-2]
+        draws = self.draw(x.shape[0], x.shape[-1] / x.shape[-2], g)
+        masked = x.is_cuda if self.masked is None else self.masked
+        if masked and x.is_cuda and getattr(self.cfg, "cuda_graph", False):
+            if self._graphs is None:
+                from rayssl.data.view_graphs import ViewGraphs
+
+                fn = lambda x, d: self.apply(x, d, masked=True)  # noqa: E731
+                self._graphs = ViewGraphs(fn, self.graph_pool)
+            return self._graphs(x, draws)
+        return self.apply(x, draws, masked)
+
+    def draw(self, n: int, aspect: float, g: torch.Generator) -> ViewDraws:
+        """Every random parameter of a view of `n` images of width / height `aspect`, in a
+        fixed order and number whatever the probabilities (see the module docstring)."""
+        c = self.cfg
         boxes = sample_crop_boxes(n, tuple(c.crop_scale), tuple(c.crop_ratio), g, aspect)
         flip = _coin(n, c.flip_p, g)
         jitter_on = _coin(n, self._p(c.jitter_p), g)
@@ -230,31 +273,39 @@ class ImageViews:
         blur_on = _coin(n, self._p(c.blur_p), g)
         sigma = _uniform(n, c.blur_sigma[0], c.blur_sigma[1], g)
         solarize_on = _coin(n, self._p(c.solarize_p), g)
+        return ViewDraws(
+            *boxes, flip, jitter_on, factors, order, grey_on, blur_on, sigma, solarize_on
+        )
 
-        x = resized_crop_and_flip(x, boxes, flip, size)
-        masked = x.is_cuda if self.masked is None else self.masked
+    def apply(self, x: torch.Tensor, d: ViewDraws, masked: bool) -> torch.Tensor:
+        """The view of `x` under the parameters `d`: no randomness; in the sync-free form
+        (`masked`) nothing waits on the device and no shape depends on the data."""
+        c = self.cfg
+        size = (c.size, c.size) if c.size else tuple(x.shape[-2:])
+        x = resized_crop_and_flip(x, (d.width, d.height, d.cx, d.cy), d.flip, size)
 
         def applies(coin: torch.Tensor, p) -> bool:
             """Whether an op can touch a sample: from its coins on the CPU, from its
             probability alone in the sync-free form (reading the coins would wait)."""
             return self._p(p) > 0 if masked else bool(coin.any())
 
-        if applies(jitter_on, c.jitter_p):
+        if applies(d.jitter_on, c.jitter_p):
             if masked:
-                jittered = color_jitter(x, factors, order, masked=True)
-                x = torch.where(_per_sample(jitter_on, x) > 0, jittered, x)
+                jittered = color_jitter(x, d.factors, d.order, masked=True)
+                x = torch.where(_per_sample(d.jitter_on, x) > 0, jittered, x)
             else:  # only the samples that get it
-                rows = jitter_on.to(x.device).nonzero().squeeze(1)
-                rows_here = rows.to(factors.device)
-                jittered = color_jitter(x[rows], factors[rows_here], order[rows_here])
+                rows = d.jitter_on.to(x.device).nonzero().squeeze(1)
+                rows_here = rows.to(d.factors.device)
+                jittered = color_jitter(x[rows], d.factors[rows_here], d.order[rows_here])
                 x = x.index_copy(0, rows, jittered)
-        if x.shape[1] == 3 and applies(grey_on, c.grayscale_p):
-            x = torch.where(_per_sample(grey_on, x) > 0, grayscale(x).expand_as(x), x)
-        if applies(blur_on, c.blur_p):
+        if x.shape[1] == 3 and applies(d.grey_on, c.grayscale_p):
+            x = torch.where(_per_sample(d.grey_on, x) > 0, grayscale(x).expand_as(x), x)
+        if applies(d.blur_on, c.blur_p):
             kernel = c.blur_kernel or blur_kernel_size(*x.shape[-2:])
             kernel = min(kernel, 2 * min(x.shape[-2:]) - 1)  # reflect padding < side
-            blurred = gaussian_blur(x, sigma, kernel)
-            x = torch.where(_per_sample(blur_on, x) > 0, blurred, x)
-        if applies(solarize_on, c.solarize_p):
-            x = torch.where(_per_sample(solarize_on, x) > 0, solarize(x, c.solarize_threshold), x)
+            blurred = gaussian_blur(x, d.sigma, kernel)
+            x = torch.where(_per_sample(d.blur_on, x) > 0, blurred, x)
+        if applies(d.solarize_on, c.solarize_p):
+            solarized = solarize(x, c.solarize_threshold)
+            x = torch.where(_per_sample(d.solarize_on, x) > 0, solarized, x)
         return x
