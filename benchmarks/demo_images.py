@@ -57,6 +57,23 @@ BASELINE_RUNS = {
     ),
 }
 BASELINES = tuple(BASELINE_RUNS)
+FEW_EPOCHS = 150  # few labels: batches of half the subset, 2 steps an epoch, 300 in all
+
+
+def few_label_sets(k: int) -> tuple[str, ...]:
+    """Linear evaluation (or a baseline) on `k` labelled images per class, the rest as
+    the full-label run: 2 steps an epoch over the 10k images, FEW_EPOCHS epochs."""
+    return (f"data.labels_per_class={k}", f"data.batch_size={5 * k}", f"epochs={FEW_EPOCHS}")
+
+
+def few_label(label: str, k: int | None) -> str:
+    """'linear eval: SimCLR backbone' -> 'linear eval, 10 labels per class: SimCLR backbone';
+    the label itself for every label (k None)."""
+    if not k:
+        return label
+    label = label.replace("20 epochs", f"{FEW_EPOCHS} epochs")  # the supervised baseline's
+    head, _, rest = label.partition(":")
+    return f"{head}, {k} labels per class:{rest}" if rest else f"{label}, {k} labels per class"
 
 
 def rayssl(*args: str) -> float:
@@ -146,6 +163,40 @@ def markdown(result: dict) -> str:
     return "\n".join(lines)
 
 
+def few_labels_markdown(result: dict) -> str:
+    """The docs' second table: rayssl's linear evaluation with every label and with K
+    labels per class, per backbone, for every K in the result file."""
+    by_run = {r["run"]: r for r in result["rows"]}
+    ks = sorted(
+        {
+            r["command"].split("labels_per_class=")[1].split()[0]
+            for r in result["rows"]
+            if "labels_per_class=" in r["command"]
+        },
+        key=int,
+    )
+    backbones = [(f"linear eval: {m} backbone", m) for m in METHODS.values()] + [
+        (RANDOM, "random init (`normalize: dataset`)"),
+        (RANDOM_SAMPLE, "random init (`normalize: sample`)"),
+        (SUPERVISED, "supervised from scratch, same network, not frozen"),
+    ]
+    head = " | ".join(f"{k} labels per class" for k in ks)
+    lines = [
+        f"| backbone | every label (4,500) | {head} | wall time, {ks[-1]} per class |",
+        "| --- | --- | " + " | ".join("---" for _ in ks) + " | --- |",
+    ]
+    for label, name in backbones:
+        few = [by_run.get(few_label(label, int(k))) for k in ks]
+        if not any(few):
+            continue
+        full = by_run.get(label)
+        cells = [full] + few
+        accs = " | ".join("" if r is None else f"{r['test_accuracy']:.3f}" for r in cells)
+        wall = _clock(few[-1]["command_wall_s"]) if few[-1] else ""
+        lines.append(f"| {name} | {accs} | {wall} |")
+    return "\n".join(lines)
+
+
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser()
     parser.add_argument("--out", default="benchmarks/results/demo_images-2core-cpu.json")
@@ -160,6 +211,19 @@ def parse_args() -> argparse.Namespace:
     )
     parser.add_argument("--baselines", nargs="*", default=list(BASELINES), choices=BASELINES)
     parser.add_argument(
+        "--labels-per-class",
+        type=int,
+        nargs="*",
+        default=[],
+        metavar="K",
+        help="also every linear evaluation and baseline with K labelled images per class",
+    )
+    parser.add_argument(
+        "--few-labels-only",
+        action="store_true",
+        help="run only the --labels-per-class rows (the pretraining runs must exist)",
+    )
+    parser.add_argument(
         "--markdown", action="store_true", help="print the docs' table from --out; run nothing"
     )
     return parser.parse_args()
@@ -169,7 +233,11 @@ def main() -> None:
     args = parse_args()
     out = ROOT / args.out
     if args.markdown:
-        print(markdown(json.loads(out.read_text())))
+        result = json.loads(out.read_text())
+        print(markdown(result))
+        if any("labels_per_class=" in r["command"] for r in result["rows"]):
+            print()
+            print(few_labels_markdown(result))
         return
     earlier = json.loads(out.read_text())["rows"] if out.exists() else []
     storage = ROOT / args.storage
@@ -205,19 +273,24 @@ def main() -> None:
         return row
 
     linear = "configs/linear_eval_images.yaml"
-    for method in args.methods:
-        label = METHODS[method]
+    for method in [] if args.few_labels_only else args.methods:
         if method not in args.linear_only:
+            label = METHODS[method]
             run(f"{label} pretraining", f"configs/{method}_images.yaml", f"{method}_images")
-        run(
-            f"linear eval: {label} backbone",
-            linear,
-            f"linear_{method}",
-            f"backbone.init_from={storage}/{method}_images",
-        )
-    for key in args.baselines:
-        label, name, sets = BASELINE_RUNS[key]
-        run(label, linear, name, *sets)
+    for k in ([] if args.few_labels_only else [None]) + args.labels_per_class:
+        few = few_label_sets(k) if k else ()
+        tag = f"_{k}_per_class" if k else ""
+        for method in args.methods:
+            run(
+                few_label(f"linear eval: {METHODS[method]} backbone", k),
+                linear,
+                f"linear_{method}{tag}",
+                f"backbone.init_from={storage}/{method}_images",
+                *few,
+            )
+        for key in args.baselines:
+            label, name, sets = BASELINE_RUNS[key]
+            run(few_label(label, k), linear, f"{name}{tag}", *sets, *few)
     fresh = {r["run"] for r in rows}
     rows = [r for r in earlier if r["run"] not in fresh] + rows
     result = {

@@ -38,6 +38,11 @@ BAD_VALUES = [
     ({"data": {"batch_size": 0}}, "data.batch_size: Input should be greater than or equal to 1"),
     ({"data": {"val_fraction": 1.0}}, "data.val_fraction: Input should be less than 1"),
     (
+        {"data": {"labels_per_class": 0}},
+        "data.labels_per_class: Input should be greater than or equal to 1",
+    ),
+    ({"data": {"labels_per_class": 1000}}, "data.labels_per_class (1000): class 0 has"),
+    (
         {"data": {"name": "imagenet"}},
         "data.name: Input should be 'mnist1d', 'digits', 'synthetic', 'npz', 'parquet' or 'images'",
     ),

@@ -27,6 +27,19 @@ def test_digits_and_synthetic_shapes():
     assert synth.sample_shape == (3, 5, 7) and synth.num_classes <= 10
 
 
+def test_labels_per_class_subsets_the_training_split_only():
+    cfg = DataConfig(name="mnist1d", val_fraction=0.1, batch_size=16, labels_per_class=5)
+    full = load_splits(cfg.model_copy(update={"labels_per_class": None}))
+    few = load_splits(cfg)
+    assert torch.bincount(few.train[1]).tolist() == [5] * 10
+    assert torch.equal(few.val[0], full.val[0]) and torch.equal(few.test[0], full.test[0])
+    rows = {tuple(r.tolist()) for r in full.train[0].flatten(1)}
+    assert all(tuple(r.tolist()) in rows for r in few.train[0].flatten(1))
+    assert torch.equal(load_splits(cfg).train[0], few.train[0])  # seeded
+    with pytest.raises(ConfigError, match=r"data.labels_per_class \(500\): class 0 has"):
+        load_splits(cfg.model_copy(update={"labels_per_class": 500}))
+
+
 def test_npz_user_arrays(tmp_path):
     path = tmp_path / "d.npz"
     np.savez(path, x=np.random.rand(50, 2, 10), y=np.arange(50) % 3)

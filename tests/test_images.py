@@ -91,6 +91,27 @@ def test_in_memory_images_hold_the_decoded_pixels_and_labels(digits):
     assert splits.test[0].shape == (80, 3, 32, 32)
 
 
+def test_labels_per_class_keeps_a_seeded_balanced_subset_after_val(digits):
+    def splits(seed: int, per_class: int | None = 3):
+        cfg = DataConfig(
+            name="images",
+            path=str(digits / "train"),
+            val_fraction=0.25,
+            batch_size=8,
+            labels_per_class=per_class,
+        )
+        return load_splits(cfg, seed)
+
+    full, few = splits(0, None), splits(0)
+    x, y = few.train
+    assert x.shape == (30, 3, 32, 32) and torch.bincount(y).tolist() == [3] * 10
+    assert torch.equal(few.val[0], full.val[0])  # val is held out first, as without it
+    full_rows = {_digest((xi * 255).round()) for xi in full.train[0]}
+    assert {_digest((xi * 255).round()) for xi in x} <= full_rows  # from the training split
+    assert torch.equal(splits(0).train[0], x)  # seeded
+    assert not torch.equal(splits(1).train[0], x)
+
+
 def test_image_size_and_grayscale_resize_and_convert(digits):
     cfg = DataConfig(
         name="images",
@@ -172,6 +193,8 @@ def _bad_cases(digits: Path, tmp: Path) -> list[tuple[dict, str]]:
         ({"path": str(tmp / "empty")}, "holds no images"),
         ({"path": str(tmp / "nowhere")}, "data.path"),
         ({"path": str(flat), "_supervised": True}, "holds images without labels"),
+        ({"path": str(flat), "labels_per_class": 2}, "data.labels_per_class needs labelled"),
+        ({"path": train, "labels_per_class": 100}, "data.labels_per_class (100): class '"),
         (  # 120 images of 32x32x3 as float32: 1.4 MiB, refused before the driver decodes
             {"path": train, "val_fraction": 0.5, "eval_limit_mb": 1},
             "data.val_fraction 0.5 of data.path is 120 images, 1.4 MiB decoded, more than "

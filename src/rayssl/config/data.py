@@ -200,6 +200,13 @@ class DataConfig(Strict):
     batch_size: int = Field(128, ge=1, description="global batch, split evenly across workers")
     eval_batch_size: int = Field(1024, ge=1, description="per-worker batch of val / test")
     val_fraction: float = Field(0.1, ge=0.0, lt=1.0, description="share of train held out")
+    labels_per_class: int | None = Field(
+        None,
+        ge=1,
+        description="train on only this many labelled samples of each class (a seeded, "
+        "class-balanced subset of the training split once val is held out): linear "
+        "evaluation or fine-tuning with few labels; null: every training sample",
+    )
     cache_dir: str | None = Field(None, description="where generated MNIST-1D is cached")
     shape: list[int] = Field(
         [1, 40], min_length=1, description="synthetic, parquet: one sample's shape"
@@ -224,4 +231,9 @@ class DataConfig(Strict):
         size = self.image_size
         if size is not None and min([size] if isinstance(size, int) else size) < 1:
             raise ValueError(f"data.image_size must be positive, got {size}")
+        if self.labels_per_class and self.name == "parquet":
+            raise ValueError(
+                "data.labels_per_class picks samples by label before training; parquet "
+                "streams its rows unread: write the subset to its own parquet, or use npz"
+            )
         return self

@@ -155,6 +155,9 @@ def load_splits(cfg: DataConfig, seed: int = 0) -> Splits:
         order = torch.randperm(len(x), generator=torch.Generator().manual_seed(seed))
         val = (x[order[:n_val]], y[order[:n_val]])
         x, y = x[order[n_val:]], y[order[n_val:]]
+    if cfg.labels_per_class:
+        keep = torch.as_tensor(labelled_subset(y.numpy(), cfg.labels_per_class, seed))
+        x, y = x[keep], y[keep]
     if cfg.batch_size > len(x):
         raise ConfigError(
             f"data.batch_size ({cfg.batch_size}) is larger than the training set "
@@ -163,6 +166,30 @@ def load_splits(cfg: DataConfig, seed: int = 0) -> Splits:
     labels = [y] + [s[1] for s in (val, test) if s is not None]
     num_classes = int(torch.cat(labels).max()) + 1
     return Splits(train=(x, y), val=val, test=test, num_classes=num_classes)
+
+
+def labelled_subset(labels, per_class: int, seed: int, names=None) -> list[int]:
+    """Sorted indices of `per_class` samples of every class in `labels` (the first of each
+    class in a seeded shuffle): `data.labels_per_class`. `names`: the classes' names, for
+    the error when one has fewer."""
+    labels = np.asarray(labels)
+    if len(labels) == 0 or (labels < 0).any():
+        raise ConfigError(
+            "data.labels_per_class needs labelled training samples and data.path holds "
+            "unlabelled ones; give it one subfolder per class, or drop labels_per_class"
+        )
+    order = np.random.default_rng(seed).permutation(len(labels))
+    keep = []
+    for c in np.unique(labels):
+        mine = order[labels[order] == c]
+        if len(mine) < per_class:
+            name = names[c] if names is not None else int(c)
+            raise ConfigError(
+                f"data.labels_per_class ({per_class}): class {name!r} has {len(mine)} "
+                "training samples; lower data.labels_per_class"
+            )
+        keep.extend(mine[:per_class].tolist())
+    return sorted(keep)
 
 
 def as_tensors(x, y, source: str, xname: str, yname: str) -> Pair:

@@ -10,7 +10,7 @@ import torch
 
 from rayssl.config import ConfigError, DataConfig
 from rayssl.data import images
-from rayssl.data.datasets import Pair, Splits, Stream
+from rayssl.data.datasets import Pair, Splits, Stream, labelled_subset
 
 
 def load_image_folder(cfg: DataConfig, seed: int) -> Splits:
@@ -21,6 +21,10 @@ def load_image_folder(cfg: DataConfig, seed: int) -> Splits:
         n_val = max(1, int(round(len(order) * cfg.val_fraction)))
         splits["val_path"] = train.subset(sorted(order[:n_val]))
         train = train.subset(sorted(order[n_val:]))
+        order = np.random.default_rng(seed).permutation(len(train.paths))
+    if cfg.labels_per_class:
+        labels = train.labels if train.labels is not None else [-1] * len(train.paths)
+        train = train.subset(labelled_subset(labels, cfg.labels_per_class, seed, classes))
         order = np.random.default_rng(seed).permutation(len(train.paths))
     if cfg.batch_size > len(train.paths):
         raise ConfigError(
