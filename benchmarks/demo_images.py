@@ -175,7 +175,12 @@ def few_labels_markdown(result: dict) -> str:
         },
         key=int,
     )
-    backbones = [(f"linear eval: {m} backbone", m) for m in METHODS.values()] + [
+
+    def pretrained(method: str) -> str:
+        pre = by_run.get(f"{method} pretraining", {})
+        return f"{method} (`normalize: {pre.get('normalize', '?')}`)"
+
+    backbones = [(f"linear eval: {m} backbone", pretrained(m)) for m in METHODS.values()] + [
         (RANDOM, "random init (`normalize: dataset`)"),
         (RANDOM_SAMPLE, "random init (`normalize: sample`)"),
         (SUPERVISED, "supervised from scratch, same network, not frozen"),
