@@ -234,6 +234,28 @@ def parse_args() -> argparse.Namespace:
     return parser.parse_args()
 
 
+def planned_runs(args: argparse.Namespace, storage: Path) -> list[tuple[str, ...]]:
+    """(row label, config, run name, --set values...) of every run asked for, in order:
+    pretraining, then linear evaluations and baselines with every label and with each
+    `--labels-per-class` K."""
+    linear, runs = "configs/linear_eval_images.yaml", []
+    for method in [] if args.few_labels_only else args.methods:
+        if method not in args.linear_only:
+            config, name = f"configs/{method}_images.yaml", f"{method}_images"
+            runs.append((f"{METHODS[method]} pretraining", config, name))
+    for k in ([] if args.few_labels_only else [None]) + args.labels_per_class:
+        few = few_label_sets(k) if k else ()
+        tag = f"_{k}_per_class" if k else ""
+        for method in args.methods:
+            label = few_label(f"linear eval: {METHODS[method]} backbone", k)
+            init = f"backbone.init_from={storage}/{method}_images"
+            runs.append((label, linear, f"linear_{method}{tag}", init, *few))
+        for key in args.baselines:
+            label, name, sets = BASELINE_RUNS[key]
+            runs.append((few_label(label, k), linear, f"{name}{tag}", *sets, *few))
+    return runs
+
+
 def main() -> None:
     args = parse_args()
     out = ROOT / args.out
@@ -277,25 +299,8 @@ def main() -> None:
         print(json.dumps(row), flush=True)
         return row
 
-    linear = "configs/linear_eval_images.yaml"
-    for method in [] if args.few_labels_only else args.methods:
-        if method not in args.linear_only:
-            label = METHODS[method]
-            run(f"{label} pretraining", f"configs/{method}_images.yaml", f"{method}_images")
-    for k in ([] if args.few_labels_only else [None]) + args.labels_per_class:
-        few = few_label_sets(k) if k else ()
-        tag = f"_{k}_per_class" if k else ""
-        for method in args.methods:
-            run(
-                few_label(f"linear eval: {METHODS[method]} backbone", k),
-                linear,
-                f"linear_{method}{tag}",
-                f"backbone.init_from={storage}/{method}_images",
-                *few,
-            )
-        for key in args.baselines:
-            label, name, sets = BASELINE_RUNS[key]
-            run(few_label(label, k), linear, f"{name}{tag}", *sets, *few)
+    for spec in planned_runs(args, storage):
+        run(*spec)
     fresh = {r["run"] for r in rows}
     rows = [r for r in earlier if r["run"] not in fresh] + rows
     result = {

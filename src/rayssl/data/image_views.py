@@ -243,7 +243,7 @@ class ImageViews:
     def __call__(self, x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
         draws = self.draw(x.shape[0], x.shape[-1] / x.shape[-2], g)
         masked = x.is_cuda if self.masked is None else self.masked
-        if masked and x.is_cuda and getattr(self.cfg, "cuda_graph", False):
+        if masked and x.is_cuda and self.cfg.cuda_graph:
             if self._graphs is None:
                 from rayssl.data.view_graphs import ViewGraphs
 
