@@ -32,6 +32,16 @@ def _fail(message: str, code: int) -> None:
     sys.exit(code)
 
 
+def _stop_ray_logs() -> None:
+    """Disconnect from Ray, which prints the worker lines it still holds and stops
+    forwarding: a failed run's traceback lines from its workers then come before rayssl's
+    one-line error, not after it (they arrive on a background thread)."""
+    import ray
+
+    if ray.is_initialized():
+        ray.shutdown()
+
+
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 def main() -> None:
     """Distributed supervised and self-supervised training on Ray."""
@@ -64,6 +74,7 @@ def train(config: str, overrides: tuple[str, ...], resume: bool, dashboard: bool
     except ConfigError as exc:
         _fail(str(exc), EXIT_BAD_INPUT)
     except RunFailed as exc:
+        _stop_ray_logs()
         _fail(str(exc), EXIT_FAILED)
     final = summary["final_metrics"]
     shown = {k: round(v, 4) for k, v in final.items() if k.startswith(("val_", "test_"))}
