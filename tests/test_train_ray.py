@@ -2,6 +2,7 @@
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -13,6 +14,7 @@ from rayssl.cluster import fit
 from rayssl.config import ConfigError, load_train_config
 from rayssl.faults import CRASH_ENV
 from rayssl.state import load_state
+from rayssl.storage import SNAPSHOT_FILE, checkpoint_dir_name
 
 # Augmentation and dropout make exactness depend on restored RNG and view seeding.
 EXACT = {
@@ -42,6 +44,11 @@ def _checkpoints(run: Path) -> list[Path]:
     return sorted(p for p in run.glob("checkpoint_*") if p.is_dir())
 
 
+def _registered(run: Path) -> list[str]:
+    snapshot = json.loads((run / SNAPSHOT_FILE).read_text())
+    return sorted(r["checkpoint_dir_name"] for r in snapshot["checkpoint_results"])
+
+
 def _assert_same_training_state(a: dict, b: dict) -> None:
     assert a["loop"]["global_step"] == b["loop"]["global_step"]
     assert a["loop"]["epoch"] == b["loop"]["epoch"] == 4
@@ -61,9 +68,16 @@ def test_interrupted_and_resumed_equals_uninterrupted(write_config, tmp_path):
     assert "injected failure after epoch 2" in crashed.stderr.strip().splitlines()[-1]
     (cut_run,) = [p for p in storage.iterdir() if p.name.startswith("cut-")]
     assert not (cut_run / "summary.json").exists()
+    # the workers waited for each other before failing, so Ray Train registered epoch 2
+    assert [c.name for c in _checkpoints(cut_run)] == _registered(cut_run)
+    # what a rank failing while rank 0 uploads leaves: a folder Ray Train never registered
+    orphan = cut_run / checkpoint_dir_name()
+    shutil.copytree(_checkpoints(cut_run)[-1], orphan)
 
     resumed = _train(cut_cfg, "--resume")
     assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert f"removed {orphan.name} of run '{cut_run.name}'" in resumed.stdout + resumed.stderr
+    assert not orphan.exists()
     _assert_same_training_state(_final_state(storage, "straight"), _final_state(storage, "cut"))
 
     summary = json.loads((cut_run / "summary.json").read_text())

@@ -8,10 +8,9 @@ metrics of its kept checkpoints only, local mode none), as data (`weights_only`)
 from __future__ import annotations
 
 import os
-import socket
 from typing import Any
 
-from rayssl.storage import LOCAL_INDEX_FILE, RUN_RECORD, SNAPSHOT_FILE, Storage
+from rayssl.storage import LOCAL_INDEX_FILE, RUN_RECORD, SNAPSHOT_FILE, Storage, driver_alive
 
 HEADLINE = (  # the metric a run is judged by, first one it reports
     ("linear_acc", "max"),
@@ -21,17 +20,6 @@ HEADLINE = (  # the metric a run is judged by, first one it reports
     ("val_loss", "min"),
     ("train_loss", "min"),
 )
-
-
-def _alive(record: dict[str, Any]) -> bool | None:
-    """Whether the driver that wrote `record` still runs (None: another host, unknown)."""
-    if record.get("host") != socket.gethostname():
-        return None
-    try:
-        os.kill(int(record["pid"]), 0)
-    except (OSError, KeyError, ValueError):
-        return False
-    return True
 
 
 def _best(history: list[dict[str, float]]) -> tuple[str, float] | None:
@@ -87,7 +75,7 @@ def describe(storage: Storage, run: str) -> dict[str, Any] | None:
     elif record.get("status") == "failed":
         status = "failed"
     elif record.get("status") == "running":
-        alive = _alive(record)
+        alive = driver_alive(record)
         status = {True: "running", False: "interrupted", None: "running (other host)"}[alive]
     else:
         status = "unknown"

@@ -4,7 +4,9 @@ checks. Used by the driver (`train`, `tune`) and by `rayssl eval`; no Ray in her
 from __future__ import annotations
 
 import json
+import os
 import re
+import socket
 import tempfile
 import time
 from dataclasses import dataclass
@@ -120,6 +122,32 @@ class Storage:
         """Whether Ray Train knows `checkpoint` (else a Train run must be handed it)."""
         return self._ray_latest(run) == checkpoint
 
+    def unregistered_checkpoints(self, run: str) -> list[str]:
+        """`run`'s checkpoint folders that neither Ray Train's snapshot nor rayssl's local
+        index lists: a failure on one rank while rank 0 uploaded leaves one (Ray Train
+        registers a checkpoint only once every rank's report has reached it). Nothing reads
+        them and nothing would ever delete them."""
+        snapshot = self.read_json(run, SNAPSHOT_FILE)
+        results = [
+            *snapshot.get("checkpoint_results", []),
+            snapshot.get("latest_checkpoint_result"),
+        ]
+        known = {r.get("checkpoint_dir_name") for r in results if r}
+        known.update(self.read_json(run, LOCAL_INDEX_FILE).get("checkpoints", []))
+        fs, base = self._fs()
+        infos = fs.get_file_info(pyarrow.fs.FileSelector(f"{base}/{run}", allow_not_found=True))
+        return sorted(
+            i.base_name
+            for i in infos
+            if i.type == pyarrow.fs.FileType.Directory
+            and i.base_name.startswith("checkpoint_")
+            and i.base_name not in known
+        )
+
+    def delete_checkpoint(self, run: str, checkpoint: str) -> None:
+        fs, base = self._fs()
+        fs.delete_dir(f"{base}/{run}/{checkpoint}")
+
     def path(self, run: str, name: str = "") -> str:
         return f"{self.uri}/{run}/{name}" if name else f"{self.uri}/{run}"
 
@@ -180,6 +208,17 @@ class Storage:
             f.write(data)
         fs.move(tmp, path)
         return path
+
+
+def driver_alive(record: dict[str, Any]) -> bool | None:
+    """Whether the driver that wrote `record` still runs (None: another host, unknown)."""
+    if record.get("host") != socket.gethostname():
+        return None
+    try:
+        os.kill(int(record["pid"]), 0)
+    except (OSError, KeyError, ValueError):
+        return False
+    return True
 
 
 def pick_run_name(cfg: TrainConfig, storage: Storage, resume: bool) -> str:

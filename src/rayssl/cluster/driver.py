@@ -27,7 +27,13 @@ from rayssl.data import Splits, input_normalizer, load_splits
 from rayssl.engine.inputs import Inputs
 from rayssl.errors import first_line
 from rayssl.faults import CRASH_ENV
-from rayssl.storage import RUN_RECORD, Storage, check_resumable, pick_run_name
+from rayssl.storage import (
+    RUN_RECORD,
+    Storage,
+    check_resumable,
+    driver_alive,
+    pick_run_name,
+)
 
 
 class RunFailed(RuntimeError):
@@ -71,6 +77,8 @@ def fit(
         run = pick_run_name(cfg, storage, resume)
     if crash_after_epoch is None:
         crash_after_epoch = int(os.environ.get(CRASH_ENV, "0") or 0)
+    if resume:
+        _drop_unregistered_checkpoints(storage, run)
     mlflow_run = open_mlflow(cfg, run)
     trainer = build_trainer(
         cfg,
@@ -114,6 +122,22 @@ def _state_ray_never_saw(cfg: TrainConfig, storage: Storage, run: str, saved, me
     if cfg.num_workers == 0 or not storage.registered_by_ray(run, latest):
         return Checkpoint(storage.path(run, latest))
     return None
+
+
+def _drop_unregistered_checkpoints(storage: Storage, run: str) -> None:
+    """Delete the checkpoint folders of `run` that nothing registered (an attempt failed
+    while rank 0 was uploading one), so `num_to_keep` bounds what stays on disk. Not while
+    the driver that wrote the run record still runs here: its upload may be in flight."""
+    record = storage.read_json(run, RUN_RECORD)
+    if record.get("status") == "running" and driver_alive(record) is not False:
+        return
+    for name in storage.unregistered_checkpoints(run):
+        storage.delete_checkpoint(run, name)
+        print(
+            f"[rayssl] note: removed {name} of run '{run}': written while the run failed, "
+            "never registered, never resumed from",
+            flush=True,
+        )
 
 
 def _run_and_record(
