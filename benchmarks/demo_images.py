@@ -6,6 +6,7 @@ summary.json.
 
     python benchmarks/demo_images.py [--methods simclr byol ...] [--linear-only simclr ...]
         [--baselines random random_sample supervised]
+        [--labels-per-class 2 10 [--label-seeds 0 1 2] [--few-labels-only]]
         [--out benchmarks/results/demo_images-2core-cpu.json]
     python benchmarks/demo_images.py --markdown     # the docs' table from the result file
 
@@ -66,14 +67,16 @@ def few_label_sets(k: int) -> tuple[str, ...]:
     return (f"data.labels_per_class={k}", f"data.batch_size={5 * k}", f"epochs={FEW_EPOCHS}")
 
 
-def few_label(label: str, k: int | None) -> str:
-    """'linear eval: SimCLR backbone' -> 'linear eval, 10 labels per class: SimCLR backbone';
-    the label itself for every label (k None)."""
+def few_label(label: str, k: int | None, seed: int = 0) -> str:
+    """'linear eval: SimCLR backbone' -> 'linear eval, 10 labels per class: SimCLR backbone'
+    (', seed 1' after 'class' for another draw of the subset); the label itself for every
+    label (k None)."""
     if not k:
         return label
     label = label.replace("20 epochs", f"{FEW_EPOCHS} epochs")  # the supervised baseline's
+    few = f"{k} labels per class" + (f", seed {seed}" if seed else "")
     head, _, rest = label.partition(":")
-    return f"{head}, {k} labels per class:{rest}" if rest else f"{label}, {k} labels per class"
+    return f"{head}, {few}:{rest}" if rest else f"{label}, {few}"
 
 
 def rayssl(*args: str) -> float:
@@ -163,43 +166,86 @@ def markdown(result: dict) -> str:
     return "\n".join(lines)
 
 
-def few_labels_markdown(result: dict) -> str:
-    """The docs' second table: rayssl's linear evaluation with every label and with K
-    labels per class, per backbone, for every K in the result file."""
-    by_run = {r["run"]: r for r in result["rows"]}
-    ks = sorted(
-        {
-            r["command"].split("labels_per_class=")[1].split()[0]
-            for r in result["rows"]
-            if "labels_per_class=" in r["command"]
-        },
-        key=int,
-    )
+def _few_label_draws(rows: list[dict]) -> tuple[list[int], list[int]]:
+    """The K values and the subset seeds (draws) the few-label rows hold."""
+    ks, seeds = set(), {0}
+    for r in rows:
+        words = r["command"].split()
+        for w in words:
+            if w.startswith("data.labels_per_class="):
+                ks.add(int(w.split("=")[1]))
+            elif w.startswith("seed=") and any("labels_per_class=" in x for x in words):
+                seeds.add(int(w.split("=")[1]))
+    return sorted(ks), sorted(seeds)
 
-    def pretrained(method: str) -> str:
-        pre = by_run.get(f"{method} pretraining", {})
-        return f"{method} (`normalize: {pre.get('normalize', '?')}`)"
 
-    backbones = [(f"linear eval: {m} backbone", pretrained(m)) for m in METHODS.values()] + [
-        (RANDOM, "random init (`normalize: dataset`)"),
-        (RANDOM_SAMPLE, "random init (`normalize: sample`)"),
-        (SUPERVISED, "supervised from scratch, same network, not frozen"),
+def _few_label_backbones(by_run: dict[str, dict]) -> list[tuple[str, str, str | None]]:
+    """(row label, table name, normalisation of its random-init twin) per backbone."""
+
+    def pretrained(method: str) -> tuple[str, str, str]:
+        norm = by_run.get(f"{method} pretraining", {}).get("normalize", "?")
+        return f"linear eval: {method} backbone", f"{method} (`normalize: {norm}`)", norm
+
+    return [pretrained(m) for m in METHODS.values()] + [
+        (RANDOM, "random init (`normalize: dataset`)", None),
+        (RANDOM_SAMPLE, "random init (`normalize: sample`)", None),
+        (SUPERVISED, "supervised from scratch, same network, not frozen", None),
     ]
+
+
+def few_labels_markdown(result: dict) -> str:
+    """The docs' few-label tables: rayssl's linear evaluation with every label and with K
+    labels per class (the mean over the subset draws, lowest-highest), then each pretrained
+    backbone's gain over the random network with its normalisation, paired draw by draw."""
+    by_run = {r["run"]: r for r in result["rows"]}
+    ks, seeds = _few_label_draws(result["rows"])
+
+    def accs(label: str, k: int) -> list[float]:
+        rows = (by_run.get(few_label(label, k, s)) for s in seeds)
+        return [r["test_accuracy"] for r in rows if r is not None]
+
+    def cell(values: list[float], scale: float = 1.0, sign: str = "") -> str:
+        if not values:
+            return ""
+        v = [x * scale for x in values]
+        digits = 1 if scale != 1.0 else 3
+        mean = f"{sum(v) / len(v):{sign}.{digits}f}"
+        return (
+            mean
+            if len(v) == 1
+            else f"{mean} ({min(v):{sign}.{digits}f} to {max(v):{sign}.{digits}f})"
+        )
+
     head = " | ".join(f"{k} labels per class" for k in ks)
     lines = [
-        f"| backbone | every label (4,500) | {head} | wall time, {ks[-1]} per class |",
+        f"| backbone | every label (4,500) | {head} | wall time, {ks[-1]} per class, seed 0 |",
         "| --- | --- | " + " | ".join("---" for _ in ks) + " | --- |",
     ]
-    for label, name in backbones:
-        few = [by_run.get(few_label(label, int(k))) for k in ks]
-        if not any(few):
+    gains = ["| pretrained backbone | " + " | ".join(f"{k} per class, gain" for k in ks) + " |"]
+    gains.append("| --- | " + " | ".join("---" for _ in ks) + " |")
+    for label, name, norm in _few_label_backbones(by_run):
+        if not any(accs(label, k) for k in ks):
             continue
         full = by_run.get(label)
-        cells = [full] + few
-        accs = " | ".join("" if r is None else f"{r['test_accuracy']:.3f}" for r in cells)
-        wall = _clock(few[-1]["command_wall_s"]) if few[-1] else ""
-        lines.append(f"| {name} | {accs} | {wall} |")
-    return "\n".join(lines)
+        cells = [cell([full["test_accuracy"]]) if full else ""] + [cell(accs(label, k)) for k in ks]
+        last = by_run.get(few_label(label, ks[-1]))
+        wall = _clock(last["command_wall_s"]) if last else ""
+        lines.append(f"| {name} | " + " | ".join(cells) + f" | {wall} |")
+        if norm is not None:
+            twin = RANDOM_SAMPLE if norm == "sample" else RANDOM
+            paired = [
+                [a["test_accuracy"] - b["test_accuracy"] for a, b in pairs if a and b]
+                for pairs in (
+                    [
+                        (by_run.get(few_label(label, k, s)), by_run.get(few_label(twin, k, s)))
+                        for s in seeds
+                    ]
+                    for k in ks
+                )
+            ]
+            gains.append(f"| {name} | " + " | ".join(cell(d, 100.0, "+") for d in paired) + " |")
+    draws = f"Seeds (subset draws): {', '.join(map(str, seeds))}; mean (lowest to highest)."
+    return "\n".join([*lines, "", draws, "", *gains])
 
 
 def parse_args() -> argparse.Namespace:
@@ -224,6 +270,14 @@ def parse_args() -> argparse.Namespace:
         help="also every linear evaluation and baseline with K labelled images per class",
     )
     parser.add_argument(
+        "--label-seeds",
+        type=int,
+        nargs="*",
+        default=[0],
+        metavar="SEED",
+        help="the --labels-per-class runs once per seed: another subset, head and order",
+    )
+    parser.add_argument(
         "--few-labels-only",
         action="store_true",
         help="run only the --labels-per-class rows (the pretraining runs must exist)",
@@ -237,22 +291,24 @@ def parse_args() -> argparse.Namespace:
 def planned_runs(args: argparse.Namespace, storage: Path) -> list[tuple[str, ...]]:
     """(row label, config, run name, --set values...) of every run asked for, in order:
     pretraining, then linear evaluations and baselines with every label and with each
-    `--labels-per-class` K."""
+    `--labels-per-class` K and `--label-seeds` seed."""
     linear, runs = "configs/linear_eval_images.yaml", []
     for method in [] if args.few_labels_only else args.methods:
         if method not in args.linear_only:
             config, name = f"configs/{method}_images.yaml", f"{method}_images"
             runs.append((f"{METHODS[method]} pretraining", config, name))
-    for k in ([] if args.few_labels_only else [None]) + args.labels_per_class:
-        few = few_label_sets(k) if k else ()
-        tag = f"_{k}_per_class" if k else ""
+    draws = [(None, 0)] if not args.few_labels_only else []
+    draws += [(k, seed) for k in args.labels_per_class for seed in args.label_seeds]
+    for k, seed in draws:
+        few = (*few_label_sets(k), *([f"seed={seed}"] if seed else [])) if k else ()
+        tag = (f"_{k}_per_class" if k else "") + (f"_seed{seed}" if seed else "")
         for method in args.methods:
-            label = few_label(f"linear eval: {METHODS[method]} backbone", k)
+            label = few_label(f"linear eval: {METHODS[method]} backbone", k, seed)
             init = f"backbone.init_from={storage}/{method}_images"
             runs.append((label, linear, f"linear_{method}{tag}", init, *few))
         for key in args.baselines:
             label, name, sets = BASELINE_RUNS[key]
-            runs.append((few_label(label, k), linear, f"{name}{tag}", *sets, *few))
+            runs.append((few_label(label, k, seed), linear, f"{name}{tag}", *sets, *few))
     return runs
 
 
