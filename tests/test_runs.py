@@ -46,6 +46,18 @@ def test_runs_lists_finished_failed_running_and_interrupted_runs(write_config, t
         result = CliRunner().invoke(main, ["runs", str(storage), "--json"])
         assert result.exit_code == 0, result.output
         rows = {r["run"].rsplit("-", 2)[0]: r for r in json.loads(result.output)}
+        # a second driver on the same run would write over the live one's checkpoints
+        (long_run,) = storage.glob("long-*")
+        twice = subprocess.run(
+            [sys.executable, "-m", "rayssl.cli", "train", str(long), "--resume"],
+            capture_output=True,
+            text=True,
+        )
+        assert twice.returncode == 2, twice.stderr[-2000:]
+        (line,) = twice.stderr.strip().splitlines()
+        assert f"is still running (its driver is process {process.pid} on this host)" in line
+        record = json.loads((long_run / "run.json").read_text())  # not rewritten
+        assert (record["status"], record["pid"]) == ("running", process.pid)
     finally:
         process.send_signal(signal.SIGKILL)
         process.wait()
@@ -72,7 +84,6 @@ def test_runs_lists_finished_failed_running_and_interrupted_runs(write_config, t
 
     with Image.open(done / "curves.png") as picture:
         assert picture.size == (1100, 750)
-    (long_run,) = storage.glob("long-*")
     out = tmp_path / "both.png"
     both = CliRunner().invoke(main, ["plot", str(done), str(long_run), "--out", str(out)])
     assert both.exit_code == 0, both.output
@@ -136,3 +147,25 @@ def test_runs_and_plot_read_a_resumed_ray_run_from_its_newest_state(
     _, history = history_of(str(run_dir))
     # every epoch of the newest state, not only the one checkpoint Ray keeps
     assert [int(h["epoch"]) for h in history] == list(range(1, newest + 1))
+
+
+def test_a_live_process_that_reuses_a_dead_drivers_pid_is_not_the_driver(tmp_path):
+    """A driver killed hard leaves its record at "running"; once its pid belongs to a process
+    started after the run, the run reads "interrupted" and can be resumed."""
+    import socket
+
+    from rayssl.runs import describe
+    from rayssl.storage import Storage
+
+    younger = subprocess.Popen(["sleep", "60"])  # a live process, started after the run
+    try:
+        run = tmp_path / "old-20260101-000000"
+        run.mkdir()
+        record = {"status": "running", "host": socket.gethostname(), "pid": younger.pid}
+        (run / "run.json").write_text(json.dumps({**record, "started": time.time() - 3600}))
+        assert describe(Storage(str(tmp_path)), run.name)["status"] == "interrupted"
+        (run / "run.json").write_text(json.dumps({**record, "started": time.time() + 5}))
+        assert describe(Storage(str(tmp_path)), run.name)["status"] == "running"
+    finally:
+        younger.kill()
+        younger.wait()

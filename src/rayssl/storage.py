@@ -211,14 +211,35 @@ class Storage:
 
 
 def driver_alive(record: dict[str, Any]) -> bool | None:
-    """Whether the driver that wrote `record` still runs (None: another host, unknown)."""
+    """Whether the driver that wrote `record` still runs (None: another host, unknown). A
+    live process under its pid that started after the run did is another process that
+    reuses the pid, not the driver."""
     if record.get("host") != socket.gethostname():
         return None
     try:
-        os.kill(int(record["pid"]), 0)
-    except (OSError, KeyError, ValueError):
+        pid = int(record["pid"])
+        os.kill(pid, 0)
+    except (OSError, KeyError, ValueError, TypeError):
         return False
-    return True
+    started = _process_started(pid)
+    return started is None or started <= float(record.get("started", started)) + 2.0
+
+
+def _process_started(pid: int) -> float | None:
+    """When process `pid` started (seconds since the epoch), from Linux's /proc; None where
+    that cannot be read. Hand-written: psutil would do it but is not among the installed
+    packages, and this is two files."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+        boot = next(
+            float(line.split()[1])
+            for line in Path("/proc/stat").read_text().splitlines()
+            if line.startswith("btime ")
+        )
+        ticks = int(stat.rsplit(")", 1)[1].split()[19])  # field 22: start, in ticks since boot
+    except (OSError, StopIteration, ValueError, IndexError):
+        return None
+    return boot + ticks / os.sysconf("SC_CLK_TCK")
 
 
 def pick_run_name(cfg: TrainConfig, storage: Storage, resume: bool) -> str:

@@ -104,6 +104,12 @@ def _saved_run(cfg: TrainConfig) -> tuple[Storage, str, dict]:
     config leaves open."""
     storage = Storage.resolve(cfg.storage_path)
     run = pick_run_name(cfg, storage, True)
+    record = storage.read_json(run, RUN_RECORD)
+    if record.get("status") == "running" and driver_alive(record):
+        raise ConfigError(
+            f"--resume: run '{run}' is still running (its driver is process {record['pid']} "
+            "on this host); wait for it to end or stop it, then resume"
+        )
     saved = storage.read_state(run, storage.latest_checkpoint(run))
     if cfg.data.normalize is None and saved["config"]["data"].get("normalize"):
         cfg.data.normalize = saved["config"]["data"]["normalize"]  # e.g. init_from's
