@@ -140,6 +140,9 @@ def pretrain_lightly(
     simclr = cfg.method == "simclr"
     model = LightlySimCLR(backbone, cfg) if simclr else LightlyBYOL(backbone, cfg)
     model.to(device)
+    channels_last = cfg.performance.channels_last  # as a lightly user would set it
+    if channels_last:
+        model.to(memory_format=torch.channels_last)
     online = [p for n, p in model.named_parameters() if "momentum" not in n]
     opt = cfg.optimizer
     optimizer = torch.optim.AdamW(online, lr=opt.lr, weight_decay=opt.weight_decay)
@@ -162,6 +165,9 @@ def pretrain_lightly(
             x0, x1 = x0.to(device, non_blocking=True), x1.to(device, non_blocking=True)
             if per_sample:  # rayssl's data.normalize 'sample' is torch's instance norm
                 x0, x1 = F.instance_norm(x0), F.instance_norm(x1)
+            if channels_last:
+                x0 = x0.contiguous(memory_format=torch.channels_last)
+                x1 = x1.contiguous(memory_format=torch.channels_last)
             if simclr:
                 loss = criterion(model(x0), model(x1))
             else:
