@@ -204,6 +204,13 @@ def few_labels_markdown(result: dict) -> str:
         rows = (by_run.get(few_label(label, k, s)) for s in seeds)
         return [r["test_accuracy"] for r in rows if r is not None]
 
+    def paired_gain(label: str, twin: str, k: int) -> list[float]:
+        """`label`'s accuracy minus `twin`'s, per draw both ran (the same labelled images)."""
+        pairs = (
+            (by_run.get(few_label(label, k, s)), by_run.get(few_label(twin, k, s))) for s in seeds
+        )
+        return [a["test_accuracy"] - b["test_accuracy"] for a, b in pairs if a and b]
+
     def cell(values: list[float], scale: float = 1.0, sign: str = "") -> str:
         if not values:
             return ""
@@ -233,17 +240,8 @@ def few_labels_markdown(result: dict) -> str:
         lines.append(f"| {name} | " + " | ".join(cells) + f" | {wall} |")
         if norm is not None:
             twin = RANDOM_SAMPLE if norm == "sample" else RANDOM
-            paired = [
-                [a["test_accuracy"] - b["test_accuracy"] for a, b in pairs if a and b]
-                for pairs in (
-                    [
-                        (by_run.get(few_label(label, k, s)), by_run.get(few_label(twin, k, s)))
-                        for s in seeds
-                    ]
-                    for k in ks
-                )
-            ]
-            gains.append(f"| {name} | " + " | ".join(cell(d, 100.0, "+") for d in paired) + " |")
+            row = " | ".join(cell(paired_gain(label, twin, k), 100.0, "+") for k in ks)
+            gains.append(f"| {name} | {row} |")
     draws = f"Seeds (subset draws): {', '.join(map(str, seeds))}; mean (lowest to highest)."
     return "\n".join([*lines, "", draws, "", *gains])
 
