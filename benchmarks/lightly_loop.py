@@ -143,6 +143,9 @@ def pretrain_lightly(
     channels_last = cfg.performance.channels_last  # as a lightly user would set it
     if channels_last:
         model.to(memory_format=torch.channels_last)
+    # performance.amp 'bf16' as a Lightning user sets precision="bf16-mixed": forward and loss
+    # under autocast, weights float32
+    bf16 = cfg.performance.amp == "bf16"
     online = [p for n, p in model.named_parameters() if "momentum" not in n]
     opt = cfg.optimizer
     optimizer = torch.optim.AdamW(online, lr=opt.lr, weight_decay=opt.weight_decay)
@@ -168,10 +171,12 @@ def pretrain_lightly(
             if channels_last:
                 x0 = x0.contiguous(memory_format=torch.channels_last)
                 x1 = x1.contiguous(memory_format=torch.channels_last)
-            if simclr:
-                loss = criterion(model(x0), model(x1))
-            else:
-                loss = _byol_loss(model, cosine, x0, x1, cosine_schedule(step, total, base, 1.0))
+            with torch.autocast(device, dtype=torch.bfloat16, enabled=bf16):
+                if simclr:
+                    loss = criterion(model(x0), model(x1))
+                else:
+                    momentum = cosine_schedule(step, total, base, 1.0)
+                    loss = _byol_loss(model, cosine, x0, x1, momentum)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()

@@ -178,7 +178,7 @@ def parse_args() -> argparse.Namespace:
         action="store_true",
         help="train the lightly loop under the --set overrides as well: for view parameters "
         "(data.augment.image.*), which lightly's transforms read from the same config, and "
-        "performance.channels_last, which its loop honours",
+        "performance.channels_last and performance.amp, which its loop honours",
     )
     parser.add_argument("--gpu", action="store_true", help="train both on one GPU")
     parser.add_argument("--loader-workers", type=int, default=2, help="the lightly loop's")
