@@ -336,3 +336,26 @@ def test_more_workers_than_cpus(tmp_path):
     assert "rayssl: error: num_workers x cpus_per_worker = 64 CPUs" in proc.stderr
     assert "Traceback" not in proc.stderr
     assert not list((tmp_path / "runs").glob("*-*"))
+
+
+def test_a_finished_run_shows_its_probe_accuracies(write_config, tmp_path):
+    """A self-supervised run is judged by its probes: each epoch's line shows the online
+    probe's accuracy, and the last line every probe's, beside the val/test metrics (before,
+    the last line held only val_loss: the numbers the run is for were in summary.json)."""
+    config = write_config(
+        {
+            "method": "simclr",
+            "num_workers": 0,
+            "epochs": 2,
+            "eval": {"every": 1, "online_linear": True},
+        }
+    )
+    result = CliRunner().invoke(main, ["train", str(config)])
+    assert result.exit_code == 0, result.output
+    lines = result.output.strip().splitlines()
+    epoch_lines = [line for line in lines if line.startswith("[rayssl] epoch")]
+    assert len(epoch_lines) == 2 and all("online_linear_acc 0." in e for e in epoch_lines)
+    final = next(line for line in lines if "finished after 2 epochs" in line)
+    summary = json.loads(Path(lines[-1].split("summary: ")[1]).read_text())["final_metrics"]
+    for key in ("val_loss", "knn_acc", "linear_acc", "online_linear_acc"):
+        assert f"{key} {summary[key]:.4f}" in final, (key, final)

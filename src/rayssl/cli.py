@@ -67,6 +67,7 @@ def main() -> None:
 def train(config: str, overrides: tuple[str, ...], resume: bool, dashboard: bool) -> None:
     """Train the run described by CONFIG (a YAML file)."""
     from rayssl.cluster import RunFailed, fit
+    from rayssl.cluster.records import final_line
 
     try:
         cfg = load_train_config(config, overrides)
@@ -76,12 +77,7 @@ def train(config: str, overrides: tuple[str, ...], resume: bool, dashboard: bool
     except RunFailed as exc:
         _stop_ray_logs()
         _fail(str(exc), EXIT_FAILED)
-    final = summary["final_metrics"]
-    shown = {k: round(v, 4) for k, v in final.items() if k.startswith(("val_", "test_"))}
-    click.echo(
-        f"rayssl: run '{summary['run']}' finished after {summary['epochs_run']} epochs "
-        f"in {summary['wall_time_s']:.0f}s: {shown}"
-    )
+    click.echo(final_line(summary))
     click.echo(f"rayssl: summary: {summary['path']}")
     if summary.get("ray_logs"):
         click.echo(f"rayssl: Ray's own logs: {summary['ray_logs']}")

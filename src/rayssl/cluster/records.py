@@ -16,6 +16,8 @@ from rayssl.storage import Storage
 # the metric a run's best epoch is judged by, the first one it reports (never test: it is
 # measured once, at the end)
 BEST_BY = tuple((m, mode) for m, mode in HEADLINE if m != "test_accuracy")
+# what a self-supervised run is judged by (eval.every, eval.online_linear)
+PROBES = ("knn_acc", "linear_acc", "online_linear_acc")
 
 
 def progress_line(metrics: dict[str, float], cfg: TrainConfig, done: int, started: float) -> str:
@@ -24,11 +26,23 @@ def progress_line(metrics: dict[str, float], cfg: TrainConfig, done: int, starte
     per_epoch = (time.perf_counter() - started) / max(done, 1)
     eta = per_epoch * (cfg.epochs - epoch)
     parts = [f"[rayssl] epoch {epoch}/{cfg.epochs}", f"train_loss {metrics['train_loss']:.4f}"]
-    for key in ("val_accuracy", "val_loss", "test_accuracy", "knn_acc", "linear_acc"):
+    for key in ("val_accuracy", "val_loss", "test_accuracy", *PROBES):
         if key in metrics:
             parts.append(f"{key} {metrics[key]:.4f}")
     parts += [f"{metrics['samples_per_s']:,.0f} samples/s", f"ETA {eta:.0f}s"]
     return "  ".join(parts)
+
+
+def final_line(summary: dict) -> str:
+    """The line a finished run ends with: its val/test metrics and its probes' accuracies."""
+    final = summary["final_metrics"]
+    shown = [k for k in final if k.startswith(("val_", "test_"))]
+    shown += [k for k in PROBES if k in final]
+    metrics = ", ".join(f"{k} {final[k]:.4f}" for k in shown)
+    return (
+        f"rayssl: run '{summary['run']}' finished after {summary['epochs_run']} epochs "
+        f"in {summary['wall_time_s']:.0f}s" + (f": {metrics}" if metrics else "")
+    )
 
 
 def open_mlflow(cfg: TrainConfig, run: str):
