@@ -145,6 +145,9 @@ def pretrain_rayssl(cfg, stats=None) -> tuple[nn.Module, dict]:
         "wall_s": round(wall, 1),
         "train_loss_last": round(summary["final_metrics"]["train_loss"], 4),
         "epochs": summary["epochs_run"],
+        # where the wall goes: the fixed start-up against the epochs themselves
+        "start_to_first_step_s": round(summary["start_to_first_step_s"], 1),
+        "epoch_time_s": [round(h["epoch_time_s"], 1) for h in summary["history"]],
     }
 
 

@@ -103,12 +103,15 @@ def test_early_stopping_on_unknown_metric_names_the_choices():
         _loop({"early_stopping": {"monitor": "val_f1"}})
 
 
-def test_state_round_trip_resumes_exactly(tmp_path):
-    """Single process: 2 epochs + save + restore in a fresh loop + 2 epochs == 4 epochs."""
+@pytest.mark.parametrize("performance", [{}, {"amp": "bf16"}], ids=["fp32", "bf16"])
+def test_state_round_trip_resumes_exactly(tmp_path, performance):
+    """Single process: 2 epochs + save + restore in a fresh loop + 2 epochs == 4 epochs; in
+    bf16 autocast on the CPU too (what performance.amp runs on CPUs with AMX)."""
     overrides = {
         "epochs": 4,
         "data": {"augment": {"shift": 2, "jitter": 0.1}},
         "backbone": {"name": "mlp", "hidden": [16], "dropout": 0.2},
+        "performance": performance,
     }
     straight = _loop(overrides)
     list(straight.epochs())
