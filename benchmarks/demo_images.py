@@ -33,6 +33,7 @@ METHODS = {
     "barlow_twins": "Barlow Twins",
     "vicreg": "VICReg",
     "dino": "DINO",
+    "swav": "SwAV",
 }
 RANDOM = "linear eval: random init"  # inputs normalised with the data set's statistics
 RANDOM_SAMPLE = "linear eval: random init, per-image normalisation"  # data.normalize: sample

@@ -5,7 +5,7 @@
     python benchmarks/ssl_quality.py --markdown      # BENCHMARKS.md's table from the result file
 
 `--methods` takes any method with a configs/<method>_images.yaml; SimCLR and BYOL are also
-trained by a lightly loop, the others (MoCo v3, Barlow Twins, VICReg, DINO) by rayssl only,
+trained by a lightly loop, the others (MoCo v3, Barlow Twins, VICReg, DINO, SwAV) by rayssl only,
 each against random init through the same evaluator.
 
 For each image set and method, the same small CNN (rayssl's `cnn2d`, width 32, depth 4, the
@@ -274,6 +274,7 @@ NAMES = {
     "barlow_twins": "Barlow Twins",
     "vicreg": "VICReg",
     "dino": "DINO (6 local crops)",
+    "swav": "SwAV (6 local crops)",
 }
 
 

@@ -91,6 +91,15 @@ BAD_VALUES = [
         {"method": "dino", "dino": {"teacher_tmp": 0.07}},
         "dino.teacher_tmp: unknown key; accepted keys here: out_dim",
     ),
+    ({"method": "swav", "swav": {"epsilon": 0}}, "swav.epsilon: Input should be greater than 0"),
+    (
+        {"method": "swav", "swav": {"num_prototypes": 1}},
+        "swav.num_prototypes: Input should be greater than or equal to 2",
+    ),
+    (
+        {"method": "swav", "swav": {"prototypes": 300}},
+        "swav.prototypes: unknown key; accepted keys here: proj_hidden",
+    ),
     (
         {
             "method": "simclr",

@@ -655,6 +655,38 @@ def test_dino_prototypes_stay_frozen_in_the_first_epoch_only():
     assert any(not torch.equal(last1[k], last2[k]) for k in last1)
 
 
+def test_swav_prototypes_are_unit_length_and_frozen_in_the_first_epoch_only():
+    """SwAV through the loop's own steps, with multi-crop: the prototypes are renormalised
+    to unit length before each step; in epoch 1 they learn nothing (weight decay
+    included), in epoch 2 they do, and stay unit length."""
+    loop = _loop(
+        {
+            "method": "swav",
+            "epochs": 2,
+            "backbone": {"name": "cnn2d", "width": 4, "depth": 2},
+            "data": {
+                "shape": [3, 16, 16],
+                "num_samples": 64,
+                "augment": {"preset": "byol", "image": {"local_crops": {"number": 2, "size": 8}}},
+            },
+            "optimizer": {"weight_decay": 0.1},
+            "swav": {"proj_hidden": 8, "proj_dim": 8, "num_prototypes": 6},
+        }
+    )
+    prototypes = loop.method.prototypes.weight
+    assert loop.method.freeze_prototypes_epochs == 1  # the default
+    initial = torch.nn.functional.normalize(prototypes.detach().clone(), dim=1)
+    backbone0 = [p.clone() for p in loop.method.backbone.parameters()]
+    loop.run_epoch()
+    assert torch.allclose(prototypes, initial, atol=1e-6)
+    after = loop.method.backbone.parameters()
+    assert any(not torch.equal(a, b) for a, b in zip(backbone0, after, strict=True))
+    loop.run_epoch()
+    assert not torch.allclose(prototypes, initial, atol=1e-4)
+    # renormalised before each step: unit length up to the last step's update
+    assert torch.allclose(prototypes.norm(dim=1), torch.ones(6), atol=0.05)
+
+
 @pytest.mark.parametrize("batch_norm", [False, True])
 def test_dino_head_of_the_image_config_gives_the_teacher_a_signal_to_sharpen(batch_norm):
     """configs/dino_images.yaml's head on its CNN, at initialisation. DINO learns from the

@@ -12,7 +12,9 @@ from rayssl.losses import (
     MoCoInfoNCELoss,
     NegativeCosineSimilarity,
     NTXentLoss,
+    SwAVLoss,
     VICRegLoss,
+    sinkhorn,
 )
 
 
@@ -58,6 +60,8 @@ GLOBAL_LOSSES = {
     "barlow_twins": lambda: BarlowTwinsLoss(0.05),
     "vicreg": lambda: VICRegLoss(25.0, 25.0, 1.0),
     "moco": lambda: MoCoInfoNCELoss(0.2),  # z1 plays the keys: gathered without gradient
+    # two crops' prototype scores (cosines: in [-1, 1]); Sinkhorn's sums span every rank
+    "swav": lambda: lambda s0, s1: SwAVLoss(0.1, 0.05, 3)([torch.tanh(s0), torch.tanh(s1)]),
 }
 
 
@@ -82,9 +86,9 @@ def _ddp_worker(rank, world, rendezvous, z0, z1, out, name="ntxent"):
 @pytest.mark.parametrize("name", list(GLOBAL_LOSSES))
 def test_losses_under_ddp_equal_single_process_on_the_global_batch(tmp_path, name):
     """A real 2-process gloo group: mean of ranks' losses (and the averaged gradients) equal
-    the single-process loss on the concatenated batch, because negatives (NT-Xent) and batch
-    statistics (Barlow Twins' cross-correlation, VICReg's variance and covariance) span all
-    ranks."""
+    the single-process loss on the concatenated batch, because negatives (NT-Xent), batch
+    statistics (Barlow Twins' cross-correlation, VICReg's variance and covariance) and
+    SwAV's Sinkhorn sums span all ranks."""
     z0, z1 = torch.randn(8, 4), torch.randn(8, 4)
     rendezvous = str(tmp_path / "rendezvous")  # a file: no TCP port picked in advance
     out = tmp_path / "ddp.pt"
@@ -243,3 +247,53 @@ def test_dino_centre_moves_towards_the_global_batch_mean_on_two_gloo_processes(t
     single.update_center(teacher)
     assert torch.allclose(torch.load(out), single.center, atol=1e-6)
     assert torch.allclose(single.center, 0.1 * teacher.mean(0, keepdim=True), atol=1e-6)
+
+
+def _sinkhorn_reference(scores, epsilon, iterations):
+    """The SwAV paper's algorithm, written out in numpy (float64)."""
+    q = np.exp(scores / epsilon).T  # (K, B)
+    k, b = q.shape
+    q /= q.sum()
+    for _ in range(iterations):
+        q /= q.sum(axis=1, keepdims=True)
+        q /= k
+        q /= q.sum(axis=0, keepdims=True)
+        q /= b
+    return (q * b).T
+
+
+def test_sinkhorn_is_the_papers_algorithm_and_balances_the_prototypes():
+    scores = torch.rand(12, 5) * 2 - 1  # cosines
+    got = sinkhorn(scores, epsilon=0.05, iterations=3, gather=False)
+    reference = _sinkhorn_reference(scores.double().numpy(), 0.05, 3)
+    assert np.allclose(got.numpy(), reference, atol=1e-5)
+    assert torch.allclose(got.sum(1), torch.ones(12), atol=1e-5)  # each code sums to 1
+    # with enough rounds every prototype holds an equal share of the batch: 12 / 5
+    balanced = sinkhorn(scores, epsilon=0.05, iterations=200, gather=False)
+    assert torch.allclose(balanced.sum(0), torch.full((5,), 12 / 5), atol=1e-3)
+    assert not torch.allclose(
+        F.softmax(scores / 0.05, 1).sum(0), torch.full((5,), 12 / 5), atol=0.1
+    )
+    # a small epsilon does not overflow (scores shifted by their maximum)
+    assert torch.isfinite(sinkhorn(scores, epsilon=0.005, iterations=3, gather=False)).all()
+
+
+def test_swav_loss_is_the_papers_definition():
+    """Three crops, two of them global: each global crop's codes are predicted by the two
+    other crops; the loss is the mean of the four cross-entropies."""
+    scores = [torch.rand(6, 4) * 2 - 1 for _ in range(3)]
+    codes = [_sinkhorn_reference(s.double().numpy(), 0.05, 3) for s in scores[:2]]
+
+    def log_softmax(x):
+        x = x / 0.1
+        return x - np.log(np.exp(x).sum(-1, keepdims=True))
+
+    terms = [
+        (-(codes[g] * log_softmax(scores[v].double().numpy())).sum(-1)).mean()
+        for g in range(2)
+        for v in range(3)
+        if v != g
+    ]
+    got = SwAVLoss(temperature=0.1, epsilon=0.05, iterations=3)(scores, globals_=2)
+    assert float(got) == pytest.approx(np.mean(terms), rel=1e-5)
+    assert len(terms) == 4

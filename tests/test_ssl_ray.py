@@ -66,6 +66,17 @@ METHODS = {
     "moco": {
         "moco": {"proj_hidden": 16, "proj_dim": 8, "pred_hidden": 16, "base_momentum": 0.9},
     },
+    # multi-crop with Sinkhorn's sums all-reduced over the ranks
+    "swav": {
+        "swav": {"proj_hidden": 16, "proj_dim": 8, "num_prototypes": 12},
+        "data": {
+            "shape": [3, 16, 16],
+            "num_samples": 128,
+            "batch_size": 32,
+            "augment": {"preset": "byol", "image": {"local_crops": {"number": 2, "size": 8}}},
+        },
+        "backbone": {"name": "cnn2d", "width": 4, "depth": 2},
+    },
 }
 
 
@@ -101,6 +112,9 @@ def dumping_train_func(config):
         # MoCo v3 is BYOL's two networks with a contrastive loss (checked on gloo in
         # test_losses); DINO's default run restarts the same EMA teacher exactly
         pytest.param("moco", marks=pytest.mark.slow),
+        # SwAV's loss is checked on a gloo group in test_losses, its multi-crop views are
+        # DINO's (whose default run restarts them exactly): slow here
+        pytest.param("swav", marks=pytest.mark.slow),
     ],
 )
 def test_ranks_agree_and_restart_is_exact(ray_session, write_config, tmp_path, method):

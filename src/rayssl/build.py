@@ -25,6 +25,7 @@ from rayssl.methods.heads import MLPHead
 from rayssl.methods.lfr import LearnFromRandomnessModel, RandomProjector, RepeatedModuleList
 from rayssl.methods.moco import MoCo
 from rayssl.methods.simclr import SimCLR
+from rayssl.methods.swav import SwAV
 from rayssl.methods.vicreg import VICReg
 from rayssl.optim import LARS
 
@@ -183,6 +184,21 @@ def _dino(cfg: TrainConfig, backbone: nn.Module, features: int, setup: dict) -> 
     )
 
 
+def _swav(cfg: TrainConfig, backbone: nn.Module, features: int, setup: dict) -> Method:
+    c = cfg.swav
+    return SwAV(
+        backbone,
+        projection_head=MLPHead([features, c.proj_hidden, c.proj_dim]),
+        num_prototypes=c.num_prototypes,
+        proj_dim=c.proj_dim,
+        temperature=c.temperature,
+        epsilon=c.epsilon,
+        sinkhorn_iterations=c.sinkhorn_iterations,
+        freeze_prototypes_epochs=c.freeze_prototypes_epochs,
+        **setup,
+    )
+
+
 # the self-supervised methods whose whole setup is their config section
 SSL_BUILDERS: dict[str, Callable[[TrainConfig, nn.Module, int, dict], Method]] = {
     "byol": _byol,
@@ -191,6 +207,7 @@ SSL_BUILDERS: dict[str, Callable[[TrainConfig, nn.Module, int, dict], Method]] =
     "vicreg": _vicreg,
     "moco": _moco,
     "dino": _dino,
+    "swav": _swav,
 }
 
 

@@ -190,3 +190,63 @@ class MoCoInfoNCELoss(nn.Module):
         logits = q @ k.T / self.temperature
         own = torch.arange(len(q), device=q.device) + rank * len(q)
         return 2 * self.temperature * F.cross_entropy(logits, own)
+
+
+@torch.no_grad()
+def sinkhorn(scores: torch.Tensor, epsilon: float, iterations: int, gather: bool = True):
+    """SwAV's codes (Caron et al. 2020): Q = exp(scores / epsilon), scaled by `iterations`
+    rounds of Sinkhorn-Knopp so that over the global batch every prototype gets an equal
+    share of the mass and each sample's code sums to 1. scores: (B, K) this rank's rows;
+    returns (B, K). The sums over samples are all-reduced, so every rank's rows are those
+    of the single-process codes on the concatenated batch (the paper's distributed
+    version); the exponent is shifted by the global maximum, which cancels in the first
+    normalisation and keeps a small epsilon from overflowing."""
+    distributed = gather and dist.is_available() and dist.is_initialized()
+    world = dist.get_world_size() if distributed else 1
+    scores = scores.float()
+    top = scores.max()
+    if distributed:
+        dist.all_reduce(top, op=dist.ReduceOp.MAX)
+    q = torch.exp((scores - top) / epsilon).T  # (K, B)
+    prototypes, samples = q.shape[0], q.shape[1] * world
+    total = q.sum()
+    if distributed:
+        dist.all_reduce(total)
+    q /= total
+    for _ in range(iterations):
+        per_prototype = q.sum(dim=1, keepdim=True)
+        if distributed:
+            dist.all_reduce(per_prototype)
+        q /= per_prototype * prototypes
+        q /= q.sum(dim=0, keepdim=True) * samples
+    return (q * samples).T
+
+
+class SwAVLoss(nn.Module):
+    """SwAV's swapped prediction (Caron et al. 2020).
+
+    scores: one (B, K) tensor per crop, globals first: each crop's L2-normalised embedding
+    against the unit-length prototypes. With q_g = sinkhorn(scores[g]) for each of the
+    `globals_` global crops and log p_v = log_softmax(scores[v] / temperature):
+    loss = mean over pairs (g, v), v != g, of mean_b sum_k -q_g * log p_v.
+    Codes carry no gradient; their Sinkhorn sums span every rank (`gather`).
+    """
+
+    def __init__(self, temperature: float = 0.1, epsilon: float = 0.05, iterations: int = 3):
+        super().__init__()
+        if temperature <= 0 or epsilon <= 0:
+            raise ValueError(f"temperature and epsilon must be > 0, got {temperature}, {epsilon}")
+        self.temperature, self.epsilon, self.iterations = temperature, epsilon, iterations
+
+    def forward(
+        self, scores: list[torch.Tensor], globals_: int = 2, gather: bool = True
+    ) -> torch.Tensor:
+        codes = [sinkhorn(s, self.epsilon, self.iterations, gather) for s in scores[:globals_]]
+        log_probs = [F.log_softmax(s.float() / self.temperature, dim=-1) for s in scores]
+        losses = [
+            -(q * log_probs[v]).sum(-1).mean()
+            for g, q in enumerate(codes)
+            for v in range(len(scores))
+            if v != g
+        ]
+        return torch.stack(losses).mean()

@@ -15,7 +15,7 @@ ViewP = float | list[float]  # a probability, or one per view ([view0, view1]: B
 
 
 class LocalCropsConfig(Strict):
-    """Multi-crop (DINO): small crops added after the global views, for methods that take
+    """Multi-crop (DINO, SwAV): small crops added after the global views, for methods that take
     them. Each is a random resized crop of `scale` at `size`, then the view pipeline's
     jitter and grayscale, blur with `blur_p`, solarize with `solarize_p`."""
 
@@ -62,7 +62,7 @@ class ImageViewsConfig(Strict):
         0.5, ge=0.0, le=1.0, description="solarize inverts pixels above this"
     )
     local_crops: LocalCropsConfig | None = Field(
-        None, description="multi-crop: smaller local crops after the global views (DINO)"
+        None, description="multi-crop: smaller local crops after the global views (DINO, SwAV)"
     )
     cuda_graph: bool = Field(
         True,

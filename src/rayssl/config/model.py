@@ -141,6 +141,21 @@ class MoCoConfig(Strict):
     schedule: int | None = Field(None, ge=1, description="optimizer steps; null: the whole run")
 
 
+class SwAVConfig(Strict):
+    """SwAV's defaults (Caron et al. 2020, ResNet-50): projector 2048-128, 3,000 prototypes,
+    temperature 0.1, Sinkhorn epsilon 0.05 over 3 iterations."""
+
+    proj_hidden: int = Field(2048, ge=1, description="projector hidden width")
+    proj_dim: int = Field(128, ge=2, description="embedding width the prototypes act on")
+    num_prototypes: int = Field(3000, ge=2, description="prototypes (clusters)")
+    temperature: float = Field(0.1, gt=0.0, description="of the predicted assignments")
+    epsilon: float = Field(0.05, gt=0.0, description="Sinkhorn-Knopp's entropy regularisation")
+    sinkhorn_iterations: int = Field(3, ge=1)
+    freeze_prototypes_epochs: int = Field(
+        1, ge=0, description="epochs at the start during which the prototypes do not learn"
+    )
+
+
 class DINOConfig(Strict):
     """DINO's defaults (Caron et al. 2021, ResNet-50 / ViT-S recipes)."""
 

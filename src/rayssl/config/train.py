@@ -24,6 +24,7 @@ from rayssl.config.model import (
     NetConfig,
     SimCLRConfig,
     SupervisedConfig,
+    SwAVConfig,
     VICRegConfig,
     check_kwargs,
     import_factory,
@@ -48,6 +49,7 @@ BUILTIN_METHODS = (
     "vicreg",
     "moco",
     "dino",
+    "swav",
 )
 # what rayssl passes to an import-path method's constructor when it names them
 METHOD_INFERRED = (
@@ -67,8 +69,8 @@ class TrainConfig(Strict):
 
     method: str = Field(
         "supervised",
-        description="supervised | byol | simclr | lfr | barlow_twins | vicreg | moco | dino, or a "
-        "Method subclass 'package.module:Class'",
+        description="supervised | byol | simclr | lfr | barlow_twins | vicreg | moco | dino | "
+        "swav, or a Method subclass 'package.module:Class'",
     )
     method_options: dict[str, Any] = Field(
         default_factory=dict, description="keyword arguments of an import-path method's class"
@@ -111,6 +113,7 @@ class TrainConfig(Strict):
     vicreg: VICRegConfig = VICRegConfig()
     moco: MoCoConfig = MoCoConfig()
     dino: DINOConfig = DINOConfig()
+    swav: SwAVConfig = SwAVConfig()
     model: ModelConfig = ModelConfig()
     eval: EvalConfig = EvalConfig()
     performance: PerformanceConfig = PerformanceConfig()
@@ -251,17 +254,17 @@ class TrainConfig(Strict):
                 )
 
     def _check_local_crops(self) -> None:
-        """Multi-crop views only for a method that takes them (DINO, or an import-path
+        """Multi-crop views only for a method that takes them (DINO, SwAV, or an import-path
         method whose class sets `multi_crop = True`): the others' losses pair two views."""
         image = self.data.augment.image
         if image is None or image.local_crops is None or not image.local_crops.number:
             return
         cls = None if self.builtin_method else import_factory(self.method)
-        if self.method == "dino" or getattr(cls, "multi_crop", False):
+        if self.method in ("dino", "swav") or getattr(cls, "multi_crop", False):
             return
         raise ValueError(
             f"data.augment.image.local_crops: {self.method} pairs two views and takes no "
-            "local crops (dino does, and an import-path Method with multi_crop = True): "
+            "local crops (dino and swav do, and an import-path Method with multi_crop = True): "
             "remove local_crops or set its number to 0"
         )
 

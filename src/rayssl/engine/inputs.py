@@ -40,7 +40,7 @@ class Inputs:
 
     def views(self, x: torch.Tensor, generator: torch.Generator) -> Any:
         """The method's training input: one augmented batch, or a tuple of `num_views`
-        views (with DINO's local crops for a `multi_crop` method)."""
+        views (with the local crops of a `multi_crop` method: DINO, SwAV)."""
         if self.method.num_views > 1:
             multi_crop = getattr(self.method, "multi_crop", False)
             views = self.augment.views(x, generator, self.method.num_views, multi_crop)

@@ -14,7 +14,7 @@ from torch.nn.utils.parametrizations import weight_norm
 
 from rayssl.methods.base import Method
 from rayssl.methods.byol import deactivate_requires_grad, update_momentum
-from rayssl.methods.heads import infer_features
+from rayssl.methods.heads import backbone_by_crop_size, infer_features
 from rayssl.schedules import cosine_schedule
 
 
@@ -153,17 +153,9 @@ class DINO(Method):
         share = self.step / self.warmup_teacher_temp_steps
         return self.warmup_teacher_temp + share * (self.teacher_temp - self.warmup_teacher_temp)
 
-    def _student(self, crops: list[torch.Tensor]) -> torch.Tensor:
-        """One backbone pass per crop size (globals, then locals), one head pass for all."""
-        by_size: dict[tuple[int, ...], list[torch.Tensor]] = {}
-        for crop in crops:
-            by_size.setdefault(tuple(crop.shape[-2:]), []).append(crop)
-        features = [self.backbone(torch.cat(group)).flatten(1) for group in by_size.values()]
-        return self.head(torch.cat(features))
-
     def _loss(self, views, update_center: bool) -> torch.Tensor:
         crops = list(views)
-        student = self._student(crops)
+        student = self.head(backbone_by_crop_size(self.backbone, crops))  # one head pass
         with torch.no_grad():
             teacher = self.head_momentum(self.backbone_momentum(torch.cat(crops[:2])).flatten(1))
         loss = self.criterion(student, teacher, self.current_teacher_temp(), globals_=2)

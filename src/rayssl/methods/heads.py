@@ -1,9 +1,11 @@
-"""Projection and prediction heads shared by the self-supervised methods."""
+"""Projection and prediction heads, and the multi-crop backbone pass, shared by the
+self-supervised methods."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 
+import torch
 from torch import nn
 
 
@@ -33,3 +35,12 @@ def infer_features(module: nn.Module) -> int:
             if isinstance(getattr(layer, attr, None), int):
                 return getattr(layer, attr)
     raise ValueError("cannot infer the backbone's output width; pass the heads explicitly")
+
+
+def backbone_by_crop_size(backbone: nn.Module, crops: list[torch.Tensor]) -> torch.Tensor:
+    """Multi-crop: one backbone pass per crop size (globals, then locals), the features of
+    every crop in the order given, flattened: (sum of batch sizes, features)."""
+    by_size: dict[tuple[int, ...], list[torch.Tensor]] = {}
+    for crop in crops:
+        by_size.setdefault(tuple(crop.shape[-2:]), []).append(crop)
+    return torch.cat([backbone(torch.cat(group)).flatten(1) for group in by_size.values()])
