@@ -47,7 +47,7 @@ def test_overrides_are_yaml_typed_and_nested(write_config):
         (
             {"method": "mae"},
             "method: 'mae' is neither one of supervised, byol, simclr, lfr, barlow_twins, "
-            "vicreg, moco, dino nor",
+            "vicreg, moco, dino, swav nor",
         ),
     ],
 )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import warnings
 
 import torch
@@ -192,6 +193,19 @@ class MoCoInfoNCELoss(nn.Module):
         return 2 * self.temperature * F.cross_entropy(logits, own)
 
 
+def _log_sum_exp(x: torch.Tensor, dim: int | None, across_ranks: bool) -> torch.Tensor:
+    """log(sum(exp(x))) over `dim` (None: every entry), stable, and over every rank's rows
+    too when `across_ranks` (the maximum and the sum all-reduced)."""
+    top = x.amax() if dim is None else x.amax(dim, keepdim=True)
+    if across_ranks:
+        dist.all_reduce(top, op=dist.ReduceOp.MAX)
+    total = (x - top).exp()
+    total = total.sum() if dim is None else total.sum(dim, keepdim=True)
+    if across_ranks:
+        dist.all_reduce(total)
+    return top + total.log()
+
+
 @torch.no_grad()
 def sinkhorn(scores: torch.Tensor, epsilon: float, iterations: int, gather: bool = True):
     """SwAV's codes (Caron et al. 2020): Q = exp(scores / epsilon), scaled by `iterations`
@@ -199,27 +213,17 @@ def sinkhorn(scores: torch.Tensor, epsilon: float, iterations: int, gather: bool
     share of the mass and each sample's code sums to 1. scores: (B, K) this rank's rows;
     returns (B, K). The sums over samples are all-reduced, so every rank's rows are those
     of the single-process codes on the concatenated batch (the paper's distributed
-    version); the exponent is shifted by the global maximum, which cancels in the first
-    normalisation and keeps a small epsilon from overflowing."""
+    version). Computed on logarithms: the paper's exp(scores / epsilon) underflows to whole
+    rows of zeros (then NaN) once epsilon is small, e.g. 0.005 with cosine scores."""
     distributed = gather and dist.is_available() and dist.is_initialized()
     world = dist.get_world_size() if distributed else 1
-    scores = scores.float()
-    top = scores.max()
-    if distributed:
-        dist.all_reduce(top, op=dist.ReduceOp.MAX)
-    q = torch.exp((scores - top) / epsilon).T  # (K, B)
-    prototypes, samples = q.shape[0], q.shape[1] * world
-    total = q.sum()
-    if distributed:
-        dist.all_reduce(total)
-    q /= total
+    log_q = scores.float() / epsilon
+    prototypes, samples = log_q.shape[1], log_q.shape[0] * world
+    log_q = log_q - _log_sum_exp(log_q, None, distributed)
     for _ in range(iterations):
-        per_prototype = q.sum(dim=1, keepdim=True)
-        if distributed:
-            dist.all_reduce(per_prototype)
-        q /= per_prototype * prototypes
-        q /= q.sum(dim=0, keepdim=True) * samples
-    return (q * samples).T
+        log_q -= _log_sum_exp(log_q, 0, distributed) + math.log(prototypes)  # prototypes
+        log_q -= _log_sum_exp(log_q, 1, False) + math.log(samples)  # samples, local rows
+    return (log_q + math.log(samples)).exp()
 
 
 class SwAVLoss(nn.Module):

@@ -59,6 +59,18 @@ class Method(nn.Module):
                 kwargs.setdefault(name, value)
         return optimizer, self.lr_scheduler(optimizer, **kwargs)
 
+    def take_setup(self, setup: dict[str, Any]) -> None:
+        """Set the optimizer setup every method takes from the keyword arguments `setup`
+        (`learning_rate`, `optimizer`, default AdamW, `optimizer_kwargs`, `lr_scheduler`,
+        `lr_scheduler_kwargs`); anything else in it is a TypeError naming the class."""
+        self.learning_rate = setup.pop("learning_rate", 1e-3)
+        self.optimizer = setup.pop("optimizer", torch.optim.AdamW)
+        self.optimizer_kwargs = dict(setup.pop("optimizer_kwargs", None) or {})
+        self.lr_scheduler = setup.pop("lr_scheduler", None)
+        self.lr_scheduler_kwargs = dict(setup.pop("lr_scheduler_kwargs", None) or {})
+        if setup:
+            raise TypeError(f"{type(self).__name__} got unexpected arguments: {', '.join(setup)}")
+
     num_views: int = 1  # >1: the loop passes a tuple of that many augmented views as x
 
     def embed(self, x: torch.Tensor) -> torch.Tensor:

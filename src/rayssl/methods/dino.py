@@ -139,13 +139,7 @@ class DINO(Method):
         self.base_momentum, self.schedule_length = base_momentum, schedule
         self.momentum, self.step = base_momentum, 0
         self.freeze_last_layer_epochs, self.epoch = freeze_last_layer_epochs, 0
-        self.learning_rate = setup.pop("learning_rate", 1e-3)
-        self.optimizer = setup.pop("optimizer", torch.optim.AdamW)
-        self.optimizer_kwargs = dict(setup.pop("optimizer_kwargs", None) or {})
-        self.lr_scheduler = setup.pop("lr_scheduler", None)
-        self.lr_scheduler_kwargs = dict(setup.pop("lr_scheduler_kwargs", None) or {})
-        if setup:
-            raise TypeError(f"DINO got unexpected arguments: {', '.join(setup)}")
+        self.take_setup(setup)
 
     def current_teacher_temp(self) -> float:
         if self.step >= self.warmup_teacher_temp_steps:

@@ -51,13 +51,7 @@ class SwAV(Method):
         self.prototypes = nn.Linear(proj_dim, num_prototypes, bias=False)
         self.criterion = SwAVLoss(temperature, epsilon, sinkhorn_iterations)
         self.freeze_prototypes_epochs, self.epoch = freeze_prototypes_epochs, 0
-        self.learning_rate = setup.pop("learning_rate", 1e-3)
-        self.optimizer = setup.pop("optimizer", torch.optim.AdamW)
-        self.optimizer_kwargs = dict(setup.pop("optimizer_kwargs", None) or {})
-        self.lr_scheduler = setup.pop("lr_scheduler", None)
-        self.lr_scheduler_kwargs = dict(setup.pop("lr_scheduler_kwargs", None) or {})
-        if setup:
-            raise TypeError(f"SwAV got unexpected arguments: {', '.join(setup)}")
+        self.take_setup(setup)
 
     def _loss(self, views, gather: bool) -> torch.Tensor:
         crops = list(views)
