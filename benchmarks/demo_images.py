@@ -34,6 +34,7 @@ METHODS = {
     "vicreg": "VICReg",
     "dino": "DINO",
     "swav": "SwAV",
+    "lfr": "LFR",
 }
 RANDOM = "linear eval: random init"  # inputs normalised with the data set's statistics
 RANDOM_SAMPLE = "linear eval: random init, per-image normalisation"  # data.normalize: sample
