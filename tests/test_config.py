@@ -99,3 +99,33 @@ def test_the_configuration_page_is_current():
     for section in ("barlow_twins", "moco", "model", "eval", "data.augment.image"):
         assert f"## `{section}`" in page
     assert "| `trust_coefficient` | float | `0.001` | > 0.0, <= 1.0 |" in page
+
+
+def test_the_schemas_multi_crop_methods_are_the_classes_that_take_local_crops():
+    """The config accepts local crops for the built-ins it names; the loop adds them for the
+    classes that set `multi_crop`. The two lists must agree, for every built-in method."""
+    from rayssl.config.train import BUILTIN_METHODS, MULTI_CROP_METHODS
+    from rayssl.methods import SimpleSupervisedModel
+    from rayssl.methods.barlow_twins import BarlowTwins
+    from rayssl.methods.byol import BYOL
+    from rayssl.methods.dino import DINO
+    from rayssl.methods.lfr import LearnFromRandomnessModel
+    from rayssl.methods.moco import MoCo
+    from rayssl.methods.simclr import SimCLR
+    from rayssl.methods.swav import SwAV
+    from rayssl.methods.vicreg import VICReg
+
+    classes = {
+        "supervised": SimpleSupervisedModel,
+        "byol": BYOL,
+        "simclr": SimCLR,
+        "lfr": LearnFromRandomnessModel,
+        "barlow_twins": BarlowTwins,
+        "vicreg": VICReg,
+        "moco": MoCo,
+        "dino": DINO,
+        "swav": SwAV,
+    }
+    assert set(classes) == set(BUILTIN_METHODS)
+    taking = {name for name, cls in classes.items() if getattr(cls, "multi_crop", False)}
+    assert taking == set(MULTI_CROP_METHODS)

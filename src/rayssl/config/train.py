@@ -51,6 +51,9 @@ BUILTIN_METHODS = (
     "dino",
     "swav",
 )
+# the built-ins whose class sets `multi_crop = True` (named here: the schema imports no torch;
+# tests/test_config.py checks the two agree)
+MULTI_CROP_METHODS = ("dino", "swav")
 # what rayssl passes to an import-path method's constructor when it names them
 METHOD_INFERRED = (
     "features",
@@ -260,7 +263,7 @@ class TrainConfig(Strict):
         if image is None or image.local_crops is None or not image.local_crops.number:
             return
         cls = None if self.builtin_method else import_factory(self.method)
-        if self.method in ("dino", "swav") or getattr(cls, "multi_crop", False):
+        if self.method in MULTI_CROP_METHODS or getattr(cls, "multi_crop", False):
             return
         raise ValueError(
             f"data.augment.image.local_crops: {self.method} pairs two views and takes no "
