@@ -5,6 +5,10 @@ its summary.json.
 
     python benchmarks/ssl_mnist1d.py barlow_twins vicreg moco \
         [--out benchmarks/results/ssl_mnist1d-2core-cpu.json]
+    python benchmarks/ssl_mnist1d.py swav --set swav.num_prototypes=3000   # a variant row
+
+A row run with `--set` overrides is kept beside the config's own row (keyed by method and
+overrides).
 
 About 5 minutes per method on 2 CPU cores.
 """
@@ -28,6 +32,7 @@ def main() -> None:
     parser.add_argument("methods", nargs="+")
     parser.add_argument("--out", default="benchmarks/results/ssl_mnist1d-2core-cpu.json")
     parser.add_argument("--storage", default="runs/ssl_mnist1d")
+    parser.add_argument("--set", action="append", default=[], dest="overrides")
     args = parser.parse_args()
     storage = ROOT / args.storage
     rows = []
@@ -36,7 +41,8 @@ def main() -> None:
         started = time.time()
         subprocess.run(
             [sys.executable, "-m", "rayssl.cli", "train", config,
-             "--set", f"storage_path={storage}"],
+             "--set", f"storage_path={storage}",
+             *[arg for o in args.overrides for arg in ("--set", o)]],
             cwd=ROOT,
             check=True,
         )  # fmt: skip
@@ -52,7 +58,8 @@ def main() -> None:
         ]
         row = {
             "method": method,
-            "command": f"rayssl train {config}",
+            "command": " ".join(["rayssl train", config, *[f"--set {o}" for o in args.overrides]]),
+            **({"overrides": args.overrides} if args.overrides else {}),
             "epochs": summary["epochs_run"],
             "linear_acc": probes[-1]["linear_acc"],
             "knn_acc": probes[-1]["knn_acc"],
@@ -64,7 +71,8 @@ def main() -> None:
         print(json.dumps(row), flush=True)
     out = ROOT / args.out
     previous = json.loads(out.read_text())["rows"] if out.exists() else []
-    kept = [r for r in previous if r["method"] not in args.methods]
+    ran = {(r["method"], tuple(r.get("overrides", []))) for r in rows}
+    kept = [r for r in previous if (r["method"], tuple(r.get("overrides", []))) not in ran]
     result = {
         "machine": f"{platform.machine()}, {len(os.sched_getaffinity(0))} CPUs",
         "rows": kept + rows,

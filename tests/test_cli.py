@@ -101,6 +101,11 @@ BAD_VALUES = [
         "swav.prototypes: unknown key; accepted keys here: proj_hidden",
     ),
     (
+        {"method": "swav", "swav": {"queue_length": 100}, "data": {"batch_size": 32}},
+        "swav.queue_length (100) must be a multiple of data.batch_size (32): whole global "
+        "batches enter the queue; use e.g. 96",
+    ),
+    (
         {
             "method": "simclr",
             "data": {"shape": [3, 16, 16], "augment": {"image": {"local_crops": {"number": 2}}}},

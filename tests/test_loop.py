@@ -687,6 +687,52 @@ def test_swav_prototypes_are_unit_length_and_frozen_in_the_first_epoch_only():
     assert torch.allclose(prototypes.norm(dim=1), torch.ones(6), atol=0.05)
 
 
+SWAV_QUEUE = {
+    "method": "swav",
+    "epochs": 3,
+    "backbone": {"name": "cnn2d", "width": 4, "depth": 2},
+    "data": {
+        "shape": [3, 16, 16],
+        "num_samples": 80,  # 64 for training once val holds 16 out: 2 steps of 32 an epoch
+        "batch_size": 32,
+        "augment": {"preset": "byol", "image": {"local_crops": {"number": 2, "size": 8}}},
+    },
+    "swav": {"proj_hidden": 8, "proj_dim": 8, "num_prototypes": 6, "freeze_prototypes_epochs": 0},
+}
+
+
+def test_swav_queue_fills_from_its_epoch_joins_sinkhorn_once_full_and_resumes_exactly(tmp_path):
+    """A queue of 64 (two global batches) starting at epoch 2 (index 1): epoch 1 trains as
+    without a queue (bit for bit) and leaves it empty; epoch 2 fills it with unit-length
+    embeddings without using it (still bit for bit); epoch 3 uses it, so the weights part.
+    Saved after epoch 2 and restored in a fresh loop, epoch 3 is the straight run's."""
+    queued = {**SWAV_QUEUE, "swav": {**SWAV_QUEUE["swav"], "queue_length": 64}}
+    queued["swav"]["queue_start_epoch"] = 1
+    plain, straight = _loop(SWAV_QUEUE), _loop(queued)
+    assert plain.steps_per_epoch == 2
+    for epoch in range(2):
+        plain.run_epoch(), straight.run_epoch()
+        assert_states_equal(plain.method.state_dict(), straight.method.state_dict())
+        assert straight.method.queue_filled == 32 * 2 * epoch
+    queue = straight.method.queue
+    assert queue.shape == (2, 64, 8)
+    assert torch.allclose(queue.norm(dim=-1), torch.ones(2, 64), atol=1e-5)
+    save_state(straight.state_dict(), tmp_path)
+    plain.run_epoch(), straight.run_epoch()
+    before = [p for p in plain.method.parameters()]
+    after = [p for p in straight.method.parameters()]
+    assert any(not torch.equal(a, b) for a, b in zip(before, after, strict=True))
+    assert not torch.equal(straight.method.queue, queue)  # newest embeddings pushed in
+
+    torch.manual_seed(999)
+    resumed = _loop(queued)
+    resumed.load_state_dict(load_state(tmp_path))
+    assert torch.equal(resumed.method.queue, queue) and resumed.method.queue_filled == 64
+    resumed.run_epoch()
+    assert_states_equal(straight.method.state_dict(), resumed.method.state_dict())
+    assert torch.equal(straight.method.queue, resumed.method.queue)
+
+
 @pytest.mark.parametrize("batch_norm", [False, True])
 def test_dino_head_of_the_image_config_gives_the_teacher_a_signal_to_sharpen(batch_norm):
     """configs/dino_images.yaml's head on its CNN, at initialisation. DINO learns from the

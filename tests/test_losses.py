@@ -62,7 +62,18 @@ GLOBAL_LOSSES = {
     "moco": lambda: MoCoInfoNCELoss(0.2),  # z1 plays the keys: gathered without gradient
     # two crops' prototype scores (cosines: in [-1, 1]); Sinkhorn's sums span every rank
     "swav": lambda: lambda s0, s1: SwAVLoss(0.1, 0.05, 3)([torch.tanh(s0), torch.tanh(s1)]),
+    # with SwAV's queue: 6 past scores per global crop, each rank bringing its share
+    "swav_queue": lambda: _swav_with_queue,
 }
+
+
+def _swav_with_queue(s0, s1):
+    """SwAVLoss with a fixed queue of 6 rows per global crop; under DDP each rank brings
+    the rows rank::world, as SwAV's method does."""
+    queue = torch.tanh(torch.linspace(-3, 3, 2 * 6 * 4).reshape(2, 6, 4).sin() * 4)
+    rank, world = (dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else (0, 1)
+    queued = list(queue[:, rank::world].unbind(0))
+    return SwAVLoss(0.1, 0.05, 3)([torch.tanh(s0), torch.tanh(s1)], queued=queued)
 
 
 def _ddp_worker(rank, world, rendezvous, z0, z1, out, name="ntxent"):
@@ -280,6 +291,23 @@ def test_sinkhorn_is_the_papers_algorithm_and_balances_the_prototypes():
     for _ in range(20):
         small = sinkhorn(torch.rand(12, 5) * 2 - 1, epsilon=0.002, iterations=3, gather=False)
         assert torch.isfinite(small).all() and torch.allclose(small.sum(1), torch.ones(12))
+
+
+def test_swav_queue_joins_sinkhorn_and_only_the_batch_codes_are_kept():
+    """With queued rows, each global crop's codes are the last B rows of Sinkhorn-Knopp on
+    [queue; batch] (the paper's code), so they differ from the batch's codes alone."""
+    torch.manual_seed(0)
+    scores = [torch.rand(6, 4) * 2 - 1 for _ in range(3)]
+    queued = [torch.rand(12, 4) * 2 - 1 for _ in range(2)]
+    codes = [
+        _sinkhorn_reference(np.concatenate([q.double().numpy(), s.double().numpy()]), 0.05, 3)[-6:]
+        for q, s in zip(queued, scores[:2], strict=True)
+    ]
+    log_p = [F.log_softmax(s.double() / 0.1, -1).numpy() for s in scores]
+    terms = [(-(codes[g] * log_p[v]).sum(-1)).mean() for g in range(2) for v in range(3) if v != g]
+    loss = SwAVLoss(temperature=0.1, epsilon=0.05, iterations=3)
+    assert float(loss(scores, queued=queued)) == pytest.approx(np.mean(terms), rel=1e-5)
+    assert float(loss(scores)) != pytest.approx(np.mean(terms), rel=1e-3)
 
 
 def test_swav_loss_is_the_papers_definition():

@@ -66,9 +66,16 @@ METHODS = {
     "moco": {
         "moco": {"proj_hidden": 16, "proj_dim": 8, "pred_hidden": 16, "base_momentum": 0.9},
     },
-    # multi-crop with Sinkhorn's sums all-reduced over the ranks
+    # multi-crop with Sinkhorn's sums all-reduced over the ranks, and the queue (two global
+    # batches, full within epoch 1: the restart after epoch 1 restores it)
     "swav": {
-        "swav": {"proj_hidden": 16, "proj_dim": 8, "num_prototypes": 12},
+        "swav": {
+            "proj_hidden": 16,
+            "proj_dim": 8,
+            "num_prototypes": 12,
+            "queue_length": 64,
+            "queue_start_epoch": 0,
+        },
         "data": {
             "shape": [3, 16, 16],
             "num_samples": 128,
@@ -78,6 +85,14 @@ METHODS = {
         "backbone": {"name": "cnn2d", "width": 4, "depth": 2},
     },
 }
+
+
+def assert_extras_equal(a, b):
+    """A method's extra state, tensors (SwAV's queue) compared bit for bit."""
+    assert a.keys() == b.keys()
+    for key in a:
+        same = torch.equal(a[key], b[key]) if torch.is_tensor(a[key]) else a[key] == b[key]
+        assert same, key
 
 
 def dumping_train_func(config):
@@ -133,7 +148,7 @@ def test_ranks_agree_and_restart_is_exact(ray_session, write_config, tmp_path, m
     )
     rank0, rank1 = (torch.load(straight_dir / f"rank{r}.pt", weights_only=False) for r in (0, 1))
     assert_states_equal(rank0["model"], rank1["model"])  # incl. BYOL's momentum target
-    assert rank0["extra"] == rank1["extra"]  # incl. LFR's selected targets and step counter
+    assert_extras_equal(rank0["extra"], rank1["extra"])  # LFR's targets, SwAV's queue
     if method == "lfr":  # DPP chose 3 of the 6 projectors, on rank 0, for every rank
         assert len(rank0["extra"]["selected"]) == 3
         assert len({k.split(".")[1] for k in rank0["model"] if k.startswith("projectors.")}) == 3
@@ -150,10 +165,10 @@ def test_ranks_agree_and_restart_is_exact(ray_session, write_config, tmp_path, m
     a = load_state(Path(straight["checkpoint"]))
     b = load_state(Path(retried["checkpoint"]))
     assert_states_equal(a["model"], b["model"])
-    assert (
-        a["method_extra"] == b["method_extra"]
-        and a["loop"]["global_step"] == b["loop"]["global_step"]
-    )
+    assert_extras_equal(a["method_extra"], b["method_extra"])
+    assert a["loop"]["global_step"] == b["loop"]["global_step"]
+    if method == "swav":
+        assert a["method_extra"]["filled"] == 64
     if method == "barlow_twins":  # LARS's state and the synchronised BatchNorms resumed
         assert a["optimizer"]["state"] and all(
             "momentum_buffer" in v for v in a["optimizer"]["state"].values()

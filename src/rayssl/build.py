@@ -195,6 +195,8 @@ def _swav(cfg: TrainConfig, backbone: nn.Module, features: int, setup: dict) -> 
         epsilon=c.epsilon,
         sinkhorn_iterations=c.sinkhorn_iterations,
         freeze_prototypes_epochs=c.freeze_prototypes_epochs,
+        queue_length=c.queue_length,
+        queue_start_epoch=c.queue_start_epoch,
         **setup,
     )
 

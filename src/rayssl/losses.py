@@ -233,7 +233,10 @@ class SwAVLoss(nn.Module):
     against the unit-length prototypes. With q_g = sinkhorn(scores[g]) for each of the
     `globals_` global crops and log p_v = log_softmax(scores[v] / temperature):
     loss = mean over pairs (g, v), v != g, of mean_b sum_k -q_g * log p_v.
-    Codes carry no gradient; their Sinkhorn sums span every rank (`gather`).
+    Codes carry no gradient; their Sinkhorn sums span every rank (`gather`). `queued`: per
+    global crop, scores of past embeddings (this rank's share of SwAV's queue) that join
+    the batch in Sinkhorn-Knopp, so the prototypes are balanced over more samples than one
+    batch; only the batch's own codes are kept.
     """
 
     def __init__(self, temperature: float = 0.1, epsilon: float = 0.05, iterations: int = 3):
@@ -243,9 +246,16 @@ class SwAVLoss(nn.Module):
         self.temperature, self.epsilon, self.iterations = temperature, epsilon, iterations
 
     def forward(
-        self, scores: list[torch.Tensor], globals_: int = 2, gather: bool = True
+        self,
+        scores: list[torch.Tensor],
+        globals_: int = 2,
+        gather: bool = True,
+        queued: list[torch.Tensor] | None = None,
     ) -> torch.Tensor:
-        codes = [sinkhorn(s, self.epsilon, self.iterations, gather) for s in scores[:globals_]]
+        codes = []
+        for g, s in enumerate(scores[:globals_]):
+            rows = s.float() if queued is None else torch.cat([queued[g].float(), s.float()])
+            codes.append(sinkhorn(rows, self.epsilon, self.iterations, gather)[-len(s) :])
         log_probs = [F.log_softmax(s.float() / self.temperature, dim=-1) for s in scores]
         losses = [
             -(q * log_probs[v]).sum(-1).mean()

@@ -154,6 +154,15 @@ class SwAVConfig(Strict):
     freeze_prototypes_epochs: int = Field(
         1, ge=0, description="epochs at the start during which the prototypes do not learn"
     )
+    queue_length: int = Field(
+        0,
+        ge=0,
+        description="past samples whose embeddings join each batch in Sinkhorn-Knopp, a "
+        "multiple of data.batch_size (the paper: 3,840 at batch 256); 0: no queue",
+    )
+    queue_start_epoch: int = Field(
+        15, ge=0, description="epoch (from 0) at which the queue starts to fill; used once full"
+    )
 
 
 class DINOConfig(Strict):

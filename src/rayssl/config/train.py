@@ -169,6 +169,13 @@ class TrainConfig(Strict):
         self._check_method()
         self._check_local_crops()
         self._check_monitor()
+        queue = self.swav.queue_length
+        if self.method == "swav" and queue % self.data.batch_size:
+            raise ValueError(
+                f"swav.queue_length ({queue}) must be a multiple of data.batch_size "
+                f"({self.data.batch_size}): whole global batches enter the queue; use e.g. "
+                f"{self.data.batch_size * max(1, round(queue / self.data.batch_size))}"
+            )
         if self.head.init_from is not None:
             raise ValueError("head.init_from: only the backbone starts from another run")
         if self.optimizer.backbone_lr_scale != 1.0 and self.method != "supervised":

@@ -6,10 +6,11 @@ from __future__ import annotations
 from typing import Any
 
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
-from rayssl.losses import SwAVLoss
+from rayssl.losses import SwAVLoss, gather_no_grad
 from rayssl.methods.base import Method
 from rayssl.methods.heads import MLPHead, backbone_by_crop_size, infer_features
 
@@ -22,8 +23,10 @@ class SwAV(Method):
     all-reduced over ranks (`SwAVLoss`), and every crop, local ones included, predicts the
     codes of the global crops other than itself. The prototypes do not learn during the
     first `freeze_prototypes_epochs` epochs (the paper freezes them for its first
-    iterations). No queue: the paper adds one when the global batch is small (256) for its
-    3,000 prototypes; here lower `num_prototypes` with the batch instead. Batches are
+    iterations). With `queue_length` > 0, the paper's remedy for small batches: from epoch
+    `queue_start_epoch` on, the global crops' embeddings of the last `queue_length` samples
+    (global batches, newest first) are kept, and once the queue is full they join each
+    batch in Sinkhorn-Knopp, scored by the current prototypes. Batches are
     `((global0, global1, local0, ...), y)`; y is ignored."""
 
     num_views = 2  # global crops; the loop appends the local ones
@@ -39,6 +42,8 @@ class SwAV(Method):
         epsilon: float = 0.05,
         sinkhorn_iterations: int = 3,
         freeze_prototypes_epochs: int = 1,
+        queue_length: int = 0,
+        queue_start_epoch: int = 15,
         **setup: Any,
     ):
         """`setup`: `learning_rate`, `optimizer`, `optimizer_kwargs`, `lr_scheduler`,
@@ -51,22 +56,55 @@ class SwAV(Method):
         self.prototypes = nn.Linear(proj_dim, num_prototypes, bias=False)
         self.criterion = SwAVLoss(temperature, epsilon, sinkhorn_iterations)
         self.freeze_prototypes_epochs, self.epoch = freeze_prototypes_epochs, 0
+        self.queue_length, self.queue_start_epoch = queue_length, queue_start_epoch
+        # The global queue, (2 global crops, queue_length, proj_dim), the same on every rank:
+        # all ranks' embeddings are gathered into it, and each rank brings its interleaved
+        # share to Sinkhorn, whose sums span the ranks, so the codes are those of one
+        # process on the whole queue, and a resume on another worker count re-splits it. A
+        # plain tensor, not a buffer: DDP would broadcast a buffer from rank 0 every step.
+        # Checkpointed through extra_state.
+        self.queue: torch.Tensor | None = None
+        self.queue_filled = 0
         self.take_setup(setup)
 
-    def _loss(self, views, gather: bool) -> torch.Tensor:
+    def _loss(self, views, gather: bool, queue: bool = False) -> torch.Tensor:
         crops = list(views)
         z = F.normalize(self.projection_head(backbone_by_crop_size(self.backbone, crops)), dim=1)
         scores = self.prototypes(z).split(len(crops[0]))
-        return self.criterion(list(scores), globals_=2, gather=gather)
+        queued = self._queued_scores() if queue else None
+        loss = self.criterion(list(scores), globals_=2, gather=gather, queued=queued)
+        if queue and self.queue_length and self.epoch >= self.queue_start_epoch:
+            self._enqueue(z[: 2 * len(crops[0])].detach().unflatten(0, (2, -1)))
+        return loss
 
     def training_step(self, batch):
         with torch.no_grad():  # unit-length prototypes, before the step that uses them
             weight = self.prototypes.weight
             weight.copy_(F.normalize(weight, dim=1))
-        return {"loss": self._loss(batch[0], gather=True)}
+        return {"loss": self._loss(batch[0], gather=True, queue=True)}
 
     def validation_step(self, batch):
+        """The batch's own loss: the queue is neither used nor filled."""
         return {"loss": self._loss(batch[0], gather=False)}
+
+    @torch.no_grad()
+    def _queued_scores(self) -> list[torch.Tensor] | None:
+        """This rank's share of the full queue, scored by the current prototypes: one
+        (queue_length / world, K) tensor per global crop; None until the queue is full."""
+        if self.queue is None or self.queue_filled < self.queue_length:
+            return None
+        rank, world = (dist.get_rank(), dist.get_world_size()) if _distributed() else (0, 1)
+        share = self.queue[:, rank::world]
+        return list(self.prototypes(share.to(self.prototypes.weight.dtype)).unbind(0))
+
+    @torch.no_grad()
+    def _enqueue(self, z: torch.Tensor) -> None:
+        """z: (2, B, D) this rank's global-crop embeddings; every rank's go in, newest first."""
+        z = gather_no_grad(z.float().transpose(0, 1).contiguous()).transpose(0, 1)
+        if self.queue is None:
+            self.queue = z.new_zeros(2, self.queue_length, z.shape[-1])
+        self.queue = torch.cat([z, self.queue], dim=1)[:, : self.queue_length]
+        self.queue_filled = min(self.queue_filled + z.shape[1], self.queue_length)
 
     def on_training_epoch_start(self, epoch: int) -> None:
         self.epoch = epoch
@@ -77,3 +115,19 @@ class SwAV(Method):
         resumed run agrees."""
         if self.epoch < self.freeze_prototypes_epochs:
             self.prototypes.weight.grad = None
+
+    def extra_state(self) -> dict[str, Any]:
+        return {
+            "queue": None if self.queue is None else self.queue.cpu(),
+            "filled": self.queue_filled,
+        }
+
+    def load_extra_state(self, state: dict[str, Any]) -> None:
+        queue = state.get("queue")
+        device = self.prototypes.weight.device
+        self.queue = None if queue is None else queue.to(device)
+        self.queue_filled = state.get("filled", 0)
+
+
+def _distributed() -> bool:
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
