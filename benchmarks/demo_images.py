@@ -34,6 +34,7 @@ METHODS = {
     "vicreg": "VICReg",
     "dino": "DINO",
     "swav": "SwAV",
+    "simsiam": "SimSiam",
     "lfr": "LFR",
 }
 RANDOM = "linear eval: random init"  # inputs normalised with the data set's statistics

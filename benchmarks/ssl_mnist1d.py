@@ -3,7 +3,7 @@ configs/<method>_mnist1d.yaml` for each method named, then the run's probes (kNN
 standardised linear probe, fitted on the training split, scored on test) and wall time from
 its summary.json.
 
-    python benchmarks/ssl_mnist1d.py barlow_twins vicreg moco \
+    python benchmarks/ssl_mnist1d.py barlow_twins vicreg moco simsiam \
         [--out benchmarks/results/ssl_mnist1d-2core-cpu.json]
     python benchmarks/ssl_mnist1d.py swav --set swav.num_prototypes=3000   # a variant row
 

@@ -275,6 +275,7 @@ NAMES = {
     "vicreg": "VICReg",
     "dino": "DINO (6 local crops)",
     "swav": "SwAV (6 local crops)",
+    "simsiam": "SimSiam",
 }
 
 

@@ -112,3 +112,23 @@ def ray_session(_ray_at_exit):
     if not ray.is_initialized():
         ray.init(num_cpus=4, include_dashboard=False, log_to_driver=False)
     return ray
+
+
+def one_process_loop(overrides=None, select_targets=False, sink=None):
+    """A one-process Loop on TINY + `overrides`; `select_targets`: LFR picks its targets on
+    the training inputs, as the Ray worker does."""
+    from rayssl.build import build_method
+    from rayssl.config import deep_merge, validate_train_config
+    from rayssl.data import load_splits
+    from rayssl.engine import Loop
+    from rayssl.seeds import seed_everything
+
+    base = {**TINY, "num_workers": 1}
+    if overrides and "backbone" in overrides:
+        base.pop("backbone")  # another backbone takes none of TINY's backbone options
+    cfg = validate_train_config(deep_merge(base, overrides or {}))
+    splits = load_splits(cfg.data, cfg.seed)
+    seed_everything(cfg.seed)
+    sample = splits.train[0] if select_targets else None
+    method = build_method(cfg, splits.sample_shape, splits.num_classes, selection_sample=sample)
+    return Loop(method, splits, cfg, sink=sink)

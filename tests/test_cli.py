@@ -91,6 +91,14 @@ BAD_VALUES = [
         {"method": "dino", "dino": {"teacher_tmp": 0.07}},
         "dino.teacher_tmp: unknown key; accepted keys here: out_dim",
     ),
+    (
+        {"method": "simsiam", "simsiam": {"proj_dim": 1}},
+        "simsiam.proj_dim: Input should be greater than or equal to 2",
+    ),
+    (
+        {"method": "simsiam", "simsiam": {"fix_pred_lr": True}},
+        "simsiam.fix_pred_lr: unknown key; accepted keys here: proj_hidden",
+    ),
     ({"method": "swav", "swav": {"epsilon": 0}}, "swav.epsilon: Input should be greater than 0"),
     (
         {"method": "swav", "swav": {"num_prototypes": 1}},

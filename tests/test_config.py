@@ -47,7 +47,7 @@ def test_overrides_are_yaml_typed_and_nested(write_config):
         (
             {"method": "mae"},
             "method: 'mae' is neither one of supervised, byol, simclr, lfr, barlow_twins, "
-            "vicreg, moco, dino, swav nor",
+            "vicreg, moco, dino, swav, simsiam nor",
         ),
     ],
 )
@@ -112,6 +112,7 @@ def test_the_schemas_multi_crop_methods_are_the_classes_that_take_local_crops():
     from rayssl.methods.lfr import LearnFromRandomnessModel
     from rayssl.methods.moco import MoCo
     from rayssl.methods.simclr import SimCLR
+    from rayssl.methods.simsiam import SimSiam
     from rayssl.methods.swav import SwAV
     from rayssl.methods.vicreg import VICReg
 
@@ -125,6 +126,7 @@ def test_the_schemas_multi_crop_methods_are_the_classes_that_take_local_crops():
         "moco": MoCo,
         "dino": DINO,
         "swav": SwAV,
+        "simsiam": SimSiam,
     }
     assert set(classes) == set(BUILTIN_METHODS)
     taking = {name for name, cls in classes.items() if getattr(cls, "multi_crop", False)}

@@ -1,6 +1,7 @@
 import pytest
 import torch
 from conftest import TINY, assert_states_equal, gloo_group, leave_gloo_group
+from conftest import one_process_loop as _loop
 
 from rayssl.build import build_method
 from rayssl.config import validate_train_config
@@ -24,22 +25,6 @@ class SaveOnNotice(NoSink):
     def report(self, loop, metrics, kind) -> None:
         if kind == "preemption":
             save_state(loop.state_dict(), self.directory)
-
-
-def _loop(overrides=None, select_targets=False, sink=None):
-    """A one-process Loop on TINY + `overrides`; `select_targets`: LFR picks its targets on
-    the training inputs, as the Ray worker does."""
-    from rayssl.config import deep_merge
-
-    base = {**TINY, "num_workers": 1}
-    if overrides and "backbone" in overrides:
-        base.pop("backbone")  # another backbone takes none of TINY's backbone options
-    cfg = validate_train_config(deep_merge(base, overrides or {}))
-    splits = load_splits(cfg.data, cfg.seed)
-    seed_everything(cfg.seed)
-    sample = splits.train[0] if select_targets else None
-    method = build_method(cfg, splits.sample_shape, splits.num_classes, selection_sample=sample)
-    return Loop(method, splits, cfg, sink=sink)
 
 
 def test_dummy_trainer_iterate_yields_stats_across_epochs():

@@ -66,6 +66,8 @@ METHODS = {
     "moco": {
         "moco": {"proj_hidden": 16, "proj_dim": 8, "pred_hidden": 16, "base_momentum": 0.9},
     },
+    # per-view BatchNorm and the predictor's lr held outside the schedule
+    "simsiam": {"simsiam": {"proj_hidden": 16, "proj_dim": 8, "pred_hidden": 4}},
     # multi-crop with Sinkhorn's sums all-reduced over the ranks, and the queue (two global
     # batches, full within epoch 1: the restart after epoch 1 restores it)
     "swav": {
@@ -130,6 +132,9 @@ def dumping_train_func(config):
         # SwAV's loss is checked on a gloo group in test_losses, its multi-crop views are
         # DINO's (whose default run restarts them exactly): slow here
         pytest.param("swav", marks=pytest.mark.slow),
+        # SimSiam has no state beyond its weights and optimizer; its loss and fixed
+        # predictor lr are checked in one process (test_simsiam): slow here
+        pytest.param("simsiam", marks=pytest.mark.slow),
     ],
 )
 def test_ranks_agree_and_restart_is_exact(ray_session, write_config, tmp_path, method):

@@ -25,6 +25,7 @@ from rayssl.methods.heads import MLPHead
 from rayssl.methods.lfr import LearnFromRandomnessModel, RandomProjector, RepeatedModuleList
 from rayssl.methods.moco import MoCo
 from rayssl.methods.simclr import SimCLR
+from rayssl.methods.simsiam import SimSiam
 from rayssl.methods.swav import SwAV
 from rayssl.methods.vicreg import VICReg
 from rayssl.optim import LARS
@@ -201,6 +202,19 @@ def _swav(cfg: TrainConfig, backbone: nn.Module, features: int, setup: dict) -> 
     )
 
 
+def _simsiam(cfg: TrainConfig, backbone: nn.Module, features: int, setup: dict) -> Method:
+    c = cfg.simsiam
+    return SimSiam(
+        backbone,
+        projection_head=MLPHead(
+            [features, c.proj_hidden, c.proj_hidden, c.proj_dim], output_batch_norm=True
+        ),
+        prediction_head=MLPHead([c.proj_dim, c.pred_hidden, c.proj_dim]),
+        fixed_predictor_lr=c.fixed_predictor_lr,
+        **setup,
+    )
+
+
 # the self-supervised methods whose whole setup is their config section
 SSL_BUILDERS: dict[str, Callable[[TrainConfig, nn.Module, int, dict], Method]] = {
     "byol": _byol,
@@ -210,6 +224,7 @@ SSL_BUILDERS: dict[str, Callable[[TrainConfig, nn.Module, int, dict], Method]] =
     "moco": _moco,
     "dino": _dino,
     "swav": _swav,
+    "simsiam": _simsiam,
 }
 
 

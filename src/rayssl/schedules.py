@@ -52,6 +52,16 @@ def step_decay(
     return StepLR(optimizer, step_size=step_epochs * steps_per_epoch, gamma=gamma)
 
 
+def hold_unscheduled_lr(optimizer: torch.optim.Optimizer) -> None:
+    """Put back the lr of every param group a method marked `{"lr_schedule": False}`
+    (SimSiam's predictor): torch's schedulers set every group's lr, and none takes a group
+    out, so this runs after each scheduler step (`configure_optimizers` records the lr the
+    group was built with in `unscheduled_lr`)."""
+    for group in optimizer.param_groups:
+        if "unscheduled_lr" in group:
+            group["lr"] = group["unscheduled_lr"]
+
+
 def cosine_schedule(
     step: int, max_steps: int, start_value: float, end_value: float, period: int | None = None
 ) -> float:

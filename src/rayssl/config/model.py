@@ -110,6 +110,20 @@ class SimCLRConfig(SSLHeadConfig):
     )
 
 
+class SimSiamConfig(Strict):
+    """The paper's defaults (ResNet-50): a 3-layer 2048-wide projector ending in BatchNorm, a
+    2048-512-2048 predictor trained at a fixed lr."""
+
+    proj_hidden: int = Field(2048, ge=1, description="projector hidden width (two layers)")
+    proj_dim: int = Field(2048, ge=2, description="projector output width")
+    pred_hidden: int = Field(512, ge=1, description="predictor bottleneck width")
+    fixed_predictor_lr: bool = Field(
+        True,
+        description="the predictor trains at optimizer.lr throughout, outside lr_scheduler "
+        "(the paper's --fix-pred-lr)",
+    )
+
+
 class BarlowTwinsConfig(Strict):
     """The paper's defaults: a 3-layer 8192-wide projector, lambda 0.0051."""
 

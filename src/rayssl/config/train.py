@@ -23,6 +23,7 @@ from rayssl.config.model import (
     ModelConfig,
     NetConfig,
     SimCLRConfig,
+    SimSiamConfig,
     SupervisedConfig,
     SwAVConfig,
     VICRegConfig,
@@ -50,6 +51,7 @@ BUILTIN_METHODS = (
     "moco",
     "dino",
     "swav",
+    "simsiam",
 )
 # the built-ins whose class sets `multi_crop = True` (named here: the schema imports no torch;
 # tests/test_config.py checks the two agree)
@@ -73,7 +75,7 @@ class TrainConfig(Strict):
     method: str = Field(
         "supervised",
         description="supervised | byol | simclr | lfr | barlow_twins | vicreg | moco | dino | "
-        "swav, or a Method subclass 'package.module:Class'",
+        "swav | simsiam, or a Method subclass 'package.module:Class'",
     )
     method_options: dict[str, Any] = Field(
         default_factory=dict, description="keyword arguments of an import-path method's class"
@@ -117,6 +119,7 @@ class TrainConfig(Strict):
     moco: MoCoConfig = MoCoConfig()
     dino: DINOConfig = DINOConfig()
     swav: SwAVConfig = SwAVConfig()
+    simsiam: SimSiamConfig = SimSiamConfig()
     model: ModelConfig = ModelConfig()
     eval: EvalConfig = EvalConfig()
     performance: PerformanceConfig = PerformanceConfig()

@@ -117,7 +117,7 @@ def adopt_hyperparameters(loop: Loop, saved_config: dict[str, Any]) -> None:
     old, new = saved_config["optimizer"], loop.cfg.optimizer
     ratio = new.lr / old["lr"]
     for group in loop.step.optimizer.param_groups:
-        for key in ("lr", "initial_lr", "max_lr", "min_lr"):
+        for key in ("lr", "initial_lr", "max_lr", "min_lr", "unscheduled_lr"):
             if key in group:
                 group[key] *= ratio
         if group.get("weight_decay") == old["weight_decay"]:

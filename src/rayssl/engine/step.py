@@ -13,7 +13,7 @@ from torch import nn
 
 from rayssl.config import TrainConfig
 from rayssl.methods import Method
-from rayssl.schedules import WeightDecaySchedule
+from rayssl.schedules import WeightDecaySchedule, hold_unscheduled_lr
 
 
 class NonFiniteLossError(RuntimeError):
@@ -87,6 +87,7 @@ class Step:
         self.optimizer.step()
         if self.lr_scheduler is not None:
             self.lr_scheduler.step()
+            hold_unscheduled_lr(self.optimizer)
         return loss.detach(), loss_value
 
     def _check_finite(

@@ -9,6 +9,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from rayssl.schedules import hold_unscheduled_lr
+
 
 class Method(nn.Module):
     """A trainable method. The loop calls exactly these; every hook has a harmless default.
@@ -36,7 +38,8 @@ class Method(nn.Module):
         return self.validation_step(batch)
 
     def param_groups(self) -> list[dict[str, Any]]:
-        """What the optimizer steps: every parameter that requires grad, by default."""
+        """What the optimizer steps: every parameter that requires grad, by default. A group
+        with `"lr_schedule": False` trains at its lr throughout, outside the schedule."""
         return [{"params": [p for p in self.parameters() if p.requires_grad]}]
 
     def configure_optimizers(
@@ -50,6 +53,9 @@ class Method(nn.Module):
         optimizer = self.optimizer(
             self.param_groups(), lr=self.learning_rate, **(self.optimizer_kwargs or {})
         )
+        for group in optimizer.param_groups:
+            if group.get("lr_schedule") is False:
+                group["unscheduled_lr"] = group["lr"]
         if self.lr_scheduler is None:
             return optimizer, None
         kwargs = dict(self.lr_scheduler_kwargs or {})
@@ -57,7 +63,9 @@ class Method(nn.Module):
         for name, value in (("total_steps", total_steps), ("steps_per_epoch", steps_per_epoch)):
             if name in params:
                 kwargs.setdefault(name, value)
-        return optimizer, self.lr_scheduler(optimizer, **kwargs)
+        scheduler = self.lr_scheduler(optimizer, **kwargs)
+        hold_unscheduled_lr(optimizer)  # a scheduler sets its first lr on every group
+        return optimizer, scheduler
 
     def take_setup(self, setup: dict[str, Any]) -> None:
         """Set the optimizer setup every method takes from the keyword arguments `setup`
