@@ -92,6 +92,14 @@ BAD_VALUES = [
         "dino.teacher_tmp: unknown key; accepted keys here: out_dim",
     ),
     (
+        {"method": "nnclr", "nnclr": {"temperature": 0}},
+        "nnclr.temperature: Input should be greater than 0",
+    ),
+    (
+        {"method": "nnclr", "nnclr": {"queue_length": -1}},
+        "nnclr.queue_length: Input should be greater than or equal to 0",
+    ),
+    (
         {"method": "simsiam", "simsiam": {"proj_dim": 1}},
         "simsiam.proj_dim: Input should be greater than or equal to 2",
     ),

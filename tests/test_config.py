@@ -47,7 +47,7 @@ def test_overrides_are_yaml_typed_and_nested(write_config):
         (
             {"method": "mae"},
             "method: 'mae' is neither one of supervised, byol, simclr, lfr, barlow_twins, "
-            "vicreg, moco, dino, swav, simsiam nor",
+            "vicreg, moco, dino, swav, simsiam, nnclr nor",
         ),
     ],
 )
@@ -111,6 +111,7 @@ def test_the_schemas_multi_crop_methods_are_the_classes_that_take_local_crops():
     from rayssl.methods.dino import DINO
     from rayssl.methods.lfr import LearnFromRandomnessModel
     from rayssl.methods.moco import MoCo
+    from rayssl.methods.nnclr import NNCLR
     from rayssl.methods.simclr import SimCLR
     from rayssl.methods.simsiam import SimSiam
     from rayssl.methods.swav import SwAV
@@ -127,6 +128,7 @@ def test_the_schemas_multi_crop_methods_are_the_classes_that_take_local_crops():
         "dino": DINO,
         "swav": SwAV,
         "simsiam": SimSiam,
+        "nnclr": NNCLR,
     }
     assert set(classes) == set(BUILTIN_METHODS)
     taking = {name for name, cls in classes.items() if getattr(cls, "multi_crop", False)}

@@ -698,8 +698,8 @@ def test_swav_queue_fills_from_its_epoch_joins_sinkhorn_once_full_and_resumes_ex
     for epoch in range(2):
         plain.run_epoch(), straight.run_epoch()
         assert_states_equal(plain.method.state_dict(), straight.method.state_dict())
-        assert straight.method.queue_filled == 32 * 2 * epoch
-    queue = straight.method.queue
+        assert straight.method.queue.filled == 32 * 2 * epoch
+    queue = straight.method.queue.queue
     assert queue.shape == (2, 64, 8)
     assert torch.allclose(queue.norm(dim=-1), torch.ones(2, 64), atol=1e-5)
     save_state(straight.state_dict(), tmp_path)
@@ -707,15 +707,15 @@ def test_swav_queue_fills_from_its_epoch_joins_sinkhorn_once_full_and_resumes_ex
     before = [p for p in plain.method.parameters()]
     after = [p for p in straight.method.parameters()]
     assert any(not torch.equal(a, b) for a, b in zip(before, after, strict=True))
-    assert not torch.equal(straight.method.queue, queue)  # newest embeddings pushed in
+    assert not torch.equal(straight.method.queue.queue, queue)  # newest embeddings pushed in
 
     torch.manual_seed(999)
     resumed = _loop(queued)
     resumed.load_state_dict(load_state(tmp_path))
-    assert torch.equal(resumed.method.queue, queue) and resumed.method.queue_filled == 64
+    assert torch.equal(resumed.method.queue.queue, queue) and resumed.method.queue.filled == 64
     resumed.run_epoch()
     assert_states_equal(straight.method.state_dict(), resumed.method.state_dict())
-    assert torch.equal(straight.method.queue, resumed.method.queue)
+    assert torch.equal(straight.method.queue.queue, resumed.method.queue.queue)
 
 
 @pytest.mark.parametrize("batch_norm", [False, True])

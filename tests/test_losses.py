@@ -11,9 +11,11 @@ from rayssl.losses import (
     BatchWiseBarlowTwinsLoss,
     MoCoInfoNCELoss,
     NegativeCosineSimilarity,
+    NNCLRLoss,
     NTXentLoss,
     SwAVLoss,
     VICRegLoss,
+    nearest_neighbours,
     sinkhorn,
 )
 
@@ -64,6 +66,8 @@ GLOBAL_LOSSES = {
     "swav": lambda: lambda s0, s1: SwAVLoss(0.1, 0.05, 3)([torch.tanh(s0), torch.tanh(s1)]),
     # with SwAV's queue: 6 past scores per global crop, each rank bringing its share
     "swav_queue": lambda: _swav_with_queue,
+    # z0 plays the nearest neighbours, z1 the other view's predictions (gathered with grad)
+    "nnclr": lambda: NNCLRLoss(0.1),
 }
 
 
@@ -330,3 +334,21 @@ def test_swav_loss_is_the_papers_definition():
     got = SwAVLoss(temperature=0.1, epsilon=0.05, iterations=3)(scores, globals_=2)
     assert float(got) == pytest.approx(np.mean(terms), rel=1e-5)
     assert len(terms) == 4
+
+
+def test_nnclr_anchors_are_nearest_neighbours_and_the_loss_is_the_papers():
+    """Nearest neighbours by cosine (not by dot product: a long support row must not win on
+    length), and the loss against its definition in float64 numpy."""
+    support = torch.tensor([[1.0, 0.0], [10.0, 10.0], [0.0, 1.0]])
+    z = torch.tensor([[2.0, 0.3], [0.2, 1.0], [1.0, 1.1]])
+    assert torch.equal(nearest_neighbours(z, support), support[[0, 2, 1]])
+
+    torch.manual_seed(0)
+    anchors, p = torch.randn(5, 3), torch.randn(5, 3)
+    a = anchors.double().numpy()
+    q = p.double().numpy()
+    a /= np.linalg.norm(a, axis=1, keepdims=True)
+    q /= np.linalg.norm(q, axis=1, keepdims=True)
+    logits = a @ q.T / 0.1
+    expected = np.mean([np.log(np.exp(row).sum()) - row[i] for i, row in enumerate(logits)])
+    assert float(NNCLRLoss(0.1)(anchors, p)) == pytest.approx(expected, rel=1e-6)

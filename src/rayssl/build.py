@@ -24,6 +24,7 @@ from rayssl.methods.dino import DINO, DINOHead
 from rayssl.methods.heads import MLPHead
 from rayssl.methods.lfr import LearnFromRandomnessModel, RandomProjector, RepeatedModuleList
 from rayssl.methods.moco import MoCo
+from rayssl.methods.nnclr import NNCLR
 from rayssl.methods.simclr import SimCLR
 from rayssl.methods.simsiam import SimSiam
 from rayssl.methods.swav import SwAV
@@ -215,6 +216,20 @@ def _simsiam(cfg: TrainConfig, backbone: nn.Module, features: int, setup: dict) 
     )
 
 
+def _nnclr(cfg: TrainConfig, backbone: nn.Module, features: int, setup: dict) -> Method:
+    c = cfg.nnclr
+    return NNCLR(
+        backbone,
+        projection_head=MLPHead(
+            [features, c.proj_hidden, c.proj_hidden, c.proj_dim], output_batch_norm=True
+        ),
+        prediction_head=MLPHead([c.proj_dim, c.pred_hidden, c.proj_dim], output_batch_norm=True),
+        temperature=c.temperature,
+        queue_length=c.queue_length,
+        **setup,
+    )
+
+
 # the self-supervised methods whose whole setup is their config section
 SSL_BUILDERS: dict[str, Callable[[TrainConfig, nn.Module, int, dict], Method]] = {
     "byol": _byol,
@@ -225,6 +240,7 @@ SSL_BUILDERS: dict[str, Callable[[TrainConfig, nn.Module, int, dict], Method]] =
     "dino": _dino,
     "swav": _swav,
     "simsiam": _simsiam,
+    "nnclr": _nnclr,
 }
 
 

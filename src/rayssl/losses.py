@@ -193,6 +193,40 @@ class MoCoInfoNCELoss(nn.Module):
         return 2 * self.temperature * F.cross_entropy(logits, own)
 
 
+class NNCLRLoss(nn.Module):
+    """NNCLR's contrastive loss for one direction (Dwibedi et al. 2021).
+
+    Each anchor a_i (the nearest neighbour of a view's projection in the support set, no
+    gradient) is matched to the prediction p_i of the other view of its own sample, against
+    the predictions of every sample of the global batch: loss = mean_i CE(a_i . P^T / t, i)
+    with a and P L2-normalised. Under DDP, P holds every rank's predictions, gathered with
+    gradient as in NT-Xent, so the ranks' mean equals the loss on the concatenated batch.
+    """
+
+    def __init__(self, temperature: float = 0.1):
+        super().__init__()
+        if temperature <= 0:
+            raise ValueError(f"temperature must be > 0, got {temperature}")
+        self.temperature = temperature
+
+    def forward(self, anchors: torch.Tensor, p: torch.Tensor, gather: bool = True) -> torch.Tensor:
+        anchors, p = F.normalize(anchors.float(), dim=1), F.normalize(p.float(), dim=1)
+        rank = 0
+        everything = p
+        if gather and dist.is_available() and dist.is_initialized():
+            everything, rank = gather_with_grad(p), dist.get_rank()
+        logits = anchors @ everything.T / self.temperature
+        own = torch.arange(len(p), device=p.device) + rank * len(p)
+        return F.cross_entropy(logits, own)
+
+
+def nearest_neighbours(z: torch.Tensor, support: torch.Tensor) -> torch.Tensor:
+    """Each row of z replaced by its nearest row of `support` by cosine similarity."""
+    with torch.no_grad():
+        scores = F.normalize(z.float(), dim=1) @ F.normalize(support.float(), dim=1).T
+        return support[scores.argmax(dim=1)]
+
+
 def _log_sum_exp(x: torch.Tensor, dim: int | None, across_ranks: bool) -> torch.Tensor:
     """log(sum(exp(x))) over `dim` (None: every entry), stable, and over every rank's rows
     too when `across_ranks` (the maximum and the sum all-reduced)."""

@@ -124,6 +124,22 @@ class SimSiamConfig(Strict):
     )
 
 
+class NNCLRConfig(Strict):
+    """The paper's defaults: a 3-layer 2048-wide projector to 256 and a 4096-wide predictor,
+    both ending in BatchNorm; temperature 0.1; a support set of 98,304 projections."""
+
+    proj_hidden: int = Field(2048, ge=1, description="projector hidden width (two layers)")
+    proj_dim: int = Field(256, ge=2, description="projector and predictor output width")
+    pred_hidden: int = Field(4096, ge=1, description="predictor hidden width")
+    temperature: float = Field(0.1, gt=0.0)
+    queue_length: int = Field(
+        98304,
+        ge=0,
+        description="projections in the support set the nearest neighbours come from (keep it "
+        "below the training set's size); 0: each projection is its own anchor",
+    )
+
+
 class BarlowTwinsConfig(Strict):
     """The paper's defaults: a 3-layer 8192-wide projector, lambda 0.0051."""
 

@@ -22,6 +22,7 @@ from rayssl.config.model import (
     MoCoConfig,
     ModelConfig,
     NetConfig,
+    NNCLRConfig,
     SimCLRConfig,
     SimSiamConfig,
     SupervisedConfig,
@@ -52,6 +53,7 @@ BUILTIN_METHODS = (
     "dino",
     "swav",
     "simsiam",
+    "nnclr",
 )
 # the built-ins whose class sets `multi_crop = True` (named here: the schema imports no torch;
 # tests/test_config.py checks the two agree)
@@ -75,7 +77,7 @@ class TrainConfig(Strict):
     method: str = Field(
         "supervised",
         description="supervised | byol | simclr | lfr | barlow_twins | vicreg | moco | dino | "
-        "swav | simsiam, or a Method subclass 'package.module:Class'",
+        "swav | simsiam | nnclr, or a Method subclass 'package.module:Class'",
     )
     method_options: dict[str, Any] = Field(
         default_factory=dict, description="keyword arguments of an import-path method's class"
@@ -120,6 +122,7 @@ class TrainConfig(Strict):
     dino: DINOConfig = DINOConfig()
     swav: SwAVConfig = SwAVConfig()
     simsiam: SimSiamConfig = SimSiamConfig()
+    nnclr: NNCLRConfig = NNCLRConfig()
     model: ModelConfig = ModelConfig()
     eval: EvalConfig = EvalConfig()
     performance: PerformanceConfig = PerformanceConfig()

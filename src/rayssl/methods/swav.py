@@ -6,13 +6,13 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
-from rayssl.losses import SwAVLoss, gather_no_grad
+from rayssl.losses import SwAVLoss
 from rayssl.methods.base import Method
 from rayssl.methods.heads import MLPHead, backbone_by_crop_size, infer_features
+from rayssl.methods.queue import EmbeddingQueue
 
 
 class SwAV(Method):
@@ -57,14 +57,10 @@ class SwAV(Method):
         self.criterion = SwAVLoss(temperature, epsilon, sinkhorn_iterations)
         self.freeze_prototypes_epochs, self.epoch = freeze_prototypes_epochs, 0
         self.queue_length, self.queue_start_epoch = queue_length, queue_start_epoch
-        # The global queue, (2 global crops, queue_length, proj_dim), the same on every rank:
-        # all ranks' embeddings are gathered into it, and each rank brings its interleaved
-        # share to Sinkhorn, whose sums span the ranks, so the codes are those of one
-        # process on the whole queue, and a resume on another worker count re-splits it. A
-        # plain tensor, not a buffer: DDP would broadcast a buffer from rank 0 every step.
-        # Checkpointed through extra_state.
-        self.queue: torch.Tensor | None = None
-        self.queue_filled = 0
+        # One queue per global crop, the same on every rank; each rank brings its share to
+        # Sinkhorn, whose sums span the ranks, so the codes are those of one process on the
+        # whole queue. Checkpointed through extra_state.
+        self.queue = EmbeddingQueue(queue_length, groups=2)
         self.take_setup(setup)
 
     def _loss(self, views, gather: bool, queue: bool = False) -> torch.Tensor:
@@ -74,7 +70,7 @@ class SwAV(Method):
         queued = self._queued_scores() if queue else None
         loss = self.criterion(list(scores), globals_=2, gather=gather, queued=queued)
         if queue and self.queue_length and self.epoch >= self.queue_start_epoch:
-            self._enqueue(z[: 2 * len(crops[0])].detach().unflatten(0, (2, -1)))
+            self.queue.push(z[: 2 * len(crops[0])].detach().unflatten(0, (2, -1)))
         return loss
 
     def training_step(self, batch):
@@ -91,20 +87,10 @@ class SwAV(Method):
     def _queued_scores(self) -> list[torch.Tensor] | None:
         """This rank's share of the full queue, scored by the current prototypes: one
         (queue_length / world, K) tensor per global crop; None until the queue is full."""
-        if self.queue is None or self.queue_filled < self.queue_length:
+        if not self.queue.full:
             return None
-        rank, world = (dist.get_rank(), dist.get_world_size()) if _distributed() else (0, 1)
-        share = self.queue[:, rank::world]
-        return list(self.prototypes(share.to(self.prototypes.weight.dtype)).unbind(0))
-
-    @torch.no_grad()
-    def _enqueue(self, z: torch.Tensor) -> None:
-        """z: (2, B, D) this rank's global-crop embeddings; every rank's go in, newest first."""
-        z = gather_no_grad(z.float().transpose(0, 1).contiguous()).transpose(0, 1)
-        if self.queue is None:
-            self.queue = z.new_zeros(2, self.queue_length, z.shape[-1])
-        self.queue = torch.cat([z, self.queue], dim=1)[:, : self.queue_length]
-        self.queue_filled = min(self.queue_filled + z.shape[1], self.queue_length)
+        share = self.queue.share().to(self.prototypes.weight.dtype)
+        return list(self.prototypes(share).unbind(0))
 
     def on_training_epoch_start(self, epoch: int) -> None:
         self.epoch = epoch
@@ -117,17 +103,7 @@ class SwAV(Method):
             self.prototypes.weight.grad = None
 
     def extra_state(self) -> dict[str, Any]:
-        return {
-            "queue": None if self.queue is None else self.queue.cpu(),
-            "filled": self.queue_filled,
-        }
+        return self.queue.state_dict()
 
     def load_extra_state(self, state: dict[str, Any]) -> None:
-        queue = state.get("queue")
-        device = self.prototypes.weight.device
-        self.queue = None if queue is None else queue.to(device)
-        self.queue_filled = state.get("filled", 0)
-
-
-def _distributed() -> bool:
-    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+        self.queue.load_state_dict(state, self.prototypes.weight.device)
