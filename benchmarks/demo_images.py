@@ -35,6 +35,7 @@ METHODS = {
     "dino": "DINO",
     "swav": "SwAV",
     "simsiam": "SimSiam",
+    "nnclr": "NNCLR",
     "lfr": "LFR",
 }
 RANDOM = "linear eval: random init"  # inputs normalised with the data set's statistics

@@ -276,6 +276,7 @@ NAMES = {
     "dino": "DINO (6 local crops)",
     "swav": "SwAV (6 local crops)",
     "simsiam": "SimSiam",
+    "nnclr": "NNCLR",
 }
 
 
