@@ -175,13 +175,7 @@ class TrainConfig(Strict):
         self._check_method()
         self._check_local_crops()
         self._check_monitor()
-        queue = self.swav.queue_length
-        if self.method == "swav" and queue % self.data.batch_size:
-            raise ValueError(
-                f"swav.queue_length ({queue}) must be a multiple of data.batch_size "
-                f"({self.data.batch_size}): whole global batches enter the queue; use e.g. "
-                f"{self.data.batch_size * max(1, round(queue / self.data.batch_size))}"
-            )
+        self._check_swav_queue()
         if self.head.init_from is not None:
             raise ValueError("head.init_from: only the backbone starts from another run")
         if self.optimizer.backbone_lr_scale != 1.0 and self.method != "supervised":
@@ -268,6 +262,16 @@ class TrainConfig(Strict):
                     f"method_options: {', '.join(unknown)} not taken by {self.method} "
                     f"(it takes: {', '.join(takes) or 'nothing'})"
                 )
+
+    def _check_swav_queue(self) -> None:
+        """SwAV's queue takes whole global batches, so every rank's share of it is equal."""
+        queue, batch = self.swav.queue_length, self.data.batch_size
+        if self.method == "swav" and queue % batch:
+            raise ValueError(
+                f"swav.queue_length ({queue}) must be a multiple of data.batch_size "
+                f"({batch}): whole global batches enter the queue; use e.g. "
+                f"{batch * max(1, round(queue / batch))}"
+            )
 
     def _check_local_crops(self) -> None:
         """Multi-crop views only for a method that takes them (DINO, SwAV, or an import-path
