@@ -1,4 +1,4 @@
-"""NNCLR through the loop's own steps: the support set fills with the first view's unit
+"""NNCLR through the loop's own steps: the support set keeps the first view's latest unit
 projections, the anchors come from it, and it resumes exactly (its loss under DDP and
 against its definition: test_losses; its 2-worker restart: test_ssl_ray)."""
 
@@ -8,6 +8,7 @@ from conftest import assert_states_equal
 from conftest import one_process_loop as make_loop
 
 from rayssl.losses import nearest_neighbours
+from rayssl.methods.queue import EmbeddingQueue
 from rayssl.state import load_state, save_state
 
 NNCLR = {
@@ -19,7 +20,7 @@ NNCLR = {
 }
 
 
-def test_support_set_fills_newest_first_feeds_the_anchors_and_resumes_exactly(tmp_path):
+def test_support_set_keeps_the_newest_feeds_the_anchors_and_resumes_exactly(tmp_path):
     loop = make_loop(NNCLR)
     assert loop.steps_per_epoch == 2 and loop.method.support.filled == 0
     z = torch.randn(4, 8)
@@ -48,3 +49,25 @@ def test_support_set_fills_newest_first_feeds_the_anchors_and_resumes_exactly(tm
     resumed.run_epoch(), resumed.run_epoch()
     assert_states_equal(loop.method.state_dict(), resumed.method.state_dict())
     assert torch.equal(loop.method.support.queue, resumed.method.support.queue)
+
+
+def test_queue_holds_exactly_the_latest_rows_across_wraps_and_long_pushes():
+    """A ring buffer of 5: after pushes of 3 and 4 rows it holds the last 5 rows pushed (the
+    first 2 dropped), and a push of 7 keeps only its own last 5; a restored copy continues
+    where the original writes."""
+    queue, pushed = EmbeddingQueue(5), torch.arange(14.0).unsqueeze(-1)
+
+    def held(q):
+        return sorted(q.rows()[0, :, 0].tolist())
+
+    queue.push(pushed[:3].unsqueeze(0))
+    assert held(queue) == [0.0, 1.0, 2.0] and not queue.full
+    queue.push(pushed[3:7].unsqueeze(0))
+    assert held(queue) == [2.0, 3.0, 4.0, 5.0, 6.0] and queue.full
+    copy = EmbeddingQueue(5)
+    copy.load_state_dict(queue.state_dict(), torch.device("cpu"))
+    for q in (queue, copy):
+        q.push(pushed[7:9].unsqueeze(0))
+    assert held(queue) == held(copy) == [4.0, 5.0, 6.0, 7.0, 8.0]
+    queue.push(pushed[7:14].unsqueeze(0))
+    assert held(queue) == [9.0, 10.0, 11.0, 12.0, 13.0]

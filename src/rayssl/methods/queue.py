@@ -11,18 +11,21 @@ from rayssl.losses import gather_no_grad
 
 
 class EmbeddingQueue:
-    """The last `length` embeddings of every rank, newest first: (groups, length, dim).
+    """The last `length` embeddings of every rank: (groups, length, dim), a ring buffer.
 
     Each `push` all-gathers every rank's rows (no gradient), so the queue is the same on
     every rank, a checkpoint from rank 0 holds all of it, and a resume on another number of
     workers carries it over whole. A plain tensor, not a module buffer: DDP would broadcast
     a buffer from rank 0 before every step. `filled` counts the rows pushed so far (up to
-    `length`); the rows past it are zeros."""
+    `length`); until the queue is full they are its first rows and the rest are zeros.
+    Each push overwrites the oldest rows in place (`head` is where the next one starts), so
+    a step copies its batch, not the whole queue; the methods use the rows as a set (Sinkhorn
+    sums over them, NNCLR searches them), so their order does not matter."""
 
     def __init__(self, length: int, groups: int = 1):
         self.length, self.groups = length, groups
         self.queue: torch.Tensor | None = None
-        self.filled = 0
+        self.filled = self.head = 0
 
     @property
     def full(self) -> bool:
@@ -34,7 +37,11 @@ class EmbeddingQueue:
         rows = gather_no_grad(rows.float().transpose(0, 1).contiguous()).transpose(0, 1)
         if self.queue is None:
             self.queue = rows.new_zeros(self.groups, self.length, rows.shape[-1])
-        self.queue = torch.cat([rows, self.queue], dim=1)[:, : self.length]
+        rows = rows[:, -self.length :]  # a push longer than the queue keeps its newest rows
+        first = min(rows.shape[1], self.length - self.head)  # up to the end, then wrap
+        self.queue[:, self.head : self.head + first] = rows[:, :first]
+        self.queue[:, : rows.shape[1] - first] = rows[:, first:]
+        self.head = (self.head + rows.shape[1]) % self.length
         self.filled = min(self.filled + rows.shape[1], self.length)
 
     def rows(self) -> torch.Tensor:
@@ -49,12 +56,14 @@ class EmbeddingQueue:
         return self.rows()[:, rank::world]
 
     def state_dict(self) -> dict[str, Any]:
-        return {"queue": None if self.queue is None else self.queue.cpu(), "filled": self.filled}
+        # a copy: the ring buffer is written in place, and `.cpu()` of a CPU tensor aliases it
+        queue = None if self.queue is None else self.queue.to("cpu", copy=True)
+        return {"queue": queue, "filled": self.filled, "head": self.head}
 
     def load_state_dict(self, state: dict[str, Any], device: torch.device) -> None:
         queue = state.get("queue")
         self.queue = None if queue is None else queue.to(device)
-        self.filled = state.get("filled", 0)
+        self.filled, self.head = state.get("filled", 0), state.get("head", 0)
 
 
 def _distributed() -> bool:

@@ -25,7 +25,7 @@ class SwAV(Method):
     first `freeze_prototypes_epochs` epochs (the paper freezes them for its first
     iterations). With `queue_length` > 0, the paper's remedy for small batches: from epoch
     `queue_start_epoch` on, the global crops' embeddings of the last `queue_length` samples
-    (global batches, newest first) are kept, and once the queue is full they join each
+    (whole global batches) are kept, and once the queue is full they join each
     batch in Sinkhorn-Knopp, scored by the current prototypes. Batches are
     `((global0, global1, local0, ...), y)`; y is ignored."""
 
