@@ -227,11 +227,12 @@ def test_exports_go_to_uris_in_either_format_and_serve_as_init_from(tmp_path):
     is a valid init_from with the checkpoint's exact weights."""
     directory, method = _checkpoint(tmp_path, "simclr")
     expected = method.backbone.state_dict()
-    for fmt in ("state_dict", "torchscript"):
-        uri = f"file://{tmp_path}/exports/{fmt}/backbone.pt"
+    # audit 35.18: docs/data.md names a TorchScript export backbone.ts; any suffix serves
+    for fmt, name in (("state_dict", "backbone.pt"), ("torchscript", "backbone.ts")):
+        uri = f"file://{tmp_path}/exports/{fmt}/{name}"
         result = CliRunner().invoke(main, ["export", str(directory), "--out", uri, "--format", fmt])
         assert result.exit_code == 0, result.output
-        assert (tmp_path / "exports" / fmt / "backbone.pt").is_file()
+        assert (tmp_path / "exports" / fmt / name).is_file()
         pretrained = read(uri)
         assert pretrained.spec == BACKBONE and pretrained.input_shape == [3, 16, 16]
         for key, value in expected.items():

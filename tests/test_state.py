@@ -126,3 +126,104 @@ def test_a_state_written_with_numpy_rng_arrays_still_loads_and_restores(tmp_path
     # and the new layout holds no numpy object at all
     save_state({"rng": [capture_rng()]}, tmp_path / "new")
     assert torch.serialization.get_unsafe_globals_in_checkpoint(tmp_path / "new" / STATE_FILE) == []
+
+
+def _script_with_setstate(path: Path, extra: dict[str, bytes | str]) -> None:
+    """A TorchScript archive whose `__setstate__` prints a marker: torch.jit.load runs it."""
+    from typing import Tuple  # noqa: UP035 - TorchScript reads the annotation
+
+    class Loud(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.w = torch.nn.Parameter(torch.zeros(2))
+
+        @torch.jit.export
+        def __getstate__(self) -> Tuple[torch.Tensor, bool]:  # noqa: UP006
+            return (self.w, self.training)
+
+        @torch.jit.export
+        def __setstate__(self, state: Tuple[torch.Tensor, bool]) -> None:  # noqa: UP006
+            print("RAN-AT-LOAD")
+            self.w = state[0]
+            self.training = state[1]
+
+        def forward(self, x):
+            return x
+
+    torch.jit.save(torch.jit.script(Loud()), str(path), _extra_files=extra)
+
+
+def test_a_torchscript_file_is_read_as_data_without_running_its_code(tmp_path, capfd):
+    """Audit 35.1: init_from and load_exported ran a TorchScript archive's code at load."""
+    import io
+    import json
+
+    from rayssl.pretrained import TORCHSCRIPT_STATE, read
+
+    torch.jit.load  # noqa: B018 - the control: loading it does run its code
+    _script_with_setstate(tmp_path / "control.pt", {})
+    torch.jit.load(str(tmp_path / "control.pt"))
+    assert "RAN-AT-LOAD" in capfd.readouterr().out
+
+    record = {
+        "format": EXPORT_FORMAT,
+        "backbone": {"name": "mlp", "hidden": [4]},
+        "input_shape": [1, 8],
+        "normalize": None,
+        "source": {},
+    }
+    old = tmp_path / "old.ts"  # metadata but no weights as data: refused, nothing runs
+    _script_with_setstate(old, {"rayssl.json": json.dumps(record)})
+    with pytest.raises(ConfigError, match="reading them would run the archive's code"):
+        read(str(old))
+    with pytest.raises(ConfigError, match="torchscript=True"):
+        load_exported(old)
+    assert "RAN-AT-LOAD" not in capfd.readouterr().out
+
+    from rayssl import nets
+
+    net = nets.call_factory(nets.BACKBONES["mlp"], {"hidden": [4]}, input_shape=(1, 8))
+    weights = io.BytesIO()
+    torch.save(net.state_dict(), weights)
+    crafted = tmp_path / "crafted.ts"  # with weights as data: read, still nothing runs
+    _script_with_setstate(
+        crafted, {"rayssl.json": json.dumps(record), TORCHSCRIPT_STATE: weights.getvalue()}
+    )
+    pretrained = read(str(crafted))
+    module, meta = load_exported(crafted)
+    assert "RAN-AT-LOAD" not in capfd.readouterr().out
+    assert meta["backbone"] == record["backbone"]
+    for key, value in net.state_dict().items():
+        assert torch.equal(pretrained.state[key], value)
+        assert torch.equal(module.state_dict()[key], value)
+    load_exported(crafted, torchscript=True)  # only when asked by name
+    assert "RAN-AT-LOAD" in capfd.readouterr().out
+
+
+def test_a_checkpoint_without_an_input_record_imports_nothing_untrusted(tmp_path, monkeypatch):
+    """Audit 35.2: export and init_from validated such a checkpoint's config, importing the
+    import paths it names and reading its data.path, without --trust-import-paths."""
+    monkeypatch.syspath_prepend(HELPERS)
+    from rayssl.config import validate_train_config
+
+    marker = tmp_path / "called"
+    cfg = validate_train_config(
+        {
+            "data": {"name": "synthetic", "shape": [1, 8], "num_samples": 64, "batch_size": 16},
+            "backbone": {"name": "cnn1d", "width": 4},
+        }
+    ).model_dump(mode="json")
+    cfg["method"] = "marker:touch"  # validating the config imports and inspects it
+    cfg["backbone"] = {"name": "marker:touch", "path": str(marker)}
+    save_state(
+        {"config": cfg, "model": {"backbone.w": torch.zeros(1)}, "loop": {"epoch": 1}},
+        tmp_path / "ckpt",
+    )
+    sys_modules_before = "marker" in __import__("sys").modules
+    result = CliRunner().invoke(main, ["export", str(tmp_path / "ckpt"), "--out", "b.pt"])
+    assert result.exit_code == 2, result.output
+    lines = result.output.strip().splitlines()
+    assert len(lines) == 1 and "predates rayssl's input record" in lines[0], result.output
+    assert "--trust-import-paths" in lines[0]
+    assert not marker.exists() and not Path("b.pt").exists()
+    assert ("marker" in __import__("sys").modules) == sys_modules_before

@@ -42,16 +42,19 @@ class Pretrained:
         return f"{self.spec['name']}" + (f" ({kwargs})" if kwargs else "")
 
 
-def read(path: str, field_name: str = "backbone.init_from") -> Pretrained:
+def read(
+    path: str, field_name: str = "backbone.init_from", trust_import_paths: bool = False
+) -> Pretrained:
     """The backbone of `path`: a run directory (its newest registered checkpoint, so a
     running run works too), a checkpoint directory, or a file written by `rayssl export`.
-    Local paths or any URI the run's storage takes."""
+    Local paths or any URI the run's storage takes. Read as data: nothing the file names
+    is imported, called or loaded (see `_shape_from_data` for the one exception, which
+    needs `trust_import_paths`)."""
     from rayssl.state import STATE_FILE
 
-    if path.endswith((".pt", ".pth")):
-        data = _export_bytes(path, field_name)
-        if data is not None:
-            return _read_export(data, path, field_name)
+    data = _export_bytes(path, field_name)  # a file is an export, whatever its suffix
+    if data is not None:
+        return _read_export(data, path, field_name)
     state, where = _read_state(path, field_name, STATE_FILE)
     model = state["model"]
     weights = {k[len(PREFIX) :]: v for k, v in model.items() if k.startswith(PREFIX)}
@@ -61,10 +64,7 @@ def read(path: str, field_name: str = "backbone.init_from") -> Pretrained:
     spec = {k: v for k, v in cfg["backbone"].items() if k != "init_from"}
     shape = state.get("input", {}).get("shape")
     if shape is None:  # checkpoints written before the input record: ask the data
-        from rayssl.config import validate_train_config
-        from rayssl.data import load_splits
-
-        shape = list(load_splits(validate_train_config(cfg).data, cfg["seed"]).sample_shape)
+        shape = _shape_from_data(cfg, path, field_name, trust_import_paths)
     stats = state.get("input", {}).get("normalize")
     return Pretrained(
         weights,
@@ -77,6 +77,27 @@ def read(path: str, field_name: str = "backbone.init_from") -> Pretrained:
             "epoch": state["loop"]["epoch"],
         },
     )
+
+
+def _shape_from_data(cfg: dict, path: str, field_name: str, trusted: bool) -> list[int]:
+    """The input shape of a checkpoint written before rayssl recorded it: only its data
+    can tell, and validating its config imports what it names by import path and reads
+    its `data.path`, so that happens only for a caller who trusts the file."""
+    if not trusted:
+        fix = (
+            "export it with rayssl export --trust-import-paths and give the export"
+            if field_name == "backbone.init_from"
+            else "pass --trust-import-paths (trust_import_paths=True)"
+        )
+        raise ConfigError(
+            f"{field_name} '{path}': its checkpoint predates rayssl's input record, so its "
+            "input shape is known only by rebuilding its config (which imports what it "
+            f"names) and reading its data; if you trust the file, {fix}"
+        )
+    from rayssl.config import validate_train_config
+    from rayssl.data import load_splits
+
+    return list(load_splits(validate_train_config(cfg).data, cfg["seed"]).sample_shape)
 
 
 def _read_state(path: str, field_name: str, state_file: str) -> tuple[dict, dict[str, str]]:
@@ -143,31 +164,53 @@ def _export_bytes(path: str, field_name: str) -> bytes | None:
         raise ConfigError(f"{field_name} '{path}' cannot be read ({exc})") from None
 
 
+TORCHSCRIPT_STATE = "rayssl_state_dict.pt"  # the weights, as plain data, in a TorchScript export
+
+
 def _read_export(data: bytes, path: str, field_name: str) -> Pretrained:
-    """An export of either format: TorchScript (its weights and the metadata it carries)
-    or a `state_dict` file (plain data, loaded with weights_only)."""
+    """An export of either format, read as data. A TorchScript archive is a zip file; its
+    metadata and a `torch.save` copy of its weights travel in its extra files, which are
+    read from the zip without `torch.jit.load` (that would run the archive's code, e.g. a
+    `__setstate__`). A `state_dict` export is loaded with weights_only."""
     import json
 
     not_export = (
         f"{field_name} '{path}': not a rayssl export (format {EXPORT_FORMAT}); give a run "
         "folder, a checkpoint folder, or a file written by rayssl export"
     )
-    extra = {"rayssl.json": ""}
-    try:
-        module = torch.jit.load(io.BytesIO(data), map_location="cpu", _extra_files=extra)
-    except RuntimeError:  # not TorchScript
-        module = None
-    if module is not None:
-        if not extra["rayssl.json"]:
+    extras = _torchscript_extras(data)
+    if extras is not None:
+        if "rayssl.json" not in extras:
             raise ConfigError(not_export)
-        record = json.loads(extra["rayssl.json"])
-        record["state_dict"] = dict(module.state_dict())
+        if TORCHSCRIPT_STATE not in extras:
+            raise ConfigError(
+                f"{field_name} '{path}': a TorchScript export written before rayssl stored "
+                "its weights as data; reading them would run the archive's code. Export "
+                "the run again (rayssl export), or load it yourself with "
+                "load_exported(..., torchscript=True) if you trust the file"
+            )
+        try:
+            record = json.loads(extras["rayssl.json"])
+            weights = torch.load(
+                io.BytesIO(extras[TORCHSCRIPT_STATE]), map_location="cpu", weights_only=True
+            )
+        except Exception as exc:  # json or torch: several types for a damaged file
+            raise ConfigError(f"{not_export} ({first_line(exc, with_type=False)})") from None
+        if isinstance(record, dict):
+            record["state_dict"] = weights
     else:
         try:
             record = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
         except Exception as exc:  # torch raises several types for a foreign or truncated file
             raise ConfigError(f"{not_export} ({first_line(exc, with_type=False)})") from None
-    if not isinstance(record, dict) or record.get("format") != EXPORT_FORMAT:
+    keys = ("state_dict", "backbone", "input_shape", "normalize", "source")
+    if (
+        not isinstance(record, dict)
+        or record.get("format") != EXPORT_FORMAT
+        or any(k not in record for k in keys)
+        or not isinstance(record["state_dict"], dict)
+        or not isinstance(record["backbone"], dict)
+    ):
         raise ConfigError(not_export)
     return Pretrained(
         record["state_dict"],
@@ -176,6 +219,26 @@ def _read_export(data: bytes, path: str, field_name: str) -> Pretrained:
         record["normalize"],
         record["source"],
     )
+
+
+def _torchscript_extras(data: bytes) -> dict[str, bytes] | None:
+    """The extra files of a TorchScript archive (`<archive>/extra/<name>` in its zip), read
+    without loading it; None if `data` is not a TorchScript archive."""
+    import zipfile
+
+    try:
+        archive = zipfile.ZipFile(io.BytesIO(data))
+        names = archive.namelist()
+    except (zipfile.BadZipFile, OSError, ValueError):
+        return None
+    if not any(n.split("/", 1)[-1] == "constants.pkl" for n in names):
+        return None  # a torch.save zip (a state_dict export), not TorchScript
+    extras = {}
+    for name in names:
+        parts = name.split("/")
+        if len(parts) == 3 and parts[1] == "extra":
+            extras[parts[2]] = archive.read(name)
+    return extras
 
 
 def load_into(backbone: nn.Module, pretrained: Pretrained, spec: dict[str, Any], path: str):
@@ -232,7 +295,7 @@ def export(
     import json
     import tempfile
 
-    pretrained = read(path, "path")
+    pretrained = read(path, "path", trust_import_paths)
     record = {
         "format": EXPORT_FORMAT,
         "backbone": pretrained.spec,
@@ -246,7 +309,10 @@ def export(
             torch.save({**record, "state_dict": pretrained.state}, local)
         else:
             traced = _trace(pretrained, path, trust_import_paths)
-            torch.jit.save(traced, str(local), _extra_files={"rayssl.json": json.dumps(record)})
+            weights = io.BytesIO()
+            torch.save(pretrained.state, weights)
+            extra = {"rayssl.json": json.dumps(record), TORCHSCRIPT_STATE: weights.getvalue()}
+            torch.jit.save(traced, str(local), _extra_files=extra)
         _put(local, out)
     return pretrained
 
@@ -291,28 +357,39 @@ def _put(local: Path, out: str) -> None:
 
 
 def load_exported(
-    path: str | Path, trust_import_paths: bool = False
+    path: str | Path, trust_import_paths: bool = False, torchscript: bool = False
 ) -> tuple[nn.Module, dict[str, Any]]:
     """Rebuild an export (either format) as an eval-mode module, with its metadata. Needs
-    only torch; no Ray, no config file. A `state_dict` export of a backbone given by import
-    path imports and calls that factory: refused unless `trust_import_paths`."""
+    only torch; no Ray, no config file. The file is read as data and the network rebuilt
+    from its factory; a backbone given by import path imports and calls that factory:
+    refused unless `trust_import_paths`. `torchscript=True` instead loads a TorchScript
+    export with `torch.jit.load`, which runs code the archive holds: only for files you
+    trust."""
     import json
 
     path = str(path)
-    extra = {"rayssl.json": ""}
-    try:
+    if torchscript:
+        extra = {"rayssl.json": ""}
         module = torch.jit.load(path, map_location="cpu", _extra_files=extra)
-        return module.eval(), json.loads(extra["rayssl.json"])
-    except RuntimeError:  # not TorchScript: a state_dict export
-        pass
+        return module.eval(), json.loads(extra["rayssl.json"] or "{}")
     from rayssl import nets
     from rayssl.config import NetConfig
 
-    data = torch.load(path, map_location="cpu", weights_only=True)
-    refuse_import_paths([data["backbone"].get("name")], path, trust_import_paths)
-    spec = NetConfig(**data["backbone"])
+    data = _export_bytes(path, "path")
+    if data is None:
+        raise ConfigError(f"path '{path}' is not a file written by rayssl export")
+    pretrained = _read_export(data, path, "path")
+    refuse_import_paths([pretrained.spec.get("name")], path, trust_import_paths)
+    spec = NetConfig(**pretrained.spec)
     module = nets.call_factory(
-        spec.factory(nets.BACKBONES), spec.kwargs, input_shape=tuple(data["input_shape"])
+        spec.factory(nets.BACKBONES), spec.kwargs, input_shape=tuple(pretrained.input_shape)
     )
-    module.load_state_dict(data["state_dict"])
-    return module.eval(), {k: v for k, v in data.items() if k != "state_dict"}
+    module.load_state_dict(pretrained.state)
+    meta = {
+        "format": EXPORT_FORMAT,
+        "backbone": pretrained.spec,
+        "input_shape": pretrained.input_shape,
+        "normalize": pretrained.normalize,
+        "source": pretrained.source,
+    }
+    return module.eval(), meta
