@@ -210,6 +210,23 @@ BAD_VALUES = [
     ({"seed": -1}, "seed: Input should be greater than or equal to 0"),
     ({"performance": {"amp": "fp8"}}, "performance.amp: Input should be 'none' or 'bf16'"),
     ({"performance": {"channels_last": True}}, "performance.channels_last needs image samples"),
+    # audit 35.3: a run name is one folder under storage_path
+    ({"name": "../escaped"}, "name: a run name may not be empty or start with '.'"),
+    ({"name": "a/../../escaped"}, "name: a run name is one folder name: no '/'"),
+    ({"name": "x" * 256}, "name: a run name may take at most 200 bytes"),
+    # audit 35.17: values the run cannot use
+    ({"seed": 2**32}, "seed: Input should be less than or equal to 4294967295"),
+    ({"seed": 2**64}, "seed: Input should be less than or equal to 4294967295"),
+    ({"optimizer": {"betas": [0.9, 1.0]}}, "optimizer.betas: each of the two betas"),
+    ({"optimizer": {"betas": [-0.1, 0.9]}}, "optimizer.betas: each of the two betas"),
+    (
+        {"data": {"normalize": {"mean": [float("nan")], "std": [1.0]}}},
+        "data.normalize needs finite mean and std",
+    ),
+    (
+        {"data": {"augment": {"jitter": float("inf")}}},
+        "data.augment.jitter: Input should be a finite",
+    ),
 ]
 
 
@@ -235,6 +252,7 @@ def _assert_refused(args: list[str], expected: str, storage: Path) -> None:
 def test_bad_config_values(write_config, tmp_path, overrides, expected):
     _assert_refused(["train", str(write_config(overrides))], expected, tmp_path / "runs")
     assert not (tmp_path / "runs").exists()
+    assert not list(tmp_path.glob("escaped*"))  # nor beside storage_path
 
 
 def test_bad_files(write_config, tmp_path):

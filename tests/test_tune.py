@@ -72,6 +72,10 @@ def write_search(tmp_path, write_config):
             {"scheduler": {"name": "pbt"}, "space": {"optimizer.lr": {"grid": [0.01, 0.02]}}},
             "use choice instead of grid",
         ),
+        # audit 35.17: every trial ran, then 'best nope nan', exit 0
+        ({"metric": "nope"}, "metric: 'nope' is not reported by this search's runs"),
+        ({"metric": "linear_acc"}, "metric: 'linear_acc' is not reported"),  # supervised
+        ({"name": "../escaped"}, "name: a run name may not be empty or start with '.'"),
     ],
 )
 def test_bad_searches_fail_before_ray(write_search, overrides, expected):

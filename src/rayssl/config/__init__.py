@@ -12,7 +12,7 @@
 Everything public is importable from `rayssl.config`.
 """
 
-from rayssl.config.base import ConfigError, Strict
+from rayssl.config.base import ConfigError, Strict, check_run_name
 from rayssl.config.data import (
     VIEW_PRESETS,
     AugmentConfig,
@@ -67,6 +67,7 @@ __all__ = [
     "PROBE_METRICS",
     "ConfigError",
     "Strict",
+    "check_run_name",
     "ViewP",
     "LocalCropsConfig",
     "ImageViewsConfig",

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any, Literal
 
 from pydantic import (
+    ConfigDict,
     Field,
     model_validator,
 )
@@ -145,13 +147,17 @@ class AugmentConfig(Strict):
 
 
 class NormalizeConfig(Strict):
+    # finiteness is checked below, in the one line this union member's errors read as
+    model_config = ConfigDict(allow_inf_nan=True)
+
     mean: list[float] = Field(min_length=1)
     std: list[float] = Field(min_length=1)
 
     @model_validator(mode="after")
     def _positive(self) -> NormalizeConfig:
-        if len(self.mean) != len(self.std) or any(v <= 0 for v in self.std):
-            raise ValueError("data.normalize needs mean and std of equal length, std > 0")
+        finite = all(math.isfinite(v) for v in (*self.mean, *self.std))
+        if len(self.mean) != len(self.std) or not finite or any(v <= 0 for v in self.std):
+            raise ValueError("data.normalize needs finite mean and std of equal length, std > 0")
         return self
 
 

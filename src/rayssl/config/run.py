@@ -33,7 +33,15 @@ class OptimizerConfig(Strict):
     trust_coefficient: float = Field(
         0.001, gt=0.0, le=1.0, description="lars: eta in lr_layer = eta * |w| / |update|"
     )
-    betas: tuple[float, float] = Field((0.9, 0.999), description="adam and adamw")
+    betas: tuple[float, float] = Field((0.9, 0.999), description="adam and adamw, each in [0, 1)")
+
+    @field_validator("betas")
+    @classmethod
+    def _betas_in_range(cls, betas: tuple[float, float]) -> tuple[float, float]:
+        if not all(0.0 <= b < 1.0 for b in betas):
+            raise ValueError(f"each of the two betas must be in [0, 1), got {list(betas)}")
+        return betas
+
     backbone_lr_scale: float = Field(
         1.0, gt=0.0, le=10.0, description="supervised: backbone lr = lr x this (fine-tuning)"
     )

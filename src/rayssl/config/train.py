@@ -12,7 +12,7 @@ from pydantic import (
     model_validator,
 )
 
-from rayssl.config.base import Strict
+from rayssl.config.base import Strict, check_run_name
 from rayssl.config.data import DataConfig
 from rayssl.config.model import (
     BarlowTwinsConfig,
@@ -83,7 +83,11 @@ class TrainConfig(Strict):
         default_factory=dict, description="keyword arguments of an import-path method's class"
     )
     name: str | None = Field(None, description="run name; default: the config file's stem")
-    seed: int = Field(0, ge=0, description="seeds weights, data order, views and probes")
+    # numpy's global generator takes seeds below 2**32; a larger one would silently
+    # repeat seed mod 2**32, and the derived streams (rayssl.seeds) must stay in int64
+    seed: int = Field(
+        0, ge=0, le=2**32 - 1, description="seeds weights, data order, views and probes"
+    )
     epochs: int = Field(10, ge=1, description="passes over the training split")
     num_workers: int | tuple[int, int] = Field(
         2,
@@ -127,6 +131,8 @@ class TrainConfig(Strict):
     eval: EvalConfig = EvalConfig()
     performance: PerformanceConfig = PerformanceConfig()
     tracking: TrackingConfig | None = None
+
+    _name = field_validator("name")(classmethod(lambda cls, v: check_run_name(v)))
 
     @field_validator("num_workers", mode="before")
     @classmethod

@@ -7,13 +7,14 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import Field, ValidationError, model_validator
+from pydantic import Field, ValidationError, field_validator, model_validator
 
 from rayssl.config import (
     PROBE_METRICS,
     ConfigError,
     Strict,
     TrainConfig,
+    check_run_name,
     deep_merge,
     format_validation_error,
     nested,
@@ -130,6 +131,8 @@ class SearchConfig(Strict):
     storage_path: str = "./tune_runs"
     name: str | None = None
 
+    _name = field_validator("name")(classmethod(lambda cls, v: check_run_name(v)))
+
 
 def load_search(path: str | Path, overrides: tuple[str, ...] = ()) -> tuple[SearchConfig, dict]:
     """Validate a search YAML and its base config before Ray starts; return both."""
@@ -161,12 +164,25 @@ def load_search(path: str | Path, overrides: tuple[str, ...] = ()) -> tuple[Sear
             "use_gpu": res.gpus_per_worker > 0,
         },
     )
-    validate_train_config(base)
+    cfg = validate_train_config(base)
+    _check_metric_reported(search, cfg)
     if search.scheduler.name == "pbt":
         _check_pbt_space(search)
     _check_metric_cadence(search, validate_train_config(base))
     _check_space_values(search, base)
     return search, base
+
+
+def _check_metric_reported(search: SearchConfig, cfg: TrainConfig) -> None:
+    """Every trial would run to its end and rank nothing on a metric no trial reports. An
+    import-path method may report its own (`Method.epoch_metrics`): not checked then."""
+    reported = cfg.reported_metrics()
+    if ":" in cfg.method or search.metric in reported:
+        return
+    raise ConfigError(
+        f"metric: '{search.metric}' is not reported by this search's runs; they report "
+        f"{', '.join(reported)}"
+    )
 
 
 def _check_pbt_space(search: SearchConfig) -> None:
