@@ -130,3 +130,40 @@ def test_a_search_logs_one_mlflow_run_per_trial(ray_session, write_config, tmp_p
         assert not any(k.startswith("_") for k in run.data.params)
         steps = sorted(m.step for m in client.get_metric_history(run.info.run_id, "val_accuracy"))
         assert len(steps) == 2
+
+
+def test_an_unreachable_server_warns_and_no_credential_is_shown_or_stored(write_config, tmp_path):
+    """Audit 35.4 and 35.10: a server that does not answer blocked the start through
+    MLflow's whole retry schedule, then left an empty run folder; its URI's password was
+    echoed and stored in run.json, summary.json and state.pt."""
+    import socket
+
+    with socket.socket() as s:  # a local port nobody listens on: connection refused
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    uri = f"http://alice:s3cret-pw@127.0.0.1:{port}/?token=t0ken-s3cret"
+    config = write_config(
+        {"name": "unreachable", "num_workers": 0, "epochs": 1, "tracking": {"mlflow_uri": uri}}
+    )
+    result = CliRunner().invoke(main, ["train", str(config)])
+    assert result.exit_code == 0, result.output
+    warnings = [line for line in result.output.splitlines() if "MLflow" in line]
+    assert len(warnings) == 1 and "trains without MLflow" in warnings[0], result.output
+    assert "alice:***@127.0.0.1" in warnings[0]
+    assert "s3cret" not in result.output
+    (run_dir,) = (tmp_path / "runs").iterdir()
+    stored = [p for p in run_dir.rglob("*") if p.is_file()]
+    assert {"run.json", "summary.json", "state.pt"} <= {p.name for p in stored}
+    for path in stored:
+        assert b"s3cret" not in path.read_bytes(), path
+
+
+def test_redacted_uris_keep_what_names_the_store():
+    from rayssl.config import redact_uri
+
+    assert redact_uri("https://me:pw@host:5000/x") == "https://me:***@host:5000/x"
+    assert redact_uri("https://tok@host/") == "https://***@host/"
+    assert redact_uri("http://host/?api_key=1&x=2") == "http://host/?api_key=***&x=2"
+    assert redact_uri("http://me:pw@h/", "failed: h/?x&pw") == "failed: h/?x&***"
+    assert redact_uri("sqlite:////tmp/mlflow.db") == "sqlite:////tmp/mlflow.db"
+    assert redact_uri("databricks") == "databricks"

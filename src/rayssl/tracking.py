@@ -14,6 +14,7 @@ run folder after every epoch through pyarrow (TensorBoard's writer speaks local 
 
 from __future__ import annotations
 
+import os
 import tempfile
 import time
 from pathlib import Path
@@ -67,6 +68,26 @@ class TensorBoard:
 # ============================================================================ MLflow
 
 
+# MLflow retries an unreachable server 7 times with exponential back-off and a 120 s
+# timeout per request: minutes of a silent start, and of a silent epoch end on rank 0.
+# Tracking is a report, not a reason to wait: a user's own setting of these still wins.
+MLFLOW_REQUEST_BOUNDS = {
+    "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "1",
+    "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
+    "MLFLOW_HTTP_REQUEST_TIMEOUT": "10",
+}
+
+
+def bound_mlflow_retries() -> None:
+    import logging
+
+    for name, value in MLFLOW_REQUEST_BOUNDS.items():
+        os.environ.setdefault(name, value)
+    # urllib3 logs each retry with the request's URL, query secrets included, through
+    # Python's last-resort handler to stderr; rayssl's own warning line says it once
+    logging.getLogger("urllib3.connectionpool").setLevel(logging.ERROR)
+
+
 class MLflowRun:
     """One MLflow run per rayssl run (`tracking: {mlflow_uri, experiment}`), found again by
     its `rayssl_run` tag when the run restarts or resumes. The driver opens it (params: the
@@ -78,6 +99,7 @@ class MLflowRun:
     def __init__(self, uri: str, run_id: str):
         from mlflow.tracking import MlflowClient
 
+        bound_mlflow_retries()
         self.client, self.run_id = MlflowClient(uri), run_id
         self.logged: set[int] | None = None  # epochs the MLflow run has (read when needed)
         self.warned = False
@@ -87,6 +109,7 @@ class MLflowRun:
         from mlflow.entities import Param
         from mlflow.tracking import MlflowClient
 
+        bound_mlflow_retries()
         client = MlflowClient(uri)
         found = client.get_experiment_by_name(experiment)
         experiment_id = found.experiment_id if found else client.create_experiment(experiment)

@@ -160,7 +160,7 @@ def _run_and_record(
         "host": socket.gethostname(),
         "pid": os.getpid(),
         "started": started,
-        "config": cfg.model_dump(mode="json"),
+        "config": cfg.record(),
     }
     storage.write_text(run, RUN_RECORD, json.dumps(record))
     try:

@@ -8,7 +8,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from rayssl.config import ConfigError, TrainConfig
+from rayssl.config import ConfigError, TrainConfig, redact_uri
 from rayssl.errors import first_line
 from rayssl.runs import HEADLINE
 from rayssl.storage import Storage
@@ -46,20 +46,32 @@ def final_line(summary: dict) -> str:
 
 
 def open_mlflow(cfg: TrainConfig, run: str):
-    """The run's MLflow run (`tracking`), opened on the driver; None without `tracking`."""
+    """The run's MLflow run (`tracking`), opened on the driver; None without `tracking`. A
+    server that does not answer (http, https, databricks) is one warning line and the run
+    trains without MLflow; a local store that cannot be opened (sqlite, a folder) is the
+    config's mistake: one line, exit 2."""
     if cfg.tracking is None:
         return None
     from rayssl.tracking import MLflowRun
 
+    uri = cfg.tracking.mlflow_uri
     try:
-        return MLflowRun.open(
-            cfg.tracking.mlflow_uri, cfg.tracking.experiment, run, cfg.model_dump(mode="json")
-        )
+        return MLflowRun.open(uri, cfg.tracking.experiment, run, cfg.record())
     except Exception as exc:  # MLflow raises its own types for a bad URI or store
+        reason = redact_uri(uri, first_line(exc, with_type=False))[:300]
+        if uri.split(":", 1)[0] in REMOTE_STORES:
+            print(
+                f"rayssl: warning: MLflow store '{redact_uri(uri)}' does not answer "
+                f"({reason}); this run trains without MLflow",
+                flush=True,
+            )
+            return None
         raise ConfigError(
-            f"tracking.mlflow_uri '{cfg.tracking.mlflow_uri}' cannot be used "
-            f"({first_line(exc, with_type=False)})"
+            f"tracking.mlflow_uri '{redact_uri(uri)}' cannot be used ({reason})"
         ) from None
+
+
+REMOTE_STORES = ("http", "https", "databricks", "databricks-uc", "uc")
 
 
 def draw_curves(storage: Storage, run: str, history: list[dict[str, float]]) -> str | None:
@@ -130,6 +142,6 @@ def summarize(cfg: TrainConfig, run: str, storage: Storage, wall_s: float) -> di
             (h["start_to_first_step_s"] for h in history if "start_to_first_step_s" in h), None
         ),
         "checkpoint": storage.path(run, checkpoint),
-        "config": cfg.model_dump(mode="json"),
+        "config": cfg.record(),
         "history": history,
     }

@@ -59,7 +59,7 @@ def build_trainer(
     from ray.train.torch import TorchTrainer
 
     args = WorkerArgs(
-        config=cfg.model_dump(mode="json"),
+        config=cfg.record(),
         splits=splits_ref,
         run_dir=storage.path(run),
         local_run=(storage.uri, run) if cfg.num_workers == 0 else None,

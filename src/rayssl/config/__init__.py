@@ -59,6 +59,7 @@ from rayssl.config.run import (
     PerformanceConfig,
     TrackingConfig,
     absolute_tracking_uri,
+    redact_uri,
 )
 from rayssl.config.train import BUILTIN_METHODS, METHOD_INFERRED, TrainConfig
 
@@ -98,6 +99,7 @@ __all__ = [
     "EvalConfig",
     "TrackingConfig",
     "absolute_tracking_uri",
+    "redact_uri",
     "PerformanceConfig",
     "BUILTIN_METHODS",
     "METHOD_INFERRED",

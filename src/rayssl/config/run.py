@@ -121,6 +121,38 @@ class TrackingConfig(Strict):
         return absolute_tracking_uri(uri)
 
 
+SECRET_QUERY_KEYS = ("token", "password", "passwd", "secret", "key", "sig", "signature")
+
+
+def uri_secrets(uri: str) -> list[str]:
+    """The secrets a URI carries: the password of its user part (`https://me:pw@host`, or
+    the whole user part, a token, without a colon) and the values of query parameters that
+    carry secrets (`?token=...`)."""
+    from urllib.parse import parse_qsl, urlsplit
+
+    try:
+        parts = urlsplit(uri)
+    except ValueError:
+        return []
+    found = []
+    if "@" in parts.netloc:
+        user = parts.netloc.rsplit("@", 1)[0]
+        found.append(user.split(":", 1)[1] if ":" in user else user)
+    for key, value in parse_qsl(parts.query, keep_blank_values=True):
+        if value and any(word in key.lower() for word in SECRET_QUERY_KEYS):
+            found.append(value)
+    return [secret for secret in found if secret]
+
+
+def redact_uri(uri: str, text: str | None = None) -> str:
+    """`text` (default: `uri` itself) with every secret of `uri` replaced by `***`: fit to
+    show or store. Text that quotes the URI in pieces (an HTTP library's error) too."""
+    text = uri if text is None else text
+    for secret in sorted(uri_secrets(uri), key=len, reverse=True):
+        text = text.replace(secret, "***")
+    return text
+
+
 def absolute_tracking_uri(uri: str) -> str:
     """`sqlite:///mlflow.db`, `file:mlruns` or `mlruns` made absolute against the current
     directory; server URIs (http://, databricks, ...) and absolute paths unchanged."""

@@ -40,6 +40,7 @@ from rayssl.config.run import (
     OptimizerConfig,
     PerformanceConfig,
     TrackingConfig,
+    redact_uri,
 )
 
 BUILTIN_METHODS = (
@@ -293,6 +294,15 @@ class TrainConfig(Strict):
             "local crops (dino and swav do, and an import-path Method with multi_crop = True): "
             "remove local_crops or set its number to 0"
         )
+
+    def record(self) -> dict[str, Any]:
+        """This config as JSON-able data to store or show (run.json, summary.json, state.pt,
+        MLflow params, the workers' copy): credentials in the tracking URI redacted. The
+        driver keeps the real URI and hands it to rank 0 on its own (WorkerArgs.mlflow)."""
+        data = self.model_dump(mode="json")
+        if data.get("tracking"):
+            data["tracking"]["mlflow_uri"] = redact_uri(data["tracking"]["mlflow_uri"])
+        return data
 
     def reported_metrics(self) -> list[str]:
         """The per-epoch metrics this config's run reports, that early stopping can watch."""

@@ -53,7 +53,7 @@ def state_dict(loop: Loop, rng_states: list[dict[str, Any]] | None = None) -> di
     return {
         "format": FORMAT,
         "method": type(loop.method).__name__,
-        "config": loop.cfg.model_dump(mode="json"),
+        "config": loop.cfg.record(),
         "model": loop.method.state_dict(),
         "optimizer": loop.step.optimizer.state_dict(),
         "lr_scheduler": scheduler.state_dict() if scheduler else None,

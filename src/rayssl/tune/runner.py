@@ -9,7 +9,7 @@ from typing import Any
 
 import numpy as np
 
-from rayssl.config import ConfigError, validate_train_config
+from rayssl.config import ConfigError, deep_merge, validate_train_config
 from rayssl.tune.results import write_results
 from rayssl.tune.search import SearchConfig, load_search
 from rayssl.tune.trials import run_trial, run_trial_in_process
@@ -39,6 +39,11 @@ def run_search(
     if not resume and name in storage.runs():
         name = f"{search.name}-{time.strftime('%Y%m%d-%H%M%S')}"
     cfg = validate_train_config(base)
+    # Ray stores each trial's config, best.yaml is written from it: no credentials there;
+    # the MLflow callback on the driver keeps the real URI (cfg.tracking)
+    shown = (
+        base if cfg.tracking is None else deep_merge(base, {"tracking": cfg.record()["tracking"]})
+    )
     splits, _ = preflight(cfg)  # seeds numpy: a new search samples reproducibly from cfg.seed
     if resume:
         # Trials not yet sampled must not repeat the first samples of the original driver.
@@ -52,7 +57,7 @@ def run_search(
     _check_streamed_trial_fits(search, splits)
     param_space = {k: d.to_tune() for k, d in search.space.items()}
     param_space.update(
-        _base=base,
+        _base=shown,
         _splits=ray.put(splits),  # 2. the data, once, in the object store
         _trials_storage=storage.make_dir(name, "trials"),
         _pbt=search.scheduler.name == "pbt",
@@ -71,7 +76,7 @@ def run_search(
     else:
         tuner = _tuner(search, cfg, trainable, param_space, concurrent, name, storage, points)
     results = tuner.fit()  # 4. every trial, to its end or its scheduler's stop
-    return write_results(results, search, base, cfg.epochs, experiment)
+    return write_results(results, search, shown, cfg.epochs, experiment)
 
 
 def _check_streamed_trial_fits(search: SearchConfig, splits) -> None:
