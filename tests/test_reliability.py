@@ -152,3 +152,22 @@ def test_sigkill_of_a_worker_mid_epoch_restarts_exactly(write_config, tmp_path):
     a, b = _latest_state(storage, "straight"), _latest_state(storage, "killed")
     assert a["loop"]["global_step"] == b["loop"]["global_step"] == 4 * steps_per_epoch
     assert_states_equal(a["model"], b["model"])
+
+
+def test_two_resumes_started_together_one_trains_the_other_is_one_line(write_config, tmp_path):
+    """Audit 35.6: both trained the run into one folder; the "driver still runs" check read
+    a record written only after preflight. Now the first to claim the run trains it."""
+    config = write_config({"name": "twice", "num_workers": 0, "epochs": 1})
+    code, out = _run(config)
+    assert code == 0, out
+    more = ("--resume", "--set", "epochs=40")
+    first, second = _train(config, *more), _train(config, *more)
+    results = [(p.returncode, o + e) for p in (first, second) for o, e in [p.communicate(300)]]
+    codes = sorted(code for code, _ in results)
+    assert codes == [0, 2], results
+    (refused,) = [out for code, out in results if code == 2]
+    lines = refused.strip().splitlines()
+    assert len(lines) == 1 and "is being trained by another driver (process" in lines[0], lines
+    (run,) = (tmp_path / "runs").iterdir()
+    summary = json.loads((run / "summary.json").read_text())
+    assert [h["epoch"] for h in summary["history"]] == list(range(1, 41))  # trained once

@@ -11,7 +11,7 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import pyarrow.fs
 
@@ -24,6 +24,9 @@ LOCAL_INDEX_FILE = "rayssl_checkpoints.json"
 # rayssl's record of a run's driver: status (running / finished / failed), host, pid, config
 RUN_RECORD = "run.json"
 RUN_SUFFIX = r"-\d{8}-\d{6}(?:-\d+)?"  # what pick_run_name appends: -<date>-<time>[-N]
+
+
+DRIVER_LOCK = ".driver.lock"  # held by the driver that trains the run (Storage.claim)
 
 
 def checkpoint_dir_name() -> str:
@@ -76,6 +79,35 @@ class Storage:
         fs, base = self._fs()
         fs.create_dir(f"{base}/{run}", recursive=True)
         return True
+
+    def claim(self, run: str) -> IO[bytes] | None:
+        """Hold `run` for this driver until the returned file is closed or the process
+        ends: an exclusive `flock` on `run/.driver.lock`, taken before anything reads or
+        writes the run. The kernel drops it when the process dies, so a killed driver
+        leaves no stale claim. Another driver holding it: one ConfigError line. Object
+        stores have no lock: None there (the run record's "running" check remains)."""
+        import fcntl
+
+        if "://" in self.uri and not self.uri.startswith("file://"):
+            return None
+        folder = Path(self.uri.removeprefix("file://")) / run
+        if not folder.is_dir():
+            return None
+        handle = open(folder / DRIVER_LOCK, "a+b")  # noqa: SIM115 - held past this call
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            handle.seek(0)
+            holder = handle.read().decode(errors="replace").strip() or "another process"
+            handle.close()
+            raise ConfigError(
+                f"run '{run}' is being trained by another driver ({holder}); wait for it "
+                "to end or stop it, then resume"
+            ) from None
+        handle.truncate(0)
+        handle.write(f"process {os.getpid()} on {socket.gethostname()}".encode())
+        handle.flush()
+        return handle
 
     def runs(self) -> list[str]:
         fs, base = self._fs()

@@ -57,12 +57,24 @@ def fit(
     RAYSSL_CRASH_AFTER_EPOCH environment variable) is fault injection for tests: the first
     attempt's workers fail after that epoch."""
     entered = time.time()
+    claim: list = []  # the lock on the run's folder, held until this function returns
+    try:
+        return _fit(
+            cfg, resume, train_fn, crash_after_epoch, launched_at or entered, dashboard, claim
+        )
+    finally:
+        for handle in claim:
+            if handle is not None:  # None: an object store, which has no lock
+                handle.close()
+
+
+def _fit(cfg, resume, train_fn, crash_after_epoch, launched_at, dashboard, claim) -> dict:
     import ray
 
     local = cfg.num_workers == 0
     storage = run = saved = initial = ray_logs = None
     if resume:  # the run's own record decides what its config left open
-        storage, run, saved = _saved_run(cfg)
+        storage, run, saved = _saved_run(cfg, claim)
     # a resumed run's backbone weights are in its checkpoint: init_from is not read again
     splits, method_state = preflight(cfg, read_init_from=saved is None)
     if resume:
@@ -75,6 +87,7 @@ def fit(
         ray_logs = init_ray(cfg, dashboard=dashboard, streaming=splits.stream is not None)
     if not resume:  # reserves the run's folder: only once the inputs and the cluster passed
         run = pick_run_name(cfg, storage, resume)
+        claim.append(storage.claim(run))
     if crash_after_epoch is None:
         crash_after_epoch = int(os.environ.get(CRASH_ENV, "0") or 0)
     if resume:
@@ -88,7 +101,7 @@ def fit(
         train_fn=train_fn,
         stream=splits.stream,
         crash_after_epoch=crash_after_epoch,
-        launched_at=launched_at or entered,
+        launched_at=launched_at,
         initial_checkpoint=initial,
         initial_is_resume=initial is not None,
         mlflow=(cfg.tracking.mlflow_uri, mlflow_run.run_id) if mlflow_run else None,
@@ -99,11 +112,13 @@ def fit(
     return _run_and_record(cfg, trainer, storage, run, mlflow_run, local, ray_logs)
 
 
-def _saved_run(cfg: TrainConfig) -> tuple[Storage, str, dict]:
-    """The newest run of this name and its latest state; the state settles what this
-    config leaves open."""
+def _saved_run(cfg: TrainConfig, claim: list) -> tuple[Storage, str, dict]:
+    """The newest run of this name, claimed for this driver before anything else (two
+    resumes started together: one trains, the other is one line), and its latest state;
+    the state settles what this config leaves open."""
     storage = Storage.resolve(cfg.storage_path)
     run = pick_run_name(cfg, storage, True)
+    claim.append(storage.claim(run))
     record = storage.read_json(run, RUN_RECORD)
     if record.get("status") == "running" and driver_alive(record):
         raise ConfigError(
