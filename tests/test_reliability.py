@@ -171,3 +171,46 @@ def test_two_resumes_started_together_one_trains_the_other_is_one_line(write_con
     (run,) = (tmp_path / "runs").iterdir()
     summary = json.loads((run / "summary.json").read_text())
     assert [h["epoch"] for h in summary["history"]] == list(range(1, 41))  # trained once
+
+
+@pytest.mark.parametrize(
+    "damage",
+    [
+        pytest.param(lambda b: b[:100], id="truncated"),
+        pytest.param(lambda b: b"", id="empty"),
+        pytest.param(lambda b: os.urandom(len(b)), id="random-bytes"),
+    ],
+)
+def test_a_damaged_state_is_one_line_and_resume_falls_back(write_config, tmp_path, damage):
+    """Audit 35.7: a truncated, empty or overwritten state.pt gave rayssl eval and --resume
+    a traceback, a bare 'Aborted!' or a garbled line; --resume did not fall back to the
+    older checkpoint the run keeps."""
+    from click.testing import CliRunner
+
+    from rayssl.cli import main
+
+    config = write_config({"name": "damaged", "num_workers": 0, "epochs": 2})
+    runner = CliRunner()
+    assert runner.invoke(main, ["train", str(config)]).exit_code == 0
+    (run,) = (tmp_path / "runs").iterdir()
+    older, newest = sorted(run.glob("checkpoint_*"))
+    state = newest / STATE_FILE
+    state.write_bytes(damage(state.read_bytes()))
+
+    result = runner.invoke(main, ["eval", str(run)])
+    assert result.exit_code == 2, result.output
+    lines = result.output.strip().splitlines()
+    assert len(lines) == 1 and f"'{state}': not a readable rayssl state" in lines[0], lines
+
+    result = runner.invoke(main, ["train", str(config), "--resume", "--set", "epochs=3"])
+    assert result.exit_code == 0, result.output
+    assert f"passed over '{state}'" in result.output and f"from {older.name}" in result.output
+    summary = json.loads((run / "summary.json").read_text())
+    assert [h["epoch"] for h in summary["history"]] == [1, 2, 3]  # epoch 2 trained again
+
+    for folder in run.glob("checkpoint_*"):  # nothing readable left: one line
+        (folder / STATE_FILE).write_bytes(b"")
+    result = runner.invoke(main, ["train", str(config), "--resume", "--set", "epochs=4"])
+    assert result.exit_code == 2, result.output
+    lines = result.output.strip().splitlines()
+    assert len(lines) == 1 and "has no readable checkpoint" in lines[0], lines

@@ -65,12 +65,22 @@ class UnsafeState(ValueError):
     """A state file that needs more than tensors and plain types to load."""
 
 
+class DamagedState(UnsafeState):
+    """A state file that cannot be read at all: truncated, empty, overwritten."""
+
+
+class DamagedCheckpoint(ConfigError):
+    """A checkpoint whose state.pt is damaged (a resume can fall back to an older one)."""
+
+
 def load_state(directory: str | Path, shown_as: str | None = None) -> dict[str, Any]:
     """`directory/state.pt`, loaded as data only (see `load_state_file`); a file that is
     not a rayssl state is one ConfigError line naming it (`shown_as`, e.g. its URI)."""
     path = Path(directory) / STATE_FILE
     try:
         return load_state_file(path)
+    except DamagedState as exc:
+        raise DamagedCheckpoint(f"'{shown_as or path}': {exc}") from None
     except UnsafeState as exc:
         raise ConfigError(f"'{shown_as or path}': {exc}") from None
 
@@ -83,13 +93,27 @@ def load_state_file(source: str | Path | BinaryIO) -> dict[str, Any]:
     Raises `UnsafeState` (one line) for a file that asks for more."""
     try:
         with torch.serialization.safe_globals(_NUMPY_ARRAY_GLOBALS):
-            return torch.load(source, map_location="cpu", weights_only=True)
+            state = torch.load(source, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
         named = re.search(r"GLOBAL ([\w.]+)", str(exc))
-        what = named.group(1) if named else first_line(exc, with_type=False)[:80]
+        if named is None:  # not a refused name: the pickle itself is broken
+            raise DamagedState(_damaged(exc)) from None
         raise UnsafeState(
-            f"it names '{what}', which a rayssl state never holds; refused without loading it"
+            f"it names '{named.group(1)}', which a rayssl state never holds; refused "
+            "without loading it"
         ) from None
+    except FileNotFoundError:
+        raise
+    except Exception as exc:  # torch: RuntimeError, EOFError (an empty file), UnicodeError..
+        raise DamagedState(_damaged(exc)) from None
+    if not isinstance(state, dict):
+        raise DamagedState("not a rayssl state (it holds no mapping)")
+    return state
+
+
+def _damaged(exc: BaseException) -> str:
+    reason = first_line(exc, with_type=False)[:80].rstrip(". ")
+    return f"not a readable rayssl state: truncated or damaged ({reason})"
 
 
 def _numpy_array_globals() -> list[Any]:

@@ -119,9 +119,10 @@ class Storage:
         fs, base = self._fs()
         try:
             with fs.open_input_stream(f"{base}/{run}/{name}") as f:
-                return json.loads(f.read())
+                record = json.loads(f.read())
         except (FileNotFoundError, OSError, ValueError):
             return {}
+        return record if isinstance(record, dict) else {}  # valid JSON, but not a record
 
     def _ray_latest(self, run: str) -> str | None:
         latest = self.read_json(run, SNAPSHOT_FILE).get("latest_checkpoint_result") or {}
@@ -140,6 +141,21 @@ class Storage:
             if n
         ]
         return max(names) if names else None
+
+    def registered_checkpoints(self, run: str) -> list[str]:
+        """Every registered checkpoint of `run` still on disk, newest first: those Ray
+        Train's snapshot keeps and those rayssl's local index keeps (`num_to_keep`)."""
+        snapshot = self.read_json(run, SNAPSHOT_FILE)
+        results = [
+            *snapshot.get("checkpoint_results", []),
+            snapshot.get("latest_checkpoint_result"),
+        ]
+        names = {r.get("checkpoint_dir_name") for r in results if isinstance(r, dict)}
+        names.update(self.read_json(run, LOCAL_INDEX_FILE).get("checkpoints", []))
+        fs, base = self._fs()
+        infos = fs.get_file_info([f"{base}/{run}/{n}/{STATE_FILE}" for n in sorted(names) if n])
+        present = [i.path.rsplit("/", 2)[-2] for i in infos if i.type == pyarrow.fs.FileType.File]
+        return sorted(present, reverse=True)  # checkpoint_<timestamp>: greatest is newest
 
     def newest_run(self, name: str) -> str | None:
         """The run named `name` (or `name-<timestamp>[-N]`, as `pick_run_name` names them)

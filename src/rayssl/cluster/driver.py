@@ -27,6 +27,7 @@ from rayssl.data import Splits, input_normalizer, load_splits
 from rayssl.engine.inputs import Inputs
 from rayssl.errors import first_line
 from rayssl.faults import CRASH_ENV
+from rayssl.state import DamagedCheckpoint
 from rayssl.storage import (
     RUN_RECORD,
     Storage,
@@ -72,13 +73,13 @@ def _fit(cfg, resume, train_fn, crash_after_epoch, launched_at, dashboard, claim
     import ray
 
     local = cfg.num_workers == 0
-    storage = run = saved = initial = ray_logs = None
+    storage = run = saved = initial = ray_logs = chosen = None
     if resume:  # the run's own record decides what its config left open
-        storage, run, saved = _saved_run(cfg, claim)
+        storage, run, saved, chosen = _saved_run(cfg, claim)
     # a resumed run's backbone weights are in its checkpoint: init_from is not read again
     splits, method_state = preflight(cfg, read_init_from=saved is None)
     if resume:
-        initial = _state_ray_never_saw(cfg, storage, run, saved, method_state)
+        initial = _state_ray_never_saw(cfg, storage, run, saved, method_state, chosen)
     else:  # a storage_path that cannot be written fails here, before Ray starts
         storage = Storage.resolve(cfg.storage_path)
     if local:  # local mode needs no Ray cluster at all; rayssl prints its own progress
@@ -104,6 +105,8 @@ def _fit(cfg, resume, train_fn, crash_after_epoch, launched_at, dashboard, claim
         launched_at=launched_at,
         initial_checkpoint=initial,
         initial_is_resume=initial is not None,
+        # Ray Train restores its newest checkpoint; a damaged one is passed over for `initial`
+        skip_checkpoint=storage.latest_checkpoint(run) if resume and initial else None,
         mlflow=(cfg.tracking.mlflow_uri, mlflow_run.run_id) if mlflow_run else None,
         # a checkpoint mid-epoch on a preemption notice (not under Tune: its trials'
         # reports are epochs, and ASHA and PBT act on each)
@@ -112,7 +115,7 @@ def _fit(cfg, resume, train_fn, crash_after_epoch, launched_at, dashboard, claim
     return _run_and_record(cfg, trainer, storage, run, mlflow_run, local, ray_logs)
 
 
-def _saved_run(cfg: TrainConfig, claim: list) -> tuple[Storage, str, dict]:
+def _saved_run(cfg: TrainConfig, claim: list) -> tuple[Storage, str, dict, str]:
     """The newest run of this name, claimed for this driver before anything else (two
     resumes started together: one trains, the other is one line), and its latest state;
     the state settles what this config leaves open."""
@@ -125,23 +128,44 @@ def _saved_run(cfg: TrainConfig, claim: list) -> tuple[Storage, str, dict]:
             f"--resume: run '{run}' is still running (its driver is process {record['pid']} "
             "on this host); wait for it to end or stop it, then resume"
         )
-    saved = storage.read_state(run, storage.latest_checkpoint(run))
+    saved, chosen = _newest_readable_state(storage, run)
     if cfg.data.normalize is None and saved["config"]["data"].get("normalize"):
         cfg.data.normalize = saved["config"]["data"]["normalize"]  # e.g. init_from's
     if "standardize_features" not in saved["config"].get("supervised", {}):
         cfg.supervised.standardize_features = False  # written before the option existed
-    return storage, run, saved
+    return storage, run, saved, chosen
 
 
-def _state_ray_never_saw(cfg: TrainConfig, storage: Storage, run: str, saved, method_state):
-    """Check the resume, then: the latest checkpoint as a state to start from, if Ray Train
-    would not find it itself (local mode wrote it); else None."""
+def _newest_readable_state(storage: Storage, run: str) -> tuple[dict, str]:
+    """The state of `run`'s newest registered checkpoint that reads, and its name: a
+    damaged state.pt (truncated, emptied, overwritten) is passed over for the older
+    checkpoint the run keeps, with one note line; none readable is one line."""
+    damaged = []
+    for name in storage.registered_checkpoints(run):
+        try:
+            state = storage.read_state(run, name)
+        except DamagedCheckpoint as exc:
+            damaged.append(str(exc))
+            continue
+        for reason in damaged:
+            print(f"[rayssl] note: passed over {reason}; resuming from {name}", flush=True)
+        return state, name
+    raise ConfigError(
+        f"--resume: run '{run}' has no readable checkpoint"
+        + (f" ({damaged[0]})" if damaged else "")
+        + "; start the run again without --resume"
+    )
+
+
+def _state_ray_never_saw(cfg, storage: Storage, run: str, saved, method_state, chosen: str):
+    """Check the resume, then: the chosen checkpoint as a state to start from, if Ray Train
+    would not restore it itself (local mode wrote it, or Ray's newest is damaged); else
+    None."""
     from ray.train import Checkpoint
 
     check_resumable(cfg, saved, run, method_state)
-    latest = storage.latest_checkpoint(run)
-    if cfg.num_workers == 0 or not storage.registered_by_ray(run, latest):
-        return Checkpoint(storage.path(run, latest))
+    if cfg.num_workers == 0 or not storage.registered_by_ray(run, chosen):
+        return Checkpoint(storage.path(run, chosen))
     return None
 
 

@@ -33,6 +33,8 @@ def run_worker(config: dict[str, Any]) -> Loop:
     # state to start from that Ray never registered: PBT's donor, or a --resume of a
     # checkpoint that rayssl's local mode wrote
     checkpoint = ray.train.get_checkpoint()
+    if checkpoint is not None and _name(checkpoint.path) == args.skip_checkpoint:
+        checkpoint = None  # damaged: the driver chose an older one (initial_checkpoint)
     restored, donor = None, False
     if checkpoint is not None or args.initial_checkpoint is not None:
         with (checkpoint or args.initial_checkpoint).as_directory() as directory:
@@ -41,6 +43,10 @@ def run_worker(config: dict[str, Any]) -> Loop:
     loop.launched_at = args.launched_at
     loop.fit(restored, adopt=donor, resumed=not donor)
     return loop
+
+
+def _name(path: str) -> str:
+    return path.rstrip("/").rsplit("/", 1)[-1]
 
 
 def build_worker_loop(args: WorkerArgs, sink: RayTrainSink | None = None) -> Loop:
