@@ -214,3 +214,33 @@ def test_a_damaged_state_is_one_line_and_resume_falls_back(write_config, tmp_pat
     assert result.exit_code == 2, result.output
     lines = result.output.strip().splitlines()
     assert len(lines) == 1 and "has no readable checkpoint" in lines[0], lines
+
+
+@pytest.mark.parametrize("schedule", ["onecycle", "warmup_cosine"])
+def test_a_finished_run_extended_with_more_epochs_follows_the_longer_schedule(
+    write_config, tmp_path, schedule
+):
+    """Audit 35.8: extending a finished onecycle run failed ('Tried to step 29 times') and
+    marked the run failed: the old schedule's total steps came back with the checkpoint.
+    The schedule now takes the resumed config's length from where it stood."""
+    from click.testing import CliRunner
+
+    from rayssl.cli import main
+
+    config = write_config(
+        {"name": "longer", "num_workers": 0, "epochs": 2, "lr_scheduler": {"name": schedule}}
+    )
+    runner = CliRunner()
+    assert runner.invoke(main, ["train", str(config)]).exit_code == 0
+    (run,) = (tmp_path / "runs").iterdir()
+    before = json.loads((run / "summary.json").read_text())["history"]
+    result = runner.invoke(main, ["train", str(config), "--resume", "--set", "epochs=4"])
+    assert result.exit_code == 0, result.output
+    history = json.loads((run / "summary.json").read_text())["history"]
+    assert [h["epoch"] for h in history] == [1, 2, 3, 4]
+    assert json.loads((run / "run.json").read_text())["status"] == "finished"
+    assert history[:2] == before  # the epochs already run are the run's own
+    lrs = [h["lr"] for h in history]
+    # both schedules end a 2-epoch run near 0; stretched to 4 epochs, epoch 3 trains at a
+    # real lr again and the schedule still comes down at its new end
+    assert lrs[2] > 5 * lrs[1] and lrs[3] < lrs[2]

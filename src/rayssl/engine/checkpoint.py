@@ -67,6 +67,19 @@ def state_dict(loop: Loop, rng_states: list[dict[str, Any]] | None = None) -> di
     }
 
 
+# What sets a schedule's length, in torch's schedulers' state dicts: OneCycleLR's step
+# count and phase ends, LambdaLR's function (WarmupCosine: its warm-up and total steps).
+SCHEDULE_LENGTH_KEYS = ("total_steps", "_schedule_phases", "lr_lambdas")
+
+
+def schedule_of_this_run(fresh: dict[str, Any], saved: dict[str, Any]) -> dict[str, Any]:
+    """The saved scheduler state (its position, its base lrs, a PBT rescale) with the
+    length of the schedule this config builds (`fresh`). Equal for a resume of the same
+    config; a finished run resumed with more epochs continues its curve stretched over the
+    new total instead of stepping past the old one (OneCycleLR raises there)."""
+    return {**saved, **{k: fresh[k] for k in SCHEDULE_LENGTH_KEYS if k in fresh and k in saved}}
+
+
 def load_state_dict(loop: Loop, state: dict[str, Any]) -> None:
     """Restore what `state_dict` saved; call on every rank before training."""
     # Extra state first: it may re-apply LFR's target selection, which shapes the model.
@@ -74,7 +87,9 @@ def load_state_dict(loop: Loop, state: dict[str, Any]) -> None:
     loop.method.load_state_dict(state["model"])
     loop.step.optimizer.load_state_dict(state["optimizer"])
     if loop.step.lr_scheduler is not None and state["lr_scheduler"] is not None:
-        loop.step.lr_scheduler.load_state_dict(state["lr_scheduler"])
+        loop.step.lr_scheduler.load_state_dict(
+            schedule_of_this_run(loop.step.lr_scheduler.state_dict(), state["lr_scheduler"])
+        )
     loop.state = LoopState(**state["loop"])
     probe = loop.evaluation.online_probe
     if probe is not None and "online_probe" in state:
