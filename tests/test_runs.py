@@ -55,7 +55,7 @@ def test_runs_lists_finished_failed_running_and_interrupted_runs(write_config, t
         )
         assert twice.returncode == 2, twice.stderr[-2000:]
         (line,) = twice.stderr.strip().splitlines()
-        assert f"is still running (its driver is process {process.pid} on this host)" in line
+        assert f"is being trained by another driver (process {process.pid} on " in line
         record = json.loads((long_run / "run.json").read_text())  # not rewritten
         assert (record["status"], record["pid"]) == ("running", process.pid)
     finally:
@@ -169,3 +169,37 @@ def test_a_live_process_that_reuses_a_dead_drivers_pid_is_not_the_driver(tmp_pat
     finally:
         younger.kill()
         younger.wait()
+
+
+def test_a_record_that_is_no_mapping_and_a_folder_under_the_root_are_one_line(
+    write_config, tmp_path
+):
+    """Audit 35.13: one record that was valid JSON but not a mapping crashed `rayssl runs`
+    and `rayssl plot` (no run listed); a run folder directly under '/' given to plot,
+    export or init_from ended in an ArrowInvalid traceback."""
+    runner = CliRunner()
+    for name in ("good", "odd"):
+        assert (
+            runner.invoke(main, ["train", str(write_config({**LOCAL, "name": name}))]).exit_code
+            == 0
+        )
+    odd = next((tmp_path / "runs").glob("odd-*"))
+    (odd / "run.json").write_text("null")
+    (odd / "summary.json").write_text('{"history": 5, "wall_time_s": "long", "config": [1]}')
+    listed = runner.invoke(main, ["runs", str(tmp_path / "runs")])
+    assert listed.exit_code == 0, listed.output
+    assert "good-" in listed.output and "odd-" in listed.output
+    plotted = runner.invoke(main, ["plot", str(odd), "--out", str(tmp_path / "odd.png")])
+    assert plotted.exit_code == 0 and (tmp_path / "odd.png").is_file(), plotted.output
+
+    # '/' is a folder directly under the root that holds no run (no root rights needed)
+    downstream = write_config({**LOCAL, "backbone": {"init_from": "/"}}, name="down")
+    for args, expected in (
+        (["plot", "/"], "'/' has no summary.json nor checkpoint metrics"),
+        (["export", "/", "--out", str(tmp_path / "b.pt")], "path '/' holds neither"),
+        (["train", str(downstream)], "backbone.init_from '/' holds neither"),
+    ):
+        result = runner.invoke(main, args)
+        assert result.exit_code == 2, result.output
+        lines = result.output.strip().splitlines()
+        assert len(lines) == 1 and expected in lines[0], lines

@@ -85,16 +85,16 @@ def history_of(run_dir: str) -> tuple[str, list[dict[str, Any]]]:
     """A run's label and per-epoch history: its summary.json while the run record agrees it
     finished, else (a run still training, failed, or resumed) its newest checkpoint's."""
     from rayssl.config import ConfigError
-    from rayssl.runs import newest_history
-    from rayssl.storage import RUN_RECORD, Storage
+    from rayssl.runs import newest_history, summary_history
+    from rayssl.storage import RUN_RECORD, Storage, split_run_path
 
     where = run_dir.rstrip("/") if "://" in run_dir else str(Path(run_dir).resolve())
-    parent, run = where.rsplit("/", 1)
+    parent, run = split_run_path(where)
     storage = Storage(parent)
     summary = storage.read_json(run, "summary.json")
     record = storage.read_json(run, RUN_RECORD)
     current = record.get("status") in (None, "finished")  # else the summary is older
-    history = summary.get("history") if current else None
+    history = summary_history(summary) if current else None
     if not history:
         history = newest_history(storage, run)
     if not history:

@@ -104,14 +104,14 @@ def _read_state(path: str, field_name: str, state_file: str) -> tuple[dict, dict
     """The training state at `path` (a run or checkpoint directory, local or a URI)."""
     import pyarrow.fs as pafs
 
-    from rayssl.storage import Storage
+    from rayssl.storage import Storage, split_run_path
 
     where = path.rstrip("/") if "://" in path else str(Path(path).expanduser().resolve())
     try:
         fs, base = pafs.FileSystem.from_uri(where)
         if fs.get_file_info(base).type != pafs.FileType.Directory:
             # a run's name without its timestamp: the newest run of that name
-            parent, name = where.rsplit("/", 1)
+            parent, name = split_run_path(where)
             newest = Storage(parent).newest_run(name)
             if newest is None:
                 raise ConfigError(
@@ -123,7 +123,7 @@ def _read_state(path: str, field_name: str, state_file: str) -> tuple[dict, dict
         if fs.get_file_info(f"{base}/{state_file}").type == pafs.FileType.File:
             found, record = f"{base}/{state_file}", {"checkpoint": where}
         else:
-            parent, run = where.rsplit("/", 1)
+            parent, run = split_run_path(where)
             latest = Storage(parent).latest_checkpoint(run)
             if latest is None:
                 raise ConfigError(

@@ -30,6 +30,15 @@ def _best(history: list[dict[str, float]]) -> tuple[str, float] | None:
     return None
 
 
+def summary_history(summary: dict[str, Any]) -> list[dict[str, float]] | None:
+    """The per-epoch history of a summary.json; None if it holds none that reads as one (a
+    hand-edited or foreign file: the table falls back to the checkpoints)."""
+    history = summary.get("history")
+    if isinstance(history, list) and history and all(isinstance(h, dict) for h in history):
+        return history
+    return None
+
+
 def newest_history(storage: Storage, run: str) -> list[dict[str, float]]:
     """Every epoch a run has reported, from its newest checkpoint's state (Ray keeps the
     metrics of only the checkpoints it still holds). A state that cannot be read is one
@@ -64,10 +73,11 @@ def describe(storage: Storage, run: str) -> dict[str, Any] | None:
         summary = {}  # from an earlier attempt: the record is newer
     error = record.get("error")
     try:
-        history = summary.get("history") or newest_history(storage, run)
+        history = summary_history(summary) or newest_history(storage, run)
     except ConfigError as exc:
         history, error = [], str(exc)
     config = summary.get("config") or record.get("config") or {}
+    config = config if isinstance(config, dict) else {}
     if error and not history and record.get("status") != "failed":
         status = "unreadable"
     elif summary:
@@ -80,7 +90,7 @@ def describe(storage: Storage, run: str) -> dict[str, Any] | None:
     else:
         status = "unknown"
     done = summary.get("epochs_run")
-    if done is None:
+    if not isinstance(done, int):
         epochs = [int(m["epoch"]) for m in history if "epoch" in m]
         done = max(epochs) if epochs else 0
     best = _best(history)
@@ -92,10 +102,14 @@ def describe(storage: Storage, run: str) -> dict[str, Any] | None:
         "planned_epochs": config.get("epochs"),
         "best_metric": best[0] if best else None,
         "best_value": best[1] if best else None,
-        "wall_time_s": summary.get("wall_time_s") or record.get("wall_time_s"),
+        "wall_time_s": _number(summary.get("wall_time_s") or record.get("wall_time_s")),
         "checkpoint": storage.latest_checkpoint(run),
         "error": error,
     }
+
+
+def _number(value: Any) -> float | None:
+    return value if isinstance(value, int | float) and not isinstance(value, bool) else None
 
 
 def list_runs(storage_path: str) -> list[dict[str, Any]]:

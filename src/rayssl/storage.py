@@ -258,6 +258,17 @@ class Storage:
         return path
 
 
+def split_run_path(where: str) -> tuple[str, str]:
+    """A run folder's storage and name: '/data/runs/r-1' -> ('/data/runs', 'r-1'); a folder
+    directly under the root, '/r-1' -> ('/', 'r-1'), and '/' itself -> ('/', '') (no run:
+    the callers' own 'not a run' lines)."""
+    where = where.rstrip("/") or "/"
+    parent, _, name = where.rpartition("/")
+    if parent == "file://":  # 'file:///r-1': the root of the local file system
+        parent += "/"
+    return parent or "/", name
+
+
 def driver_alive(record: dict[str, Any]) -> bool | None:
     """Whether the driver that wrote `record` still runs (None: another host, unknown). A
     live process under its pid that started after the run did is another process that
