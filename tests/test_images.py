@@ -72,6 +72,24 @@ def test_image_folder_labels_index_the_sorted_class_folders(digits):
         assert Path(path).parent.name == str(label)
 
 
+def test_a_symlink_loop_and_aliases_list_each_file_once(digits, tmp_path, capsys):
+    """Audit 35.14: a link back up an image folder was followed: 200 images became 24,600,
+    mostly of one class, and the run went on."""
+    root = tmp_path / "looped"
+    shutil.copytree(digits / "train", root)
+    (root / "3" / "again").symlink_to(root, target_is_directory=True)  # a loop
+    (root / "4" / "alias-of-5").symlink_to(root / "5", target_is_directory=True)
+    first = sorted((root / "6").glob("*.png"))[0]
+    (root / "6" / "same.png").symlink_to(first)  # one file reached twice
+    files = list_images(str(root), "path")
+    assert len(files.paths) == 240
+    assert len({Path(p).resolve() for p in files.paths}) == 240
+    assert files.classes == [str(d) for d in range(10)]
+    for path, label in zip(files.paths, files.labels, strict=True):
+        assert Path(path).parent.name == str(label)
+    assert "passed over 2 linked folder(s)" in capsys.readouterr().out
+
+
 def test_in_memory_images_hold_the_decoded_pixels_and_labels(digits):
     cfg = DataConfig(
         name="images",

@@ -131,16 +131,19 @@ def list_images(uri: str, field: str, classes: list[str] | None = None) -> Image
         info = filesystem.get_file_info(root)
         if info.type != pafs.FileType.Directory:
             raise ConfigError(f"data.{field} '{uri}' is not a folder; give a folder of images")
-        entries = filesystem.get_file_info(pafs.FileSelector(root, recursive=True))
+        if isinstance(filesystem, pafs.LocalFileSystem):
+            files = _local_files(root, field)
+        else:  # object stores have no links
+            entries = filesystem.get_file_info(pafs.FileSelector(root, recursive=True))
+            files = [e.path for e in entries if e.type == pafs.FileType.File]
     except (OSError, ValueError) as exc:
         raise ConfigError(f"data.{field} '{uri}' cannot be listed ({exc})") from None
     root = root.rstrip("/")
     paths = sorted(
-        e.path
-        for e in entries
-        if e.type == pafs.FileType.File
-        and e.path.lower().endswith(IMAGE_EXTENSIONS)
-        and not any(p.startswith(".") for p in e.path[len(root) + 1 :].split("/"))
+        path
+        for path in files
+        if path.lower().endswith(IMAGE_EXTENSIONS)
+        and not any(p.startswith(".") for p in path[len(root) + 1 :].split("/"))
     )
     if not paths:
         raise ConfigError(
@@ -173,6 +176,60 @@ def list_images(uri: str, field: str, classes: list[str] | None = None) -> Image
         )
     index = {name: i for i, name in enumerate(classes or found)}
     return ImageFiles(uri, filesystem, root, paths, [index[n] for n in names], classes or found)
+
+
+def _local_files(root: str, field: str) -> list[str]:
+    """Every file under local folder `root`, symbolic links followed, each folder and each
+    file once, reached by its real path where it has one. pyarrow's recursive listing
+    follows a link back up the tree until its depth limit (200 images listed 24,600 times
+    over) and lists a file reached by two links twice; os.walk checks neither, hence this
+    walk keyed by (device, inode): the real tree first, then what only links reach. One
+    note line says what was passed over."""
+    import os
+    from collections import deque
+
+    seen_dirs: set[tuple[int, int]] = set()
+    seen_files: set[tuple[int, int]] = set()
+    files, linked_files, loops, twice = [], [], 0, 0
+    real, linked = deque([root]), deque()
+
+    def key(path: str) -> tuple[int, int]:
+        found = os.stat(path)
+        return found.st_dev, found.st_ino
+
+    while real or linked:
+        folder = real.popleft() if real else linked.popleft()
+        if key(folder) in seen_dirs:
+            loops += 1  # a folder already listed: a loop or an alias; not again
+            continue
+        seen_dirs.add(key(folder))
+        for entry in sorted(os.scandir(folder), key=lambda e: e.name):
+            try:
+                if entry.is_dir():
+                    (linked if entry.is_symlink() else real).append(entry.path)
+                elif entry.is_file():
+                    (linked_files if entry.is_symlink() else files).append(entry.path)
+            except OSError:  # a dangling or unreadable link: nothing to read
+                continue
+    listed = []
+    for path in files + linked_files:
+        try:
+            identity = key(path)
+        except OSError:
+            continue
+        if identity in seen_files:
+            twice += 1
+            continue
+        seen_files.add(identity)
+        listed.append(path)
+    if loops or twice:
+        print(
+            f"[rayssl] note: data.{field}: listed each file once; passed over {loops} "
+            f"linked folder(s) already listed (a loop or an alias) and {twice} file(s) "
+            "reached a second way",
+            flush=True,
+        )
+    return listed
 
 
 def decode_files(files: ImageFiles, fmt: ImageFormat, threads: int = 8) -> np.ndarray:
