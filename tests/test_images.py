@@ -399,6 +399,29 @@ def test_flat_folder_without_labels_skips_probes_with_a_note(digits, tmp_path, w
     assert "knn_acc" not in result.output
 
 
+def test_a_one_class_folder_skips_probes_and_refuses_supervised(digits, tmp_path, write_config):
+    """Audit 35.15: a self-supervised run on a one-class folder trained, then failed at its
+    final probe with no checkpoint kept; a supervised run was refused with a line that
+    blamed the backbone's shape."""
+    one = tmp_path / "one"
+    shutil.copytree(digits / "train" / "3", one / "3")
+    data = {"name": "images", "path": str(one), "val_fraction": 0.25, "batch_size": 8}
+    ssl = write_config({**SSL, "name": "ssl", "num_workers": 0, "data": data}, name="ssl")
+    result = CliRunner().invoke(main, ["train", str(ssl)])
+    assert result.exit_code == 0, result.output
+    assert "note: probes skipped: the data has one class" in result.output
+    (run,) = (tmp_path / "runs").glob("ssl-*")
+    assert list(run.glob("checkpoint_*/state.pt"))
+
+    supervised = write_config(
+        {"num_workers": 0, "epochs": 1, "data": data, "backbone": SSL["backbone"]}
+    )
+    result = CliRunner().invoke(main, ["train", str(supervised)])
+    assert result.exit_code == 2, result.output
+    lines = result.output.strip().splitlines()
+    assert len(lines) == 1 and "has one class; supervised training needs labels of 2" in lines[0]
+
+
 def test_demo_images_command_writes_image_folders(tmp_path):
     out = tmp_path / "demo"
     result = CliRunner().invoke(main, ["demo-images", str(out), "--train", "30", "--test", "10"])

@@ -272,6 +272,12 @@ def _check_data_fits_run(cfg: TrainConfig, splits: Splits) -> None:
             "Ray Data, which local mode (num_workers 0) cannot: set num_workers >= 1, or "
             "data.in_memory: true"
         )
+    if cfg.method == "supervised" and splits.labeled and splits.num_classes < 2:
+        raise ConfigError(
+            f"data '{cfg.data.name}'{f' ({cfg.data.path})' if cfg.data.path else ''} has one "
+            "class; supervised training needs labels of 2 or more classes (an image folder: "
+            "one subfolder per class)"
+        )
     if cfg.method != "supervised" and splits.probe_sets(cfg.seed) is None:
         from rayssl.engine.probes import no_probe_reason
 

@@ -115,7 +115,10 @@ class Splits:
     def probe_sets(self, seed: int = 0) -> tuple[Pair, Pair] | None:
         """(fit, score) splits of the kNN / linear probes, or None when no labels allow them:
         labeled train data fits and test (else val) scores; unlabeled train data leaves the
-        labeled val and test splits (or halves of the only one)."""
+        labeled val and test splits (or halves of the only one). One class: nothing to
+        tell apart, no probes."""
+        if self.num_classes < 2:
+            return None
         if self.labeled:
             scored = self.test or self.val
             return (self.train, scored) if scored is not None else None

@@ -80,8 +80,16 @@ NO_PROBE_SCORE_SPLIT = (
 )
 
 
+NO_PROBE_ONE_CLASS = (
+    "the data has one class, and a probe needs at least 2 to tell apart; give labeled "
+    "data of 2 or more classes (an image folder: one subfolder per class)"
+)
+
+
 def no_probe_reason(splits) -> str:
-    """Why `splits.probe_sets()` is None: no labels at all, or nothing to score on."""
+    """Why `splits.probe_sets()` is None: one class, no labels, or nothing to score on."""
+    if splits.num_classes < 2 and splits.labeled:
+        return NO_PROBE_ONE_CLASS
     return NO_PROBE_SCORE_SPLIT if splits.labeled else NO_PROBE_LABELS
 
 
