@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import hashlib
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -420,6 +422,38 @@ def test_a_one_class_folder_skips_probes_and_refuses_supervised(digits, tmp_path
     assert result.exit_code == 2, result.output
     lines = result.output.strip().splitlines()
     assert len(lines) == 1 and "has one class; supervised training needs labels of 2" in lines[0]
+
+
+def test_in_memory_beyond_the_machine_is_one_line_not_a_memory_error(digits, write_config):
+    """Audit 35.16: `in_memory: true` decoded without a size check: a MemoryError was
+    reported as a corrupt (intact) image, or ended in a numpy traceback."""
+    data = {
+        "name": "images",
+        "path": str(digits / "train"),
+        "in_memory": True,
+        "val_fraction": 0,
+        "batch_size": 8,
+    }
+    huge = write_config({**SSL, "num_workers": 0, "data": {**data, "image_size": 8192}})
+    result = CliRunner().invoke(main, ["train", str(huge)])  # 270 GiB: refused before decoding
+    assert result.exit_code == 2, result.output
+    lines = result.output.strip().splitlines()
+    assert len(lines) == 1 and "this machine has available; set data.in_memory: false" in lines[0]
+
+    # 9 GiB passes that check here; an 8 GiB address-space limit makes the decode itself fail
+    big = write_config({**SSL, "num_workers": 0, "data": {**data, "image_size": 1500}}, name="big")
+    script = (
+        "import resource, sys\n"
+        "resource.setrlimit(resource.RLIMIT_AS, (8 << 30, 8 << 30))\n"
+        "from rayssl.cli import main\n"
+        f"sys.argv = ['rayssl', 'train', {str(big)!r}]\n"
+        "main()\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
+    assert done.returncode == 2, done.stderr[-3000:]
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and "need 9.1 GiB while decoding in memory" in lines[0], lines
+    assert "cannot be decoded" not in done.stderr
 
 
 def test_demo_images_command_writes_image_folders(tmp_path):

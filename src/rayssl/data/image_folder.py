@@ -38,6 +38,8 @@ def load_image_folder(cfg: DataConfig, seed: int) -> Splits:
             images.decoded_bytes(len(train.paths), first.shape) <= images.IN_MEMORY_LIMIT_BYTES
         )
     _refuse_large_eval_splits(cfg, splits, first.shape)  # before decoding: the driver stays flat
+    if in_memory:
+        _refuse_what_memory_cannot_hold(cfg, len(train.paths), first.shape)
     val, test = (
         _decode(splits[f], f, fmt, first.shape) if f in splits else None
         for f in ("val_path", "test_path")
@@ -100,7 +102,39 @@ def _refuse_large_eval_splits(cfg: DataConfig, splits: dict, shape: tuple[int, .
             )
 
 
+def _refuse_what_memory_cannot_hold(cfg: DataConfig, count: int, shape: tuple[int, ...]):
+    """`in_memory: true` decodes the whole training set on the driver: more than this
+    machine has available is one line before anything is decoded, not a MemoryError."""
+    need, have = images.decoding_peak_bytes(count, shape), images.available_memory_bytes()
+    if have is not None and need > have:
+        raise ConfigError(_memory_line(cfg, count, shape, need, have))
+
+
+def _memory_line(cfg: DataConfig, count: int, shape, need: int, have: int | None) -> str:
+    free = f", more than the {have / 2**30:.1f} GiB this machine has available" if have else ""
+    return (
+        f"data.in_memory: data.path '{cfg.path}' is {count} images of {list(shape)}, "
+        f"{need / 2**30:.1f} GiB while decoding in memory{free}; set data.in_memory: false "
+        "(or auto) to stream them through Ray Data, or data.image_size smaller"
+    )
+
+
 def _decode(files: images.ImageFiles, field: str, fmt, shape: tuple[int, ...]) -> Pair:
+    try:
+        return _decode_split(files, field, fmt, shape)
+    except (MemoryError, RuntimeError) as exc:  # torch's allocator raises a RuntimeError
+        if isinstance(exc, RuntimeError) and "allocate" not in str(exc):
+            raise
+        need = images.decoding_peak_bytes(len(files.paths), shape)
+        raise ConfigError(
+            f"data.{field}: {len(files.paths)} images of {list(shape)} need "
+            f"{need / 2**30:.1f} GiB while decoding in memory, more than this machine could "
+            "give; set data.in_memory: false to stream the training set, or give smaller "
+            "val / test splits"
+        ) from None
+
+
+def _decode_split(files: images.ImageFiles, field: str, fmt, shape: tuple[int, ...]) -> Pair:
     x = images.decode_files(files, fmt)
     if x.shape[1:] != shape:
         raise ConfigError(

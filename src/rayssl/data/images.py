@@ -63,6 +63,8 @@ def decode(data: bytes, name: str, fmt: ImageFormat) -> np.ndarray:
             if fmt.size is not None and image.size != (fmt.size[1], fmt.size[0]):
                 image = image.resize((fmt.size[1], fmt.size[0]), Image.Resampling.BILINEAR)
             array = np.asarray(image, dtype=np.uint8)
+    except MemoryError:
+        raise  # not the file's fault: the caller says how much memory the split needs
     except Image.UnidentifiedImageError:
         raise ImageDecodeError(
             f"image '{name}' cannot be decoded (not an image format PIL reads); "
@@ -246,6 +248,24 @@ def decode_files(files: ImageFiles, fmt: ImageFormat, threads: int = 8) -> np.nd
 
 def decoded_bytes(num_images: int, shape: tuple[int, ...]) -> int:
     return num_images * math.prod(shape) * 4  # float32
+
+
+def decoding_peak_bytes(num_images: int, shape: tuple[int, ...]) -> int:
+    """What decoding a split in memory holds at its peak: the uint8 images, their stacked
+    copy and the float32 tensor made from it (`image_folder._decode`)."""
+    return num_images * math.prod(shape) * (1 + 1 + 4)
+
+
+def available_memory_bytes() -> int | None:
+    """This machine's available memory (Linux's MemAvailable); None where unknown.
+    Hand-written: psutil would say it but is not among the installed packages."""
+    try:
+        for line in open("/proc/meminfo").read().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
 
 
 # ============================================================================ streaming
