@@ -782,3 +782,58 @@ def test_weight_decay_schedule_through_the_loop_resumes_exactly(tmp_path):
     list(second.epochs())
     assert_states_equal(straight.method.state_dict(), second.method.state_dict())
     assert_states_equal(straight.step.optimizer.state_dict(), second.step.optimizer.state_dict())
+
+
+DINO_SMALL = {
+    "method": "dino",
+    "epochs": 2,
+    "backbone": {"name": "cnn2d", "width": 4, "depth": 2},
+    "data": {
+        "shape": [3, 16, 16],
+        "num_samples": 64,
+        "augment": {"preset": "byol", "image": {"local_crops": {"number": 2, "size": 8}}},
+    },
+    "optimizer": {"weight_decay": 0.04, "weight_decay_end": 0.4},
+    "dino": {"out_dim": 16, "hidden_dim": 8, "bottleneck_dim": 8},
+}
+
+
+def test_dino_decays_weights_only_as_its_code_does():
+    """Audit 35.19: DINO had one param group, so the 0.04 -> 0.4 weight-decay schedule
+    reached biases and norm parameters; DINO's code keeps them at 0."""
+    loop = _loop(DINO_SMALL)
+    list(loop.epochs())
+    names = {id(p): n for n, p in loop.method.named_parameters()}
+    decayed, exempt = loop.step.optimizer.param_groups
+    assert decayed["weight_decay"] == pytest.approx(0.4)  # the schedule's end
+    assert exempt["weight_decay"] == 0.0
+    assert all(p.ndim > 1 and not names[id(p)].endswith(".bias") for p in decayed["params"])
+    assert exempt["params"] and all(
+        p.ndim == 1 or names[id(p)].endswith(".bias") for p in exempt["params"]
+    )
+    trainable = [p for p in loop.method.parameters() if p.requires_grad]
+    backbone_and_head = {
+        id(p) for m in (loop.method.backbone, loop.method.head) for p in m.parameters()
+    }
+    assert {id(p) for p in decayed["params"] + exempt["params"]} == {
+        id(p) for p in trainable if id(p) in backbone_and_head
+    }
+
+
+def test_a_dino_optimizer_state_of_one_group_resumes_in_two():
+    """A checkpoint written when DINO had one param group: each parameter's AdamW moments
+    go back to that parameter, and the norm parameters stop decaying."""
+    loop = _loop(DINO_SMALL)
+    method = loop.method
+    flat = [p for m in (method.backbone, method.head) for p in m.parameters() if p.requires_grad]
+    old = torch.optim.AdamW(flat, lr=1e-3, weight_decay=0.04)
+    for p in flat:
+        p.grad = torch.randn_like(p)
+    old.step()
+    old_state = old.state_dict()
+    loop.step.optimizer.load_state_dict(method.upgrade_optimizer_state(old_state))
+    moments = {id(p): old.state[p]["exp_avg"] for p in flat}
+    for group in loop.step.optimizer.param_groups:
+        for p in group["params"]:
+            assert torch.equal(loop.step.optimizer.state[p]["exp_avg"], moments[id(p)])
+    assert [g["weight_decay"] for g in loop.step.optimizer.param_groups] == [0.04, 0.0]

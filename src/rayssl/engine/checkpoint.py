@@ -85,7 +85,7 @@ def load_state_dict(loop: Loop, state: dict[str, Any]) -> None:
     # Extra state first: it may re-apply LFR's target selection, which shapes the model.
     loop.method.load_extra_state(state["method_extra"])
     loop.method.load_state_dict(state["model"])
-    loop.step.optimizer.load_state_dict(state["optimizer"])
+    loop.step.optimizer.load_state_dict(loop.method.upgrade_optimizer_state(state["optimizer"]))
     if loop.step.lr_scheduler is not None and state["lr_scheduler"] is not None:
         loop.step.lr_scheduler.load_state_dict(
             schedule_of_this_run(loop.step.lr_scheduler.state_dict(), state["lr_scheduler"])

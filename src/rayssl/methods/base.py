@@ -42,6 +42,11 @@ class Method(nn.Module):
         with `"lr_schedule": False` trains at its lr throughout, outside the schedule."""
         return [{"params": [p for p in self.parameters() if p.requires_grad]}]
 
+    def upgrade_optimizer_state(self, state: dict[str, Any]) -> dict[str, Any]:
+        """An optimizer state saved by an older rayssl, laid out as `param_groups()` lays
+        the parameters out now (a method that split its groups since); unchanged here."""
+        return state
+
     def configure_optimizers(
         self, total_steps: int, steps_per_epoch: int
     ) -> tuple[torch.optim.Optimizer, Any | None]:

@@ -163,9 +163,45 @@ class DINO(Method):
     def validation_step(self, batch):
         return {"loss": self._loss(batch[0], update_center=False)}
 
+    def _trainable(self) -> list[tuple[str, nn.Parameter]]:
+        named = [*self.backbone.named_parameters(), *self.head.named_parameters()]
+        return [(name, p) for name, p in named if p.requires_grad]
+
+    @staticmethod
+    def _decays(name: str, p: nn.Parameter) -> bool:
+        return not name.endswith(".bias") and p.ndim > 1
+
     def param_groups(self):
-        trainable = [p for m in (self.backbone, self.head) for p in m.parameters()]
-        return [{"params": [p for p in trainable if p.requires_grad]}]
+        """As DINO's code (`get_params_groups`): weights decay (and follow the weight-decay
+        schedule, 0.04 -> 0.4), biases and norm parameters never do."""
+        trainable = self._trainable()
+        return [
+            {"params": [p for name, p in trainable if self._decays(name, p)]},
+            {
+                "params": [p for name, p in trainable if not self._decays(name, p)],
+                "weight_decay": 0.0,
+            },
+        ]
+
+    def upgrade_optimizer_state(self, state: dict[str, Any]) -> dict[str, Any]:
+        """A state saved when DINO had one param group (every parameter decayed): its
+        per-parameter state goes to the same parameters, now split in two groups."""
+        if len(state["param_groups"]) != 1:
+            return state
+        (old,) = state["param_groups"]
+        trainable = self._trainable()
+        if len(old["params"]) != len(trainable):
+            return state  # not that layout: the optimizer's own check speaks
+        ids = dict(zip([id(p) for _, p in trainable], old["params"], strict=True))
+        groups = []
+        for group in self.param_groups():
+            saved = {**old, "params": [ids[id(p)] for p in group["params"]]}
+            if group.get("weight_decay") == 0.0:
+                saved["weight_decay"] = 0.0
+                if "initial_weight_decay" in saved:  # the weight-decay schedule's base
+                    saved["initial_weight_decay"] = 0.0
+            groups.append(saved)
+        return {**state, "param_groups": groups}
 
     def on_training_epoch_start(self, epoch: int) -> None:
         self.epoch = epoch
