@@ -71,3 +71,41 @@ def test_queue_holds_exactly_the_latest_rows_across_wraps_and_long_pushes():
     assert held(queue) == held(copy) == [4.0, 5.0, 6.0, 7.0, 8.0]
     queue.push(pushed[7:14].unsqueeze(0))
     assert held(queue) == [9.0, 10.0, 11.0, 12.0, 13.0]
+
+
+def test_the_predictor_ends_in_a_plain_linear_layer_as_the_paper(write_config, tmp_path):
+    """Audit 35.20: the predictor ended in BatchNorm; the paper's last layer has neither
+    BatchNorm nor an activation. A run written with the old predictor still resumes."""
+    from click.testing import CliRunner
+
+    from rayssl.cli import main
+    from rayssl.methods.nnclr import NNCLR as NNCLRMethod
+    from rayssl.state import STATE_FILE
+
+    for predictor in (
+        make_loop(NNCLR).method.prediction_head,
+        NNCLRMethod(torch.nn.Linear(4, 4)).prediction_head,
+    ):
+        assert isinstance(predictor[-1], torch.nn.Linear) and predictor[-1].bias is not None
+        assert not any(isinstance(m, torch.nn.BatchNorm1d) for m in list(predictor)[-2:])
+    projector = make_loop(NNCLR).method.projection_head
+    assert isinstance(projector[-1], torch.nn.BatchNorm1d)  # the projector keeps it
+
+    old = write_config(
+        {
+            **NNCLR,
+            "num_workers": 0,
+            "epochs": 1,
+            "name": "old",
+            "nnclr": {**NNCLR["nnclr"], "predictor_output_batch_norm": True},
+        }
+    )
+    runner = CliRunner()
+    assert runner.invoke(main, ["train", str(old)]).exit_code == 0
+    (state_file,) = (tmp_path / "runs").glob(f"old-*/checkpoint_*/{STATE_FILE}")
+    state = load_state(state_file.parent)
+    del state["config"]["nnclr"]["predictor_output_batch_norm"]  # as rayssl wrote it before
+    save_state(state, state_file.parent)
+    same = write_config({**NNCLR, "num_workers": 0, "epochs": 2, "name": "old"})
+    result = runner.invoke(main, ["train", str(same), "--resume"])
+    assert result.exit_code == 0, result.output

@@ -223,7 +223,10 @@ def _nnclr(cfg: TrainConfig, backbone: nn.Module, features: int, setup: dict) ->
         projection_head=MLPHead(
             [features, c.proj_hidden, c.proj_hidden, c.proj_dim], output_batch_norm=True
         ),
-        prediction_head=MLPHead([c.proj_dim, c.pred_hidden, c.proj_dim], output_batch_norm=True),
+        prediction_head=MLPHead(
+            [c.proj_dim, c.pred_hidden, c.proj_dim],
+            output_batch_norm=c.predictor_output_batch_norm,
+        ),
         temperature=c.temperature,
         queue_length=c.queue_length,
         **setup,

@@ -131,8 +131,7 @@ def _saved_run(cfg: TrainConfig, claim: list) -> tuple[Storage, str, dict, str]:
     saved, chosen = _newest_readable_state(storage, run)
     if cfg.data.normalize is None and saved["config"]["data"].get("normalize"):
         cfg.data.normalize = saved["config"]["data"]["normalize"]  # e.g. init_from's
-    if "standardize_features" not in saved["config"].get("supervised", {}):
-        cfg.supervised.standardize_features = False  # written before the option existed
+    cfg.settle_older_checkpoint(saved["config"])  # options added since it was written
     return storage, run, saved, chosen
 
 

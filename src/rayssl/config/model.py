@@ -125,12 +125,18 @@ class SimSiamConfig(Strict):
 
 
 class NNCLRConfig(Strict):
-    """The paper's defaults: a 3-layer 2048-wide projector to 256 and a 4096-wide predictor,
-    both ending in BatchNorm; temperature 0.1; a support set of 98,304 projections."""
+    """The paper's defaults: a 3-layer 2048-wide projector to 256 ending in BatchNorm, a
+    2-layer 4096-wide predictor whose last layer has no BatchNorm or activation;
+    temperature 0.1; a support set of 98,304 projections."""
 
     proj_hidden: int = Field(2048, ge=1, description="projector hidden width (two layers)")
     proj_dim: int = Field(256, ge=2, description="projector and predictor output width")
     pred_hidden: int = Field(4096, ge=1, description="predictor hidden width")
+    predictor_output_batch_norm: bool = Field(
+        False,
+        description="a BatchNorm after the predictor's last layer (not the paper's; rayssl "
+        "before 2026-12-06, kept so those runs resume)",
+    )
     temperature: float = Field(0.1, gt=0.0)
     queue_length: int = Field(
         98304,

@@ -72,6 +72,13 @@ METHOD_INFERRED = (
 )
 
 
+# options a checkpoint's config may lack, with the behaviour of the rayssl that wrote it
+OPTIONS_OLDER_RUNS_LACK: dict[tuple[str, str], Any] = {
+    ("supervised", "standardize_features"): False,
+    ("nnclr", "predictor_output_batch_norm"): True,
+}
+
+
 class TrainConfig(Strict):
     """One training run. Every field has a default, so `{}` is a valid (supervised MNIST-1D) run."""
 
@@ -294,6 +301,13 @@ class TrainConfig(Strict):
             "local crops (dino and swav do, and an import-path Method with multi_crop = True): "
             "remove local_crops or set its number to 0"
         )
+
+    def settle_older_checkpoint(self, saved: dict[str, Any]) -> None:
+        """Options added since `saved` (a checkpoint's config) was written take the value
+        that run trained with, so it resumes and evaluates as it was."""
+        for (section, key), value in OPTIONS_OLDER_RUNS_LACK.items():
+            if key not in saved.get(section, {}):
+                setattr(getattr(self, section), key, value)
 
     def record(self) -> dict[str, Any]:
         """This config as JSON-able data to store or show (run.json, summary.json, state.pt,

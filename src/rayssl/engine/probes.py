@@ -121,9 +121,8 @@ def evaluate_checkpoint(
     saved = state["config"]
     names = [saved.get("method"), *(saved.get(k, {}).get("name") for k in ("backbone", "head"))]
     refuse_import_paths(names, str(directory), trust_import_paths)
-    if "standardize_features" not in saved.get("supervised", {}):  # older checkpoints
-        saved.setdefault("supervised", {})["standardize_features"] = False
     cfg = validate_train_config(saved)
+    cfg.settle_older_checkpoint(saved)  # options added since it was written
     splits = load_splits(cfg.data, cfg.seed)
     method = build_method(cfg, splits.sample_shape, splits.num_classes)
     method.load_extra_state(state["method_extra"])  # LFR: its saved target selection

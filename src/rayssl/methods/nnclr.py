@@ -16,8 +16,8 @@ from rayssl.methods.queue import EmbeddingQueue
 
 
 class NNCLR(Method):
-    """backbone -> projector (z) -> predictor (p), both ending in BatchNorm (the paper's
-    heads). Each view's projection is replaced by its nearest neighbour in the support set
+    """backbone -> projector (z, ending in BatchNorm) -> predictor (p, a plain Linear
+    last: the paper's heads). Each view's projection is replaced by its nearest neighbour in the support set
     (cosine similarity, no gradient), which must pick out the other view's prediction among
     the global batch's: loss = (L(NN(z0), p1) + L(NN(z1), p0)) / 2 (`NNCLRLoss`). The
     support set is a queue of the first view's projections of the last `queue_length`
@@ -44,7 +44,7 @@ class NNCLR(Method):
         self.projection_head = projection_head or MLPHead(
             [features, 2048, 2048, 256], output_batch_norm=True
         )
-        self.prediction_head = prediction_head or MLPHead([256, 4096, 256], output_batch_norm=True)
+        self.prediction_head = prediction_head or MLPHead([256, 4096, 256])
         self.criterion = NNCLRLoss(temperature)
         self.support = EmbeddingQueue(queue_length)
         self.take_setup(setup)
