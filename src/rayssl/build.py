@@ -157,7 +157,11 @@ def _moco(cfg: TrainConfig, backbone: nn.Module, features: int, setup: dict) -> 
     c = cfg.moco
     return MoCo(
         backbone,
-        projection_head=MLPHead([features, c.proj_hidden, c.proj_hidden, c.proj_dim]),
+        projection_head=MLPHead(
+            [features, *[c.proj_hidden] * (c.proj_layers - 1), c.proj_dim],
+            output_batch_norm=c.proj_output_batch_norm,
+            output_affine=False,
+        ),
         prediction_head=MLPHead([c.proj_dim, c.pred_hidden, c.proj_dim]),
         temperature=c.temperature,
         base_momentum=c.base_momentum,

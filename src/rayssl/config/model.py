@@ -165,9 +165,22 @@ class VICRegConfig(Strict):
 
 
 class MoCoConfig(Strict):
-    """MoCo v3's defaults (ResNet heads): projector 4096-4096-256, predictor 4096-256."""
+    """MoCo v3's defaults (its ResNet heads): a 2-layer projector 4096-256 ending in
+    BatchNorm without scale and shift, a 2-layer predictor 4096-256 ending in a Linear."""
 
-    proj_hidden: int = Field(4096, ge=1, description="projector hidden width (two layers)")
+    proj_layers: int = Field(
+        2,
+        ge=2,
+        le=3,
+        description="projector Linear layers: 2, the reference's ResNet projector; 3, its "
+        "ViT projector (rayssl before 2026-12-06, kept so those runs resume)",
+    )
+    proj_output_batch_norm: bool = Field(
+        True,
+        description="BatchNorm1d(affine=False) after the projector's last layer, as the "
+        "reference (false: rayssl before 2026-12-06)",
+    )
+    proj_hidden: int = Field(4096, ge=1, description="projector hidden width")
     proj_dim: int = Field(256, ge=1, description="projector and predictor output width")
     pred_hidden: int = Field(4096, ge=1, description="predictor hidden width")
     temperature: float = Field(0.2, gt=0.0, description="InfoNCE temperature")

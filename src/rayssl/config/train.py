@@ -76,6 +76,8 @@ METHOD_INFERRED = (
 OPTIONS_OLDER_RUNS_LACK: dict[tuple[str, str], Any] = {
     ("supervised", "standardize_features"): False,
     ("nnclr", "predictor_output_batch_norm"): True,
+    ("moco", "proj_layers"): 3,
+    ("moco", "proj_output_batch_norm"): False,
 }
 
 

@@ -11,10 +11,15 @@ from torch import nn
 
 class MLPHead(nn.Sequential):
     """Linear layers through `dims`, with BatchNorm + ReLU between them (not after the last);
-    `output_batch_norm`: a BatchNorm (no ReLU) after the last too, as SimCLR's code."""
+    `output_batch_norm`: a BatchNorm (no ReLU) after the last too, as SimCLR's code;
+    `output_affine=False` drops that BatchNorm's scale and shift (MoCo v3's projector)."""
 
     def __init__(
-        self, dims: Sequence[int], batch_norm: bool = True, output_batch_norm: bool = False
+        self,
+        dims: Sequence[int],
+        batch_norm: bool = True,
+        output_batch_norm: bool = False,
+        output_affine: bool = True,
     ):
         layers: list[nn.Module] = []
         for i, (din, dout) in enumerate(zip(dims[:-1], dims[1:], strict=True)):
@@ -22,7 +27,7 @@ class MLPHead(nn.Sequential):
             norm = batch_norm and (not last or output_batch_norm)
             layers.append(nn.Linear(din, dout, bias=not norm))
             if norm:
-                layers.append(nn.BatchNorm1d(dout))
+                layers.append(nn.BatchNorm1d(dout, affine=output_affine or not last))
             if not last:
                 layers.append(nn.ReLU())
         super().__init__(*layers)

@@ -18,8 +18,9 @@ class MoCo(BYOL):
     backbone and projector, the fused EMA after every optimizer step with the momentum on a
     cosine from `base_momentum` to 1 over global steps), with MoCo v3's symmetric InfoNCE
     in place of BYOL's regression: loss = ctr(q0, k1) + ctr(q1, k0), keys gathered from every
-    rank. The paper's heads (ResNet): projector 4096-4096-256, predictor 4096-256; momentum
-    0.99; temperature 0.2 (ViT) to 1.0 (ResNet-50). Batches are `((view0, view1), y)`."""
+    rank. The reference's heads (ResNet): projector 4096-256 ending in BatchNorm without
+    scale and shift, predictor 4096-256 ending in a Linear; momentum 0.99; temperature 0.2
+    (ViT) to 1.0 (ResNet-50). Batches are `((view0, view1), y)`."""
 
     def __init__(
         self,
@@ -33,8 +34,10 @@ class MoCo(BYOL):
     ):
         """`setup`: `learning_rate`, `optimizer`, `optimizer_kwargs`, `lr_scheduler`,
         `lr_scheduler_kwargs` (see BYOL)."""
-        if projection_head is None:
-            projection_head = MLPHead([infer_features(backbone), 4096, 4096, 256])
+        if projection_head is None:  # the reference's ResNet projector
+            projection_head = MLPHead(
+                [infer_features(backbone), 4096, 256], output_batch_norm=True, output_affine=False
+            )
         if prediction_head is None:
             prediction_head = MLPHead([256, 4096, 256])
         setup.setdefault("optimizer_kwargs", {})
