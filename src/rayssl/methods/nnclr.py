@@ -17,13 +17,13 @@ from rayssl.methods.queue import EmbeddingQueue
 
 class NNCLR(Method):
     """backbone -> projector (z, ending in BatchNorm) -> predictor (p, a plain Linear
-    last: the paper's heads). Each view's projection is replaced by its nearest neighbour in the support set
-    (cosine similarity, no gradient), which must pick out the other view's prediction among
-    the global batch's: loss = (L(NN(z0), p1) + L(NN(z1), p0)) / 2 (`NNCLRLoss`). The
-    support set is a queue of the first view's projections of the last `queue_length`
-    samples of every rank (`EmbeddingQueue`: the same on every rank, checkpointed); while it
-    is empty a projection is its own anchor. Batches are `((view0, view1), y)`; y is
-    ignored."""
+    last: the paper's heads). Each view's projection is replaced by its nearest neighbour in
+    the support set (cosine similarity, no gradient), which must pick out the other view's
+    prediction among the global batch's: loss = (L(NN(z0), p1) + L(NN(z1), p0)) / 2
+    (`NNCLRLoss`). The support set is a queue of the first view's projections of the last
+    `queue_length` samples of every rank (`EmbeddingQueue`: the same on every rank,
+    checkpointed); while it is empty a projection is its own anchor. Batches are
+    `((view0, view1), y)`; y is ignored."""
 
     num_views = 2
 
