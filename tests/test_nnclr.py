@@ -73,6 +73,37 @@ def test_queue_holds_exactly_the_latest_rows_across_wraps_and_long_pushes():
     assert held(queue) == [9.0, 10.0, 11.0, 12.0, 13.0]
 
 
+def test_a_queue_saved_before_the_ring_buffer_keeps_its_rows_and_evicts_the_oldest():
+    """Audit 35.21: a queue saved newest first (each push went in front, no `head`) loaded
+    with head 0: a partly filled queue lost its newest rows to the next push and counted
+    zero rows as embeddings until it wrapped."""
+
+    def held(q):
+        return sorted(q.rows()[0, :, 0].tolist())
+
+    def old_layout(pushes: list[list[float]], length: int) -> dict:
+        # the pre-ring-buffer push, written out: queue = cat([batch, queue])[:length]
+        queue = torch.zeros(1, length, 1)
+        for batch in pushes:
+            queue = torch.cat([torch.tensor(batch).view(1, -1, 1), queue], dim=1)[:, :length]
+        filled = min(length, sum(len(b) for b in pushes))
+        return {"queue": queue, "filled": filled}  # no "head"
+
+    partly = EmbeddingQueue(8)
+    partly.load_state_dict(old_layout([[1, 2], [3, 4], [5, 6]], 8), torch.device("cpu"))
+    assert held(partly) == [1, 2, 3, 4, 5, 6]
+    partly.push(torch.tensor([[7.0], [8.0]]).unsqueeze(0))
+    assert held(partly) == [1, 2, 3, 4, 5, 6, 7, 8] and partly.full
+    partly.push(torch.tensor([[9.0], [10.0]]).unsqueeze(0))
+    assert held(partly) == [3, 4, 5, 6, 7, 8, 9, 10]  # the oldest batch went
+
+    full = EmbeddingQueue(4)
+    full.load_state_dict(old_layout([[1, 2], [3, 4], [5, 6]], 4), torch.device("cpu"))
+    assert held(full) == [3, 4, 5, 6]
+    full.push(torch.tensor([[7.0], [8.0]]).unsqueeze(0))
+    assert held(full) == [5, 6, 7, 8]
+
+
 def test_the_predictor_ends_in_a_plain_linear_layer_as_the_paper(write_config, tmp_path):
     """Audit 35.20: the predictor ended in BatchNorm; the paper's last layer has neither
     BatchNorm nor an activation. A run written with the old predictor still resumes."""

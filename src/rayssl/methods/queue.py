@@ -64,6 +64,16 @@ class EmbeddingQueue:
         queue = state.get("queue")
         self.queue = None if queue is None else queue.to(device)
         self.filled, self.head = state.get("filled", 0), state.get("head", 0)
+        if "head" not in state and self.queue is not None:
+            self._from_newest_first()
+
+    def _from_newest_first(self) -> None:
+        """A queue saved before the ring buffer held its rows newest first (each push went
+        in front): reversed, they are oldest first, so the next pushes overwrite the
+        oldest rows and a partly filled queue keeps its rows and fills on after them."""
+        assert self.queue is not None
+        self.queue[:, : self.filled] = self.queue[:, : self.filled].flip(1)
+        self.head = self.filled % self.length
 
 
 def _distributed() -> bool:
