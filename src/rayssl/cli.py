@@ -16,6 +16,23 @@ import time
 
 LAUNCHED_AT = time.time()  # before the heavy imports: start-up time is measured from here
 
+
+def _keep_embedded_ray_on_this_host() -> None:
+    """A command that starts its own Ray (no RAY_ADDRESS) runs it on loopback only. Ray
+    2.60 turns a loopback node address given to ray.init into the host's external one, and
+    then binds its gRPC servers and its dashboard's and autoscaler's Prometheus endpoints
+    (GET /metrics, no authentication) on every interface. Its single-machine mode, the
+    default on Windows and macOS, binds every process to 127.0.0.1; this switch (read when
+    Ray is imported, so before any import of it) turns that mode on here. A command that
+    joins a cluster (RAY_ADDRESS, as under `ray job submit`) is left as it is."""
+    import os
+
+    if not os.environ.get("RAY_ADDRESS"):
+        os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+
+
+_keep_embedded_ray_on_this_host()
+
 import click  # noqa: E402
 
 from rayssl.config import ConfigError, load_train_config  # noqa: E402

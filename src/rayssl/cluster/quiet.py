@@ -28,7 +28,15 @@ RAY_DATA_LOGGING = Path(__file__).with_name("ray_data_logging.yaml")
 
 
 def setup_worker() -> None:
-    """Ray's `worker_process_setup_hook` of the local cluster rayssl starts itself."""
+    """Ray's `worker_process_setup_hook` of the local cluster rayssl starts itself. Its
+    processes learn their own cluster's address: Ray Train's placement-group cleaner asks
+    Ray's state API, which without RAY_ADDRESS looks for Ray instances on the host and
+    fails with a traceback when it finds several (another user's `ray start`)."""
+    import os
+
+    import ray
+
+    os.environ.setdefault("RAY_ADDRESS", ray.get_runtime_context().gcs_address)
     for name in NOISY_LOGGERS:
         logging.getLogger(name).setLevel(logging.ERROR)
     warnings.filterwarnings("ignore", message=r".*exclude_resources.*")

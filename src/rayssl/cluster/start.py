@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
+import sys
+import tempfile
 
 from rayssl.cluster.quiet import RAY_DATA_LOGGING, starting_ray
 from rayssl.config import ConfigError, TrainConfig
@@ -45,6 +48,9 @@ def init_ray(cfg: TrainConfig, dashboard: bool = False, streaming: bool = False)
             if streaming:
                 cpus = max(cpus, cfg.max_workers * cfg.cpus_per_worker + DATA_CPUS)
             options = {
+                # "local": a Ray of this command's own, even when `ray start --head` runs on
+                # this host (ray.init() would join that one, where num_cpus is refused)
+                "address": "local",
                 "include_dashboard": dashboard,
                 "num_cpus": int(cpus),
                 "runtime_env": {
@@ -53,11 +59,72 @@ def init_ray(cfg: TrainConfig, dashboard: bool = False, streaming: bool = False)
                 },
             }
         with starting_ray():  # 1. start a local Ray, or join the cluster in RAY_ADDRESS
-            context = ray.init(log_to_driver=True, logging_level=logging.WARNING, **options)
+            with core_stderr(held=joining) as said:
+                try:
+                    context = ray.init(log_to_driver=True, logging_level=logging.WARNING, **options)
+                except Exception as exc:  # Ray raises many types for a cluster it cannot join
+                    if not joining:
+                        raise
+                    said.failed = True
+                    raise ConfigError(
+                        cannot_join(os.environ["RAY_ADDRESS"], exc, said.text())
+                    ) from None
         session = (getattr(context, "address_info", None) or {}).get("session_dir")
         logs = f"{session}/logs" if session else None
     check_fits(cfg, ray.cluster_resources(), streaming=streaming)
     return logs
+
+
+class _Held:
+    def __init__(self, file):
+        self.file, self.failed = file, False
+
+    def text(self) -> str:
+        if self.file is None:
+            return ""
+        self.file.seek(0)
+        return self.file.read().decode(errors="replace")
+
+
+@contextlib.contextmanager
+def core_stderr(held: bool):
+    """While joining a cluster, hold what Ray's C++ core writes to stderr (it retries a
+    refused token once a second, a line each time): replayed if the join succeeds, read
+    for the one-line reason if it fails. Hand-written: the core writes to file descriptor
+    2 directly, past Python's logging."""
+    if not held:
+        yield _Held(None)
+        return
+    sys.stderr.flush()
+    saved, file = os.dup(2), tempfile.TemporaryFile()
+    said = _Held(file)
+    os.dup2(file.fileno(), 2)
+    try:
+        yield said
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        if not said.failed:
+            sys.stderr.write(said.text())
+        file.close()
+
+
+def cannot_join(address: str, exc: BaseException, core_said: str = "") -> str:
+    """One line for a cluster in RAY_ADDRESS that ray.init cannot join: what it said, and
+    the usual fix (a token-auth cluster needs its token)."""
+    from rayssl.errors import first_line
+
+    reason = first_line(exc)[:240]
+    told = f"{exc} {core_said}".lower()
+    if "authenticat" in told or "token" in told:
+        reason = "it refused this process's authentication token"
+        fix = (
+            "the cluster uses token authentication: set RAY_AUTH_MODE=token and RAY_AUTH_TOKEN "
+            "(or RAY_AUTH_TOKEN_PATH) to its token"
+        )
+    else:
+        fix = "check that the cluster runs and RAY_ADDRESS names its head (host:port)"
+    return f"RAY_ADDRESS '{address}': cannot join that Ray cluster ({reason}); {fix}"
 
 
 def check_fits(
