@@ -282,7 +282,7 @@ def test_bad_files(write_config, tmp_path):
         storage,
     )
     images = tmp_path / "images.npz"
-    np.savez(images, x=np.random.rand(64, 3, 8, 8), y=np.zeros(64, dtype=int))
+    np.savez(images, x=np.random.rand(64, 3, 8, 8), y=np.arange(64) % 2)  # two classes
     _assert_refused(
         ["train", str(write_config({"data": {"name": "npz", "path": str(images)}}))],
         "cannot take samples of shape (3, 8, 8)",

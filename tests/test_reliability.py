@@ -167,7 +167,7 @@ def test_two_resumes_started_together_one_trains_the_other_is_one_line(write_con
     assert codes == [0, 2], results
     (refused,) = [out for code, out in results if code == 2]
     lines = refused.strip().splitlines()
-    assert len(lines) == 1 and "is being trained by another driver (process" in lines[0], lines
+    assert len(lines) == 1 and "is being trained by another driver" in lines[0], lines
     (run,) = (tmp_path / "runs").iterdir()
     summary = json.loads((run / "summary.json").read_text())
     assert [h["epoch"] for h in summary["history"]] == list(range(1, 41))  # trained once
@@ -244,3 +244,51 @@ def test_a_finished_run_extended_with_more_epochs_follows_the_longer_schedule(
     # both schedules end a 2-epoch run near 0; stretched to 4 epochs, epoch 3 trains at a
     # real lr again and the schedule still comes down at its new end
     assert lrs[2] > 5 * lrs[1] and lrs[3] < lrs[2]
+
+
+def test_a_full_disk_is_one_line_at_start_and_mid_run_and_leaves_no_temp_file(
+    write_config, tmp_path
+):
+    """Audit 35.9: a full disk passed the writability probe (it wrote 0 bytes) and left a
+    folder holding only `.run.json.tmp`; mid-run, writing the "failed" record failed too: a
+    traceback, a record stuck at "running", a stray temp file. A file-size limit stands in
+    for the full disk at start (the write fails the same way), /dev/full mid-run."""
+    storage = tmp_path / "runs"
+    config = write_config({"name": "full", "num_workers": 0, "epochs": 30})
+    script = (
+        "import resource, signal, sys\n"
+        "signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a failed write, not a killed process\n"
+        "resource.setrlimit(resource.RLIMIT_FSIZE, (65536, 65536))\n"
+        "from rayssl.cli import main\n"
+        f"sys.argv = ['rayssl', 'train', {str(config)!r}]\n"
+        "main()\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
+    assert done.returncode == 2, done.stderr[-3000:]
+    lines = (done.stdout + done.stderr).strip().splitlines()
+    assert len(lines) == 1 and f"storage_path '{storage}' is not writable" in lines[0], lines
+    assert "free some space" in lines[0]
+    assert [p for p in storage.rglob("*")] == []  # no run folder, no temporary file
+
+    # mid-run: the disk fills before the run fails; its "failed" record cannot be written
+    env_crash = {**os.environ, "RAYSSL_CRASH_AFTER_EPOCH": "20", "PYTHONPATH": HELPERS}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "rayssl.cli", "train", str(config)],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env_crash,
+    )  # fmt: skip
+    deadline = time.time() + 120
+    while time.time() < deadline:
+        records = list(storage.glob("full-*/run.json"))
+        if records and json.loads(records[0].read_text())["status"] == "running":
+            break
+        time.sleep(0.2)
+    (record,) = records
+    (record.parent / ".run.json.tmp").symlink_to("/dev/full")  # writes there: ENOSPC
+    out, err = proc.communicate(timeout=300)
+    assert proc.returncode == 1, (out + err)[-3000:]
+    assert "Traceback" not in out + err
+    (line,) = [line for line in err.strip().splitlines() if line.startswith("rayssl: error:")]
+    assert "its run record could not be written either" in line
+    assert "No space left on device" in line and "interrupted" in line
+    assert not (record.parent / ".run.json.tmp").exists()
+    assert not (record.parent / ".run.json.tmp").is_symlink()

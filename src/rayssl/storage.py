@@ -3,6 +3,8 @@ checks. Used by the driver (`train`, `tune`) and by `rayssl eval`; no Ray in her
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import json
 import os
 import re
@@ -11,7 +13,7 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 import pyarrow.fs
 
@@ -23,10 +25,8 @@ SNAPSHOT_FILE = "checkpoint_manager_snapshot.json"  # Ray Train's record of regi
 LOCAL_INDEX_FILE = "rayssl_checkpoints.json"
 # rayssl's record of a run's driver: status (running / finished / failed), host, pid, config
 RUN_RECORD = "run.json"
+WRITE_PROBE_BYTES = 1 << 20  # storage_path's check at start writes this much
 RUN_SUFFIX = r"-\d{8}-\d{6}(?:-\d+)?"  # what pick_run_name appends: -<date>-<time>[-N]
-
-
-DRIVER_LOCK = ".driver.lock"  # held by the driver that trains the run (Storage.claim)
 
 
 def checkpoint_dir_name() -> str:
@@ -49,12 +49,20 @@ class Storage:
         path = Path(storage_path).expanduser().resolve()
         try:
             path.mkdir(parents=True, exist_ok=True)
-            with tempfile.NamedTemporaryFile(dir=path, prefix=".rayssl-write-test"):
-                pass
+            # real bytes, flushed to the disk: an empty file passes on a full disk
+            with tempfile.NamedTemporaryFile(dir=path, prefix=".rayssl-write-test") as probe:
+                probe.write(b"\0" * WRITE_PROBE_BYTES)
+                probe.flush()
+                os.fsync(probe.fileno())
         except OSError as exc:
+            full = exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
+            fix = (
+                "free some space or choose another folder"
+                if full
+                else "choose a folder you can write to"
+            )
             raise ConfigError(
-                f"storage_path '{storage_path}' is not writable ({exc.strerror}); "
-                "choose a folder you can write to"
+                f"storage_path '{storage_path}' is not writable ({exc.strerror}); {fix}"
             ) from None
         return cls(str(path))
 
@@ -80,12 +88,13 @@ class Storage:
         fs.create_dir(f"{base}/{run}", recursive=True)
         return True
 
-    def claim(self, run: str) -> IO[bytes] | None:
-        """Hold `run` for this driver until the returned file is closed or the process
-        ends: an exclusive `flock` on `run/.driver.lock`, taken before anything reads or
-        writes the run. The kernel drops it when the process dies, so a killed driver
-        leaves no stale claim. Another driver holding it: one ConfigError line. Object
-        stores have no lock: None there (the run record's "running" check remains)."""
+    def claim(self, run: str) -> int | None:
+        """Hold `run` for this driver until the returned descriptor is closed or the process
+        ends: an exclusive `flock` on the run's folder itself (no file is written for it),
+        taken before anything reads or writes the run. The kernel drops it when the process
+        dies, so a killed driver leaves no stale claim. Another driver holding it: one
+        ConfigError line. Object stores have no lock: None there (the run record's
+        "running" check remains)."""
         import fcntl
 
         if "://" in self.uri and not self.uri.startswith("file://"):
@@ -93,20 +102,21 @@ class Storage:
         folder = Path(self.uri.removeprefix("file://")) / run
         if not folder.is_dir():
             return None
-        handle = open(folder / DRIVER_LOCK, "a+b")  # noqa: SIM115 - held past this call
+        handle = os.open(folder, os.O_RDONLY)
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:
-            handle.seek(0)
-            holder = handle.read().decode(errors="replace").strip() or "another process"
-            handle.close()
+            os.close(handle)
+            record = self.read_json(run, RUN_RECORD)
+            holder = (
+                f"process {record['pid']} on {record.get('host', '?')}"
+                if record.get("status") == "running" and "pid" in record
+                else "another process"
+            )
             raise ConfigError(
                 f"run '{run}' is being trained by another driver ({holder}); wait for it "
                 "to end or stop it, then resume"
             ) from None
-        handle.truncate(0)
-        handle.write(f"process {os.getpid()} on {socket.gethostname()}".encode())
-        handle.flush()
         return handle
 
     def runs(self) -> list[str]:
@@ -192,6 +202,12 @@ class Storage:
             and i.base_name not in known
         )
 
+    def remove_run(self, run: str) -> None:
+        """Delete `run`'s folder, as far as it goes (a run refused before it trained)."""
+        fs, base = self._fs()
+        with contextlib.suppress(OSError):
+            fs.delete_dir(f"{base}/{run}")
+
     def delete_checkpoint(self, run: str, checkpoint: str) -> None:
         fs, base = self._fs()
         fs.delete_dir(f"{base}/{run}/{checkpoint}")
@@ -252,9 +268,14 @@ class Storage:
         fs.create_dir(f"{base}/{run}", recursive=True)
         path = f"{base}/{run}/{name}"
         tmp = f"{base}/{run}/.{name}.tmp"
-        with fs.open_output_stream(tmp) as f:
-            f.write(data)
-        fs.move(tmp, path)
+        try:
+            with fs.open_output_stream(tmp) as f:
+                f.write(data)
+            fs.move(tmp, path)
+        except BaseException:  # a full disk, a lost connection: no stray temporary file
+            with contextlib.suppress(OSError):
+                fs.delete_file(tmp)
+            raise
         return path
 
 

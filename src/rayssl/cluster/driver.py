@@ -66,7 +66,7 @@ def fit(
     finally:
         for handle in claim:
             if handle is not None:  # None: an object store, which has no lock
-                handle.close()
+                os.close(handle)
 
 
 def _fit(cfg, resume, train_fn, crash_after_epoch, launched_at, dashboard, claim) -> dict:
@@ -200,7 +200,14 @@ def _run_and_record(
         "started": started,
         "config": cfg.record(),
     }
-    storage.write_text(run, RUN_RECORD, json.dumps(record))
+    try:
+        storage.write_text(run, RUN_RECORD, json.dumps(record))
+    except OSError as exc:  # a full disk: nothing has run, nothing is kept
+        storage.remove_run(run)
+        raise ConfigError(
+            f"storage_path '{cfg.storage_path}': the run record of '{run}' cannot be written "
+            f"({first_line(exc, with_type=False)}); free some space or choose another folder"
+        ) from None
     try:
         try:
             trainer.fit()  # 4. the run, with its restarts, until it ends
@@ -212,16 +219,29 @@ def _run_and_record(
             raise RunFailed(f"run '{run}' failed: {first_line(exc)}") from None
     except RunFailed as exc:
         record.update(status="failed", error=str(exc), wall_time_s=time.time() - started)
-        storage.write_text(run, RUN_RECORD, json.dumps(record))
+        try:
+            storage.write_text(run, RUN_RECORD, json.dumps(record))
+        except OSError as write:  # the disk filled up: the run's end still gets its line
+            raise RunFailed(
+                f"{exc}; its run record could not be written either "
+                f"({first_line(write, with_type=False)}): rayssl runs shows it as interrupted"
+            ) from None
         if mlflow_run is not None:
             mlflow_run.close(None, error=str(exc))
         raise
     summary = summarize(cfg, run, storage, wall_s=time.time() - started)
     summary["ray_logs"] = ray_logs
     summary["curves"] = storage.path(run, "curves.png")
-    summary["path"] = storage.write_text(run, "summary.json", json.dumps(summary, indent=2))
-    record.update(status="finished", wall_time_s=summary["wall_time_s"])
-    storage.write_text(run, RUN_RECORD, json.dumps(record))
+    try:
+        summary["path"] = storage.write_text(run, "summary.json", json.dumps(summary, indent=2))
+        record.update(status="finished", wall_time_s=summary["wall_time_s"])
+        storage.write_text(run, RUN_RECORD, json.dumps(record))
+    except OSError as exc:  # the disk filled up after the last checkpoint
+        raise RunFailed(
+            f"run '{run}' trained every epoch (its checkpoints are kept), but its summary "
+            f"cannot be written ({first_line(exc, with_type=False)}); free some space, then "
+            "rayssl eval or --resume it"
+        ) from None
     if not draw_curves(storage, run, summary["history"]):
         summary["curves"] = None
     if mlflow_run is not None:
