@@ -160,7 +160,7 @@ def test_a_torchscript_file_is_read_as_data_without_running_its_code(tmp_path, c
 
     from rayssl.pretrained import TORCHSCRIPT_STATE, read
 
-    torch.jit.load  # noqa: B018 - the control: loading it does run its code
+    # the control: torch.jit.load does run the archive's code
     _script_with_setstate(tmp_path / "control.pt", {})
     torch.jit.load(str(tmp_path / "control.pt"))
     assert "RAN-AT-LOAD" in capfd.readouterr().out

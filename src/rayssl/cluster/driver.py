@@ -184,15 +184,9 @@ def _drop_unregistered_checkpoints(storage: Storage, run: str) -> None:
         )
 
 
-def _run_and_record(
-    cfg, trainer, storage: Storage, run: str, mlflow_run, local: bool, ray_logs: str | None
-) -> dict:
-    """Run the trainer between two run records ("running", then "finished" or "failed"),
-    then write the summary. The records come first: a picture or a tracking store that
-    fails must not leave a finished run reading "running" (the extras warn, never raise)."""
-    from ray.train import TrainingFailedError
-
-    started = time.time()
+def _start_record(cfg, storage: Storage, run: str, started: float) -> dict:
+    """Write the run record "running" (this driver's host and pid); a disk that cannot take
+    it is one line, and the run's folder goes: nothing has run, nothing is kept."""
     record = {
         "status": "running",
         "host": socket.gethostname(),
@@ -202,12 +196,25 @@ def _run_and_record(
     }
     try:
         storage.write_text(run, RUN_RECORD, json.dumps(record))
-    except OSError as exc:  # a full disk: nothing has run, nothing is kept
+    except OSError as exc:
         storage.remove_run(run)
         raise ConfigError(
             f"storage_path '{cfg.storage_path}': the run record of '{run}' cannot be written "
             f"({first_line(exc, with_type=False)}); free some space or choose another folder"
         ) from None
+    return record
+
+
+def _run_and_record(
+    cfg, trainer, storage: Storage, run: str, mlflow_run, local: bool, ray_logs: str | None
+) -> dict:
+    """Run the trainer between two run records ("running", then "finished" or "failed"),
+    then write the summary. The records come first: a picture or a tracking store that
+    fails must not leave a finished run reading "running" (the extras warn, never raise)."""
+    from ray.train import TrainingFailedError
+
+    started = time.time()
+    record = _start_record(cfg, storage, run, started)
     try:
         try:
             trainer.fit()  # 4. the run, with its restarts, until it ends

@@ -39,11 +39,7 @@ def run_search(
     if not resume and name in storage.runs():
         name = f"{search.name}-{time.strftime('%Y%m%d-%H%M%S')}"
     cfg = validate_train_config(base)
-    # Ray stores each trial's config, best.yaml is written from it: no credentials there;
-    # the MLflow callback on the driver keeps the real URI (cfg.tracking)
-    shown = (
-        base if cfg.tracking is None else deep_merge(base, {"tracking": cfg.record()["tracking"]})
-    )
+    shown = _without_credentials(base, cfg)
     splits, _ = preflight(cfg)  # seeds numpy: a new search samples reproducibly from cfg.seed
     if resume:
         # Trials not yet sampled must not repeat the first samples of the original driver.
@@ -139,6 +135,15 @@ def _tuner(search: SearchConfig, cfg, trainable, param_space, concurrent, name, 
             callbacks=_mlflow_callbacks(cfg),
         ),
     )
+
+
+def _without_credentials(base: dict, cfg) -> dict:
+    """The base config as Ray stores it with each trial and best.yaml is written from it:
+    the tracking URI's credentials redacted (the MLflow callback on the driver keeps the
+    real URI, cfg.tracking)."""
+    if cfg.tracking is None:
+        return base
+    return deep_merge(base, {"tracking": cfg.record()["tracking"]})
 
 
 def _mlflow_callbacks(cfg) -> list:
