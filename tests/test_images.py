@@ -24,6 +24,8 @@ from rayssl.config import ConfigError, DataConfig, load_train_config
 from rayssl.data.datasets import load_splits
 from rayssl.data.demo import write_digit_images
 from rayssl.data.images import list_images
+from rayssl.data.stored import StoredSplit
+from rayssl.evaluate import evaluate_checkpoint
 
 SSL = {
     "method": "simclr",
@@ -174,10 +176,32 @@ def test_in_memory_false_streams_the_folder(digits):
         val_fraction=0,
         batch_size=32,
     )
-    splits = load_splits(cfg)
+    splits = load_splits(cfg.model_copy(update={"test_path": str(digits / "test")}))
     assert splits.stream is not None and splits.stream.kind == "image_files"
     assert splits.stream.num_rows == 240 and splits.stream.shape == (3, 32, 32)
-    assert splits.train[0].shape == (50, 3, 32, 32)  # probe / statistics sample only
+    assert splits.train[0].shape == (50, 3, 32, 32)  # statistics / preflight sample only
+    # nothing of test is decoded on the driver: each rank reads its share in storage
+    assert isinstance(splits.test, StoredSplit) and len(splits.test) == 80
+    fit_set, score_set = splits.probe_sets(seed=0, limit=100)
+    assert isinstance(fit_set, StoredSplit) and len(fit_set) == 100  # eval.probe_train_limit
+    assert len(set(fit_set.items)) == 100 and set(fit_set.items) <= set(splits.stream.files.paths)
+    assert score_set is splits.test
+
+
+def test_an_eval_split_beyond_eval_limit_mb_stays_in_storage(digits):
+    """An in-memory training set with a val split over data.eval_limit_mb: val is not
+    decoded on the driver (it was refused before), every rank reads its share instead."""
+    cfg = DataConfig(name="images", path=str(digits / "train"), val_fraction=0.5, batch_size=8)
+    small = load_splits(cfg)
+    assert isinstance(small.val, tuple) and small.val[0].shape == (120, 3, 32, 32)
+    # 120 images of 32x32x3 as float32: 1.4 MiB, over a 1 MiB limit
+    large = load_splits(cfg.model_copy(update={"eval_limit_mb": 1}))
+    assert isinstance(large.val, StoredSplit) and len(large.val) == 120
+    assert large.stream is None and large.train[0].shape == small.train[0].shape
+    # Ray Data reads it inside the workers: a local Ray keeps a CPU free for its tasks
+    assert large.reads_storage and not small.reads_storage
+    shares = [large.val.subset(range(r, 120, 2)).items for r in range(2)]
+    assert sorted(shares[0] + shares[1]) == sorted(large.val.items)
 
 
 # ============================================================================ bad input
@@ -215,11 +239,6 @@ def _bad_cases(digits: Path, tmp: Path) -> list[tuple[dict, str]]:
         ({"path": str(flat), "_supervised": True}, "holds images without labels"),
         ({"path": str(flat), "labels_per_class": 2}, "data.labels_per_class needs labelled"),
         ({"path": train, "labels_per_class": 100}, "data.labels_per_class (100): class '"),
-        (  # 120 images of 32x32x3 as float32: 1.4 MiB, refused before the driver decodes
-            {"path": train, "val_fraction": 0.5, "eval_limit_mb": 1},
-            "data.val_fraction 0.5 of data.path is 120 images, 1.4 MiB decoded, more than "
-            "data.eval_limit_mb (1)",
-        ),
     ]
 
 
@@ -341,11 +360,18 @@ def test_simclr_streams_an_image_folder_to_two_workers(ray_session, digits, writ
         "probe_samples": 120,
         "augment": {"preset": "simclr"},
     }
-    cfg = load_train_config(write_config({**SSL, "epochs": 2, "data": data}))
+    probes = {"every": 1, "linear_probe": True}
+    cfg = load_train_config(write_config({**SSL, "epochs": 2, "data": data, "eval": probes}))
     summary = fit(cfg)
     assert summary["global_steps"] == 2 * (240 // 2 // 16)  # each worker: 120 images, batch 16
     assert all(np.isfinite(h["train_loss"]) for h in summary["history"])
-    assert 0.0 <= summary["history"][-1]["knn_acc"] <= 1.0
+    # the probes ran on two ranks, each over its share of the streamed fit and test splits;
+    # one process over the same checkpoint (rayssl eval) gives the same accuracies
+    last = summary["history"][-1]
+    alone = evaluate_checkpoint(summary["checkpoint"])
+    assert abs(last["knn_acc"] - alone["knn_acc"]) <= 1 / 80  # equal up to a tie
+    assert abs(last["linear_acc"] - alone["linear_acc"]) <= 1 / 80
+    assert last["knn_acc"] > 0.15  # better than chance (0.1) even after 2 epochs
 
 
 @pytest.mark.slow  # the decode error itself is in the default suite (bad-input table)
@@ -504,7 +530,7 @@ def test_the_demo_set_carries_the_label_in_shape_and_hard_hides_it(tmp_path):
 
 
 def test_the_probe_note_says_why_probes_cannot_run(digits, tmp_path):
-    from rayssl.engine.probes import NO_PROBE_LABELS, NO_PROBE_SCORE_SPLIT, no_probe_reason
+    from rayssl.evaluate import NO_PROBE_LABELS, NO_PROBE_SCORE_SPLIT, no_probe_reason
 
     labeled = load_splits(
         DataConfig(name="images", path=str(digits / "test"), val_fraction=0, batch_size=16)

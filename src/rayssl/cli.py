@@ -126,13 +126,40 @@ def tune_command(search: str, overrides: tuple[str, ...], resume: bool) -> None:
 @click.option("--trust-import-paths", is_flag=True, help=TRUST_HELP)
 def evaluate(path: str, knn_k: int | None, trust_import_paths: bool) -> None:
     """kNN and linear-probe accuracy of a run's (or a checkpoint's) frozen backbone."""
-    from rayssl.engine.probes import evaluate_checkpoint
+    from rayssl.evaluate import evaluate_checkpoint
 
     try:
         metrics = evaluate_checkpoint(path, knn_k=knn_k, trust_import_paths=trust_import_paths)
     except ConfigError as exc:
         _fail(str(exc), EXIT_BAD_INPUT)
     click.echo("  ".join(f"{k} {v:.4f}" for k, v in metrics.items()))
+
+
+@main.command("embed")
+@click.argument("source")
+@click.argument("data")
+@click.option("--out", required=True, help="Folder (or URI) to write the Parquet files to.")
+@click.option("--actors", type=click.IntRange(min=1), default=1, help="Actors embedding.")
+@click.option("--gpus-per-actor", type=click.FloatRange(min=0), default=0.0, show_default=True)
+@click.option("--cpus-per-actor", type=click.FloatRange(min=0), default=1.0, show_default=True)
+@click.option("--batch-size", type=click.IntRange(min=1), default=256, show_default=True)
+@click.option("--x-column", default="x", show_default=True, help="Parquet: the input column.")
+@click.option("--y-column", default="y", show_default=True, help="Parquet: labels, if any.")
+@click.option("--trust-import-paths", is_flag=True, help=TRUST_HELP)
+def embed_command(source: str, data: str, out: str, **options) -> None:
+    """Embeddings of DATA (an image folder or Parquet, a path or URI) by the backbone of
+    SOURCE (a run, a checkpoint or an export), written to --out as Parquet."""
+    from rayssl.embed import EmbedJob, embed, task_error
+
+    try:
+        manifest = embed(EmbedJob(source, data, out, **options))
+    except ConfigError as exc:
+        _fail(str(exc), EXIT_BAD_INPUT)
+    except Exception as exc:  # an error in a Ray Data task: its own line, not Ray's wrapper
+        message, bad_input = task_error(exc)
+        _stop_ray_logs()
+        _fail(message, EXIT_BAD_INPUT if bad_input else EXIT_FAILED)
+    click.echo(f"{manifest['rows']} embeddings of {manifest['dim']} values in {out}")
 
 
 @main.command("export")
@@ -206,8 +233,18 @@ def plot_command(runs: tuple[str, ...], out: str) -> None:
     help="random sizes and places, gradient backgrounds, any ink colour (a raw-pixel "
     "classifier is near chance on it)",
 )
-def demo_images(out: str, n_train: int, n_test: int, seed: int, hard: bool) -> None:
+@click.option(
+    "--size", type=click.IntRange(min=8), default=32, show_default=True, help="pixels a side"
+)
+@click.option(
+    "--format", "image_format", type=click.Choice(["png", "jpeg"]), default="png",
+    show_default=True,
+)  # fmt: skip
+def demo_images(
+    out: str, n_train: int, n_test: int, seed: int, hard: bool, size: int, image_format: str
+) -> None:
     """Render the offline demo image set into OUT: scikit-learn's digits as 32x32 RGB PNGs
+    (or --size pixels a side, --format jpeg)
     (OUT/train/<digit>/, OUT/test/<digit>/). By default shape carries the label: light ink
     of a random hue on a dark flat background, sizes and places in a narrow band."""
     from pathlib import Path
@@ -217,7 +254,9 @@ def demo_images(out: str, n_train: int, n_test: int, seed: int, hard: bool) -> N
     if Path(out).exists() and any(Path(out).iterdir()):
         _fail(f"'{out}' exists and is not empty; give a new folder", EXIT_BAD_INPUT)
     started = time.time()
-    written = write_digit_images(out, train=n_train, test=n_test, seed=seed, hard=hard)
+    written = write_digit_images(
+        out, n_train, n_test, seed=seed, hard=hard, size=size, image_format=image_format
+    )
     tr, te = written["train"], written["test"]
     click.echo(
         f"rayssl: wrote {tr['images']} training images ({tr['source_digits']} distinct source "

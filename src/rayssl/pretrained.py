@@ -372,19 +372,11 @@ def load_exported(
         extra = {"rayssl.json": ""}
         module = torch.jit.load(path, map_location="cpu", _extra_files=extra)
         return module.eval(), json.loads(extra["rayssl.json"] or "{}")
-    from rayssl import nets
-    from rayssl.config import NetConfig
-
     data = _export_bytes(path, "path")
     if data is None:
         raise ConfigError(f"path '{path}' is not a file written by rayssl export")
     pretrained = _read_export(data, path, "path")
-    refuse_import_paths([pretrained.spec.get("name")], path, trust_import_paths)
-    spec = NetConfig(**pretrained.spec)
-    module = nets.call_factory(
-        spec.factory(nets.BACKBONES), spec.kwargs, input_shape=tuple(pretrained.input_shape)
-    )
-    module.load_state_dict(pretrained.state)
+    module = rebuild(pretrained, path, trust_import_paths)
     meta = {
         "format": EXPORT_FORMAT,
         "backbone": pretrained.spec,
@@ -393,3 +385,18 @@ def load_exported(
         "source": pretrained.source,
     }
     return module.eval(), meta
+
+
+def rebuild(pretrained: Pretrained, path: str, trust_import_paths: bool = False) -> nn.Module:
+    """The backbone network of `pretrained`, its weights loaded, in eval mode (a backbone
+    named by import path only with `trust_import_paths`)."""
+    from rayssl import nets
+    from rayssl.config import NetConfig
+
+    refuse_import_paths([pretrained.spec.get("name")], path, trust_import_paths)
+    spec = NetConfig(**pretrained.spec)
+    module = nets.call_factory(
+        spec.factory(nets.BACKBONES), spec.kwargs, input_shape=tuple(pretrained.input_shape)
+    )
+    module.load_state_dict(pretrained.state)
+    return module.eval()

@@ -85,7 +85,7 @@ def _fit(cfg, resume, train_fn, crash_after_epoch, launched_at, dashboard, claim
     if local:  # local mode needs no Ray cluster at all; rayssl prints its own progress
         report_logs(local=True)
     else:
-        ray_logs = init_ray(cfg, dashboard=dashboard, streaming=splits.stream is not None)
+        ray_logs = init_ray(cfg, dashboard=dashboard, streaming=splits.reads_storage)
     if not resume:  # reserves the run's folder: only once the inputs and the cluster passed
         run = pick_run_name(cfg, storage, resume)
         claim.append(storage.claim(run))
@@ -305,7 +305,7 @@ def _check_data_fits_run(cfg: TrainConfig, splits: Splits) -> None:
             "one subfolder per class)"
         )
     if cfg.method != "supervised" and splits.probe_sets(cfg.seed) is None:
-        from rayssl.engine.probes import no_probe_reason
+        from rayssl.evaluate import no_probe_reason
 
         reason = no_probe_reason(splits)
         if cfg.early_stopping and cfg.early_stopping.monitor in PROBE_METRICS:

@@ -22,7 +22,12 @@ RAY_TRAIN_ENV = {
 }
 
 
-def init_ray(cfg: TrainConfig, dashboard: bool = False, streaming: bool = False) -> str | None:
+def init_ray(
+    cfg: TrainConfig | None,
+    dashboard: bool = False,
+    streaming: bool = False,
+    min_cpus: float = 0,
+) -> str | None:
     """Join the cluster in RAY_ADDRESS (set for jobs), else start a local Ray: quietly (no
     INFO banner, no token-auth notice) and without a dashboard unless `dashboard`. Returns
     the folder of Ray's own logs (None if Ray was already initialised here).
@@ -30,7 +35,8 @@ def init_ray(cfg: TrainConfig, dashboard: bool = False, streaming: bool = False)
     `streaming`: the run reads its training data through Ray Data, whose read and decode
     tasks need a CPU beside the workers' (Ray Train keeps the workers' CPUs from Ray Data):
     a local Ray then gets one logical CPU more than the workers take if this machine has
-    none to spare (the tasks share the cores with the workers), and a cluster must have it."""
+    none to spare (the tasks share the cores with the workers), and a cluster must have it.
+    Without a `cfg` (`rayssl embed`) a local Ray gets at least `min_cpus` logical CPUs."""
     import ray
 
     logs = None
@@ -44,8 +50,11 @@ def init_ray(cfg: TrainConfig, dashboard: bool = False, streaming: bool = False)
             # (an actor per worker group, which logs an error line from Ray's C++ core as it
             # starts) has nothing to watch. On a cluster it stays on.
             os.environ.setdefault("RAY_TRAIN_ENABLE_PREEMPTION_WATCHER", "0")
-            check_fits(cfg, {"CPU": cpus}, gpus_known=False)
-            if streaming:
+            if cfg is None:
+                cpus = max(cpus, min_cpus)
+            else:
+                check_fits(cfg, {"CPU": cpus}, gpus_known=False)
+            if streaming and cfg is not None:
                 cpus = max(cpus, cfg.max_workers * cfg.cpus_per_worker + DATA_CPUS)
             options = {
                 # "local": a Ray of this command's own, even when `ray start --head` runs on
@@ -71,7 +80,8 @@ def init_ray(cfg: TrainConfig, dashboard: bool = False, streaming: bool = False)
                     ) from None
         session = (getattr(context, "address_info", None) or {}).get("session_dir")
         logs = f"{session}/logs" if session else None
-    check_fits(cfg, ray.cluster_resources(), streaming=streaming)
+    if cfg is not None:
+        check_fits(cfg, ray.cluster_resources(), streaming=streaming)
     return logs
 
 

@@ -180,7 +180,10 @@ class DataConfig(Strict):
     )
     y_column: str = Field("y", description="parquet: column of integer labels")
     probe_samples: int = Field(
-        4096, ge=2, description="parquet: train rows held in memory for probes / LFR selection"
+        4096,
+        ge=2,
+        description="streamed data: training rows read on the driver for the dataset "
+        "statistics of normalize, LFR's target selection and the preflight step",
     )
     shuffle_buffer: int = Field(
         2048, ge=0, description="parquet: rows in each worker's shuffle buffer (0: no shuffle)"
@@ -197,8 +200,9 @@ class DataConfig(Strict):
     eval_limit_mb: int = Field(
         1024,
         ge=1,
-        description="images: val and test splits are decoded on the driver and shared with "
-        "every worker; a split larger than this (MiB, as float32) is refused before decoding",
+        description="images held in memory: a val / test split up to this size (MiB, as "
+        "float32) is decoded on the driver and shared with every worker; a larger one, like "
+        "every split of streamed data, stays in storage and each worker reads its share",
     )
     prefetch_batches: int = Field(2, ge=0, description="parquet: batches fetched ahead")
     pin_memory: bool = Field(False, description="parquet + use_gpu: page-locked host batches")

@@ -96,6 +96,12 @@ class EvalConfig(Strict):
     linear_probe: bool = Field(
         True, description="also fit a logistic regression on standardised frozen features"
     )
+    probe_train_limit: int | None = Field(
+        100_000,
+        ge=2,
+        description="rows of the probes' fit set at most (a seeded choice; a Parquet "
+        "split's first rows); null: all. Each worker holds the features of its share",
+    )
     online_linear: bool = Field(
         False,
         description="train a linear classifier on detached backbone features alongside the "

@@ -18,8 +18,10 @@ import numpy as np
 import torch
 
 from rayssl.config import ConfigError, DataConfig
+from rayssl.data.stored import StoredSplit
 
 Pair = tuple[torch.Tensor, torch.Tensor]
+Split = Pair | StoredSplit  # an evaluation split in memory, or in storage
 
 
 @dataclass
@@ -40,6 +42,7 @@ class Stream:
     files: Any = None  # images.ImageFiles of the training folder (image_files)
     image_format: Any = None  # images.ImageFormat (image kinds)
     seed: int = 0
+    stored: Any = None  # the same rows as a `StoredSplit`: the probes' fit set
 
     @property
     def scale(self) -> float | None:
@@ -95,8 +98,8 @@ class Stream:
 @dataclass
 class Splits:
     train: Pair  # with `stream`: only the first rows (probes, LFR target selection, checks)
-    val: Pair | None
-    test: Pair | None
+    val: Split | None
+    test: Split | None
     num_classes: int
     stream: Stream | None = None
     # `backbone.init_from`'s weights (a `pretrained.Pretrained`), read once on the driver:
@@ -108,29 +111,67 @@ class Splits:
         return tuple(self.train[0].shape[1:])
 
     @property
+    def reads_storage(self) -> bool:
+        """Whether Ray Data tasks read any split (training stream, or val / test in
+        storage): they need a CPU beside the workers'."""
+        stored = any(isinstance(s, StoredSplit) for s in (self.val, self.test))
+        return self.stream is not None or stored
+
+    @property
     def labeled(self) -> bool:
         """Whether the training samples have labels (a flat image folder has none: -1)."""
         return bool((self.train[1] >= 0).all())
 
-    def probe_sets(self, seed: int = 0) -> tuple[Pair, Pair] | None:
+    def probe_sets(self, seed: int = 0, limit: int | None = None) -> tuple[Split, Split] | None:
         """(fit, score) splits of the kNN / linear probes, or None when no labels allow them:
-        labeled train data fits and test (else val) scores; unlabeled train data leaves the
-        labeled val and test splits (or halves of the only one). One class: nothing to
-        tell apart, no probes."""
+        labeled train data fits (at most `limit` rows of it, a seeded choice) and test
+        (else val) scores; unlabeled train data leaves the labeled val and test splits (or
+        halves of the only one). One class: nothing to tell apart, no probes. A split is
+        in memory (a pair) or in storage (`StoredSplit`, when the training set streams)."""
         if self.num_classes < 2:
             return None
         if self.labeled:
-            scored = self.test or self.val
-            return (self.train, scored) if scored is not None else None
-        labeled = [s for s in (self.val, self.test) if s is not None and bool((s[1] >= 0).all())]
+            scored = self.test if self.test is not None else self.val
+            if scored is None:
+                return None
+            fit = self.stream.stored if self.stream is not None else self.train
+            return limited(fit, limit, seed), scored
+        labeled = [s for s in (self.val, self.test) if s is not None and is_labeled(s)]
         if len(labeled) == 2:
-            return labeled[0], labeled[1]
-        if not labeled or len(labeled[0][0]) < 4:
+            return limited(labeled[0], limit, seed), labeled[1]
+        if not labeled or split_size(labeled[0]) < 4:
             return None
-        x, y = labeled[0]
-        order = torch.randperm(len(x), generator=torch.Generator().manual_seed(seed))
-        half = len(x) // 2
-        return (x[order[:half]], y[order[:half]]), (x[order[half:]], y[order[half:]])
+        fit, scored = halves(labeled[0], seed)
+        return limited(fit, limit, seed), scored
+
+
+def is_labeled(split: Split) -> bool:
+    return split.labeled if isinstance(split, StoredSplit) else bool((split[1] >= 0).all())
+
+
+def split_size(split: Split) -> int:
+    return len(split) if isinstance(split, StoredSplit) else len(split[0])
+
+
+def limited(split: Split, rows: int | None, seed: int) -> Split:
+    """At most `rows` rows of `split` (`eval.probe_train_limit`): a seeded choice."""
+    if isinstance(split, StoredSplit):
+        return split.limited(rows, seed)
+    if rows is None or len(split[0]) <= rows:
+        return split
+    keep = torch.randperm(len(split[0]), generator=torch.Generator().manual_seed(seed))[:rows]
+    keep = keep.sort().values
+    return split[0][keep], split[1][keep]
+
+
+def halves(split: Split, seed: int) -> tuple[Split, Split]:
+    """Two disjoint seeded halves of one split."""
+    if isinstance(split, StoredSplit):
+        return split.halves(seed)
+    x, y = split
+    order = torch.randperm(len(x), generator=torch.Generator().manual_seed(seed))
+    half = len(x) // 2
+    return (x[order[:half]], y[order[:half]]), (x[order[half:]], y[order[half:]])
 
 
 def load_splits(cfg: DataConfig, seed: int = 0) -> Splits:

@@ -73,10 +73,18 @@ def each_once_then_repeat(pool: np.ndarray, count: int, rng: np.random.Generator
 
 
 def write_digit_images(
-    out: str | Path, train: int = 5000, test: int = 1000, seed: int = 0, hard: bool = False
+    out: str | Path,
+    train: int = 5000,
+    test: int = 1000,
+    seed: int = 0,
+    hard: bool = False,
+    size: int = SIDE,
+    image_format: str = "png",
 ) -> dict[str, dict[str, int]]:
     """Write `out/train/<digit>/*.png` and `out/test/<digit>/*.png`; returns, per split, the
-    number of images and of distinct source digits they show."""
+    number of images and of distinct source digits they show. `size`: each 32x32 image
+    resized (bicubic) to size x size, as the full-size pictures a real cluster reads;
+    `image_format` "jpeg" encodes them as JPEG (PIL, quality 90) instead of PNG."""
     from PIL import Image
     from sklearn.datasets import load_digits
 
@@ -86,6 +94,7 @@ def write_digit_images(
     cut = int(0.8 * len(order))
     pools = {"train": order[:cut], "test": order[cut:]}
     draw = render_hard if hard else render
+    suffix = {"png": "png", "jpeg": "jpg"}[image_format]
     out = Path(out)
     written = {}
     for split, count in (("train", train), ("test", test)):
@@ -95,6 +104,10 @@ def write_digit_images(
         for i, index in enumerate(picks):
             image = draw(digits.images[index] / 16.0, rng)
             label = int(digits.target[index])
-            Image.fromarray(image).save(out / split / str(label) / f"{i:06d}.png")
+            picture = Image.fromarray(image)
+            if size != SIDE:
+                picture = picture.resize((size, size), Image.Resampling.BICUBIC)
+            name = out / split / str(label) / f"{i:06d}.{suffix}"
+            picture.save(name, quality=90) if suffix == "jpg" else picture.save(name)
         written[split] = {"images": count, "source_digits": len(set(picks.tolist()))}
     return written

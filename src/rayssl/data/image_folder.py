@@ -1,7 +1,9 @@
 """`data.name: images`: a folder of images, one subfolder per class or flat. Listed on the
-driver; decoded there when the training set fits in memory (`in_memory`), else only val /
-test and `probe_samples` random training images are, and the rest streams to the workers
-through Ray Data."""
+driver; decoded there when the training set fits in memory (`in_memory`), else only
+`probe_samples` random training images are (statistics, LFR's selection, the preflight
+step) and the rest streams to the workers through Ray Data. Val and test are decoded with
+an in-memory training set up to `data.eval_limit_mb` each; otherwise they stay in storage
+(`StoredSplit`) and every rank reads its share."""
 
 from __future__ import annotations
 
@@ -11,6 +13,7 @@ import torch
 from rayssl.config import ConfigError, DataConfig
 from rayssl.data import images
 from rayssl.data.datasets import Pair, Splits, Stream, labelled_subset
+from rayssl.data.stored import StoredSplit
 
 
 def load_image_folder(cfg: DataConfig, seed: int) -> Splits:
@@ -37,11 +40,10 @@ def load_image_folder(cfg: DataConfig, seed: int) -> Splits:
         in_memory = (
             images.decoded_bytes(len(train.paths), first.shape) <= images.IN_MEMORY_LIMIT_BYTES
         )
-    _refuse_large_eval_splits(cfg, splits, first.shape)  # before decoding: the driver stays flat
     if in_memory:
         _refuse_what_memory_cannot_hold(cfg, len(train.paths), first.shape)
     val, test = (
-        _decode(splits[f], f, fmt, first.shape) if f in splits else None
+        _eval_split(cfg, splits[f], f, fmt, first.shape, in_memory) if f in splits else None
         for f in ("val_path", "test_path")
     )
     stream = None
@@ -59,6 +61,7 @@ def load_image_folder(cfg: DataConfig, seed: int) -> Splits:
             files=train,
             image_format=fmt,
             seed=seed,
+            stored=stored(train, "path", fmt, first.shape),
         )
     num_classes = len(classes or [])
     return Splits(train=sample, val=val, test=test, num_classes=num_classes, stream=stream)
@@ -83,23 +86,28 @@ def _list_splits(cfg: DataConfig) -> tuple[images.ImageFiles, dict, list[str] | 
     return train, splits, classes
 
 
-def _refuse_large_eval_splits(cfg: DataConfig, splits: dict, shape: tuple[int, ...]) -> None:
-    """Val and test are decoded on the driver and shared with every worker: one over
-    `data.eval_limit_mb` is refused in one line, before anything is decoded."""
-    for field, files in splits.items():
-        size = images.decoded_bytes(len(files.paths), shape)
-        if size > cfg.eval_limit_mb * 2**20:
-            where = (
-                f"data.val_fraction {cfg.val_fraction} of data.path"
-                if field == "val_path" and not cfg.val_path
-                else f"data.{field} '{getattr(cfg, field)}'"
-            )
-            raise ConfigError(
-                f"{where} is {len(files.paths)} images, {size / 2**20:.1f} MiB decoded, more "
-                f"than data.eval_limit_mb ({cfg.eval_limit_mb}) on the driver: give a smaller "
-                "data.val_path / data.test_path, lower data.val_fraction, or raise "
-                "data.eval_limit_mb"
-            )
+def _eval_split(cfg: DataConfig, files, field: str, fmt, shape, in_memory: bool):
+    """Val or test decoded here (with an in-memory training set, up to
+    `data.eval_limit_mb`), else in storage: the driver stays flat whatever its size."""
+    if in_memory and images.decoded_bytes(len(files.paths), shape) <= cfg.eval_limit_mb * 2**20:
+        return _decode(files, field, fmt, shape)
+    return stored(files, field, fmt, shape)
+
+
+def stored(files: images.ImageFiles, field: str, fmt, shape) -> StoredSplit:
+    """A folder's images as a `StoredSplit` (each rank decodes its share)."""
+    return StoredSplit(
+        "image_files",
+        field,
+        tuple(shape),
+        list(files.paths),
+        files.filesystem,
+        labels=files.labels,
+        root=files.root,
+        classes=files.classes,
+        image_format=fmt,
+        labeled=files.labels is not None,
+    )
 
 
 def _refuse_what_memory_cannot_hold(cfg: DataConfig, count: int, shape: tuple[int, ...]):

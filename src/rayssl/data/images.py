@@ -286,13 +286,17 @@ class Decoder:
         classes: list[str] | None = None,
         label_column: str | None = None,
         out_columns: tuple[str, str] = ("x", "y"),
+        source_prefix: str | None = None,
     ):
+        """`source_prefix`: also yield column `source`, each row's name after this prefix
+        (`rayssl embed`: the image's path or URI, or a Parquet file and row)."""
         self.fmt, self.shape = fmt, tuple(shape)
         self.bytes_column, self.name_column = bytes_column, name_column
         self.root = root.rstrip("/") if root else None
         self.index = {c: i for i, c in enumerate(classes)} if classes else None
         self.label_column = label_column
         self.out_columns = out_columns
+        self.source_prefix = source_prefix
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         names = batch[self.name_column]
@@ -310,4 +314,7 @@ class Decoder:
             )
         else:
             labels = np.full(len(names), -1, dtype=np.int64)  # unlabeled
-        return dict(zip(self.out_columns, (np.stack(arrays), labels), strict=True))
+        out = dict(zip(self.out_columns, (np.stack(arrays), labels), strict=True))
+        if self.source_prefix is not None:
+            out["source"] = np.array([f"{self.source_prefix}{n}" for n in names])
+        return out

@@ -1,7 +1,9 @@
 """`data.name: parquet`: rows of a flattened sample or an encoded image (`x_column`) and a
-label (`y_column`), read with pyarrow on the driver only as far as checks and probes need:
-the label column in full (for the class count), the first `probe_samples` rows, and the
-optional val / test files. Training rows stream to the workers through Ray Data."""
+label (`y_column`), read with pyarrow on the driver only as far as checks need: the label
+columns in full (for the class count), the first `probe_samples` training rows (statistics,
+LFR's selection, the preflight step) and the first row of val / test. Training rows stream
+to the workers through Ray Data; val, test and the probes' fit set are `StoredSplit`s that
+each rank reads its share of."""
 
 from __future__ import annotations
 
@@ -10,6 +12,7 @@ import numpy as np
 from rayssl.config import ConfigError, DataConfig
 from rayssl.data import images
 from rayssl.data.datasets import Pair, Splits, Stream, as_tensors
+from rayssl.data.stored import StoredSplit, parquet_units
 
 
 def load_parquet(cfg: DataConfig, seed: int = 0) -> Splits:
@@ -21,18 +24,15 @@ def load_parquet(cfg: DataConfig, seed: int = 0) -> Splits:
             f"({len(labels)} rows); lower data.batch_size"
         )
     sample = _rows(cfg, train, "path", cfg.probe_samples)
-    val, test = (
-        _rows(cfg, _open_rows(cfg, path, field), field, None) if path else None
-        for path, field in ((cfg.val_path, "val_path"), (cfg.test_path, "test_path"))
-    )
     kind = "parquet_images" if _encoded(cfg, train) else "parquet"
     shape = tuple(sample[0].shape[1:])
-    for split, field in ((val, "val_path"), (test, "test_path")):
-        if split is not None and tuple(split[0].shape[1:]) != shape:
-            raise ConfigError(
-                f"data.{field} samples have shape {list(split[0].shape[1:])}, data.path's "
-                f"{list(shape)}; they must match (images: set data.image_size)"
-            )
+    seen = [labels]
+    val, test = None, None
+    for field in ("val_path", "test_path"):
+        if getattr(cfg, field):
+            split, split_labels = _stored(cfg, field, kind, shape)
+            seen.append(split_labels)
+            val, test = (split, test) if field == "val_path" else (val, split)
     stream = Stream(
         cfg.path or "",
         cfg.x_column,
@@ -42,8 +42,8 @@ def load_parquet(cfg: DataConfig, seed: int = 0) -> Splits:
         kind=kind,
         image_format=images.ImageFormat.of(cfg) if kind == "parquet_images" else None,
         seed=seed,
+        stored=_split(cfg, train, "path", kind, shape),
     )
-    seen = [labels, *(s[1].numpy() for s in (val, test) if s is not None)]
     num_classes = int(max(int(a.max()) for a in seen)) + 1
     return Splits(train=sample, val=val, test=test, num_classes=num_classes, stream=stream)
 
@@ -62,6 +62,43 @@ def _open_rows(cfg: DataConfig, path: str, field: str):
             f"{', '.join(dataset.schema.names)} (set data.x_column / data.y_column)"
         )
     return dataset
+
+
+def _stored(cfg: DataConfig, field: str, kind: str, shape) -> tuple[StoredSplit, np.ndarray]:
+    """Val or test as a `StoredSplit`, and its labels; its first row checked here."""
+    dataset = _open_rows(cfg, getattr(cfg, field), field)
+    if ("parquet_images" if _encoded(cfg, dataset) else "parquet") != kind:
+        raise ConfigError(
+            f"data.{field}: column '{cfg.x_column}' holds "
+            f"{'numbers' if kind == 'parquet_images' else 'encoded images'}, data.path's "
+            f"{'encoded images' if kind == 'parquet_images' else 'numbers'}; they must match"
+        )
+    first = _rows(cfg, dataset, field, 1)
+    if tuple(first[0].shape[1:]) != shape:
+        raise ConfigError(
+            f"data.{field} samples have shape {list(first[0].shape[1:])}, data.path's "
+            f"{list(shape)}; they must match (images: set data.image_size)"
+        )
+    labels = dataset.to_table(columns=[cfg.y_column]).column(0).to_numpy()
+    if len(labels) and labels.min() < 0:
+        raise ConfigError(
+            f"data.{field}: column '{cfg.y_column}' must hold labels >= 0, found "
+            f"{int(labels.min())}"
+        )
+    return _split(cfg, dataset, field, kind, shape), labels
+
+
+def _split(cfg: DataConfig, dataset, field: str, kind: str, shape) -> StoredSplit:
+    return StoredSplit(
+        kind,
+        field,
+        tuple(shape),
+        parquet_units(dataset, field),
+        dataset.filesystem,
+        image_format=images.ImageFormat.of(cfg) if kind == "parquet_images" else None,
+        x_column=cfg.x_column,
+        y_column=cfg.y_column,
+    )
 
 
 def _encoded(cfg: DataConfig, dataset) -> bool:

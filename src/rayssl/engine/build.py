@@ -30,7 +30,7 @@ def build_loop(
     torch.set_num_threads(max(1, int(cfg.cpus_per_worker)))
 
     def broadcast(obj: Any) -> Any:
-        """Rank 0's `obj` on every rank (LFR's target choice, probe metrics)."""
+        """Rank 0's `obj` on every rank (LFR's target choice)."""
         if world_size == 1:
             return obj
         box = [obj]
@@ -59,7 +59,6 @@ def build_loop(
         rank=rank,
         world_size=world_size,
         wrap_model=wrap_model,
-        broadcast=broadcast,
         train_shard=train_shard,
         sink=sink,
     )

@@ -4,17 +4,15 @@ linear probe trained alongside an SSL method."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import Any
-
 import torch
 from torchmetrics import MeanMetric
 
 from rayssl import seeds
 from rayssl.config import TrainConfig
-from rayssl.data import Splits, TensorBatches
+from rayssl.data import Splits
 from rayssl.engine.inputs import Inputs, eval_batches
 from rayssl.engine.online_probe import OnlineLinearProbe
+from rayssl.engine.probes import features_of, probe_features
 from rayssl.engine.step import autocast
 from rayssl.methods import Method
 
@@ -30,10 +28,9 @@ class Evaluation:
         device: torch.device,
         rank: int,
         world_size: int,
-        broadcast: Callable[[Any], Any],
     ):
         self.method, self.cfg, self.splits, self.inputs = method, cfg, splits, inputs
-        self.device, self.rank, self.broadcast = device, rank, broadcast
+        self.device, self.rank, self.world_size = device, rank, world_size
         self.batches = {
             stage: eval_batches(pair, cfg, device, rank, world_size)
             for stage, pair in (("val", splits.val), ("test", splits.test))
@@ -74,23 +71,33 @@ class Evaluation:
 
     @torch.no_grad()
     def probe(self) -> dict[str, float]:
-        """kNN and linear-probe accuracy of the frozen backbone's features: fitted on the
-        whole train split, scored on test (or val). Computed on rank 0 and broadcast, so
-        the result does not depend on the number of workers."""
-        from rayssl.engine.probes import probe
-
-        sets = self.splits.probe_sets(self.cfg.seed)
-        metrics: dict[str, float] = {}
-        if sets is not None and self.rank == 0:
-            self.method.eval()
-            metrics = probe(
-                lambda x: self.method.embed(self.inputs.layout(x)),
-                *(tuple(t.to(self.device) for t in pair) for pair in sets),
-                k=self.cfg.eval.knn_k,
-                linear=self.cfg.eval.linear_probe,
+        """kNN and linear-probe accuracy of the frozen backbone's features, fitted on the
+        train split (at most `eval.probe_train_limit` rows), scored on test (or val).
+        Every rank embeds its own share of both; the probes run across the ranks, so the
+        result is the same on every rank and for any number of workers."""
+        sets = self.splits.probe_sets(self.cfg.seed, self.cfg.eval.probe_train_limit)
+        if sets is None:
+            return {}
+        self.method.eval()
+        fit, scored = (
+            features_of(self.inputs.frozen_embed, batches, self._sample())
+            for batches in (
+                eval_batches(split, self.cfg, self.device, self.rank, self.world_size)
+                for split in sets
             )
-            self.method.train()
-        return self.broadcast(metrics)
+        )
+        metrics = probe_features(
+            *fit,
+            *scored,
+            k=self.cfg.eval.knn_k,
+            linear=self.cfg.eval.linear_probe,
+            num_classes=self.splits.num_classes,
+        )
+        self.method.train()
+        return metrics
+
+    def _sample(self) -> torch.Tensor:
+        return torch.zeros(1, *self.splits.sample_shape, device=self.device)
 
     def online_accuracy(self) -> dict[str, float]:
         """The online probe's accuracy on the probes' scoring split (after syncing it)."""
@@ -102,7 +109,7 @@ class Evaluation:
             )
         }
 
-    def _scored_batches(self) -> TensorBatches | None:
+    def _scored_batches(self):
         """The split the probes score on: test, else val (this rank's shard of it)."""
         return self.batches["test"] if self.batches["test"] is not None else self.batches["val"]
 

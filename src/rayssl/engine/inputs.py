@@ -16,6 +16,7 @@ from rayssl.data import (
     input_statistics,
 )
 from rayssl.data.datasets import channel_normalizer, sample_normalizer
+from rayssl.data.stored import StoredShard, StoredSplit
 from rayssl.methods import Method
 
 
@@ -58,6 +59,10 @@ class Inputs:
         if self.channels_last and x.dim() == 4:
             return x.contiguous(memory_format=torch.channels_last)
         return x
+
+    def frozen_embed(self, x: torch.Tensor) -> torch.Tensor:
+        """The backbone's features of clean inputs, as it is (the caller sets eval mode)."""
+        return self.method.embed(self.layout(x))
 
     @torch.no_grad()
     def clean_features(self, x: torch.Tensor) -> torch.Tensor:
@@ -112,13 +117,15 @@ def train_batches(cfg: TrainConfig, splits: Splits, device, rank: int, world_siz
     return batches
 
 
-def eval_batches(
-    pair, cfg: TrainConfig, device, rank: int, world_size: int
-) -> TensorBatches | None:
-    """This rank's share of an in-memory evaluation split, in order."""
-    if pair is None:
+def eval_batches(split, cfg: TrainConfig, device, rank: int, world_size: int):
+    """This rank's share of an evaluation split, in order: rows rank, rank + world_size, ...
+    of an in-memory split, or the same share of a `StoredSplit`'s files (read by Ray Data
+    on every pass). Every row lands on exactly one rank, whatever the world size."""
+    if split is None:
         return None
-    x, y = (t.to(device) for t in pair)
+    if isinstance(split, StoredSplit):
+        return StoredShard(split, rank, world_size, cfg.data.eval_batch_size, device)
+    x, y = (t.to(device) for t in split)
     return TensorBatches(
         x,
         y,

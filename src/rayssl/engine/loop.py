@@ -93,7 +93,6 @@ class Loop:
         rank: int = 0,
         world_size: int = 1,
         wrap_model: Callable[[nn.Module], nn.Module] | None = None,
-        broadcast: Callable[[Any], Any] | None = None,
         train_shard: Any = None,
         sink: Sink | None = None,
     ):
@@ -126,7 +125,6 @@ class Loop:
             device=self.device,
             rank=rank,
             world_size=world_size,
-            broadcast=broadcast or (lambda obj: obj),
         )
         self.generator = torch.Generator(device=self.device)  # the training views
         self.train_loss = MeanMetric().to(self.device)

@@ -45,7 +45,7 @@ def run_search(
         # Trials not yet sampled must not repeat the first samples of the original driver.
         np.random.seed()
     try:  # checks that one trial's workers fit the cluster
-        init_ray(cfg, streaming=splits.stream is not None)  # 1. start or join Ray
+        init_ray(cfg, streaming=splits.reads_storage)  # 1. start or join Ray
     except ConfigError as exc:
         raise ConfigError(
             f"resources: {exc} (resources.workers_per_trial / cpus_per_worker)"

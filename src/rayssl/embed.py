@@ -1,0 +1,333 @@
+"""`rayssl embed SOURCE DATA --out DIR`: a trained backbone's embeddings of a folder of
+images or a Parquet dataset (local or at a URI), by Ray Data batch inference.
+
+Ray Data reads and decodes the input in tasks, a pool of `--actors` actors (each with
+`--gpus-per-actor` GPUs, or on CPU) holds the backbone and embeds batches, and the rows go
+to Parquet as they come: `source` (the image's path or URI; `file#row` for Parquet),
+`label` (the class folder's index, or the label column; null where unknown) and
+`embedding`. The backbone sees what it saw in training: the run's input size, colour and
+normalisation. Files are written to a hidden folder inside DIR and moved into place when
+every row is done, with `_rayssl-embeddings.json` last: a restart after a crash starts
+again from nothing, so no row is ever written twice.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+from rayssl.config import ConfigError
+from rayssl.data import images
+from rayssl.data.stored import StoredSplit, parquet_units
+
+MANIFEST = "_rayssl-embeddings.json"  # "_": Parquet readers pass over it
+PARTIAL = ".rayssl-embed-partial"
+
+
+@dataclass
+class EmbedJob:
+    source: str
+    data: str
+    out: str
+    actors: int = 1
+    gpus_per_actor: float = 0.0
+    cpus_per_actor: float = 1.0
+    batch_size: int = 256
+    x_column: str = "x"
+    y_column: str = "y"
+    trust_import_paths: bool = False
+
+
+def embed(job: EmbedJob) -> dict[str, Any]:
+    """Embed `job.data` with the backbone of `job.source`; return the manifest written."""
+    from rayssl import pretrained as pre
+
+    backbone = pre.read(job.source, "embed's SOURCE", job.trust_import_paths)
+    pre.rebuild(backbone, job.source, job.trust_import_paths)  # a bad import path: here
+    if not backbone.input_shape:
+        raise ConfigError(f"SOURCE '{job.source}' does not record its backbone's input shape")
+    split = input_split(job, tuple(backbone.input_shape))
+    identity = {"source": backbone.source or {"path": job.source}, "data": job.data}
+    out_fs, out_root = _output(job.out, identity)
+    if out_fs is None:  # done before: the same embeddings are already there
+        print(f"[rayssl] note: --out '{job.out}' already holds these embeddings", flush=True)
+        return json.loads(_read_text(*_fs(job.out), MANIFEST))
+    _start_ray(job)
+    started = time.perf_counter()
+    rows = _run(job, split, out_fs, f"{out_root}/{PARTIAL}")
+    manifest = {
+        **identity,
+        "rows": rows,
+        "dim": _dim(out_fs, f"{out_root}/{PARTIAL}"),
+        "backbone": backbone.spec,
+        "input_shape": backbone.input_shape,
+        "wall_s": round(time.perf_counter() - started, 3),
+    }
+    _commit(out_fs, out_root, manifest)
+    return manifest
+
+
+def _run(job: EmbedJob, split: StoredSplit, fs, partial: str) -> int:
+    import ray.data
+
+    context = ray.data.DataContext.get_current()
+    context.enable_progress_bars = sys.stderr.isatty()  # a bar on a terminal, quiet in CI
+    prefix = _uri_prefix(job.data)
+    data = split.dataset(source_prefix=prefix).map_batches(
+        Embedder,
+        fn_constructor_kwargs={
+            "path": job.source,
+            "trust": job.trust_import_paths,
+            "scale": split.kind != "parquet",
+            "shape": split.shape,
+        },
+        batch_size=job.batch_size,
+        batch_format="numpy",
+        compute=ray.data.ActorPoolStrategy(size=job.actors),
+        num_cpus=job.cpus_per_actor,
+        num_gpus=job.gpus_per_actor or None,
+    )
+    import pyarrow.fs as pafs
+
+    if fs.get_file_info(partial).type != pafs.FileType.NotFound:  # a crashed attempt's: void
+        fs.delete_dir(partial)
+    fs.create_dir(partial)
+    data.write_parquet(partial, filesystem=fs)
+    return _parquet_dataset(fs, partial).count_rows()
+
+
+class Embedder:
+    """Ray Data actor: the backbone, read from SOURCE once per actor (as Ray Train's
+    workers read checkpoints: a run on a cluster lives where every node reaches it), on
+    its GPU if it has one; a batch of decoded inputs in, `source`, `label` and `embedding`
+    out."""
+
+    def __init__(self, path: str, trust: bool, scale: bool, shape):
+        from rayssl.data.datasets import channel_normalizer, sample_normalizer
+        from rayssl.pretrained import read, rebuild
+
+        backbone = read(path, "embed's SOURCE", trust)
+        self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        self.module = rebuild(backbone, path, trust).to(self.device)
+        self.scale, self.shape = scale, tuple(shape)
+        stats = backbone.normalize
+        if stats == "sample":
+            self.normalize = sample_normalizer(len(self.shape))
+        else:
+            pair = None if not stats else (torch.tensor(stats["mean"]), torch.tensor(stats["std"]))
+            self.normalize = channel_normalizer(pair, len(self.shape)) or (lambda x: x)
+
+    @torch.no_grad()
+    def __call__(self, batch: dict[str, np.ndarray]):
+        import pyarrow as pa
+
+        x = torch.as_tensor(batch["x"]).to(self.device).reshape(-1, *self.shape).float()
+        if self.scale:
+            x = x / 255
+        features = self.module(self.normalize(x)).flatten(1).float().cpu().numpy()
+        labels = np.asarray(batch["y"], dtype=np.int64)
+        return pa.table(
+            {
+                "source": pa.array(batch["source"].astype(str)),
+                "label": pa.array(labels, mask=labels < 0),
+                "embedding": pa.FixedSizeListArray.from_arrays(
+                    pa.array(features.reshape(-1)), features.shape[1]
+                ),
+            }
+        )
+
+
+def input_split(job: EmbedJob, shape: tuple[int, ...]) -> StoredSplit:
+    """DATA as a `StoredSplit` decoded to the backbone's input `shape`, checked here."""
+    if _is_parquet(job.data):
+        return _parquet_split(job, shape)
+    if len(shape) != 3 or shape[0] not in (1, 3):
+        raise ConfigError(
+            f"DATA '{job.data}' is a folder of images and SOURCE's backbone takes samples "
+            f"of shape {list(shape)}, not images; give Parquet rows of {int(np.prod(shape))} "
+            "numbers"
+        )
+    from rayssl.data.image_folder import stored
+
+    files = images.list_images(job.data, "DATA")
+    fmt = images.ImageFormat("L" if shape[0] == 1 else "RGB", (shape[1], shape[2]))
+    return stored(files, "DATA", fmt, shape)
+
+
+def _parquet_split(job: EmbedJob, shape: tuple[int, ...]) -> StoredSplit:
+    import pyarrow as pa
+    import pyarrow.dataset as ds
+
+    try:
+        dataset = ds.dataset(job.data, format="parquet")
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"DATA '{job.data}' is not readable Parquet ({exc})") from None
+    names = dataset.schema.names
+    if job.x_column not in names:
+        raise ConfigError(
+            f"DATA '{job.data}' has no column '{job.x_column}' (found: {', '.join(names)}); "
+            "give --x-column"
+        )
+    kind = dataset.schema.field(job.x_column).type
+    encoded = pa.types.is_binary(kind) or pa.types.is_large_binary(kind)
+    if encoded and (len(shape) != 3 or shape[0] not in (1, 3)):
+        raise ConfigError(
+            f"DATA '{job.data}' holds encoded images and SOURCE's backbone takes samples of "
+            f"shape {list(shape)}, not images"
+        )
+    if not encoded:
+        _check_row_width(dataset, job, shape)
+    fmt = (
+        images.ImageFormat("L" if shape[0] == 1 else "RGB", (shape[1], shape[2]))
+        if encoded
+        else None
+    )
+    units = parquet_units(dataset, "DATA")
+    if not units or sum(u[2] for u in units) == 0:
+        raise ConfigError(f"DATA '{job.data}' holds no rows")
+    return StoredSplit(
+        "parquet_images" if encoded else "parquet",
+        "DATA",
+        shape,
+        units,
+        dataset.filesystem,
+        image_format=fmt,
+        x_column=job.x_column,
+        y_column=job.y_column if job.y_column in names else None,
+    )
+
+
+def _check_row_width(dataset, job: EmbedJob, shape) -> None:
+    first = dataset.head(1, columns=[job.x_column]).column(0).to_pylist()
+    width = int(np.prod(shape))
+    if first and (first[0] is None or len(first[0]) != width):
+        got = 0 if first[0] is None else len(first[0])
+        raise ConfigError(
+            f"DATA '{job.data}': rows of column '{job.x_column}' hold {got} values and "
+            f"SOURCE's backbone takes samples of shape {list(shape)} ({width} values)"
+        )
+
+
+def _is_parquet(data: str) -> bool:
+    import pyarrow.fs as pafs
+
+    fs, root = _fs(data)
+    if root.endswith(".parquet"):
+        return True
+    try:
+        found = fs.get_file_info(pafs.FileSelector(root, recursive=False))
+    except (OSError, ValueError):
+        return False
+    return any(f.path.endswith(".parquet") for f in found)
+
+
+def _fs(uri: str):
+    import pyarrow.fs as pafs
+
+    if "://" in uri:
+        return pafs.FileSystem.from_uri(uri)
+    from pathlib import Path
+
+    return pafs.LocalFileSystem(), str(Path(uri).expanduser().resolve())
+
+
+def _uri_prefix(data: str) -> str:
+    """What turns a filesystem path back into the URI a user gave (`s3://`), or nothing."""
+    return (
+        data.split("://", 1)[0] + "://" if "://" in data and not data.startswith("file://") else ""
+    )
+
+
+def _output(out: str, identity: dict):
+    """The output folder's filesystem and path, checked: new, empty, holding only a crashed
+    attempt's files, or these very embeddings (None: nothing to do). Another run's
+    embeddings, or files of anything else, are refused in one line."""
+    import pyarrow.fs as pafs
+
+    try:
+        fs, root = _fs(out)
+        info = fs.get_file_info(root)
+        if info.type == pafs.FileType.NotFound:
+            fs.create_dir(root)
+            return fs, root
+        if info.type != pafs.FileType.Directory:
+            raise ConfigError(f"--out '{out}' is a file; give a folder")
+        entries = fs.get_file_info(pafs.FileSelector(root))
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"--out '{out}' cannot be used ({exc})") from None
+    names = {e.path.rsplit("/", 1)[-1] for e in entries}
+    if MANIFEST in names:
+        held = json.loads(_read_text(fs, root, MANIFEST))
+        if {k: held.get(k) for k in identity} == identity:
+            return None, root
+        raise ConfigError(
+            f"--out '{out}' holds the embeddings of another backbone or input (of "
+            f"'{held.get('data')}' by {_describe(held.get('source') or {})}); give another --out"
+        )
+    if names - {PARTIAL}:
+        raise ConfigError(
+            f"--out '{out}' holds other files ({', '.join(sorted(names)[:3])}); give a new "
+            "or empty folder"
+        )
+    return fs, root
+
+
+def _describe(source: dict) -> str:
+    where = source.get("run") or source.get("path") or "?"
+    return f"'{where}'" + (f" epoch {source['epoch']}" if "epoch" in source else "")
+
+
+def _commit(fs, root: str, manifest: dict) -> None:
+    """Every part file into place, then the manifest: its presence says the set is whole."""
+    import pyarrow.fs as pafs
+
+    partial = f"{root}/{PARTIAL}"
+    for f in fs.get_file_info(pafs.FileSelector(partial)):
+        fs.move(f.path, f"{root}/{f.path.rsplit('/', 1)[-1]}")
+    fs.delete_dir(partial)
+    with fs.open_output_stream(f"{root}/{MANIFEST}") as handle:
+        handle.write(json.dumps(manifest, indent=2).encode())
+
+
+def _read_text(fs, root: str, name: str) -> str:
+    with fs.open_input_stream(f"{root}/{name}") as handle:
+        return handle.read().decode()
+
+
+def _parquet_dataset(fs, path: str):
+    import pyarrow.dataset as ds
+
+    return ds.dataset(path, format="parquet", filesystem=fs)
+
+
+def _dim(fs, path: str) -> int:
+    import pyarrow as pa
+
+    kind = _parquet_dataset(fs, path).schema.field("embedding").type
+    return kind.list_size if isinstance(kind, pa.FixedSizeListType) else -1
+
+
+def _start_ray(job: EmbedJob) -> None:
+    from rayssl.cluster.start import init_ray
+
+    init_ray(None, min_cpus=job.actors * job.cpus_per_actor + 2)  # + decoding tasks
+
+
+def task_error(exc: Exception) -> tuple[str, bool]:
+    """(one line, whether it is bad input) for an error raised in a Ray Data task or actor:
+    rayssl's own error line where Ray's wrapper carries one (a file that cannot be decoded),
+    else the last line of the wrapped error."""
+    from rayssl.cluster.records import RAYSSL_ERROR_LINE
+
+    lines = str(exc).splitlines()
+    own = [m.group(1) for m in map(RAYSSL_ERROR_LINE.match, lines) if m]
+    if own:
+        return own[-1].split(": ", 1)[1], True
+    text = [line for line in lines if line.strip()]
+    return (text[-1].strip() if text else type(exc).__name__), False

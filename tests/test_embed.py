@@ -1,0 +1,159 @@
+"""`rayssl embed`: a trained backbone's embeddings of an image folder or Parquet, written as
+Parquet by Ray Data batch inference (real images, a real run, real actors)."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import torch
+from click.testing import CliRunner
+from PIL import Image
+
+from rayssl.cli import main
+from rayssl.cluster import fit
+from rayssl.config import load_train_config
+from rayssl.data.demo import write_digit_images
+from rayssl.embed import MANIFEST, PARTIAL
+from rayssl.pretrained import read, rebuild
+
+
+@pytest.fixture(scope="module")
+def digits(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("embed_digits")
+    write_digit_images(root, train=96, test=40, seed=1, size=40, image_format="jpeg")
+    return root
+
+
+@pytest.fixture(scope="module")
+def trained(digits, tmp_path_factory) -> str:
+    """A one-epoch SimCLR run in local mode on 32-px crops of the 40-px JPEGs."""
+    import yaml
+
+    folder = tmp_path_factory.mktemp("embed_run")
+    cfg = {
+        "method": "simclr",
+        "name": "emb",
+        "epochs": 1,
+        "num_workers": 0,
+        "storage_path": str(folder / "runs"),
+        "backbone": {"name": "cnn2d", "width": 4, "depth": 2},
+        "eval": {"linear_probe": False},
+        "data": {
+            "name": "images",
+            "path": str(digits / "train"),
+            "image_size": 32,
+            "val_fraction": 0,
+            "batch_size": 32,
+            "normalize": "dataset",
+        },
+    }
+    (folder / "c.yaml").write_text(yaml.safe_dump(cfg))
+    return fit(load_train_config(folder / "c.yaml"))["checkpoint"]
+
+
+def _expected(checkpoint: str, files: list[Path]) -> np.ndarray:
+    """The backbone applied by hand: resized to 32 px, scaled, the run's normalisation."""
+    backbone = read(checkpoint)
+    module = rebuild(backbone, checkpoint)
+    mean, std = (torch.tensor(backbone.normalize[k]).view(1, -1, 1, 1) for k in ("mean", "std"))
+    pixels = []
+    for f in files:
+        with Image.open(f) as image:
+            image = image.convert("RGB").resize((32, 32), Image.Resampling.BILINEAR)
+            pixels.append(np.asarray(image, dtype=np.uint8).transpose(2, 0, 1))
+    x = torch.from_numpy(np.stack(pixels)).float() / 255
+    with torch.no_grad():
+        return module((x - mean) / std).flatten(1).numpy()
+
+
+def _invoke(*args: str):
+    return CliRunner().invoke(main, ["embed", *args])
+
+
+def test_embed_an_image_folder_with_two_actors(ray_session, trained, digits, tmp_path):
+    out = tmp_path / "emb"
+    result = _invoke(trained, str(digits / "test"), "--out", str(out), "--actors", "2")
+    assert result.exit_code == 0, result.output
+    table = pq.read_table(out).sort_by("source")  # the manifest ("_" first) is passed over
+    files = sorted((digits / "test").rglob("*.jpg"))
+    assert table.column("source").to_pylist() == [str(f) for f in files]
+    assert table.column("label").to_pylist() == [int(f.parent.name) for f in files]
+    got = np.stack(table.column("embedding").to_numpy(zero_copy_only=False))
+    np.testing.assert_allclose(got, _expected(trained, files), rtol=1e-4, atol=1e-5)
+    assert (out / MANIFEST).is_file() and not (out / PARTIAL).exists()
+
+    # the same command again: nothing rewritten, no row twice
+    again = _invoke(trained, str(digits / "test"), "--out", str(out))
+    assert again.exit_code == 0 and "already holds these embeddings" in again.output
+    assert pq.read_table(out).num_rows == len(files)
+
+
+def test_a_crashed_attempt_is_redone_without_duplicate_rows(ray_session, trained, digits, tmp_path):
+    """A crash leaves the hidden partial folder and no manifest: the rerun discards it."""
+    out = tmp_path / "emb"
+    (out / PARTIAL).mkdir(parents=True)
+    stale = pa.table({"source": ["x"], "label": [0], "embedding": [[0.0]]})
+    pq.write_table(stale, out / PARTIAL / "stale.parquet")
+    result = _invoke(trained, str(digits / "test"), "--out", str(out))
+    assert result.exit_code == 0, result.output
+    table = pq.read_table(out)
+    assert table.num_rows == 40 and len(set(table.column("source").to_pylist())) == 40
+
+
+def test_embed_parquet_image_bytes_names_file_and_row(ray_session, trained, digits, tmp_path):
+    files = sorted((digits / "test").rglob("*.jpg"))[:12]
+    data = tmp_path / "rows.parquet"
+    pq.write_table(
+        pa.table({"x": [f.read_bytes() for f in files], "y": [int(f.parent.name) for f in files]}),
+        data,
+        row_group_size=5,  # three row groups: rows keep their file's numbering
+    )
+    out = tmp_path / "emb"
+    assert _invoke(trained, str(data), "--out", str(out)).exit_code == 0
+    table = pq.read_table(out)
+    rows = {s: i for i, s in enumerate(table.column("source").to_pylist())}
+    assert sorted(rows) == sorted(f"{data}#{i}" for i in range(12))
+    order = [rows[f"{data}#{i}"] for i in range(12)]
+    got = np.stack(table.column("embedding").to_numpy(zero_copy_only=False))[order]
+    np.testing.assert_allclose(got, _expected(trained, files), rtol=1e-4, atol=1e-5)
+    labels = table.column("label").to_pylist()
+    assert [labels[i] for i in order] == [int(f.parent.name) for f in files]
+
+
+def test_bad_embed_input_is_one_line(ray_session, trained, digits, tmp_path):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    corrupt = tmp_path / "corrupt"
+    shutil.copytree(digits / "test", corrupt)
+    victim = sorted(corrupt.rglob("*.jpg"))[17]
+    victim.write_bytes(victim.read_bytes()[:300])  # a JPEG cut short
+    flat = tmp_path / "flat.parquet"
+    pq.write_table(pa.table({"x": [[0.5] * 7] * 4, "y": [0, 1, 0, 1]}), flat)
+    other = tmp_path / "other"
+    assert _invoke(trained, str(digits / "test"), "--out", str(other)).exit_code == 0
+    stranger = tmp_path / "stranger"
+    stranger.mkdir()
+    (stranger / "notes.txt").write_text("mine")
+    cases = [
+        ([str(tmp_path / "no-run"), str(digits / "test")], "embed's SOURCE"),
+        ([trained, str(empty)], "holds no images"),
+        ([trained, str(flat)], "SOURCE's backbone takes samples of shape [3, 32, 32]"),
+        ([trained, str(corrupt)], f"{victim.parent.name}/{victim.name}' cannot be decoded"),
+        ([trained, str(digits / "train"), "--out", str(other)], "embeddings of another"),
+        ([trained, str(digits / "test"), "--out", str(stranger)], "holds other files"),
+    ]
+    for args, expected in cases:
+        if "--out" not in args:
+            args = [*args, "--out", str(tmp_path / f"out{len(args)}-{abs(hash(expected))}")]
+        result = _invoke(*args)
+        lines = result.output.strip().splitlines()
+        assert result.exit_code == 2, (expected, result.output)
+        assert lines[-1].startswith("rayssl: error:") and expected in lines[-1], lines
+        assert "Traceback" not in result.output
+    assert (stranger / "notes.txt").read_text() == "mine"  # nothing lost
+    assert pq.read_table(other).num_rows == 40
