@@ -24,14 +24,17 @@ from rayssl.pretrained import read, rebuild
 
 @pytest.fixture(scope="module")
 def digits(tmp_path_factory) -> Path:
+    """224-px JPEGs in class folders: the size GPU clusters read."""
     root = tmp_path_factory.mktemp("embed_digits")
-    write_digit_images(root, train=96, test=40, seed=1, size=40, image_format="jpeg")
+    write_digit_images(root, train=64, test=40, seed=1, size=224, image_format="jpeg")
     return root
 
 
 @pytest.fixture(scope="module")
-def trained(digits, tmp_path_factory) -> str:
-    """A one-epoch SimCLR run in local mode on 32-px crops of the 40-px JPEGs."""
+def trained(ray_session, digits, tmp_path_factory) -> str:
+    """The 224-px path end to end, small: two Ray Train workers stream the JPEG folder
+    (decoded in Ray Data tasks), SimCLR's views at 224 px, the test split streamed to both
+    ranks for the loss and the probes. Returns the run's checkpoint."""
     import yaml
 
     folder = tmp_path_factory.mktemp("embed_run")
@@ -39,32 +42,41 @@ def trained(digits, tmp_path_factory) -> str:
         "method": "simclr",
         "name": "emb",
         "epochs": 1,
-        "num_workers": 0,
+        "num_workers": 2,
+        "cpus_per_worker": 1,
         "storage_path": str(folder / "runs"),
         "backbone": {"name": "cnn2d", "width": 4, "depth": 2},
-        "eval": {"linear_probe": False},
+        "eval": {"linear_probe": True},
         "data": {
             "name": "images",
             "path": str(digits / "train"),
-            "image_size": 32,
+            "test_path": str(digits / "test"),
+            "in_memory": False,
+            "probe_samples": 16,
             "val_fraction": 0,
-            "batch_size": 32,
+            "batch_size": 16,
+            "eval_batch_size": 16,
             "normalize": "dataset",
+            "augment": {"preset": "simclr"},
         },
     }
     (folder / "c.yaml").write_text(yaml.safe_dump(cfg))
-    return fit(load_train_config(folder / "c.yaml"))["checkpoint"]
+    summary = fit(load_train_config(folder / "c.yaml"))
+    final = summary["final_metrics"]
+    assert summary["global_steps"] == 64 // 16 and np.isfinite(final["test_loss"])
+    assert 0 <= final["knn_acc"] <= 1 and 0 <= final["linear_acc"] <= 1
+    return summary["checkpoint"]
 
 
 def _expected(checkpoint: str, files: list[Path]) -> np.ndarray:
-    """The backbone applied by hand: resized to 32 px, scaled, the run's normalisation."""
+    """The backbone applied by hand: decoded at 224 px, scaled, the run's normalisation."""
     backbone = read(checkpoint)
     module = rebuild(backbone, checkpoint)
     mean, std = (torch.tensor(backbone.normalize[k]).view(1, -1, 1, 1) for k in ("mean", "std"))
     pixels = []
     for f in files:
         with Image.open(f) as image:
-            image = image.convert("RGB").resize((32, 32), Image.Resampling.BILINEAR)
+            image = image.convert("RGB")
             pixels.append(np.asarray(image, dtype=np.uint8).transpose(2, 0, 1))
     x = torch.from_numpy(np.stack(pixels)).float() / 255
     with torch.no_grad():
@@ -142,7 +154,7 @@ def test_bad_embed_input_is_one_line(ray_session, trained, digits, tmp_path):
     cases = [
         ([str(tmp_path / "no-run"), str(digits / "test")], "embed's SOURCE"),
         ([trained, str(empty)], "holds no images"),
-        ([trained, str(flat)], "SOURCE's backbone takes samples of shape [3, 32, 32]"),
+        ([trained, str(flat)], "SOURCE's backbone takes samples of shape [3, 224, 224]"),
         ([trained, str(corrupt)], f"{victim.parent.name}/{victim.name}' cannot be decoded"),
         ([trained, str(digits / "train"), "--out", str(other)], "embeddings of another"),
         ([trained, str(digits / "test"), "--out", str(stranger)], "holds other files"),

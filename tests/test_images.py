@@ -371,7 +371,6 @@ def test_simclr_streams_an_image_folder_to_two_workers(ray_session, digits, writ
     alone = evaluate_checkpoint(summary["checkpoint"])
     assert abs(last["knn_acc"] - alone["knn_acc"]) <= 1 / 80  # equal up to a tie
     assert abs(last["linear_acc"] - alone["linear_acc"]) <= 1 / 80
-    assert last["knn_acc"] > 0.15  # better than chance (0.1) even after 2 epochs
 
 
 @pytest.mark.slow  # the decode error itself is in the default suite (bad-input table)

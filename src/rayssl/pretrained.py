@@ -377,13 +377,8 @@ def load_exported(
         raise ConfigError(f"path '{path}' is not a file written by rayssl export")
     pretrained = _read_export(data, path, "path")
     module = rebuild(pretrained, path, trust_import_paths)
-    meta = {
-        "format": EXPORT_FORMAT,
-        "backbone": pretrained.spec,
-        "input_shape": pretrained.input_shape,
-        "normalize": pretrained.normalize,
-        "source": pretrained.source,
-    }
+    meta = {"format": EXPORT_FORMAT, "backbone": pretrained.spec, "source": pretrained.source}
+    meta.update(input_shape=pretrained.input_shape, normalize=pretrained.normalize)
     return module.eval(), meta
 
 
