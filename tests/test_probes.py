@@ -3,8 +3,6 @@ features (2 gloo processes), and the linear probe as scikit-learn's logistic reg
 
 from __future__ import annotations
 
-import os
-
 import numpy as np
 import pytest
 import torch
