@@ -31,12 +31,15 @@ def digits(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def trained(ray_session, digits, tmp_path_factory) -> str:
+def trained(_ray_at_exit, digits, tmp_path_factory) -> str:
     """The 224-px path end to end, small: two Ray Train workers stream the JPEG folder
     (decoded in Ray Data tasks), SimCLR's views at 224 px, the test split streamed to both
     ranks for the loss and the probes. Returns the run's checkpoint."""
+    import ray
     import yaml
 
+    if not ray.is_initialized():  # as the ray_session fixture, for the whole module
+        ray.init(num_cpus=4, include_dashboard=False, log_to_driver=False)
     folder = tmp_path_factory.mktemp("embed_run")
     cfg = {
         "method": "simclr",
