@@ -130,6 +130,7 @@ def test_bad_init_from_is_one_line_and_writes_nothing(tmp_path, write_config):
         assert not (tmp_path / "runs").exists()
 
 
+@pytest.mark.slow  # init_from in one process: test_init_from_* and the exports test here
 def test_linear_eval_from_a_pretrained_run_on_two_workers(ray_session, write_config, tmp_path):
     """SimCLR pretrains (2 workers); a supervised run with init_from and a frozen backbone
     (2 workers) ends with exactly the pretrained backbone, BatchNorm statistics included,

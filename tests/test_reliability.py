@@ -97,6 +97,7 @@ def _snapshot(path: Path) -> dict:
         return {}
 
 
+@pytest.mark.slow  # a worker's restart from its checkpoint, bitwise: test_ssl_ray[dino, lfr]
 def test_sigkill_of_a_worker_mid_epoch_restarts_exactly(write_config, tmp_path):
     """SIGKILL one worker of this run (its pid recorded by the run's own backbone) in the
     middle of epoch 2: the run restarts from epoch 1's checkpoint and ends bitwise equal to

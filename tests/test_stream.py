@@ -83,6 +83,7 @@ def test_a_mid_epoch_resume_of_a_stream_runs_the_epochs_remaining_steps(ray_sess
     assert len(rest) == 5 and all(x.shape == (8, 1, 4) for x, _ in rest)
 
 
+@pytest.mark.slow  # a search's data bundle per trial: test_tune's multi-worker trials
 def test_a_streamed_search_whose_trials_fill_the_cluster_finishes(
     write_config, parquet_files, tmp_path
 ):

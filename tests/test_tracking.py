@@ -14,6 +14,7 @@ from rayssl.config import load_train_config
 mlflow = pytest.importorskip("mlflow")
 
 
+@pytest.mark.slow  # rank 0's MLflow logging: test_a_search_logs_one_mlflow_run_per_trial
 def test_mlflow_run_survives_a_failure_and_resume(ray_session, write_config, tmp_path, monkeypatch):
     """2 Ray workers (each in Ray's own working directory) and the README's relative sqlite
     URI: rank 0 logs into the driver's database, and a --resume logs only the epochs the

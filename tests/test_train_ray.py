@@ -56,6 +56,7 @@ def _assert_same_training_state(a: dict, b: dict) -> None:
     assert_states_equal(a["optimizer"]["state"], b["optimizer"]["state"])
 
 
+@pytest.mark.slow  # exact --resume: local mode (below) and test_runs' resumed Ray run
 def test_interrupted_and_resumed_equals_uninterrupted(write_config, tmp_path):
     storage = tmp_path / "runs"
     straight = _train(write_config({**EXACT, "name": "straight"}, name="straight"))
@@ -111,7 +112,7 @@ def test_a_crashed_run_resumed_on_fewer_workers_records_the_resize(write_config,
     assert summary["resizes"] == [{"epoch": 2, "step": 14, "from": 2, "to": 1}]
 
 
-@pytest.mark.slow  # FailureConfig restarts are also covered by test_ssl_ray and the SIGKILL test
+@pytest.mark.slow  # FailureConfig restarts: test_ssl_ray (and the slow SIGKILL test)
 def test_failed_worker_restarts_from_checkpoint_with_failure_config(write_config, tmp_path):
     storage = tmp_path / "runs"
     straight = _train(write_config({**EXACT, "name": "straight"}, name="straight"))

@@ -121,11 +121,12 @@ def tune_command(search: str, overrides: tuple[str, ...], resume: bool) -> None:
 
 
 @main.command("eval")
-@click.argument("path", type=click.Path(exists=True, file_okay=False))
+@click.argument("path")
 @click.option("--knn-k", type=click.IntRange(min=1), default=None, help="Neighbours for kNN.")
 @click.option("--trust-import-paths", is_flag=True, help=TRUST_HELP)
 def evaluate(path: str, knn_k: int | None, trust_import_paths: bool) -> None:
-    """kNN and linear-probe accuracy of a run's (or a checkpoint's) frozen backbone."""
+    """kNN and linear-probe accuracy of a run's (or a checkpoint's) frozen backbone; PATH is
+    a folder or a URI (s3://, gs://, file://)."""
     from rayssl.evaluate import evaluate_checkpoint
 
     try:

@@ -109,10 +109,15 @@ class Embedder:
     out."""
 
     def __init__(self, path: str, trust: bool, scale: bool, shape):
+        import ray
+
         from rayssl.data.datasets import channel_normalizer, sample_normalizer
         from rayssl.pretrained import read, rebuild
 
         backbone = read(path, "embed's SOURCE", trust)
+        # one torch thread per CPU the actor holds (--cpus-per-actor), not the machine's
+        cpus = ray.get_runtime_context().get_assigned_resources().get("CPU", 1.0)
+        torch.set_num_threads(max(1, int(cpus)))
         self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
         self.module = rebuild(backbone, path, trust).to(self.device)
         self.scale, self.shape = scale, tuple(shape)

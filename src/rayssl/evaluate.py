@@ -42,21 +42,11 @@ def evaluate_checkpoint(
     from rayssl.engine.inputs import Inputs, eval_batches
     from rayssl.engine.probes import features_of, probe_features
     from rayssl.pretrained import refuse_import_paths
-    from rayssl.state import STATE_FILE, load_state
-    from rayssl.storage import Storage
 
-    directory = Path(path).resolve()
-    if not (directory / STATE_FILE).is_file():
-        latest = Storage(str(directory.parent)).latest_checkpoint(directory.name)
-        if latest is None:
-            raise ConfigError(
-                f"'{path}' holds neither {STATE_FILE} nor a checkpoint registered by Ray"
-            )
-        directory = directory / latest
-    state = load_state(directory)
+    state, shown = _state(path)
     saved = state["config"]
     names = [saved.get("method"), *(saved.get(k, {}).get("name") for k in ("backbone", "head"))]
-    refuse_import_paths(names, str(directory), trust_import_paths)
+    refuse_import_paths(names, shown, trust_import_paths)
     cfg = validate_train_config(saved)
     cfg.settle_older_checkpoint(saved)  # options added since it was written
     splits = load_splits(cfg.data, cfg.seed)
@@ -84,3 +74,28 @@ def evaluate_checkpoint(
         linear=cfg.eval.linear_probe,
         num_classes=splits.num_classes,
     )
+
+
+def _state(path: str) -> tuple[dict, str]:
+    """The state of a run folder's newest checkpoint, or of a checkpoint folder, local or at
+    a URI (a run in a bucket), and how to name it in a message."""
+    from rayssl.config import ConfigError
+    from rayssl.state import STATE_FILE, load_state
+    from rayssl.storage import Storage
+
+    if "://" in path:
+        from rayssl.pretrained import read_state
+
+        state, where = read_state(path, "rayssl eval's PATH", STATE_FILE)
+        return state, "/".join(filter(None, (where.get("run"), where["checkpoint"])))
+    directory = Path(path).resolve()
+    if not directory.is_dir():
+        raise ConfigError(f"rayssl eval's PATH '{path}' is no folder; give a run or checkpoint")
+    if not (directory / STATE_FILE).is_file():
+        latest = Storage(str(directory.parent)).latest_checkpoint(directory.name)
+        if latest is None:
+            raise ConfigError(
+                f"'{path}' holds neither {STATE_FILE} nor a checkpoint registered by Ray"
+            )
+        directory = directory / latest
+    return load_state(directory), str(directory)

@@ -55,7 +55,7 @@ def read(
     data = _export_bytes(path, field_name)  # a file is an export, whatever its suffix
     if data is not None:
         return _read_export(data, path, field_name)
-    state, where = _read_state(path, field_name, STATE_FILE)
+    state, where = read_state(path, field_name, STATE_FILE)
     model = state["model"]
     weights = {k[len(PREFIX) :]: v for k, v in model.items() if k.startswith(PREFIX)}
     if not weights:
@@ -100,8 +100,9 @@ def _shape_from_data(cfg: dict, path: str, field_name: str, trusted: bool) -> li
     return list(load_splits(validate_train_config(cfg).data, cfg["seed"]).sample_shape)
 
 
-def _read_state(path: str, field_name: str, state_file: str) -> tuple[dict, dict[str, str]]:
-    """The training state at `path` (a run or checkpoint directory, local or a URI)."""
+def read_state(path: str, field_name: str, state_file: str) -> tuple[dict, dict[str, str]]:
+    """The training state at `path` (a run or checkpoint directory, local or a URI; a run
+    folder gives its newest checkpoint's) and where it was found."""
     import pyarrow.fs as pafs
 
     from rayssl.storage import Storage, split_run_path
