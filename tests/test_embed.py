@@ -172,3 +172,43 @@ def test_bad_embed_input_is_one_line(ray_session, trained, digits, tmp_path):
         assert "Traceback" not in result.output
     assert (stranger / "notes.txt").read_text() == "mine"  # nothing lost
     assert pq.read_table(other).num_rows == 40
+
+
+def _printed(output: str) -> dict[str, float]:
+    words = output.strip().splitlines()[-1].split()
+    return dict(zip(words[::2], map(float, words[1::2]), strict=True))
+
+
+def test_eval_on_two_workers_equals_one_process_and_names_a_bad_file(
+    ray_session, trained, digits, tmp_path
+):
+    """`rayssl eval --workers 2`: each Ray Train worker embeds its share of the streamed fit
+    and test splits, the probes run across both; the accuracies are the in-process ones
+    (up to a tie of one of the 40 test images). A JPEG cut short in the middle of the test
+    split is one line naming it, found by a worker's Ray Data task."""
+    from rayssl.evaluate import evaluate_checkpoint
+    from rayssl.state import STATE_FILE, load_state_file
+
+    alone = evaluate_checkpoint(trained)
+    result = CliRunner().invoke(main, ["eval", trained, "--workers", "2"])
+    assert result.exit_code == 0, result.output
+    shared = _printed(result.output)
+    assert set(shared) == {"knn_acc", "linear_acc"}
+    for metric in shared:
+        assert abs(shared[metric] - alone[metric]) <= 1 / 40 + 1e-4, (shared, alone)
+
+    corrupt = tmp_path / "test"
+    shutil.copytree(digits / "test", corrupt)
+    victim = sorted(corrupt.rglob("*.jpg"))[21]
+    victim.write_bytes(victim.read_bytes()[:300])
+    state = load_state_file(Path(trained) / STATE_FILE)
+    state["config"]["data"]["test_path"] = str(corrupt)  # the same run, scored on the copy
+    (tmp_path / "ckpt").mkdir()
+    torch.save(state, tmp_path / "ckpt" / STATE_FILE)
+    bad = CliRunner().invoke(main, ["eval", str(tmp_path / "ckpt"), "--workers", "2"])
+    lines = bad.output.strip().splitlines()
+    assert bad.exit_code == 2, bad.output
+    assert lines[-1].startswith("rayssl: error:") and "Traceback" not in bad.output, lines
+    assert f"{victim.parent.name}/{victim.name}' cannot be decoded" in lines[-1], lines
+    gpu = CliRunner().invoke(main, ["eval", trained, "--use-gpu"])
+    assert gpu.exit_code == 2 and "--use-gpu needs --workers N" in gpu.output

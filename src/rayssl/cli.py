@@ -123,16 +123,33 @@ def tune_command(search: str, overrides: tuple[str, ...], resume: bool) -> None:
 @main.command("eval")
 @click.argument("path")
 @click.option("--knn-k", type=click.IntRange(min=1), default=None, help="Neighbours for kNN.")
+@click.option(
+    "--workers",
+    type=click.IntRange(min=0),
+    default=0,
+    show_default=True,
+    help="Ray Train workers sharing the splits and the probes (0: in this process).",
+)
+@click.option("--use-gpu", is_flag=True, help="One GPU per worker (with --workers).")
 @click.option("--trust-import-paths", is_flag=True, help=TRUST_HELP)
-def evaluate(path: str, knn_k: int | None, trust_import_paths: bool) -> None:
+def evaluate(path: str, knn_k: int | None, trust_import_paths: bool, **where) -> None:
     """kNN and linear-probe accuracy of a run's (or a checkpoint's) frozen backbone; PATH is
     a folder or a URI (s3://, gs://, file://)."""
+    from rayssl.embed import task_error
     from rayssl.evaluate import evaluate_checkpoint
 
+    if where["use_gpu"] and not where["workers"]:
+        _fail("--use-gpu needs --workers N (the workers hold the GPUs)", EXIT_BAD_INPUT)
     try:
-        metrics = evaluate_checkpoint(path, knn_k=knn_k, trust_import_paths=trust_import_paths)
+        metrics = evaluate_checkpoint(
+            path, knn_k=knn_k, trust_import_paths=trust_import_paths, **where
+        )
     except ConfigError as exc:
         _fail(str(exc), EXIT_BAD_INPUT)
+    except Exception as exc:  # a worker's or a Ray Data task's error: its own line
+        message, bad_input = task_error(exc)
+        _stop_ray_logs()
+        _fail(message, EXIT_BAD_INPUT if bad_input else EXIT_FAILED)
     click.echo("  ".join(f"{k} {v:.4f}" for k, v in metrics.items()))
 
 

@@ -3,6 +3,8 @@ process, each split read in batches (a split in storage streams through Ray Data
 
 from __future__ import annotations
 
+import os
+import tempfile
 from pathlib import Path
 
 import torch
@@ -29,18 +31,23 @@ def no_probe_reason(splits) -> str:
 
 
 def evaluate_checkpoint(
-    path: str, knn_k: int | None = None, trust_import_paths: bool = False
+    path: str,
+    knn_k: int | None = None,
+    trust_import_paths: bool = False,
+    workers: int = 0,
+    use_gpu: bool = False,
 ) -> dict[str, float]:
     """Rebuild the method of a run directory's newest checkpoint (or of a checkpoint
     directory) from its saved config, load the weights, and probe its backbone. A config
     naming its method, backbone or head by import path is rebuilt only with
-    `trust_import_paths` (that imports and calls what the file names)."""
-    from rayssl.build import build_method
+    `trust_import_paths` (that imports and calls what the file names).
+
+    `workers` 0: in this process. `workers` N: on N Ray Train workers (each a CPU, or a GPU
+    with `use_gpu`), each embedding its share of both splits, the probes across them as
+    in a run (`engine/evaluation.py`), so no process holds a whole split's features."""
     from rayssl.config import ConfigError, validate_train_config
     from rayssl.data import load_splits
     from rayssl.data.stored import StoredSplit
-    from rayssl.engine.inputs import Inputs, eval_batches
-    from rayssl.engine.probes import features_of, probe_features
     from rayssl.pretrained import refuse_import_paths
 
     state, shown = _state(path)
@@ -50,30 +57,95 @@ def evaluate_checkpoint(
     cfg = validate_train_config(saved)
     cfg.settle_older_checkpoint(saved)  # options added since it was written
     splits = load_splits(cfg.data, cfg.seed)
-    method = build_method(cfg, splits.sample_shape, splits.num_classes)
-    method.load_extra_state(state["method_extra"])  # LFR: its saved target selection
-    method.load_state_dict(state["model"])
-    method.eval()
     sets = splits.probe_sets(cfg.seed, cfg.eval.probe_train_limit)
     if sets is None:
         raise ConfigError(f"'{path}': {no_probe_reason(splits)}")
-    if any(isinstance(split, StoredSplit) for split in sets):  # read through Ray Data
-        from rayssl.cluster.start import init_ray
+    weights = {k: state[k] for k in ("model", "method_extra")}
+    job = {"config": cfg.record(), "splits": splits, "state": weights, "knn_k": knn_k}
+    if workers == 0:
+        if any(isinstance(split, StoredSplit) for split in sets):  # read through Ray Data
+            from rayssl.cluster.start import init_ray
 
-        init_ray(None)
+            init_ray(None)
+        return probe_checkpoint(job, torch.device("cpu"), 0, 1)
+    return _on_workers(job, workers, use_gpu)
+
+
+def probe_checkpoint(job: dict, device: torch.device, rank: int, world: int) -> dict[str, float]:
+    """The probes of `job`'s checkpoint on this rank's share of its splits (every rank of
+    `world` calls it; the probes reduce across them)."""
+    from rayssl.build import build_method
+    from rayssl.config import validate_train_config
+    from rayssl.engine.inputs import Inputs, eval_batches
+    from rayssl.engine.probes import features_of, probe_features
+
+    cfg, splits, state = validate_train_config(job["config"]), job["splits"], job["state"]
+    method = build_method(cfg, splits.sample_shape, splits.num_classes)
+    method.load_extra_state(state["method_extra"])  # LFR: its saved target selection
+    method.load_state_dict(state["model"])
+    method.to(device).eval()
     inputs = Inputs(method, cfg, splits)
-    sample = torch.zeros(1, *splits.sample_shape)
+    sample = torch.zeros(1, *splits.sample_shape, device=device)
     fit, scored = (
-        features_of(inputs.frozen_embed, eval_batches(split, cfg, "cpu", 0, 1), sample)
-        for split in sets
+        features_of(inputs.frozen_embed, eval_batches(split, cfg, device, rank, world), sample)
+        for split in splits.probe_sets(cfg.seed, cfg.eval.probe_train_limit)
     )
     return probe_features(
         *fit,
         *scored,
-        k=knn_k or cfg.eval.knn_k,
+        k=job["knn_k"] or cfg.eval.knn_k,
         linear=cfg.eval.linear_probe,
         num_classes=splits.num_classes,
     )
+
+
+def _probe_worker(config: dict) -> None:
+    """A Ray Train worker of `rayssl eval --workers`: its share, then rank 0 posts the
+    metrics (Ray Train 2 keeps reported metrics only beside a checkpoint; there is none)."""
+    import ray
+    import ray.train
+    import ray.train.torch
+
+    context = ray.train.get_context()
+    torch.set_num_threads(max(1, int(config["threads"])))
+    job = ray.get(config["job"])
+    rank, world = context.get_world_rank(), context.get_world_size()
+    metrics = probe_checkpoint(job, ray.train.torch.get_device(), rank, world)
+    if rank == 0:
+        config["results"].put(metrics)
+
+
+def _on_workers(job: dict, workers: int, use_gpu: bool) -> dict[str, float]:
+    import ray
+    from ray.train import RunConfig, ScalingConfig, TrainingFailedError
+    from ray.train.torch import TorchTrainer
+    from ray.util.queue import Queue
+
+    from rayssl.cluster.records import worker_error
+    from rayssl.cluster.start import RAY_TRAIN_ENV, init_ray
+    from rayssl.config import ConfigError
+
+    for key, value in RAY_TRAIN_ENV.items():
+        os.environ.setdefault(key, value)
+    init_ray(None, min_cpus=workers + 1)  # + Ray Data's read and decode tasks
+    results = Queue(maxsize=1, actor_options={"num_cpus": 0})
+    with tempfile.TemporaryDirectory(prefix="rayssl-eval-") as scratch:  # Ray Train's records
+        trainer = TorchTrainer(
+            _probe_worker,
+            train_loop_config={"job": ray.put(job), "results": results, "threads": 1},
+            scaling_config=ScalingConfig(
+                num_workers=workers, use_gpu=use_gpu, resources_per_worker={"CPU": 1}
+            ),
+            run_config=RunConfig(name="rayssl-eval", storage_path=scratch),
+        )
+        try:
+            trainer.fit()
+        except TrainingFailedError as exc:  # one worker's own line, without Ray's traceback
+            kind, _, text = worker_error(exc).partition(": ")
+            if kind in ("ImageDecodeError", "ConfigError"):  # the data's fault: exit 2
+                raise ConfigError(text) from None
+            raise RuntimeError(f"{kind}: {text}") from None
+    return results.get(timeout=60)
 
 
 def _state(path: str) -> tuple[dict, str]:
