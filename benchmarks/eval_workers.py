@@ -17,6 +17,8 @@ torch thread and one CPU; the local Ray has one CPU more than the workers take, 
   must not depend on the worker count; and the same accuracies from scikit-learn's
   LogisticRegression and a one-process numpy kNN on the 1-worker run's features (the
   probes as they were before they ran across ranks).
+- ceiling: the same network's forward pass on as many images in one plain torch process,
+  and split over two processes started together: what two workers can gain on this machine.
 - memory: 2 workers, a fit set of 2,000 images and test splits of 5,000, 50,000 and 200,000
   32-px PNGs and 20,000 224-px JPEGs. The driver's resident memory before the row and its
   most during it (sampled twice a second), the peak (VmHWM) of each Ray Train worker (read by
@@ -262,6 +264,41 @@ def time_section(work: Path, train: int, test: int) -> dict:
     return summary
 
 
+CEILING = """
+import sys, time, torch
+torch.set_num_threads(1)
+from rayssl import nets, seeds
+seeds.seed_everything(0)
+net = nets.BACKBONES["cnn2d"]((3, 32, 32), width=32, depth=4).eval()
+x = torch.rand(int(sys.argv[1]), 3, 32, 32)
+started = time.perf_counter()
+with torch.no_grad():
+    for i in range(0, len(x), 256):
+        net(x[i : i + 256])
+print(time.perf_counter() - started)
+"""
+
+
+def ceiling(images: int) -> dict:
+    """What this machine's two cores give two processes at once: the time section's network
+    on `images` random inputs in one process, then half of them in each of two processes
+    started together (plain torch, one thread each, no Ray)."""
+    import subprocess
+
+    def run(count: int, copies: int) -> float:
+        started = time.perf_counter()
+        procs = [
+            subprocess.Popen([sys.executable, "-c", CEILING, str(count)], stdout=subprocess.PIPE)
+            for _ in range(copies)
+        ]
+        inner = max(float(p.communicate()[0]) for p in procs)
+        return round(min(inner, time.perf_counter() - started), 2)
+
+    one, two = run(images, 1), run(images // 2, 2)
+    return {"images": images, "one_process_s": one, "two_processes_s": two,
+            "speedup": round(one / two, 2)}  # fmt: skip
+
+
 def memory_section(work: Path, sizes: list[int], large: int) -> list[dict]:
     from rayssl.data.demo import write_digit_images
 
@@ -307,6 +344,9 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="rayssl-evalbench-") as tmp:
         if "time" in args.sections:
             result["time"] = time_section(Path(tmp), args.train, args.test)
+        if "ceiling" in args.sections:
+            result["ceiling"] = ceiling(args.train + args.test)
+            print(json.dumps(result["ceiling"]), flush=True)
         if "memory" in args.sections:
             result["memory"] = memory_section(Path(tmp), args.sizes, args.large)
     Path(args.out).write_text(json.dumps(result, indent=2) + "\n")

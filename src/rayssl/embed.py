@@ -111,7 +111,7 @@ class Embedder:
     def __init__(self, path: str, trust: bool, scale: bool, shape):
         import ray
 
-        from rayssl.data.datasets import channel_normalizer, sample_normalizer
+        from rayssl.engine.features import FrozenFeatures
         from rayssl.pretrained import read, rebuild
 
         backbone = read(path, "embed's SOURCE", trust)
@@ -119,23 +119,18 @@ class Embedder:
         cpus = ray.get_runtime_context().get_assigned_resources().get("CPU", 1.0)
         torch.set_num_threads(max(1, int(cpus)))
         self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-        self.module = rebuild(backbone, path, trust).to(self.device)
+        module = rebuild(backbone, path, trust).to(self.device)
         self.scale, self.shape = scale, tuple(shape)
-        stats = backbone.normalize
-        if stats == "sample":
-            self.normalize = sample_normalizer(len(self.shape))
-        else:
-            pair = None if not stats else (torch.tensor(stats["mean"]), torch.tensor(stats["std"]))
-            self.normalize = channel_normalizer(pair, len(self.shape)) or (lambda x: x)
+        # the features the run's probes scored: the same definition, normalised by its record
+        self.features = FrozenFeatures.of_record(module, backbone.normalize, len(self.shape))
 
-    @torch.no_grad()
     def __call__(self, batch: dict[str, np.ndarray]):
         import pyarrow as pa
 
         x = torch.as_tensor(batch["x"]).to(self.device).reshape(-1, *self.shape).float()
         if self.scale:
             x = x / 255
-        features = self.module(self.normalize(x)).flatten(1).float().cpu().numpy()
+        features = self.features(x).cpu().numpy()
         labels = np.asarray(batch["y"], dtype=np.int64)
         return pa.table(
             {

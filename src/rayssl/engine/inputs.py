@@ -17,6 +17,7 @@ from rayssl.data import (
 )
 from rayssl.data.datasets import channel_normalizer, sample_normalizer
 from rayssl.data.stored import StoredShard, StoredSplit
+from rayssl.engine.features import FrozenFeatures
 from rayssl.methods import Method
 
 
@@ -28,8 +29,8 @@ class Inputs:
         dims = len(splits.sample_shape)
         per_sample = cfg.data.normalize == "sample"
         normalize = sample_normalizer(dims) if per_sample else channel_normalizer(stats, dims)
-        self.normalize = normalize or (lambda x: x)
-        self.channels_last = cfg.performance.channels_last
+        # the probes' features; `layout` is what every input of the method goes through
+        self.frozen = FrozenFeatures(method.embed, normalize, cfg.performance.channels_last)
         # what a sample looks like to the backbone, saved with every checkpoint for
         # `rayssl export` and `backbone.init_from`: its shape and normalisation
         self.record = {
@@ -55,21 +56,19 @@ class Inputs:
     def layout(self, x: torch.Tensor) -> torch.Tensor:
         """Normalised and in the configured memory layout: what every input of the method,
         training view or evaluation batch, goes through."""
-        x = self.normalize(x)
-        if self.channels_last and x.dim() == 4:
-            return x.contiguous(memory_format=torch.channels_last)
-        return x
+        return self.frozen.layout(x)
 
     def frozen_embed(self, x: torch.Tensor) -> torch.Tensor:
-        """The backbone's features of clean inputs, as it is (the caller sets eval mode)."""
-        return self.method.embed(self.layout(x))
+        """The backbone's features of clean inputs, as it is (the caller sets eval mode):
+        `engine/features.py`, the definition `rayssl embed` shares."""
+        return self.frozen(x)
 
     @torch.no_grad()
     def clean_features(self, x: torch.Tensor) -> torch.Tensor:
         """What the probes read: the backbone in eval mode on clean inputs (no gradient, no
         BatchNorm update)."""
         self.method.eval()
-        features = self.method.embed(self.layout(x))
+        features = self.frozen(x)
         self.method.train()
         return features
 
