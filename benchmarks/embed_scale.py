@@ -32,15 +32,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
+sys.path.insert(0, str(Path(__file__).parent))
+from stream_memory import status_mb  # noqa: E402
+
 
 def _peak_mb(pid: int) -> float | None:
-    try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return round(int(line.split()[1]) / 1024, 1)
-    except OSError:
-        return None
-    return None
+    return status_mb(pid, "VmHWM")
 
 
 def train_source(folder: Path, work: Path, backbone: dict, side: int) -> str:

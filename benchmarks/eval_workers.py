@@ -41,17 +41,11 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).parent))
-from stream_memory import _descendants  # noqa: E402
+from stream_memory import _descendants, status_mb  # noqa: E402
 
 
 def _peak_mb(pid: int | str = "self") -> float | None:
-    try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return round(int(line.split()[1]) / 1024, 1)
-    except OSError:
-        return None
-    return None
+    return status_mb(pid, "VmHWM")
 
 
 def _evaluate(config: dict) -> None:
@@ -121,10 +115,7 @@ def _evaluate(config: dict) -> None:
 
 
 def _rss_mb() -> float:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return round(int(line.split()[1]) / 1024, 1)
-    return 0.0
+    return status_mb("self", "VmRSS") or 0.0
 
 
 def _watch_ray_data(stop: threading.Event, peaks: dict) -> None:

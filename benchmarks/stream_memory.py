@@ -14,14 +14,19 @@ import time
 from pathlib import Path
 
 
-def _rss_mb(pid: int) -> float | None:
+def status_mb(pid: int | str, field: str) -> float | None:
+    """A memory line of /proc/<pid>/status in MB: VmRSS (resident now), VmHWM (its peak)."""
     try:
         for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
+            if line.startswith(f"{field}:"):
+                return round(int(line.split()[1]) / 1024, 1)
     except OSError:
         return None
     return None
+
+
+def _rss_mb(pid: int) -> float | None:
+    return status_mb(pid, "VmRSS")
 
 
 def _descendants(root: int) -> list[int]:
