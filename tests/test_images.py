@@ -393,8 +393,10 @@ def test_a_corrupt_file_found_mid_stream_names_it(ray_session, digits, tmp_path,
         "probe_samples": probe_samples,
     }
     cfg = load_train_config(write_config({**SSL, "seed": 0, "eval": {"every": 0}, "data": data}))
-    with pytest.raises(RunFailed, match=f"{victim.parent.name}/{victim.name}' cannot be decoded"):
+    named = f"{victim.parent.name}/{victim.name}' cannot be decoded"
+    with pytest.raises(RunFailed, match=named) as e:
         fit(cfg)
+    assert e.value.bad_input  # exit code 2: the data's fault, not the run's
 
 
 # ============================================================================ local mode, CLI

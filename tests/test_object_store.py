@@ -1,7 +1,8 @@
 """`s3://` against a real S3-compatible server: moto's server, started by the test on
 loopback. An image folder in a bucket streams to two Ray Train workers (train and test
 splits), the run checkpoints into the bucket, `rayssl eval` probes the run from there, and
-`rayssl embed` reads both the run and the images from it and writes its Parquet there. Elsewhere URIs are tested through `file://`.
+`rayssl embed` reads both the run and the images from it and writes its Parquet there.
+Elsewhere URIs are tested through `file://`.
 
 moto 5.2.6 or later: earlier 5.x answered CompleteMultipartUpload with the root element
 `CompleteMultipartUploadResponse` (moto#10055); the AWS SDK for C++ in pyarrow reads that as

@@ -93,7 +93,7 @@ def train(config: str, overrides: tuple[str, ...], resume: bool, dashboard: bool
         _fail(str(exc), EXIT_BAD_INPUT)
     except RunFailed as exc:
         _stop_ray_logs()
-        _fail(str(exc), EXIT_FAILED)
+        _fail(str(exc), EXIT_BAD_INPUT if exc.bad_input else EXIT_FAILED)
     click.echo(final_line(summary))
     click.echo(f"rayssl: summary: {summary['path']}")
     if summary.get("ray_logs"):

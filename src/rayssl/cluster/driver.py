@@ -38,7 +38,12 @@ from rayssl.storage import (
 
 
 class RunFailed(RuntimeError):
-    """The training run failed after it started (exit code 1)."""
+    """The training run failed after it started: exit code 1, or 2 (`bad_input`) when what
+    failed is a file of the data (an image that cannot be decoded, found mid-stream)."""
+
+    def __init__(self, message: str, bad_input: bool = False):
+        super().__init__(message)
+        self.bad_input = bad_input
 
 
 def fit(
@@ -219,7 +224,9 @@ def _run_and_record(
         try:
             trainer.fit()  # 4. the run, with its restarts, until it ends
         except TrainingFailedError as exc:
-            raise RunFailed(f"run '{run}' failed: {worker_error(exc)}") from None
+            line = worker_error(exc)
+            bad = line.startswith("ImageDecodeError: ")
+            raise RunFailed(f"run '{run}' failed: {line}", bad_input=bad) from None
         except Exception as exc:  # local mode: the loop's own error, raised in this process
             if not local:
                 raise
