@@ -13,6 +13,8 @@ on 64 of the images in Ray Train's local mode. Rows, in one session, on the same
 - a plain torch loop: the same files, decoded and normalised the same way by a torch
   `DataLoader` (PIL, 1 and 2 loader workers), the same backbone in the main process with 2
   torch threads, features kept in memory (no Parquet). The faster of the two is the baseline.
+- `--wide-only`: rayssl embed with 1 actor of 2 CPUs (`--cpus-per-actor 2`: 2 torch
+  threads, as the torch loop has), its own result file.
 - memory: the driver's peak RSS (VmHWM of the `rayssl embed` process, sampled from /proc
   until it exits) for inputs of `--memory-sizes` images at `--side` px with a small cnn2d, 2 actors.
 """
@@ -74,12 +76,12 @@ def train_source(folder: Path, work: Path, backbone: dict, side: int) -> str:
     return str(work / "runs" / f"source-{side}")
 
 
-def run_embed(source: str, data: Path, out: Path, actors: int, batch: int) -> dict:
+def run_embed(source: str, data: Path, out: Path, actors: int, batch: int, cpus: int = 1) -> dict:
     """`rayssl embed` as a user runs it, its driver's peak RSS watched until it exits."""
     started = time.perf_counter()
     process = subprocess.Popen(
         [sys.executable, "-m", "rayssl.cli", "embed", source, str(data), "--out", str(out),
-         "--actors", str(actors), "--batch-size", str(batch)],
+         "--actors", str(actors), "--batch-size", str(batch), "--cpus-per-actor", str(cpus)],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
     )  # fmt: skip
     peak = [0.0]
@@ -98,6 +100,7 @@ def run_embed(source: str, data: Path, out: Path, actors: int, batch: int) -> di
     manifest = json.loads((out / "_rayssl-embeddings.json").read_text())
     return {
         "actors": actors,
+        "cpus_per_actor": cpus,
         "images": manifest["rows"],
         "job_s": manifest["wall_s"],
         "images_per_s": round(manifest["rows"] / manifest["wall_s"], 1),
@@ -157,6 +160,11 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--memory-sizes", type=int, nargs="+", default=[2000, 20000])
     parser.add_argument("--out", default="benchmarks/results/embed_scale-2core-cpu.json")
+    parser.add_argument(
+        "--wide-only",
+        action="store_true",
+        help="only rayssl embed with 1 actor of 2 CPUs (2 torch threads), as the torch loop",
+    )
     args = parser.parse_args()
     os.environ.setdefault("RAY_DEDUP_LOGS", "0")
     from rayssl.data.demo import write_digit_images
@@ -172,6 +180,14 @@ def main() -> None:
             spec["stem"] = "imagenet"
         source = train_source(data, work, spec, args.side)
         rows = {"backbone": spec, "side_px": args.side, "batch_size": args.batch_size}
+        if args.wide_only:
+            rows["rayssl_1_actor_2_cpus"] = run_embed(
+                source, data, work / "out-wide", 1, args.batch_size, cpus=2
+            )
+            print(json.dumps(rows["rayssl_1_actor_2_cpus"]), flush=True)
+            result["throughput"] = rows
+            Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
+            return
         for actors in (1, 2):
             rows[f"rayssl_{actors}_actor"] = run_embed(
                 source, data, work / f"out-{actors}", actors, args.batch_size

@@ -83,7 +83,8 @@ def _evaluate(config: dict) -> None:
         )
 
     cold = barrier()
-    embed_both()  # the first pass also starts Ray Data's read tasks
+    if config["warm"]:
+        embed_both()  # the first pass also starts Ray Data's read tasks
     t0 = barrier()
     fit, scored = embed_both()
     t1 = barrier()
@@ -97,6 +98,9 @@ def _evaluate(config: dict) -> None:
         np.savez(config["dump"], fit_f=fit[0], fit_y=fit[1], test_f=scored[0], test_y=scored[1])
     peaks = [None] * world
     mine = {"rank": rank, "peak_mb": _peak_mb(), "fit_rows": len(fit[0]), "rows": len(scored[0])}
+    # resident now, by kind: the process's own memory against pages of Ray's shared-memory
+    # object store that it has read blocks from (counted in its RSS, owned by the store)
+    mine.update({f"{k}_mb": status_mb("self", k) for k in ("RssAnon", "RssShmem", "RssFile")})
     if dist.is_initialized():
         dist.all_gather_object(peaks, mine)
     else:
@@ -118,23 +122,32 @@ def _rss_mb() -> float:
     return status_mb("self", "VmRSS") or 0.0
 
 
-def _watch_ray_data(stop: threading.Event, peaks: dict) -> None:
-    """VmHWM of this driver's Ray Data processes (read / map tasks), by pid, and the most
-    resident memory this driver held meanwhile (under "driver")."""
+def _watch(stop: threading.Event, peaks: dict) -> None:
+    """Twice a second, the most memory each process under this driver held: VmHWM of its
+    Ray Data processes (read / map tasks, by pid), and for the driver ("driver") and the Ray
+    Train workers ("workers") their resident memory of their own (RssAnon): RSS also counts
+    the pages of Ray's shared-memory object store a process has read blocks from, which the
+    store owns and reuses."""
     while not stop.wait(0.5):
-        peaks["driver"] = max(peaks.get("driver", 0.0), _rss_mb())
+        peaks["driver"] = max(peaks["driver"], _rss_mb())
+        peaks["driver_anon"] = max(peaks["driver_anon"], status_mb("self", "RssAnon") or 0.0)
         for pid in _descendants(os.getpid()):
             try:
                 name = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")[0].decode()
             except OSError:
                 continue
-            if name.startswith("ray::") and ("Read" in name or "Map" in name):
+            if "RayTrainWorker" in name:
+                anon = status_mb(pid, "RssAnon") or 0.0
+                peaks["workers_anon"] = max(peaks["workers_anon"], anon)
+            elif name.startswith("ray::") and ("Read" in name or "Map" in name):
                 peak = _peak_mb(pid)
                 if peak is not None:
-                    peaks[pid] = max(peak, peaks.get(pid, 0.0))
+                    peaks["data"][pid] = max(peak, peaks["data"].get(pid, 0.0))
 
 
-def run_row(raw: dict, workers: int, work: Path, linear: bool, dump: str | None = None) -> dict:
+def run_row(
+    raw: dict, workers: int, work: Path, linear: bool, dump: str | None = None, warm=True
+) -> dict:
     from ray.train import RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
@@ -144,8 +157,9 @@ def run_row(raw: dict, workers: int, work: Path, linear: bool, dump: str | None 
     before = _rss_mb()
     cfg = validate_train_config(raw)
     splits = load_splits(cfg.data, cfg.seed)  # streamed: lists files, decodes none
-    stop, data_peaks = threading.Event(), {"driver": _rss_mb()}
-    watcher = threading.Thread(target=_watch_ray_data, args=(stop, data_peaks), daemon=True)
+    stop = threading.Event()
+    peaks = {"driver": _rss_mb(), "driver_anon": 0.0, "workers_anon": 0.0, "data": {}}
+    watcher = threading.Thread(target=_watch, args=(stop, peaks), daemon=True)
     watcher.start()
     started = time.perf_counter()
     result = TorchTrainer(
@@ -156,6 +170,7 @@ def run_row(raw: dict, workers: int, work: Path, linear: bool, dump: str | None 
             "linear": linear,
             "dump": dump,
             "row": str(work / "row.json"),
+            "warm": warm,
         },
         scaling_config=ScalingConfig(num_workers=workers, resources_per_worker={"CPU": 1}),
         run_config=RunConfig(storage_path=str(work / "ray"), name=f"w{workers}-{time.time()}"),
@@ -171,9 +186,11 @@ def run_row(raw: dict, workers: int, work: Path, linear: bool, dump: str | None 
             "fit_images": len(splits.train[0]) if isinstance(splits.train, tuple) else None,
             "trainer_wall_s": round(time.perf_counter() - started, 1),
             "driver_rss_before_mb": before,
-            "driver_rss_peak_mb": max(data_peaks.pop("driver"), _rss_mb()),
-            "ray_data_peak_mb": max(data_peaks.values()) if data_peaks else None,
-            "ray_data_processes": len(data_peaks),
+            "driver_rss_peak_mb": max(peaks["driver"], _rss_mb()),
+            "driver_anon_peak_mb": peaks["driver_anon"],
+            "workers_anon_peak_mb": peaks["workers_anon"],
+            "ray_data_peak_mb": max(peaks["data"].values()) if peaks["data"] else None,
+            "ray_data_processes": len(peaks["data"]),
         }
     )
     row.pop("fit_images")
@@ -307,7 +324,7 @@ def memory_section(work: Path, sizes: list[int], large: int) -> list[dict]:
                                image_format=fmt)  # fmt: skip
             fit = work / f"fit-{side}" / "train"
         raw = _config(fit, folder / "test", width=8, depth=2)
-        row = run_row(raw, 2, work, linear=False)
+        row = run_row(raw, 2, work, linear=False, warm=False)  # one pass: memory, not time
         row.update({"test_images": n, "side_px": side, "format": fmt, "written_s": written})
         rows.append(row)
         print(json.dumps(row), flush=True)

@@ -194,7 +194,7 @@ def main() -> None:
         "command": "python " + " ".join(sys.argv),
         "machine": "2-core CPU",
         "torch": torch.__version__,
-        "torchvision": torchvision.__version__,
+        "torchvision_version": torchvision.__version__,
     }
     with tempfile.TemporaryDirectory(prefix="rayssl-stream224-") as tmp:
         folder = Path(tmp) / "set"
@@ -203,7 +203,7 @@ def main() -> None:
         train = folder / "train"
         result["breakdown_ms_per_image"] = breakdown(train)
         print(json.dumps(result["breakdown_ms_per_image"]), flush=True)
-        result["torchvision"] = torchvision_loader(train, args.epochs, 2)
+        result["torchvision"] = torchvision_loader(train, args.epochs, 2)  # the loader row
         print(json.dumps(result["torchvision"]), flush=True)
         result["rayssl"] = rayssl_stream(train, args.epochs)
     ours = result["rayssl"]["decode_and_views"]["images_per_s"]

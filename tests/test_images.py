@@ -542,3 +542,30 @@ def test_the_probe_note_says_why_probes_cannot_run(digits, tmp_path):
         DataConfig(name="images", path=str(flat), val_fraction=0, batch_size=16)
     )
     assert no_probe_reason(unlabeled) == NO_PROBE_LABELS
+
+
+def test_the_driver_decodes_a_bounded_sample_of_large_streamed_images(tmp_path):
+    """Streamed data decodes `data.probe_samples` training rows on the driver (statistics,
+    LFR's selection, preflight), and every worker gets them: 4,096 at 224 px were 2.3 GiB of
+    float32 in the driver and in each worker. Now at most 256 MiB: 445 rows at 224 px;
+    at 32 px all of them, as before. Folder images and Parquet image bytes alike."""
+    write_digit_images(tmp_path / "big", train=460, test=10, seed=0, size=224, image_format="jpeg")
+    cfg = DataConfig(
+        name="images", path=str(tmp_path / "big" / "train"), in_memory=False, val_fraction=0
+    )
+    assert cfg.probe_samples == 4096
+    sample = load_splits(cfg, 0).train[0]
+    assert sample.shape == (445, 3, 224, 224) and sample.dtype == torch.float32
+    assert 0.0 <= float(sample.min()) and float(sample.max()) <= 1.0 and sample.std() > 0
+
+    files = sorted((tmp_path / "big" / "train").rglob("*.jpg"))
+    rows = tmp_path / "rows.parquet"
+    labels = [int(f.parent.name) for f in files]
+    pq.write_table(pa.table({"x": [f.read_bytes() for f in files], "y": labels}), rows)
+    parquet = load_splits(DataConfig(name="parquet", path=str(rows), val_fraction=0), 0)
+    assert parquet.train[0].shape == (445, 3, 224, 224)
+
+    small = tmp_path / "small"
+    write_digit_images(small, train=300, test=10, seed=0)
+    few = DataConfig(name="images", path=str(small / "train"), in_memory=False, val_fraction=0)
+    assert load_splits(few, 0).train[0].shape == (300, 3, 32, 32)  # under the bound: every row

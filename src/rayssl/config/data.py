@@ -183,7 +183,8 @@ class DataConfig(Strict):
         4096,
         ge=2,
         description="streamed data: training rows read on the driver for the dataset "
-        "statistics of normalize, LFR's target selection and the preflight step",
+        "statistics of normalize, LFR's target selection and the preflight step (at most "
+        "256 MiB of them as float32: all 4,096 up to 64x64 RGB, 445 at 224 px)",
     )
     shuffle_buffer: int = Field(
         2048, ge=0, description="parquet: rows in each worker's shuffle buffer (0: no shuffle)"

@@ -50,7 +50,8 @@ def load_image_folder(cfg: DataConfig, seed: int) -> Splits:
     if in_memory:
         sample = _decode(train, "path", fmt, first.shape)
     else:
-        sample = _decode(train.subset(sorted(order[: cfg.probe_samples])), "path", fmt, first.shape)
+        count = images.probe_count(cfg.probe_samples, first.shape)
+        sample = _decode(train.subset(sorted(order[:count])), "path", fmt, first.shape)
         stream = Stream(
             train.uri,
             "x",

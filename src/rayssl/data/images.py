@@ -28,6 +28,15 @@ from rayssl.config import ConfigError, DataConfig
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp")
 IN_MEMORY_LIMIT_BYTES = 1 << 30  # data.in_memory auto: decoded float32 train set up to 1 GiB
+# streamed data: the training rows decoded on the driver (and shipped to every worker) for
+# the statistics, LFR's selection and the preflight step, at most this many bytes as float32:
+# data.probe_samples' 4,096 up to 64 x 64 RGB, 445 at 224 px (4,096 would be 2.3 GiB)
+PROBE_SAMPLE_BYTES = 256 << 20
+
+
+def probe_count(probe_samples: int, shape: tuple[int, ...]) -> int:
+    """How many of `probe_samples` rows of `shape` the driver decodes (at least 2)."""
+    return max(2, min(probe_samples, PROBE_SAMPLE_BYTES // decoded_bytes(1, shape)))
 
 
 class ImageDecodeError(ConfigError):

@@ -23,9 +23,9 @@ def load_parquet(cfg: DataConfig, seed: int = 0) -> Splits:
             f"data.batch_size ({cfg.batch_size}) is larger than the training set "
             f"({len(labels)} rows); lower data.batch_size"
         )
-    sample = _rows(cfg, train, "path", cfg.probe_samples)
+    shape = tuple(_rows(cfg, train, "path", 1)[0].shape[1:])
+    sample = _rows(cfg, train, "path", images.probe_count(cfg.probe_samples, shape))
     kind = "parquet_images" if _encoded(cfg, train) else "parquet"
-    shape = tuple(sample[0].shape[1:])
     seen = [labels]
     val, test = None, None
     for field in ("val_path", "test_path"):
