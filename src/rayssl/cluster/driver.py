@@ -38,8 +38,7 @@ from rayssl.storage import (
 
 
 class RunFailed(RuntimeError):
-    """The training run failed after it started: exit code 1, or 2 (`bad_input`) when what
-    failed is a file of the data (an image that cannot be decoded, found mid-stream)."""
+    """The run failed after it started: exit code 1, or 2 when `bad_input` (a data file)."""
 
     def __init__(self, message: str, bad_input: bool = False):
         super().__init__(message)
@@ -162,9 +161,8 @@ def _newest_readable_state(storage: Storage, run: str) -> tuple[dict, str]:
 
 
 def _state_ray_never_saw(cfg, storage: Storage, run: str, saved, method_state, chosen: str):
-    """Check the resume, then: the chosen checkpoint as a state to start from, if Ray Train
-    would not restore it itself (local mode wrote it, or Ray's newest is damaged); else
-    None."""
+    """Check the resume, then: the chosen checkpoint as a state to start from if Ray Train
+    would not restore it itself (local mode wrote it, Ray's newest is damaged), else None."""
     from ray.train import Checkpoint
 
     check_resumable(cfg, saved, run, method_state)
@@ -224,9 +222,8 @@ def _run_and_record(
         try:
             trainer.fit()  # 4. the run, with its restarts, until it ends
         except TrainingFailedError as exc:
-            line = worker_error(exc)
-            bad = line.startswith("ImageDecodeError: ")
-            raise RunFailed(f"run '{run}' failed: {line}", bad_input=bad) from None
+            line = worker_error(exc)  # a file that cannot be decoded: bad input (exit 2)
+            raise RunFailed(f"run '{run}' failed: {line}", line.startswith("ImageDecode")) from None
         except Exception as exc:  # local mode: the loop's own error, raised in this process
             if not local:
                 raise
