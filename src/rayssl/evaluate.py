@@ -76,27 +76,15 @@ def probe_checkpoint(job: dict, device: torch.device, rank: int, world: int) -> 
     `world` calls it; the probes reduce across them)."""
     from rayssl.build import build_method
     from rayssl.config import validate_train_config
-    from rayssl.engine.inputs import Inputs, eval_batches
-    from rayssl.engine.probes import features_of, probe_features
+    from rayssl.engine.evaluation import probe_splits
+    from rayssl.engine.inputs import Inputs
 
     cfg, splits, state = validate_train_config(job["config"]), job["splits"], job["state"]
     method = build_method(cfg, splits.sample_shape, splits.num_classes)
     method.load_extra_state(state["method_extra"])  # LFR: its saved target selection
     method.load_state_dict(state["model"])
     method.to(device).eval()
-    inputs = Inputs(method, cfg, splits)
-    sample = torch.zeros(1, *splits.sample_shape, device=device)
-    fit, scored = (
-        features_of(inputs.frozen_embed, eval_batches(split, cfg, device, rank, world), sample)
-        for split in splits.probe_sets(cfg.seed, cfg.eval.probe_train_limit)
-    )
-    return probe_features(
-        *fit,
-        *scored,
-        k=job["knn_k"] or cfg.eval.knn_k,
-        linear=cfg.eval.linear_probe,
-        num_classes=splits.num_classes,
-    )
+    return probe_splits(Inputs(method, cfg, splits), cfg, splits, device, rank, world, job["knn_k"])
 
 
 def _probe_worker(config: dict) -> None:

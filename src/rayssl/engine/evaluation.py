@@ -75,29 +75,14 @@ class Evaluation:
         train split (at most `eval.probe_train_limit` rows), scored on test (or val).
         Every rank embeds its own share of both; the probes run across the ranks, so the
         result is the same on every rank and for any number of workers."""
-        sets = self.splits.probe_sets(self.cfg.seed, self.cfg.eval.probe_train_limit)
-        if sets is None:
+        if self.splits.probe_sets(self.cfg.seed, self.cfg.eval.probe_train_limit) is None:
             return {}
         self.method.eval()
-        fit, scored = (
-            features_of(self.inputs.frozen_embed, batches, self._sample())
-            for batches in (
-                eval_batches(split, self.cfg, self.device, self.rank, self.world_size)
-                for split in sets
-            )
-        )
-        metrics = probe_features(
-            *fit,
-            *scored,
-            k=self.cfg.eval.knn_k,
-            linear=self.cfg.eval.linear_probe,
-            num_classes=self.splits.num_classes,
+        metrics = probe_splits(
+            self.inputs, self.cfg, self.splits, self.device, self.rank, self.world_size
         )
         self.method.train()
         return metrics
-
-    def _sample(self) -> torch.Tensor:
-        return torch.zeros(1, *self.splits.sample_shape, device=self.device)
 
     def online_accuracy(self) -> dict[str, float]:
         """The online probe's accuracy on the probes' scoring split (after syncing it)."""
@@ -127,3 +112,26 @@ class Evaluation:
             seed=seeds.online_probe(self.cfg.seed),
             world_size=world_size,
         )
+
+
+@torch.no_grad()
+def probe_splits(
+    inputs: Inputs, cfg: TrainConfig, splits: Splits, device, rank: int, world_size: int,
+    knn_k: int | None = None,
+) -> dict[str, float]:  # fmt: skip
+    """The probes of `inputs`' frozen features: this rank embeds its share of the fit and
+    scored splits (`Splits.probe_sets`), then kNN and the linear probe run across the ranks.
+    A run's evaluation and `rayssl eval` (in-process or on workers) both come here."""
+    sets = splits.probe_sets(cfg.seed, cfg.eval.probe_train_limit)
+    sample = torch.zeros(1, *splits.sample_shape, device=device)  # an empty share's width
+    fit, scored = (
+        features_of(inputs.frozen_embed, eval_batches(split, cfg, device, rank, world_size), sample)
+        for split in sets
+    )
+    return probe_features(
+        *fit,
+        *scored,
+        k=knn_k or cfg.eval.knn_k,
+        linear=cfg.eval.linear_probe,
+        num_classes=splits.num_classes,
+    )
