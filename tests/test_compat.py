@@ -6,6 +6,11 @@ its orchestration moved into packages (commit 43ba64a): one in local mode, one b
 with 2 workers (Ray's own checkpoint snapshot included). Each test copies one, resumes it for
 a third epoch with today's code, and checks that the old epochs are kept and the new one ran
 from the saved state.
+
+`tests/fixtures/runs_before_homes/` holds two local runs written before each method got one
+module and each part of the loop its own state (commit 0ab7d53): SimSiam (a param group
+outside the LR schedule, the online probe) and DINO (its centre and teacher temperature,
+the weight-decay schedule, OneCycle).
 """
 
 from __future__ import annotations
@@ -24,15 +29,18 @@ from rayssl.cli import main
 from rayssl.state import load_state_file
 
 FIXTURES = Path(__file__).parent / "fixtures" / "runs_before_split"
+BEFORE_HOMES = Path(__file__).parent / "fixtures" / "runs_before_homes"
 
 
-def _resume_old_run(tmp_path: Path, name: str, in_process: bool = True) -> tuple[dict, dict]:
+def _resume_old_run(
+    tmp_path: Path, name: str, in_process: bool = True, fixtures: Path = FIXTURES
+) -> tuple[dict, dict]:
     """Copy the old run folder, resume it for 3 epochs (with `rayssl train --resume`, in this
     process or as a command of its own); return (old state, new state)."""
-    (old_dir,) = FIXTURES.glob(f"{name}-*")
+    (old_dir,) = fixtures.glob(f"{name}-*")
     runs = tmp_path / "runs"
     shutil.copytree(old_dir, runs / old_dir.name)
-    raw = yaml.safe_load((FIXTURES / f"{name}.yaml").read_text())
+    raw = yaml.safe_load((fixtures / f"{name}.yaml").read_text())
     raw.update(epochs=3, storage_path=str(runs))
     config = tmp_path / f"{name}.yaml"
     config.write_text(yaml.safe_dump(raw))
@@ -71,6 +79,15 @@ def _check_continued(old: dict, new: dict) -> None:
 def test_a_local_run_written_before_the_split_resumes(tmp_path: Path):
     old, new = _resume_old_run(tmp_path, "old_local")
     _check_continued(old, new)
+
+
+@pytest.mark.parametrize("name", ["homes_simsiam", "homes_dino"])
+def test_a_run_written_before_one_home_per_method_resumes(tmp_path: Path, name: str):
+    old, new = _resume_old_run(tmp_path, name, fixtures=BEFORE_HOMES)
+    _check_continued(old, new)
+    assert new["optimizer"]["param_groups"][0].keys() == old["optimizer"]["param_groups"][0].keys()
+    if name == "homes_simsiam":  # the online probe's state went on with the run
+        assert new["online_probe"].keys() == old["online_probe"].keys()
 
 
 @pytest.mark.slow  # ~40 s: a Ray cluster of its own; the format is the local test's
