@@ -126,7 +126,7 @@ class _Files(torch.utils.data.Dataset):
 
 def torch_loop(source: str, data: Path, batch: int, loader_workers: int) -> dict:
     """The baseline: a DataLoader and the backbone in one process, 2 torch threads."""
-    from rayssl.pretrained import read, rebuild
+    from rayssl.runs.pretrained import read, rebuild
 
     torch.set_num_threads(2)
     backbone = read(source)

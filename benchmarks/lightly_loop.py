@@ -132,7 +132,7 @@ def pretrain_lightly(
     from lightly.loss import NegativeCosineSimilarity, NTXentLoss
     from lightly.utils.scheduler import cosine_schedule
 
-    from rayssl.schedules import WarmupCosine  # the same LR schedule as rayssl's run
+    from rayssl.optim.schedules import WarmupCosine  # the same LR schedule as rayssl's run
 
     torch.set_num_threads(2)
     started = time.perf_counter()

@@ -135,7 +135,7 @@ def collapse(features: torch.Tensor, images: torch.Tensor) -> dict[str, float]:
 
 def pretrain_rayssl(cfg, stats=None) -> tuple[nn.Module, dict]:
     from rayssl.cluster import fit
-    from rayssl.state import load_state
+    from rayssl.runs.state import load_state
 
     started = time.perf_counter()
     summary = fit(cfg)

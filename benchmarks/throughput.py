@@ -278,7 +278,7 @@ def main() -> None:
 
     import ray
 
-    from rayssl.storage import Storage
+    from rayssl.runs.storage import Storage
 
     storage_dir = tempfile.mkdtemp(prefix="rayssl-bench-")
     storage = Storage.resolve(storage_dir)

@@ -5,7 +5,7 @@ import pytest
 import torch
 from torch import nn
 
-from rayssl.dummy import DummyTrainer
+from rayssl.engine.dummy import DummyTrainer
 from rayssl.methods.byol import BYOL, cosine_schedule, deactivate_requires_grad, update_momentum
 
 

@@ -12,8 +12,8 @@ import yaml
 from click.testing import CliRunner
 
 from rayssl.cli import main
-from rayssl.dummy import DummyTrainer
-from rayssl.state import save_state
+from rayssl.engine.dummy import DummyTrainer
+from rayssl.runs.state import save_state
 
 BAD_VALUES = [
     ({"optimizer": {"lr": -1}}, "optimizer.lr: Input should be greater than 0"),

@@ -26,7 +26,7 @@ import yaml
 from click.testing import CliRunner
 
 from rayssl.cli import main
-from rayssl.state import load_state_file
+from rayssl.runs.state import load_state_file
 
 FIXTURES = Path(__file__).parent / "fixtures" / "runs_before_split"
 BEFORE_HOMES = Path(__file__).parent / "fixtures" / "runs_before_homes"

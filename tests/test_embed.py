@@ -18,8 +18,8 @@ from rayssl.cli import main
 from rayssl.cluster import fit
 from rayssl.config import load_train_config
 from rayssl.data.demo import write_digit_images
-from rayssl.embed import MANIFEST, PARTIAL
-from rayssl.pretrained import read, rebuild
+from rayssl.inference.embed import MANIFEST, PARTIAL
+from rayssl.runs.pretrained import read, rebuild
 
 
 @pytest.fixture(scope="module")
@@ -186,8 +186,8 @@ def test_eval_on_two_workers_equals_one_process_and_names_a_bad_file(
     and test splits, the probes run across both; the accuracies are the in-process ones
     (up to a tie of one of the 40 test images). A JPEG cut short in the middle of the test
     split is one line naming it, found by a worker's Ray Data task."""
-    from rayssl.evaluate import evaluate_checkpoint
-    from rayssl.state import STATE_FILE, load_state_file
+    from rayssl.inference.evaluate import evaluate_checkpoint
+    from rayssl.runs.state import STATE_FILE, load_state_file
 
     alone = evaluate_checkpoint(trained)
     result = CliRunner().invoke(main, ["eval", trained, "--workers", "2"])

@@ -13,8 +13,8 @@ from rayssl.config import validate_train_config
 from rayssl.data import load_splits
 from rayssl.data.demo import write_digit_images
 from rayssl.engine import Loop
+from rayssl.runs.state import load_state, save_state
 from rayssl.seeds import seed_everything
-from rayssl.state import load_state, save_state
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 

@@ -25,7 +25,7 @@ from rayssl.data.datasets import load_splits
 from rayssl.data.demo import write_digit_images
 from rayssl.data.images import list_images
 from rayssl.data.stored import StoredSplit
-from rayssl.evaluate import evaluate_checkpoint
+from rayssl.inference.evaluate import evaluate_checkpoint
 
 SSL = {
     "method": "simclr",
@@ -531,7 +531,7 @@ def test_the_demo_set_carries_the_label_in_shape_and_hard_hides_it(tmp_path):
 
 
 def test_the_probe_note_says_why_probes_cannot_run(digits, tmp_path):
-    from rayssl.evaluate import NO_PROBE_LABELS, NO_PROBE_SCORE_SPLIT, no_probe_reason
+    from rayssl.inference.evaluate import NO_PROBE_LABELS, NO_PROBE_SCORE_SPLIT, no_probe_reason
 
     labeled = load_splits(
         DataConfig(name="images", path=str(digits / "test"), val_fraction=0, batch_size=16)

@@ -10,8 +10,8 @@ import torch.multiprocessing as mp
 from conftest import gloo_group, leave_gloo_group
 from torch import nn
 
-from rayssl.batchnorm import GlobalBatchNorm2d, convert_sync_batchnorm
-from rayssl.optim import LARS
+from rayssl.nets.batchnorm import GlobalBatchNorm2d, convert_sync_batchnorm
+from rayssl.optim.lars import LARS
 
 
 def _lars_by_hand(weights, grads_per_step, lr, momentum, wd, eta):
@@ -100,7 +100,7 @@ def test_weight_decay_schedule_is_a_cosine_from_start_to_end_per_group():
     """optimizer.weight_decay_end (DINO's 0.04 -> 0.4): values by hand for 5 steps,
     end + (start - end) * (1 + cos(pi * k / 4)) / 2; a group with its own decay keeps its
     ratio to the configured one, a group without decay stays at 0."""
-    from rayssl.schedules import WeightDecaySchedule
+    from rayssl.optim.schedules import WeightDecaySchedule
 
     w = [torch.nn.Parameter(torch.ones(2)) for _ in range(3)]
     opt = torch.optim.AdamW(

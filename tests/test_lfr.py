@@ -4,7 +4,7 @@ import pytest
 import torch
 from torch import nn
 
-from rayssl.dummy import DummyTrainer
+from rayssl.engine.dummy import DummyTrainer
 from rayssl.methods.heads import MLPHead
 from rayssl.methods.lfr import (
     LearnFromRandomnessModel,
@@ -160,7 +160,7 @@ def test_frozen_phase_keeps_batchnorm_statistics_too():
 
 
 def test_step_budget_holds_across_a_restore(tmp_path):
-    from rayssl.state import load_state, save_state
+    from rayssl.runs.state import load_state, save_state
 
     trainer = _lfr(max_backbone_training_steps=5)
     list(trainer.loop.epochs())

@@ -6,10 +6,10 @@ from conftest import one_process_loop as _loop
 from rayssl.build import build_method
 from rayssl.config import validate_train_config
 from rayssl.data import load_splits
-from rayssl.dummy import DummyTrainer
 from rayssl.engine import Loop, NonFiniteLossError, NoSink, TrainingIterationStats
+from rayssl.engine.dummy import DummyTrainer
+from rayssl.runs.state import load_state, save_state
 from rayssl.seeds import seed_everything
-from rayssl.state import load_state, save_state
 
 
 class SaveOnNotice(NoSink):

@@ -6,7 +6,7 @@ import torch.multiprocessing as mp
 import torch.nn.functional as F
 from conftest import gloo_group, leave_gloo_group
 
-from rayssl.losses import (
+from rayssl.methods.losses import (
     BarlowTwinsLoss,
     BatchWiseBarlowTwinsLoss,
     MoCoInfoNCELoss,

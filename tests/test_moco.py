@@ -5,7 +5,7 @@ import torch
 from conftest import one_process_loop as make_loop
 from torch import nn
 
-from rayssl.state import STATE_FILE, load_state, save_state
+from rayssl.runs.state import STATE_FILE, load_state, save_state
 
 MOCO = {
     "method": "moco",

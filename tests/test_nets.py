@@ -42,7 +42,7 @@ def test_stems_set_the_resolution_of_the_first_stage():
     seen = {}
     for stem in ("cifar", "imagenet"):
         net = nets.resnet18((3, 64, 64), stem=stem)
-        first_block = next(m for m in net if isinstance(m, nets._BasicBlock))
+        first_block = next(m for m in net if isinstance(m, nets.builtin._BasicBlock))
         first_block.register_forward_pre_hook(
             lambda m, i, stem=stem: seen.update({stem: i[0].shape})
         )

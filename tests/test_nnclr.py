@@ -7,9 +7,9 @@ import torch.nn.functional as F
 from conftest import assert_states_equal
 from conftest import one_process_loop as make_loop
 
-from rayssl.losses import nearest_neighbours
+from rayssl.methods.losses import nearest_neighbours
 from rayssl.methods.queue import EmbeddingQueue
-from rayssl.state import load_state, save_state
+from rayssl.runs.state import load_state, save_state
 
 NNCLR = {
     "method": "nnclr",
@@ -111,7 +111,7 @@ def test_the_predictor_ends_in_a_plain_linear_layer_as_the_paper(write_config, t
 
     from rayssl.cli import main
     from rayssl.methods.nnclr import NNCLR as NNCLRMethod
-    from rayssl.state import STATE_FILE
+    from rayssl.runs.state import STATE_FILE
 
     for predictor in (
         make_loop(NNCLR).method.prediction_head,

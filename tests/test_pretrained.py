@@ -17,8 +17,8 @@ from rayssl.build import build_method, optimizer_setup
 from rayssl.cli import main
 from rayssl.cluster import fit
 from rayssl.config import ConfigError, validate_train_config
-from rayssl.pretrained import read
-from rayssl.state import load_state, save_state
+from rayssl.runs.pretrained import read
+from rayssl.runs.state import load_state, save_state
 
 IMAGES = {"name": "synthetic", "shape": [3, 16, 16], "num_samples": 128, "batch_size": 32}
 BACKBONE = {"name": "cnn2d", "width": 4, "depth": 2}
@@ -203,7 +203,7 @@ def test_linear_eval_from_a_pretrained_run_on_two_workers(ray_session, write_con
         assert result.exit_code == 0, result.output
         script = (
             "import sys, json, torch\n"
-            "from rayssl.pretrained import load_exported\n"
+            "from rayssl.runs.pretrained import load_exported\n"
             f"module, meta = load_exported({str(out)!r})\n"
             f"features = module(torch.load({str(tmp_path / 'x.pt')!r}))\n"
             f"torch.save(features.detach(), {str(tmp_path / 'f.pt')!r})\n"

@@ -13,7 +13,7 @@ import pytest
 import torch
 from conftest import assert_states_equal
 
-from rayssl.state import STATE_FILE, load_state, save_state
+from rayssl.runs.state import STATE_FILE, load_state, save_state
 
 HELPERS = str(Path(__file__).parent / "helpers")
 

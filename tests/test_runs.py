@@ -115,7 +115,7 @@ def test_runs_and_plot_read_a_resumed_ray_run_from_its_newest_state(
     fails after epoch 3: its older summary.json no longer counts (status failed, 3/4), and
     the history is every epoch from the newest state, not the one checkpoint Ray keeps. A
     local run that lost its state.pt shows as unreadable without breaking the table."""
-    from rayssl.plots import history_of
+    from rayssl.runs.plots import history_of
 
     storage = tmp_path / "runs"
     keep_one = {"name": "resumed", "checkpoint": {"num_to_keep": 1}}
@@ -154,8 +154,8 @@ def test_a_live_process_that_reuses_a_dead_drivers_pid_is_not_the_driver(tmp_pat
     started after the run, the run reads "interrupted" and can be resumed."""
     import socket
 
-    from rayssl.runs import describe
-    from rayssl.storage import Storage
+    from rayssl.runs.listing import describe
+    from rayssl.runs.storage import Storage
 
     younger = subprocess.Popen(["sleep", "60"])  # a live process, started after the run
     try:

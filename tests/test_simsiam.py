@@ -10,7 +10,7 @@ from torch import nn
 
 from rayssl.methods.heads import MLPHead
 from rayssl.methods.simsiam import SimSiam
-from rayssl.state import load_state, save_state
+from rayssl.runs.state import load_state, save_state
 
 
 def _simsiam():

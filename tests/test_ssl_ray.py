@@ -13,7 +13,7 @@ from conftest import assert_states_equal
 
 from rayssl.cluster import fit
 from rayssl.config import load_train_config
-from rayssl.state import load_state
+from rayssl.runs.state import load_state
 
 # Ray ships the dumping train function to its workers by value (tests/ is not importable there).
 ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])

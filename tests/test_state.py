@@ -17,8 +17,8 @@ from conftest import HELPERS
 from rayssl.cli import main
 from rayssl.cluster import fit
 from rayssl.config import ConfigError, load_train_config
-from rayssl.pretrained import EXPORT_FORMAT, load_exported
-from rayssl.state import STATE_FILE, capture_rng, load_state, restore_rng, save_state
+from rayssl.runs.pretrained import EXPORT_FORMAT, load_exported
+from rayssl.runs.state import STATE_FILE, capture_rng, load_state, restore_rng, save_state
 
 
 class _Payload:
@@ -158,7 +158,7 @@ def test_a_torchscript_file_is_read_as_data_without_running_its_code(tmp_path, c
     import io
     import json
 
-    from rayssl.pretrained import TORCHSCRIPT_STATE, read
+    from rayssl.runs.pretrained import TORCHSCRIPT_STATE, read
 
     # the control: torch.jit.load does run the archive's code
     _script_with_setstate(tmp_path / "control.pt", {})

@@ -7,8 +7,8 @@ from pathlib import Path
 
 from rayssl.cluster import fit
 from rayssl.config import load_train_config
-from rayssl.pretrained import read
-from rayssl.storage import Storage, pick_run_name
+from rayssl.runs.pretrained import read
+from rayssl.runs.storage import Storage, pick_run_name
 
 LOCAL = {"num_workers": 0, "epochs": 1}
 

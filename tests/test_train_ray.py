@@ -11,10 +11,10 @@ import pytest
 from conftest import assert_states_equal
 
 from rayssl.cluster import fit
+from rayssl.cluster.faults import CRASH_ENV
 from rayssl.config import ConfigError, load_train_config
-from rayssl.faults import CRASH_ENV
-from rayssl.state import load_state
-from rayssl.storage import SNAPSHOT_FILE, checkpoint_dir_name
+from rayssl.runs.state import load_state
+from rayssl.runs.storage import SNAPSHOT_FILE, checkpoint_dir_name
 
 # Augmentation and dropout make exactness depend on restored RNG and view seeding.
 EXACT = {

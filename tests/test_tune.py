@@ -10,7 +10,7 @@ from click.testing import CliRunner
 
 from rayssl.cli import main
 from rayssl.config import ConfigError
-from rayssl.state import load_state
+from rayssl.runs.state import load_state
 from rayssl.tune import load_search
 
 

@@ -14,7 +14,7 @@ from conftest import assert_states_equal
 from rayssl.cli import main
 from rayssl.cluster import fit
 from rayssl.config import load_train_config
-from rayssl.state import load_state
+from rayssl.runs.state import load_state
 
 HELPERS = str(Path(__file__).parent / "helpers")
 VICREG = {

@@ -15,7 +15,7 @@ from torchmetrics.classification import (
     MulticlassRecall,
 )
 
-from rayssl import nets, schedules
+from rayssl import nets
 from rayssl.config import TrainConfig
 from rayssl.methods import Method, SimpleSupervisedModel
 from rayssl.methods.barlow_twins import BarlowTwins
@@ -29,7 +29,8 @@ from rayssl.methods.simclr import SimCLR
 from rayssl.methods.simsiam import SimSiam
 from rayssl.methods.swav import SwAV
 from rayssl.methods.vicreg import VICReg
-from rayssl.optim import LARS
+from rayssl.optim import schedules
+from rayssl.optim.lars import LARS
 
 OPTIMIZERS: dict[str, type[torch.optim.Optimizer]] = {
     "adam": torch.optim.Adam,
@@ -84,7 +85,7 @@ def build_backbone(
         spec.factory(nets.BACKBONES), spec.kwargs, input_shape=sample_shape
     )
     if weights is not None:
-        from rayssl.pretrained import load_into
+        from rayssl.runs.pretrained import load_into
 
         load_into(backbone, weights, cfg.backbone.model_dump(), cfg.backbone.init_from)
     return backbone

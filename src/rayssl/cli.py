@@ -135,8 +135,8 @@ def tune_command(search: str, overrides: tuple[str, ...], resume: bool) -> None:
 def evaluate(path: str, knn_k: int | None, trust_import_paths: bool, **where) -> None:
     """kNN and linear-probe accuracy of a run's (or a checkpoint's) frozen backbone; PATH is
     a folder or a URI (s3://, gs://, file://)."""
-    from rayssl.embed import task_error
-    from rayssl.evaluate import evaluate_checkpoint
+    from rayssl.inference.embed import task_error
+    from rayssl.inference.evaluate import evaluate_checkpoint
 
     if where["use_gpu"] and not where["workers"]:
         _fail("--use-gpu needs --workers N (the workers hold the GPUs)", EXIT_BAD_INPUT)
@@ -167,7 +167,7 @@ def evaluate(path: str, knn_k: int | None, trust_import_paths: bool, **where) ->
 def embed_command(source: str, data: str, out: str, **options) -> None:
     """Embeddings of DATA (an image folder or Parquet, a path or URI) by the backbone of
     SOURCE (a run, a checkpoint or an export), written to --out as Parquet."""
-    from rayssl.embed import EmbedJob, embed, task_error
+    from rayssl.inference.embed import EmbedJob, embed, task_error
 
     try:
         manifest = embed(EmbedJob(source, data, out, **options))
@@ -195,7 +195,7 @@ def embed_command(source: str, data: str, out: str, **options) -> None:
 def export_command(path: str, out: str, fmt: str, trust_import_paths: bool) -> None:
     """Write the backbone of a run (its newest checkpoint) or of a checkpoint folder to OUT,
     for use outside rayssl or as another run's backbone.init_from."""
-    from rayssl.pretrained import export
+    from rayssl.runs.pretrained import export
 
     try:
         pretrained = export(path, out, fmt, trust_import_paths=trust_import_paths)
@@ -218,7 +218,7 @@ def runs_command(storage: str, as_json: bool) -> None:
     import json
     from pathlib import Path
 
-    from rayssl.runs import format_table, list_runs
+    from rayssl.runs.listing import format_table, list_runs
 
     if "://" not in storage and not Path(storage).is_dir():
         _fail(f"'{storage}' holds no runs (no such folder); give a storage_path", EXIT_BAD_INPUT)
@@ -231,7 +231,7 @@ def runs_command(storage: str, as_json: bool) -> None:
 @click.option("--out", default="curves.png", show_default=True, type=click.Path(dir_okay=False))
 def plot_command(runs: tuple[str, ...], out: str) -> None:
     """Draw the learning curves of one or more RUNS (run folders) on one figure."""
-    from rayssl.plots import history_of, plot_runs
+    from rayssl.runs.plots import history_of, plot_runs
 
     try:
         histories = [history_of(run) for run in runs]

@@ -27,7 +27,7 @@ import ray
 from nodes import start_cluster, worker_nodes
 
 from rayssl.config import load_train_config
-from rayssl.storage import Storage
+from rayssl.runs.storage import Storage
 
 
 def main(config_path: str) -> None:

@@ -19,7 +19,7 @@ from nodes import start_cluster, worker_nodes
 
 from rayssl.cluster import fit
 from rayssl.config import load_train_config
-from rayssl.storage import SNAPSHOT_FILE
+from rayssl.runs.storage import SNAPSHOT_FILE
 
 
 def main(config_path: str) -> None:

@@ -18,6 +18,7 @@ import torch
 
 from rayssl import seeds
 from rayssl.build import build_method
+from rayssl.cluster.faults import CRASH_ENV
 from rayssl.cluster.quiet import report_logs
 from rayssl.cluster.records import draw_curves, open_mlflow, summarize, worker_error
 from rayssl.cluster.start import init_ray
@@ -26,9 +27,8 @@ from rayssl.config import PROBE_METRICS, ConfigError, TrainConfig
 from rayssl.data import Splits, input_normalizer, load_splits
 from rayssl.engine.inputs import Inputs
 from rayssl.errors import first_line
-from rayssl.faults import CRASH_ENV
-from rayssl.state import DamagedCheckpoint
-from rayssl.storage import (
+from rayssl.runs.state import DamagedCheckpoint
+from rayssl.runs.storage import (
     RUN_RECORD,
     Storage,
     check_resumable,
@@ -272,7 +272,7 @@ def preflight(
     adopts its normalisation where the config sets none."""
     splits = load_splits(cfg.data, cfg.seed)
     if cfg.backbone.init_from and read_init_from:
-        from rayssl import pretrained
+        from rayssl.runs import pretrained
 
         splits.pretrained = pretrained.read(cfg.backbone.init_from)
         adopt_normalization(cfg, splits.pretrained.normalize)
@@ -309,7 +309,7 @@ def _check_data_fits_run(cfg: TrainConfig, splits: Splits) -> None:
             "one subfolder per class)"
         )
     if cfg.method != "supervised" and splits.probe_sets(cfg.seed) is None:
-        from rayssl.evaluate import no_probe_reason
+        from rayssl.inference.evaluate import no_probe_reason
 
         reason = no_probe_reason(splits)
         if cfg.early_stopping and cfg.early_stopping.monitor in PROBE_METRICS:

@@ -10,8 +10,8 @@ from pathlib import Path
 
 from rayssl.config import ConfigError, TrainConfig, redact_uri
 from rayssl.errors import first_line
-from rayssl.runs import HEADLINE
-from rayssl.storage import Storage
+from rayssl.runs.listing import HEADLINE
+from rayssl.runs.storage import Storage
 
 # the metric a run's best epoch is judged by, the first one it reports (never test: it is
 # measured once, at the end)
@@ -52,7 +52,7 @@ def open_mlflow(cfg: TrainConfig, run: str):
     config's mistake: one line, exit 2."""
     if cfg.tracking is None:
         return None
-    from rayssl.tracking import MLflowRun
+    from rayssl.runs.tracking import MLflowRun
 
     uri = cfg.tracking.mlflow_uri
     try:
@@ -76,7 +76,7 @@ REMOTE_STORES = ("http", "https", "databricks", "databricks-uc", "uc")
 
 def draw_curves(storage: Storage, run: str, history: list[dict[str, float]]) -> str | None:
     """`curves.png` in the run folder (drawn locally, then copied: storage may be a URI)."""
-    from rayssl.plots import plot_runs
+    from rayssl.runs.plots import plot_runs
 
     try:
         with tempfile.TemporaryDirectory() as tmp:

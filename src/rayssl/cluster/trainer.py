@@ -11,7 +11,7 @@ from typing import Any
 
 from rayssl.cluster.start import RAY_TRAIN_ENV
 from rayssl.config import TrainConfig
-from rayssl.storage import Storage
+from rayssl.runs.storage import Storage
 
 
 @dataclass

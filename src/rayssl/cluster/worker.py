@@ -9,6 +9,7 @@ from typing import Any
 
 import torch
 
+from rayssl.cluster.faults import after_epoch_hook
 from rayssl.cluster.quiet import report_logs
 from rayssl.cluster.records import progress_line
 from rayssl.cluster.trainer import WorkerArgs
@@ -16,9 +17,8 @@ from rayssl.config import TrainConfig
 from rayssl.data import Splits
 from rayssl.engine import Loop, build_loop
 from rayssl.engine.loop import ReportKind
-from rayssl.faults import after_epoch_hook
-from rayssl.state import load_state, save_state
-from rayssl.storage import Storage
+from rayssl.runs.state import load_state, save_state
+from rayssl.runs.storage import Storage
 
 
 def run_worker(config: dict[str, Any]) -> Loop:
@@ -90,7 +90,7 @@ class RayTrainSink:
         self.started, self.first_epoch = time.perf_counter(), loop.state.epoch
         if loop.rank != 0 or not self.args.run_dir:
             return
-        from rayssl.tracking import MLflowRun, TensorBoard
+        from rayssl.runs.tracking import MLflowRun, TensorBoard
 
         self.curves = TensorBoard(self.args.run_dir, loop.state.history)
         if self.args.mlflow:

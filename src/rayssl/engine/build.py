@@ -47,7 +47,7 @@ def build_loop(
         pretrained=splits.pretrained,
     )
     if cfg.model.sync_batchnorm and world_size > 1:
-        from rayssl.batchnorm import convert_sync_batchnorm
+        from rayssl.nets.batchnorm import convert_sync_batchnorm
 
         method = convert_sync_batchnorm(method, device)  # before DDP wraps it
     seeds.seed_everything(seeds.per_rank(cfg.seed, rank))  # then per-rank randomness

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from rayssl import seeds
-from rayssl.state import capture_rng, restore_rng
+from rayssl.runs.state import capture_rng, restore_rng
 
 if TYPE_CHECKING:
     from rayssl.engine.loop import Loop

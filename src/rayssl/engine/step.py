@@ -13,7 +13,7 @@ from torch import nn
 
 from rayssl.config import TrainConfig
 from rayssl.methods import Method
-from rayssl.schedules import WeightDecaySchedule, hold_unscheduled_lr
+from rayssl.optim.schedules import WeightDecaySchedule, hold_unscheduled_lr
 
 
 class NonFiniteLossError(RuntimeError):

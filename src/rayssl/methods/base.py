@@ -9,7 +9,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from rayssl.schedules import hold_unscheduled_lr
+from rayssl.optim.schedules import hold_unscheduled_lr
 
 
 class Method(nn.Module):

@@ -8,10 +8,10 @@ from typing import Any
 import torch
 from torch import nn
 
-from rayssl.losses import NegativeCosineSimilarity
 from rayssl.methods.base import Method
 from rayssl.methods.heads import MLPHead, infer_features
-from rayssl.schedules import cosine_schedule  # noqa: F401  (also imported from here)
+from rayssl.methods.losses import NegativeCosineSimilarity
+from rayssl.optim.schedules import cosine_schedule  # noqa: F401  (also imported from here)
 
 
 def deactivate_requires_grad(model: nn.Module) -> None:

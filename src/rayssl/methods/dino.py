@@ -15,7 +15,7 @@ from torch.nn.utils.parametrizations import weight_norm
 from rayssl.methods.base import Method
 from rayssl.methods.byol import deactivate_requires_grad, update_momentum
 from rayssl.methods.heads import backbone_by_crop_size, infer_features
-from rayssl.schedules import cosine_schedule
+from rayssl.optim.schedules import cosine_schedule
 
 
 class DINOHead(nn.Module):

@@ -10,9 +10,9 @@ import torch
 from torch import nn
 from torch.func import functional_call
 
-from rayssl.losses import BatchWiseBarlowTwinsLoss
 from rayssl.methods.base import Method
 from rayssl.methods.heads import MLPHead
+from rayssl.methods.losses import BatchWiseBarlowTwinsLoss
 
 
 class RepeatedModuleList(nn.ModuleList):

@@ -8,9 +8,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from rayssl.losses import MoCoInfoNCELoss
 from rayssl.methods.byol import BYOL
 from rayssl.methods.heads import MLPHead, infer_features
+from rayssl.methods.losses import MoCoInfoNCELoss
 
 
 class MoCo(BYOL):

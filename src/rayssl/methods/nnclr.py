@@ -9,9 +9,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from rayssl.losses import NNCLRLoss, nearest_neighbours
 from rayssl.methods.base import Method
 from rayssl.methods.heads import MLPHead, infer_features
+from rayssl.methods.losses import NNCLRLoss, nearest_neighbours
 from rayssl.methods.queue import EmbeddingQueue
 
 

@@ -7,7 +7,7 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
-from rayssl.losses import gather_no_grad
+from rayssl.methods.losses import gather_no_grad
 
 
 class EmbeddingQueue:

@@ -7,9 +7,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from rayssl.losses import NTXentLoss
 from rayssl.methods.heads import MLPHead, infer_features
 from rayssl.methods.joint import JointEmbedding
+from rayssl.methods.losses import NTXentLoss
 
 
 class SimCLR(JointEmbedding):

@@ -9,9 +9,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from rayssl.losses import NegativeCosineSimilarity
 from rayssl.methods.base import Method
 from rayssl.methods.heads import MLPHead, infer_features
+from rayssl.methods.losses import NegativeCosineSimilarity
 
 
 class SimSiam(Method):

@@ -9,9 +9,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from rayssl.losses import SwAVLoss
 from rayssl.methods.base import Method
 from rayssl.methods.heads import MLPHead, backbone_by_crop_size, infer_features
+from rayssl.methods.losses import SwAVLoss
 from rayssl.methods.queue import EmbeddingQueue
 
 

@@ -7,9 +7,9 @@ from typing import Any
 
 from torch import nn
 
-from rayssl.losses import VICRegLoss
 from rayssl.methods.heads import MLPHead, infer_features
 from rayssl.methods.joint import JointEmbedding
+from rayssl.methods.losses import VICRegLoss
 
 
 class VICReg(JointEmbedding):

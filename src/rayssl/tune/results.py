@@ -12,7 +12,7 @@ from typing import Any
 
 import yaml
 
-from rayssl.storage import Storage
+from rayssl.runs.storage import Storage
 from rayssl.tune.search import SearchConfig, trial_config
 
 

@@ -28,7 +28,7 @@ def run_search(
     from ray import tune as ray_tune
 
     from rayssl.cluster import init_ray, preflight
-    from rayssl.storage import Storage
+    from rayssl.runs.storage import Storage
 
     search, base = load_search(path, overrides)
     # Storage: local folders and URIs (s3://, gs://, file://) alike, as training runs do

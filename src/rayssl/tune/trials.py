@@ -11,7 +11,7 @@ from typing import Any
 from rayssl.cluster.quiet import trial_logs
 from rayssl.config import TrainConfig
 from rayssl.engine import NoSink, build_loop
-from rayssl.state import load_state, save_state
+from rayssl.runs.state import load_state, save_state
 from rayssl.tune.search import trial_config
 
 
@@ -83,7 +83,7 @@ def run_trial(config: dict[str, Any]) -> None:
     from ray.tune.integration.ray_train import TuneReportCallback
 
     from rayssl.cluster.trainer import build_trainer
-    from rayssl.storage import Storage
+    from rayssl.runs.storage import Storage
 
     params = {k: v for k, v in config.items() if not k.startswith("_")}
     cfg = TrainConfig.model_validate(trial_config(config["_base"], params))

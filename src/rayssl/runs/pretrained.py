@@ -21,7 +21,7 @@ from torch import nn
 
 from rayssl.config import ConfigError
 from rayssl.errors import first_line
-from rayssl.state import UnsafeState, load_state_file
+from rayssl.runs.state import UnsafeState, load_state_file
 
 EXPORT_FORMAT = "rayssl-backbone/1"
 PREFIX = "backbone."
@@ -50,7 +50,7 @@ def read(
     Local paths or any URI the run's storage takes. Read as data: nothing the file names
     is imported, called or loaded (see `_shape_from_data` for the one exception, which
     needs `trust_import_paths`)."""
-    from rayssl.state import STATE_FILE
+    from rayssl.runs.state import STATE_FILE
 
     data = _export_bytes(path, field_name)  # a file is an export, whatever its suffix
     if data is not None:
@@ -105,7 +105,7 @@ def read_state(path: str, field_name: str, state_file: str) -> tuple[dict, dict[
     folder gives its newest checkpoint's) and where it was found."""
     import pyarrow.fs as pafs
 
-    from rayssl.storage import Storage, split_run_path
+    from rayssl.runs.storage import Storage, split_run_path
 
     where = path.rstrip("/") if "://" in path else str(Path(path).expanduser().resolve())
     try:

@@ -48,7 +48,7 @@ def evaluate_checkpoint(
     from rayssl.config import ConfigError, validate_train_config
     from rayssl.data import load_splits
     from rayssl.data.stored import StoredSplit
-    from rayssl.pretrained import refuse_import_paths
+    from rayssl.runs.pretrained import refuse_import_paths
 
     state, shown = _state(path)
     saved = state["config"]
@@ -140,11 +140,11 @@ def _state(path: str) -> tuple[dict, str]:
     """The state of a run folder's newest checkpoint, or of a checkpoint folder, local or at
     a URI (a run in a bucket), and how to name it in a message."""
     from rayssl.config import ConfigError
-    from rayssl.state import STATE_FILE, load_state
-    from rayssl.storage import Storage
+    from rayssl.runs.state import STATE_FILE, load_state
+    from rayssl.runs.storage import Storage
 
     if "://" in path:
-        from rayssl.pretrained import read_state
+        from rayssl.runs.pretrained import read_state
 
         state, where = read_state(path, "rayssl eval's PATH", STATE_FILE)
         return state, "/".join(filter(None, (where.get("run"), where["checkpoint"])))

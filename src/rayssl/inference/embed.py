@@ -46,7 +46,7 @@ class EmbedJob:
 
 def embed(job: EmbedJob) -> dict[str, Any]:
     """Embed `job.data` with the backbone of `job.source`; return the manifest written."""
-    from rayssl import pretrained as pre
+    from rayssl.runs import pretrained as pre
 
     backbone = pre.read(job.source, "embed's SOURCE", job.trust_import_paths)
     pre.rebuild(backbone, job.source, job.trust_import_paths)  # a bad import path: here
@@ -112,7 +112,7 @@ class Embedder:
         import ray
 
         from rayssl.engine.features import FrozenFeatures
-        from rayssl.pretrained import read, rebuild
+        from rayssl.runs.pretrained import read, rebuild
 
         backbone = read(path, "embed's SOURCE", trust)
         # one torch thread per CPU the actor holds (--cpus-per-actor), not the machine's

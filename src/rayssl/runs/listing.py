@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 from typing import Any
 
-from rayssl.storage import LOCAL_INDEX_FILE, RUN_RECORD, SNAPSHOT_FILE, Storage, driver_alive
+from rayssl.runs.storage import LOCAL_INDEX_FILE, RUN_RECORD, SNAPSHOT_FILE, Storage, driver_alive
 
 HEADLINE = (  # the metric a run is judged by, first one it reports
     ("linear_acc", "max"),

@@ -85,8 +85,8 @@ def history_of(run_dir: str) -> tuple[str, list[dict[str, Any]]]:
     """A run's label and per-epoch history: its summary.json while the run record agrees it
     finished, else (a run still training, failed, or resumed) its newest checkpoint's."""
     from rayssl.config import ConfigError
-    from rayssl.runs import newest_history, summary_history
-    from rayssl.storage import RUN_RECORD, Storage, split_run_path
+    from rayssl.runs.listing import newest_history, summary_history
+    from rayssl.runs.storage import RUN_RECORD, Storage, split_run_path
 
     where = run_dir.rstrip("/") if "://" in run_dir else str(Path(run_dir).resolve())
     parent, run = split_run_path(where)

@@ -18,7 +18,7 @@ from typing import Any
 import pyarrow.fs
 
 from rayssl.config import ConfigError, TrainConfig
-from rayssl.state import STATE_FILE, load_state
+from rayssl.runs.state import STATE_FILE, load_state
 
 SNAPSHOT_FILE = "checkpoint_manager_snapshot.json"  # Ray Train's record of registered checkpoints
 # rayssl's own record, for checkpoints Ray Train does not persist (local mode, num_workers 0)
@@ -229,7 +229,7 @@ class Storage:
     def save_local_checkpoint(self, run: str, state: dict[str, Any], keep: int | None) -> str:
         """Local mode: write `state` as a new checkpoint folder of `run`, register it in the
         index (after the state is complete), then delete the oldest beyond `keep`."""
-        from rayssl.state import save_state
+        from rayssl.runs.state import save_state
 
         fs, base = self._fs()
         name = checkpoint_dir_name()
