@@ -55,10 +55,10 @@ def _evaluate(config: dict) -> None:
     import torch.distributed as dist
 
     from rayssl import seeds
-    from rayssl.build import build_method
     from rayssl.config import validate_train_config
     from rayssl.engine.inputs import Inputs, eval_batches
     from rayssl.engine.probes import features_of, knn_accuracy, linear_probe_accuracy
+    from rayssl.methods.registry import build_method
 
     torch.set_num_threads(1)
     context = ray.train.get_context()

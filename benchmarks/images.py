@@ -115,7 +115,7 @@ def lightly_views(method: str) -> dict:
 
 
 def lightly_steps(method: str, cfg, steps: int, batch: int = BATCH) -> dict:
-    from rayssl.build import build_method
+    from rayssl.methods.registry import build_method
 
     torch.manual_seed(0)
     model = build_method(cfg, (3, 32, 32), 10).to(DEVICE)

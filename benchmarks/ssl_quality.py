@@ -89,7 +89,7 @@ def clean_sets(cfg):
 
 def backbone_of(cfg, state: dict | None = None) -> nn.Module:
     """A fresh `cnn2d` with the seed's initial weights (rayssl's), or `state`'s weights."""
-    from rayssl.build import build_method
+    from rayssl.methods.registry import build_method
     from rayssl.seeds import seed_everything
 
     seed_everything(cfg.seed)

@@ -47,9 +47,9 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 import torch  # noqa: E402
 
-from rayssl.build import build_method  # noqa: E402
 from rayssl.config import load_train_config  # noqa: E402
 from rayssl.data import Augment, load_splits  # noqa: E402
+from rayssl.methods.registry import build_method  # noqa: E402
 from rayssl.seeds import seed_everything  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]

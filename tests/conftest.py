@@ -117,10 +117,10 @@ def ray_session(_ray_at_exit):
 def one_process_loop(overrides=None, select_targets=False, sink=None):
     """A one-process Loop on TINY + `overrides`; `select_targets`: LFR picks its targets on
     the training inputs, as the Ray worker does."""
-    from rayssl.build import build_method
     from rayssl.config import deep_merge, validate_train_config
     from rayssl.data import load_splits
     from rayssl.engine import Loop
+    from rayssl.methods.registry import build_method
     from rayssl.seeds import seed_everything
 
     base = {**TINY, "num_workers": 1}

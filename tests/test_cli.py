@@ -407,3 +407,34 @@ def test_a_finished_run_shows_its_probe_accuracies(write_config, tmp_path):
     summary = json.loads(Path(lines[-1].split("summary: ")[1]).read_text())["final_metrics"]
     for key in ("val_loss", "knn_acc", "linear_acc", "online_linear_acc"):
         assert f"{key} {summary[key]:.4f}" in final, (key, final)
+
+
+def test_methods_lists_every_builtin_with_its_class():
+    """`rayssl methods` prints each built-in method (the config's `method:` values) once,
+    with the class a config of that name builds."""
+    from rayssl.config import validate_train_config
+    from rayssl.methods.registry import build_method
+
+    result = CliRunner().invoke(main, ["methods"])
+    assert result.exit_code == 0, result.output
+    lines = [line.split() for line in result.output.splitlines() if "[rayssl." in line]
+    names = [line[0] for line in lines]
+    assert sorted(names) == sorted(
+        [
+            "supervised",
+            "byol",
+            "simclr",
+            "lfr",
+            "barlow_twins",
+            "vicreg",
+            "moco",
+            "dino",
+            "swav",
+            "simsiam",
+            "nnclr",
+        ]
+    )
+    for name, line in zip(names, lines, strict=True):
+        cfg = validate_train_config({"method": name, "backbone": {"name": "cnn1d", "width": 4}})
+        built = build_method(cfg, (1, 16), 3)
+        assert line[-1] == f"[{type(built).__module__}.{type(built).__name__}]"

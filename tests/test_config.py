@@ -101,35 +101,26 @@ def test_the_configuration_page_is_current():
     assert "| `trust_coefficient` | float | `0.001` | > 0.0, <= 1.0 |" in page
 
 
-def test_the_schemas_multi_crop_methods_are_the_classes_that_take_local_crops():
-    """The config accepts local crops for the built-ins it names; the loop adds them for the
-    classes that set `multi_crop`. The two lists must agree, for every built-in method."""
-    from rayssl.config.train import BUILTIN_METHODS, MULTI_CROP_METHODS
-    from rayssl.methods import SimpleSupervisedModel
-    from rayssl.methods.barlow_twins import BarlowTwins
-    from rayssl.methods.byol import BYOL
-    from rayssl.methods.dino import DINO
-    from rayssl.methods.lfr import LearnFromRandomnessModel
-    from rayssl.methods.moco import MoCo
-    from rayssl.methods.nnclr import NNCLR
-    from rayssl.methods.simclr import SimCLR
-    from rayssl.methods.simsiam import SimSiam
-    from rayssl.methods.swav import SwAV
-    from rayssl.methods.vicreg import VICReg
+def test_the_schema_accepts_local_crops_exactly_for_the_classes_that_take_them():
+    """The config accepts local crops for a built-in whose class sets `multi_crop` (the loop
+    adds them for those classes) and refuses them for every other built-in; every built-in
+    is a section of the schema and a Method subclass of its own module."""
+    from rayssl.config import BUILTIN_METHODS, TrainConfig
+    from rayssl.methods import Method
+    from rayssl.methods.registry import BUILTINS
 
-    classes = {
-        "supervised": SimpleSupervisedModel,
-        "byol": BYOL,
-        "simclr": SimCLR,
-        "lfr": LearnFromRandomnessModel,
-        "barlow_twins": BarlowTwins,
-        "vicreg": VICReg,
-        "moco": MoCo,
-        "dino": DINO,
-        "swav": SwAV,
-        "simsiam": SimSiam,
-        "nnclr": NNCLR,
-    }
-    assert set(classes) == set(BUILTIN_METHODS)
-    taking = {name for name, cls in classes.items() if getattr(cls, "multi_crop", False)}
-    assert taking == set(MULTI_CROP_METHODS)
+    assert BUILTIN_METHODS == tuple(BUILTINS) and len(BUILTINS) == 11
+    crops = {"shape": [3, 16, 16], "num_samples": 64, "batch_size": 16}
+    image = {"local_crops": {"number": 2, "size": 8}}
+    taking = set()
+    for name, builtin in BUILTINS.items():
+        assert issubclass(builtin.cls, Method) and name in TrainConfig.model_fields
+        assert builtin.cls.__module__ == f"rayssl.methods.{name}"
+        raw = {"method": name, "data": {"name": "synthetic", **crops, "augment": {"image": image}}}
+        try:
+            validate_train_config(raw)
+            taking.add(name)
+        except ConfigError as exc:
+            assert "local_crops" in str(exc)
+    assert taking == {"dino", "swav"}
+    assert taking == {n for n, b in BUILTINS.items() if getattr(b.cls, "multi_crop", False)}

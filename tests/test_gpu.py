@@ -8,11 +8,11 @@ import pytest
 import torch
 from conftest import assert_states_equal
 
-from rayssl.build import build_method
 from rayssl.config import validate_train_config
 from rayssl.data import load_splits
 from rayssl.data.demo import write_digit_images
 from rayssl.engine import Loop
+from rayssl.methods.registry import build_method
 from rayssl.runs.state import load_state, save_state
 from rayssl.seeds import seed_everything
 

@@ -3,11 +3,11 @@ import torch
 from conftest import TINY, assert_states_equal, gloo_group, leave_gloo_group
 from conftest import one_process_loop as _loop
 
-from rayssl.build import build_method
 from rayssl.config import validate_train_config
 from rayssl.data import load_splits
 from rayssl.engine import Loop, NonFiniteLossError, NoSink, TrainingIterationStats
 from rayssl.engine.dummy import DummyTrainer
+from rayssl.methods.registry import build_method
 from rayssl.runs.state import load_state, save_state
 from rayssl.seeds import seed_everything
 

@@ -77,8 +77,8 @@ def test_a_timm_model_is_a_backbone_by_import_path(write_config):
         import timm  # noqa: F401
     except Exception as exc:  # ImportError, or torchvision's operator error at import
         pytest.skip(f"timm not importable here ({type(exc).__name__})")
-    from rayssl.build import build_method
     from rayssl.config import load_train_config
+    from rayssl.methods.registry import build_method
 
     config = write_config(
         {

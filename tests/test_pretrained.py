@@ -13,10 +13,11 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from rayssl.build import build_method, optimizer_setup
 from rayssl.cli import main
 from rayssl.cluster import fit
 from rayssl.config import ConfigError, validate_train_config
+from rayssl.methods.registry import build_method
+from rayssl.optim.setup import optimizer_setup
 from rayssl.runs.pretrained import read
 from rayssl.runs.state import load_state, save_state
 

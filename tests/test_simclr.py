@@ -19,8 +19,8 @@ def test_the_projector_can_end_in_batchnorm_as_simclrs_code():
     off by default (the head rayssl's published SimCLR numbers used)."""
     import torch
 
-    from rayssl.build import build_method
     from rayssl.config import validate_train_config
+    from rayssl.methods.registry import build_method
 
     def head(**simclr):
         cfg = validate_train_config({"method": "simclr", "simclr": simclr})

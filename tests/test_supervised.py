@@ -53,11 +53,11 @@ def test_a_frozen_backbone_linear_eval_reaches_the_standardised_probe():
     with the features standardised before the head (the default for a frozen backbone) the
     head comes within 1 point of the standardised logistic-regression probe on the same
     features; without, it stays further off (measured: 0.969 and 0.931 vs the probe's 0.975)."""
-    from rayssl.build import build_method
     from rayssl.config import validate_train_config
     from rayssl.data import load_splits
     from rayssl.engine import Loop
     from rayssl.engine.probes import extract_features, linear_probe_accuracy
+    from rayssl.methods.registry import build_method
     from rayssl.seeds import seed_everything
 
     def linear_eval(standardize):

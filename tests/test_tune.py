@@ -232,3 +232,60 @@ def test_a_search_on_a_storage_uri_writes_there_and_resumes(
     again = CliRunner().invoke(main, ["tune", str(search), "--resume"])
     assert again.exit_code == 0, again.output
     assert [p.name for p in (tmp_path / "store").iterdir()] == [experiment.name]  # the same
+
+
+def test_a_search_from_a_pretrained_backbone_gives_every_trial_its_normalisation(
+    write_config, ray_session, tmp_path
+):
+    """A base config with `backbone.init_from` and no `data.normalize` trains every trial
+    on inputs normalised as the backbone was trained (as a run does), and best.yaml says so.
+    Before, only the driver's copy of the config took them: trials normalised afresh."""
+    from rayssl.config import validate_train_config
+    from rayssl.methods.registry import build_method
+    from rayssl.runs.state import save_state
+
+    stats = {"mean": [0.25], "std": [2.0]}
+    source_cfg = validate_train_config({**TINY_SOURCE, "data": {**TINY_DATA, "normalize": stats}})
+    method = build_method(source_cfg, (1, 16), 4)
+    save_state(
+        {
+            "config": source_cfg.model_dump(mode="json"),
+            "model": method.state_dict(),
+            "method_extra": method.extra_state(),
+            "loop": {"epoch": 1},
+            "input": {"shape": [1, 16], "normalize": stats},
+        },
+        tmp_path / "source",
+    )
+    base = write_config(
+        {
+            "epochs": 1,
+            "num_workers": 1,
+            "data": {"batch_size": 16},
+            "backbone": {"init_from": str(tmp_path / "source")},
+        }
+    )
+    search = {
+        "base": base.name,
+        "space": {"optimizer.lr": {"choice": [1.0e-3]}},
+        "metric": "val_accuracy",
+        "mode": "max",
+        "num_samples": 1,
+        "scheduler": {"name": "fifo"},
+        "storage_path": str(tmp_path / "tune"),
+    }
+    (tmp_path / "search.yaml").write_text(yaml.safe_dump(search))
+    result = CliRunner().invoke(main, ["tune", str(tmp_path / "search.yaml")])
+    assert result.exit_code == 0, result.output
+    (experiment,) = (tmp_path / "tune").iterdir()
+    (state,) = experiment.glob("*/checkpoint_*/state.pt")
+    trained = load_state(state.parent)
+    assert trained["config"]["data"]["normalize"] == stats
+    assert trained["input"]["normalize"] == stats
+    best = yaml.safe_load((experiment / "best.yaml").read_text())
+    assert best["data"]["normalize"] == stats
+    assert trained["loop"]["epoch"] == 1
+
+
+TINY_DATA = {"name": "synthetic", "shape": [1, 16], "num_samples": 256, "batch_size": 32}
+TINY_SOURCE = {"method": "supervised", "backbone": {"name": "cnn1d", "width": 8}}

@@ -240,6 +240,17 @@ def plot_command(runs: tuple[str, ...], out: str) -> None:
     click.echo(f"rayssl: wrote {plot_runs(histories, out)}")
 
 
+@main.command("methods")
+def methods_command() -> None:
+    """List the built-in methods (the `method:` of a config) and their classes."""
+    from rayssl.methods.registry import BUILTINS
+
+    for name, builtin in BUILTINS.items():
+        cls = f"{builtin.cls.__module__}.{builtin.cls.__name__}"
+        click.echo(f"{name:<14} {builtin.summary}  [{cls}]")
+    click.echo("or any Method subclass by import path: method: 'package.module:Class'")
+
+
 @main.command("demo-images")
 @click.argument("out", type=click.Path(file_okay=False))
 @click.option("--train", "n_train", type=click.IntRange(min=10), default=5000, show_default=True)

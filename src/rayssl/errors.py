@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 
+class ConfigError(ValueError):
+    """A user error in a config, a command-line value or an input file (exit code 2)."""
+
+
 def first_line(exc: BaseException, with_type: bool = True) -> str:
     """`Type: first line of the message` (or only the line), never a traceback."""
     text = str(exc).strip().splitlines()

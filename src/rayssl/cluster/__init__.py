@@ -4,7 +4,9 @@ mark each call into Ray, in the order a run makes them: 1. start or join Ray (st
 on every worker (worker.py): 5. rank, 6. DDP, 7. data shard, 8. checkpoint to restore,
 9. reports, 10. preemption notices.
 
-    driver.py   `rayssl train` on the driver: preflight, fit, the run record and summary
+    driver.py   `rayssl train` on the driver: a new run or a resume prepared, fit, the run
+                record and summary
+    preflight.py  the checks before Ray starts (data, views, init_from, two samples)
     start.py    start or join Ray; refuse a run the cluster cannot place
     trainer.py  the TorchTrainer of a run and the typed WorkerArgs its workers get
     worker.py   what every worker runs: build the loop, restore, report to Ray Train
@@ -12,7 +14,8 @@ on every worker (worker.py): 5. rank, 6. DDP, 7. data shard, 8. checkpoint to re
     quiet.py    every log line rayssl silences, and why
 """
 
-from rayssl.cluster.driver import RunFailed, fit, preflight
+from rayssl.cluster.driver import RunFailed, fit
+from rayssl.cluster.preflight import preflight
 from rayssl.cluster.start import init_ray
 from rayssl.cluster.trainer import WorkerArgs, build_trainer
 

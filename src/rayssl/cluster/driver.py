@@ -12,20 +12,17 @@ import os
 import socket
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
-import torch
-
-from rayssl import seeds
-from rayssl.build import build_method
 from rayssl.cluster.faults import CRASH_ENV
+from rayssl.cluster.preflight import preflight
 from rayssl.cluster.quiet import report_logs
 from rayssl.cluster.records import draw_curves, open_mlflow, summarize, worker_error
 from rayssl.cluster.start import init_ray
 from rayssl.cluster.trainer import build_trainer, train_func
-from rayssl.config import PROBE_METRICS, ConfigError, TrainConfig
-from rayssl.data import Splits, input_normalizer, load_splits
-from rayssl.engine.inputs import Inputs
+from rayssl.config import ConfigError, TrainConfig
+from rayssl.data import Splits
 from rayssl.errors import first_line
 from rayssl.runs.state import DamagedCheckpoint
 from rayssl.runs.storage import (
@@ -73,30 +70,36 @@ def fit(
                 os.close(handle)
 
 
+@dataclass
+class Prepared:
+    """A run ready to start: its config as it will train (a resume's settled by its
+    checkpoint), its data, its storage, and for a resume its folder and where Ray Train
+    starts from."""
+
+    cfg: TrainConfig
+    splits: Splits
+    storage: Storage
+    run: str | None = None  # a new run's folder is reserved once the cluster is up
+    initial: Any = None  # a checkpoint Ray Train would not restore itself
+    skip: str | None = None  # Ray Train's newest checkpoint, when it is damaged
+
+
 def _fit(cfg, resume, train_fn, crash_after_epoch, launched_at, dashboard, claim) -> dict:
     import ray
 
-    local = cfg.num_workers == 0
-    storage = run = saved = initial = ray_logs = chosen = None
-    if resume:  # the run's own record decides what its config left open
-        storage, run, saved, chosen = _saved_run(cfg, claim)
-    # a resumed run's backbone weights are in its checkpoint: init_from is not read again
-    splits, method_state = preflight(cfg, read_init_from=saved is None)
-    if resume:
-        initial = _state_ray_never_saw(cfg, storage, run, saved, method_state, chosen)
-    else:  # a storage_path that cannot be written fails here, before Ray starts
-        storage = Storage.resolve(cfg.storage_path)
+    ready = _prepare_resume(cfg, claim) if resume else _prepare_new_run(cfg)
+    cfg, splits, storage = ready.cfg, ready.splits, ready.storage
+    local, ray_logs = cfg.num_workers == 0, None
     if local:  # local mode needs no Ray cluster at all; rayssl prints its own progress
         report_logs(local=True)
     else:
         ray_logs = init_ray(cfg, dashboard=dashboard, streaming=splits.reads_storage)
-    if not resume:  # reserves the run's folder: only once the inputs and the cluster passed
-        run = pick_run_name(cfg, storage, resume)
+    run = ready.run
+    if run is None:  # reserves the new run's folder: only once the inputs and cluster passed
+        run = pick_run_name(cfg, storage, resume=False)
         claim.append(storage.claim(run))
     if crash_after_epoch is None:
         crash_after_epoch = int(os.environ.get(CRASH_ENV, "0") or 0)
-    if resume:
-        _drop_unregistered_checkpoints(storage, run)
     mlflow_run = open_mlflow(cfg, run)
     trainer = build_trainer(
         cfg,
@@ -107,10 +110,9 @@ def _fit(cfg, resume, train_fn, crash_after_epoch, launched_at, dashboard, claim
         stream=splits.stream,
         crash_after_epoch=crash_after_epoch,
         launched_at=launched_at,
-        initial_checkpoint=initial,
-        initial_is_resume=initial is not None,
-        # Ray Train restores its newest checkpoint; a damaged one is passed over for `initial`
-        skip_checkpoint=storage.latest_checkpoint(run) if resume and initial else None,
+        initial_checkpoint=ready.initial,
+        initial_is_resume=ready.initial is not None,
+        skip_checkpoint=ready.skip,
         mlflow=(cfg.tracking.mlflow_uri, mlflow_run.run_id) if mlflow_run else None,
         # a checkpoint mid-epoch on a preemption notice (not under Tune: its trials'
         # reports are epochs, and ASHA and PBT act on each)
@@ -119,12 +121,21 @@ def _fit(cfg, resume, train_fn, crash_after_epoch, launched_at, dashboard, claim
     return _run_and_record(cfg, trainer, storage, run, mlflow_run, local, ray_logs)
 
 
-def _saved_run(cfg: TrainConfig, claim: list) -> tuple[Storage, str, dict, str]:
-    """The newest run of this name, claimed for this driver before anything else (two
-    resumes started together: one trains, the other is one line), and its latest state;
-    the state settles what this config leaves open."""
+def _prepare_new_run(cfg: TrainConfig) -> Prepared:
+    """A new run: its inputs checked (and `backbone.init_from` read) before Ray starts, and
+    its storage_path written to (a folder that cannot take a run fails here)."""
+    cfg, splits, _ = preflight(cfg)
+    return Prepared(cfg, splits, Storage.resolve(cfg.storage_path))
+
+
+def _prepare_resume(cfg: TrainConfig, claim: list) -> Prepared:
+    """A resume: the newest run of this name claimed for this driver before anything else
+    (two resumes started together: one trains, the other is one line), its newest readable
+    state read, the config settled by it, the inputs checked against it (the backbone's
+    weights are in the checkpoint: `init_from` is not read again), and the checkpoint
+    folders nothing registered removed."""
     storage = Storage.resolve(cfg.storage_path)
-    run = pick_run_name(cfg, storage, True)
+    run = pick_run_name(cfg, storage, resume=True)
     claim.append(storage.claim(run))
     record = storage.read_json(run, RUN_RECORD)
     if record.get("status") == "running" and driver_alive(record):
@@ -133,10 +144,21 @@ def _saved_run(cfg: TrainConfig, claim: list) -> tuple[Storage, str, dict, str]:
             "on this host); wait for it to end or stop it, then resume"
         )
     saved, chosen = _newest_readable_state(storage, run)
-    if cfg.data.normalize is None and saved["config"]["data"].get("normalize"):
-        cfg.data.normalize = saved["config"]["data"]["normalize"]  # e.g. init_from's
-    cfg.settle_older_checkpoint(saved["config"])  # options added since it was written
-    return storage, run, saved, chosen
+    cfg = _settled_by(cfg, saved["config"])
+    cfg, splits, method_state = preflight(cfg, read_init_from=False)
+    initial = _state_ray_never_saw(cfg, storage, run, saved, method_state, chosen)
+    _drop_unregistered_checkpoints(storage, run)
+    # Ray Train restores its newest checkpoint; a damaged one is passed over for `initial`
+    skip = storage.latest_checkpoint(run) if initial else None
+    return Prepared(cfg, splits, storage, run, initial, skip)
+
+
+def _settled_by(cfg: TrainConfig, saved: dict[str, Any]) -> TrainConfig:
+    """What the run's own checkpoint decides that this config leaves open: its
+    normalisation (e.g. from init_from), and options added since it was written."""
+    if cfg.data.normalize is None and saved["data"].get("normalize"):
+        cfg = cfg.updated({"data": {"normalize": saved["data"]["normalize"]}})
+    return cfg.with_older_options(saved)
 
 
 def _newest_readable_state(storage: Storage, run: str) -> tuple[dict, str]:
@@ -258,143 +280,3 @@ def _run_and_record(
     if mlflow_run is not None:
         mlflow_run.close(summary)
     return summary
-
-
-# ============================================================================ preflight
-
-
-def preflight(
-    cfg: TrainConfig, read_init_from: bool = True
-) -> tuple[Splits, dict[str, torch.Tensor]]:
-    """Load the data and push two samples through the method on the driver, so bad data or a
-    backbone that cannot take it fails with one line before Ray starts. Reads
-    `backbone.init_from` (unless `read_init_from` is off: a resume has the weights) and
-    adopts its normalisation where the config sets none."""
-    splits = load_splits(cfg.data, cfg.seed)
-    if cfg.backbone.init_from and read_init_from:
-        from rayssl.runs import pretrained
-
-        splits.pretrained = pretrained.read(cfg.backbone.init_from)
-        adopt_normalization(cfg, splits.pretrained.normalize)
-    input_normalizer(cfg.data, splits)  # its channel count is checked against the data
-    _check_data_fits_run(cfg, splits)
-    if cfg.tracking is not None:
-        try:
-            import mlflow  # noqa: F401
-        except ImportError:
-            raise ConfigError(
-                "tracking.mlflow_uri needs MLflow, an optional extra: pip install -e "
-                "'.[mlflow]' (or pip install mlflow), or remove tracking"
-            ) from None
-    return splits, _two_samples_through_the_method(cfg, splits)
-
-
-def _check_data_fits_run(cfg: TrainConfig, splits: Splits) -> None:
-    """What the data must offer this run: labels, local access, probes, image layout."""
-    if not splits.labeled and cfg.method == "supervised":
-        raise ConfigError(
-            f"data.path '{cfg.data.path}' holds images without labels (no class folders); "
-            "a supervised run needs one subfolder per class"
-        )
-    if splits.stream is not None and cfg.num_workers == 0:
-        raise ConfigError(
-            f"data.path '{cfg.data.path}' decodes to more than 1 GiB, so it streams through "
-            "Ray Data, which local mode (num_workers 0) cannot: set num_workers >= 1, or "
-            "data.in_memory: true"
-        )
-    if cfg.method == "supervised" and splits.labeled and splits.num_classes < 2:
-        raise ConfigError(
-            f"data '{cfg.data.name}'{f' ({cfg.data.path})' if cfg.data.path else ''} has one "
-            "class; supervised training needs labels of 2 or more classes (an image folder: "
-            "one subfolder per class)"
-        )
-    if cfg.method != "supervised" and splits.probe_sets(cfg.seed) is None:
-        from rayssl.inference.evaluate import no_probe_reason
-
-        reason = no_probe_reason(splits)
-        if cfg.early_stopping and cfg.early_stopping.monitor in PROBE_METRICS:
-            raise ConfigError(f"early_stopping.monitor '{cfg.early_stopping.monitor}': {reason}")
-        print(f"[rayssl] note: probes skipped: {reason}", flush=True)
-    if cfg.performance.channels_last and len(splits.sample_shape) != 3:
-        raise ConfigError(
-            f"performance.channels_last needs image samples (C, H, W); data '{cfg.data.name}' "
-            f"gives {splits.sample_shape}: set performance.channels_last=false"
-        )
-
-
-def _two_samples_through_the_method(cfg: TrainConfig, splits: Splits) -> dict:
-    """Build the method and run a validation step on two training samples' views; return
-    the method's initial state (a resume checks its checkpoint against it)."""
-    try:
-        seeds.seed_everything(cfg.seed)
-        method = build_method(
-            cfg,
-            splits.sample_shape,
-            splits.num_classes,
-            selection_sample=splits.train[0],
-            pretrained=splits.pretrained,
-        )
-        method.eval()
-        with torch.no_grad():
-            method.validation_step((preflight_views(cfg, splits, method), splits.train[1][:2]))
-    except ConfigError:  # its own line already (backbone.init_from that does not fit)
-        raise
-    except (RuntimeError, ValueError, TypeError) as exc:
-        size = cfg.data.augment.image.size if cfg.data.augment.image else None
-        resized = f", resized to {size}x{size} by data.augment.image.size" if size else ""
-        raise ConfigError(
-            f"backbone '{cfg.backbone.name}' / head '{cfg.head.name}' cannot take samples of "
-            f"shape {splits.sample_shape}{resized} from data '{cfg.data.name}': "
-            f"{first_line(exc, with_type=False)}"
-        ) from None
-    return method.state_dict()
-
-
-def preflight_views(cfg: TrainConfig, splits: Splits, method) -> Any:
-    """Two training samples through the configured views and normalisation, as the loop
-    makes them: a pipeline that cannot take the data is one line here, not a worker's
-    traceback (image views on non-image data, an `augment.image.size` the backbone
-    cannot take is caught by the method's step right after)."""
-    x = splits.train[0][:2].float()
-    g = torch.Generator().manual_seed(cfg.seed)
-    try:
-        return Inputs(method, cfg, splits).views(x, g)
-    except (RuntimeError, ValueError, TypeError, IndexError) as exc:
-        image = " (image views need (C, H, W) images)" if cfg.data.augment.image else ""
-        raise ConfigError(
-            f"data.augment cannot make views of samples of shape {splits.sample_shape} from "
-            f"data '{cfg.data.name}'{image}: {first_line(exc, with_type=False)}"
-        ) from None
-
-
-def adopt_normalization(cfg: TrainConfig, stats: dict[str, list[float]] | str | None) -> None:
-    """A pretrained backbone saw inputs normalised by `stats` ({mean, std}, or "sample":
-    each input by its own): a config without `data.normalize` uses them too (said in one
-    line); one that sets something else is warned about, and its own setting is kept."""
-    if not stats:
-        return
-    wanted = cfg.data.normalize
-    if stats == "sample":
-        if wanted is None:
-            cfg.data.normalize = "sample"
-            print("[rayssl] note: data.normalize 'sample' from backbone.init_from", flush=True)
-        elif wanted != "sample":
-            print(
-                "[rayssl] warning: backbone.init_from was trained on inputs normalised per "
-                "sample (data.normalize: sample); this run's data.normalize differs",
-                flush=True,
-            )
-        return
-    if wanted is None:
-        cfg.data.normalize = {"mean": stats["mean"], "std": stats["std"]}
-        print(
-            f"[rayssl] note: data.normalize from backbone.init_from: mean {stats['mean']}, "
-            f"std {stats['std']}",
-            flush=True,
-        )
-    elif isinstance(wanted, str) or [wanted.mean, wanted.std] != [stats["mean"], stats["std"]]:
-        print(
-            f"[rayssl] warning: backbone.init_from was trained on inputs normalised with mean "
-            f"{stats['mean']}, std {stats['std']}; this run's data.normalize differs",
-            flush=True,
-        )

@@ -35,7 +35,6 @@ def after_epoch_hook(args: Any, epoch: int, rank: int) -> None:
 def _every_rank_reported() -> None:
     """Return once every rank has returned from its report: each report then waits in its
     worker's queue, and the controller's poll that sees a failure also collects them."""
-    import torch.distributed as dist
+    from rayssl import distributed
 
-    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
-        dist.barrier()
+    distributed.barrier()

@@ -3,12 +3,10 @@ it restore and train, and report each epoch to Ray Train with a checkpoint."""
 
 from __future__ import annotations
 
-import tempfile
 import time
 from typing import Any
 
-import torch
-
+from rayssl import distributed
 from rayssl.cluster.faults import after_epoch_hook
 from rayssl.cluster.quiet import report_logs
 from rayssl.cluster.records import progress_line
@@ -16,8 +14,8 @@ from rayssl.cluster.trainer import WorkerArgs
 from rayssl.config import TrainConfig
 from rayssl.data import Splits
 from rayssl.engine import Loop, build_loop
-from rayssl.engine.loop import ReportKind
-from rayssl.runs.state import load_state, save_state
+from rayssl.engine.checkpoint import restore_and_fit
+from rayssl.engine.sinks import CheckpointSink, state_directory
 from rayssl.runs.storage import Storage
 
 
@@ -35,13 +33,14 @@ def run_worker(config: dict[str, Any]) -> Loop:
     checkpoint = ray.train.get_checkpoint()
     if checkpoint is not None and _name(checkpoint.path) == args.skip_checkpoint:
         checkpoint = None  # damaged: the driver chose an older one (initial_checkpoint)
-    restored, donor = None, False
-    if checkpoint is not None or args.initial_checkpoint is not None:
-        with (checkpoint or args.initial_checkpoint).as_directory() as directory:
-            restored = load_state(directory)
-        donor = checkpoint is None and not args.initial_is_resume
     loop.launched_at = args.launched_at
-    loop.fit(restored, adopt=donor, resumed=not donor)
+    start = checkpoint or args.initial_checkpoint
+    if start is None:
+        restore_and_fit(loop, None)
+        return loop
+    donor = checkpoint is None and not args.initial_is_resume
+    with start.as_directory() as directory:
+        restore_and_fit(loop, directory, adopt=donor, resumed=not donor)
     return loop
 
 
@@ -74,7 +73,7 @@ def build_worker_loop(args: WorkerArgs, sink: RayTrainSink | None = None) -> Loo
     )
 
 
-class RayTrainSink:
+class RayTrainSink(CheckpointSink):
     """Reports to Ray Train: every rank reports, rank 0 attaches the checkpoint (in local
     mode rayssl writes the checkpoint itself, Ray's local mode would keep it in memory).
     After each epoch, rank 0 also prints the progress line and logs TensorBoard / MLflow."""
@@ -108,29 +107,25 @@ class RayTrainSink:
             return False
         return ray.train.get_preemption_info() is not None  # 10. a node of this run goes away
 
-    def report(self, loop: Loop, metrics: dict[str, float], kind: ReportKind) -> None:
+    def checkpoint_state(self, loop: Loop) -> dict[str, Any] | None:
+        """Every rank's random state gathered; the whole state on rank 0 only."""
+        rng_states = distributed.all_gather_object(loop.rank_state())
+        return loop.state_dict(rng_states) if loop.rank == 0 else None
+
+    def send(self, loop: Loop, metrics: dict[str, float], state: dict[str, Any] | None) -> None:
         import ray.train
 
-        if kind == "already_over":
-            ray.train.report(metrics)
-            return
-        rng_states = _gather(loop.rank_state(), loop.world_size)
-        if self.args.local_run is not None:
+        if self.args.local_run is not None and state is not None:
             uri, run = self.args.local_run
-            state = loop.state_dict(rng_states)
             Storage(uri).save_local_checkpoint(run, state, loop.cfg.checkpoint.num_to_keep)
-            ray.train.report(metrics)  # 9. local mode: metrics only, rayssl saved the state
-        else:
-            with tempfile.TemporaryDirectory() as tmp:
-                ckpt = None
-                if loop.rank == 0:
-                    save_state(loop.state_dict(rng_states), tmp)
-                    ckpt = ray.train.Checkpoint.from_directory(tmp)
-                ray.train.report(metrics, checkpoint=ckpt)  # 9. with the checkpoint
-        if kind == "epoch":
-            self._after_epoch(loop, metrics)
+            state = None  # 9. local mode: metrics only, rayssl saved the state
+        if state is None:
+            ray.train.report(metrics)  # 9. a rank without the checkpoint, or a run's end again
+            return
+        with state_directory(state) as tmp:
+            ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp))  # 9.
 
-    def _after_epoch(self, loop: Loop, metrics: dict[str, float]) -> None:
+    def after_epoch(self, loop: Loop, metrics: dict[str, float]) -> None:
         done = loop.state.epoch - self.first_epoch
         if loop.rank == 0:
             print(progress_line(metrics, loop.cfg, done, self.started), flush=True)
@@ -139,12 +134,3 @@ class RayTrainSink:
         if self.mlflow_run is not None:
             self.mlflow_run.sync(loop.state.history)
         after_epoch_hook(self.args, loop.state.epoch, loop.rank)  # TEST HOOK: no-op unless asked
-
-
-def _gather(obj: Any, world_size: int) -> list[Any]:
-    """Every rank's `obj`, on every rank."""
-    if world_size == 1:
-        return [obj]
-    gathered: list[Any] = [None] * world_size
-    torch.distributed.all_gather_object(gathered, obj)
-    return gathered

@@ -1,15 +1,18 @@
-"""What every config section shares: the error type of a user's mistake, and strict models."""
+"""What every config section shares: the error type of a user's mistake (`ConfigError`, from
+`rayssl.errors`), strict models, and the base of a method's own section."""
 
 from __future__ import annotations
+
+from typing import Any, ClassVar
 
 from pydantic import (
     BaseModel,
     ConfigDict,
 )
 
+from rayssl.errors import ConfigError
 
-class ConfigError(ValueError):
-    """A user error in a config, a command-line value or an input file (exit code 2)."""
+__all__ = ["ConfigError", "Strict", "MethodConfig", "check_run_name"]
 
 
 class Strict(BaseModel):
@@ -18,6 +21,19 @@ class Strict(BaseModel):
     # NaN or an infinity in any number (data.normalize, augment.jitter, ...) is a mistake
     # the run could only carry into NaN weights: refused where it enters.
     model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
+
+
+class MethodConfig(Strict):
+    """Base of a built-in method's own config section (it lives in the method's module).
+
+    `older_runs_lack`: options added since some runs were written, with the value those runs
+    trained with (a checkpoint's config without the key resumes and evaluates as it was);
+    `check_run`: checks that need the rest of the run's config (the global batch, ...)."""
+
+    older_runs_lack: ClassVar[dict[str, Any]] = {}
+
+    def check_run(self, cfg: Any) -> None:
+        """Raise ValueError if this section does not fit the run `cfg` (a TrainConfig)."""
 
 
 # A run folder is `<name>-<YYYYmmdd-HHMMSS>[-N]` under storage_path: the name is one path

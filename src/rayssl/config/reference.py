@@ -109,8 +109,22 @@ def _render(cls: type[BaseModel], prefix: str, out: list[str], defaults: Any = N
         _render(section, f"{key}.", out, instance)
 
 
+def _methods() -> list[str]:
+    """The built-in methods' table, from their registry (`rayssl methods` prints the same)."""
+    from rayssl.methods.registry import BUILTINS
+
+    rows = ["## Methods", "", "| `method:` | class | |", "| --- | --- | --- |"]
+    for name, builtin in BUILTINS.items():
+        rows.append(
+            f"| `{name}` | `{builtin.cls.__module__}.{builtin.cls.__name__}` | {builtin.summary} |"
+        )
+    rows.append("")
+    rows.append("Each has its own section below, named as the method, which only its runs read.")
+    return ["\n".join(rows) + "\n"]
+
+
 def render() -> str:
-    out = [HEADER]
+    out = [HEADER, *_methods()]
     _render(TrainConfig, "", out, TrainConfig())
     return "\n".join(out) + "\n"
 

@@ -8,29 +8,14 @@ from typing import Any
 
 from pydantic import (
     Field,
+    create_model,
     field_validator,
     model_validator,
 )
 
 from rayssl.config.base import Strict, check_run_name
 from rayssl.config.data import DataConfig
-from rayssl.config.model import (
-    BarlowTwinsConfig,
-    BYOLConfig,
-    DINOConfig,
-    LFRConfig,
-    MoCoConfig,
-    ModelConfig,
-    NetConfig,
-    NNCLRConfig,
-    SimCLRConfig,
-    SimSiamConfig,
-    SupervisedConfig,
-    SwAVConfig,
-    VICRegConfig,
-    check_kwargs,
-    import_factory,
-)
+from rayssl.config.model import ModelConfig, NetConfig, check_kwargs, import_factory
 from rayssl.config.run import (
     PROBE_METRICS,
     CheckpointConfig,
@@ -42,23 +27,10 @@ from rayssl.config.run import (
     TrackingConfig,
     redact_uri,
 )
+from rayssl.methods.registry import BUILTINS
 
-BUILTIN_METHODS = (
-    "supervised",
-    "byol",
-    "simclr",
-    "lfr",
-    "barlow_twins",
-    "vicreg",
-    "moco",
-    "dino",
-    "swav",
-    "simsiam",
-    "nnclr",
-)
-# the built-ins whose class sets `multi_crop = True` (named here: the schema imports no torch;
-# tests/test_config.py checks the two agree)
-MULTI_CROP_METHODS = ("dino", "swav")
+# the built-in methods, from their one registry (rayssl/methods/registry.py)
+BUILTIN_METHODS = tuple(BUILTINS)
 # what rayssl passes to an import-path method's constructor when it names them
 METHOD_INFERRED = (
     "features",
@@ -72,22 +44,12 @@ METHOD_INFERRED = (
 )
 
 
-# options a checkpoint's config may lack, with the behaviour of the rayssl that wrote it
-OPTIONS_OLDER_RUNS_LACK: dict[tuple[str, str], Any] = {
-    ("supervised", "standardize_features"): False,
-    ("nnclr", "predictor_output_batch_norm"): True,
-    ("moco", "proj_layers"): 3,
-    ("moco", "proj_output_batch_norm"): False,
-}
-
-
-class TrainConfig(Strict):
-    """One training run. Every field has a default, so `{}` is a valid (supervised MNIST-1D) run."""
+class RunConfig(Strict):
+    """Every section of a run but the methods' own (`TrainConfig` adds those)."""
 
     method: str = Field(
         "supervised",
-        description="supervised | byol | simclr | lfr | barlow_twins | vicreg | moco | dino | "
-        "swav | simsiam | nnclr, or a Method subclass 'package.module:Class'",
+        description=f"{' | '.join(BUILTIN_METHODS)}, or a Method subclass 'package.module:Class'",
     )
     method_options: dict[str, Any] = Field(
         default_factory=dict, description="keyword arguments of an import-path method's class"
@@ -126,17 +88,6 @@ class TrainConfig(Strict):
     lr_scheduler: LRSchedulerConfig = LRSchedulerConfig()
     early_stopping: EarlyStoppingConfig | None = None
     checkpoint: CheckpointConfig = CheckpointConfig()
-    supervised: SupervisedConfig = SupervisedConfig()
-    byol: BYOLConfig = BYOLConfig()
-    simclr: SimCLRConfig = SimCLRConfig()
-    lfr: LFRConfig = LFRConfig()
-    barlow_twins: BarlowTwinsConfig = BarlowTwinsConfig()
-    vicreg: VICRegConfig = VICRegConfig()
-    moco: MoCoConfig = MoCoConfig()
-    dino: DINOConfig = DINOConfig()
-    swav: SwAVConfig = SwAVConfig()
-    simsiam: SimSiamConfig = SimSiamConfig()
-    nnclr: NNCLRConfig = NNCLRConfig()
     model: ModelConfig = ModelConfig()
     eval: EvalConfig = EvalConfig()
     performance: PerformanceConfig = PerformanceConfig()
@@ -173,7 +124,7 @@ class TrainConfig(Strict):
         return isinstance(self.num_workers, tuple)
 
     @model_validator(mode="after")
-    def _consistent(self) -> TrainConfig:
+    def _consistent(self) -> RunConfig:
         self._check_workers()
         if self.num_workers == 0 and (
             self.data.name == "parquet" or (self.data.name == "images" and not self.data.in_memory)
@@ -191,7 +142,8 @@ class TrainConfig(Strict):
         self._check_method()
         self._check_local_crops()
         self._check_monitor()
-        self._check_swav_queue()
+        if self.builtin_method:
+            getattr(self, self.method).check_run(self)
         if self.head.init_from is not None:
             raise ValueError("head.init_from: only the backbone starts from another run")
         if self.optimizer.backbone_lr_scale != 1.0 and self.method != "supervised":
@@ -279,24 +231,14 @@ class TrainConfig(Strict):
                     f"(it takes: {', '.join(takes) or 'nothing'})"
                 )
 
-    def _check_swav_queue(self) -> None:
-        """SwAV's queue takes whole global batches, so every rank's share of it is equal."""
-        queue, batch = self.swav.queue_length, self.data.batch_size
-        if self.method == "swav" and queue % batch:
-            raise ValueError(
-                f"swav.queue_length ({queue}) must be a multiple of data.batch_size "
-                f"({batch}): whole global batches enter the queue; use e.g. "
-                f"{batch * max(1, round(queue / batch))}"
-            )
-
     def _check_local_crops(self) -> None:
         """Multi-crop views only for a method that takes them (DINO, SwAV, or an import-path
         method whose class sets `multi_crop = True`): the others' losses pair two views."""
         image = self.data.augment.image
         if image is None or image.local_crops is None or not image.local_crops.number:
             return
-        cls = None if self.builtin_method else import_factory(self.method)
-        if self.method in MULTI_CROP_METHODS or getattr(cls, "multi_crop", False):
+        cls = BUILTINS[self.method].cls if self.builtin_method else import_factory(self.method)
+        if getattr(cls, "multi_crop", False):
             return
         raise ValueError(
             f"data.augment.image.local_crops: {self.method} pairs two views and takes no "
@@ -304,12 +246,25 @@ class TrainConfig(Strict):
             "remove local_crops or set its number to 0"
         )
 
-    def settle_older_checkpoint(self, saved: dict[str, Any]) -> None:
-        """Options added since `saved` (a checkpoint's config) was written take the value
-        that run trained with, so it resumes and evaluates as it was."""
-        for (section, key), value in OPTIONS_OLDER_RUNS_LACK.items():
-            if key not in saved.get(section, {}):
-                setattr(getattr(self, section), key, value)
+    def updated(self, changes: dict[str, Any]) -> RunConfig:
+        """A new config: this one with `changes` (nested, as in YAML) merged in, validated
+        again. A config, once validated, is never changed in place."""
+        from rayssl.config.loading import deep_merge
+
+        return type(self).model_validate(deep_merge(self.model_dump(), changes))
+
+    def with_older_options(self, saved: dict[str, Any]) -> RunConfig:
+        """This config with the options added since `saved` (a checkpoint's config) was
+        written at the value that run trained with, so it resumes and evaluates as it was
+        (each method's section lists them: `MethodConfig.older_runs_lack`)."""
+        changes = {
+            name: {
+                k: v for k, v in b.section.older_runs_lack.items() if k not in saved.get(name, {})
+            }
+            for name, b in BUILTINS.items()
+        }
+        changes = {name: keys for name, keys in changes.items() if keys}
+        return self.updated(changes) if changes else self
 
     def record(self) -> dict[str, Any]:
         """This config as JSON-able data to store or show (run.json, summary.json, state.pt,
@@ -354,3 +309,14 @@ class TrainConfig(Strict):
                     f"({every}) epochs: set eval.every >= 1 and early_stopping.patience "
                     f"({es.patience}) to a multiple of it"
                 )
+
+
+# The run with every built-in method's section (`method_name: {...}`), each from its module.
+TrainConfig = create_model(
+    "TrainConfig",
+    __base__=RunConfig,
+    __module__=__name__,
+    __doc__="One training run. Every field has a default, so `{}` is a valid (supervised "
+    "MNIST-1D) run.",
+    **{name: (b.section, Field(default_factory=b.section)) for name, b in BUILTINS.items()},
+)

@@ -3,13 +3,33 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from typing import Any
 
 import torch
 
 from rayssl import seeds
 
 
-class TensorBatches:
+class EpochPosition:
+    """Where a batch iterator stands: the epoch it draws and the steps of it already done.
+    Saved in a checkpoint as `sampler_epoch` (the step count lives in the loop's state)."""
+
+    epoch: int = 0
+    start_step: int = 0
+
+    def set_epoch(self, epoch: int, start_step: int = 0) -> None:
+        """The epoch to draw, and how many of its steps are already done (a mid-epoch
+        resume skips them)."""
+        self.epoch, self.start_step = epoch, start_step
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"sampler_epoch": self.epoch}
+
+    def load_state_dict(self, state: dict[str, Any], start_step: int = 0) -> None:
+        self.set_epoch(state["sampler_epoch"], start_step)
+
+
+class TensorBatches(EpochPosition):
     """Yield `(x, y)` batches of this rank's share without per-sample Python.
 
     Training: every epoch draws one permutation of all samples from (seed, epoch) and cuts
@@ -40,13 +60,6 @@ class TensorBatches:
         self.rank, self.world_size = rank, world_size
         self.shuffle, self.drop_last = shuffle, drop_last
         self.seed = seed
-        self.epoch = 0
-        self.start_step = 0
-
-    def set_epoch(self, epoch: int, start_step: int = 0) -> None:
-        """The epoch to draw, and how many of its steps are already done (a mid-epoch
-        resume skips them)."""
-        self.epoch, self.start_step = epoch, start_step
 
     def _indices(self) -> torch.Tensor:
         if not self.shuffle:
@@ -72,7 +85,7 @@ class TensorBatches:
             yield self.x[batch], self.y[batch]
 
 
-class StreamedBatches:
+class StreamedBatches(EpochPosition):
     """Yield `(x, y)` batches of this worker's Ray Data shard (`ray.train.get_dataset_shard`).
 
     Rows are read, shuffled in a per-worker buffer (seeded by seed and epoch), batched and
@@ -111,13 +124,10 @@ class StreamedBatches:
         self.device = torch.device(device)
         self.seed, self.shuffle_buffer = seed, shuffle_buffer
         self.prefetch_batches, self.pin_memory = prefetch_batches, pin_memory
-        self.epoch, self.start_step = 0, 0
 
-    def set_epoch(self, epoch: int, start_step: int = 0) -> None:
-        """A mid-epoch resume (`start_step` > 0) runs the epoch's remaining steps on a fresh
-        pass of the stream: the step count is exact, the samples that fill them are not
-        the ones the interrupted pass had left (Ray Data's split is not ordered)."""
-        self.epoch, self.start_step = epoch, start_step
+    # A mid-epoch resume (`start_step` > 0) runs the epoch's remaining steps on a fresh
+    # pass of the stream: the step count is exact, the samples that fill them are not the
+    # ones the interrupted pass had left (Ray Data's split is not ordered).
 
     def __len__(self) -> int:
         return self.rows_per_worker // self.batch_size

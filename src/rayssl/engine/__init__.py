@@ -1,22 +1,27 @@
 """The training engine, one room per job; no Ray in here.
 
-loop.py        the Loop: epochs and steps top to bottom, and the Sink it reports to
+loop.py        the Loop: epochs and steps top to bottom; it composes its parts' states
+sinks.py       the Sink it reports to; CheckpointSink, the base of Ray Train's and Tune's
 step.py        one optimizer step: autocast, backward, finite check, clipping
 inputs.py      views, normalisation and memory layout of what the method sees
 evaluation.py  val / test loss, kNN and linear probes, the online probe
-probes.py      the probes themselves (kNN, logistic regression), `rayssl eval`
+probes.py      the probes themselves (kNN, logistic regression) across ranks
+features.py    frozen-backbone features, shared by the probes and `rayssl embed`
 online_probe.py  the online linear probe
 stopping.py    early stopping
-checkpoint.py  LoopState; saving, restoring, PBT's adoption, elastic resizes
+checkpoint.py  LoopState, the checkpoint format, restore_and_fit, elastic resizes
 build.py       build_loop: the same initial weights on every rank
+dummy.py       DummyTrainer: the loop on synthetic data without Ray
 """
 
 from rayssl.engine.build import build_loop
 from rayssl.engine.checkpoint import LoopState
-from rayssl.engine.loop import Loop, NoSink, Sink, TrainingIterationStats
+from rayssl.engine.loop import Loop, TrainingIterationStats
+from rayssl.engine.sinks import CheckpointSink, NoSink, Sink
 from rayssl.engine.step import NonFiniteLossError
 
 __all__ = [
+    "CheckpointSink",
     "Loop",
     "LoopState",
     "NoSink",

@@ -8,7 +8,7 @@ from typing import Any
 
 import torch
 
-from rayssl import seeds
+from rayssl import distributed, seeds
 from rayssl.config import TrainConfig
 from rayssl.data import Splits
 from rayssl.engine.loop import Loop, Sink
@@ -25,17 +25,13 @@ def build_loop(
     train_shard: Any = None,
     sink: Sink | None = None,
 ) -> Loop:
-    from rayssl.build import build_method
+    from rayssl.methods.registry import build_method
 
     torch.set_num_threads(max(1, int(cfg.cpus_per_worker)))
 
     def broadcast(obj: Any) -> Any:
         """Rank 0's `obj` on every rank (LFR's target choice)."""
-        if world_size == 1:
-            return obj
-        box = [obj]
-        torch.distributed.broadcast_object_list(box, src=0)
-        return box[0]
+        return distributed.broadcast_object(obj)
 
     seeds.seed_everything(cfg.seed)  # identical initial weights on every rank
     method = build_method(

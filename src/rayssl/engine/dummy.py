@@ -1,14 +1,14 @@
-"""A Ray-free trainer on synthetic data (DaCapo's DummyTrainer idea): smoke tests, throughput."""
+"""A Ray-free trainer on synthetic data: smoke tests, throughput."""
 
 from __future__ import annotations
 
 from collections.abc import Iterator
 from typing import Any
 
-from rayssl.build import build_method
 from rayssl.config import TrainConfig, deep_merge, validate_train_config
 from rayssl.data import load_splits
 from rayssl.engine import Loop, TrainingIterationStats
+from rayssl.methods.registry import build_method
 from rayssl.seeds import seed_everything
 
 DEFAULTS: dict[str, Any] = {

@@ -4,6 +4,8 @@ linear probe trained alongside an SSL method."""
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from torchmetrics import MeanMetric
 
@@ -18,6 +20,11 @@ from rayssl.methods import Method
 
 
 class Evaluation:
+    """Everything a run measures besides its training loss, on this rank's share of each
+    split: the val / test loss and the method's metrics (reduced across ranks), the kNN and
+    linear probes (`probe_splits`), and the online linear probe (`eval.online_linear`),
+    whose state it owns."""
+
     def __init__(
         self,
         method: Method,
@@ -83,6 +90,24 @@ class Evaluation:
         )
         self.method.train()
         return metrics
+
+    def online_probe_step(self, x: torch.Tensor, y: torch.Tensor) -> None:
+        """One step of the online probe (if any) on the clean features of a training batch."""
+        if self.online_probe is not None:
+            self.online_probe.step(self.inputs.clean_features(x), y)
+
+    def end_of_epoch(self) -> None:
+        """Every rank: the online probe's weights made equal across ranks."""
+        if self.online_probe is not None:
+            self.online_probe.sync()
+
+    def state_dict(self) -> dict[str, Any]:
+        """The online probe's state (checkpoint key `online_probe`), if the run has one."""
+        return {} if self.online_probe is None else {"online_probe": self.online_probe.state_dict()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if self.online_probe is not None and "online_probe" in state:
+            self.online_probe.load_state_dict(state["online_probe"])
 
     def online_accuracy(self) -> dict[str, float]:
         """The online probe's accuracy on the probes' scoring split (after syncing it)."""

@@ -22,6 +22,11 @@ from rayssl.methods import Method
 
 
 class Inputs:
+    """What the method sees of a batch: the training views (augmentation on the device,
+    then normalisation and memory layout), the evaluation inputs, and clean features for the
+    probes (`FrozenFeatures`). Owns the record of a sample's shape and normalisation that
+    every checkpoint carries."""
+
     def __init__(self, method: Method, cfg: TrainConfig, splits: Splits):
         self.method = method
         self.augment = Augment(cfg.data.augment)
@@ -39,6 +44,12 @@ class Inputs:
             if per_sample
             else ({"mean": stats[0].tolist(), "std": stats[1].tolist()} if stats else None),
         }
+
+    def state_dict(self) -> dict[str, Any]:
+        """What a sample looks like to the backbone (checkpoint key `input`), read by
+        `rayssl export`, `rayssl eval` and `backbone.init_from`. Nothing is loaded back: a
+        resumed run derives it from its data again."""
+        return {"input": self.record}
 
     def views(self, x: torch.Tensor, generator: torch.Generator) -> Any:
         """The method's training input: one augmented batch, or a tuple of `num_views`

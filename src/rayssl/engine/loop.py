@@ -16,63 +16,29 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
-from typing import Any, Literal, Protocol
+from dataclasses import asdict, dataclass
+from typing import Any
 
 import torch
 from torch import nn
 from torchmetrics import MeanMetric
 
-from rayssl import seeds
+from rayssl import distributed, seeds
 from rayssl.config import TrainConfig
 from rayssl.data import Splits
 from rayssl.engine import checkpoint, stopping
 from rayssl.engine.checkpoint import LoopState
 from rayssl.engine.evaluation import Evaluation
 from rayssl.engine.inputs import Inputs, train_batches
+from rayssl.engine.sinks import NoSink, Sink
 from rayssl.engine.step import Step, autocast
 from rayssl.methods import Method
-
-ReportKind = Literal["epoch", "preemption", "already_over"]
-
-
-class Sink(Protocol):
-    """Where a loop hands its reports: Ray Train (`cluster/worker.py`), a Tune trial
-    (`tune/trials.py`), or a test. Every method is called on every rank."""
-
-    def start(self, loop: Loop) -> None:
-        """Training begins: the state is restored (if any), no epoch has run yet."""
-
-    def report(self, loop: Loop, metrics: dict[str, float], kind: ReportKind) -> None:
-        """Hand `metrics` on; with a checkpoint of the loop's state unless `already_over`
-        (a restored run that had ended reports its final metrics once more)."""
-
-    def preempted(self, loop: Loop) -> bool:
-        """Whether a preemption notice arrived; asked on every rank at the same steps."""
-
-    def finish(self, loop: Loop) -> None:
-        """The last epoch has been reported."""
-
-
-class NoSink:
-    """Reports go nowhere and no notice ever comes (benchmarks, tests of the epochs)."""
-
-    def start(self, loop: Loop) -> None:
-        pass
-
-    def report(self, loop: Loop, metrics: dict[str, float], kind: ReportKind) -> None:
-        pass
-
-    def preempted(self, loop: Loop) -> bool:
-        return False
-
-    def finish(self, loop: Loop) -> None:
-        pass
+from rayssl.runs.state import capture_rng, restore_rng
 
 
 @dataclass
 class TrainingIterationStats:
-    """What one optimizer step produced (as DaCapo's)."""
+    """What one optimizer step produced."""
 
     iteration: int  # global optimizer step, 1-based, continuing across epochs and resumes
     loss: float
@@ -197,8 +163,7 @@ class Loop:
         start = time.perf_counter()
         steps = sum(1 for _ in self.iterate())
         self._sync_buffers()
-        if self.evaluation.online_probe is not None:
-            self.evaluation.online_probe.sync()
+        self.evaluation.end_of_epoch()
         self.method.on_training_epoch_end(epoch)
         elapsed = time.perf_counter() - start
         samples = steps * self.train_batches.batch_size * self.world_size
@@ -258,8 +223,7 @@ class Loop:
             if self.first_step_at is None:
                 self.first_step_at = time.time()
             self.method.on_step_end(self.state.global_step, self.total_steps)
-            if self.evaluation.online_probe is not None:
-                self.evaluation.online_probe.step(self.inputs.clean_features(x), y)
+            self.evaluation.online_probe_step(x, y)
             self.train_loss.update(loss)
             self.state.step_in_epoch = step_in_epoch
             if self._preemption_noticed():
@@ -287,7 +251,7 @@ class Loop:
         and the step it was taken at."""
         self.saved_on_notice = True
         state, ck = self.state, self.cfg.checkpoint
-        state.partial_loss = checkpoint.reduce_partial_loss(self)
+        state.partial_loss = self._partial_loss()
         metrics = {**(state.history[-1] if state.history else {}), "step": state.global_step}
         metrics["preemption_checkpoint_step_in_epoch"] = state.step_in_epoch
         if ck.score_attribute and ck.score_attribute not in metrics:
@@ -320,17 +284,58 @@ class Loop:
 
     # ------------------------------------------------------------------ state
 
+    # A checkpoint is the loop's own counters and generators plus each part's state_dict:
+    # the method's, the step's (optimizer, LR scheduler), the batches' position, the
+    # evaluation's (online probe) and the inputs' record. Keys: engine/checkpoint.py.
+
     def rank_state(self) -> dict[str, Any]:
-        return checkpoint.rank_state(self)
+        """This rank's random state: its RNGs and the view generator (a mid-epoch checkpoint
+        resumes the views where they were). The caller gathers one per rank."""
+        return {**capture_rng(), "views": self.generator.get_state()}
 
     def state_dict(self, rng_states: list[dict[str, Any]] | None = None) -> dict[str, Any]:
-        return checkpoint.state_dict(self, rng_states)
+        """Every piece of training state. `rng_states` holds one entry per rank (the caller
+        gathers them); without it, this process's RNG state is stored for rank 0."""
+        return {
+            **checkpoint.header(self.method, self.cfg.record()),
+            "model": self.method.state_dict(),
+            **self.step.state_dict(),
+            "loop": asdict(self.state),
+            **self.train_batches.state_dict(),
+            "method_extra": self.method.extra_state(),
+            "rng": rng_states if rng_states is not None else [self.rank_state()],
+            "world_size": self.world_size,
+            **self.inputs.state_dict(),
+            **self.evaluation.state_dict(),
+        }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        checkpoint.load_state_dict(self, state)
+        """Restore what `state_dict` saved; call on every rank before training."""
+        # Extra state first: it may re-apply LFR's target selection, which shapes the model.
+        self.method.load_extra_state(state["method_extra"])
+        self.method.load_state_dict(state["model"])
+        self.step.load_state_dict(state)
+        self.state = LoopState(**state["loop"])
+        self.evaluation.load_state_dict(state)
+        self.train_batches.load_state_dict(state, self.state.step_in_epoch)
+        rng = state["rng"]
+        if len(rng) == self.world_size:
+            restore_rng(rng[self.rank])
+            views = rng[self.rank].get("views")
+            self.resume_views = views if self.state.step_in_epoch else None
+        else:  # another number of workers: an elastic resize
+            checkpoint.resized(self.cfg.seed, self.state, len(rng), self.rank, self.world_size)
 
     def adopt_hyperparameters(self, saved_config: dict[str, Any]) -> None:
-        checkpoint.adopt_hyperparameters(self, saved_config)
+        """After loading a state trained under `saved_config` (PBT's donor): this config's
+        learning rate and weight decay. BYOL's momentum needs nothing here: it is recomputed
+        from this config every step."""
+        self.step.adopt(saved_config["optimizer"])
+
+    def _partial_loss(self) -> list[float]:
+        """The epoch's training loss so far over all ranks, as [sum, count] (every rank)."""
+        totals = torch.stack([self.train_loss.mean_value, self.train_loss.weight]).double()
+        return distributed.all_reduce_sum(totals).tolist()
 
     @property
     def model(self) -> nn.Module:
@@ -354,6 +359,4 @@ class Loop:
         """Give every rank rank 0's buffers. DDP broadcasts buffers before each forward, but
         the last step's BatchNorm update (and BYOL's EMA of it) is rank-local; after this the
         ranks are identical at every epoch boundary, where checkpoints and evaluation happen."""
-        if self.world_size > 1 and torch.distributed.is_initialized():
-            for buffer in self.method.buffers():
-                torch.distributed.broadcast(buffer, src=0)
+        distributed.broadcast_from_rank0(list(self.method.buffers()))

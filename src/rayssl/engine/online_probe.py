@@ -14,9 +14,10 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 import torch
-import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
+
+from rayssl import distributed
 
 
 class OnlineLinearProbe:
@@ -40,9 +41,6 @@ class OnlineLinearProbe:
         self.optimizer = torch.optim.AdamW(self.head.parameters(), lr=lr)
         self.world_size = world_size
 
-    def _distributed(self) -> bool:
-        return self.world_size > 1 and dist.is_available() and dist.is_initialized()
-
     def step(self, features: torch.Tensor, y: torch.Tensor) -> None:
         """One optimizer step on this rank's (B, F) detached features and labels; the
         gradients are averaged over ranks, so every rank's probe stays the same."""
@@ -50,18 +48,15 @@ class OnlineLinearProbe:
         loss = F.cross_entropy(self.head(features.detach().float()), y)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        if self._distributed():  # two small tensors: weight and bias
+        if distributed.active():  # two small tensors: weight and bias
             for p in self.head.parameters():
-                dist.all_reduce(p.grad)
-                p.grad /= self.world_size
+                distributed.all_reduce_sum(p.grad).div_(self.world_size)
         self.optimizer.step()
 
     def sync(self) -> None:
         """Rank 0's BatchNorm statistics on every rank (they are rank-local while training);
         called at epoch ends, where checkpoints and evaluation happen."""
-        if self._distributed():
-            for buffer in self.head.buffers():
-                dist.broadcast(buffer, src=0)
+        distributed.broadcast_from_rank0(list(self.head.buffers()))
 
     @torch.no_grad()
     def accuracy(
@@ -77,8 +72,7 @@ class OnlineLinearProbe:
             predicted = self.head(embed(x).float()).argmax(1)
             counts[0] += (predicted == y).sum()
             counts[1] += len(y)
-        if self._distributed():
-            dist.all_reduce(counts)
+        distributed.all_reduce_sum(counts)
         correct, total = counts.tolist()
         return correct / max(total, 1.0)
 

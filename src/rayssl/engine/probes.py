@@ -17,36 +17,13 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable
 
 import torch
-import torch.distributed as dist
 import torch.nn.functional as F
+
+from rayssl import distributed
 
 KNN_CHUNK = 512  # queries of each rank scored per round: bounds every rank's similarity block
 PROBE_CHUNK = 65536  # rows per forward of the linear probe's loss: bounds its logits
 LBFGS_MAX_ITER = 1000  # scikit-learn's solver stops near here on standardised features
-
-
-def _world() -> tuple[int, int]:
-    """(rank, world size) of the default process group; (0, 1) without one."""
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_rank(), dist.get_world_size()
-    return 0, 1
-
-
-def _sum(t: torch.Tensor) -> torch.Tensor:
-    """`t` summed over the ranks (in place), unchanged in one process."""
-    if _world()[1] > 1:
-        dist.all_reduce(t)
-    return t
-
-
-def _gather(t: torch.Tensor) -> torch.Tensor:
-    """Every rank's `t` (equal shapes), stacked along a new first axis."""
-    world = _world()[1]
-    if world == 1:
-        return t[None]
-    parts = [torch.empty_like(t) for _ in range(world)]
-    dist.all_gather(parts, t.contiguous())
-    return torch.stack(parts)
 
 
 @torch.no_grad()
@@ -92,35 +69,39 @@ def knn_accuracy(
     rank's next `KNN_CHUNK` queries go to all ranks; each rank finds their top-k in its own
     bank; every query's candidates (k per rank) return to its rank, which keeps the best k.
     """
-    rank, world = _world()
+    rank, world = distributed.rank_and_world()
     device = query_f.device
     bank_f, query_f = F.normalize(bank_f, dim=1), F.normalize(query_f, dim=1)
-    counts = _sum(torch.tensor([len(bank_f), len(query_f)], device=device))
-    rounds = _max(torch.tensor([-(-len(query_f) // KNN_CHUNK)], device=device))
+    counts = distributed.all_reduce_sum(torch.tensor([len(bank_f), len(query_f)], device=device))
+    rounds = distributed.all_reduce_max(
+        torch.tensor([-(-len(query_f) // KNN_CHUNK)], device=device)
+    )
     if num_classes is None:
-        num_classes = int(_max(torch.cat([bank_y, query_y, bank_y.new_zeros(1)]).max()[None]))
+        num_classes = int(
+            distributed.all_reduce_max(
+                torch.cat([bank_y, query_y, bank_y.new_zeros(1)]).max()[None]
+            )
+        )
         num_classes += 1
     k = min(k, int(counts[0]))
     correct = torch.zeros((), dtype=torch.float64, device=device)
     for r in range(int(rounds)):
         mine = query_f[r * KNN_CHUNK : (r + 1) * KNN_CHUNK]
-        queries = _gather(_pad_rows(mine, KNN_CHUNK)).flatten(0, 1)  # (world * chunk, D)
+        queries = distributed.stack_from_ranks(_pad_rows(mine, KNN_CHUNK)).flatten(
+            0, 1
+        )  # (world * chunk, D)
         top_sim, top_y = _local_top_k(queries, bank_f, bank_y, k)
-        sims = _gather(top_sim)[:, rank * KNN_CHUNK : rank * KNN_CHUNK + len(mine)]
-        ys = _gather(top_y)[:, rank * KNN_CHUNK : rank * KNN_CHUNK + len(mine)]
+        sims = distributed.stack_from_ranks(top_sim)[
+            :, rank * KNN_CHUNK : rank * KNN_CHUNK + len(mine)
+        ]
+        ys = distributed.stack_from_ranks(top_y)[:, rank * KNN_CHUNK : rank * KNN_CHUNK + len(mine)]
         sims, ys = sims.permute(1, 0, 2).flatten(1), ys.permute(1, 0, 2).flatten(1)
         best, where = sims.topk(k, dim=1)  # of the world * k candidates
         votes = torch.zeros(len(mine), num_classes, device=device, dtype=torch.float64)
         votes.scatter_add_(1, ys.gather(1, where), (best.double() / temperature).exp())
         labels = query_y[r * KNN_CHUNK : r * KNN_CHUNK + len(mine)]
         correct += (votes.argmax(1) == labels).sum()
-    return float(_sum(correct[None])[0]) / max(int(counts[1]), 1)
-
-
-def _max(t: torch.Tensor) -> torch.Tensor:
-    if _world()[1] > 1:
-        dist.all_reduce(t, op=dist.ReduceOp.MAX)
-    return t
+    return float(distributed.all_reduce_sum(correct[None])[0]) / max(int(counts[1]), 1)
 
 
 def _pad_rows(t: torch.Tensor, rows: int) -> torch.Tensor:
@@ -153,7 +134,11 @@ def linear_probe_accuracy(
     full-batch L-BFGS with the loss and gradient summed over the ranks' shards."""
     device = train_f.device
     if num_classes is None:
-        num_classes = int(_max(torch.cat([train_y, test_y, train_y.new_zeros(1)]).max()[None]))
+        num_classes = int(
+            distributed.all_reduce_max(
+                torch.cat([train_y, test_y, train_y.new_zeros(1)]).max()[None]
+            )
+        )
         num_classes += 1
     train_f, test_f = train_f.float(), test_f.float()
     mean, std, n = _standardisation(train_f)
@@ -179,16 +164,18 @@ def linear_probe_accuracy(
             loss = F.cross_entropy(train_f[rows] @ weight.T + bias, train_y[rows], reduction="sum")
             loss.backward()
             total += loss.detach()
-        total = _sum(total) / n
+        total = distributed.all_reduce_sum(total) / n
         for p in (weight, bias):  # the mean over every rank's rows
-            _sum(p.grad).div_(n)
+            distributed.all_reduce_sum(p.grad).div_(n)
         weight.grad += weight.detach() / (c * n)
         return total + (weight.detach() ** 2).sum() / (2 * c * n)
 
     solver.step(objective)
     with torch.no_grad():
         right = ((test_f @ weight.T + bias).argmax(1) == test_y).sum().double()
-        counts = _sum(torch.stack([right, torch.tensor(len(test_y), device=device).double()]))
+        counts = distributed.all_reduce_sum(
+            torch.stack([right, torch.tensor(len(test_y), device=device).double()])
+        )
     return float(counts[0] / counts[1].clamp_min(1))
 
 
@@ -197,7 +184,7 @@ def _standardisation(f: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, float
     population std, 1 where a feature is constant), and the global row count."""
     stats = torch.cat([f.double().sum(0), (f.double() ** 2).sum(0), f.new_ones(1).double()])
     stats[-1] = len(f)
-    stats = _sum(stats)
+    stats = distributed.all_reduce_sum(stats)
     width = f.shape[1]
     n = float(stats[-1])
     mean = stats[:width] / n

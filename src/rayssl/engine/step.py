@@ -11,9 +11,12 @@ from typing import Any
 import torch
 from torch import nn
 
+from rayssl import distributed
 from rayssl.config import TrainConfig
 from rayssl.methods import Method
-from rayssl.optim.schedules import WeightDecaySchedule, hold_unscheduled_lr
+from rayssl.optim import groups
+from rayssl.optim.groups import hold_unscheduled_lr
+from rayssl.optim.schedules import WeightDecaySchedule, schedule_of_this_run
 
 
 class NonFiniteLossError(RuntimeError):
@@ -105,10 +108,8 @@ class Step:
         bad, bad_grad = not math.isfinite(loss_value), not math.isfinite(norm_value)
         flags = torch.zeros(2 * self.world_size)
         flags[self.rank], flags[self.world_size + self.rank] = float(bad), float(bad_grad)
-        if self.world_size > 1 and torch.distributed.is_initialized():
-            flags = flags.to(self.device)
-            torch.distributed.all_reduce(flags)
-            flags = flags.cpu()
+        if distributed.active():
+            flags = distributed.all_reduce_sum(flags.to(self.device)).cpu()
         if not flags.any():
             return loss_value, grads, grad_norm
         loss_ranks = [r for r in range(self.world_size) if flags[r]]
@@ -122,6 +123,34 @@ class Step:
             "stepped, the weights of the last checkpoint are untouched: lower optimizer.lr "
             "or set grad_clip, then resume"
         )
+
+    def state_dict(self) -> dict[str, Any]:
+        """The optimizer's and the LR scheduler's state (checkpoint keys `optimizer`,
+        `lr_scheduler`); the weight-decay schedule keeps its base in the optimizer's."""
+        scheduler = self.lr_scheduler
+        return {
+            "optimizer": self.optimizer.state_dict(),
+            "lr_scheduler": scheduler.state_dict() if scheduler else None,
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """What `state_dict` saved (an older layout upgraded by the method); a schedule keeps
+        the length this config gives it (`schedule_of_this_run`)."""
+        self.optimizer.load_state_dict(self.method.upgrade_optimizer_state(state["optimizer"]))
+        if self.lr_scheduler is not None and state["lr_scheduler"] is not None:
+            self.lr_scheduler.load_state_dict(
+                schedule_of_this_run(self.lr_scheduler.state_dict(), state["lr_scheduler"])
+            )
+
+    def adopt(self, old: dict[str, Any]) -> None:
+        """After loading a state trained under optimizer settings `old` (PBT copying another
+        trial's checkpoint): this config's learning rate and weight decay, the schedule's
+        position kept (every lr the scheduler tracks is rescaled by new / old lr)."""
+        new = self.cfg.optimizer
+        ratio = new.lr / old["lr"]
+        groups.rescale(self.optimizer, ratio, old["weight_decay"], new.weight_decay)
+        if self.lr_scheduler is not None and hasattr(self.lr_scheduler, "base_lrs"):
+            self.lr_scheduler.base_lrs = [lr * ratio for lr in self.lr_scheduler.base_lrs]
 
     def rewrap_if_trainable_changed(self) -> None:
         """DDP registers the trainable parameters when it wraps; a method that freezes or

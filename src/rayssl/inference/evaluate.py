@@ -54,8 +54,7 @@ def evaluate_checkpoint(
     saved = state["config"]
     names = [saved.get("method"), *(saved.get(k, {}).get("name") for k in ("backbone", "head"))]
     refuse_import_paths(names, shown, trust_import_paths)
-    cfg = validate_train_config(saved)
-    cfg.settle_older_checkpoint(saved)  # options added since it was written
+    cfg = validate_train_config(saved).with_older_options(saved)  # options added since
     splits = load_splits(cfg.data, cfg.seed)
     sets = splits.probe_sets(cfg.seed, cfg.eval.probe_train_limit)
     if sets is None:
@@ -74,10 +73,10 @@ def evaluate_checkpoint(
 def probe_checkpoint(job: dict, device: torch.device, rank: int, world: int) -> dict[str, float]:
     """The probes of `job`'s checkpoint on this rank's share of its splits (every rank of
     `world` calls it; the probes reduce across them)."""
-    from rayssl.build import build_method
     from rayssl.config import validate_train_config
     from rayssl.engine.evaluation import probe_splits
     from rayssl.engine.inputs import Inputs
+    from rayssl.methods.registry import build_method
 
     cfg, splits, state = validate_train_config(job["config"]), job["splits"], job["state"]
     method = build_method(cfg, splits.sample_shape, splits.num_classes)

@@ -4,27 +4,32 @@ from __future__ import annotations
 
 import inspect
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import nn
 
-from rayssl.optim.schedules import hold_unscheduled_lr
+from rayssl.config.base import MethodConfig
+from rayssl.optim.groups import hold_unscheduled_lr, note_unscheduled_lr
+from rayssl.optim.setup import DEFAULT_LEARNING_RATE, DEFAULT_OPTIMIZER
 
 
 class Method(nn.Module):
     """A trainable method. The loop calls exactly these; every hook has a harmless default.
 
-    Subclasses set `learning_rate`, `optimizer` (a class), `optimizer_kwargs`, and optionally
-    `lr_scheduler` (a class or factory, stepped after every optimizer step) and
-    `lr_scheduler_kwargs`. Methods never import Ray.
+    The optimizer set-up is the same five arguments for every method, taken one way: the
+    constructor passes them to `take_setup` (`learning_rate`, `optimizer` (a class),
+    `optimizer_kwargs`, `lr_scheduler` (a class or factory, stepped after every optimizer
+    step), `lr_scheduler_kwargs`; `rayssl.optim.setup` builds them from a config). Methods
+    never import Ray.
     """
 
-    learning_rate: float = 1e-3
-    optimizer: type[torch.optim.Optimizer] = torch.optim.Adam
-    optimizer_kwargs: dict[str, Any]
+    learning_rate: float = DEFAULT_LEARNING_RATE
+    optimizer: type[torch.optim.Optimizer] = DEFAULT_OPTIMIZER
+    optimizer_kwargs: dict[str, Any] = {}
     lr_scheduler: Callable[..., Any] | None = None
-    lr_scheduler_kwargs: dict[str, Any]
+    lr_scheduler_kwargs: dict[str, Any] = {}
 
     def training_step(self, batch: Any) -> dict[str, torch.Tensor]:
         """Loss (key "loss", with gradient) for one training batch."""
@@ -39,7 +44,8 @@ class Method(nn.Module):
 
     def param_groups(self) -> list[dict[str, Any]]:
         """What the optimizer steps: every parameter that requires grad, by default. A group
-        with `"lr_schedule": False` trains at its lr throughout, outside the schedule."""
+        wrapped in `rayssl.optim.groups.unscheduled` trains at its lr throughout, outside the
+        LR schedule."""
         return [{"params": [p for p in self.parameters() if p.requires_grad]}]
 
     def upgrade_optimizer_state(self, state: dict[str, Any]) -> dict[str, Any]:
@@ -58,9 +64,7 @@ class Method(nn.Module):
         optimizer = self.optimizer(
             self.param_groups(), lr=self.learning_rate, **(self.optimizer_kwargs or {})
         )
-        for group in optimizer.param_groups:
-            if group.get("lr_schedule") is False:
-                group["unscheduled_lr"] = group["lr"]
+        note_unscheduled_lr(optimizer)
         if self.lr_scheduler is None:
             return optimizer, None
         kwargs = dict(self.lr_scheduler_kwargs or {})
@@ -72,17 +76,25 @@ class Method(nn.Module):
         hold_unscheduled_lr(optimizer)  # a scheduler sets its first lr on every group
         return optimizer, scheduler
 
-    def take_setup(self, setup: dict[str, Any]) -> None:
-        """Set the optimizer setup every method takes from the keyword arguments `setup`
-        (`learning_rate`, `optimizer`, default AdamW, `optimizer_kwargs`, `lr_scheduler`,
-        `lr_scheduler_kwargs`); anything else in it is a TypeError naming the class."""
-        self.learning_rate = setup.pop("learning_rate", 1e-3)
-        self.optimizer = setup.pop("optimizer", torch.optim.AdamW)
-        self.optimizer_kwargs = dict(setup.pop("optimizer_kwargs", None) or {})
-        self.lr_scheduler = setup.pop("lr_scheduler", None)
-        self.lr_scheduler_kwargs = dict(setup.pop("lr_scheduler_kwargs", None) or {})
-        if setup:
-            raise TypeError(f"{type(self).__name__} got unexpected arguments: {', '.join(setup)}")
+    def take_setup(
+        self,
+        learning_rate: float = DEFAULT_LEARNING_RATE,
+        optimizer: type[torch.optim.Optimizer] | None = None,
+        optimizer_kwargs: dict[str, Any] | None = None,
+        lr_scheduler: Callable[..., Any] | None = None,
+        lr_scheduler_kwargs: dict[str, Any] | None = None,
+    ) -> None:
+        """Take the optimizer set-up (the one convention: every method's constructor calls
+        this, with its own arguments or its `**setup`); an unknown keyword is a TypeError."""
+        self.learning_rate = learning_rate
+        self.optimizer = optimizer or DEFAULT_OPTIMIZER
+        self.optimizer_kwargs = dict(optimizer_kwargs or {})
+        self.lr_scheduler = lr_scheduler
+        self.lr_scheduler_kwargs = dict(lr_scheduler_kwargs or {})
+
+    def prepare(self, sample: torch.Tensor, broadcast: Callable[[Any], Any] | None) -> None:
+        """Once, when a new run builds the method: `sample` is a batch of training inputs,
+        the same on every rank; `broadcast(obj)` hands rank 0's `obj` to every rank."""
 
     num_views: int = 1  # >1: the loop passes a tuple of that many augmented views as x
 
@@ -90,7 +102,7 @@ class Method(nn.Module):
         """Frozen-backbone features (B, F) that kNN and linear-probe evaluation use."""
         return self.backbone(x).flatten(1)
 
-    # Lifecycle hooks (Helios' names). The loop calls each on every rank, in this order:
+    # Lifecycle hooks. The loop calls each on every rank, in this order:
     #   on_training_start                      once, before the first epoch of a new run
     #   on_training_epoch_start(epoch)         before each epoch (0-based)
     #   on_after_backward()                    after each backward, before the optimizer
@@ -148,3 +160,43 @@ class Method(nn.Module):
 
     def load_extra_state(self, state: dict[str, Any]) -> None:
         """Restore what `extra_state` returned."""
+
+
+@dataclass(frozen=True)
+class Parts:
+    """What a built-in method's builder gets: the run's config (its own section is
+    `section`), the backbone already built (and loaded from `backbone.init_from`), its
+    output width, the shape of one sample, the number of classes, the optimizer set-up
+    (`rayssl.optim.setup.optimizer_setup`) and a factory of fresh backbones (LFR's random
+    targets)."""
+
+    cfg: Any  # a validated TrainConfig
+    backbone: nn.Module
+    features: int
+    sample_shape: tuple[int, ...]
+    num_classes: int
+    setup: dict[str, Any]
+    new_backbone: Callable[[], nn.Module]
+
+    @property
+    def section(self) -> Any:
+        return getattr(self.cfg, self.cfg.method)
+
+    def options_for(self, cls: type) -> dict[str, Any]:
+        """The section's values that `cls`'s constructor takes by the same name (a builder
+        passes them on unchanged; the section's other keys shape the heads)."""
+        params = inspect.signature(cls).parameters
+        return {k: v for k, v in self.section.model_dump().items() if k in params}
+
+
+@dataclass(frozen=True)
+class Builtin:
+    """A built-in method as its module registers it (`BUILTIN`, listed once in
+    `methods/registry.py`): the config's `method:` name (also its section's key), the class,
+    the config section, the builder, and one line for the method list."""
+
+    name: str
+    cls: type[Method]
+    section: type[MethodConfig]
+    build: Callable[[Parts], Method]
+    summary: str

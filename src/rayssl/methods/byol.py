@@ -6,35 +6,18 @@ import copy
 from typing import Any
 
 import torch
+from pydantic import Field
 from torch import nn
 
-from rayssl.methods.base import Method
+from rayssl.config.base import MethodConfig
+from rayssl.methods.base import Builtin, Method, Parts
 from rayssl.methods.heads import MLPHead, infer_features
 from rayssl.methods.losses import NegativeCosineSimilarity
-from rayssl.optim.schedules import cosine_schedule  # noqa: F401  (also imported from here)
+from rayssl.methods.momentum import deactivate_requires_grad, update_momentum
+from rayssl.optim.schedules import cosine_schedule
 
-
-def deactivate_requires_grad(model: nn.Module) -> None:
-    """Freeze every parameter of `model`."""
-    for p in model.parameters():
-        p.requires_grad_(False)
-
-
-@torch.no_grad()
-def update_momentum(model: nn.Module, model_ema: nn.Module, m: float) -> None:
-    """model_ema = m * model_ema + (1 - m) * model, for parameters and float buffers, as one
-    fused multi-tensor op per group (no per-parameter Python loop)."""
-    ema_params = list(model_ema.parameters())
-    torch._foreach_lerp_(ema_params, list(model.parameters()), 1.0 - m)
-    ema_buffers, buffers = [], []
-    for b_ema, b in zip(model_ema.buffers(), model.buffers(), strict=True):
-        if b.is_floating_point():
-            ema_buffers.append(b_ema)
-            buffers.append(b)
-        else:
-            b_ema.copy_(b)  # e.g. BatchNorm's num_batches_tracked
-    if ema_buffers:
-        torch._foreach_lerp_(ema_buffers, buffers, 1.0 - m)
+# Minerva's module held these three; they stay importable from here
+__all__ = ["BYOL", "BYOLConfig", "cosine_schedule", "deactivate_requires_grad", "update_momentum"]
 
 
 class BYOL(Method):
@@ -71,15 +54,15 @@ class BYOL(Method):
         deactivate_requires_grad(self.backbone_momentum)
         deactivate_requires_grad(self.projection_head_momentum)
         self.criterion = criterion or NegativeCosineSimilarity()
-        self.learning_rate = learning_rate
         self.schedule_length = schedule
         self.base_momentum = base_momentum
-        self.optimizer = optimizer
-        self.optimizer_kwargs = (
-            {"weight_decay": 1e-6} if optimizer_kwargs is None else optimizer_kwargs
+        self.take_setup(
+            learning_rate,
+            optimizer,
+            {"weight_decay": 1e-6} if optimizer_kwargs is None else optimizer_kwargs,
+            lr_scheduler,
+            lr_scheduler_kwargs,
         )
-        self.lr_scheduler = lr_scheduler
-        self.lr_scheduler_kwargs = dict(lr_scheduler_kwargs or {})
         self.momentum = base_momentum
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -123,3 +106,29 @@ class BYOL(Method):
 
     def load_extra_state(self, state):
         self.momentum = state["momentum"]
+
+
+class BYOLConfig(MethodConfig):
+    proj_hidden: int = Field(512, ge=1, description="projector hidden width")
+    proj_dim: int = Field(128, ge=1, description="projector output width")
+    base_momentum: float = Field(
+        0.996, ge=0.0, le=1.0, description="target momentum at step 0, rising to 1 on a cosine"
+    )
+    schedule: int | None = Field(None, ge=1, description="optimizer steps; null: the whole run")
+    pred_hidden: int = Field(512, ge=1, description="predictor hidden width")
+
+
+def build(parts: Parts) -> Method:
+    """The method as its section configures it."""
+    c, backbone, features, setup = parts.section, parts.backbone, parts.features, parts.setup
+    return BYOL(
+        backbone,
+        projection_head=MLPHead([features, c.proj_hidden, c.proj_dim]),
+        prediction_head=MLPHead([c.proj_dim, c.pred_hidden, c.proj_dim]),
+        schedule=c.schedule,
+        base_momentum=c.base_momentum,
+        **setup,
+    )
+
+
+BUILTIN = Builtin("byol", BYOL, BYOLConfig, build, "Bootstrap Your Own Latent (Grill et al. 2020)")

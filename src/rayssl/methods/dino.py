@@ -7,15 +7,49 @@ import copy
 from typing import Any
 
 import torch
-import torch.distributed as dist
 import torch.nn.functional as F
+from pydantic import Field
 from torch import nn
 from torch.nn.utils.parametrizations import weight_norm
 
-from rayssl.methods.base import Method
-from rayssl.methods.byol import deactivate_requires_grad, update_momentum
+from rayssl import distributed
+from rayssl.config.base import MethodConfig
+from rayssl.methods.base import Builtin, Method, Parts
 from rayssl.methods.heads import backbone_by_crop_size, infer_features
+from rayssl.methods.momentum import deactivate_requires_grad, update_momentum
+from rayssl.optim.groups import exempt_saved_group
 from rayssl.optim.schedules import cosine_schedule
+
+
+class DINOConfig(MethodConfig):
+    """DINO's defaults (Caron et al. 2021, ResNet-50 / ViT-S recipes)."""
+
+    out_dim: int = Field(65536, ge=2, description="prototypes of the head's last layer")
+    hidden_dim: int = Field(2048, ge=1, description="head MLP width")
+    bottleneck_dim: int = Field(256, ge=1, description="head output before the prototypes")
+    norm_last_layer: bool = Field(True, description="prototype weights of norm 1 (frozen g)")
+    batch_norm: bool = Field(
+        False,
+        description="BatchNorm after the head's hidden layers (the reference code's "
+        "use_bn_in_head); small CNNs need it (docs/methods.md)",
+    )
+    student_temp: float = Field(0.1, gt=0.0)
+    teacher_temp: float = Field(0.04, gt=0.0, description="after the warm-up")
+    warmup_teacher_temp: float = Field(0.04, gt=0.0, description="at step 0")
+    warmup_teacher_temp_steps: int = Field(
+        0, ge=0, description="global optimizer steps of the linear teacher-temperature warm-up"
+    )
+    center_momentum: float = Field(0.9, ge=0.0, lt=1.0, description="of the teacher's centre")
+    freeze_last_layer_epochs: int = Field(
+        1, ge=0, description="epochs at the start in which the prototypes do not learn"
+    )
+    base_momentum: float = Field(
+        0.996, ge=0.0, le=1.0, description="teacher momentum at step 0, rising to 1"
+    )
+    schedule: int | None = Field(None, ge=1, description="optimizer steps; null: the whole run")
+
+
+DEFAULTS = DINOConfig()  # the class's defaults are its section's
 
 
 class DINOHead(nn.Module):
@@ -32,11 +66,11 @@ class DINOHead(nn.Module):
     def __init__(
         self,
         in_dim: int,
-        out_dim: int = 65536,
-        hidden_dim: int = 2048,
-        bottleneck_dim: int = 256,
-        norm_last_layer: bool = True,
-        batch_norm: bool = False,
+        out_dim: int = DEFAULTS.out_dim,
+        hidden_dim: int = DEFAULTS.hidden_dim,
+        bottleneck_dim: int = DEFAULTS.bottleneck_dim,
+        norm_last_layer: bool = DEFAULTS.norm_last_layer,
+        batch_norm: bool = DEFAULTS.batch_norm,
     ):
         super().__init__()
 
@@ -67,7 +101,12 @@ class DINOLoss(nn.Module):
     logit of the global batch (all-reduced), centre <- m * centre + (1 - m) * mean.
     """
 
-    def __init__(self, out_dim: int, student_temp: float = 0.1, center_momentum: float = 0.9):
+    def __init__(
+        self,
+        out_dim: int,
+        student_temp: float = DEFAULTS.student_temp,
+        center_momentum: float = DEFAULTS.center_momentum,
+    ):
         super().__init__()
         self.student_temp, self.center_momentum = student_temp, center_momentum
         self.register_buffer("center", torch.zeros(1, out_dim))
@@ -90,10 +129,15 @@ class DINOLoss(nn.Module):
     def update_center(self, teacher: torch.Tensor) -> None:
         total = teacher.sum(0, keepdim=True)
         count = torch.tensor([float(teacher.shape[0])], device=teacher.device)
-        if dist.is_available() and dist.is_initialized():
-            dist.all_reduce(total)
-            dist.all_reduce(count)
+        distributed.all_reduce_sum(total)
+        distributed.all_reduce_sum(count)
         self.center.mul_(self.center_momentum).add_(total / count, alpha=1 - self.center_momentum)
+
+
+def _head(features: int, c: DINOConfig) -> DINOHead:
+    return DINOHead(
+        features, c.out_dim, c.hidden_dim, c.bottleneck_dim, c.norm_last_layer, c.batch_norm
+    )
 
 
 class DINO(Method):
@@ -113,22 +157,24 @@ class DINO(Method):
         self,
         backbone: nn.Module,
         head: nn.Module | None = None,
-        out_dim: int = 65536,
-        student_temp: float = 0.1,
-        teacher_temp: float = 0.04,
-        warmup_teacher_temp: float = 0.04,
-        warmup_teacher_temp_steps: int = 0,
-        center_momentum: float = 0.9,
-        base_momentum: float = 0.996,
-        schedule: int | None = None,
-        freeze_last_layer_epochs: int = 1,
+        out_dim: int = DEFAULTS.out_dim,
+        student_temp: float = DEFAULTS.student_temp,
+        teacher_temp: float = DEFAULTS.teacher_temp,
+        warmup_teacher_temp: float = DEFAULTS.warmup_teacher_temp,
+        warmup_teacher_temp_steps: int = DEFAULTS.warmup_teacher_temp_steps,
+        center_momentum: float = DEFAULTS.center_momentum,
+        base_momentum: float = DEFAULTS.base_momentum,
+        schedule: int | None = DEFAULTS.schedule,
+        freeze_last_layer_epochs: int = DEFAULTS.freeze_last_layer_epochs,
         **setup: Any,
     ):
         """`setup`: `learning_rate`, `optimizer`, `optimizer_kwargs`, `lr_scheduler`,
         `lr_scheduler_kwargs`, as every method."""
         super().__init__()
         self.backbone = backbone
-        self.head = head or DINOHead(infer_features(backbone), out_dim)
+        self.head = head or _head(
+            infer_features(backbone), DEFAULTS.model_copy(update={"out_dim": out_dim})
+        )
         self.backbone_momentum = copy.deepcopy(self.backbone)
         self.head_momentum = copy.deepcopy(self.head)
         deactivate_requires_grad(self.backbone_momentum)
@@ -139,7 +185,7 @@ class DINO(Method):
         self.base_momentum, self.schedule_length = base_momentum, schedule
         self.momentum, self.step = base_momentum, 0
         self.freeze_last_layer_epochs, self.epoch = freeze_last_layer_epochs, 0
-        self.take_setup(setup)
+        self.take_setup(**setup)
 
     def current_teacher_temp(self) -> float:
         if self.step >= self.warmup_teacher_temp_steps:
@@ -197,9 +243,7 @@ class DINO(Method):
         for group in self.param_groups():
             saved = {**old, "params": [ids[id(p)] for p in group["params"]]}
             if group.get("weight_decay") == 0.0:
-                saved["weight_decay"] = 0.0
-                if "initial_weight_decay" in saved:  # the weight-decay schedule's base
-                    saved["initial_weight_decay"] = 0.0
+                exempt_saved_group(saved)
             groups.append(saved)
         return {**state, "param_groups": groups}
 
@@ -232,3 +276,12 @@ class DINO(Method):
 
     def load_extra_state(self, state: dict[str, Any]) -> None:
         self.momentum, self.step = state["momentum"], state["step"]
+
+
+def build(parts: Parts) -> Method:
+    """The method as its section configures it."""
+    head = _head(parts.features, parts.section)
+    return DINO(parts.backbone, head=head, **parts.options_for(DINO), **parts.setup)
+
+
+BUILTIN = Builtin("dino", DINO, DINOConfig, build, "DINO (Caron et al. 2021), multi-crop")

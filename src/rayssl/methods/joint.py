@@ -37,11 +37,9 @@ class JointEmbedding(Method):
         self.projection_head = projection_head
         self.flatten = flatten
         self.loss_fn = loss_fn
-        self.learning_rate = learning_rate
-        self.optimizer = optimizer
-        self.optimizer_kwargs = dict(optimizer_kwargs or {})
-        self.lr_scheduler = lr_scheduler
-        self.lr_scheduler_kwargs = dict(lr_scheduler_kwargs or {})
+        self.take_setup(
+            learning_rate, optimizer, optimizer_kwargs, lr_scheduler, lr_scheduler_kwargs
+        )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         features = self.backbone(x)

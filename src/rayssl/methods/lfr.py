@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import copy
+import math
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Literal
 
 import torch
+from pydantic import Field, model_validator
 from torch import nn
 from torch.func import functional_call
 
-from rayssl.methods.base import Method
+from rayssl.config.base import MethodConfig
+from rayssl.methods.base import Builtin, Method, Parts
 from rayssl.methods.heads import MLPHead
 from rayssl.methods.losses import BatchWiseBarlowTwinsLoss
 
@@ -157,10 +160,9 @@ class LearnFromRandomnessModel(Method):
         self.loss_fn = loss_fn or BatchWiseBarlowTwinsLoss()
         self.num_targets = num_targets if num_targets and num_targets > 0 else None
         self.adapter = adapter
-        self.learning_rate = learning_rate
         self.weight_decay = weight_decay
         self.flatten = flatten
-        # None, 0 or negative: the backbone trains every epoch (as in Minerva).
+        # None, 0 or negative: the backbone trains every epoch.
         self.predictor_training_epochs = max(0, predictor_training_epochs or 0)
         self.max_backbone_training_steps = (
             max_backbone_training_steps
@@ -168,10 +170,13 @@ class LearnFromRandomnessModel(Method):
             else None
         )
         self.selection_batch_size = selection_batch_size
-        self.optimizer = optimizer
-        self.optimizer_kwargs = {"weight_decay": weight_decay, **(optimizer_kwargs or {})}
-        self.lr_scheduler = lr_scheduler
-        self.lr_scheduler_kwargs = dict(lr_scheduler_kwargs or {})
+        self.take_setup(
+            learning_rate,
+            optimizer,
+            {"weight_decay": weight_decay, **(optimizer_kwargs or {})},
+            lr_scheduler,
+            lr_scheduler_kwargs,
+        )
         self.backbone_training_steps = 0
         self.backbone_trains = True
         self.selected: list[int] | None = None
@@ -196,6 +201,9 @@ class LearnFromRandomnessModel(Method):
         if broadcast is not None:
             chosen = broadcast(chosen)
         self.apply_selection(chosen)
+
+    def prepare(self, sample: torch.Tensor, broadcast: Callable[[Any], Any] | None) -> None:
+        self.select_targets(sample, broadcast)
 
     def apply_selection(self, chosen: list[int]) -> None:
         self.selected = list(chosen)
@@ -276,3 +284,60 @@ class LearnFromRandomnessModel(Method):
         if selected is not None and self.selected is None and len(self.projectors) > len(selected):
             self.apply_selection(selected)
         self.selected = None if selected is None else list(selected)
+
+
+class LFRConfig(MethodConfig):
+    num_projectors: int = Field(16, ge=1, description="random target networks drawn")
+    num_targets: int | None = Field(None, ge=1, description="DPP-selected subset; null: all")
+    proj_dim: int = Field(64, ge=1, description="output width of each random projector")
+    projector: Literal["backbone", "mlp"] = Field(
+        "backbone", description="random target nets: a fresh copy of the backbone, or an MLP"
+    )
+    proj_hidden: int = Field(256, ge=1, description="hidden width of the projectors' MLP")
+    pred_hidden: int = Field(256, ge=1, description="predictors' hidden width")
+    predictor_training_epochs: int = Field(
+        0, description="frozen-backbone epochs after each backbone epoch; 0 or less: none"
+    )
+    max_backbone_training_steps: int | None = Field(
+        None, ge=1, description="end the run after this many backbone steps; null: no limit"
+    )
+    selection_batch_size: int = Field(
+        128, ge=2, description="samples the DPP target selection looks at"
+    )
+
+    @model_validator(mode="after")
+    def _targets_fit(self) -> LFRConfig:
+        if self.num_targets is not None and self.num_targets > self.num_projectors:
+            raise ValueError(
+                f"lfr.num_targets ({self.num_targets}) cannot exceed lfr.num_projectors "
+                f"({self.num_projectors})"
+            )
+        return self
+
+
+def build(parts: Parts) -> LearnFromRandomnessModel:
+    """Random targets (fresh backbones, or MLPs on the flattened input) and predictors."""
+    c, features = parts.section, parts.features
+    if c.projector == "backbone":
+        encoder, in_dim = parts.new_backbone, features
+    else:
+        encoder, in_dim = None, math.prod(parts.sample_shape)
+    return LearnFromRandomnessModel(
+        parts.backbone,
+        projectors=RepeatedModuleList(
+            c.num_projectors, RandomProjector, in_dim, c.proj_hidden, c.proj_dim, encoder
+        ),
+        predictors=RepeatedModuleList(
+            c.num_projectors, MLPHead, [features, c.pred_hidden, c.proj_dim], batch_norm=False
+        ),
+        num_targets=c.num_targets,
+        predictor_training_epochs=c.predictor_training_epochs,
+        max_backbone_training_steps=c.max_backbone_training_steps,
+        selection_batch_size=c.selection_batch_size,
+        **parts.setup,
+    )
+
+
+BUILTIN = Builtin(
+    "lfr", LearnFromRandomnessModel, LFRConfig, build, "Learning From Randomness (Sui et al. 2024)"
+)

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import math
-import warnings
 
 import torch
-import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
+
+from rayssl import distributed
 
 
 class NegativeCosineSimilarity(nn.Module):
@@ -16,20 +16,6 @@ class NegativeCosineSimilarity(nn.Module):
 
     def forward(self, p: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
         return -F.cosine_similarity(p, z, dim=1).mean()
-
-
-def gather_with_grad(x: torch.Tensor) -> torch.Tensor:
-    """Concatenate `x` from every rank along dim 0; gradients flow back to each rank's slice."""
-    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
-        return x
-    from torch.distributed.nn.functional import all_gather
-
-    # torch 2.13 marks this public autograd all_gather deprecated in favour of a private
-    # module (torch.distributed._functional_collectives); until a public successor exists
-    # it stays, without its warning on every worker.
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", category=FutureWarning)
-        return torch.cat(all_gather(x), dim=0)
 
 
 class NTXentLoss(nn.Module):
@@ -56,9 +42,9 @@ class NTXentLoss(nn.Module):
         local = z0.shape[0]
         rank = 0
         all0, all1 = z0, z1
-        if gather and dist.is_available() and dist.is_initialized():
-            all0, all1 = gather_with_grad(z0), gather_with_grad(z1)
-            rank = dist.get_rank()
+        if gather and distributed.active():
+            all0, all1 = distributed.gather_with_grad(z0), distributed.gather_with_grad(z1)
+            rank = distributed.rank_and_world()[0]
         everything = torch.cat([all0, all1])  # (2N, D): views 0 of all ranks, then views 1
         total = all0.shape[0]
         mine = torch.cat([z0, z1])  # (2B, D)
@@ -121,7 +107,7 @@ class BarlowTwinsLoss(nn.Module):
 
     def forward(self, z0: torch.Tensor, z1: torch.Tensor, gather: bool = True) -> torch.Tensor:
         if gather:
-            z0, z1 = gather_with_grad(z0), gather_with_grad(z1)
+            z0, z1 = distributed.gather_with_grad(z0), distributed.gather_with_grad(z1)
         c = _standardize(z0, self.eps).T @ _standardize(z1, self.eps) / z0.shape[0]
         on = (1 - torch.diagonal(c)).pow(2).sum()
         return on + self.lambda_offdiag * _off_diagonal(c).pow(2).sum()
@@ -145,7 +131,7 @@ class VICRegLoss(nn.Module):
 
     def forward(self, z0: torch.Tensor, z1: torch.Tensor, gather: bool = True) -> torch.Tensor:
         if gather:
-            z0, z1 = gather_with_grad(z0), gather_with_grad(z1)
+            z0, z1 = distributed.gather_with_grad(z0), distributed.gather_with_grad(z1)
         invariance = F.mse_loss(z0, z1)
         n, d = z0.shape
         variance = covariance = z0.new_zeros(())
@@ -154,16 +140,6 @@ class VICRegLoss(nn.Module):
             variance = variance + F.relu(1 - torch.sqrt(z.var(0) + self.eps)).mean() / 2
             covariance = covariance + _off_diagonal(z.T @ z / (n - 1)).pow(2).sum() / d
         return self.sim * invariance + self.var * variance + self.cov * covariance
-
-
-@torch.no_grad()
-def gather_no_grad(x: torch.Tensor) -> torch.Tensor:
-    """Concatenate `x` from every rank along dim 0, without gradient (momentum keys)."""
-    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
-        return x
-    parts = [torch.empty_like(x) for _ in range(dist.get_world_size())]
-    dist.all_gather(parts, x.contiguous())
-    return torch.cat(parts)
 
 
 class MoCoInfoNCELoss(nn.Module):
@@ -186,8 +162,8 @@ class MoCoInfoNCELoss(nn.Module):
     def forward(self, q: torch.Tensor, k: torch.Tensor, gather: bool = True) -> torch.Tensor:
         q, k = F.normalize(q, dim=1), F.normalize(k, dim=1)
         rank = 0
-        if gather and dist.is_available() and dist.is_initialized():
-            k, rank = gather_no_grad(k), dist.get_rank()
+        if gather and distributed.active():
+            k, rank = distributed.gather_no_grad(k), distributed.rank_and_world()[0]
         logits = q @ k.T / self.temperature
         own = torch.arange(len(q), device=q.device) + rank * len(q)
         return 2 * self.temperature * F.cross_entropy(logits, own)
@@ -213,8 +189,8 @@ class NNCLRLoss(nn.Module):
         anchors, p = F.normalize(anchors.float(), dim=1), F.normalize(p.float(), dim=1)
         rank = 0
         everything = p
-        if gather and dist.is_available() and dist.is_initialized():
-            everything, rank = gather_with_grad(p), dist.get_rank()
+        if gather and distributed.active():
+            everything, rank = distributed.gather_with_grad(p), distributed.rank_and_world()[0]
         logits = anchors @ everything.T / self.temperature
         own = torch.arange(len(p), device=p.device) + rank * len(p)
         return F.cross_entropy(logits, own)
@@ -232,11 +208,11 @@ def _log_sum_exp(x: torch.Tensor, dim: int | None, across_ranks: bool) -> torch.
     too when `across_ranks` (the maximum and the sum all-reduced)."""
     top = x.amax() if dim is None else x.amax(dim, keepdim=True)
     if across_ranks:
-        dist.all_reduce(top, op=dist.ReduceOp.MAX)
+        distributed.all_reduce_max(top)
     total = (x - top).exp()
     total = total.sum() if dim is None else total.sum(dim, keepdim=True)
     if across_ranks:
-        dist.all_reduce(total)
+        distributed.all_reduce_sum(total)
     return top + total.log()
 
 
@@ -249,13 +225,13 @@ def sinkhorn(scores: torch.Tensor, epsilon: float, iterations: int, gather: bool
     of the single-process codes on the concatenated batch (the paper's distributed
     version). Computed on logarithms: the paper's exp(scores / epsilon) underflows to whole
     rows of zeros (then NaN) once epsilon is small, e.g. 0.005 with cosine scores."""
-    distributed = gather and dist.is_available() and dist.is_initialized()
-    world = dist.get_world_size() if distributed else 1
+    across = gather and distributed.active()
+    world = distributed.rank_and_world()[1] if across else 1
     log_q = scores.float() / epsilon
     prototypes, samples = log_q.shape[1], log_q.shape[0] * world
-    log_q = log_q - _log_sum_exp(log_q, None, distributed)
+    log_q = log_q - _log_sum_exp(log_q, None, across)
     for _ in range(iterations):
-        log_q -= _log_sum_exp(log_q, 0, distributed) + math.log(prototypes)  # prototypes
+        log_q -= _log_sum_exp(log_q, 0, across) + math.log(prototypes)  # prototypes
         log_q -= _log_sum_exp(log_q, 1, False) + math.log(samples)  # samples, local rows
     return (log_q + math.log(samples)).exp()
 

@@ -5,9 +5,8 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-import torch.distributed as dist
 
-from rayssl.methods.losses import gather_no_grad
+from rayssl import distributed
 
 
 class EmbeddingQueue:
@@ -34,7 +33,7 @@ class EmbeddingQueue:
     @torch.no_grad()
     def push(self, rows: torch.Tensor) -> None:
         """rows: (groups, B, dim), this rank's; every rank must call it (one all-gather)."""
-        rows = gather_no_grad(rows.float().transpose(0, 1).contiguous()).transpose(0, 1)
+        rows = distributed.gather_no_grad(rows.float().transpose(0, 1).contiguous()).transpose(0, 1)
         if self.queue is None:
             self.queue = rows.new_zeros(self.groups, self.length, rows.shape[-1])
         rows = rows[:, -self.length :]  # a push longer than the queue keeps its newest rows
@@ -52,7 +51,7 @@ class EmbeddingQueue:
     def share(self) -> torch.Tensor:
         """This rank's interleaved share of the rows, (groups, filled / world, dim): the
         ranks' shares together are the whole queue, each row in exactly one."""
-        rank, world = (dist.get_rank(), dist.get_world_size()) if _distributed() else (0, 1)
+        rank, world = distributed.rank_and_world()
         return self.rows()[:, rank::world]
 
     def state_dict(self) -> dict[str, Any]:
@@ -74,7 +73,3 @@ class EmbeddingQueue:
         assert self.queue is not None
         self.queue[:, : self.filled] = self.queue[:, : self.filled].flip(1)
         self.head = self.filled % self.length
-
-
-def _distributed() -> bool:
-    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1

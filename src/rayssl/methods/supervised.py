@@ -1,15 +1,18 @@
-"""Supervised training of backbone + head (Minerva's SimpleSupervisedModel, without Lightning)."""
+"""Supervised training of backbone + head."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import Any, ClassVar, Literal
 
 import torch
+from pydantic import Field
 from torch import nn
 from torchmetrics import Metric, MetricCollection
 
-from rayssl.methods.base import Method
+from rayssl import nets
+from rayssl.config.base import MethodConfig
+from rayssl.methods.base import Builtin, Method, Parts
 
 
 class SimpleSupervisedModel(Method):
@@ -44,15 +47,13 @@ class SimpleSupervisedModel(Method):
         self.fc = fc
         self.loss_fn = loss_fn
         self.adapter = adapter
-        self.learning_rate = learning_rate
         self.flatten = flatten
         self.freeze_backbone = freeze_backbone
         self.feature_norm = feature_norm  # e.g. BatchNorm1d(affine=False): standardised features
         self.backbone_lr_scale = backbone_lr_scale
-        self.optimizer = optimizer
-        self.optimizer_kwargs = dict(optimizer_kwargs or {})
-        self.lr_scheduler = lr_scheduler
-        self.lr_scheduler_kwargs = dict(lr_scheduler_kwargs or {})
+        self.take_setup(
+            learning_rate, optimizer, optimizer_kwargs, lr_scheduler, lr_scheduler_kwargs
+        )
         # One MetricCollection per stage; torchmetrics keeps its state out of state_dict.
         self.train_metrics = _collection(train_metrics, "train")
         self.val_metrics = _collection(val_metrics, "val")
@@ -130,3 +131,85 @@ class SimpleSupervisedModel(Method):
 
 def _collection(metrics: dict[str, Metric] | None, stage: str) -> MetricCollection | None:
     return MetricCollection(dict(metrics), prefix=f"{stage}_") if metrics else None
+
+
+class SupervisedConfig(MethodConfig):
+    older_runs_lack: ClassVar[dict[str, Any]] = {"standardize_features": False}
+    flatten: bool = Field(True, description="flatten backbone features before the head")
+    freeze_backbone: bool = Field(
+        False, description="train the head only (linear evaluation), BatchNorm statistics too"
+    )
+    standardize_features: bool | None = Field(
+        None,
+        description="a BatchNorm1d(affine=False) on the flattened features before the head, "
+        "as the linear probes of SSL papers; null: on when freeze_backbone is",
+    )
+    label_smoothing: float = Field(0.0, ge=0.0, lt=1.0, description="cross-entropy smoothing")
+    metrics: list[Literal["accuracy", "f1", "precision", "recall"]] = Field(
+        ["accuracy"], description="reported per split; f1 / precision / recall are macro"
+    )
+
+
+def build(parts: Parts) -> Method:
+    """A head on the backbone, with the configured loss smoothing and metrics."""
+    cfg, features, num_classes = parts.cfg, parts.features, parts.num_classes
+    head = nets.call_factory(
+        cfg.head.factory(nets.HEADS), cfg.head.kwargs, in_features=features, num_classes=num_classes
+    )
+
+    classes = _metric_classes()
+
+    def metrics() -> dict[str, Any]:
+        # accuracy is the plain share of correct predictions; f1/precision/recall are macro.
+        return {
+            n: classes[n](num_classes=num_classes, average="micro" if n == "accuracy" else "macro")
+            for n in cfg.supervised.metrics
+        }
+
+    return SimpleSupervisedModel(
+        backbone=parts.backbone,
+        fc=head,
+        loss_fn=nn.CrossEntropyLoss(label_smoothing=cfg.supervised.label_smoothing),
+        flatten=cfg.supervised.flatten,
+        train_metrics=metrics(),
+        val_metrics=metrics(),
+        test_metrics=metrics(),
+        freeze_backbone=cfg.supervised.freeze_backbone,
+        feature_norm=nn.BatchNorm1d(features, affine=False) if standardized(cfg) else None,
+        backbone_lr_scale=cfg.optimizer.backbone_lr_scale,
+        **parts.setup,
+    )
+
+
+def standardized(cfg: Any) -> bool:
+    """Whether a supervised run standardises its features before the head (on by default
+    for a frozen backbone: frozen SSL features have arbitrary scales, and a linear head
+    trained on them with a short schedule stays far from what a standardised probe reads)."""
+    c = cfg.supervised
+    wanted = c.freeze_backbone if c.standardize_features is None else c.standardize_features
+    return wanted and c.flatten
+
+
+def _metric_classes() -> dict[str, Any]:
+    from torchmetrics.classification import (
+        MulticlassAccuracy,
+        MulticlassF1Score,
+        MulticlassPrecision,
+        MulticlassRecall,
+    )
+
+    return {
+        "accuracy": MulticlassAccuracy,
+        "f1": MulticlassF1Score,
+        "precision": MulticlassPrecision,
+        "recall": MulticlassRecall,
+    }
+
+
+BUILTIN = Builtin(
+    "supervised",
+    SimpleSupervisedModel,
+    SupervisedConfig,
+    build,
+    "labels: cross-entropy through a head (linear evaluation with freeze_backbone)",
+)

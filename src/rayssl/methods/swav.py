@@ -7,12 +7,55 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
+from pydantic import Field
 from torch import nn
 
-from rayssl.methods.base import Method
+from rayssl.config.base import MethodConfig
+from rayssl.methods.base import Builtin, Method, Parts
 from rayssl.methods.heads import MLPHead, backbone_by_crop_size, infer_features
 from rayssl.methods.losses import SwAVLoss
 from rayssl.methods.queue import EmbeddingQueue
+
+
+class SwAVConfig(MethodConfig):
+    """SwAV's defaults (Caron et al. 2020, ResNet-50): projector 2048-128, 3,000 prototypes,
+    temperature 0.1, Sinkhorn epsilon 0.05 over 3 iterations."""
+
+    proj_hidden: int = Field(2048, ge=1, description="projector hidden width")
+    proj_dim: int = Field(128, ge=2, description="embedding width the prototypes act on")
+    num_prototypes: int = Field(3000, ge=2, description="prototypes (clusters)")
+    temperature: float = Field(0.1, gt=0.0, description="of the predicted assignments")
+    epsilon: float = Field(0.05, gt=0.0, description="Sinkhorn-Knopp's entropy regularisation")
+    sinkhorn_iterations: int = Field(3, ge=1)
+    freeze_prototypes_epochs: int = Field(
+        1, ge=0, description="epochs at the start during which the prototypes do not learn"
+    )
+    queue_length: int = Field(
+        0,
+        ge=0,
+        description="past samples whose embeddings join each batch in Sinkhorn-Knopp, a "
+        "multiple of data.batch_size (the paper: 3,840 at batch 256); 0: no queue",
+    )
+    queue_start_epoch: int = Field(
+        15, ge=0, description="epoch (from 0) at which the queue starts to fill; used once full"
+    )
+
+    def check_run(self, cfg: Any) -> None:
+        """The queue takes whole global batches, so every rank's share of it is equal."""
+        queue, batch = self.queue_length, cfg.data.batch_size
+        if queue % batch:
+            raise ValueError(
+                f"swav.queue_length ({queue}) must be a multiple of data.batch_size "
+                f"({batch}): whole global batches enter the queue; use e.g. "
+                f"{batch * max(1, round(queue / batch))}"
+            )
+
+
+DEFAULTS = SwAVConfig()  # the class's defaults are its section's
+
+
+def projector(features: int, c: SwAVConfig) -> nn.Module:
+    return MLPHead([features, c.proj_hidden, c.proj_dim])
 
 
 class SwAV(Method):
@@ -36,22 +79,22 @@ class SwAV(Method):
         self,
         backbone: nn.Module,
         projection_head: nn.Module | None = None,
-        num_prototypes: int = 3000,
-        proj_dim: int = 128,
-        temperature: float = 0.1,
-        epsilon: float = 0.05,
-        sinkhorn_iterations: int = 3,
-        freeze_prototypes_epochs: int = 1,
-        queue_length: int = 0,
-        queue_start_epoch: int = 15,
+        num_prototypes: int = DEFAULTS.num_prototypes,
+        proj_dim: int = DEFAULTS.proj_dim,
+        temperature: float = DEFAULTS.temperature,
+        epsilon: float = DEFAULTS.epsilon,
+        sinkhorn_iterations: int = DEFAULTS.sinkhorn_iterations,
+        freeze_prototypes_epochs: int = DEFAULTS.freeze_prototypes_epochs,
+        queue_length: int = DEFAULTS.queue_length,
+        queue_start_epoch: int = DEFAULTS.queue_start_epoch,
         **setup: Any,
     ):
         """`setup`: `learning_rate`, `optimizer`, `optimizer_kwargs`, `lr_scheduler`,
         `lr_scheduler_kwargs`, as every method."""
         super().__init__()
         self.backbone = backbone
-        self.projection_head = projection_head or MLPHead(
-            [infer_features(backbone), 2048, proj_dim]
+        self.projection_head = projection_head or projector(
+            infer_features(backbone), DEFAULTS.model_copy(update={"proj_dim": proj_dim})
         )
         self.prototypes = nn.Linear(proj_dim, num_prototypes, bias=False)
         self.criterion = SwAVLoss(temperature, epsilon, sinkhorn_iterations)
@@ -61,7 +104,7 @@ class SwAV(Method):
         # Sinkhorn, whose sums span the ranks, so the codes are those of one process on the
         # whole queue. Checkpointed through extra_state.
         self.queue = EmbeddingQueue(queue_length, groups=2)
-        self.take_setup(setup)
+        self.take_setup(**setup)
 
     def _loss(self, views, gather: bool, queue: bool = False) -> torch.Tensor:
         crops = list(views)
@@ -107,3 +150,12 @@ class SwAV(Method):
 
     def load_extra_state(self, state: dict[str, Any]) -> None:
         self.queue.load_state_dict(state, self.prototypes.weight.device)
+
+
+def build(parts: Parts) -> Method:
+    """The method as its section configures it."""
+    head = projector(parts.features, parts.section)
+    return SwAV(parts.backbone, head, **parts.options_for(SwAV), **parts.setup)
+
+
+BUILTIN = Builtin("swav", SwAV, SwAVConfig, build, "SwAV (Caron et al. 2020), multi-crop")

@@ -10,15 +10,9 @@ differentiable all-reduces.
 from __future__ import annotations
 
 import torch
-import torch.distributed as dist
 from torch import nn
 
-
-def _all_reduce_sum(x: torch.Tensor) -> torch.Tensor:
-    """Sum over ranks; the backward sums the gradients over ranks as well."""
-    from torch.distributed.nn.functional import all_reduce
-
-    return all_reduce(x)
+from rayssl import distributed
 
 
 class _GlobalStatistics:
@@ -29,16 +23,17 @@ class _GlobalStatistics:
     concatenated batch. Otherwise (eval, one rank) it is the plain BatchNorm."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        distributed = dist.is_available() and dist.is_initialized()
-        if not (self.training and distributed and dist.get_world_size() > 1):
+        if not (self.training and distributed.active()):
             return super().forward(x)
         self._check_input_dim(x)
         dims = [d for d in range(x.dim()) if d != 1]
-        count = _all_reduce_sum(torch.tensor(float(x.numel() // x.shape[1]), device=x.device))
-        mean = _all_reduce_sum(x.sum(dims)) / count
+        count = distributed.all_reduce_sum_with_grad(
+            torch.tensor(float(x.numel() // x.shape[1]), device=x.device)
+        )
+        mean = distributed.all_reduce_sum_with_grad(x.sum(dims)) / count
         shape = [1, -1] + [1] * (x.dim() - 2)
         centred = x - mean.view(shape)
-        var = _all_reduce_sum(centred.pow(2).sum(dims)) / count
+        var = distributed.all_reduce_sum_with_grad(centred.pow(2).sum(dims)) / count
         if self.track_running_stats:
             self.num_batches_tracked.add_(1)
             momentum = self.momentum

@@ -4,9 +4,12 @@ torch wrappers)."""
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import torch
 from torch.optim.lr_scheduler import LambdaLR, OneCycleLR, StepLR
+
+from rayssl.optim import groups
 
 
 def warmup_cosine_factor(step: int, warmup_steps: int, total_steps: int, floor: float) -> float:
@@ -52,16 +55,6 @@ def step_decay(
     return StepLR(optimizer, step_size=step_epochs * steps_per_epoch, gamma=gamma)
 
 
-def hold_unscheduled_lr(optimizer: torch.optim.Optimizer) -> None:
-    """Put back the lr of every param group a method marked `{"lr_schedule": False}`
-    (SimSiam's predictor): torch's schedulers set every group's lr, and none takes a group
-    out, so this runs after each scheduler step (`configure_optimizers` records the lr the
-    group was built with in `unscheduled_lr`)."""
-    for group in optimizer.param_groups:
-        if "unscheduled_lr" in group:
-            group["lr"] = group["unscheduled_lr"]
-
-
 def cosine_schedule(
     step: int, max_steps: int, start_value: float, end_value: float, period: int | None = None
 ) -> float:
@@ -76,8 +69,8 @@ def cosine_schedule(
 class WeightDecaySchedule:
     """Weight decay on a cosine from `start` (optimizer.weight_decay) to `end` over the run's
     optimizer steps, as DINO's recipe (0.04 -> 0.4). torch's schedulers drive the learning
-    rate only, hence this. Each param group keeps its own weight decay as
-    `initial_weight_decay` and is scaled by value / start, so a group a method exempts
+    rate only, hence this. Each param group keeps its own weight decay as its base
+    (`groups.INITIAL_WEIGHT_DECAY`) and is scaled by value / start, so a group a method exempts
     (weight decay 0) stays at 0 (LARS still spares biases and norms itself). Set from the
     global step before each optimizer step, and the base lives in the optimizer's
     state_dict: a resumed run continues the same curve."""
@@ -88,12 +81,23 @@ class WeightDecaySchedule:
         if start <= 0:
             raise ValueError("a weight-decay schedule needs a positive starting weight decay")
         self.optimizer, self.start, self.end, self.total_steps = optimizer, start, end, total_steps
-        for group in optimizer.param_groups:
-            group.setdefault("initial_weight_decay", group["weight_decay"])
+        groups.note_initial_weight_decay(optimizer)
 
     def set(self, step: int) -> float:
         """Weight decay of optimizer step `step` (0-based); returns the scheduled value."""
         value = cosine_schedule(step, max(1, self.total_steps - 1), self.start, self.end)
-        for group in self.optimizer.param_groups:
-            group["weight_decay"] = group["initial_weight_decay"] * value / self.start
+        groups.scale_weight_decay(self.optimizer, value / self.start)
         return value
+
+
+# What sets a schedule's length, in torch's schedulers' state dicts: OneCycleLR's step
+# count and phase ends, LambdaLR's function (WarmupCosine: its warm-up and total steps).
+SCHEDULE_LENGTH_KEYS = ("total_steps", "_schedule_phases", "lr_lambdas")
+
+
+def schedule_of_this_run(fresh: dict[str, Any], saved: dict[str, Any]) -> dict[str, Any]:
+    """The saved scheduler state (its position, its base lrs, a PBT rescale) with the
+    length of the schedule this config builds (`fresh`). Equal for a resume of the same
+    config; a finished run resumed with more epochs continues its curve stretched over the
+    new total instead of stepping past the old one (OneCycleLR raises there)."""
+    return {**saved, **{k: fresh[k] for k in SCHEDULE_LENGTH_KEYS if k in fresh and k in saved}}

@@ -38,9 +38,8 @@ def run_search(
         raise ConfigError(f"--resume: no search '{search.name}' under '{storage.uri}' to resume")
     if not resume and name in storage.runs():
         name = f"{search.name}-{time.strftime('%Y%m%d-%H%M%S')}"
-    cfg = validate_train_config(base)
-    shown = _without_credentials(base, cfg)
-    splits, _ = preflight(cfg)  # seeds numpy: a new search samples reproducibly from cfg.seed
+    cfg, splits, _ = preflight(validate_train_config(base))  # seeds numpy: samples from seed
+    shown = _trial_base(base, cfg)
     if resume:
         # Trials not yet sampled must not repeat the first samples of the original driver.
         np.random.seed()
@@ -137,13 +136,18 @@ def _tuner(search: SearchConfig, cfg, trainable, param_space, concurrent, name, 
     )
 
 
-def _without_credentials(base: dict, cfg) -> dict:
+def _trial_base(base: dict, cfg) -> dict:
     """The base config as Ray stores it with each trial and best.yaml is written from it:
     the tracking URI's credentials redacted (the MLflow callback on the driver keeps the
-    real URI, cfg.tracking)."""
-    if cfg.tracking is None:
-        return base
-    return deep_merge(base, {"tracking": cfg.record()["tracking"]})
+    real URI, cfg.tracking), and the normalisation preflight took from
+    `backbone.init_from` where the search's base sets none, so every trial trains on inputs
+    normalised as the backbone was trained (`cfg`: the base after preflight)."""
+    update: dict = {}
+    if cfg.tracking is not None:
+        update["tracking"] = cfg.record()["tracking"]
+    if base.get("data", {}).get("normalize") is None and cfg.data.normalize is not None:
+        update["data"] = {"normalize": cfg.record()["data"]["normalize"]}
+    return deep_merge(base, update)
 
 
 def _mlflow_callbacks(cfg) -> list:

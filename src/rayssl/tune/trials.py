@@ -4,14 +4,14 @@ into Ray Tune."""
 
 from __future__ import annotations
 
-import tempfile
 import time
 from typing import Any
 
 from rayssl.cluster.quiet import trial_logs
 from rayssl.config import TrainConfig
-from rayssl.engine import NoSink, build_loop
-from rayssl.runs.state import load_state, save_state
+from rayssl.engine import build_loop
+from rayssl.engine.checkpoint import restore_and_fit
+from rayssl.engine.sinks import CheckpointSink, state_directory
 from rayssl.tune.search import trial_config
 
 
@@ -34,28 +34,27 @@ def run_trial_in_process(config: dict[str, Any]) -> None:
         shard = splits.stream.dataset(cfg.data.read_concurrency).iterator()
     device = torch.device("cuda" if cfg.use_gpu and torch.cuda.is_available() else "cpu")
     loop = build_loop(cfg, splits, device=device, train_shard=shard, sink=TuneSink())
-    restored = None
-    checkpoint = ray.tune.get_checkpoint()  # 1. Tune's: this trial's, or PBT's donor
-    if checkpoint is not None:
-        with checkpoint.as_directory() as directory:
-            restored = load_state(directory)
     loop.launched_at = started  # start_to_first_step_s: this trial's own overhead
-    # adopting is a no-op for the trial's own state
-    loop.fit(restored, adopt=True, resumed=True)
+    checkpoint = ray.tune.get_checkpoint()  # 1. Tune's: this trial's, or PBT's donor
+    if checkpoint is None:
+        restore_and_fit(loop, None)
+        return
+    # adopting is a no-op for the trial's own state (the same hyperparameters)
+    with checkpoint.as_directory() as directory:
+        restore_and_fit(loop, directory, adopt=True)
 
 
-class TuneSink(NoSink):
+class TuneSink(CheckpointSink):
     """Reports each epoch to Tune with a checkpoint (no preemption checkpoints: a trial's
     reports are epochs, and ASHA and PBT act on each)."""
 
-    def report(self, loop, metrics: dict[str, float], kind: str) -> None:
+    def send(self, loop, metrics: dict[str, float], state: dict[str, Any] | None) -> None:
         import ray.tune
 
-        if kind == "already_over":  # restored after its end: report it again
+        if state is None:  # restored after its end: report it again
             ray.tune.report(metrics)
             return
-        with tempfile.TemporaryDirectory() as tmp:
-            save_state(loop.state_dict(), tmp)
+        with state_directory(state) as tmp:
             ray.tune.report(metrics, checkpoint=ray.tune.Checkpoint.from_directory(tmp))  # 2.
 
 
