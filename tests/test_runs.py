@@ -203,3 +203,34 @@ def test_a_record_that_is_no_mapping_and_a_folder_under_the_root_are_one_line(
         assert result.exit_code == 2, result.output
         lines = result.output.strip().splitlines()
         assert len(lines) == 1 and expected in lines[0], lines
+
+
+def test_every_command_that_reads_a_run_takes_the_same_paths(write_config, tmp_path):
+    """init_from, eval, export and plot resolve a path one way (`runs/resolve.py`): a run
+    folder, a checkpoint folder, or a run's name without its timestamp (the newest run of
+    that name). Before, `rayssl eval` and `rayssl plot` refused a run's name that
+    `backbone.init_from` took."""
+    runner = CliRunner()
+    config = write_config({**LOCAL, "name": "named", "method": "simclr", "epochs": 1})
+    for seed in (0, 1):  # two runs of one name: the name means the newer
+        trained = runner.invoke(main, ["train", str(config), "--set", f"seed={seed}"])
+        assert trained.exit_code == 0, trained.output
+    older, newer = sorted((tmp_path / "runs").glob("named-*"))
+    by_name = str(tmp_path / "runs" / "named")
+    checkpoint = next(newer.glob("checkpoint_*"))
+    shown = {}
+    for label, path in (("name", by_name), ("run", str(newer)), ("checkpoint", str(checkpoint))):
+        evaluated = runner.invoke(main, ["eval", path])
+        assert evaluated.exit_code == 0, (label, evaluated.output)
+        shown[label] = evaluated.output.splitlines()[-1].split(":", 1)[-1]
+    assert shown["name"] == shown["run"] == shown["checkpoint"]  # the same accuracies
+    plotted = runner.invoke(main, ["plot", by_name, "--out", str(tmp_path / "p.png")])
+    assert plotted.exit_code == 0 and (tmp_path / "p.png").is_file(), plotted.output
+    exported = runner.invoke(main, ["export", by_name, "--out", str(tmp_path / "b.pt")])
+    assert exported.exit_code == 0 and checkpoint.name in exported.output, exported.output
+    assert not any(old.name in exported.output for old in older.glob("checkpoint_*"))
+    downstream = write_config({**LOCAL, "epochs": 1, "backbone": {"init_from": by_name}}, name="d")
+    assert runner.invoke(main, ["train", str(downstream)]).exit_code == 0
+    missing = runner.invoke(main, ["eval", str(tmp_path / "runs" / "nothing")])
+    assert missing.exit_code == 2
+    assert "is not a run or checkpoint folder, nor a run name" in missing.output

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import os
 import tempfile
-from pathlib import Path
 
 import torch
 
@@ -136,25 +135,10 @@ def _on_workers(job: dict, workers: int, use_gpu: bool) -> dict[str, float]:
 
 
 def _state(path: str) -> tuple[dict, str]:
-    """The state of a run folder's newest checkpoint, or of a checkpoint folder, local or at
-    a URI (a run in a bucket), and how to name it in a message."""
-    from rayssl.config import ConfigError
-    from rayssl.runs.state import STATE_FILE, load_state
-    from rayssl.runs.storage import Storage
+    """The state behind `path` (`runs/resolve.py`: a checkpoint folder, a run folder's newest
+    checkpoint, or a run's name; local or at a URI) and how to name it in a message."""
+    from rayssl.runs.pretrained import read_state
+    from rayssl.runs.state import STATE_FILE
 
-    if "://" in path:
-        from rayssl.runs.pretrained import read_state
-
-        state, where = read_state(path, "rayssl eval's PATH", STATE_FILE)
-        return state, "/".join(filter(None, (where.get("run"), where["checkpoint"])))
-    directory = Path(path).resolve()
-    if not directory.is_dir():
-        raise ConfigError(f"rayssl eval's PATH '{path}' is no folder; give a run or checkpoint")
-    if not (directory / STATE_FILE).is_file():
-        latest = Storage(str(directory.parent)).latest_checkpoint(directory.name)
-        if latest is None:
-            raise ConfigError(
-                f"'{path}' holds neither {STATE_FILE} nor a checkpoint registered by Ray"
-            )
-        directory = directory / latest
-    return load_state(directory), str(directory)
+    state, where = read_state(path, "rayssl eval's PATH", STATE_FILE)
+    return state, "/".join(filter(None, (where.get("run"), where["checkpoint"])))

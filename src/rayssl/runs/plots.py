@@ -85,12 +85,12 @@ def history_of(run_dir: str) -> tuple[str, list[dict[str, Any]]]:
     """A run's label and per-epoch history: its summary.json while the run record agrees it
     finished, else (a run still training, failed, or resumed) its newest checkpoint's."""
     from rayssl.config import ConfigError
+    from rayssl.runs import resolve
     from rayssl.runs.listing import newest_history, summary_history
-    from rayssl.runs.storage import RUN_RECORD, Storage, split_run_path
+    from rayssl.runs.storage import RUN_RECORD
 
-    where = run_dir.rstrip("/") if "://" in run_dir else str(Path(run_dir).resolve())
-    parent, run = split_run_path(where)
-    storage = Storage(parent)
+    found = resolve.run_folder(run_dir, "rayssl plot's RUN")
+    storage, run = found.storage, found.run
     summary = storage.read_json(run, "summary.json")
     record = storage.read_json(run, RUN_RECORD)
     current = record.get("status") in (None, "finished")  # else the summary is older

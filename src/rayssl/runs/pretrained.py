@@ -55,7 +55,7 @@ def read(
     data = _export_bytes(path, field_name)  # a file is an export, whatever its suffix
     if data is not None:
         return _read_export(data, path, field_name)
-    state, where = read_state(path, field_name, STATE_FILE)
+    state, where = read_state(path, field_name, STATE_FILE, export_too=True)
     model = state["model"]
     weights = {k[len(PREFIX) :]: v for k, v in model.items() if k.startswith(PREFIX)}
     if not weights:
@@ -100,40 +100,24 @@ def _shape_from_data(cfg: dict, path: str, field_name: str, trusted: bool) -> li
     return list(load_splits(validate_train_config(cfg).data, cfg["seed"]).sample_shape)
 
 
-def read_state(path: str, field_name: str, state_file: str) -> tuple[dict, dict[str, str]]:
-    """The training state at `path` (a run or checkpoint directory, local or a URI; a run
-    folder gives its newest checkpoint's) and where it was found."""
+def read_state(
+    path: str, field_name: str, state_file: str, export_too: bool = False
+) -> tuple[dict, dict[str, str]]:
+    """The training state behind `path` (`runs/resolve.py`: a checkpoint folder, a run
+    folder's newest checkpoint, a run's name; local or a URI) and where it was found."""
     import pyarrow.fs as pafs
 
-    from rayssl.runs.storage import Storage, split_run_path
+    from rayssl.runs import resolve
 
-    where = path.rstrip("/") if "://" in path else str(Path(path).expanduser().resolve())
+    found = resolve.checkpoint(path, field_name, state_file, export_too)
+    record = (
+        {"run": found.where, "checkpoint": found.checkpoint}
+        if found.checkpoint
+        else {"checkpoint": found.where}
+    )
     try:
-        fs, base = pafs.FileSystem.from_uri(where)
-        if fs.get_file_info(base).type != pafs.FileType.Directory:
-            # a run's name without its timestamp: the newest run of that name
-            parent, name = split_run_path(where)
-            newest = Storage(parent).newest_run(name)
-            if newest is None:
-                raise ConfigError(
-                    f"{field_name} '{path}' is not a run or checkpoint folder, a run name "
-                    "under its storage_path, nor a .pt file written by rayssl export"
-                )
-            where = f"{parent}/{newest}"
-            fs, base = pafs.FileSystem.from_uri(where)
-        if fs.get_file_info(f"{base}/{state_file}").type == pafs.FileType.File:
-            found, record = f"{base}/{state_file}", {"checkpoint": where}
-        else:
-            parent, run = split_run_path(where)
-            latest = Storage(parent).latest_checkpoint(run)
-            if latest is None:
-                raise ConfigError(
-                    f"{field_name} '{path}' holds neither {state_file} nor a checkpoint "
-                    "registered by Ray or rayssl; give a run folder with at least one "
-                    "finished epoch, or a checkpoint folder"
-                )
-            found, record = f"{base}/{latest}/{state_file}", {"run": where, "checkpoint": latest}
-        with fs.open_input_file(found) as f:
+        fs, base = pafs.FileSystem.from_uri(f"{found.shown}/{state_file}")
+        with fs.open_input_file(base) as f:
             data = f.readall()
     except OSError as exc:
         raise ConfigError(f"{field_name} '{path}' cannot be read ({exc})") from None
