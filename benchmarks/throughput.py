@@ -125,7 +125,7 @@ def timed_worker(config: dict[str, Any]) -> None:
     """Ray Train worker: rayssl's own Loop (DDP, sharded sampler, views, hooks), timed per step."""
     from rayssl.cluster.worker import build_worker_loop
 
-    loop = build_worker_loop(config["args"])
+    loop, _ = build_worker_loop(config["args"])
     times: list[float] = []
     for _ in range(loop.cfg.epochs):
         loop.start_epoch()

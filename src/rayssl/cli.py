@@ -35,7 +35,7 @@ _keep_embedded_ray_on_this_host()
 
 import click  # noqa: E402
 
-from rayssl.config import ConfigError, load_train_config  # noqa: E402
+from rayssl.errors import ConfigError  # noqa: E402  (the schema, which imports torch, loads per command)
 
 EXIT_FAILED, EXIT_BAD_INPUT = 1, 2
 TRUST_HELP = (
@@ -87,6 +87,8 @@ def train(config: str, overrides: tuple[str, ...], resume: bool, dashboard: bool
     from rayssl.cluster.records import final_line
 
     try:
+        from rayssl.config import load_train_config
+
         cfg = load_train_config(config, overrides)
         summary = fit(cfg, resume=resume, launched_at=LAUNCHED_AT, dashboard=dashboard)
     except ConfigError as exc:

@@ -14,9 +14,24 @@ on every worker (worker.py): 5. rank, 6. DDP, 7. data shard, 8. checkpoint to re
     quiet.py    every log line rayssl silences, and why
 """
 
-from rayssl.cluster.driver import RunFailed, fit
-from rayssl.cluster.preflight import preflight
-from rayssl.cluster.start import init_ray
-from rayssl.cluster.trainer import WorkerArgs, build_trainer
-
 __all__ = ["RunFailed", "WorkerArgs", "build_trainer", "fit", "init_ray", "preflight"]
+
+# Loaded on first use (PEP 562): every Ray worker process imports `cluster/quiet.py` (its
+# setup hook) and Ray Train's controller `cluster/entry.py`; an eager import here would
+# make each of them import the driver, torch and the methods first.
+_LAZY = {
+    "RunFailed": "driver",
+    "fit": "driver",
+    "preflight": "preflight",
+    "init_ray": "start",
+    "WorkerArgs": "entry",
+    "build_trainer": "trainer",
+}
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(f"rayssl.cluster.{_LAZY[name]}"), name)
+    raise AttributeError(f"module 'rayssl.cluster' has no attribute '{name}'")

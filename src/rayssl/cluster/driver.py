@@ -15,12 +15,13 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from rayssl.cluster.entry import train_func
 from rayssl.cluster.faults import CRASH_ENV
 from rayssl.cluster.preflight import preflight
 from rayssl.cluster.quiet import report_logs
 from rayssl.cluster.records import draw_curves, open_mlflow, summarize, worker_error
 from rayssl.cluster.start import init_ray
-from rayssl.cluster.trainer import build_trainer, train_func
+from rayssl.cluster.trainer import build_trainer
 from rayssl.config import ConfigError, TrainConfig
 from rayssl.data import Splits
 from rayssl.errors import first_line
@@ -60,10 +61,11 @@ def fit(
     attempt's workers fail after that epoch."""
     entered = time.time()
     claim: list = []  # the lock on the run's folder, held until this function returns
+    # the start-up timeline (engine/loop.py: STARTUP_MARKS); the workers get it with the
+    # marks made before trainer.fit
+    marks = {"launched": launched_at or entered, "imported": entered}
     try:
-        return _fit(
-            cfg, resume, train_fn, crash_after_epoch, launched_at or entered, dashboard, claim
-        )
+        return _fit(cfg, resume, train_fn, crash_after_epoch, marks, dashboard, claim)
     finally:
         for handle in claim:
             if handle is not None:  # None: an object store, which has no lock
@@ -84,16 +86,18 @@ class Prepared:
     skip: str | None = None  # Ray Train's newest checkpoint, when it is damaged
 
 
-def _fit(cfg, resume, train_fn, crash_after_epoch, launched_at, dashboard, claim) -> dict:
+def _fit(cfg, resume, train_fn, crash_after_epoch, marks, dashboard, claim) -> dict:
     import ray
 
     ready = _prepare_resume(cfg, claim) if resume else _prepare_new_run(cfg)
     cfg, splits, storage = ready.cfg, ready.splits, ready.storage
+    marks["checked"] = time.time()
     local, ray_logs = cfg.num_workers == 0, None
     if local:  # local mode needs no Ray cluster at all; rayssl prints its own progress
         report_logs(local=True)
     else:
         ray_logs = init_ray(cfg, dashboard=dashboard, streaming=splits.reads_storage)
+    marks["ray_started"] = time.time()
     run = ready.run
     if run is None:  # reserves the new run's folder: only once the inputs and cluster passed
         run = pick_run_name(cfg, storage, resume=False)
@@ -109,7 +113,7 @@ def _fit(cfg, resume, train_fn, crash_after_epoch, launched_at, dashboard, claim
         train_fn=train_fn,
         stream=splits.stream,
         crash_after_epoch=crash_after_epoch,
-        launched_at=launched_at,
+        marks=marks,  # the same dict: _run_and_record adds fit_called before the fit
         initial_checkpoint=ready.initial,
         initial_is_resume=ready.initial is not None,
         skip_checkpoint=ready.skip,
@@ -118,7 +122,7 @@ def _fit(cfg, resume, train_fn, crash_after_epoch, launched_at, dashboard, claim
         # reports are epochs, and ASHA and PBT act on each)
         preemption_checkpoints=True,
     )
-    return _run_and_record(cfg, trainer, storage, run, mlflow_run, local, ray_logs)
+    return _run_and_record(cfg, trainer, storage, run, mlflow_run, local, ray_logs, marks)
 
 
 def _prepare_new_run(cfg: TrainConfig) -> Prepared:
@@ -231,7 +235,14 @@ def _start_record(cfg, storage: Storage, run: str, started: float) -> dict:
 
 
 def _run_and_record(
-    cfg, trainer, storage: Storage, run: str, mlflow_run, local: bool, ray_logs: str | None
+    cfg,
+    trainer,
+    storage: Storage,
+    run: str,
+    mlflow_run,
+    local: bool,
+    ray_logs: str | None,
+    marks: dict[str, float],
 ) -> dict:
     """Run the trainer between two run records ("running", then "finished" or "failed"),
     then write the summary. The records come first: a picture or a tracking store that
@@ -242,6 +253,7 @@ def _run_and_record(
     record = _start_record(cfg, storage, run, started)
     try:
         try:
+            marks["fit_called"] = time.time()  # read when fit() pickles the workers' args
             trainer.fit()  # 4. the run, with its restarts, until it ends
         except TrainingFailedError as exc:
             line = worker_error(exc)  # a file that cannot be decoded: bad input (exit 2)

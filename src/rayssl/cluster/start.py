@@ -7,9 +7,13 @@ import logging
 import os
 import sys
 import tempfile
+from typing import TYPE_CHECKING
 
 from rayssl.cluster.quiet import RAY_DATA_LOGGING, starting_ray
-from rayssl.config import ConfigError, TrainConfig
+from rayssl.errors import ConfigError
+
+if TYPE_CHECKING:
+    from rayssl.config import TrainConfig
 
 DATA_CPUS = 1  # Ray Data's read / decode tasks take 1 CPU each; one must be free beside workers
 

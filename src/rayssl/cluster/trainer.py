@@ -1,42 +1,19 @@
-"""The TorchTrainer of one run (`rayssl train`, and one per multi-worker Tune trial), and the
-typed arguments its workers get."""
+"""The TorchTrainer of one run (`rayssl train`, and one per multi-worker Tune trial); the
+typed arguments its workers get are in `entry.py`."""
 
 from __future__ import annotations
 
 import os
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from rayssl.cluster.entry import WorkerArgs, train_func
 from rayssl.cluster.start import RAY_TRAIN_ENV
-from rayssl.config import TrainConfig
-from rayssl.runs.storage import Storage
 
-
-@dataclass
-class WorkerArgs:
-    """What every Ray Train worker of a run gets (as `train_loop_config["args"]`)."""
-
-    config: dict[str, Any]  # the TrainConfig as JSON types
-    splits: Any  # the data: an object-store reference (workers) or the Splits (local mode)
-    run_dir: str  # the run's folder: TensorBoard curves (rank 0)
-    local_run: tuple[str, str] | None = None  # local mode: (storage uri, run); rayssl saves
-    launched_at: float | None = None  # time.time() when the command started
-    initial_checkpoint: Any = None  # a state to start from when Ray Train has none
-    initial_is_resume: bool = False  # ... and it is this run's own (else PBT's donor)
-    skip_checkpoint: str | None = None  # Ray's newest, damaged: start from initial instead
-    mlflow: tuple[str, str] | None = None  # (tracking URI, MLflow run id): rank 0 logs
-    preemption_checkpoints: bool = False  # a checkpoint mid-epoch on a preemption notice
-    crash_after_epoch: int | None = None  # fault injection for tests (faults.py)
-    crash_marker: str = ""
-
-
-def train_func(config: dict[str, Any]) -> None:
-    """Ray Train's per-worker entry point (returns nothing: Ray would pickle a return value)."""
-    from rayssl.cluster.worker import run_worker
-
-    run_worker(config)
+if TYPE_CHECKING:
+    from rayssl.config import TrainConfig
+    from rayssl.runs.storage import Storage
 
 
 def build_trainer(

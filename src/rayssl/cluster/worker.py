@@ -6,11 +6,11 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from rayssl import distributed
+from rayssl import IMPORTED_AT, distributed
+from rayssl.cluster.entry import WorkerArgs
 from rayssl.cluster.faults import after_epoch_hook
 from rayssl.cluster.quiet import report_logs
 from rayssl.cluster.records import progress_line
-from rayssl.cluster.trainer import WorkerArgs
 from rayssl.config import TrainConfig
 from rayssl.data import Splits
 from rayssl.engine import Loop, build_loop
@@ -24,16 +24,23 @@ def run_worker(config: dict[str, Any]) -> Loop:
     that inspect a worker's final state)."""
     import ray.train
 
+    entered = time.time()
     args: WorkerArgs = config["args"]
     sink = RayTrainSink(args)
-    loop = build_worker_loop(args, sink)
+    loop, data_ready = build_worker_loop(args, sink)
+    loop.marks.update(args.marks)
+    loop.marks.update(
+        worker_imported=max(IMPORTED_AT, args.marks.get("fit_called", 0.0)),
+        worker_entered=entered,
+        data_ready=data_ready,
+        built=time.time(),
+    )
     # 8. Ray Train's checkpoint of this run (a restart after a failure or a resize); else a
     # state to start from that Ray never registered: PBT's donor, or a --resume of a
     # checkpoint that rayssl's local mode wrote
     checkpoint = ray.train.get_checkpoint()
     if checkpoint is not None and _name(checkpoint.path) == args.skip_checkpoint:
         checkpoint = None  # damaged: the driver chose an older one (initial_checkpoint)
-    loop.launched_at = args.launched_at
     start = checkpoint or args.initial_checkpoint
     if start is None:
         restore_and_fit(loop, None)
@@ -48,8 +55,9 @@ def _name(path: str) -> str:
     return path.rstrip("/").rsplit("/", 1)[-1]
 
 
-def build_worker_loop(args: WorkerArgs, sink: RayTrainSink | None = None) -> Loop:
-    """This Ray Train worker's `Loop`: its rank, device and DDP wrapping from Ray Train."""
+def build_worker_loop(args: WorkerArgs, sink: RayTrainSink | None = None) -> tuple[Loop, float]:
+    """This Ray Train worker's `Loop` (its rank, device and DDP wrapping from Ray Train), and
+    when its data was in hand (time.time())."""
     import ray
     import ray.train
     import ray.train.torch
@@ -60,7 +68,8 @@ def build_worker_loop(args: WorkerArgs, sink: RayTrainSink | None = None) -> Loo
     splits = args.splits
     if not isinstance(splits, Splits):  # an object-store reference (workers), else local mode
         splits = ray.get(splits)
-    return build_loop(
+    data_ready = time.time()
+    loop = build_loop(
         cfg,
         splits,
         rank=context.get_world_rank(),
@@ -71,6 +80,7 @@ def build_worker_loop(args: WorkerArgs, sink: RayTrainSink | None = None) -> Loo
         train_shard=ray.train.get_dataset_shard("train") if splits.stream else None,
         sink=sink,
     )
+    return loop, data_ready
 
 
 class RayTrainSink(CheckpointSink):

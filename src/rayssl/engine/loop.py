@@ -26,14 +26,31 @@ from torchmetrics import MeanMetric
 from rayssl import distributed, seeds
 from rayssl.config import TrainConfig
 from rayssl.data import Splits
-from rayssl.engine import checkpoint, stopping
-from rayssl.engine.checkpoint import LoopState
+from rayssl.engine.checkpoint import LoopState, header, resized
 from rayssl.engine.evaluation import Evaluation
 from rayssl.engine.inputs import Inputs, train_batches
 from rayssl.engine.sinks import NoSink, Sink
 from rayssl.engine.step import Step, autocast
+from rayssl.engine.stopping import patience_spent, track_best
 from rayssl.methods import Method
 from rayssl.runs.state import capture_rng, restore_rng
+
+# The start-up timeline of an attempt, in order: each mark is a time.time() a driver or the
+# loop records; the first epoch reports `startup_<mark>_s`, the time from the mark before it
+# that was recorded (benchmarks/startup.py names each phase), and `start_to_first_step_s`.
+STARTUP_MARKS = (
+    "launched",  # the command started (the CLI module, before its imports)
+    "imported",  # the driver's imports done, the config read: fit entered
+    "checked",  # preflight: the data loaded and two samples through the method
+    "ray_started",  # Ray started or joined
+    "fit_called",  # the run's folder, record and TorchTrainer made; trainer.fit called
+    "worker_imported",  # a worker process first imported rayssl: controller + worker group
+    "worker_entered",  # the worker's function runs: its imports done
+    "data_ready",  # the data in the worker (object store, or a Ray Data shard set up)
+    "built",  # the method, DDP and optimizer built, the view pipeline ready
+    "first_batch",  # the first batch in hand
+    "first_step",  # the first optimizer step done
+)
 
 
 @dataclass
@@ -95,8 +112,8 @@ class Loop:
         self.generator = torch.Generator(device=self.device)  # the training views
         self.train_loss = MeanMetric().to(self.device)
         self.state = LoopState()
-        self.first_step_at: float | None = None  # time.time() of this process's first step
-        self.launched_at: float | None = None  # time.time() when the command started, if known
+        self.marks: dict[str, float] = {}  # this attempt's start-up timeline (STARTUP_MARKS)
+        self.startup_reported = False
         self.saved_on_notice = False
         self.resume_views: torch.Tensor | None = None  # view generator state, mid-epoch
 
@@ -139,7 +156,7 @@ class Loop:
             probed = ssl and every and self.state.epoch % every == 0
             if probed:
                 metrics.update(self.probe())
-            stopping.track_best(self.cfg, self.state, metrics)
+            track_best(self.cfg, self.state, metrics)
             # 5. the last epoch also tests (and probes, if this epoch did not)
             last = self.state.epoch >= self.cfg.epochs or self.should_stop()
             if last:
@@ -178,9 +195,7 @@ class Loop:
             "workers": self.world_size,
         }
         self.train_loss.reset()
-        if self.launched_at is not None and self.first_step_at is not None:
-            metrics["start_to_first_step_s"] = self.first_step_at - self.launched_at
-            self.launched_at = None  # reported once per attempt
+        metrics.update(self._startup_metrics())
         # 3. validation, and the online probe's accuracy
         metrics.update(self.evaluate("val"))
         metrics.update(self.evaluation.online_accuracy())
@@ -214,14 +229,14 @@ class Loop:
         for step_in_epoch, (x, y) in enumerate(self.train_batches, start=first):
             if self.method.should_stop():
                 break
+            self.marks.setdefault("first_batch", time.time())
             start = time.perf_counter()
             where = (self.state.epoch, step_in_epoch, self.state.global_step + 1)
             with autocast(self.cfg, self.device):  # the views too, as the forward
                 views = self.inputs.views(x, self.generator)
             loss, loss_value = self.step(views, y, where)
             self.state.global_step += 1
-            if self.first_step_at is None:
-                self.first_step_at = time.time()
+            self.marks.setdefault("first_step", time.time())
             self.method.on_step_end(self.state.global_step, self.total_steps)
             self.evaluation.online_probe_step(x, y)
             self.train_loss.update(loss)
@@ -280,7 +295,7 @@ class Loop:
         )
 
     def should_stop(self) -> bool:
-        return stopping.patience_spent(self.cfg, self.state) or self.method.should_stop()
+        return patience_spent(self.cfg, self.state) or self.method.should_stop()
 
     # ------------------------------------------------------------------ state
 
@@ -297,7 +312,7 @@ class Loop:
         """Every piece of training state. `rng_states` holds one entry per rank (the caller
         gathers them); without it, this process's RNG state is stored for rank 0."""
         return {
-            **checkpoint.header(self.method, self.cfg.record()),
+            **header(self.method, self.cfg.record()),
             "model": self.method.state_dict(),
             **self.step.state_dict(),
             "loop": asdict(self.state),
@@ -324,13 +339,25 @@ class Loop:
             views = rng[self.rank].get("views")
             self.resume_views = views if self.state.step_in_epoch else None
         else:  # another number of workers: an elastic resize
-            checkpoint.resized(self.cfg.seed, self.state, len(rng), self.rank, self.world_size)
+            resized(self.cfg.seed, self.state, len(rng), self.rank, self.world_size)
 
     def adopt_hyperparameters(self, saved_config: dict[str, Any]) -> None:
         """After loading a state trained under `saved_config` (PBT's donor): this config's
         learning rate and weight decay. BYOL's momentum needs nothing here: it is recomputed
         from this config every step."""
         self.step.adopt(saved_config["optimizer"])
+
+    def _startup_metrics(self) -> dict[str, float]:
+        """Once per attempt, with its first epoch, when a driver said when its command started:
+        `start_to_first_step_s` and the phases of the start-up timeline that were recorded."""
+        if self.startup_reported or not {"launched", "first_step"} <= self.marks.keys():
+            return {}
+        self.startup_reported = True
+        marks = [(m, self.marks[m]) for m in STARTUP_MARKS if m in self.marks]
+        pairs = zip(marks[:-1], marks[1:], strict=True)
+        out = {f"startup_{b}_s": tb - ta for (_, ta), (b, tb) in pairs}
+        out["start_to_first_step_s"] = self.marks["first_step"] - self.marks["launched"]
+        return out
 
     def _partial_loss(self) -> list[float]:
         """The epoch's training loss so far over all ranks, as [sum, count] (every rank)."""

@@ -13,11 +13,14 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pyarrow.fs
 
-from rayssl.config import ConfigError, TrainConfig
+from rayssl.errors import ConfigError
+
+if TYPE_CHECKING:
+    from rayssl.config import TrainConfig
 from rayssl.runs.state import STATE_FILE, load_state
 
 SNAPSHOT_FILE = "checkpoint_manager_snapshot.json"  # Ray Train's record of registered checkpoints

@@ -34,7 +34,7 @@ def run_trial_in_process(config: dict[str, Any]) -> None:
         shard = splits.stream.dataset(cfg.data.read_concurrency).iterator()
     device = torch.device("cuda" if cfg.use_gpu and torch.cuda.is_available() else "cpu")
     loop = build_loop(cfg, splits, device=device, train_shard=shard, sink=TuneSink())
-    loop.launched_at = started  # start_to_first_step_s: this trial's own overhead
+    loop.marks["launched"] = started  # start_to_first_step_s: this trial's own overhead
     checkpoint = ray.tune.get_checkpoint()  # 1. Tune's: this trial's, or PBT's donor
     if checkpoint is None:
         restore_and_fit(loop, None)
@@ -100,7 +100,7 @@ def run_trial(config: dict[str, Any]) -> None:
         run,
         callbacks=[TuneReportCallback()],
         stream=stream,
-        launched_at=started,
+        marks={"launched": started},
     )
     trainer.fit()
 
