@@ -182,8 +182,18 @@ def absolute_tracking_uri(uri: str) -> str:
 class PerformanceConfig(Strict):
     """Speed switches, all off by default (on CPU they rarely help; see BENCHMARKS.md)."""
 
-    amp: Literal["none", "bf16"] = Field(
-        "none", description="bf16: autocast forward passes to bfloat16 (weights stay float32)"
+    amp: Literal["none", "bf16", "fp16"] = Field(
+        "none",
+        description="bf16: autocast forward passes to bfloat16 (weights stay float32); fp16: "
+        "to float16 with a gradient scaler (GPUs without bf16, e.g. V100, T4): a step whose "
+        "gradients overflow is skipped on every rank and the scale lowered",
+    )
+    log_every: int = Field(
+        50,
+        ge=1,
+        description="optimizer steps between the training step's reads back to the host: a "
+        "non-finite loss or gradient on any rank makes every rank skip that step and each "
+        "later one, and the run stops at the next read (or the epoch's end)",
     )
     channels_last: bool = Field(
         False, description="image (C, H, W) data: model and batches in channels_last layout"

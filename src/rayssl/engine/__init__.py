@@ -16,9 +16,9 @@ dummy.py       DummyTrainer: the loop on synthetic data without Ray
 
 from rayssl.engine.build import build_loop
 from rayssl.engine.checkpoint import LoopState
+from rayssl.engine.guard import NonFiniteLossError
 from rayssl.engine.loop import Loop, TrainingIterationStats
 from rayssl.engine.sinks import CheckpointSink, NoSink, Sink
-from rayssl.engine.step import NonFiniteLossError
 
 __all__ = [
     "CheckpointSink",

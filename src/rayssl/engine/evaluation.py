@@ -7,12 +7,12 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-from torchmetrics import MeanMetric
 
 from rayssl import seeds
 from rayssl.config import TrainConfig
 from rayssl.data import Splits
 from rayssl.engine.inputs import Inputs, eval_batches
+from rayssl.engine.metrics import RunningMean
 from rayssl.engine.online_probe import OnlineLinearProbe
 from rayssl.engine.probes import features_of, probe_features
 from rayssl.engine.step import autocast
@@ -43,7 +43,7 @@ class Evaluation:
             for stage, pair in (("val", splits.val), ("test", splits.test))
         }
         self.generator = torch.Generator(device=device)
-        self.loss = MeanMetric().to(device)
+        self.loss = RunningMean(device)
         self.online_probe = self._online_probe(world_size)
 
     @torch.no_grad()
@@ -66,7 +66,7 @@ class Evaluation:
             with autocast(self.cfg, self.device):
                 loss = step((self.inputs.evaluation(x, self.generator), y))["loss"]
             self.loss.update(loss, weight=len(x))
-        metrics = {f"{stage}_loss": float(self.loss.compute())}
+        metrics = {f"{stage}_loss": self.loss.compute()}
         metrics.update(self.method.epoch_metrics(stage))
         self.loss.reset()
         self.method.train()

@@ -21,7 +21,6 @@ from typing import Any
 
 import torch
 from torch import nn
-from torchmetrics import MeanMetric
 
 from rayssl import distributed, seeds
 from rayssl.config import TrainConfig
@@ -29,6 +28,7 @@ from rayssl.data import Splits
 from rayssl.engine.checkpoint import LoopState, header, resized
 from rayssl.engine.evaluation import Evaluation
 from rayssl.engine.inputs import Inputs, train_batches
+from rayssl.engine.metrics import RunningMean
 from rayssl.engine.sinks import NoSink, Sink
 from rayssl.engine.step import Step, autocast
 from rayssl.engine.stopping import patience_spent, track_best
@@ -55,11 +55,16 @@ STARTUP_MARKS = (
 
 @dataclass
 class TrainingIterationStats:
-    """What one optimizer step produced."""
+    """What one optimizer step produced. The loss stays on the device until `loss` is read
+    (reading it waits for the step: the loop itself never does)."""
 
     iteration: int  # global optimizer step, 1-based, continuing across epochs and resumes
-    loss: float
-    time: float  # seconds this step took
+    loss_tensor: torch.Tensor
+    time: float  # host seconds the step took to issue (on an accelerator, not to finish)
+
+    @property
+    def loss(self) -> float:
+        return float(self.loss_tensor)
 
 
 class Loop:
@@ -110,7 +115,7 @@ class Loop:
             world_size=world_size,
         )
         self.generator = torch.Generator(device=self.device)  # the training views
-        self.train_loss = MeanMetric().to(self.device)
+        self.train_loss = RunningMean(self.device)
         self.state = LoopState()
         self.marks: dict[str, float] = {}  # this attempt's start-up timeline (STARTUP_MARKS)
         self.startup_reported = False
@@ -187,13 +192,16 @@ class Loop:
         metrics = {
             "epoch": epoch + 1,
             "step": self.state.global_step,
-            "train_loss": float(self.train_loss.compute()),
+            "train_loss": self.train_loss.compute(),
             **self.method.epoch_metrics("train"),
             "lr": self.optimizer.param_groups[0]["lr"],
             "samples_per_s": samples / max(elapsed, 1e-9),
             "epoch_time_s": elapsed,
             "workers": self.world_size,
         }
+        if self.step.scaler is not None:  # fp16: steps the scaler skipped on an overflow
+            metrics["skipped_steps"] = float(self.step.skipped)
+            self.step.skipped.zero_()
         self.train_loss.reset()
         metrics.update(self._startup_metrics())
         # 3. validation, and the online probe's accuracy
@@ -231,23 +239,29 @@ class Loop:
                 break
             self.marks.setdefault("first_batch", time.time())
             start = time.perf_counter()
-            where = (self.state.epoch, step_in_epoch, self.state.global_step + 1)
             with autocast(self.cfg, self.device):  # the views too, as the forward
                 views = self.inputs.views(x, self.generator)
-            loss, loss_value = self.step(views, y, where)
+            loss = self.step(views, y, self.state.global_step + 1)
             self.state.global_step += 1
             self.marks.setdefault("first_step", time.time())
             self.method.on_step_end(self.state.global_step, self.total_steps)
             self.evaluation.online_probe_step(x, y)
             self.train_loss.update(loss)
             self.state.step_in_epoch = step_in_epoch
+            if self.state.global_step % self.cfg.performance.log_every == 0:
+                self.check_finite()  # the hot path's one read back, every log_every steps
             if self._preemption_noticed():
                 self._save_mid_epoch()
-            yield TrainingIterationStats(
-                self.state.global_step, loss_value, time.perf_counter() - start
-            )
+            yield TrainingIterationStats(self.state.global_step, loss, time.perf_counter() - start)
         # the epoch's steps are done (or the method's budget is spent)
+        self.check_finite()
         self.state.step_in_epoch, self.state.partial_loss = 0, None
+
+    def check_finite(self) -> None:
+        """Raise `NonFiniteLossError` if any rank's loss or gradients were non-finite at a
+        step so far (every rank skipped it and every later one): a read back to the host,
+        at a log interval, the epoch's end and before any checkpoint."""
+        self.step.guard.raise_if_failed(self.steps_per_epoch)
 
     # ------------------------------------------------------------------ preemption
 
@@ -265,6 +279,7 @@ class Loop:
         carries the last epoch's metrics (a keep-best checkpoint policy needs its score)
         and the step it was taken at."""
         self.saved_on_notice = True
+        self.check_finite()  # no checkpoint of a state past a skipped step
         state, ck = self.state, self.cfg.checkpoint
         state.partial_loss = self._partial_loss()
         metrics = {**(state.history[-1] if state.history else {}), "step": state.global_step}
@@ -361,8 +376,7 @@ class Loop:
 
     def _partial_loss(self) -> list[float]:
         """The epoch's training loss so far over all ranks, as [sum, count] (every rank)."""
-        totals = torch.stack([self.train_loss.mean_value, self.train_loss.weight]).double()
-        return distributed.all_reduce_sum(totals).tolist()
+        return self.train_loss.totals().tolist()
 
     @property
     def model(self) -> nn.Module:

@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from rayssl import distributed
+from rayssl.optim.setup import load_optimizer_state
 
 
 class OnlineLinearProbe:
@@ -38,7 +39,8 @@ class OnlineLinearProbe:
             self.head = nn.Sequential(
                 nn.BatchNorm1d(features, affine=False), nn.Linear(features, num_classes)
             ).to(device)
-        self.optimizer = torch.optim.AdamW(self.head.parameters(), lr=lr)
+        # fused: its step reads nothing back to the host (engine/guard.py)
+        self.optimizer = torch.optim.AdamW(self.head.parameters(), lr=lr, fused=True)
         self.world_size = world_size
 
     def step(self, features: torch.Tensor, y: torch.Tensor) -> None:
@@ -81,4 +83,4 @@ class OnlineLinearProbe:
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.head.load_state_dict(state["head"])
-        self.optimizer.load_state_dict(state["optimizer"])
+        load_optimizer_state(self.optimizer, state["optimizer"])

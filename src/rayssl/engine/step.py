@@ -1,35 +1,31 @@
-"""One optimizer step: forward under autocast, backward, a cross-rank check that the loss and
-gradients are finite, clipping, the weight-decay schedule, the optimizer and the LR
+"""One optimizer step: forward under autocast, backward (scaled, with fp16), the cross-rank
+non-finite guard (`guard.py`, on the device), clipping, the weight-decay schedule, the
+optimizer (which skips on the device when the guard or the scaler says so) and the LR
 schedule."""
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 from typing import Any
 
 import torch
 from torch import nn
+from torch.nn.utils import get_total_norm
 
-from rayssl import distributed
 from rayssl.config import TrainConfig
+from rayssl.engine.guard import FiniteGuard
 from rayssl.methods import Method
 from rayssl.optim import groups
 from rayssl.optim.groups import hold_unscheduled_lr
 from rayssl.optim.schedules import WeightDecaySchedule, schedule_of_this_run
-
-
-class NonFiniteLossError(RuntimeError):
-    """The loss or a gradient became NaN or Inf on some rank; every rank stops before its
-    optimizer step instead of corrupting the weights."""
+from rayssl.optim.setup import load_optimizer_state
 
 
 def autocast(cfg: TrainConfig, device: torch.device):
-    """bf16 autocast when `performance.amp` asks for it (a no-op context otherwise)."""
-    bf16 = cfg.performance.amp == "bf16"
-    return torch.autocast(
-        device.type, dtype=torch.bfloat16 if bf16 else torch.float32, enabled=bf16
-    )
+    """bf16 or fp16 autocast when `performance.amp` asks for it (else a no-op context)."""
+    amp = cfg.performance.amp
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(amp, torch.float32)
+    return torch.autocast(device.type, dtype=dtype, enabled=amp != "none")
 
 
 class _TrainingStep(nn.Module):
@@ -67,6 +63,13 @@ class Step:
         self.optimizer, self.lr_scheduler = method.configure_optimizers(
             total_steps, steps_per_epoch
         )
+        self.steps_per_epoch = steps_per_epoch
+        self.guard = FiniteGuard(device, rank, world_size)
+        self.skips_on_device = getattr(self.optimizer, "_step_supports_amp_scaling", False)
+        # fp16 autocast needs a gradient scaler (bf16 does not: its range is float32's)
+        fp16 = cfg.performance.amp == "fp16"
+        self.scaler = torch.amp.GradScaler(device.type) if fp16 else None
+        self.skipped = torch.zeros((), device=device)  # fp16 steps skipped on overflow
         opt = cfg.optimizer
         self.weight_decay = (
             WeightDecaySchedule(self.optimizer, opt.weight_decay, opt.weight_decay_end, total_steps)
@@ -74,55 +77,54 @@ class Step:
             else None
         )
 
-    def __call__(self, inputs: Any, y: torch.Tensor, where: tuple[int, int, int]) -> tuple:
-        """One optimizer step on (inputs, y); `where` = (epoch, step in epoch, global step)
-        names the step in an error. Returns the loss tensor (detached) and its value."""
+    def __call__(self, inputs: Any, y: torch.Tensor, step: int) -> torch.Tensor:
+        """One optimizer step on (inputs, y) at global step `step` (1-based); returns the
+        loss, detached, on the device. Nothing is read back to the host unless the optimizer
+        cannot skip a step on the device (then the guard reads its flag every step)."""
         with autocast(self.cfg, self.device):
             loss = self.model((inputs, y))["loss"]
         self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        (loss if self.scaler is None else self.scaler.scale(loss)).backward()
         self.method.on_after_backward()
-        loss_value, grads, grad_norm = self._check_finite(loss, where)
-        if self.cfg.grad_clip:  # reuses the norm the check computed
-            torch.nn.utils.clip_grads_with_norm_(grads, self.cfg.grad_clip, grad_norm)
+        if self.scaler is not None:
+            self.scaler.unscale_(self.optimizer)  # the norm, clipping and the guard see true grads
+        grads = [p.grad for p in self.method.parameters() if p.grad is not None]
+        norm = get_total_norm(grads) if grads else torch.zeros((), device=self.device)
+        # fp16: a non-finite gradient is the scaler's overflow, a skipped step, not an error
+        self.guard.observe(loss, norm if self.scaler is None else None, step)
+        if self.cfg.grad_clip:  # reuses the norm the guard saw
+            torch.nn.utils.clip_grads_with_norm_(grads, self.cfg.grad_clip, norm)
         if self.weight_decay is not None:
-            self.weight_decay.set(where[2] - 1)
-        self.optimizer.step()
+            self.weight_decay.set(step - 1)
+        self._optimizer_step(norm)
         if self.lr_scheduler is not None:
             self.lr_scheduler.step()
             hold_unscheduled_lr(self.optimizer)
-        return loss.detach(), loss_value
+        return loss.detach()
 
-    def _check_finite(
-        self, loss: torch.Tensor, where: tuple[int, int, int]
-    ) -> tuple[float, list[torch.Tensor], torch.Tensor]:
-        """Stop every rank before the optimizer step when any rank's loss or gradients are
-        NaN/Inf. DDP has already averaged the gradients, but a rank's own non-finite loss
-        need not reach them, so the ranks agree through one small all-reduce of flags.
-        Returns the loss value, the gradients and their total norm (one device sync)."""
-        grads = [p.grad for p in self.method.parameters() if p.grad is not None]
-        grad_norm = (
-            torch.nn.utils.get_total_norm(grads) if grads else torch.zeros((), device=loss.device)
-        )
-        loss_value, norm_value = torch.stack([loss.detach().float(), grad_norm.float()]).tolist()
-        bad, bad_grad = not math.isfinite(loss_value), not math.isfinite(norm_value)
-        flags = torch.zeros(2 * self.world_size)
-        flags[self.rank], flags[self.world_size + self.rank] = float(bad), float(bad_grad)
-        if distributed.active():
-            flags = distributed.all_reduce_sum(flags.to(self.device)).cpu()
-        if not flags.any():
-            return loss_value, grads, grad_norm
-        loss_ranks = [r for r in range(self.world_size) if flags[r]]
-        grad_ranks = [r for r in range(self.world_size) if flags[self.world_size + r]]
-        what, ranks = ("loss", loss_ranks) if loss_ranks else ("gradient", grad_ranks)
-        value = f" {loss_value}" if what == "loss" and bad else " non-finite"
-        epoch, step_in_epoch, global_step = where
-        raise NonFiniteLossError(
-            f"{what} became{value} at epoch {epoch + 1}, step {step_in_epoch} "
-            f"(global step {global_step}) on rank {', '.join(map(str, ranks))}; no rank "
-            "stepped, the weights of the last checkpoint are untouched: lower optimizer.lr "
-            "or set grad_clip, then resume"
-        )
+    def _optimizer_step(self, norm: torch.Tensor) -> None:
+        """Step, or skip on every rank once the guard has flagged a step (and, with fp16, on
+        an overflow, which the scaler then answers by lowering its scale). The optimizers
+        rayssl builds (fused Adam / AdamW / SGD, and LARS) skip on the device: they take the
+        skip as a tensor, `found_inf`, the protocol torch's GradScaler uses with its fused
+        optimizers (`_step_supports_amp_scaling`); another optimizer makes the guard read its
+        flag back every step instead."""
+        skip = self.guard.failed
+        if self.scaler is not None:
+            overflow = (~torch.isfinite(norm)).float()  # DDP's grads: equal on every rank
+            self.skipped += overflow
+            skip = torch.clamp(skip + overflow, max=1.0)
+        if self.skips_on_device:
+            self.optimizer.grad_scale, self.optimizer.found_inf = None, skip
+            self.optimizer.step()
+        else:
+            self.guard.raise_if_failed(self.steps_per_epoch)
+            if self.scaler is not None:
+                self.scaler.step(self.optimizer)  # reads the overflow back itself
+            else:
+                self.optimizer.step()
+        if self.scaler is not None:
+            self.scaler.update()
 
     def state_dict(self) -> dict[str, Any]:
         """The optimizer's and the LR scheduler's state (checkpoint keys `optimizer`,
@@ -131,12 +133,17 @@ class Step:
         return {
             "optimizer": self.optimizer.state_dict(),
             "lr_scheduler": scheduler.state_dict() if scheduler else None,
+            **({"grad_scaler": self.scaler.state_dict()} if self.scaler is not None else {}),
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """What `state_dict` saved (an older layout upgraded by the method); a schedule keeps
         the length this config gives it (`schedule_of_this_run`)."""
-        self.optimizer.load_state_dict(self.method.upgrade_optimizer_state(state["optimizer"]))
+        load_optimizer_state(
+            self.optimizer, self.method.upgrade_optimizer_state(state["optimizer"])
+        )
+        if self.scaler is not None and "grad_scaler" in state:
+            self.scaler.load_state_dict(state["grad_scaler"])
         if self.lr_scheduler is not None and state["lr_scheduler"] is not None:
             self.lr_scheduler.load_state_dict(
                 schedule_of_this_run(self.lr_scheduler.state_dict(), state["lr_scheduler"])

@@ -162,7 +162,11 @@ def build(parts: Parts) -> Method:
     def metrics() -> dict[str, Any]:
         # accuracy is the plain share of correct predictions; f1/precision/recall are macro.
         return {
-            n: classes[n](num_classes=num_classes, average="micro" if n == "accuracy" else "macro")
+            n: classes[n](
+                num_classes=num_classes,
+                average="micro" if n == "accuracy" else "macro",
+                validate_args=False,  # labels are checked where the data enters; no per-step check
+            )
             for n in cfg.supervised.metrics
         }
 

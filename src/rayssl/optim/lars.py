@@ -18,7 +18,15 @@ class LARS(torch.optim.Optimizer):
     w <- w - lr * buf. Tensors with one dimension or fewer (biases, BatchNorm and LayerNorm
     parameters) are excluded: no weight decay and no trust ratio, as in the papers' code.
     A group may set `exclude: False` to adapt everything in it.
+
+    Like torch's fused optimizers it can skip a step on the device: with `found_inf` (a
+    0-dim tensor, 1.0 to skip) set on it, a skipped step leaves the weights and momentum
+    buffers as they were (and a first step creates the buffer at zero), without reading the
+    flag back; `grad_scale`, if set, divides the gradients first. GradScaler and
+    rayssl's step (`engine/step.py`) set both.
     """
+
+    _step_supports_amp_scaling = True
 
     def __init__(
         self,
@@ -45,11 +53,12 @@ class LARS(torch.optim.Optimizer):
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
+        skip, scale = getattr(self, "found_inf", None), getattr(self, "grad_scale", None)
         for group in self.param_groups:
             for p in group["params"]:
                 if p.grad is None:
                     continue
-                update = p.grad
+                update = p.grad if scale is None else p.grad / scale
                 if not (group["exclude"] and p.ndim <= 1):
                     update = update.add(p, alpha=group["weight_decay"])
                     w_norm, u_norm = torch.linalg.vector_norm(p), torch.linalg.vector_norm(update)
@@ -57,9 +66,16 @@ class LARS(torch.optim.Optimizer):
                     ok = (w_norm > 0) & (u_norm > 0)
                     update = update.mul(torch.where(ok, ratio, torch.ones_like(ratio)))
                 state = self.state[p]
-                if "momentum_buffer" not in state:
-                    state["momentum_buffer"] = torch.clone(update).detach()
-                else:
-                    state["momentum_buffer"].mul_(group["momentum"]).add_(update)
-                p.add_(state["momentum_buffer"], alpha=-group["lr"])
+                if skip is None:
+                    if "momentum_buffer" not in state:
+                        state["momentum_buffer"] = torch.clone(update).detach()
+                    else:
+                        state["momentum_buffer"].mul_(group["momentum"]).add_(update)
+                    p.add_(state["momentum_buffer"], alpha=-group["lr"])
+                    continue
+                keep = skip == 0  # torch.where: no NaN of a skipped step leaks through
+                old = state.get("momentum_buffer", torch.zeros_like(p))
+                buf = torch.where(keep, old * group["momentum"] + update, old)
+                state["momentum_buffer"] = buf
+                p.add_(torch.where(keep, buf, torch.zeros_like(buf)), alpha=-group["lr"])
         return loss

@@ -36,6 +36,10 @@ def optimizer_setup(cfg: TrainConfig) -> dict[str, Any]:
         kwargs.update(momentum=opt.momentum, trust_coefficient=opt.trust_coefficient)
     else:
         kwargs["betas"] = tuple(opt.betas)
+    if opt.name != "lars":
+        # torch's fused kernels (CPU and CUDA) skip a step on the device when told to, so
+        # the step never waits on the device for its non-finite check (engine/guard.py)
+        kwargs["fused"] = True
     sched = cfg.lr_scheduler
     scheduler, scheduler_kwargs = {
         "none": (None, {}),
@@ -53,3 +57,15 @@ def optimizer_setup(cfg: TrainConfig) -> dict[str, Any]:
         "lr_scheduler": scheduler,
         "lr_scheduler_kwargs": scheduler_kwargs,
     }
+
+
+def load_optimizer_state(optimizer: torch.optim.Optimizer, state: dict[str, Any]) -> None:
+    """`optimizer.load_state_dict(state)`, keeping how this optimizer runs (`fused`,
+    `foreach`): a state saved by a non-fused optimizer (rayssl before its step skipped on
+    the device) would otherwise turn a fused one back into the per-tensor kernels."""
+    groups = [dict(g) for g in state["param_groups"]]
+    for mine, theirs in zip(optimizer.param_groups, groups, strict=True):
+        for key in ("fused", "foreach"):
+            if key in mine:
+                theirs[key] = mine[key]
+    optimizer.load_state_dict({**state, "param_groups": groups})
