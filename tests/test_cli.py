@@ -208,7 +208,7 @@ BAD_VALUES = [
     ),
     ({"optimizer": {"betas": [0.9]}}, "optimizer.betas"),
     ({"seed": -1}, "seed: Input should be greater than or equal to 0"),
-    ({"performance": {"amp": "fp8"}}, "performance.amp: Input should be 'none' or 'bf16'"),
+    ({"performance": {"amp": "fp8"}}, "performance.amp: Input should be 'none', 'bf16' or 'fp16'"),
     ({"performance": {"channels_last": True}}, "performance.channels_last needs image samples"),
     # audit 35.3: a run name is one folder under storage_path
     ({"name": "../escaped"}, "name: a run name may not be empty or start with '.'"),

@@ -2,7 +2,9 @@
 
 loop.py        the Loop: epochs and steps top to bottom; it composes its parts' states
 sinks.py       the Sink it reports to; CheckpointSink, the base of Ray Train's and Tune's
-step.py        one optimizer step: autocast, backward, finite check, clipping
+step.py        one optimizer step: autocast (bf16, fp16 with a scaler), backward, clipping
+guard.py       the non-finite guard, on the device: every rank skips, the run stops at a read
+metrics.py     RunningMean: the loop's losses, summed on the device
 inputs.py      views, normalisation and memory layout of what the method sees
 evaluation.py  val / test loss, kNN and linear probes, the online probe
 probes.py      the probes themselves (kNN, logistic regression) across ranks

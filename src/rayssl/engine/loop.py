@@ -44,8 +44,9 @@ STARTUP_MARKS = (
     "checked",  # preflight: the data loaded and two samples through the method
     "ray_started",  # Ray started or joined
     "fit_called",  # the run's folder, record and TorchTrainer made; trainer.fit called
-    "worker_imported",  # a worker process first imported rayssl: controller + worker group
-    "worker_entered",  # the worker's function runs: its imports done
+    "worker_imported",  # a worker process first imported rayssl (Ray's setup hook, at its
+    # start): Train's controller and the worker group placed
+    "worker_entered",  # the worker's function runs: Train's set-up in it and imports done
     "data_ready",  # the data in the worker (object store, or a Ray Data shard set up)
     "built",  # the method, DDP and optimizer built, the view pipeline ready
     "first_batch",  # the first batch in hand

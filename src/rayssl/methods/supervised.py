@@ -3,16 +3,18 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any, ClassVar, Literal
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 import torch
 from pydantic import Field
 from torch import nn
-from torchmetrics import Metric, MetricCollection
 
 from rayssl import nets
 from rayssl.config.base import MethodConfig
 from rayssl.methods.base import Builtin, Method, Parts
+
+if TYPE_CHECKING:
+    from torchmetrics import Metric, MetricCollection
 
 
 class SimpleSupervisedModel(Method):
@@ -130,7 +132,13 @@ class SimpleSupervisedModel(Method):
 
 
 def _collection(metrics: dict[str, Metric] | None, stage: str) -> MetricCollection | None:
-    return MetricCollection(dict(metrics), prefix=f"{stage}_") if metrics else None
+    if not metrics:
+        return None
+    # imported here: torchmetrics takes ~1.6 s to import (scipy.signal, matplotlib), which
+    # every process that imports the method registry would pay, supervised run or not
+    from torchmetrics import MetricCollection
+
+    return MetricCollection(dict(metrics), prefix=f"{stage}_")
 
 
 class SupervisedConfig(MethodConfig):

@@ -115,16 +115,17 @@ def read_state(
         if found.checkpoint
         else {"checkpoint": found.where}
     )
+    file = f"{found.shown}/{state_file}"
     try:
-        fs, base = pafs.FileSystem.from_uri(f"{found.shown}/{state_file}")
+        fs, base = pafs.FileSystem.from_uri(file)
         with fs.open_input_file(base) as f:
             data = f.readall()
     except OSError as exc:
         raise ConfigError(f"{field_name} '{path}' cannot be read ({exc})") from None
     try:
         state = load_state_file(io.BytesIO(data))
-    except UnsafeState as exc:
-        raise ConfigError(f"{field_name} '{path}': {exc}") from None
+    except UnsafeState as exc:  # damaged, or naming more than tensors: name the file
+        raise ConfigError(f"{field_name} '{path}': '{file}': {exc}") from None
     except Exception as exc:  # torch raises several types for a foreign or truncated file
         raise ConfigError(
             f"{field_name} '{path}': not a rayssl checkpoint ({first_line(exc, with_type=False)})"
