@@ -6,7 +6,7 @@ on every worker (worker.py): 5. rank, 6. DDP, 7. data shard, 8. checkpoint to re
 
     driver.py   `rayssl train` on the driver: a new run or a resume prepared, fit, the run
                 record and summary
-    preflight.py  the checks before Ray starts (data, views, init_from, two samples)
+    checks.py   the checks before Ray starts (data, views, init_from, two samples)
     start.py    start or join Ray; refuse a run the cluster cannot place
     trainer.py  the TorchTrainer of a run and the typed WorkerArgs its workers get
     worker.py   what every worker runs: build the loop, restore, report to Ray Train
@@ -22,7 +22,7 @@ __all__ = ["RunFailed", "WorkerArgs", "build_trainer", "fit", "init_ray", "prefl
 _LAZY = {
     "RunFailed": "driver",
     "fit": "driver",
-    "preflight": "preflight",
+    "preflight": "checks",
     "init_ray": "start",
     "WorkerArgs": "entry",
     "build_trainer": "trainer",

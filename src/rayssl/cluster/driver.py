@@ -15,9 +15,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from rayssl.cluster.checks import preflight
 from rayssl.cluster.entry import train_func
 from rayssl.cluster.faults import CRASH_ENV
-from rayssl.cluster.preflight import preflight
 from rayssl.cluster.quiet import report_logs
 from rayssl.cluster.records import draw_curves, open_mlflow, summarize, worker_error
 from rayssl.cluster.start import init_ray
