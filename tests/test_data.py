@@ -17,6 +17,17 @@ def test_mnist1d_is_generated_offline_and_cached(tmp_path):
     assert len(list(tmp_path.glob("mnist1d-*.npz"))) == 1
     again = load_splits(cfg)
     assert torch.equal(again.train[0], splits.train[0])
+    # a cached set is read without importing mnist1d (matplotlib, scipy: ~1 s of a start)
+    import subprocess
+    import sys
+
+    code = (
+        "import sys; from rayssl.config import DataConfig; from rayssl.data import load_splits; "
+        f"load_splits(DataConfig(name='mnist1d', cache_dir={str(tmp_path)!r})); "
+        "print('mnist1d' in sys.modules)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
 
 
 def test_digits_and_synthetic_shapes():
