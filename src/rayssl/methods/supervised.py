@@ -165,7 +165,7 @@ def build(parts: Parts) -> Method:
         cfg.head.factory(nets.HEADS), cfg.head.kwargs, in_features=features, num_classes=num_classes
     )
 
-    classes = _metric_classes()
+    classes = _metric_classes() if cfg.supervised.metrics else {}
 
     def metrics() -> dict[str, Any]:
         # accuracy is the plain share of correct predictions; f1/precision/recall are macro.
