@@ -3,7 +3,7 @@ own floor (a bare TorchTrainer whose train function is empty) measured in the sa
 
 Each rayssl run is a real subprocess (its own Python and, with workers, its own local Ray):
 `rayssl train CONFIG --set epochs=1`, whose first epoch reports `start_to_first_step_s` and
-the start-up timeline (`startup_<mark>_s`, engine/loop.py: STARTUP_MARKS). The floor is this
+the start-up timeline (`startup_<mark>_s`, engine/metrics.py: STARTUP_MARKS). The floor is this
 file run with `--bare N`: the same Ray start rayssl makes (a local Ray of this machine's
 CPUs, no dashboard, Ray Train's settings from cluster/start.py), then a TorchTrainer of N
 workers whose function only notes the time it was entered. Prints every run and the

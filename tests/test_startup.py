@@ -12,7 +12,7 @@ import pytest
 
 from rayssl.cluster import fit
 from rayssl.config import load_train_config
-from rayssl.engine.loop import STARTUP_MARKS
+from rayssl.engine.metrics import STARTUP_MARKS
 
 
 def _imports_in_a_fresh_process(code: str, names: list[str]) -> dict[str, bool]:

@@ -61,7 +61,7 @@ def fit(
     attempt's workers fail after that epoch."""
     entered = time.time()
     claim: list = []  # the lock on the run's folder, held until this function returns
-    # the start-up timeline (engine/loop.py: STARTUP_MARKS); the workers get it with the
+    # the start-up timeline (engine/metrics.py: STARTUP_MARKS); the workers get it with the
     # marks made before trainer.fit
     marks = {"launched": launched_at or entered, "imported": entered}
     try:

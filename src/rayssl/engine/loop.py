@@ -28,30 +28,12 @@ from rayssl.data import Splits
 from rayssl.engine.checkpoint import LoopState, header, resized
 from rayssl.engine.evaluation import Evaluation
 from rayssl.engine.inputs import Inputs, train_batches
-from rayssl.engine.metrics import RunningMean
+from rayssl.engine.metrics import RunningMean, startup_metrics
 from rayssl.engine.sinks import NoSink, Sink
 from rayssl.engine.step import Step, autocast
 from rayssl.engine.stopping import patience_spent, track_best
 from rayssl.methods import Method
 from rayssl.runs.state import capture_rng, restore_rng
-
-# The start-up timeline of an attempt, in order: each mark is a time.time() a driver or the
-# loop records; the first epoch reports `startup_<mark>_s`, the time from the mark before it
-# that was recorded (benchmarks/startup.py names each phase), and `start_to_first_step_s`.
-STARTUP_MARKS = (
-    "launched",  # the command started (the CLI module, before its imports)
-    "imported",  # the driver's imports done, the config read: fit entered
-    "checked",  # preflight: the data loaded and two samples through the method
-    "ray_started",  # Ray started or joined
-    "fit_called",  # the run's folder, record and TorchTrainer made; trainer.fit called
-    "worker_imported",  # a worker process first imported rayssl (Ray's setup hook, at its
-    # start): Train's controller and the worker group placed
-    "worker_entered",  # the worker's function runs: Train's set-up in it and imports done
-    "data_ready",  # the data in the worker (object store, or a Ray Data shard set up)
-    "built",  # the method, DDP and optimizer built, the view pipeline ready
-    "first_batch",  # the first batch in hand
-    "first_step",  # the first optimizer step done
-)
 
 
 @dataclass
@@ -118,7 +100,7 @@ class Loop:
         self.generator = torch.Generator(device=self.device)  # the training views
         self.train_loss = RunningMean(self.device)
         self.state = LoopState()
-        self.marks: dict[str, float] = {}  # this attempt's start-up timeline (STARTUP_MARKS)
+        self.marks: dict[str, float] = {}  # this attempt's start-up timeline (engine/metrics.py: STARTUP_MARKS)
         self.startup_reported = False
         self.saved_on_notice = False
         self.resume_views: torch.Tensor | None = None  # view generator state, mid-epoch
@@ -364,15 +346,11 @@ class Loop:
         self.step.adopt(saved_config["optimizer"])
 
     def _startup_metrics(self) -> dict[str, float]:
-        """Once per attempt, with its first epoch, when a driver said when its command started:
-        `start_to_first_step_s` and the phases of the start-up timeline that were recorded."""
-        if self.startup_reported or not {"launched", "first_step"} <= self.marks.keys():
+        """The start-up timeline, once per attempt (see `metrics.startup_metrics`)."""
+        if self.startup_reported:
             return {}
-        self.startup_reported = True
-        marks = [(m, self.marks[m]) for m in STARTUP_MARKS if m in self.marks]
-        pairs = zip(marks[:-1], marks[1:], strict=True)
-        out = {f"startup_{b}_s": tb - ta for (_, ta), (b, tb) in pairs}
-        out["start_to_first_step_s"] = self.marks["first_step"] - self.marks["launched"]
+        out = startup_metrics(self.marks)
+        self.startup_reported = bool(out)
         return out
 
     def _partial_loss(self) -> list[float]:

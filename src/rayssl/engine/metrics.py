@@ -1,4 +1,5 @@
-"""A weighted running mean kept on the device, for the loop's losses.
+"""What the loop measures besides the method: a weighted running mean kept on the device
+(its losses), and the start-up timeline of an attempt.
 
 Hand-written: torchmetrics' `MeanMetric` checks every value for NaN with a read back to the
 host (a device sync per training step on an accelerator), and importing torchmetrics costs
@@ -38,3 +39,35 @@ class RunningMean:
     def reset(self) -> None:
         self.total.zero_()
         self.weight.zero_()
+
+
+# The start-up timeline of an attempt, in order: each mark is a time.time() a driver or the
+# loop records; the first epoch reports `startup_<mark>_s`, the time from the mark before it
+# that was recorded (benchmarks/startup.py names each phase), and `start_to_first_step_s`.
+STARTUP_MARKS = (
+    "launched",  # the command started (the CLI module, before its imports)
+    "imported",  # the driver's imports done, the config read: fit entered
+    "checked",  # preflight: the data loaded and two samples through the method
+    "ray_started",  # Ray started or joined
+    "fit_called",  # the run's folder, record and TorchTrainer made; trainer.fit called
+    "worker_imported",  # a worker process first imported rayssl (Ray's setup hook, at its
+    # start): Train's controller and the worker group placed
+    "worker_entered",  # the worker's function runs: Train's set-up in it and imports done
+    "data_ready",  # the data in the worker (object store, or a Ray Data shard set up)
+    "built",  # the method, DDP and optimizer built, the view pipeline ready
+    "first_batch",  # the first batch in hand
+    "first_step",  # the first optimizer step done
+)
+
+
+def startup_metrics(marks: dict[str, float]) -> dict[str, float]:
+    """When a driver said when its command started and the first step is done:
+    `start_to_first_step_s` and one `startup_<mark>_s` per recorded mark after the first
+    (the time since the mark before it); else nothing."""
+    if not {"launched", "first_step"} <= marks.keys():
+        return {}
+    timeline = [(m, marks[m]) for m in STARTUP_MARKS if m in marks]
+    pairs = zip(timeline[:-1], timeline[1:], strict=True)
+    out = {f"startup_{b}_s": tb - ta for (_, ta), (b, tb) in pairs}
+    out["start_to_first_step_s"] = marks["first_step"] - marks["launched"]
+    return out
