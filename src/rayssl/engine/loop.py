@@ -100,7 +100,7 @@ class Loop:
         self.generator = torch.Generator(device=self.device)  # the training views
         self.train_loss = RunningMean(self.device)
         self.state = LoopState()
-        self.marks: dict[str, float] = {}  # this attempt's start-up timeline (engine/metrics.py: STARTUP_MARKS)
+        self.marks: dict[str, float] = {}  # start-up timeline (metrics.STARTUP_MARKS)
         self.startup_reported = False
         self.saved_on_notice = False
         self.resume_views: torch.Tensor | None = None  # view generator state, mid-epoch
