@@ -234,3 +234,29 @@ def test_every_command_that_reads_a_run_takes_the_same_paths(write_config, tmp_p
     missing = runner.invoke(main, ["eval", str(tmp_path / "runs" / "nothing")])
     assert missing.exit_code == 2
     assert "is not a run or checkpoint folder, nor a run name" in missing.output
+
+
+def test_curves_give_each_series_a_colour_and_span_the_run_on_an_integer_epoch_axis(tmp_path):
+    """A 3-epoch SimCLR run probes once, at its end: kNN and the linear probe are one point
+    each, in colours of their own, on an epoch axis from 1 to 3 with integer ticks (before:
+    both in the same blue, on an axis from 2.84 to 3.16)."""
+    import matplotlib.colors as mcolors
+
+    from rayssl.runs.plots import figure, plot_runs
+
+    history = [
+        {"epoch": e, "train_loss": 5.0 - e, "val_loss": 5.2 - e, "lr": 0.1 / e} for e in (1, 2, 3)
+    ]
+    history[-1].update(knn_acc=0.81, linear_acc=0.86)
+    fig = figure([("simclr-1", history)])
+    for ax in fig.axes:
+        lo, hi = ax.get_xlim()
+        assert lo <= 1 and hi >= 3, (ax.get_title(), lo, hi)
+        ticks = [t for t in ax.get_xticks() if lo <= t <= hi]
+        assert ticks and all(float(t).is_integer() for t in ticks), ticks
+        colours = [mcolors.to_hex(line.get_color()) for line in ax.get_lines()]
+        assert len(set(colours)) == len(colours), (ax.get_title(), colours)
+    accuracy = next(ax for ax in fig.axes if ax.get_title() == "accuracy")
+    assert sorted(line.get_label() for line in accuracy.get_lines()) == ["knn_acc", "linear_acc"]
+    out = plot_runs([("simclr-1", history)], tmp_path / "curves.png")
+    assert out.stat().st_size > 10_000

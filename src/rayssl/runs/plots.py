@@ -29,8 +29,22 @@ def _series(history: list[dict[str, float]], metric: str) -> tuple[list[int], li
 
 
 def plot_runs(runs: list[tuple[str, list[dict[str, float]]]], path: str | Path) -> Path:
-    """Draw `runs` ((label, per-epoch history) pairs) on one 2x2 figure: losses, the
-    headline metric, the lr and a fourth panel (BYOL momentum, LFR phase or samples/s)."""
+    """Draw `runs` ((label, per-epoch history) pairs) on one 2x2 figure (`figure`) and
+    write it to `path`."""
+    import matplotlib.pyplot as plt
+
+    fig = figure(runs)
+    path = Path(path)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+def figure(runs: list[tuple[str, list[dict[str, float]]]]) -> Any:
+    """Losses, the headline metric, the lr and a fourth panel (BYOL momentum, LFR phase or
+    samples/s). Every series has a colour of its own (and, across several runs, a line
+    style per metric); every panel's epoch axis has integer ticks and spans the whole run,
+    so a metric measured at one epoch (a probe at the end) sits where it was measured."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -43,29 +57,31 @@ def plot_runs(runs: list[tuple[str, list[dict[str, float]]]], path: str | Path) 
     if len(runs) > 1:  # several runs: held-out accuracy only, or the legend drowns the plot
         headline = (*HEADLINE[:2], tuple(m for m in HEADLINE[2] if m != "train_accuracy"))
     panels = (LOSS, headline, LR, extra)
+    epochs = [int(h["epoch"]) for _, history in runs for h in history if "epoch" in h]
+    last = max(epochs, default=1)
     fig, axes = plt.subplots(2, 2, figsize=(11, 7.5))
-    colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    colours = plt.get_cmap("tab10" if len(runs) * 5 <= 10 else "tab20").colors
     for ax, (title, ylabel, metrics) in zip(axes.flat, panels, strict=True):
-        drawn = False
-        for r, (label, history) in enumerate(runs):
+        drawn = 0
+        for label, history in runs:
             for m, metric in enumerate(m for m in metrics if m in present):
                 x, y = _series(history, metric)
                 if not x:
                     continue
-                name = metric if len(runs) == 1 else f"{label}: {metric}"
                 ax.plot(
                     x,
                     y,
-                    linestyle=STYLES[m % len(STYLES)],
+                    linestyle=STYLES[m % len(STYLES)] if len(runs) > 1 else "-",
                     marker="o" if len(x) < 25 else None,
-                    markersize=3,
-                    color=colours[r % len(colours)],
-                    label=name,
+                    markersize=4,
+                    color=colours[drawn % len(colours)],
+                    label=metric if len(runs) == 1 else f"{label}: {metric}",
                 )
-                drawn = True
+                drawn += 1
         ax.set_title(title)
         ax.set_xlabel("epoch")
-        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.set_xlim(0.5, last + 0.5)  # the whole run, even for one point
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True, min_n_ticks=1))
         ax.set_ylabel(ylabel)
         ax.grid(alpha=0.3)
         if drawn:
@@ -75,10 +91,7 @@ def plot_runs(runs: list[tuple[str, list[dict[str, float]]]], path: str | Path) 
     if len(runs) == 1:
         fig.suptitle(runs[0][0])
     fig.tight_layout()
-    path = Path(path)
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    return fig
 
 
 def history_of(run_dir: str) -> tuple[str, list[dict[str, Any]]]:
