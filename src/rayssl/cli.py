@@ -7,6 +7,8 @@ rayssl export RUN_DIR --out FILE [--format torchscript]     its backbone, for el
 rayssl runs [STORAGE_PATH] [--json]                         the table of runs
 rayssl plot RUN_DIR [RUN_DIR ...] --out curves.png          learning curves
 rayssl demo-images OUT [--hard]                             the offline demo image set
+rayssl configs [--copy DIR]                                 the example configs that come with it
+rayssl methods                                              the built-in methods
 """
 
 from __future__ import annotations
@@ -35,6 +37,7 @@ _keep_embedded_ray_on_this_host()
 
 import click  # noqa: E402
 
+from rayssl import __version__  # noqa: E402
 from rayssl.errors import ConfigError  # noqa: E402  (the schema, which imports torch, loads per command)
 
 EXIT_FAILED, EXIT_BAD_INPUT = 1, 2
@@ -60,6 +63,7 @@ def _stop_ray_logs() -> None:
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="rayssl")
 def main() -> None:
     """Distributed supervised and self-supervised training on Ray."""
 
@@ -240,6 +244,27 @@ def plot_command(runs: tuple[str, ...], out: str) -> None:
     except ConfigError as exc:
         _fail(str(exc), EXIT_BAD_INPUT)
     click.echo(f"rayssl: wrote {plot_runs(histories, out)}")
+
+
+@main.command("configs")
+@click.option("--copy", "out", type=click.Path(file_okay=False), help="Copy them into this folder.")
+def configs_command(out: str | None) -> None:
+    """List the example configs that come with rayssl, or copy them (configs/ and
+    tune_configs/, side by side) into a folder to start from."""
+    from pathlib import Path
+
+    from rayssl import examples
+
+    if out is None:
+        for name, about in examples.listing():
+            click.echo(f"{name:<44} {about}")
+        click.echo("copy them: rayssl configs --copy DIR")
+        return
+    try:
+        copied = examples.copy_to(Path(out))
+    except FileExistsError as exc:
+        _fail(str(exc), EXIT_BAD_INPUT)
+    click.echo(f"rayssl: copied {', '.join(str(p) for p in copied)}")
 
 
 @main.command("methods")
