@@ -438,3 +438,46 @@ def test_methods_lists_every_builtin_with_its_class():
         cfg = validate_train_config({"method": name, "backbone": {"name": "cnn1d", "width": 4}})
         built = build_method(cfg, (1, 16), 3)
         assert line[-1] == f"[{type(built).__module__}.{type(built).__name__}]"
+
+
+def test_demo_images_shows_a_progress_bar_on_a_terminal_and_none_in_a_log(tmp_path):
+    """Rendering the demo set shows a bar when stderr is a terminal (a pseudo-terminal
+    here) and writes only its final line when the output goes to a log (CI, a job)."""
+    import os
+    import subprocess
+    import sys
+
+    command = [sys.executable, "-m", "rayssl.cli", "demo-images"]
+    args = ["--train", "40", "--test", "10"]
+    logged = subprocess.run(
+        [*command, str(tmp_path / "log"), *args], capture_output=True, text=True
+    )
+    assert logged.returncode == 0, logged.stderr
+    assert "rendering" not in logged.stdout + logged.stderr
+    assert logged.stdout.startswith("rayssl: wrote 40 training images")
+    import threading
+
+    main_fd, terminal = os.openpty()
+    chunks: list[bytes] = []
+
+    def drain() -> None:  # read while it renders: a full terminal buffer would block it
+        while True:
+            try:
+                chunk = os.read(main_fd, 65536)
+            except OSError:  # the other end closed: all was read
+                return
+            if not chunk:
+                return
+            chunks.append(chunk)
+
+    reader = threading.Thread(target=drain, daemon=True)
+    reader.start()
+    shown = subprocess.run(
+        [*command, str(tmp_path / "tty"), *args], stderr=terminal, stdout=terminal
+    )
+    os.close(terminal)
+    reader.join(timeout=30)
+    os.close(main_fd)
+    seen = b"".join(chunks)
+    assert shown.returncode == 0
+    assert b"rendering" in seen and b"100%" in seen, seen[-300:]

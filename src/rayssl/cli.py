@@ -13,6 +13,7 @@ rayssl methods                                              the built-in methods
 
 from __future__ import annotations
 
+import contextlib
 import sys
 import time
 
@@ -310,9 +311,25 @@ def demo_images(
     if Path(out).exists() and any(Path(out).iterdir()):
         _fail(f"'{out}' exists and is not empty; give a new folder", EXIT_BAD_INPUT)
     started = time.time()
-    written = write_digit_images(
-        out, n_train, n_test, seed=seed, hard=hard, size=size, image_format=image_format
-    )
+    # a bar on a terminal; in a log (CI, a job's output) nothing until the final line
+    shown = sys.stderr.isatty()
+    quiet = contextlib.nullcontext()
+    total = n_train + n_test
+    with (
+        click.progressbar(length=total, label="rendering", file=sys.stderr)
+        if shown
+        else quiet as bar
+    ):
+        written = write_digit_images(
+            out,
+            n_train,
+            n_test,
+            seed=seed,
+            hard=hard,
+            size=size,
+            image_format=image_format,
+            on_image=(lambda: bar.update(1)) if shown else None,
+        )
     tr, te = written["train"], written["test"]
     click.echo(
         f"rayssl: wrote {tr['images']} training images ({tr['source_digits']} distinct source "

@@ -15,6 +15,7 @@ one of its source digits once before any repeats.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -80,11 +81,13 @@ def write_digit_images(
     hard: bool = False,
     size: int = SIDE,
     image_format: str = "png",
+    on_image: Callable[[], None] | None = None,
 ) -> dict[str, dict[str, int]]:
     """Write `out/train/<digit>/*.png` and `out/test/<digit>/*.png`; returns, per split, the
     number of images and of distinct source digits they show. `size`: each 32x32 image
     resized (bicubic) to size x size, as the full-size pictures a real cluster reads;
-    `image_format` "jpeg" encodes them as JPEG (PIL, quality 90) instead of PNG."""
+    `image_format` "jpeg" encodes them as JPEG (PIL, quality 90) instead of PNG;
+    `on_image` is called after each image is written (the CLI's progress bar)."""
     from PIL import Image
     from sklearn.datasets import load_digits
 
@@ -109,5 +112,7 @@ def write_digit_images(
                 picture = picture.resize((size, size), Image.Resampling.BICUBIC)
             name = out / split / str(label) / f"{i:06d}.{suffix}"
             picture.save(name, quality=90) if suffix == "jpg" else picture.save(name)
+            if on_image is not None:
+                on_image()
         written[split] = {"images": count, "source_digits": len(set(picks.tolist()))}
     return written
