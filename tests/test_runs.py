@@ -260,3 +260,35 @@ def test_curves_give_each_series_a_colour_and_span_the_run_on_an_integer_epoch_a
     assert sorted(line.get_label() for line in accuracy.get_lines()) == ["knn_acc", "linear_acc"]
     out = plot_runs([("simclr-1", history)], tmp_path / "curves.png")
     assert out.stat().st_size > 10_000
+
+
+def test_an_embedding_map_of_a_run_is_drawn_beside_its_curves(write_config, tmp_path):
+    """`rayssl plot RUN --embeddings`: the run's frozen features on its test split in 2-D
+    (t-SNE here, UMAP where installed), one colour and legend entry per label, the method,
+    run, epoch and kNN accuracy in the title; written as embeddings.png in the run folder."""
+    from rayssl.inference.maps import embedding_figure
+
+    config = write_config(
+        {
+            **LOCAL,
+            "name": "mapped",
+            "method": "simclr",
+            "simclr": {"proj_hidden": 16, "proj_dim": 8},
+            "data": {"num_classes": 4},
+        }
+    )
+    runner = CliRunner()
+    assert runner.invoke(main, ["train", str(config)]).exit_code == 0
+    (run,) = (tmp_path / "runs").glob("mapped-*")
+    drawn = runner.invoke(main, ["plot", str(run), "--embeddings"])
+    assert drawn.exit_code == 0, drawn.output
+    assert (run / "embeddings.png").stat().st_size > 10_000 and (run / "curves.png").is_file()
+    fig, _ = embedding_figure(str(run))
+    (ax,) = fig.axes
+    assert ax.get_title().startswith(f"simclr: {run.name}, epoch 2, kNN 0.")
+    labels = [t.get_text() for t in ax.get_legend().get_texts()]
+    assert labels == ["0", "1", "2", "3"]
+    colours = {tuple(c.get_facecolor()[0]) for c in ax.collections}
+    assert len(colours) == 4 and sum(len(c.get_offsets()) for c in ax.collections) > 10
+    two = runner.invoke(main, ["plot", str(run), str(run), "--embeddings"])
+    assert two.exit_code == 2 and "one RUN" in two.output

@@ -6,6 +6,7 @@ rayssl eval RUN_DIR                                         kNN / linear probe o
 rayssl export RUN_DIR --out FILE [--format torchscript]     its backbone, for elsewhere
 rayssl runs [STORAGE_PATH] [--json]                         the table of runs
 rayssl plot RUN_DIR [RUN_DIR ...] --out curves.png          learning curves
+rayssl plot RUN_DIR --embeddings                            a 2-D map of its features
 rayssl demo-images OUT [--hard]                             the offline demo image set
 rayssl configs [--copy DIR]                                 the example configs that come with it
 rayssl methods                                              the built-in methods
@@ -235,16 +236,37 @@ def runs_command(storage: str, as_json: bool) -> None:
 
 @main.command("plot")
 @click.argument("runs", nargs=-1, required=True)
-@click.option("--out", default="curves.png", show_default=True, type=click.Path(dir_okay=False))
-def plot_command(runs: tuple[str, ...], out: str) -> None:
-    """Draw the learning curves of one or more RUNS (run folders) on one figure."""
-    from rayssl.runs.plots import history_of, plot_runs
-
+@click.option(
+    "--out",
+    type=click.Path(dir_okay=False),
+    help="PNG to write [curves: curves.png here; --embeddings: embeddings.png in the run]",
+)
+@click.option(
+    "--embeddings",
+    is_flag=True,
+    help="A 2-D map (UMAP if installed, else t-SNE) of one run's features on its test (or "
+    "val) split, coloured by label",
+)
+@click.option("--trust-import-paths", is_flag=True, help=TRUST_HELP)
+def plot_command(
+    runs: tuple[str, ...], out: str | None, embeddings: bool, trust_import_paths: bool
+) -> None:
+    """Draw the learning curves of one or more RUNS (run folders) on one figure, or with
+    --embeddings the map of one run's features."""
     try:
+        if embeddings:
+            if len(runs) != 1:
+                raise ConfigError("--embeddings draws one run: give one RUN")
+            from rayssl.inference.maps import write_embedding_map
+
+            click.echo(f"rayssl: wrote {write_embedding_map(runs[0], out, trust_import_paths)}")
+            return
+        from rayssl.runs.plots import history_of, plot_runs
+
         histories = [history_of(run) for run in runs]
     except ConfigError as exc:
         _fail(str(exc), EXIT_BAD_INPUT)
-    click.echo(f"rayssl: wrote {plot_runs(histories, out)}")
+    click.echo(f"rayssl: wrote {plot_runs(histories, out or 'curves.png')}")
 
 
 @main.command("configs")

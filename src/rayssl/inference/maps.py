@@ -1,0 +1,112 @@
+"""`rayssl plot RUN --embeddings`: a 2-D map of a saved run's frozen features on its scoring
+split (test, else val), coloured by label: UMAP where umap-learn is installed, else
+scikit-learn's t-SNE. Written beside the run's curves.png."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+MAX_POINTS = 2000  # t-SNE is quadratic in the points; a seeded sample of the split
+
+
+def embedding_figure(path: str, trust_import_paths: bool = False) -> tuple[Any, Any]:
+    """The map of the run behind `path` (`runs/resolve.py`), and where that run lives
+    (`resolve.Found`, its checkpoint's run folder)."""
+    from rayssl.config import ConfigError, validate_train_config
+    from rayssl.data import load_splits
+    from rayssl.engine.inputs import Inputs
+    from rayssl.inference.evaluate import _state
+    from rayssl.methods.registry import build_method
+    from rayssl.runs import resolve
+    from rayssl.runs.pretrained import refuse_import_paths
+    from rayssl.runs.state import STATE_FILE
+
+    found = resolve.checkpoint(path, "rayssl plot's RUN", STATE_FILE)
+    state, shown = _state(path)
+    saved = state["config"]
+    names = [saved.get("method"), *(saved.get(k, {}).get("name") for k in ("backbone", "head"))]
+    refuse_import_paths(names, shown, trust_import_paths)
+    cfg = validate_train_config(saved).with_older_options(saved)
+    splits = load_splits(cfg.data, cfg.seed)
+    split = splits.test if splits.test is not None else splits.val
+    if split is None or not isinstance(split, tuple) or not splits.labeled:
+        raise ConfigError(
+            f"'{path}': an embedding map needs a labeled val or test split held in memory "
+            "(this run's data streams it, or has none)"
+        )
+    x, y = split
+    pick = np.random.default_rng(cfg.seed).permutation(len(x))[:MAX_POINTS]
+    method = build_method(cfg, splits.sample_shape, splits.num_classes)
+    method.load_extra_state(state["method_extra"])
+    method.load_state_dict(state["model"])
+    method.eval()
+    inputs = Inputs(method, cfg, splits)
+    with torch.no_grad():
+        features = torch.cat([inputs.clean_features(x[i]) for i in _chunks(pick)])
+    points = _two_d(features.float().numpy(), cfg.seed)
+    history = state["loop"]["history"]
+    knn = next((h["knn_acc"] for h in reversed(history) if "knn_acc" in h), None)
+    title = f"{cfg.method}: {found.run or shown}, epoch {state['loop']['epoch']}"
+    title += f", kNN {knn:.3f}" if knn is not None else ""
+    return _draw(points, y[pick].numpy(), title), found
+
+
+def _chunks(pick: np.ndarray):
+    for i in range(0, len(pick), 256):
+        yield torch.as_tensor(pick[i : i + 256])
+
+
+def _two_d(features: np.ndarray, seed: int) -> np.ndarray:
+    try:  # UMAP where installed: faster, and the usual map of SSL features
+        import umap
+    except ImportError:
+        from sklearn.manifold import TSNE
+
+        perplexity = float(min(30, max(2, len(features) // 4)))
+        tsne = TSNE(n_components=2, init="pca", perplexity=perplexity, random_state=seed)
+        return tsne.fit_transform(features)
+    return umap.UMAP(n_components=2, random_state=seed).fit_transform(features)
+
+
+def _draw(points: np.ndarray, labels: np.ndarray, title: str) -> Any:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7.5, 6.5))
+    colours = plt.get_cmap("tab10" if labels.max() < 10 else "tab20").colors
+    for label in np.unique(labels):
+        at = labels == label
+        ax.scatter(*points[at].T, s=6, color=colours[int(label) % len(colours)], label=str(label))
+    ax.set_title(title, fontsize=10)
+    ax.set_xticks([])
+    ax.set_yticks([])
+    ax.legend(title="label", fontsize=7, markerscale=2, loc="best")
+    fig.tight_layout()
+    return fig
+
+
+def write_embedding_map(path: str, out: str | None, trust_import_paths: bool = False) -> str:
+    """Draw the map and write it as a PNG: to `out`, else beside the run's curves.png
+    (`embeddings.png` in its run folder, local or at a URI)."""
+    import io
+
+    import matplotlib.pyplot as plt
+
+    fig, found = embedding_figure(path, trust_import_paths)
+    data = io.BytesIO()
+    fig.savefig(data, format="png", dpi=100)
+    plt.close(fig)
+    if out is not None:
+        Path(out).write_bytes(data.getvalue())
+        return out
+    if found.run is None:  # a checkpoint folder: beside it
+        target = f"{found.where.rstrip('/')}/embeddings.png"
+        Path(target).write_bytes(data.getvalue())
+        return target
+    return found.storage.write_bytes(found.run, "embeddings.png", data.getvalue())
