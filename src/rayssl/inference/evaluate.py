@@ -44,16 +44,12 @@ def evaluate_checkpoint(
     `workers` 0: in this process. `workers` N: on N Ray Train workers (each a CPU, or a GPU
     with `use_gpu`), each embedding its share of both splits, the probes across them as
     in a run (`engine/evaluation.py`), so no process holds a whole split's features."""
-    from rayssl.config import ConfigError, validate_train_config
+    from rayssl.config import ConfigError
     from rayssl.data import load_splits
     from rayssl.data.stored import StoredSplit
-    from rayssl.runs.pretrained import refuse_import_paths
 
-    state, shown = _state(path)
-    saved = state["config"]
-    names = [saved.get("method"), *(saved.get(k, {}).get("name") for k in ("backbone", "head"))]
-    refuse_import_paths(names, shown, trust_import_paths)
-    cfg = validate_train_config(saved).with_older_options(saved)  # options added since
+    state, where = read_run_state(path, "rayssl eval's PATH")
+    cfg = saved_config(state, shown_as(where), trust_import_paths)
     splits = load_splits(cfg.data, cfg.seed)
     sets = splits.probe_sets(cfg.seed, cfg.eval.probe_train_limit)
     if sets is None:
@@ -75,13 +71,9 @@ def probe_checkpoint(job: dict, device: torch.device, rank: int, world: int) -> 
     from rayssl.config import validate_train_config
     from rayssl.engine.evaluation import probe_splits
     from rayssl.engine.inputs import Inputs
-    from rayssl.methods.registry import build_method
 
-    cfg, splits, state = validate_train_config(job["config"]), job["splits"], job["state"]
-    method = build_method(cfg, splits.sample_shape, splits.num_classes)
-    method.load_extra_state(state["method_extra"])  # LFR: its saved target selection
-    method.load_state_dict(state["model"])
-    method.to(device).eval()
+    cfg, splits = validate_train_config(job["config"]), job["splits"]
+    method = trained_method(cfg, splits, job["state"]).to(device)
     return probe_splits(Inputs(method, cfg, splits), cfg, splits, device, rank, world, job["knn_k"])
 
 
@@ -134,11 +126,38 @@ def _on_workers(job: dict, workers: int, use_gpu: bool) -> dict[str, float]:
     return results.get(timeout=60)
 
 
-def _state(path: str) -> tuple[dict, str]:
+def read_run_state(path: str, field_name: str) -> tuple[dict, dict[str, str]]:
     """The state behind `path` (`runs/resolve.py`: a checkpoint folder, a run folder's newest
-    checkpoint, or a run's name; local or at a URI) and how to name it in a message."""
+    checkpoint, or a run's name; local or at a URI) and where it was found."""
     from rayssl.runs.pretrained import read_state
     from rayssl.runs.state import STATE_FILE
 
-    state, where = read_state(path, "rayssl eval's PATH", STATE_FILE)
-    return state, "/".join(filter(None, (where.get("run"), where["checkpoint"])))
+    return read_state(path, field_name, STATE_FILE)
+
+
+def shown_as(where: dict[str, str]) -> str:
+    """How to name the checkpoint `read_run_state` found, in a message."""
+    return "/".join(filter(None, (where.get("run"), where["checkpoint"])))
+
+
+def saved_config(state: dict, shown: str, trust_import_paths: bool):
+    """The TrainConfig a saved run trained with (options added since at the value it
+    trained with); a method, backbone or head named by import path only when trusted."""
+    from rayssl.config import validate_train_config
+    from rayssl.runs.pretrained import refuse_import_paths
+
+    saved = state["config"]
+    names = [saved.get("method"), *(saved.get(k, {}).get("name") for k in ("backbone", "head"))]
+    refuse_import_paths(names, shown, trust_import_paths)
+    return validate_train_config(saved).with_older_options(saved)
+
+
+def trained_method(cfg, splits, state: dict):
+    """The method of a saved run, its weights (and LFR's target selection) loaded, in eval
+    mode on the CPU."""
+    from rayssl.methods.registry import build_method
+
+    method = build_method(cfg, splits.sample_shape, splits.num_classes)
+    method.load_extra_state(state["method_extra"])  # LFR: its saved target selection
+    method.load_state_dict(state["model"])
+    return method.eval()

@@ -14,23 +14,16 @@ MAX_POINTS = 2000  # t-SNE is quadratic in the points; a seeded sample of the sp
 
 
 def embedding_figure(path: str, trust_import_paths: bool = False) -> tuple[Any, Any]:
-    """The map of the run behind `path` (`runs/resolve.py`), and where that run lives
-    (`resolve.Found`, its checkpoint's run folder)."""
-    from rayssl.config import ConfigError, validate_train_config
+    """The map of the run behind `path` (`runs/resolve.py`), and where its checkpoint was
+    found (`read_run_state`'s record: the run folder and checkpoint, or a checkpoint folder)."""
+    from rayssl.config import ConfigError
     from rayssl.data import load_splits
     from rayssl.engine.inputs import Inputs
-    from rayssl.inference.evaluate import _state
-    from rayssl.methods.registry import build_method
-    from rayssl.runs import resolve
-    from rayssl.runs.pretrained import refuse_import_paths
-    from rayssl.runs.state import STATE_FILE
+    from rayssl.inference.evaluate import read_run_state, saved_config, shown_as, trained_method
+    from rayssl.runs.storage import split_run_path
 
-    found = resolve.checkpoint(path, "rayssl plot's RUN", STATE_FILE)
-    state, shown = _state(path)
-    saved = state["config"]
-    names = [saved.get("method"), *(saved.get(k, {}).get("name") for k in ("backbone", "head"))]
-    refuse_import_paths(names, shown, trust_import_paths)
-    cfg = validate_train_config(saved).with_older_options(saved)
+    state, where = read_run_state(path, "rayssl plot's RUN")
+    cfg = saved_config(state, shown_as(where), trust_import_paths)
     splits = load_splits(cfg.data, cfg.seed)
     split = splits.test if splits.test is not None else splits.val
     if split is None or not isinstance(split, tuple) or not splits.labeled:
@@ -40,19 +33,16 @@ def embedding_figure(path: str, trust_import_paths: bool = False) -> tuple[Any, 
         )
     x, y = split
     pick = np.random.default_rng(cfg.seed).permutation(len(x))[:MAX_POINTS]
-    method = build_method(cfg, splits.sample_shape, splits.num_classes)
-    method.load_extra_state(state["method_extra"])
-    method.load_state_dict(state["model"])
-    method.eval()
-    inputs = Inputs(method, cfg, splits)
+    inputs = Inputs(trained_method(cfg, splits, state), cfg, splits)
     with torch.no_grad():
         features = torch.cat([inputs.clean_features(x[i]) for i in _chunks(pick)])
     points = _two_d(features.float().numpy(), cfg.seed)
     history = state["loop"]["history"]
     knn = next((h["knn_acc"] for h in reversed(history) if "knn_acc" in h), None)
-    title = f"{cfg.method}: {found.run or shown}, epoch {state['loop']['epoch']}"
+    run = split_run_path(where["run"])[1] if "run" in where else where["checkpoint"]
+    title = f"{cfg.method}: {run}, epoch {state['loop']['epoch']}"
     title += f", kNN {knn:.3f}" if knn is not None else ""
-    return _draw(points, y[pick].numpy(), title), found
+    return _draw(points, y[pick].numpy(), title), where
 
 
 def _chunks(pick: np.ndarray):
@@ -98,15 +88,18 @@ def write_embedding_map(path: str, out: str | None, trust_import_paths: bool = F
 
     import matplotlib.pyplot as plt
 
-    fig, found = embedding_figure(path, trust_import_paths)
+    from rayssl.runs.storage import Storage, split_run_path
+
+    fig, where = embedding_figure(path, trust_import_paths)
     data = io.BytesIO()
     fig.savefig(data, format="png", dpi=100)
     plt.close(fig)
     if out is not None:
         Path(out).write_bytes(data.getvalue())
         return out
-    if found.run is None:  # a checkpoint folder: beside it
-        target = f"{found.where.rstrip('/')}/embeddings.png"
+    if "run" not in where:  # a checkpoint folder: beside it
+        target = f"{where['checkpoint'].rstrip('/')}/embeddings.png"
         Path(target).write_bytes(data.getvalue())
         return target
-    return found.storage.write_bytes(found.run, "embeddings.png", data.getvalue())
+    parent, run = split_run_path(where["run"])
+    return Storage(parent).write_bytes(run, "embeddings.png", data.getvalue())
