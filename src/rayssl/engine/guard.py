@@ -21,6 +21,10 @@ class NonFiniteLossError(RuntimeError):
 
 
 class FiniteGuard:
+    """What this rank knows of the first non-finite step: whether there was one (`failed`,
+    the optimizer's skip flag), the ranks and kind, its global step and this rank's loss
+    there; all on the device until `raise_if_failed` reads them."""
+
     def __init__(self, device: torch.device, rank: int, world_size: int):
         self.rank, self.world_size = rank, world_size
         self.failed = torch.zeros((), device=device)  # 1.0 from the first flagged step on
@@ -35,12 +39,12 @@ class FiniteGuard:
         flags[self.rank] = (~torch.isfinite(loss.detach().float())).float()
         if grad_norm is not None:
             flags[self.world_size + self.rank] = (~torch.isfinite(grad_norm.float())).float()
-        distributed.all_reduce_sum(flags)
-        first = (flags.sum() > 0) & (self.failed == 0)
+        bad = distributed.all_reduce_sum(flags).sum() > 0
+        first = bad & (self.failed == 0)
         self.flags = torch.where(first, flags, self.flags)
         self.at = torch.where(first, torch.full_like(self.at, step), self.at)
         self.value = torch.where(first, loss.detach().float(), self.value)
-        self.failed = torch.maximum(self.failed, (flags.sum() > 0).float())
+        self.failed = torch.maximum(self.failed, bad.float())
 
     def raise_if_failed(self, steps_per_epoch: int) -> None:
         """The one read back to the host: raise if a step was flagged since the run began."""
