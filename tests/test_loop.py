@@ -6,7 +6,10 @@ from conftest import one_process_loop as _loop
 from rayssl.config import validate_train_config
 from rayssl.data import load_splits
 from rayssl.engine import Loop, NonFiniteLossError, NoSink, TrainingIterationStats
+from rayssl.engine.checkpoint import LoopState
 from rayssl.engine.dummy import DummyTrainer
+from rayssl.engine.randomness import TrainingRandomness
+from rayssl.errors import ConfigError
 from rayssl.methods.registry import build_method
 from rayssl.runs.state import load_state, save_state
 from rayssl.seeds import seed_everything
@@ -573,6 +576,69 @@ def test_per_sample_normalisation_standardises_every_input_by_its_own_statistics
         tolerance = 1e-3 if i == 0 else 5e-2
         assert (per_channel.std(-1, unbiased=False) - 1).abs().max() < tolerance
     assert loop.inputs.record["normalize"] == "sample"  # what checkpoints and exports carry
+
+
+def _digits_loop(normalize="dataset"):
+    return _loop(
+        {
+            "epochs": 1,
+            "data": {"name": "digits", "batch_size": 64, "normalize": normalize},
+            "backbone": {"name": "mlp", "hidden": [8]},
+        }
+    )
+
+
+def test_a_resumed_run_normalises_by_the_statistics_it_was_trained_under():
+    """The weights were trained on inputs normalised by the checkpoint's record: a resume on
+    data whose statistics have moved since keeps the saved ones (training views, evaluation
+    inputs and the record the next checkpoint carries)."""
+    first = _digits_loop()
+    state = first.state_dict()
+    derived = first.inputs.record["normalize"]
+    trained_under = {
+        "mean": [m + 0.25 for m in derived["mean"]],
+        "std": [2.0 * s for s in derived["std"]],
+    }
+    state["input"] = {**state["input"], "normalize": trained_under}
+    second = _digits_loop()
+    second.load_state_dict(state)
+    x = second.splits.train[0][:8]
+    mean, std = (
+        torch.tensor(trained_under[k]).view(1, -1, *[1] * (x.dim() - 2)) for k in ("mean", "std")
+    )
+    torch.testing.assert_close(second.inputs.layout(x), (x - mean) / std)
+    assert second.state_dict()["input"]["normalize"] == trained_under
+
+
+def test_a_resume_on_samples_of_another_shape_is_refused_naming_both():
+    first = _digits_loop()
+    state = first.state_dict()
+    state["input"] = {**state["input"], "shape": [3, 32, 32]}
+    with pytest.raises(ConfigError, match=r"trained on \[3, 32, 32\]; resume it with the data"):
+        _digits_loop().load_state_dict(state)
+
+
+def test_training_randomness_resumes_mid_epoch_and_derives_streams_on_a_resize():
+    """The view generator: reseeded per (seed, epoch, rank) at an epoch boundary whatever was
+    saved; mid-epoch, where it was on the same number of workers; on another number, a
+    stream of its own, the same on every restart."""
+    one = TrainingRandomness(seed=3, rank=0, world_size=1, device=torch.device("cpu"))
+    one.start_epoch(epoch=2, step_in_epoch=0)
+    epoch_start = torch.rand(4, generator=one.views)
+    state = one.state_dict()
+    after_save = torch.rand(4, generator=one.views)
+
+    def restored(world_size, step_in_epoch):
+        part = TrainingRandomness(seed=3, rank=0, world_size=world_size, device=torch.device("cpu"))
+        part.load_state_dict(state, LoopState(epoch=2, global_step=9, step_in_epoch=step_in_epoch))
+        part.start_epoch(epoch=2, step_in_epoch=step_in_epoch)
+        return torch.rand(4, generator=part.views)
+
+    assert torch.equal(restored(1, step_in_epoch=3), after_save)
+    assert torch.equal(restored(1, step_in_epoch=0), epoch_start)
+    resized = restored(2, step_in_epoch=3)
+    assert torch.equal(resized, restored(2, step_in_epoch=3))
+    assert not torch.equal(resized, after_save) and not torch.equal(resized, epoch_start)
 
 
 def test_the_online_probe_learns_beside_the_method_without_touching_it(tmp_path):

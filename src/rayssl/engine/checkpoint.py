@@ -8,7 +8,6 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from rayssl import seeds
 from rayssl.runs.state import load_state
 
 if TYPE_CHECKING:
@@ -47,7 +46,7 @@ def header(method: Any, config: dict[str, Any]) -> dict[str, Any]:
 #   format, method, config   header()                model        the method
 #   optimizer, lr_scheduler  Step                    loop         LoopState (the loop)
 #   sampler_epoch            the training batches    method_extra the method's counters
-#   rng                      each rank's Loop.rank_state        world_size  the loop
+#   rng                      TrainingRandomness      world_size   the loop
 #   input                    Inputs                  online_probe Evaluation (if any)
 
 
@@ -60,20 +59,3 @@ def restore_and_fit(
     run's own, recorded in `resumed_at`)."""
     restored = load_state(directory) if directory is not None else None
     loop.fit(restored, adopt=adopt, resumed=resumed)
-
-
-def resized(seed: int, state: LoopState, old: int, rank: int, world_size: int) -> None:
-    """A restore onto another number of workers (an elastic resize): per-rank streams
-    derived afresh, the resize recorded in `state` and said in one line."""
-    seeds.seed_everything(seeds.resized_rank(seed, state.global_step, rank, world_size))
-    state.resizes.append(
-        {"epoch": state.epoch, "step": state.global_step, "from": old, "to": world_size}
-    )
-    if rank == 0:
-        print(
-            f"[rayssl] resized from {old} to {world_size} workers at epoch "
-            f"{state.epoch + 1}, step {state.global_step}: the global batch, the schedules "
-            "and the counters carry on; per-rank random streams are derived afresh for the "
-            "new size (reproducible, not bitwise equal to a fixed size)",
-            flush=True,
-        )

@@ -18,6 +18,7 @@ from rayssl.data import (
 from rayssl.data.datasets import channel_normalizer, sample_normalizer
 from rayssl.data.stored import StoredShard, StoredSplit
 from rayssl.engine.features import FrozenFeatures
+from rayssl.errors import ConfigError
 from rayssl.methods import Method
 
 
@@ -35,7 +36,8 @@ class Inputs:
         per_sample = cfg.data.normalize == "sample"
         normalize = sample_normalizer(dims) if per_sample else channel_normalizer(stats, dims)
         # the probes' features; `layout` is what every input of the method goes through
-        self.frozen = FrozenFeatures(method.embed, normalize, cfg.performance.channels_last)
+        self.channels_last = cfg.performance.channels_last
+        self.frozen = FrozenFeatures(method.embed, normalize, self.channels_last)
         # what a sample looks like to the backbone, saved with every checkpoint for
         # `rayssl export` and `backbone.init_from`: its shape and normalisation
         self.record = {
@@ -47,9 +49,27 @@ class Inputs:
 
     def state_dict(self) -> dict[str, Any]:
         """What a sample looks like to the backbone (checkpoint key `input`), read by
-        `rayssl export`, `rayssl eval` and `backbone.init_from`. Nothing is loaded back: a
-        resumed run derives it from its data again."""
+        `rayssl export`, `rayssl eval` and `backbone.init_from`."""
         return {"input": self.record}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Resume under the record a checkpoint carries: the weights were trained on inputs
+        normalised by it, so a resumed run keeps the saved statistics even where the data's
+        own have moved since (a bucket that grew). Samples of another shape are refused."""
+        saved = state.get("input")
+        if saved is None:  # a checkpoint without the record: the data's, as derived
+            return
+        if list(saved["shape"]) != self.record["shape"]:
+            raise ConfigError(
+                f"data: samples are shaped {self.record['shape']}, the checkpoint's run was "
+                f"trained on {list(saved['shape'])}; resume it with the data it was trained on"
+            )
+        if saved["normalize"] != self.record["normalize"]:
+            dims = len(saved["shape"])
+            self.frozen = FrozenFeatures.of_record(
+                self.method.embed, saved["normalize"], dims, self.channels_last
+            )
+            self.record = {"shape": list(saved["shape"]), "normalize": saved["normalize"]}
 
     def views(self, x: torch.Tensor, generator: torch.Generator) -> Any:
         """The method's training input: one augmented batch, or a tuple of `num_views`

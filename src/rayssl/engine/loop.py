@@ -22,18 +22,18 @@ from typing import Any
 import torch
 from torch import nn
 
-from rayssl import distributed, seeds
+from rayssl import distributed
 from rayssl.config import TrainConfig
 from rayssl.data import Splits
-from rayssl.engine.checkpoint import LoopState, header, resized
+from rayssl.engine.checkpoint import LoopState, header
 from rayssl.engine.evaluation import Evaluation
 from rayssl.engine.inputs import Inputs, train_batches
 from rayssl.engine.metrics import RunningMean, startup_metrics
+from rayssl.engine.randomness import TrainingRandomness
 from rayssl.engine.sinks import NoSink, Sink
 from rayssl.engine.step import Step, autocast
 from rayssl.engine.stopping import patience_spent, track_best
 from rayssl.methods import Method
-from rayssl.runs.state import capture_rng, restore_rng
 
 
 @dataclass
@@ -97,13 +97,12 @@ class Loop:
             rank=rank,
             world_size=world_size,
         )
-        self.generator = torch.Generator(device=self.device)  # the training views
+        self.randomness = TrainingRandomness(cfg.seed, rank, world_size, self.device)
         self.train_loss = RunningMean(self.device)
         self.state = LoopState()
         self.marks: dict[str, float] = {}  # start-up timeline (metrics.STARTUP_MARKS)
         self.startup_reported = False
         self.saved_on_notice = False
-        self.resume_views: torch.Tensor | None = None  # view generator state, mid-epoch
 
     # ------------------------------------------------------------------ the run
 
@@ -196,16 +195,10 @@ class Loop:
     def start_epoch(self) -> None:
         """Set the sampler's epoch, reseed the view generator, call the method's hook, and
         re-wrap the model for DDP if the hook changed which parameters train."""
-        epoch, done, seed = self.state.epoch, self.state.step_in_epoch, self.cfg.seed
+        epoch, done = self.state.epoch, self.state.step_in_epoch
         self.train_batches.set_epoch(epoch, start_step=done)
-        # Views depend only on (seed, epoch, rank): a resumed run draws the same ones.
-        self.generator.manual_seed(seeds.epoch_views(seed, epoch, self.rank))
-        if done:  # resumed mid-epoch: this rank's generator where it was, if it existed
-            if self.resume_views is not None:
-                self.generator.set_state(self.resume_views)
-            else:  # another world size: a stream of its own for the rest of the epoch
-                self.generator.manual_seed(seeds.resized_views(seed, epoch, self.rank, done))
-            self.resume_views = None
+        self.randomness.start_epoch(epoch, done)
+        if done:  # resumed mid-epoch: the epoch's training loss so far
             if self.rank == 0 and self.state.partial_loss:
                 total, count = self.state.partial_loss
                 self.train_loss.update(torch.tensor(total / count), weight=count)
@@ -223,7 +216,7 @@ class Loop:
             self.marks.setdefault("first_batch", time.time())
             start = time.perf_counter()
             with autocast(self.cfg, self.device):  # the views too, as the forward
-                views = self.inputs.views(x, self.generator)
+                views = self.inputs.views(x, self.randomness.views)
             loss = self.step(views, y, self.state.global_step + 1)
             self.state.global_step += 1
             self.marks.setdefault("first_step", time.time())
@@ -297,14 +290,15 @@ class Loop:
 
     # ------------------------------------------------------------------ state
 
-    # A checkpoint is the loop's own counters and generators plus each part's state_dict:
-    # the method's, the step's (optimizer, LR scheduler), the batches' position, the
-    # evaluation's (online probe) and the inputs' record. Keys: engine/checkpoint.py.
+    # A checkpoint is the loop's own counters plus each part's state_dict: the method's, the
+    # step's (optimizer, LR scheduler), the batches' position, the randomness (per-rank RNGs
+    # and view generators), the evaluation's (online probe) and the inputs' record. Keys:
+    # engine/checkpoint.py.
 
     def rank_state(self) -> dict[str, Any]:
-        """This rank's random state: its RNGs and the view generator (a mid-epoch checkpoint
-        resumes the views where they were). The caller gathers one per rank."""
-        return {**capture_rng(), "views": self.generator.get_state()}
+        """This rank's random state (`TrainingRandomness.rank_state`); the caller gathers
+        one per rank and hands the list to `state_dict`."""
+        return self.randomness.rank_state()
 
     def state_dict(self, rng_states: list[dict[str, Any]] | None = None) -> dict[str, Any]:
         """Every piece of training state. `rng_states` holds one entry per rank (the caller
@@ -316,7 +310,7 @@ class Loop:
             "loop": asdict(self.state),
             **self.train_batches.state_dict(),
             "method_extra": self.method.extra_state(),
-            "rng": rng_states if rng_states is not None else [self.rank_state()],
+            **self.randomness.state_dict(rng_states),
             "world_size": self.world_size,
             **self.inputs.state_dict(),
             **self.evaluation.state_dict(),
@@ -331,13 +325,8 @@ class Loop:
         self.state = LoopState(**state["loop"])
         self.evaluation.load_state_dict(state)
         self.train_batches.load_state_dict(state, self.state.step_in_epoch)
-        rng = state["rng"]
-        if len(rng) == self.world_size:
-            restore_rng(rng[self.rank])
-            views = rng[self.rank].get("views")
-            self.resume_views = views if self.state.step_in_epoch else None
-        else:  # another number of workers: an elastic resize
-            resized(self.cfg.seed, self.state, len(rng), self.rank, self.world_size)
+        self.randomness.load_state_dict(state, self.state)
+        self.inputs.load_state_dict(state)
 
     def adopt_hyperparameters(self, saved_config: dict[str, Any]) -> None:
         """After loading a state trained under `saved_config` (PBT's donor): this config's
