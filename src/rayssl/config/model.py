@@ -24,7 +24,7 @@ class NetConfig(Strict):
 
     model_config = ConfigDict(extra="allow", validate_assignment=True)
     name: str = Field(
-        description="built-in (backbone: mlp | cnn1d | cnn2d | resnet18 | resnet50; head: "
+        description="built-in (backbone: mlp | cnn1d | cnn2d | resnet18 | resnet50 | vit; head: "
         "linear | mlp) or an importable factory 'package.module:function'"
     )
     init_from: str | None = Field(

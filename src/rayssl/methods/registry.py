@@ -36,6 +36,7 @@ BUILTIN_MODULES = (
     "swav",
     "simsiam",
     "nnclr",
+    "mae",
 )
 
 BUILTINS: dict[str, Builtin] = {}

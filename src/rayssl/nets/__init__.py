@@ -1,6 +1,6 @@
 """Networks: the built-in backbones and heads (`builtin.py`, reached by name from a config's
-`backbone:` / `head:` and importable as `rayssl.nets.<name>`), and global-batch BatchNorm
-(`batchnorm.py`)."""
+`backbone:` / `head:` and importable as `rayssl.nets.<name>`), global-batch BatchNorm
+(`batchnorm.py`) and the Vision Transformers' token passes (`vision_transformer.py`)."""
 
 from rayssl.nets.builtin import (
     BACKBONES,
@@ -15,6 +15,7 @@ from rayssl.nets.builtin import (
     output_features,
     resnet18,
     resnet50,
+    vit,
 )
 
 __all__ = [
@@ -30,4 +31,5 @@ __all__ = [
     "output_features",
     "resnet18",
     "resnet50",
+    "vit",
 ]

@@ -16,6 +16,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from rayssl.nets.vision_transformer import vit
+
 INFERRED_ARGS = ("input_shape", "in_features", "num_classes")
 
 
@@ -186,6 +188,7 @@ BACKBONES: dict[str, Callable[..., nn.Module]] = {
     "cnn2d": cnn2d,
     "resnet18": resnet18,
     "resnet50": resnet50,
+    "vit": vit,  # timm's VisionTransformer (nets/vision_transformer.py); timm is imported when one is built
 }
 HEADS: dict[str, Callable[..., nn.Module]] = {"linear": linear, "mlp": mlp_classifier}
 
