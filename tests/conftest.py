@@ -132,3 +132,21 @@ def one_process_loop(overrides=None, select_targets=False, sink=None):
     sample = splits.train[0] if select_targets else None
     method = build_method(cfg, splits.sample_shape, splits.num_classes, selection_sample=sample)
     return Loop(method, splits, cfg, sink=sink)
+
+
+def timm_or_skip() -> None:
+    """Skip the calling module where timm is not installed (it is in the test extra, so CI
+    runs it); where timm is installed but cannot import (a torchvision built for another
+    torch) that is a failure, not a skip."""
+    import importlib.util
+
+    if importlib.util.find_spec("timm") is None:
+        pytest.skip("timm is not installed: pip install -e '.[vit]'", allow_module_level=True)
+    import timm  # noqa: F401
+
+
+# a test that needs timm: skipped where it is not installed (see `timm_or_skip`)
+needs_timm = pytest.mark.skipif(
+    __import__("importlib.util").util.find_spec("timm") is None,
+    reason="timm is not installed: pip install -e '.[vit]'",
+)

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import ray.cloudpickle
 import torch
-from conftest import assert_states_equal
+from conftest import assert_states_equal, needs_timm
 
 from rayssl.cluster import fit
 from rayssl.config import load_train_config
@@ -88,6 +88,17 @@ METHODS = {
         },
         "backbone": {"name": "cnn2d", "width": 4, "depth": 2},
     },
+    "mae": {
+        "mae": {"decoder_dim": 32, "decoder_depth": 1, "decoder_heads": 2},
+        "data": {
+            "shape": [3, 16, 16],
+            "num_samples": 128,
+            "batch_size": 32,
+            "augment": {"preset": "byol"},
+        },
+        "backbone": {"name": "vit", "size": "tiny", "patch_size": 4, "depth": 2},
+        "optimizer": {"name": "adamw", "lr": 1e-3, "weight_decay": 0.05},
+    },
 }
 
 
@@ -140,6 +151,9 @@ def dumping_train_func(config):
         # NNCLR's support set is an EmbeddingQueue as SwAV's queue, whose restart is above;
         # its loss is checked on a gloo group in test_losses: slow here
         pytest.param("nnclr", marks=pytest.mark.slow),
+        # a ViT (timm) through the whole Ray path: the masks from each rank's restored
+        # generator, the fixed positions, the decoder (tests/test_vit.py unit-tests MAE)
+        pytest.param("mae", marks=needs_timm),
     ],
 )
 def test_ranks_agree_and_restart_is_exact(ray_session, write_config, tmp_path, method):

@@ -45,6 +45,14 @@ class OptimizerConfig(Strict):
     backbone_lr_scale: float = Field(
         1.0, gt=0.0, le=10.0, description="supervised: backbone lr = lr x this (fine-tuning)"
     )
+    layer_decay: float | None = Field(
+        None,
+        gt=0.0,
+        le=1.0,
+        description="supervised fine-tuning of a ViT: block i of depth trains at lr x "
+        "layer_decay^(depth - i), the embeddings at layer_decay^(depth + 1), the head at lr "
+        "(MAE: 0.65 to 0.75); no weight decay on biases, norms, position embedding, CLS token",
+    )
 
     @model_validator(mode="after")
     def _schedule_has_a_start(self) -> OptimizerConfig:

@@ -151,6 +151,11 @@ class RunConfig(Strict):
                 f"optimizer.backbone_lr_scale scales a supervised run's backbone lr; a "
                 f"{self.method} run trains its backbone at optimizer.lr: remove it"
             )
+        if self.optimizer.layer_decay is not None and self.method != "supervised":
+            raise ValueError(
+                f"optimizer.layer_decay decays a supervised fine-tune's lr block by block; a "
+                f"{self.method} run trains its backbone at optimizer.lr: remove it"
+            )
         from rayssl import nets
 
         for section, registry in (("backbone", nets.BACKBONES), ("head", nets.HEADS)):

@@ -17,7 +17,7 @@ from rayssl.config.base import MethodConfig
 from rayssl.methods.base import Builtin, Method, Parts
 from rayssl.methods.heads import backbone_by_crop_size, infer_features
 from rayssl.methods.momentum import deactivate_requires_grad, update_momentum
-from rayssl.optim.groups import exempt_saved_group
+from rayssl.optim.groups import exempt_saved_group, weights_decay_only
 from rayssl.optim.schedules import cosine_schedule
 
 
@@ -213,21 +213,10 @@ class DINO(Method):
         named = [*self.backbone.named_parameters(), *self.head.named_parameters()]
         return [(name, p) for name, p in named if p.requires_grad]
 
-    @staticmethod
-    def _decays(name: str, p: nn.Parameter) -> bool:
-        return not name.endswith(".bias") and p.ndim > 1
-
     def param_groups(self):
         """As DINO's code (`get_params_groups`): weights decay (and follow the weight-decay
         schedule, 0.04 -> 0.4), biases and norm parameters never do."""
-        trainable = self._trainable()
-        return [
-            {"params": [p for name, p in trainable if self._decays(name, p)]},
-            {
-                "params": [p for name, p in trainable if not self._decays(name, p)],
-                "weight_decay": 0.0,
-            },
-        ]
+        return weights_decay_only(self._trainable())
 
     def upgrade_optimizer_state(self, state: dict[str, Any]) -> dict[str, Any]:
         """A state saved when DINO had one param group (every parameter decayed): its

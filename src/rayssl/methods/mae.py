@@ -15,6 +15,7 @@ from rayssl.config.base import MethodConfig
 from rayssl.errors import ConfigError
 from rayssl.methods.base import Builtin, Method, Parts
 from rayssl.nets import vision_transformer as vits
+from rayssl.optim.groups import weights_decay_only
 
 
 class MAEConfig(MethodConfig):
@@ -82,8 +83,8 @@ class Decoder(nn.Module):
 class MAE(Method):
     """ViT encoder on the visible patches -> decoder -> pixels of every patch; loss = mean
     squared error over the hidden patches. Batches are `(x, y)` (one augmented view); y is
-    ignored. The encoder is `backbone`, a timm ViT (`nets/vision_transformer.py`); probes and `rayssl
-    embed` read its CLS token on the whole image."""
+    ignored. The encoder is `backbone`, a timm ViT (`nets/vision_transformer.py`); probes
+    and `rayssl embed` read its CLS token on the whole image."""
 
     def __init__(
         self,
@@ -130,6 +131,10 @@ class MAE(Method):
         """The same loss on other random masks (drawn from the global generator, as
         training's: the rank's stream, restored with every checkpoint)."""
         return {"loss": self._loss(batch[0])}
+
+    def param_groups(self) -> list[dict[str, Any]]:
+        """As MAE's code: weights decay, biases and norm parameters do not."""
+        return weights_decay_only([(n, p) for n, p in self.named_parameters() if p.requires_grad])
 
 
 def fix_position(backbone: nn.Module) -> None:

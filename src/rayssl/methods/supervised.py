@@ -11,7 +11,10 @@ from torch import nn
 
 from rayssl import nets
 from rayssl.config.base import MethodConfig
+from rayssl.errors import ConfigError
 from rayssl.methods.base import Builtin, Method, Parts
+from rayssl.nets import vision_transformer
+from rayssl.optim import groups as optim_groups
 
 if TYPE_CHECKING:
     from torchmetrics import Metric, MetricCollection
@@ -39,6 +42,7 @@ class SimpleSupervisedModel(Method):
         freeze_backbone: bool = False,
         feature_norm: nn.Module | None = None,
         backbone_lr_scale: float = 1.0,
+        layer_decay: float | None = None,
         optimizer: type[torch.optim.Optimizer] = torch.optim.Adam,
         optimizer_kwargs: dict[str, Any] | None = None,
         lr_scheduler: Callable[..., Any] | None = None,
@@ -53,6 +57,12 @@ class SimpleSupervisedModel(Method):
         self.freeze_backbone = freeze_backbone
         self.feature_norm = feature_norm  # e.g. BatchNorm1d(affine=False): standardised features
         self.backbone_lr_scale = backbone_lr_scale
+        self.layer_decay = layer_decay
+        if layer_decay is not None and not vision_transformer.is_vit(backbone):
+            raise ConfigError(
+                "optimizer.layer_decay decays the lr block by block of a ViT backbone "
+                f"(backbone.name: vit); {type(backbone).__name__} has no blocks: remove it"
+            )
         self.take_setup(
             learning_rate, optimizer, optimizer_kwargs, lr_scheduler, lr_scheduler_kwargs
         )
@@ -66,7 +76,10 @@ class SimpleSupervisedModel(Method):
 
     def param_groups(self) -> list[dict[str, Any]]:
         """Backbone and the rest; the backbone's lr is `backbone_lr_scale` x the lr (a
-        fine-tune that moves pretrained weights less than the new head)."""
+        fine-tune that moves pretrained weights less than the new head). With
+        `layer_decay`, the backbone's blocks in groups of their own (`_layer_decay_groups`)."""
+        if self.layer_decay is not None:
+            return self._layer_decay_groups()
         if self.backbone_lr_scale == 1.0:
             return super().param_groups()
         ids = {id(p) for p in self.backbone.parameters()}
@@ -76,6 +89,29 @@ class SimpleSupervisedModel(Method):
         if backbone:
             groups.append({"params": backbone, "lr": self.learning_rate * self.backbone_lr_scale})
         return groups
+
+    def _layer_decay_groups(self) -> list[dict[str, Any]]:
+        """MAE's and BEiT's fine-tuning: ViT block i at lr x backbone_lr_scale x
+        layer_decay^(depth - i), the embeddings one step further down, the final norm and
+        everything past the backbone at the full lr; no weight decay on biases, norms, the
+        position embedding or the CLS token."""
+        depth = len(self.backbone.blocks)
+        backbone = [(n, p) for n, p in self.backbone.named_parameters() if p.requires_grad]
+        ids = {id(p) for _, p in backbone}
+        rest = [(n, p) for n, p in self.named_parameters() if p.requires_grad and id(p) not in ids]
+        no_decay = set(self.backbone.no_weight_decay())
+        groups = optim_groups.layer_decay_groups(
+            backbone,
+            lambda name: vision_transformer.layer_id(name, depth),
+            depth,
+            self.layer_decay,
+            self.learning_rate * self.backbone_lr_scale,
+            no_decay,
+        )
+        top = optim_groups.layer_decay_groups(
+            rest, lambda name: depth + 1, depth, self.layer_decay, self.learning_rate
+        )
+        return groups + top
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.freeze_backbone:
@@ -189,6 +225,7 @@ def build(parts: Parts) -> Method:
         freeze_backbone=cfg.supervised.freeze_backbone,
         feature_norm=nn.BatchNorm1d(features, affine=False) if standardized(cfg) else None,
         backbone_lr_scale=cfg.optimizer.backbone_lr_scale,
+        layer_decay=cfg.optimizer.layer_decay,
         **parts.setup,
     )
 

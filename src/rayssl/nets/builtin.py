@@ -188,7 +188,7 @@ BACKBONES: dict[str, Callable[..., nn.Module]] = {
     "cnn2d": cnn2d,
     "resnet18": resnet18,
     "resnet50": resnet50,
-    "vit": vit,  # timm's VisionTransformer (nets/vision_transformer.py); timm is imported when one is built
+    "vit": vit,  # timm's VisionTransformer (nets/vision_transformer.py), imported when built
 }
 HEADS: dict[str, Callable[..., nn.Module]] = {"linear": linear, "mlp": mlp_classifier}
 

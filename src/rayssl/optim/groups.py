@@ -71,3 +71,44 @@ def exempt_saved_group(group: dict[str, Any]) -> None:
     group["weight_decay"] = 0.0
     if INITIAL_WEIGHT_DECAY in group:
         group[INITIAL_WEIGHT_DECAY] = 0.0
+
+
+def decays(name: str, p: torch.nn.Parameter) -> bool:
+    """Whether a parameter takes weight decay in the ViT-era recipes (DINO's, MAE's and
+    iBOT's code): weights do; biases and norm parameters (1-D) never do."""
+    return not name.endswith(".bias") and p.ndim > 1
+
+
+def weights_decay_only(named: list[tuple[str, torch.nn.Parameter]]) -> list[dict[str, Any]]:
+    """Two groups of `named` parameters: the weights, and the rest without weight decay."""
+    return [
+        {"params": [p for name, p in named if decays(name, p)]},
+        {"params": [p for name, p in named if not decays(name, p)], "weight_decay": 0.0},
+    ]
+
+
+def layer_decay_groups(
+    named: list[tuple[str, torch.nn.Parameter]],
+    layer_of,
+    depth: int,
+    decay: float,
+    lr: float,
+    no_decay: set[str] = frozenset(),
+) -> list[dict[str, Any]]:
+    """Layer-wise learning-rate decay (BEiT; MAE's and iBOT's fine-tuning): a parameter of
+    layer `layer_of(name)` (0 the embeddings .. depth + 1 the top) trains at
+    `lr * decay ** (depth + 1 - layer)`; biases, norms and the names in `no_decay` (a ViT's
+    position embedding and CLS token) take no weight decay. One group per (layer, decayed).
+    timm's `param_groups_layer_decay` builds whole optimizer groups of its own, with the
+    scale as a key our schedules do not read; these are plain groups with their own lr."""
+    groups: dict[tuple[int, bool], dict[str, Any]] = {}
+    for name, p in named:
+        layer = layer_of(name)
+        decayed = decays(name, p) and name not in no_decay
+        key = (layer, decayed)
+        if key not in groups:
+            groups[key] = {"params": [], "lr": lr * decay ** (depth + 1 - layer)}
+            if not decayed:
+                groups[key]["weight_decay"] = 0.0
+        groups[key]["params"].append(p)
+    return [groups[key] for key in sorted(groups)]

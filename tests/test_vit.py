@@ -1,0 +1,209 @@
+"""Vision Transformers (timm) and MAE: the token passes against timm's own forward, MAE's
+masking, encoder and loss, layer-wise lr decay, and MAE in the loop (exact resume) and on
+two Ray Train workers (exact restart)."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+from conftest import assert_states_equal, timm_or_skip
+from conftest import one_process_loop as _loop
+
+timm_or_skip()
+
+from rayssl.config import validate_train_config  # noqa: E402
+from rayssl.errors import ConfigError  # noqa: E402
+from rayssl.methods import mae  # noqa: E402
+from rayssl.methods.registry import build_method  # noqa: E402
+from rayssl.nets import vision_transformer as vits  # noqa: E402
+from rayssl.runs.state import load_state, save_state  # noqa: E402
+
+IMAGES = {"name": "synthetic", "shape": [3, 16, 16], "num_samples": 64, "batch_size": 16}
+VIT = {"name": "vit", "size": "tiny", "patch_size": 4, "depth": 2}
+SMALL_DECODER = {"decoder_dim": 32, "decoder_depth": 1, "decoder_heads": 2}
+
+
+def _mae(**section):
+    cfg = validate_train_config(
+        {"method": "mae", "data": IMAGES, "backbone": VIT, "mae": {**SMALL_DECODER, **section}}
+    )
+    return build_method(cfg, (3, 16, 16), 4)
+
+
+def test_encode_is_timms_forward_and_drops_or_masks_patch_tokens():
+    torch.manual_seed(0)
+    model = vits.vit((3, 16, 16), size="tiny", patch_size=4, depth=2).eval()
+    x = torch.randn(3, 3, 16, 16)
+    with torch.no_grad():
+        timm_tokens = model.forward_features(x)
+        assert torch.allclose(vits.encode(model, x), timm_tokens, atol=1e-6)
+        assert torch.allclose(model(x), timm_tokens[:, 0], atol=1e-6)  # the CLS token
+        # every patch kept, in order: timm's forward again; a subset: CLS + those patches
+        assert torch.allclose(
+            vits.encode(model, x, keep=torch.arange(16).expand(3, 16)), timm_tokens, atol=1e-6
+        )
+        assert vits.encode(model, x, keep=torch.tensor([[0, 5]] * 3)).shape == (3, 3, 192)
+        # a 8-px crop: the position embedding is interpolated to its 2 x 2 grid
+        assert vits.encode(model, x[..., :8, :8]).shape == (3, 5, 192)
+        # masked patches: the mask token in place of the patch's pixels, position kept
+        mask = torch.zeros(3, 16, dtype=torch.bool)
+        mask[:, 3] = True
+        token = torch.randn(192)
+        other = x.clone()
+        other[:, :, 0:4, 12:16] = 7.0  # patch 3, in raster order
+        a = vits.encode(model, x, mask=mask, mask_token=token)
+        b = vits.encode(model, other, mask=mask, mask_token=token)
+        assert torch.allclose(a, b, atol=1e-6) and not torch.allclose(a, timm_tokens, atol=1e-3)
+
+
+def test_patchify_is_the_patch_embeddings_raster_order():
+    """Against torch's unfold (channels first within a patch), reordered to (row, col, C)."""
+    x = torch.randn(2, 3, 8, 12)
+    unfolded = F.unfold(x, kernel_size=4, stride=4).transpose(1, 2)  # (B, N, C * 4 * 4)
+    expected = unfolded.reshape(2, 6, 3, 4, 4).permute(0, 1, 3, 4, 2).reshape(2, 6, 48)
+    assert torch.equal(vits.patchify(x, 4), expected)
+
+
+def test_mae_hides_the_ratio_of_every_image_and_keeps_the_rest_visible():
+    torch.manual_seed(0)
+    keep, mask = mae.hidden_patches(5, 64, 0.75, "cpu")
+    assert keep.shape == (5, 16) and mask.shape == (5, 64)
+    assert (mask.sum(1) == 48).all()
+    assert (mask.gather(1, keep) == 0).all()  # a kept patch is never hidden
+    assert len({tuple(k.sort().values.tolist()) for k in keep}) == 5  # each image its own
+
+
+def test_mae_encoder_sees_the_visible_patches_only():
+    method = _mae()
+    seen = []
+    method.backbone.blocks[0].register_forward_pre_hook(lambda m, i: seen.append(i[0].shape))
+    method.training_step((torch.randn(4, 3, 16, 16), None))
+    assert seen == [(4, 1 + 4, 192)]  # CLS + 25 % of 16 patches
+
+
+class FixedPrediction(torch.nn.Module):
+    def __init__(self, pred):
+        super().__init__()
+        self.pred = pred
+
+    def forward(self, latent, keep, patches, prefix, grid):
+        return self.pred
+
+
+def test_mae_loss_is_the_error_on_hidden_patches_of_per_patch_normalised_pixels(monkeypatch):
+    method = _mae()
+    x = torch.rand(2, 3, 16, 16) * 4 + 1
+    hidden = torch.zeros(2, 16)
+    hidden[:, 4:] = 1.0  # patches 0-3 visible
+    monkeypatch.setattr(mae, "hidden_patches", lambda *a: (torch.arange(4).expand(2, 4), hidden))
+    patches = F.unfold(x, 4, stride=4).transpose(1, 2).reshape(2, 16, 3, 4, 4)
+    patches = patches.permute(0, 1, 3, 4, 2).reshape(2, 16, 48)
+    mean, std = patches.mean(-1, keepdim=True), (patches.var(-1, keepdim=True) + 1e-6).sqrt()
+    target = (patches - mean) / std
+
+    def loss(pred):
+        method.decoder = FixedPrediction(pred)
+        return float(method.training_step((x, None))["loss"])
+
+    assert loss(target) == pytest.approx(0, abs=1e-9)
+    assert loss(target + 3 * (1 - hidden).unsqueeze(-1)) == pytest.approx(0, abs=1e-9)
+    assert loss(target + 2 * hidden.unsqueeze(-1)) == pytest.approx(4)
+    method.norm_pix_loss = False  # raw pixels as targets
+    assert loss(patches) == pytest.approx(0, abs=1e-9)
+
+
+def test_mae_fixes_the_encoders_positions_and_decays_weights_only():
+    method = _mae()
+    pos = method.backbone.pos_embed
+    assert not pos.requires_grad and torch.equal(pos[0, 0], torch.zeros(192))
+    assert torch.allclose(pos[0, 1:], vits.sincos_position(192, (4, 4)))
+    decayed, exempt = method.param_groups()
+    assert exempt["weight_decay"] == 0.0 and "weight_decay" not in decayed
+    names = {id(p): n for n, p in method.named_parameters()}
+    assert all(p.ndim > 1 and not names[id(p)].endswith(".bias") for p in decayed["params"])
+    assert {names[id(p)] for p in exempt["params"]} >= {
+        "backbone.norm.weight",
+        "decoder.embed.bias",
+    }
+    assert id(pos) not in {id(p) for g in (decayed, exempt) for p in g["params"]}
+    assert "backbone.cls_token" in {names[id(p)] for p in decayed["params"]}  # as MAE's code
+    learned = _mae(fixed_position=False)
+    assert learned.backbone.pos_embed.requires_grad
+
+
+def test_mae_and_layer_decay_refuse_what_they_cannot_use_in_one_line():
+    with pytest.raises(ConfigError, match="mae needs a ViT backbone: set backbone.name: vit"):
+        build_method(
+            validate_train_config({"method": "mae", "data": IMAGES, "backbone": {"name": "cnn2d"}}),
+            (3, 16, 16),
+            4,
+        )
+    with pytest.raises(ConfigError, match="optimizer.layer_decay decays a supervised"):
+        validate_train_config(
+            {"method": "mae", "data": IMAGES, "backbone": VIT, "optimizer": {"layer_decay": 0.75}}
+        )
+    cfg = validate_train_config(
+        {"data": IMAGES, "backbone": {"name": "cnn2d"}, "optimizer": {"layer_decay": 0.75}}
+    )
+    with pytest.raises(ConfigError, match="layer_decay decays the lr block by block of a ViT"):
+        build_method(cfg, (3, 16, 16), 4)
+    with pytest.raises(ConfigError, match="patch_size 5 does not divide the image size 16"):
+        vits.vit((3, 16, 16), patch_size=5)
+
+
+def test_layer_decay_gives_each_block_its_lr_and_exempts_norms_positions_and_cls():
+    """depth 2, decay 0.5, lr 0.1: embeddings 0.1 x 0.5^3, block 0 x 0.5^2, block 1 x 0.5,
+    final norm and head at 0.1; no weight decay on biases, norms, pos_embed, cls_token."""
+    cfg = validate_train_config(
+        {
+            "data": IMAGES,
+            "backbone": VIT,
+            "optimizer": {"name": "adamw", "lr": 0.1, "weight_decay": 0.05, "layer_decay": 0.5},
+        }
+    )
+    method = build_method(cfg, (3, 16, 16), 4)
+    names = {id(p): n for n, p in method.named_parameters()}
+    lr_of, wd_of = {}, {}
+    for group in method.configure_optimizers(10, 5)[0].param_groups:
+        for p in group["params"]:
+            lr_of[names[id(p)]], wd_of[names[id(p)]] = group["lr"], group["weight_decay"]
+    assert lr_of.keys() == set(names.values())  # every parameter once
+    expected = {
+        "backbone.patch_embed.proj.weight": 0.1 * 0.5**3,
+        "backbone.cls_token": 0.1 * 0.5**3,
+        "backbone.blocks.0.attn.qkv.weight": 0.1 * 0.5**2,
+        "backbone.blocks.1.mlp.fc2.weight": 0.1 * 0.5,
+        "backbone.norm.weight": 0.1,
+        "fc.weight": 0.1,
+    }
+    assert {k: lr_of[k] for k in expected} == pytest.approx(expected)
+    for name in ("backbone.cls_token", "backbone.pos_embed", "backbone.norm.weight", "fc.bias"):
+        assert wd_of[name] == 0.0, name
+    for name in ("backbone.blocks.0.attn.qkv.weight", "fc.weight"):
+        assert wd_of[name] == 0.05, name
+
+
+MAE_RUN = {
+    "method": "mae",
+    "epochs": 3,
+    "data": {**IMAGES, "augment": {"preset": "byol"}},
+    "backbone": VIT,
+    "mae": SMALL_DECODER,
+    "optimizer": {"name": "adamw", "lr": 1e-3, "weight_decay": 0.05},
+    "eval": {"linear_probe": False},
+}
+
+
+def test_mae_trains_in_the_loop_and_a_restored_run_ends_exactly_as_an_uninterrupted_one(tmp_path):
+    straight = _loop(MAE_RUN)
+    history = list(straight.epochs())
+    assert history[-1]["train_loss"] < history[0]["train_loss"]
+    assert "knn_acc" in history[-1]
+    first = _loop(MAE_RUN)
+    next(first.epochs())
+    save_state(first.state_dict(), tmp_path)
+    torch.manual_seed(123)  # the masks come from the restored per-rank generator
+    second = _loop(MAE_RUN)
+    second.load_state_dict(load_state(tmp_path))
+    list(second.epochs())
+    assert_states_equal(straight.method.state_dict(), second.method.state_dict())
+    assert second.state.history[-1]["train_loss"] == history[-1]["train_loss"]
