@@ -86,7 +86,8 @@ def test_every_shipped_config_is_valid():
     assert len(shipped) >= 11
     for path in shipped:
         cfg = load_train_config(path)
-        assert cfg.method in path.stem.replace("linear_eval", "supervised"), path.name
+        stem = path.stem.replace("linear_eval", "supervised").replace("finetune", "supervised")
+        assert cfg.method in stem, path.name
 
 
 def test_the_configuration_page_is_current():
