@@ -37,9 +37,13 @@ METHODS = {
     "simsiam": "SimSiam",
     "nnclr": "NNCLR",
     "lfr": "LFR",
+    "mae": "MAE (ViT-tiny)",
 }
+# a method whose backbone is not the CNN's: its linear evaluation config (ViTs need timm)
+LINEAR_CONFIGS = {"mae": "configs/linear_eval_vit_images.yaml"}
 RANDOM = "linear eval: random init"  # inputs normalised with the data set's statistics
 RANDOM_SAMPLE = "linear eval: random init, per-image normalisation"  # data.normalize: sample
+RANDOM_VIT_SAMPLE = "linear eval: random init ViT-tiny, per-image normalisation"
 SUPERVISED = "supervised from scratch (same network, 20 epochs)"
 # the random-init baselines name their normalisation (a pretrained backbone brings its own)
 BASELINE_RUNS = {
@@ -47,6 +51,11 @@ BASELINE_RUNS = {
     "random_sample": (
         RANDOM_SAMPLE,
         "linear_random_sample",
+        ("backbone.init_from=null", "data.normalize=sample"),
+    ),
+    "random_vit_sample": (
+        RANDOM_VIT_SAMPLE,
+        "linear_random_vit_sample",
         ("backbone.init_from=null", "data.normalize=sample"),
     ),
     "supervised": (
@@ -61,7 +70,7 @@ BASELINE_RUNS = {
         ),
     ),
 }
-BASELINES = tuple(BASELINE_RUNS)
+BASELINES = ("random", "random_sample", "supervised")  # the CNN's; random_vit_sample by name
 FEW_EPOCHS = 150  # few labels: batches of half the subset, 2 steps an epoch, 300 in all
 
 
@@ -81,6 +90,14 @@ def few_label(label: str, k: int | None, seed: int = 0) -> str:
     few = f"{k} labels per class" + (f", seed {seed}" if seed else "")
     head, _, rest = label.partition(":")
     return f"{head}, {few}:{rest}" if rest else f"{label}, {few}"
+
+
+def random_twin(label: str, norm: str) -> str:
+    """The random-init row a pretrained backbone's gain is measured against: the same
+    network (a ViT's for a ViT method) under the same normalisation."""
+    if "ViT" in label:
+        return RANDOM_VIT_SAMPLE
+    return RANDOM_SAMPLE if norm == "sample" else RANDOM
 
 
 def rayssl(*args: str) -> float:
@@ -114,6 +131,10 @@ def side_by_side(rows: list[dict]) -> dict[str, dict]:
     if RANDOM_SAMPLE in by_run:
         table["random init, per-image normalisation"] = {
             "linear_eval_acc": by_run[RANDOM_SAMPLE]["test_accuracy"]
+        }
+    if RANDOM_VIT_SAMPLE in by_run:
+        table["random init ViT-tiny, per-image normalisation"] = {
+            "linear_eval_acc": by_run[RANDOM_VIT_SAMPLE]["test_accuracy"]
         }
     if SUPERVISED in by_run:
         table["supervised (ceiling)"] = {"test_accuracy": by_run[SUPERVISED]["test_accuracy"]}
@@ -154,6 +175,7 @@ def markdown(result: dict) -> str:
     for label, name in (
         (RANDOM, "random init (`normalize: dataset`)"),
         (RANDOM_SAMPLE, "random init (`normalize: sample`)"),
+        (RANDOM_VIT_SAMPLE, "random init ViT-tiny (`normalize: sample`)"),
     ):
         if label in by_run:
             r = by_run[label]
@@ -193,6 +215,7 @@ def _few_label_backbones(by_run: dict[str, dict]) -> list[tuple[str, str, str | 
     return [pretrained(m) for m in METHODS.values()] + [
         (RANDOM, "random init (`normalize: dataset`)", None),
         (RANDOM_SAMPLE, "random init (`normalize: sample`)", None),
+        (RANDOM_VIT_SAMPLE, "random init ViT-tiny (`normalize: sample`)", None),
         (SUPERVISED, "supervised from scratch, same network, not frozen", None),
     ]
 
@@ -243,7 +266,7 @@ def few_labels_markdown(result: dict) -> str:
         wall = _clock(last["command_wall_s"]) if last else ""
         lines.append(f"| {name} | " + " | ".join(cells) + f" | {wall} |")
         if norm is not None:
-            twin = RANDOM_SAMPLE if norm == "sample" else RANDOM
+            twin = random_twin(label, norm)
             row = " | ".join(cell(paired_gain(label, twin, k), 100.0, "+") for k in ks)
             gains.append(f"| {name} | {row} |")
     draws = f"Seeds (subset draws): {', '.join(map(str, seeds))}; mean (lowest to highest)."
@@ -262,7 +285,9 @@ def parse_args() -> argparse.Namespace:
         choices=METHODS,
         help="methods whose pretraining row is kept: only their linear evaluation runs",
     )
-    parser.add_argument("--baselines", nargs="*", default=list(BASELINES), choices=BASELINES)
+    parser.add_argument(
+        "--baselines", nargs="*", default=list(BASELINES), choices=list(BASELINE_RUNS)
+    )
     parser.add_argument(
         "--labels-per-class",
         type=int,
@@ -307,10 +332,12 @@ def planned_runs(args: argparse.Namespace, storage: Path) -> list[tuple[str, ...
         for method in args.methods:
             label = few_label(f"linear eval: {METHODS[method]} backbone", k, seed)
             init = f"backbone.init_from={storage}/{method}_images"
-            runs.append((label, linear, f"linear_{method}{tag}", init, *few))
+            config = LINEAR_CONFIGS.get(method, linear)
+            runs.append((label, config, f"linear_{method}{tag}", init, *few))
         for key in args.baselines:
             label, name, sets = BASELINE_RUNS[key]
-            runs.append((few_label(label, k, seed), linear, f"{name}{tag}", *sets, *few))
+            config = LINEAR_CONFIGS["mae"] if "vit" in key else linear
+            runs.append((few_label(label, k, seed), config, f"{name}{tag}", *sets, *few))
     return runs
 
 

@@ -200,3 +200,28 @@ def test_the_inductor_compiled_step_trains_like_the_eager_one():
     for key, x in eager.method.state_dict().items():
         y = compiled_state[key]
         assert torch.allclose(x.float(), y.float(), rtol=1e-4, atol=1e-5), key
+
+
+@pytest.mark.parametrize("mode", ["global", "per_parameter"])
+def test_grad_clip_mode_bounds_the_whole_step_or_each_parameters_own(mode):
+    """SGD at lr 1 without momentum moves each parameter by its clipped gradient: with
+    `global` all of them together by at most the clip, with `per_parameter` (DINO's) each
+    one by at most the clip on its own, so together by more."""
+    clip = 1e-3
+    loop = _loop(
+        {
+            "optimizer": {"name": "sgd", "lr": 1.0, "momentum": 0.0},
+            "lr_scheduler": {"name": "none"},
+            "grad_clip": clip,
+            "grad_clip_mode": mode,
+            "backbone": {"name": "mlp", "hidden": [16]},
+        }
+    )
+    before = [p.detach().clone() for p in loop.method.parameters()]
+    next(loop.iterate())
+    moves = [float((p.detach() - b).norm()) for p, b in zip(loop.method.parameters(), before)]
+    total = sum(m * m for m in moves) ** 0.5
+    if mode == "global":
+        assert total == pytest.approx(clip, rel=1e-3)
+    else:
+        assert max(moves) == pytest.approx(clip, rel=1e-3) and total > 1.5 * clip

@@ -207,3 +207,50 @@ def test_mae_trains_in_the_loop_and_a_restored_run_ends_exactly_as_an_uninterrup
     list(second.epochs())
     assert_states_equal(straight.method.state_dict(), second.method.state_dict())
     assert second.state.history[-1]["train_loss"] == history[-1]["train_loss"]
+
+
+DINO_VIT_RUN = {
+    "method": "dino",
+    "epochs": 3,
+    "data": {
+        **IMAGES,
+        "augment": {"preset": "byol", "image": {"local_crops": {"number": 2, "size": 8}}},
+    },
+    "backbone": {**VIT, "drop_path_rate": 0.1},
+    "dino": {"out_dim": 32, "hidden_dim": 16, "bottleneck_dim": 8, "warmup_teacher_temp_steps": 4},
+    "optimizer": {"name": "adamw", "lr": 5e-4, "weight_decay": 0.04, "weight_decay_end": 0.4},
+    "grad_clip": 3.0,
+    "grad_clip_mode": "per_parameter",
+    "eval": {"linear_probe": False},
+}
+
+
+def test_dino_with_a_vit_takes_every_crop_size_and_resumes_exactly(tmp_path):
+    """DINO's ViT recipe: 16-px global and 8-px local crops through one ViT (its positions
+    interpolated to each grid), stochastic depth, per-parameter clipping and the
+    weight-decay schedule; a restored run ends as an uninterrupted one."""
+    straight = _loop(DINO_VIT_RUN)
+    grids = []
+    straight.method.backbone.blocks[0].register_forward_pre_hook(
+        lambda m, i: grids.append(i[0].shape[1])
+    )
+    history = list(straight.epochs())
+    assert {1 + 16, 1 + 4} <= set(grids)  # CLS + 4 x 4 patches, CLS + 2 x 2 patches
+    assert all(h["train_loss"] == h["train_loss"] for h in history)  # finite
+    first = _loop(DINO_VIT_RUN)
+    next(first.epochs())
+    save_state(first.state_dict(), tmp_path)
+    second = _loop(DINO_VIT_RUN)
+    second.load_state_dict(load_state(tmp_path))
+    list(second.epochs())
+    assert_states_equal(straight.method.state_dict(), second.method.state_dict())
+
+
+def test_per_parameter_clipping_scales_each_gradient_by_its_own_norm():
+    """DINO's clip_gradients written out: coefficient clip / (norm + 1e-6) where below 1."""
+    from rayssl.engine.step import clip_each
+
+    big, small = torch.full((4,), 5.0), torch.full((3,), 0.1)  # norms 10 and 0.17
+    clip_each([big, small], 3.0)
+    assert torch.allclose(big, torch.full((4,), 5.0) * 3.0 / (10.0 + 1e-6))
+    assert torch.equal(small, torch.full((3,), 0.1))

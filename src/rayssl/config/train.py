@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import inspect
 import math
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import (
     Field,
@@ -80,6 +80,12 @@ class RunConfig(Strict):
     max_failures: int = Field(0, ge=-1, description="-1: retry forever")
     grad_clip: float | None = Field(
         None, gt=0.0, description="clip the global gradient norm to this; null: no clipping"
+    )
+    grad_clip_mode: Literal["global", "per_parameter"] = Field(
+        "global",
+        description="global: the norm of all gradients together (torch's clip_grad_norm_); "
+        "per_parameter: each parameter's gradient by its own norm (DINO's and iBOT's code, "
+        "clip 3.0)",
     )
     data: DataConfig = DataConfig()
     backbone: NetConfig = NetConfig(name="cnn1d")

@@ -88,12 +88,15 @@ class Step:
         self.method.on_after_backward()
         if self.scaler is not None:
             self.scaler.unscale_(self.optimizer)  # the norm, clipping and the guard see true grads
-        grads = [p.grad for p in self.method.parameters() if p.grad is not None]
+        params = [p for p in self.method.parameters() if p.grad is not None]
+        grads = [p.grad for p in params]
         norm = get_total_norm(grads) if grads else torch.zeros((), device=self.device)
         # fp16: a non-finite gradient is the scaler's overflow, a skipped step, not an error
         self.guard.observe(loss, norm if self.scaler is None else None, step)
-        if self.cfg.grad_clip:  # reuses the norm the guard saw
-            torch.nn.utils.clip_grads_with_norm_(grads, self.cfg.grad_clip, norm)
+        if self.cfg.grad_clip and self.cfg.grad_clip_mode == "per_parameter":
+            clip_each(grads, self.cfg.grad_clip)
+        elif self.cfg.grad_clip:  # reuses the norm the guard saw; takes the parameters
+            torch.nn.utils.clip_grads_with_norm_(params, self.cfg.grad_clip, norm)
         if self.weight_decay is not None:
             self.weight_decay.set(step - 1)
         self._optimizer_step(norm)
@@ -178,3 +181,13 @@ class Step:
 
     def _trainable_parameters(self) -> frozenset[int]:
         return frozenset(id(p) for p in self.method.parameters() if p.requires_grad)
+
+
+def clip_each(grads: list[torch.Tensor], max_norm: float) -> None:
+    """Scale each gradient whose own norm exceeds `max_norm` down to it (DINO's and iBOT's
+    `clip_gradients`: coefficient max_norm / (norm + 1e-6), applied where below 1). torch's
+    clipping takes one norm over all the tensors; this is one per tensor, in two foreach
+    kernels (torch's own clipping uses the same `_foreach_norm`), with no read back."""
+    norms = torch._foreach_norm(grads)
+    coefs = [torch.clamp(max_norm / (n + 1e-6), max=1.0) for n in norms]
+    torch._foreach_mul_(grads, coefs)
