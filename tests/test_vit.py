@@ -148,6 +148,13 @@ def test_mae_and_layer_decay_refuse_what_they_cannot_use_in_one_line():
         build_method(cfg, (3, 16, 16), 4)
     with pytest.raises(ConfigError, match="patch_size 5 does not divide the image size 16"):
         vits.vit((3, 16, 16), patch_size=5)
+    crops = {"preset": "byol", "image": {"local_crops": {"number": 2, "size": 6}}}
+    dino = {"method": "dino", "data": {**IMAGES, "augment": crops}, "backbone": VIT}
+    with pytest.raises(ConfigError, match=r"local_crops.size \(6\) is not a multiple of backbone"):
+        validate_train_config(dino)
+    crops["image"]["local_crops"]["size"] = None
+    with pytest.raises(ConfigError, match="local_crops.size: set it to a multiple of backbone"):
+        validate_train_config(dino)
 
 
 def test_layer_decay_gives_each_block_its_lr_and_exempts_norms_positions_and_cls():

@@ -147,6 +147,7 @@ class RunConfig(Strict):
             )
         self._check_method()
         self._check_local_crops()
+        self._check_patches()
         self._check_monitor()
         if self.builtin_method:
             getattr(self, self.method).check_run(self)
@@ -256,6 +257,30 @@ class RunConfig(Strict):
             "local crops (dino and swav do, and an import-path Method with multi_crop = True): "
             "remove local_crops or set its number to 0"
         )
+
+    def _check_patches(self) -> None:
+        """A ViT cuts every view into whole patches: the views' and local crops' sides must
+        be multiples of backbone.patch_size (the data's own side is checked when built)."""
+        image = self.data.augment.image
+        if self.backbone.name != "vit" or image is None:
+            return
+        patch = self.backbone.kwargs.get("patch_size", 16)
+        local = image.local_crops if image.local_crops and image.local_crops.number else None
+        if local is not None and local.size is None:
+            raise ValueError(
+                "data.augment.image.local_crops.size: set it to a multiple of "
+                f"backbone.patch_size ({patch}); its default, 3/7 of the views' side, need not be"
+            )
+        sides = {"data.augment.image.size": image.size}
+        if local is not None:
+            sides["data.augment.image.local_crops.size"] = local.size
+        for field, side in sides.items():
+            if side is not None and side % patch:
+                near = max(patch, side // patch * patch)
+                raise ValueError(
+                    f"{field} ({side}) is not a multiple of backbone.patch_size ({patch}): a "
+                    f"ViT cuts views into whole patches; use e.g. {near}"
+                )
 
     def updated(self, changes: dict[str, Any]) -> RunConfig:
         """A new config: this one with `changes` (nested, as in YAML) merged in, validated
