@@ -47,7 +47,7 @@ def test_overrides_are_yaml_typed_and_nested(write_config):
         (
             {"method": "beit"},
             "method: 'beit' is neither one of supervised, byol, simclr, lfr, barlow_twins, "
-            "vicreg, moco, dino, swav, simsiam, nnclr, mae nor",
+            "vicreg, moco, dino, swav, simsiam, nnclr, mae, ibot nor",
         ),
     ],
 )
@@ -110,7 +110,7 @@ def test_the_schema_accepts_local_crops_exactly_for_the_classes_that_take_them()
     from rayssl.methods import Method
     from rayssl.methods.registry import BUILTINS
 
-    assert BUILTIN_METHODS == tuple(BUILTINS) and len(BUILTINS) == 12
+    assert BUILTIN_METHODS == tuple(BUILTINS) and len(BUILTINS) == 13
     crops = {"shape": [3, 16, 16], "num_samples": 64, "batch_size": 16}
     image = {"local_crops": {"number": 2, "size": 8}}
     taking = set()
@@ -123,5 +123,5 @@ def test_the_schema_accepts_local_crops_exactly_for_the_classes_that_take_them()
             taking.add(name)
         except ConfigError as exc:
             assert "local_crops" in str(exc)
-    assert taking == {"dino", "swav"}
+    assert taking == {"dino", "swav", "ibot"}
     assert taking == {n for n, b in BUILTINS.items() if getattr(b.cls, "multi_crop", False)}

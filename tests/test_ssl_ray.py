@@ -88,8 +88,30 @@ METHODS = {
         },
         "backbone": {"name": "cnn2d", "width": 4, "depth": 2},
     },
+    "ibot": {
+        "ibot": {"out_dim": 32, "hidden_dim": 16, "bottleneck_dim": 8, "base_momentum": 0.9},
+        "data": {
+            "shape": [3, 16, 16],
+            "num_samples": 128,
+            "batch_size": 32,
+            "augment": {"preset": "byol", "image": {"local_crops": {"number": 2, "size": 8}}},
+        },
+        "backbone": {"name": "vit", "size": "tiny", "patch_size": 4, "depth": 2},
+        "optimizer": {"name": "adamw", "lr": 5e-4, "weight_decay": 0.04},
+    },
     "mae": {
-        "mae": {"decoder_dim": 32, "decoder_depth": 1, "decoder_heads": 2},
+        "ibot": {
+        "ibot": {"out_dim": 32, "hidden_dim": 16, "bottleneck_dim": 8, "base_momentum": 0.9},
+        "data": {
+            "shape": [3, 16, 16],
+            "num_samples": 128,
+            "batch_size": 32,
+            "augment": {"preset": "byol", "image": {"local_crops": {"number": 2, "size": 8}}},
+        },
+        "backbone": {"name": "vit", "size": "tiny", "patch_size": 4, "depth": 2},
+        "optimizer": {"name": "adamw", "lr": 5e-4, "weight_decay": 0.04},
+    },
+    "mae": {"decoder_dim": 32, "decoder_depth": 1, "decoder_heads": 2},
         "data": {
             "shape": [3, 16, 16],
             "num_samples": 128,
@@ -154,6 +176,9 @@ def dumping_train_func(config):
         # a ViT (timm) through the whole Ray path: the masks from each rank's restored
         # generator, the fixed positions, the decoder (tests/test_vit.py unit-tests MAE)
         pytest.param("mae", marks=needs_timm),
+        # iBOT is DINO's multi-crop restart (default above) plus masks from each rank's
+        # restored generator, as MAE's; its one-process resume is exact in test_vit: slow
+        pytest.param("ibot", marks=[needs_timm, pytest.mark.slow]),
     ],
 )
 def test_ranks_agree_and_restart_is_exact(ray_session, write_config, tmp_path, method):

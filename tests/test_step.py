@@ -219,7 +219,8 @@ def test_grad_clip_mode_bounds_the_whole_step_or_each_parameters_own(mode):
     )
     before = [p.detach().clone() for p in loop.method.parameters()]
     next(loop.iterate())
-    moves = [float((p.detach() - b).norm()) for p, b in zip(loop.method.parameters(), before)]
+    after = list(loop.method.parameters())
+    moves = [float((p.detach() - b).norm()) for p, b in zip(after, before, strict=True)]
     total = sum(m * m for m in moves) ** 0.5
     if mode == "global":
         assert total == pytest.approx(clip, rel=1e-3)

@@ -261,3 +261,156 @@ def test_per_parameter_clipping_scales_each_gradient_by_its_own_norm():
     clip_each([big, small], 3.0)
     assert torch.allclose(big, torch.full((4,), 5.0) * 3.0 / (10.0 + 1e-6))
     assert torch.equal(small, torch.full((3,), 0.1))
+
+
+# ----------------------------------------------------------------------------- iBOT
+
+IBOT_SECTION = {"out_dim": 32, "hidden_dim": 16, "bottleneck_dim": 8}
+MULTI_CROP = {"preset": "byol", "image": {"local_crops": {"number": 2, "size": 8}}}
+
+
+def _ibot(**section):
+    cfg = validate_train_config(
+        {
+            "method": "ibot",
+            "data": {**IMAGES, "augment": MULTI_CROP},
+            "backbone": VIT,
+            "ibot": {**IBOT_SECTION, **section},
+        }
+    )
+    return build_method(cfg, (3, 16, 16), 4)
+
+
+def test_ibot_masks_blocks_of_patches_in_the_share_asked_for_reproducibly():
+    from rayssl.methods.ibot import block_masks
+
+    torch.manual_seed(0)
+    masks = block_masks(400, (14, 14), 0.5, (0.1, 0.5), (0.3, 1 / 0.3))
+    shares = masks.float().mean(1)
+    masked = shares > 0
+    assert 0.4 < float(masked.float().mean()) < 0.6  # half the crops
+    assert float(shares.max()) <= 0.5 and float(shares[masked].min()) >= 0.04  # a 4 x 4 block
+    grids = masks.view(400, 14, 14)
+    # blockwise, not scattered: most hidden patches have a hidden neighbour in their row
+    hidden = grids[masked]
+    paired = (hidden[..., 1:] & hidden[..., :-1]).sum() * 2
+    assert float(paired) / float(hidden.sum()) > 0.7
+    torch.manual_seed(0)
+    assert torch.equal(block_masks(400, (14, 14), 0.5, (0.1, 0.5), (0.3, 1 / 0.3)), masks)
+    assert not block_masks(10, (4, 4), 0.0, (0.1, 0.5), (0.3, 3.3)).any()
+
+
+def test_ibot_patch_loss_is_the_cross_entropy_over_each_images_hidden_patches():
+    """Against the definition written out image by image: teacher softmax((t - c) / T_t),
+    student log_softmax(s / T_s), summed over prototypes, averaged over an image's hidden
+    patches (an image with none counts 0), then over images."""
+    from rayssl.methods.ibot import PatchLoss
+
+    g = torch.Generator().manual_seed(0)
+    student, teacher = torch.randn(4, 6, 5, generator=g), torch.randn(4, 6, 5, generator=g)
+    masks = torch.zeros(4, 6, dtype=torch.bool)
+    masks[0, :2], masks[1, 5], masks[3, :] = True, True, True  # image 2 hides nothing
+    loss = PatchLoss(5, student_temp=0.1, center_momentum=0.9)
+    loss.center.copy_(torch.randn(1, 1, 5, generator=g))
+    expected = []
+    for b in range(4):
+        terms = []
+        for n in range(6):
+            if masks[b, n]:
+                p = torch.softmax((teacher[b, n] - loss.center[0, 0]) / 0.07, -1)
+                terms.append(float(-(p * torch.log_softmax(student[b, n] / 0.1, -1)).sum()))
+        expected.append(sum(terms) / len(terms) if terms else 0.0)
+    got = loss(student, teacher, masks, teacher_temp=0.07)
+    assert float(got) == pytest.approx(sum(expected) / 4, rel=1e-5)
+
+
+def _patch_centre_worker(rank, world, rendezvous, teacher, out):
+    from conftest import gloo_group, leave_gloo_group
+
+    from rayssl.methods.ibot import PatchLoss
+
+    gloo_group(rank, world, rendezvous)
+    b = len(teacher) // world
+    loss = PatchLoss(teacher.shape[-1], 0.1, center_momentum=0.9)
+    loss.update_center(teacher[rank * b : (rank + 1) * b])
+    if rank == 0:
+        torch.save(loss.center, out)
+    leave_gloo_group()
+
+
+def test_ibot_patch_centre_moves_towards_the_global_batch_mean_on_two_gloo_processes(tmp_path):
+    import torch.multiprocessing as mp
+
+    from rayssl.methods.ibot import PatchLoss
+
+    teacher = torch.randn(8, 5, 6)
+    teacher[4:] += 3.0  # the ranks' halves differ
+    out = tmp_path / "centre.pt"
+    rendezvous = str(tmp_path / "rendezvous")
+    mp.spawn(_patch_centre_worker, args=(2, rendezvous, teacher, str(out)), nprocs=2, join=True)
+    single = PatchLoss(6, 0.1, center_momentum=0.9)
+    single.update_center(teacher)
+    assert torch.allclose(torch.load(out), single.center, atol=1e-6)
+    assert torch.allclose(single.center[0], 0.1 * teacher.mean((0, 1)).unsqueeze(0), atol=1e-6)
+
+
+def test_ibot_without_masks_or_patch_loss_is_dino_on_the_same_networks():
+    from rayssl.methods.dino import DINO
+
+    torch.manual_seed(0)
+    ibot = _ibot(mask_probability=0.0, patch_weight=0.0)
+    dino = DINO(ibot.backbone, ibot.head, out_dim=32, teacher_temp=0.07, warmup_teacher_temp=0.04)
+    dino.backbone_momentum.load_state_dict(ibot.backbone_momentum.state_dict())
+    dino.head_momentum.load_state_dict(ibot.head_momentum.state_dict())
+    crops = (torch.randn(4, 3, 16, 16), torch.randn(4, 3, 16, 16), torch.randn(4, 3, 8, 8))
+    a = ibot.validation_step((crops, None))["loss"]
+    b = dino.validation_step((crops, None))["loss"]
+    assert torch.allclose(a, b, atol=1e-5)
+    # with the masks and the patch loss on, the student's hidden patches are mask tokens
+    masked = _ibot(mask_probability=1.0)
+    masked.training_step((crops, None))["loss"].backward()
+    assert masked.mask_token.grad.abs().sum() > 0
+
+
+def test_ibot_defaults_are_its_sections_and_it_refuses_a_cnn():
+    from rayssl.methods.ibot import DEFAULTS, IBOT
+
+    direct = IBOT(vits.vit((3, 16, 16), patch_size=4, depth=1))
+    assert direct.criterion.center.shape[1] == DEFAULTS.out_dim == 8192
+    assert direct.teacher_temp == 0.07 and direct.teacher_patch_temp == 0.07
+    assert direct.head.last_layer.parametrizations.weight.original0.requires_grad  # not normed
+    with pytest.raises(ConfigError, match="ibot needs a ViT backbone: set backbone.name: vit"):
+        build_method(
+            validate_train_config(
+                {
+                    "method": "ibot",
+                    "data": {**IMAGES, "augment": MULTI_CROP},
+                    "backbone": {"name": "cnn2d"},
+                }
+            ),
+            (3, 16, 16),
+            4,
+        )
+
+
+IBOT_RUN = {
+    **DINO_VIT_RUN,
+    "method": "ibot",
+    "ibot": {**IBOT_SECTION, "warmup_teacher_temp_steps": 4},
+}
+IBOT_RUN.pop("dino")
+
+
+def test_ibot_trains_in_the_loop_and_a_restored_run_ends_exactly_as_an_uninterrupted_one(tmp_path):
+    straight = _loop(IBOT_RUN)
+    history = list(straight.epochs())
+    assert history[-1]["teacher_patch_temp"] == pytest.approx(0.07)
+    first = _loop(IBOT_RUN)
+    next(first.epochs())
+    save_state(first.state_dict(), tmp_path)
+    torch.manual_seed(7)  # the masks come from the restored per-rank generator
+    second = _loop(IBOT_RUN)
+    second.load_state_dict(load_state(tmp_path))
+    list(second.epochs())
+    assert_states_equal(straight.method.state_dict(), second.method.state_dict())
+    assert second.state.history[-1]["train_loss"] == history[-1]["train_loss"]

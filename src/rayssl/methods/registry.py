@@ -37,6 +37,7 @@ BUILTIN_MODULES = (
     "simsiam",
     "nnclr",
     "mae",
+    "ibot",
 )
 
 BUILTINS: dict[str, Builtin] = {}
