@@ -414,3 +414,24 @@ def test_ibot_trains_in_the_loop_and_a_restored_run_ends_exactly_as_an_uninterru
     list(second.epochs())
     assert_states_equal(straight.method.state_dict(), second.method.state_dict())
     assert second.state.history[-1]["train_loss"] == history[-1]["train_loss"]
+
+
+def test_the_cli_refuses_a_vit_method_on_a_cnn_in_one_line_with_exit_2(write_config, tmp_path):
+    import subprocess
+    import sys
+
+    config = write_config(
+        {"method": "ibot", "data": {**IMAGES, "augment": MULTI_CROP}, "backbone": {"name": "cnn2d"}}
+    )
+    done = subprocess.run(
+        [sys.executable, "-m", "rayssl.cli", "train", str(config)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 2
+    assert done.stderr.strip().splitlines() == [
+        "rayssl: error: ibot needs a ViT backbone: set backbone.name: vit (or a timm ViT), "
+        "not 'cnn2d'"
+    ]
+    assert not (tmp_path / "runs").exists()  # nothing written
