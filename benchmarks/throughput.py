@@ -1,7 +1,7 @@
 """Step time of rayssl's loop against a bare torch loop, side by side in one run.
 
-For each method (supervised, BYOL, SimCLR, LFR with K = 8 heads) on the same data, network and
-global batch, this measures:
+For each method (supervised, BYOL, SimCLR, LFR with K = 8 heads; `--methods mae`: MAE with a
+ViT-tiny on the demo images) on the same data, network and global batch, this measures:
 
   bare      a plain torch loop in this process (1 thread): index a batch, augment, forward the
             method's training step, backward, optimizer and LR-scheduler step, method hook
@@ -58,7 +58,11 @@ CONFIGS = {
     "byol": ROOT / "configs" / "byol_mnist1d.yaml",
     "simclr": ROOT / "configs" / "simclr_mnist1d.yaml",
     "lfr": ROOT / "configs" / "lfr_mnist1d.yaml",
+    # a ViT-tiny on 4-px patches of the 32-px demo images (`rayssl demo-images
+    # data/digits32`; needs timm): MAE's step, the encoder on a quarter of the patches
+    "mae": ROOT / "configs" / "mae_images.yaml",
 }
+DEFAULT_METHODS = ["supervised", "byol", "simclr", "lfr"]  # the CNN rows; mae by name
 LFR_K8 = ["lfr.num_projectors=8", "lfr.num_targets=null"]  # K = 8 heads, all of them trained
 
 
@@ -269,7 +273,7 @@ def summarize(times: list[float], skip: int, global_batch: int) -> dict[str, flo
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--methods", nargs="+", default=list(CONFIGS), choices=list(CONFIGS))
+    parser.add_argument("--methods", nargs="+", default=DEFAULT_METHODS, choices=list(CONFIGS))
     parser.add_argument("--epochs", type=int, default=4, help="epochs per measurement")
     parser.add_argument("--no-startup", action="store_true")
     parser.add_argument("--lfr-steps", type=int, default=20, help="steps per LFR-heads timing")
