@@ -100,17 +100,6 @@ METHODS = {
         "optimizer": {"name": "adamw", "lr": 5e-4, "weight_decay": 0.04},
     },
     "mae": {
-        "ibot": {
-            "ibot": {"out_dim": 32, "hidden_dim": 16, "bottleneck_dim": 8, "base_momentum": 0.9},
-            "data": {
-                "shape": [3, 16, 16],
-                "num_samples": 128,
-                "batch_size": 32,
-                "augment": {"preset": "byol", "image": {"local_crops": {"number": 2, "size": 8}}},
-            },
-            "backbone": {"name": "vit", "size": "tiny", "patch_size": 4, "depth": 2},
-            "optimizer": {"name": "adamw", "lr": 5e-4, "weight_decay": 0.04},
-        },
         "mae": {"decoder_dim": 32, "decoder_depth": 1, "decoder_heads": 2},
         "data": {
             "shape": [3, 16, 16],

@@ -29,6 +29,25 @@ def _mae(**section):
     return build_method(cfg, (3, 16, 16), 4)
 
 
+def _resumes_exactly(run, tmp_path, *, rng_noise: int = 0) -> list[dict]:
+    """An uninterrupted 3-epoch run of `run`, and one saved after epoch 1 and restored into a
+    fresh loop (after drawing `rng_noise` from this process's generator: the masks must
+    come from the restored per-rank one) end with equal weights and losses; returns the
+    uninterrupted run's history."""
+    straight = _loop(run)
+    history = list(straight.epochs())
+    first = _loop(run)
+    next(first.epochs())
+    save_state(first.state_dict(), tmp_path)
+    torch.manual_seed(rng_noise)
+    second = _loop(run)
+    second.load_state_dict(load_state(tmp_path))
+    list(second.epochs())
+    assert_states_equal(straight.method.state_dict(), second.method.state_dict())
+    assert second.state.history[-1]["train_loss"] == history[-1]["train_loss"]
+    return history
+
+
 def test_encode_is_timms_forward_and_drops_or_masks_patch_tokens():
     torch.manual_seed(0)
     model = vits.vit((3, 16, 16), size="tiny", patch_size=4, depth=2).eval()
@@ -201,19 +220,9 @@ MAE_RUN = {
 
 
 def test_mae_trains_in_the_loop_and_a_restored_run_ends_exactly_as_an_uninterrupted_one(tmp_path):
-    straight = _loop(MAE_RUN)
-    history = list(straight.epochs())
+    history = _resumes_exactly(MAE_RUN, tmp_path, rng_noise=123)
     assert history[-1]["train_loss"] < history[0]["train_loss"]
     assert "knn_acc" in history[-1]
-    first = _loop(MAE_RUN)
-    next(first.epochs())
-    save_state(first.state_dict(), tmp_path)
-    torch.manual_seed(123)  # the masks come from the restored per-rank generator
-    second = _loop(MAE_RUN)
-    second.load_state_dict(load_state(tmp_path))
-    list(second.epochs())
-    assert_states_equal(straight.method.state_dict(), second.method.state_dict())
-    assert second.state.history[-1]["train_loss"] == history[-1]["train_loss"]
 
 
 DINO_VIT_RUN = {
@@ -244,13 +253,7 @@ def test_dino_with_a_vit_takes_every_crop_size_and_resumes_exactly(tmp_path):
     history = list(straight.epochs())
     assert {1 + 16, 1 + 4} <= set(grids)  # CLS + 4 x 4 patches, CLS + 2 x 2 patches
     assert all(h["train_loss"] == h["train_loss"] for h in history)  # finite
-    first = _loop(DINO_VIT_RUN)
-    next(first.epochs())
-    save_state(first.state_dict(), tmp_path)
-    second = _loop(DINO_VIT_RUN)
-    second.load_state_dict(load_state(tmp_path))
-    list(second.epochs())
-    assert_states_equal(straight.method.state_dict(), second.method.state_dict())
+    _resumes_exactly(DINO_VIT_RUN, tmp_path)
 
 
 def test_per_parameter_clipping_scales_each_gradient_by_its_own_norm():
@@ -402,18 +405,8 @@ IBOT_RUN.pop("dino")
 
 
 def test_ibot_trains_in_the_loop_and_a_restored_run_ends_exactly_as_an_uninterrupted_one(tmp_path):
-    straight = _loop(IBOT_RUN)
-    history = list(straight.epochs())
+    history = _resumes_exactly(IBOT_RUN, tmp_path, rng_noise=7)
     assert history[-1]["teacher_patch_temp"] == pytest.approx(0.07)
-    first = _loop(IBOT_RUN)
-    next(first.epochs())
-    save_state(first.state_dict(), tmp_path)
-    torch.manual_seed(7)  # the masks come from the restored per-rank generator
-    second = _loop(IBOT_RUN)
-    second.load_state_dict(load_state(tmp_path))
-    list(second.epochs())
-    assert_states_equal(straight.method.state_dict(), second.method.state_dict())
-    assert second.state.history[-1]["train_loss"] == history[-1]["train_loss"]
 
 
 def test_the_cli_refuses_a_vit_method_on_a_cnn_in_one_line_with_exit_2(write_config, tmp_path):
