@@ -88,8 +88,18 @@ METHODS = {
         },
         "backbone": {"name": "cnn2d", "width": 4, "depth": 2},
     },
+    # DINO's settings above plus the masks; one head for the CLS and patch tokens
     "ibot": {
-        "ibot": {"out_dim": 32, "hidden_dim": 16, "bottleneck_dim": 8, "base_momentum": 0.9},
+        "ibot": {
+            "out_dim": 32,
+            "hidden_dim": 16,
+            "bottleneck_dim": 8,
+            "warmup_teacher_temp_steps": 6,
+            "teacher_temp": 0.07,
+            "teacher_patch_temp": 0.07,
+            "base_momentum": 0.9,
+            "mask_probability": 1.0,
+        },
         "data": {
             "shape": [3, 16, 16],
             "num_samples": 128,
@@ -98,6 +108,7 @@ METHODS = {
         },
         "backbone": {"name": "vit", "size": "tiny", "patch_size": 4, "depth": 2},
         "optimizer": {"name": "adamw", "lr": 5e-4, "weight_decay": 0.04},
+        "eval": {"every": 0, "linear_probe": False, "online_linear": True},
     },
     "mae": {
         "mae": {"decoder_dim": 32, "decoder_depth": 1, "decoder_heads": 2},
@@ -140,7 +151,7 @@ def dumping_train_func(config):
 @pytest.mark.parametrize(
     "method",
     [
-        # BYOL's EMA is unit-tested (test_byol); DINO's default run checks the same EMA
+        # BYOL's EMA is unit-tested (test_byol); iBOT's default run checks the same EMA
         # teacher (BYOL's update_momentum) reaching every rank and restarting exactly: slow
         pytest.param("byol", marks=pytest.mark.slow),
         pytest.param("simclr", marks=pytest.mark.slow),
@@ -149,12 +160,15 @@ def dumping_train_func(config):
         # SyncBatchNorm restart exactly in test_user_method's default run: slow here
         pytest.param("barlow_twins", marks=pytest.mark.slow),
         pytest.param("vicreg", marks=pytest.mark.slow),
-        "dino",
+        # iBOT is DINO plus masked patch tokens: its default run below restarts DINO's
+        # multi-crop views, EMA teacher, centre, teacher-temperature warm-up and online
+        # probe exactly (on a ViT; DINO's class is iBOT's base): slow here
+        pytest.param("dino", marks=pytest.mark.slow),
         # MoCo v3 is BYOL's two networks with a contrastive loss (checked on gloo in
-        # test_losses); DINO's default run restarts the same EMA teacher exactly
+        # test_losses); iBOT's default run restarts the same EMA teacher exactly
         pytest.param("moco", marks=pytest.mark.slow),
         # SwAV's loss is checked on a gloo group in test_losses, its multi-crop views are
-        # DINO's (whose default run restarts them exactly): slow here
+        # DINO's and iBOT's (whose default run restarts them exactly): slow here
         pytest.param("swav", marks=pytest.mark.slow),
         # SimSiam has no state beyond its weights and optimizer; its loss and fixed
         # predictor lr are checked in one process (test_simsiam): slow here
@@ -162,12 +176,12 @@ def dumping_train_func(config):
         # NNCLR's support set is an EmbeddingQueue as SwAV's queue, whose restart is above;
         # its loss is checked on a gloo group in test_losses: slow here
         pytest.param("nnclr", marks=pytest.mark.slow),
-        # a ViT (timm) through the whole Ray path: the masks from each rank's restored
-        # generator, the fixed positions, the decoder (tests/test_vit.py unit-tests MAE)
-        pytest.param("mae", marks=needs_timm),
-        # iBOT is DINO's multi-crop restart (default above) plus masks from each rank's
-        # restored generator, as MAE's; its one-process resume is exact in test_vit: slow
-        pytest.param("ibot", marks=[needs_timm, pytest.mark.slow]),
+        # MAE's masks come from each rank's restored generator, as iBOT's (default run
+        # below); its one-process resume is exact in test_vit: slow here
+        pytest.param("mae", marks=[needs_timm, pytest.mark.slow]),
+        # a ViT (timm) through the whole Ray path: DINO's machinery (above) plus masks
+        # from each rank's restored generator and the patch centre over both ranks
+        pytest.param("ibot", marks=needs_timm),
     ],
 )
 def test_ranks_agree_and_restart_is_exact(ray_session, write_config, tmp_path, method):
@@ -211,7 +225,7 @@ def test_ranks_agree_and_restart_is_exact(ray_session, write_config, tmp_path, m
         assert a["optimizer"]["state"] and all(
             "momentum_buffer" in v for v in a["optimizer"]["state"].values()
         )
-    if method == "dino":  # the online probe's head and optimizer resumed with the rest
+    if method in ("dino", "ibot"):  # the online probe's head and optimizer resumed too
         assert_states_equal(a["online_probe"], b["online_probe"])
         assert [h["online_linear_acc"] for h in retried["history"]] == [
             h["online_linear_acc"] for h in straight["history"]
@@ -225,8 +239,11 @@ def test_ranks_agree_and_restart_is_exact(ray_session, write_config, tmp_path, m
     history = retried["history"]
     assert curves["train_loss"] == [(h["epoch"], pytest.approx(h["train_loss"])) for h in history]
     assert [step for step, _ in curves["lr"]] == [1, 2, 3]
-    if method == "dino":  # the teacher temperature warms up over global steps, then holds
+    if method in ("dino", "ibot"):  # the teacher temperature warms up over steps, then holds
         temps = [v for _, v in curves["teacher_temp"]]
+        assert temps[0] < temps[1] == temps[2] == pytest.approx(0.07)
+    if method == "ibot":  # the patch tokens' too
+        temps = [v for _, v in curves["teacher_patch_temp"]]
         assert temps[0] < temps[1] == temps[2] == pytest.approx(0.07)
     if method in ("byol", "moco"):  # the momentum rises on its cosine towards 1
         momentum = [v for _, v in curves["momentum"]]
