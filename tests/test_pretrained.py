@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 from click.testing import CliRunner
+from conftest import timm_or_skip
 
 from rayssl.cli import main
 from rayssl.cluster import fit
@@ -369,3 +370,85 @@ def load_train_config_from(path):
     from rayssl.config import load_train_config
 
     return load_train_config(path)
+
+
+def _onnx_case(tmp: Path, backbone: dict, normalize) -> tuple[Path, torch.nn.Module]:
+    """A supervised checkpoint folder of `backbone` with random weights and `normalize` as
+    its input record; returns the folder and the backbone (eval mode)."""
+    cfg = validate_train_config({"data": IMAGES, "backbone": backbone})
+    torch.manual_seed(2)
+    method = build_method(cfg, (3, 16, 16), 10)
+    with torch.no_grad():  # BatchNorm statistics that are not the identity
+        for name, buffer in method.backbone.named_buffers():
+            if name.endswith("running_var"):
+                buffer.uniform_(0.5, 2.0)
+            elif name.endswith("running_mean"):
+                buffer.normal_()
+    state = {
+        "config": cfg.model_dump(mode="json"),
+        "model": method.state_dict(),
+        "loop": {"epoch": 1},
+        "method_extra": method.extra_state(),
+        "input": {"shape": [3, 16, 16], "normalize": normalize},
+    }
+    folder = tmp / backbone["name"]
+    save_state(state, folder)
+    return folder, method.backbone.eval()
+
+
+ONNX_CASES = {
+    "cnn2d": (BACKBONE, {"mean": [0.2, 0.4, 0.6], "std": [0.5, 0.25, 0.125]}),
+    "resnet18": ({"name": "resnet18", "width": 8}, "sample"),
+    "vit": ({"name": "vit", "size": "tiny", "patch_size": 4, "depth": 2}, None),
+}
+
+
+@pytest.mark.parametrize("case", list(ONNX_CASES))
+def test_an_onnx_export_runs_in_onnxruntime_with_any_batch_and_the_runs_normalisation(
+    tmp_path, case
+):
+    """`rayssl export --format onnx`: images in [0, 1] in, features out, within 1e-4 of the
+    torch backbone fed the same images normalised by hand as the record says; a batch size
+    other than the one traced; the export record in the model's metadata."""
+    ort = pytest.importorskip("onnxruntime")
+    onnx = pytest.importorskip("onnx")
+    backbone, normalize = ONNX_CASES[case]
+    if case == "vit":
+        timm_or_skip()
+    folder, trained = _onnx_case(tmp_path, backbone, normalize)
+    out = tmp_path / "backbone.onnx"
+    result = CliRunner().invoke(
+        main, ["export", str(folder), "--out", str(out), "--format", "onnx"]
+    )
+    assert result.exit_code == 0, result.output
+    x = torch.rand(5, 3, 16, 16, generator=torch.Generator().manual_seed(0))
+    if normalize == "sample":
+        inputs = (x - x.mean((2, 3), keepdim=True)) / (
+            x.var((2, 3), unbiased=False, keepdim=True) + 1e-5
+        ).sqrt()
+    elif normalize:
+        mean, std = (torch.tensor(normalize[k]).view(1, 3, 1, 1) for k in ("mean", "std"))
+        inputs = (x - mean) / std
+    else:
+        inputs = x
+    with torch.no_grad():
+        expected = trained(inputs).flatten(1).numpy()
+    session = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
+    (features,) = session.run(None, {"images": x.numpy()})
+    assert features.shape == expected.shape
+    assert abs(features - expected).max() < 1e-4
+    props = {p.key: p.value for p in onnx.load(str(out)).metadata_props}
+    record = json.loads(props["rayssl"])
+    assert record["input_shape"] == [3, 16, 16] and record["backbone"]["name"] == case
+    assert record["normalize"] == normalize
+
+
+def test_an_onnx_export_of_a_backbone_named_by_import_path_needs_trust(tmp_path):
+    pytest.importorskip("onnxscript")
+    folder, _ = _onnx_case(tmp_path, {"name": "rayssl.nets:cnn2d", "width": 4, "depth": 2}, None)
+    out = tmp_path / "backbone.onnx"
+    result = CliRunner().invoke(
+        main, ["export", str(folder), "--out", str(out), "--format", "onnx"]
+    )
+    assert result.exit_code == 2 and "--trust-import-paths" in result.output
+    assert not out.exists()

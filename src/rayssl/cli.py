@@ -3,7 +3,7 @@
 rayssl train CONFIG.yaml [--set key=value ...] [--resume]   a run (cluster.fit)
 rayssl tune SEARCH.yaml [--set ...] [--resume]              a Ray Tune search (tune.run_search)
 rayssl eval RUN_DIR                                         kNN / linear probe of a run
-rayssl export RUN_DIR --out FILE [--format torchscript]     its backbone, for elsewhere
+rayssl export RUN_DIR --out FILE [--format torchscript|onnx]  its backbone, for elsewhere
 rayssl runs [STORAGE_PATH] [--json]                         the table of runs
 rayssl plot RUN_DIR [RUN_DIR ...] --out curves.png          learning curves
 rayssl plot RUN_DIR --embeddings                            a 2-D map of its features
@@ -194,10 +194,11 @@ def embed_command(source: str, data: str, out: str, **options) -> None:
 @click.option(
     "--format",
     "fmt",
-    type=click.Choice(["state_dict", "torchscript"]),
+    type=click.Choice(["state_dict", "torchscript", "onnx"]),
     default="state_dict",
     show_default=True,
-    help="A state_dict with what rebuilds the network, or a traced TorchScript module.",
+    help="A state_dict with what rebuilds the network, a traced TorchScript module, or an "
+    "ONNX model (images in [0, 1] in, features out, normalisation inside, any batch size).",
 )
 @click.option("--trust-import-paths", is_flag=True, help=TRUST_HELP)
 def export_command(path: str, out: str, fmt: str, trust_import_paths: bool) -> None:

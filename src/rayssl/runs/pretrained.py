@@ -274,9 +274,10 @@ def export(
     path: str, out: str, fmt: str = "state_dict", trust_import_paths: bool = False
 ) -> Pretrained:
     """Write the backbone of run / checkpoint `path` to `out` (a local path or a URI): a
-    `state_dict` export (see the module docstring), or TorchScript (`torch.jit.trace` on the
-    input shape, with the same metadata in the archive's extra files; a backbone named by
-    import path is rebuilt for tracing only with `trust_import_paths`). Written locally,
+    `state_dict` export (see the module docstring), TorchScript (`torch.jit.trace` on the
+    input shape, with the same metadata in the archive's extra files) or ONNX (the
+    normalisation inside, a dynamic batch: `runs/deploy.py`); a backbone named by import
+    path is rebuilt for tracing or ONNX only with `trust_import_paths`. Written locally,
     then moved into place: a failed export leaves no partial file at `out`."""
     import json
     import tempfile
@@ -293,6 +294,10 @@ def export(
         local = Path(tmp) / "backbone.pt"
         if fmt == "state_dict":
             torch.save({**record, "state_dict": pretrained.state}, local)
+        elif fmt == "onnx":
+            from rayssl.runs.deploy import write_onnx
+
+            write_onnx(rebuild(pretrained, path, trust_import_paths), record, local, path)
         else:
             traced = _trace(pretrained, path, trust_import_paths)
             weights = io.BytesIO()
