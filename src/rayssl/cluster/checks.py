@@ -5,6 +5,7 @@ traceback."""
 
 from __future__ import annotations
 
+import importlib.util
 from typing import Any
 
 import torch
@@ -33,7 +34,7 @@ def preflight(
         cfg = adopt_normalization(cfg, splits.pretrained.normalize)
     input_normalizer(cfg.data, splits)  # its channel count is checked against the data
     _check_data_fits_run(cfg, splits)
-    if cfg.tracking is not None:
+    if cfg.tracking is not None and cfg.tracking.mlflow_uri:
         try:
             import mlflow  # noqa: F401
         except ImportError:
@@ -41,6 +42,12 @@ def preflight(
                 "tracking.mlflow_uri needs MLflow, an optional extra: pip install -e "
                 "'.[mlflow]' (or pip install mlflow), or remove tracking"
             ) from None
+    if cfg.tracking is not None and cfg.tracking.wandb is not None:
+        if importlib.util.find_spec("wandb") is None:
+            raise ConfigError(
+                "tracking.wandb needs Weights & Biases, an optional extra: pip install -e "
+                "'.[wandb]' (or pip install wandb), or remove tracking.wandb"
+            )
     return cfg, splits, _two_samples_through_the_method(cfg, splits)
 
 

@@ -118,6 +118,7 @@ def _fit(cfg, resume, train_fn, crash_after_epoch, marks, dashboard, claim) -> d
         initial_is_resume=ready.initial is not None,
         skip_checkpoint=ready.skip,
         mlflow=(cfg.tracking.mlflow_uri, mlflow_run.run_id) if mlflow_run else None,
+        wandb=cfg.tracking.wandb.model_dump() if cfg.tracking and cfg.tracking.wandb else None,
         # a checkpoint mid-epoch on a preemption notice (not under Tune: its trials'
         # reports are epochs, and ASHA and PBT act on each)
         preemption_checkpoints=True,

@@ -22,6 +22,7 @@ class WorkerArgs:
     initial_is_resume: bool = False  # ... and it is this run's own (else PBT's donor)
     skip_checkpoint: str | None = None  # Ray's newest, damaged: start from initial instead
     mlflow: tuple[str, str] | None = None  # (tracking URI, MLflow run id): rank 0 logs
+    wandb: dict[str, Any] | None = None  # tracking.wandb of a `rayssl train` run: rank 0 logs
     preemption_checkpoints: bool = False  # a checkpoint mid-epoch on a preemption notice
     crash_after_epoch: int | None = None  # fault injection for tests (faults.py)
     crash_marker: str = ""

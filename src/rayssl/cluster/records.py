@@ -50,7 +50,7 @@ def open_mlflow(cfg: TrainConfig, run: str):
     server that does not answer (http, https, databricks) is one warning line and the run
     trains without MLflow; a local store that cannot be opened (sqlite, a folder) is the
     config's mistake: one line, exit 2."""
-    if cfg.tracking is None:
+    if cfg.tracking is None or not cfg.tracking.mlflow_uri:
         return None
     from rayssl.runs.tracking import MLflowRun
 

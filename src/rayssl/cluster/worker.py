@@ -86,16 +86,17 @@ def build_worker_loop(args: WorkerArgs, sink: RayTrainSink | None = None) -> tup
 class RayTrainSink(CheckpointSink):
     """Reports to Ray Train: every rank reports, rank 0 attaches the checkpoint (in local
     mode rayssl writes the checkpoint itself, Ray's local mode would keep it in memory).
-    After each epoch, rank 0 also prints the progress line and logs TensorBoard / MLflow."""
+    After each epoch, rank 0 also prints the progress line and logs TensorBoard, MLflow and
+    Weights & Biases."""
 
     def __init__(self, args: WorkerArgs):
         self.args = args
-        self.curves = self.mlflow_run = None
+        self.curves = self.mlflow_run = self.wandb_run = None
         self.started = time.perf_counter()
         self.first_epoch = 0
 
     def start(self, loop: Loop) -> None:
-        """Rank 0's TensorBoard and MLflow, caught up with the restored history."""
+        """Rank 0's TensorBoard, MLflow and W&B runs, caught up with the restored history."""
         self.started, self.first_epoch = time.perf_counter(), loop.state.epoch
         if loop.rank != 0 or not self.args.run_dir:
             return
@@ -105,10 +106,17 @@ class RayTrainSink(CheckpointSink):
         if self.args.mlflow:
             self.mlflow_run = MLflowRun(*self.args.mlflow)
             self.mlflow_run.sync(loop.state.history)  # epochs an earlier attempt did not log
+        if self.args.wandb:
+            from rayssl.runs.tracking import WandbRun
+
+            history = loop.state.history
+            self.wandb_run = WandbRun(self.args.wandb, self.args.run_dir, self.args.config, history)
 
     def finish(self, loop: Loop) -> None:
         if self.curves is not None:
             self.curves.close()
+        if self.wandb_run is not None:
+            self.wandb_run.finish()
 
     def preempted(self, loop: Loop) -> bool:
         import ray.train
@@ -143,4 +151,6 @@ class RayTrainSink(CheckpointSink):
             self.curves.log(metrics)
         if self.mlflow_run is not None:
             self.mlflow_run.sync(loop.state.history)
+        if self.wandb_run is not None:
+            self.wandb_run.sync(loop.state.history)
         after_epoch_hook(self.args, loop.state.epoch, loop.rank)  # TEST HOOK: no-op unless asked

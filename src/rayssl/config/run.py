@@ -118,21 +118,53 @@ class EvalConfig(Strict):
     online_linear_lr: float = Field(1e-3, gt=0.0, description="its AdamW learning rate")
 
 
-class TrackingConfig(Strict):
-    """MLflow, optional (`pip install -e '.[mlflow]'`): one MLflow run per rayssl run."""
+class WandbConfig(Strict):
+    """Weights & Biases, through Ray's own integration (`pip install 'rayssl[wandb]'`): one
+    W&B run per rayssl run, logged by rank 0, and one per Tune trial."""
 
-    mlflow_uri: str = Field(
-        description="tracking URI: sqlite:///mlflow.db, http://host:5000; a relative file "
-        "or sqlite path is relative to the directory the command runs in"
+    project: str = Field(min_length=1, description="the W&B project")
+    group: str | None = Field(None, description="the W&B group; null: none (a search: its name)")
+    mode: Literal["online", "offline"] = Field(
+        "online", description="offline: files only, for `wandb sync` later (no account needed)"
     )
-    experiment: str = Field("rayssl", min_length=1)
+    dir: str | None = Field(
+        None,
+        description="where W&B writes its files; null: the run folder (a local "
+        "storage_path), else W&B's default; a relative path is relative to the directory "
+        "the command runs in",
+    )
+
+    @field_validator("dir")
+    @classmethod
+    def _absolute_dir(cls, path: str | None) -> str | None:
+        # Ray Train workers run in a working directory of their own
+        return None if path is None else str(Path(path).expanduser().resolve())
+
+
+class TrackingConfig(Strict):
+    """Experiment trackers, each optional: MLflow (`pip install 'rayssl[mlflow]'`: one MLflow
+    run per rayssl run) and Weights & Biases (`wandb:`)."""
+
+    mlflow_uri: str | None = Field(
+        None,
+        description="MLflow tracking URI: sqlite:///mlflow.db, http://host:5000; a relative "
+        "file or sqlite path is relative to the directory the command runs in",
+    )
+    experiment: str = Field("rayssl", min_length=1, description="the MLflow experiment")
+    wandb: WandbConfig | None = None
 
     @field_validator("mlflow_uri")
     @classmethod
-    def _absolute(cls, uri: str) -> str:
+    def _absolute(cls, uri: str | None) -> str | None:
         # Ray Train workers run in a working directory of their own: a relative store
         # would open a fresh, empty one there. Resolved where the config is read.
-        return absolute_tracking_uri(uri)
+        return None if uri is None else absolute_tracking_uri(uri)
+
+    @model_validator(mode="after")
+    def _some_tracker(self) -> TrackingConfig:
+        if self.mlflow_uri is None and self.wandb is None:
+            raise ValueError("tracking names no tracker: set mlflow_uri or wandb (or remove it)")
+        return self
 
 
 SECRET_QUERY_KEYS = ("token", "password", "passwd", "secret", "key", "sig", "signature")

@@ -307,7 +307,7 @@ class RunConfig(Strict):
         MLflow params, the workers' copy): credentials in the tracking URI redacted. The
         driver keeps the real URI and hands it to rank 0 on its own (WorkerArgs.mlflow)."""
         data = self.model_dump(mode="json")
-        if data.get("tracking"):
+        if data.get("tracking") and data["tracking"].get("mlflow_uri"):
             data["tracking"]["mlflow_uri"] = redact_uri(data["tracking"]["mlflow_uri"])
         return data
 

@@ -205,3 +205,98 @@ def flatten(config: dict, prefix: str = "") -> dict[str, object]:
         else:
             flat[name] = value
     return flat
+
+
+# ============================================================================ Weights & Biases
+
+
+def wandb_id(run_dir: str) -> str:
+    """The W&B run id of a rayssl run: its folder's name (letters, digits, - and _ only), so
+    every attempt of the run (restart, resume) continues the same W&B run."""
+    name = run_dir.rstrip("/").rsplit("/", 1)[-1]
+    return "".join(c if c.isalnum() or c in "-_" else "-" for c in name)
+
+
+class WandbRun:
+    """One W&B run per rayssl run, opened on rank 0 through Ray's `setup_wandb` (Ray's own
+    integration; marked alpha in Ray 2.60, so it is called in one place, here, and any error
+    it raises only warns). Its id is the run folder's name with `resume="allow"`: a restart
+    or `--resume` continues the same W&B run. The config is the run's (credentials
+    redacted); each epoch's numbers are logged at step = epoch. W&B refuses a step below its
+    last, so an attempt first logs the restored epochs W&B lacks and never one twice."""
+
+    def __init__(self, settings: dict, run_dir: str, config: dict, history: list[dict]):
+        self.run = None
+        self.warned = False
+        directory = settings.get("dir") or (None if "://" in run_dir else run_dir)
+        mode = settings.get("mode", "online")
+        try:
+            from ray.air.integrations.wandb import setup_wandb
+
+            run_id = wandb_id(run_dir)
+            with _wandb_mode(mode):  # Ray asks for an API key unless WANDB_MODE says offline
+                self.run = setup_wandb(
+                    config=config,
+                    project=settings["project"],
+                    group=settings.get("group"),
+                    mode=mode,
+                    dir=directory,
+                    id=run_id,
+                    name=run_id,
+                    resume="allow",
+                    reinit="finish_previous",
+                )
+            self.next_step = int(getattr(self.run, "starting_step", 0) or 0)
+        except Exception as exc:  # wandb, Ray or the network: tracking never stops training
+            self._warn(exc)
+        self.sync(history)
+
+    def sync(self, history: list[dict]) -> None:
+        """Log every epoch of `history` at or after W&B's next step."""
+        if self.run is None:
+            return
+        try:
+            for metrics in history:
+                step = int(metrics["epoch"])
+                if step < self.next_step:
+                    continue
+                numbers = {k: v for k, v in metrics.items() if k not in SKIPPED}
+                self.run.log({**numbers, "epoch": step}, step=step)
+                self.next_step = step + 1
+        except Exception as exc:
+            self._warn(exc)
+
+    def finish(self) -> None:
+        if self.run is not None:
+            try:
+                self.run.finish()
+            except Exception as exc:
+                self._warn(exc)
+
+    def _warn(self, exc: BaseException) -> None:
+        if not self.warned:
+            self.warned = True
+            print(
+                f"rayssl: warning: Weights & Biases cannot log ({first_line(exc)}); "
+                "training goes on without it",
+                flush=True,
+            )
+
+
+class _wandb_mode:
+    """WANDB_MODE set to "offline" while Ray's `setup_wandb` runs (its API-key check reads
+    the variable, not the `mode` argument), then put back; nothing for "online"."""
+
+    def __init__(self, mode: str):
+        self.mode, self.before = mode, os.environ.get("WANDB_MODE")
+
+    def __enter__(self):
+        if self.mode == "offline":
+            os.environ["WANDB_MODE"] = "offline"
+
+    def __exit__(self, *exc):
+        if self.mode == "offline":
+            if self.before is None:
+                os.environ.pop("WANDB_MODE", None)
+            else:
+                os.environ["WANDB_MODE"] = self.before

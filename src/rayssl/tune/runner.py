@@ -131,7 +131,7 @@ def _tuner(search: SearchConfig, cfg, trainable, param_space, concurrent, name, 
             checkpoint_config=ray_tune.CheckpointConfig(
                 num_to_keep=4 if search.scheduler.name == "pbt" else 2
             ),
-            callbacks=_mlflow_callbacks(cfg),
+            callbacks=[*_mlflow_callbacks(cfg), *_wandb_callbacks(cfg, name, storage.uri)],
         ),
     )
 
@@ -153,7 +153,7 @@ def _trial_base(base: dict, cfg) -> dict:
 def _mlflow_callbacks(cfg) -> list:
     """`tracking` in the base config: one MLflow run per trial, through Ray's own MLflow
     callback (params: the trial's sampled values; metrics: every report)."""
-    if cfg.tracking is None:
+    if cfg.tracking is None or not cfg.tracking.mlflow_uri:
         return []
     from ray.air.integrations.mlflow import MLflowLoggerCallback
 
@@ -175,6 +175,40 @@ def _mlflow_callbacks(cfg) -> list:
             save_artifact=False,
         )
     ]
+
+
+def _wandb_callbacks(cfg, search_name: str, storage_uri: str) -> list:
+    """`tracking.wandb` in the base config: one W&B run per trial, through Ray's own W&B
+    callback (its id the trial's; its group the config's, else the search's name; its config
+    the trial's sampled values; every report's metrics). W&B writes its files into the
+    search's folder where that is local, unless `tracking.wandb.dir` says otherwise."""
+    if cfg.tracking is None or cfg.tracking.wandb is None:
+        return []
+    from pathlib import Path
+
+    from ray.air.integrations.wandb import WandbLoggerCallback
+
+    class SampledConfig(WandbLoggerCallback):
+        """The trial's config without rayssl's plumbing (keys starting with "_": the base
+        config, an object-store reference to the data)."""
+
+        def log_trial_start(self, trial):
+            hidden = {k: trial.config.pop(k) for k in list(trial.config) if k.startswith("_")}
+            try:
+                super().log_trial_start(trial)
+            finally:
+                trial.config.update(hidden)
+
+    w = cfg.tracking.wandb
+    if w.mode == "offline":  # Ray's callback asks for an API key unless WANDB_MODE says so
+        os.environ.setdefault("WANDB_MODE", "offline")
+    local = "://" not in storage_uri
+    folder = Path(storage_uri).resolve() / search_name if local else None
+    if folder is not None:
+        folder.mkdir(parents=True, exist_ok=True)
+    directory = w.dir or (str(folder) if folder else None)
+    group = w.group or search_name
+    return [SampledConfig(project=w.project, group=group, mode=w.mode, dir=directory)]
 
 
 def _concurrency_that_fits(search: SearchConfig) -> int:
