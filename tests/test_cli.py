@@ -445,27 +445,17 @@ def test_methods_lists_every_builtin_with_its_class():
         assert line[-1] == f"[{cls.__module__}.{cls.__name__}]"
 
 
-def test_demo_images_shows_a_progress_bar_on_a_terminal_and_none_in_a_log(tmp_path):
-    """Rendering the demo set shows a bar when stderr is a terminal (a pseudo-terminal
-    here) and writes only its final line when the output goes to a log (CI, a job)."""
+def _on_a_terminal(command: list[str]) -> tuple[int, bytes]:
+    """Run `command` with stdout and stderr on a pseudo-terminal; its exit code and all it
+    wrote there."""
     import os
     import subprocess
-    import sys
-
-    command = [sys.executable, "-m", "rayssl.cli", "demo-images"]
-    args = ["--train", "40", "--test", "10"]
-    logged = subprocess.run(
-        [*command, str(tmp_path / "log"), *args], capture_output=True, text=True
-    )
-    assert logged.returncode == 0, logged.stderr
-    assert "rendering" not in logged.stdout + logged.stderr
-    assert logged.stdout.startswith("rayssl: wrote 40 training images")
     import threading
 
     main_fd, terminal = os.openpty()
     chunks: list[bytes] = []
 
-    def drain() -> None:  # read while it renders: a full terminal buffer would block it
+    def drain() -> None:  # read while it runs: a full terminal buffer would block it
         while True:
             try:
                 chunk = os.read(main_fd, 65536)
@@ -477,12 +467,46 @@ def test_demo_images_shows_a_progress_bar_on_a_terminal_and_none_in_a_log(tmp_pa
 
     reader = threading.Thread(target=drain, daemon=True)
     reader.start()
-    shown = subprocess.run(
-        [*command, str(tmp_path / "tty"), *args], stderr=terminal, stdout=terminal
-    )
+    done = subprocess.run(command, stderr=terminal, stdout=terminal)
     os.close(terminal)
     reader.join(timeout=30)
     os.close(main_fd)
-    seen = b"".join(chunks)
-    assert shown.returncode == 0
+    return done.returncode, b"".join(chunks)
+
+
+def test_demo_images_shows_a_progress_bar_on_a_terminal_and_none_in_a_log(tmp_path):
+    """Rendering the demo set shows a bar when stderr is a terminal (a pseudo-terminal
+    here) and writes only its final line when the output goes to a log (CI, a job)."""
+    import subprocess
+    import sys
+
+    command = [sys.executable, "-m", "rayssl.cli", "demo-images"]
+    args = ["--train", "40", "--test", "10"]
+    logged = subprocess.run(
+        [*command, str(tmp_path / "log"), *args], capture_output=True, text=True
+    )
+    assert logged.returncode == 0, logged.stderr
+    assert "rendering" not in logged.stdout + logged.stderr
+    assert logged.stdout.startswith("rayssl: wrote 40 training images")
+    code, seen = _on_a_terminal([*command, str(tmp_path / "tty"), *args])
+    assert code == 0
     assert b"rendering" in seen and b"100%" in seen, seen[-300:]
+
+
+def test_eval_shows_its_embedding_progress_on_a_terminal_and_none_in_a_log(write_config):
+    """`rayssl eval` embeds the fit and scored splits with a bar each on a terminal, and
+    prints only its result line into a log."""
+    import subprocess
+    import sys
+
+    config = write_config({"num_workers": 0, "epochs": 1, "method": "simclr"})
+    assert CliRunner().invoke(main, ["train", str(config)]).exit_code == 0
+    (run,) = (config.parent / "runs").iterdir()
+    command = [sys.executable, "-m", "rayssl.cli", "eval", str(run)]
+    logged = subprocess.run(command, capture_output=True, text=True)
+    assert logged.returncode == 0, logged.stderr
+    assert "embedding" not in logged.stdout + logged.stderr
+    code, seen = _on_a_terminal(command)
+    assert code == 0
+    assert b"embedding the fit split" in seen and b"embedding the scored split" in seen
+    assert b"knn_acc" in seen

@@ -329,13 +329,14 @@ def demo_images(
     of a random hue on a dark flat background, sizes and places in a narrow band."""
     from pathlib import Path
 
+    from rayssl import progress
     from rayssl.data.demo import write_digit_images
 
     if Path(out).exists() and any(Path(out).iterdir()):
         _fail(f"'{out}' exists and is not empty; give a new folder", EXIT_BAD_INPUT)
     started = time.time()
     # a bar on a terminal; in a log (CI, a job's output) nothing until the final line
-    shown = sys.stderr.isatty()
+    shown = progress.shown()
     quiet = contextlib.nullcontext()
     total = n_train + n_test
     with (

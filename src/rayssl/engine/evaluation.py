@@ -142,16 +142,22 @@ class Evaluation:
 @torch.no_grad()
 def probe_splits(
     inputs: Inputs, cfg: TrainConfig, splits: Splits, device, rank: int, world_size: int,
-    knn_k: int | None = None,
+    knn_k: int | None = None, progress=None,
 ) -> dict[str, float]:  # fmt: skip
     """The probes of `inputs`' frozen features: this rank embeds its share of the fit and
     scored splits (`Splits.probe_sets`), then kNN and the linear probe run across the ranks.
-    A run's evaluation and `rayssl eval` (in-process or on workers) both come here."""
+    A run's evaluation and `rayssl eval` (in-process or on workers) both come here.
+    `progress(batches, label)`: wraps each split's batches (`rayssl eval`'s bar)."""
     sets = splits.probe_sets(cfg.seed, cfg.eval.probe_train_limit)
     sample = torch.zeros(1, *splits.sample_shape, device=device)  # an empty share's width
+    show = progress or (lambda batches, label: batches)
     fit, scored = (
-        features_of(inputs.frozen_embed, eval_batches(split, cfg, device, rank, world_size), sample)
-        for split in sets
+        features_of(
+            inputs.frozen_embed,
+            show(eval_batches(split, cfg, device, rank, world_size), f"embedding {name}"),
+            sample,
+        )
+        for split, name in zip(sets, ("the fit split", "the scored split"), strict=True)
     )
     return probe_features(
         *fit,

@@ -61,20 +61,25 @@ def evaluate_checkpoint(
             from rayssl.cluster.start import init_ray
 
             init_ray(None)
-        return probe_checkpoint(job, torch.device("cpu"), 0, 1)
+        from rayssl.progress import bar
+
+        return probe_checkpoint(job, torch.device("cpu"), 0, 1, progress=bar)
     return _on_workers(job, workers, use_gpu)
 
 
-def probe_checkpoint(job: dict, device: torch.device, rank: int, world: int) -> dict[str, float]:
+def probe_checkpoint(
+    job: dict, device: torch.device, rank: int, world: int, progress=None
+) -> dict[str, float]:
     """The probes of `job`'s checkpoint on this rank's share of its splits (every rank of
-    `world` calls it; the probes reduce across them)."""
+    `world` calls it; the probes reduce across them). `progress`: see `probe_splits`."""
     from rayssl.config import validate_train_config
     from rayssl.engine.evaluation import probe_splits
     from rayssl.engine.inputs import Inputs
 
     cfg, splits = validate_train_config(job["config"]), job["splits"]
     method = trained_method(cfg, splits, job["state"]).to(device)
-    return probe_splits(Inputs(method, cfg, splits), cfg, splits, device, rank, world, job["knn_k"])
+    inputs = Inputs(method, cfg, splits)
+    return probe_splits(inputs, cfg, splits, device, rank, world, job["knn_k"], progress)
 
 
 def _probe_worker(config: dict) -> None:

@@ -1,0 +1,29 @@
+"""Progress of long work that is not training (rendering the demo set, embedding splits for
+`rayssl eval`): a bar on a terminal, nothing in a log (CI, a job's output), where only the
+command's final line belongs. click draws the bar; this only decides whether to."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Iterable, Iterator
+from typing import TypeVar
+
+import click
+
+T = TypeVar("T")
+
+
+def shown() -> bool:
+    """Whether stderr is a terminal (a bar there), not a file or pipe."""
+    return sys.stderr.isatty()
+
+
+def bar(items: Iterable[T], label: str, length: int | None = None) -> Iterator[T]:
+    """`items`, with a bar labelled `label` on a terminal; unchanged otherwise."""
+    if not shown():
+        yield from items
+        return
+    if length is None and hasattr(items, "__len__"):
+        length = len(items)  # type: ignore[arg-type]
+    with click.progressbar(items, length=length, label=label, file=sys.stderr) as shown_items:
+        yield from shown_items
