@@ -150,3 +150,24 @@ needs_timm = pytest.mark.skipif(
     __import__("importlib.util").util.find_spec("timm") is None,
     reason="timm is not installed: pip install -e '.[vit]'",
 )
+
+
+def write_search(tmp_path: Path, base: Path) -> Path:
+    """A two-trial FIFO search over optimizer.lr (1e-3, 1e-2) on `base`, both at once, its
+    storage under `tmp_path / "tune"`; returns the search file."""
+    search = tmp_path / "search.yaml"
+    search.write_text(
+        yaml.safe_dump(
+            {
+                "base": base.name,
+                "space": {"optimizer.lr": {"choice": [1.0e-3, 1.0e-2]}},
+                "metric": "val_accuracy",
+                "mode": "max",
+                "num_samples": 2,
+                "scheduler": {"name": "fifo"},
+                "max_concurrent_trials": 2,
+                "storage_path": str(tmp_path / "tune"),
+            }
+        )
+    )
+    return search

@@ -18,6 +18,13 @@ from rayssl.runs.state import load_state
 # Ray ships the dumping train function to its workers by value (tests/ is not importable there).
 ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
 
+# 16-px images with 2 global views and 2 local crops of 8 px per sample (DINO, SwAV, iBOT)
+MULTI_CROP_IMAGES = {
+    "shape": [3, 16, 16],
+    "num_samples": 128,
+    "batch_size": 32,
+    "augment": {"preset": "byol", "image": {"local_crops": {"number": 2, "size": 8}}},
+}
 METHODS = {
     "byol": {"byol": {"proj_hidden": 16, "proj_dim": 8, "pred_hidden": 16, "base_momentum": 0.9}},
     "simclr": {"simclr": {"proj_hidden": 16, "proj_dim": 8, "temperature": 0.2}},
@@ -53,12 +60,7 @@ METHODS = {
             "teacher_temp": 0.07,
             "base_momentum": 0.9,
         },
-        "data": {
-            "shape": [3, 16, 16],
-            "num_samples": 128,
-            "batch_size": 32,
-            "augment": {"preset": "byol", "image": {"local_crops": {"number": 2, "size": 8}}},
-        },
+        "data": MULTI_CROP_IMAGES,
         "backbone": {"name": "cnn2d", "width": 4, "depth": 2},
         # and the online linear probe, whose head and optimizer resume with the rest
         "eval": {"every": 0, "linear_probe": False, "online_linear": True},
@@ -80,12 +82,7 @@ METHODS = {
             "queue_length": 64,
             "queue_start_epoch": 0,
         },
-        "data": {
-            "shape": [3, 16, 16],
-            "num_samples": 128,
-            "batch_size": 32,
-            "augment": {"preset": "byol", "image": {"local_crops": {"number": 2, "size": 8}}},
-        },
+        "data": MULTI_CROP_IMAGES,
         "backbone": {"name": "cnn2d", "width": 4, "depth": 2},
     },
     # DINO's settings above plus the masks; one head for the CLS and patch tokens
@@ -100,12 +97,7 @@ METHODS = {
             "base_momentum": 0.9,
             "mask_probability": 1.0,
         },
-        "data": {
-            "shape": [3, 16, 16],
-            "num_samples": 128,
-            "batch_size": 32,
-            "augment": {"preset": "byol", "image": {"local_crops": {"number": 2, "size": 8}}},
-        },
+        "data": MULTI_CROP_IMAGES,
         "backbone": {"name": "vit", "size": "tiny", "patch_size": 4, "depth": 2},
         "optimizer": {"name": "adamw", "lr": 5e-4, "weight_decay": 0.04},
         "eval": {"every": 0, "linear_probe": False, "online_linear": True},

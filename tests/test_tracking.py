@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import pytest
 from click.testing import CliRunner
+from conftest import write_search
 
 from rayssl.cli import main
 from rayssl.cluster import RunFailed, fit
@@ -95,7 +96,6 @@ def test_an_unusable_mlflow_uri_is_one_line(write_config, tmp_path):
 
 
 def test_a_search_logs_one_mlflow_run_per_trial(ray_session, write_config, tmp_path):
-    import yaml
 
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     base = write_config(
@@ -106,21 +106,7 @@ def test_a_search_logs_one_mlflow_run_per_trial(ray_session, write_config, tmp_p
             "tracking": {"mlflow_uri": uri, "experiment": "search"},
         }
     )
-    search = tmp_path / "search.yaml"
-    search.write_text(
-        yaml.safe_dump(
-            {
-                "base": base.name,
-                "space": {"optimizer.lr": {"choice": [1.0e-3, 1.0e-2]}},
-                "metric": "val_accuracy",
-                "mode": "max",
-                "num_samples": 2,
-                "scheduler": {"name": "fifo"},
-                "max_concurrent_trials": 2,
-                "storage_path": str(tmp_path / "tune"),
-            }
-        )
-    )
+    search = write_search(tmp_path, base)
     result = CliRunner().invoke(main, ["tune", str(search)])
     assert result.exit_code == 0, result.output
     client = mlflow.tracking.MlflowClient(uri)

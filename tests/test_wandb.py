@@ -12,8 +12,8 @@ import struct
 from pathlib import Path
 
 import pytest
-import yaml
 from click.testing import CliRunner
+from conftest import write_search
 
 from rayssl.cli import main
 from rayssl.cluster import RunFailed, fit
@@ -111,21 +111,7 @@ def test_a_search_logs_one_wandb_run_per_trial(ray_session, write_config, tmp_pa
             "tracking": {"wandb": {"project": "search", "mode": "offline"}},
         }
     )
-    search = tmp_path / "search.yaml"
-    search.write_text(
-        yaml.safe_dump(
-            {
-                "base": base.name,
-                "space": {"optimizer.lr": {"choice": [1.0e-3, 1.0e-2]}},
-                "metric": "val_accuracy",
-                "mode": "max",
-                "num_samples": 2,
-                "scheduler": {"name": "fifo"},
-                "max_concurrent_trials": 2,
-                "storage_path": str(tmp_path / "tune"),
-            }
-        )
-    )
+    search = write_search(tmp_path, base)
     result = CliRunner().invoke(main, ["tune", str(search)])
     assert result.exit_code == 0, result.output
     segments = sorted((tmp_path / "tune").glob("*/wandb/offline-run-*"))

@@ -157,19 +157,8 @@ def _mlflow_callbacks(cfg) -> list:
         return []
     from ray.air.integrations.mlflow import MLflowLoggerCallback
 
-    class SampledParams(MLflowLoggerCallback):
-        """Logs only the sampled values as params: the rest of a trial's config is rayssl's
-        plumbing (the base config, an object-store reference to the data)."""
-
-        def log_trial_start(self, trial):
-            hidden = {k: trial.config.pop(k) for k in list(trial.config) if k.startswith("_")}
-            try:
-                super().log_trial_start(trial)
-            finally:
-                trial.config.update(hidden)
-
     return [
-        SampledParams(
+        _sampled_only(MLflowLoggerCallback)(
             tracking_uri=cfg.tracking.mlflow_uri,
             experiment_name=cfg.tracking.experiment,
             save_artifact=False,
@@ -188,17 +177,6 @@ def _wandb_callbacks(cfg, search_name: str, storage_uri: str) -> list:
 
     from ray.air.integrations.wandb import WandbLoggerCallback
 
-    class SampledConfig(WandbLoggerCallback):
-        """The trial's config without rayssl's plumbing (keys starting with "_": the base
-        config, an object-store reference to the data)."""
-
-        def log_trial_start(self, trial):
-            hidden = {k: trial.config.pop(k) for k in list(trial.config) if k.startswith("_")}
-            try:
-                super().log_trial_start(trial)
-            finally:
-                trial.config.update(hidden)
-
     w = cfg.tracking.wandb
     if w.mode == "offline":  # Ray's callback asks for an API key unless WANDB_MODE says so
         os.environ.setdefault("WANDB_MODE", "offline")
@@ -208,7 +186,24 @@ def _wandb_callbacks(cfg, search_name: str, storage_uri: str) -> list:
         folder.mkdir(parents=True, exist_ok=True)
     directory = w.dir or (str(folder) if folder else None)
     group = w.group or search_name
-    return [SampledConfig(project=w.project, group=group, mode=w.mode, dir=directory)]
+    callback = _sampled_only(WandbLoggerCallback)
+    return [callback(project=w.project, group=group, mode=w.mode, dir=directory)]
+
+
+def _sampled_only(callback: type) -> type:
+    """A Ray Tune logger callback that sees only a trial's sampled values as its config: the
+    rest is rayssl's plumbing (keys starting with "_": the base config, an object-store
+    reference to the data)."""
+
+    class SampledOnly(callback):
+        def log_trial_start(self, trial):
+            hidden = {k: trial.config.pop(k) for k in list(trial.config) if k.startswith("_")}
+            try:
+                super().log_trial_start(trial)
+            finally:
+                trial.config.update(hidden)
+
+    return SampledOnly
 
 
 def _concurrency_that_fits(search: SearchConfig) -> int:
