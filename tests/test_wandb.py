@@ -102,6 +102,9 @@ def test_one_wandb_run_per_rayssl_run_logged_each_epoch_and_continued_by_a_resum
     assert "test_accuracy" in logged[3]
 
 
+# the per-trial callback shares its sampled-values wrapper with MLflow's, whose search test
+# (test_tracking) is in the default suite, as the per-run W&B test above: slow here
+@pytest.mark.slow
 def test_a_search_logs_one_wandb_run_per_trial(ray_session, write_config, tmp_path):
     base = write_config(
         {
