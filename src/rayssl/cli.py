@@ -7,7 +7,7 @@ rayssl export RUN_DIR --out FILE [--format torchscript|onnx]  its backbone, for 
 rayssl runs [STORAGE_PATH] [--json]                         the table of runs
 rayssl plot RUN_DIR [RUN_DIR ...] --out curves.png          learning curves
 rayssl plot RUN_DIR --embeddings                            a 2-D map of its features
-rayssl demo-images OUT [--hard]                             the offline demo image set
+rayssl demo-images OUT [--hard] [--shards N]                the offline demo image set
 rayssl configs [--copy DIR]                                 the example configs that come with it
 rayssl methods                                              the built-in methods
 """
@@ -320,13 +320,27 @@ def methods_command() -> None:
     "--format", "image_format", type=click.Choice(["png", "jpeg"]), default="png",
     show_default=True,
 )  # fmt: skip
+@click.option(
+    "--shards", "shard_size", type=click.IntRange(min=1), default=None,
+    help="write WebDataset tar shards of at most this many samples (OUT/train/shard-*.tar, "
+    "OUT/test/shard-*.tar; each sample an image and its .cls label) for data.name: "
+    "webdataset; needs the webdataset extra",
+)  # fmt: skip
 def demo_images(
-    out: str, n_train: int, n_test: int, seed: int, hard: bool, size: int, image_format: str
+    out: str,
+    n_train: int,
+    n_test: int,
+    seed: int,
+    hard: bool,
+    size: int,
+    image_format: str,
+    shard_size: int | None,
 ) -> None:
     """Render the offline demo image set into OUT: scikit-learn's digits as 32x32 RGB PNGs
     (or --size pixels a side, --format jpeg)
-    (OUT/train/<digit>/, OUT/test/<digit>/). By default shape carries the label: light ink
-    of a random hue on a dark flat background, sizes and places in a narrow band."""
+    (OUT/train/<digit>/, OUT/test/<digit>/, or WebDataset shards with --shards). By default
+    shape carries the label: light ink of a random hue on a dark flat background, sizes and
+    places in a narrow band."""
     from pathlib import Path
 
     from rayssl import progress
@@ -334,6 +348,14 @@ def demo_images(
 
     if Path(out).exists() and any(Path(out).iterdir()):
         _fail(f"'{out}' exists and is not empty; give a new folder", EXIT_BAD_INPUT)
+    if shard_size is not None:
+        try:
+            import webdataset  # noqa: F401
+        except ImportError:
+            _fail(
+                "--shards writes with the webdataset package: pip install 'rayssl[webdataset]'",
+                EXIT_BAD_INPUT,
+            )
     started = time.time()
     # a bar on a terminal; in a log (CI, a job's output) nothing until the final line
     shown = progress.shown()
@@ -353,6 +375,7 @@ def demo_images(
             size=size,
             image_format=image_format,
             on_image=(lambda: bar.update(1)) if shown else None,
+            shard_size=shard_size,
         )
     tr, te = written["train"], written["test"]
     click.echo(

@@ -162,18 +162,23 @@ class NormalizeConfig(Strict):
 
 
 class DataConfig(Strict):
-    name: Literal["mnist1d", "digits", "synthetic", "npz", "parquet", "images"] = "mnist1d"
+    name: Literal["mnist1d", "digits", "synthetic", "npz", "parquet", "images", "webdataset"] = (
+        "mnist1d"
+    )
     path: str | None = Field(
         None,
         description="npz: a file with x, y (optional x_test, y_test); parquet: a file, folder "
         "or s3:// / gs:// URI of the training rows, streamed to the workers by Ray Data; "
-        "images: a folder (or URI) of images, one subfolder per class or flat (no labels)",
+        "images: a folder (or URI) of images, one subfolder per class or flat (no labels); "
+        "webdataset: a .tar shard, a folder of them or a brace pattern "
+        "(train-{000000..000099}.tar), local or at a URI, each sample an image and "
+        "optionally its .cls label",
     )
     test_path: str | None = Field(
-        None, description="parquet, images: test rows / images (held in memory)"
+        None, description="parquet, images, webdataset: test rows / images / shards"
     )
     val_path: str | None = Field(
-        None, description="parquet, images: validation rows / images (held in memory)"
+        None, description="parquet, images, webdataset: validation rows / images / shards"
     )
     x_column: str = Field(
         "x", description="parquet: column of flattened float samples, or of encoded images"
@@ -190,13 +195,17 @@ class DataConfig(Strict):
         2048, ge=0, description="parquet: rows in each worker's shuffle buffer (0: no shuffle)"
     )
     image_size: int | tuple[int, int] | None = Field(
-        None, description="images: resize every image to this side (or [H, W]); null: as stored"
+        None,
+        description="images, webdataset: resize every image to this side (or [H, W]); "
+        "null: as stored",
     )
-    color: Literal["rgb", "grayscale"] = Field("rgb", description="images: decoded channels")
+    color: Literal["rgb", "grayscale"] = Field(
+        "rgb", description="images, webdataset: decoded channels"
+    )
     in_memory: Literal["auto"] | bool = Field(
         "auto",
-        description="images: decode once and hold in memory (true), stream from storage "
-        "(false), or auto: in memory when the decoded training set fits in 1 GiB",
+        description="images, webdataset: decode once and hold in memory (true), stream from "
+        "storage (false), or auto: in memory when the decoded training set fits in 1 GiB",
     )
     eval_limit_mb: int = Field(
         1024,
@@ -235,7 +244,7 @@ class DataConfig(Strict):
 
     @model_validator(mode="after")
     def _path_for_npz(self) -> DataConfig:
-        if self.name in ("npz", "parquet", "images") and not self.path:
+        if self.name in ("npz", "parquet", "images", "webdataset") and not self.path:
             raise ValueError(f"data.path is required when data.name is '{self.name}'")
         if any(s < 1 for s in self.shape):
             raise ValueError(f"data.shape must hold positive sizes, got {self.shape}")

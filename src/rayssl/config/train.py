@@ -133,12 +133,13 @@ class RunConfig(Strict):
     def _consistent(self) -> RunConfig:
         self._check_workers()
         if self.num_workers == 0 and (
-            self.data.name == "parquet" or (self.data.name == "images" and not self.data.in_memory)
+            self.data.name == "parquet"
+            or (self.data.name in ("images", "webdataset") and not self.data.in_memory)
         ):
             raise ValueError(
                 "num_workers 0 (local mode) holds data in memory; streamed data (parquet, "
-                "images with in_memory false) goes through Ray Data to Ray Train workers: "
-                "set num_workers >= 1"
+                "images or webdataset with in_memory false) goes through Ray Data to Ray "
+                "Train workers: set num_workers >= 1"
             )
         if not self.elastic and self.data.batch_size % max(1, self.num_workers):
             raise ValueError(

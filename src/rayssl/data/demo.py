@@ -15,6 +15,7 @@ one of its source digits once before any repeats.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable
 from pathlib import Path
 
@@ -82,13 +83,16 @@ def write_digit_images(
     size: int = SIDE,
     image_format: str = "png",
     on_image: Callable[[], None] | None = None,
+    shard_size: int | None = None,
 ) -> dict[str, dict[str, int]]:
     """Write `out/train/<digit>/*.png` and `out/test/<digit>/*.png`; returns, per split, the
     number of images and of distinct source digits they show. `size`: each 32x32 image
     resized (bicubic) to size x size, as the full-size pictures a real cluster reads;
     `image_format` "jpeg" encodes them as JPEG (PIL, quality 90) instead of PNG;
-    `on_image` is called after each image is written (the CLI's progress bar)."""
-    from PIL import Image
+    `on_image` is called after each image is written (the CLI's progress bar).
+    `shard_size`: write WebDataset shards instead (`out/<split>/shard-000000.tar`, ...,
+    each of at most `shard_size` samples `<digit>_<index>.png` + `.cls`, in a seeded order
+    across the classes), through webdataset's own `ShardWriter`."""
     from sklearn.datasets import load_digits
 
     digits = load_digits()
@@ -101,18 +105,52 @@ def write_digit_images(
     out = Path(out)
     written = {}
     for split, count in (("train", train), ("test", test)):
-        for label in range(10):
+        for label in range(10) if shard_size is None else ():  # every class's folder
             (out / split / str(label)).mkdir(parents=True, exist_ok=True)
         picks = each_once_then_repeat(pools[split], count, rng)
-        for i, index in enumerate(picks):
-            image = draw(digits.images[index] / 16.0, rng)
-            label = int(digits.target[index])
-            picture = Image.fromarray(image)
-            if size != SIDE:
-                picture = picture.resize((size, size), Image.Resampling.BICUBIC)
-            name = out / split / str(label) / f"{i:06d}.{suffix}"
-            picture.save(name, quality=90) if suffix == "jpg" else picture.save(name)
-            if on_image is not None:
-                on_image()
+        labels = [int(digits.target[index]) for index in picks]
+        pictures = (
+            _encoded(draw(digits.images[index] / 16.0, rng), size, suffix) for index in picks
+        )
+        with _writer(out / split, suffix, shard_size) as write:
+            for i, (label, data) in enumerate(zip(labels, pictures, strict=True)):
+                write(f"{label}_{i:06d}" if shard_size else f"{label}/{i:06d}", data, label)
+                if on_image is not None:
+                    on_image()
         written[split] = {"images": count, "source_digits": len(set(picks.tolist()))}
     return written
+
+
+def _encoded(image: np.ndarray, size: int, suffix: str) -> bytes:
+    import io
+
+    from PIL import Image
+
+    picture = Image.fromarray(image)
+    if size != SIDE:
+        picture = picture.resize((size, size), Image.Resampling.BICUBIC)
+    buffer = io.BytesIO()
+    picture.save(buffer, format="JPEG", quality=90) if suffix == "jpg" else picture.save(
+        buffer, format="PNG"
+    )
+    return buffer.getvalue()
+
+
+@contextlib.contextmanager
+def _writer(folder: Path, suffix: str, shard_size: int | None):
+    """`write(name, data, label)`: a file `folder/<name>.<suffix>`, or a shard sample."""
+    folder.mkdir(parents=True, exist_ok=True)
+    if shard_size is None:
+
+        def write(name: str, data: bytes, label: int) -> None:
+            path = folder / f"{name}.{suffix}"
+            path.parent.mkdir(exist_ok=True)
+            path.write_bytes(data)
+
+        yield write
+        return
+    import webdataset
+
+    pattern = str(folder / "shard-%06d.tar")
+    with webdataset.ShardWriter(pattern, maxcount=shard_size, verbose=0) as sink:
+        yield lambda key, data, label: sink.write({"__key__": key, suffix: data, "cls": label})

@@ -1,9 +1,10 @@
-"""`data.name: images`: a folder of images, one subfolder per class or flat. Listed on the
-driver; decoded there when the training set fits in memory (`in_memory`), else only
-`probe_samples` random training images are (statistics, LFR's selection, the preflight
-step) and the rest streams to the workers through Ray Data. Val and test are decoded with
-an in-memory training set up to `data.eval_limit_mb` each; otherwise they stay in storage
-(`StoredSplit`) and every rank reads its share."""
+"""`data.name: images`: a folder of images, one subfolder per class or flat; and
+`data.name: webdataset`, tar shards of images, indexed by `shards.list_shards` and taken
+through the same path. Listed on the driver; decoded there when the training set fits in
+memory (`in_memory`), else only `probe_samples` random training images are (statistics,
+LFR's selection, the preflight step) and the rest streams to the workers through Ray
+Data. Val and test are decoded with an in-memory training set up to `data.eval_limit_mb`
+each; otherwise they stay in storage (`StoredSplit`) and every rank reads its share."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ import torch
 from rayssl.config import ConfigError, DataConfig
 from rayssl.data import images
 from rayssl.data.datasets import Pair, Splits, Stream, labelled_subset
+from rayssl.data.shards import ShardSamples, list_shards, name_classes
 from rayssl.data.stored import StoredSplit
 
 
@@ -58,7 +60,7 @@ def load_image_folder(cfg: DataConfig, seed: int) -> Splits:
             "y",
             tuple(first.shape),
             len(train.paths),
-            kind="image_files",
+            kind=_kind(train),
             files=train,
             image_format=fmt,
             seed=seed,
@@ -70,13 +72,14 @@ def load_image_folder(cfg: DataConfig, seed: int) -> Splits:
 
 def _list_splits(cfg: DataConfig) -> tuple[images.ImageFiles, dict, list[str] | None]:
     """The training files, the val / test files by field, and the class names."""
-    train = images.list_images(cfg.path or "", "path")
+    lister = list_shards if cfg.name == "webdataset" else images.list_images
+    train = lister(cfg.path or "", "path")
     splits = {}
     classes = train.classes  # a flat training folder: the first labeled split's classes
     for field in ("val_path", "test_path"):
         path = getattr(cfg, field)
         if path:
-            files = images.list_images(path, field, classes)
+            files = lister(path, field, classes)
             classes = classes or files.classes
             if train.labels is not None and files.labels is None:
                 raise ConfigError(
@@ -84,7 +87,13 @@ def _list_splits(cfg: DataConfig) -> tuple[images.ImageFiles, dict, list[str] | 
                     "give it one subfolder per class"
                 )
             splits[field] = files
+    if cfg.name == "webdataset":  # numbered classes: 0 .. the largest label of any split
+        classes = name_classes([train, *splits.values()])
     return train, splits, classes
+
+
+def _kind(files) -> str:
+    return "webdataset" if isinstance(files, ShardSamples) else "image_files"
 
 
 def _eval_split(cfg: DataConfig, files, field: str, fmt, shape, in_memory: bool):
@@ -96,12 +105,14 @@ def _eval_split(cfg: DataConfig, files, field: str, fmt, shape, in_memory: bool)
 
 
 def stored(files: images.ImageFiles, field: str, fmt, shape) -> StoredSplit:
-    """A folder's images as a `StoredSplit` (each rank decodes its share)."""
+    """A folder's images (or shards' samples) as a `StoredSplit` (each rank decodes its
+    share)."""
+    shards = isinstance(files, ShardSamples)
     return StoredSplit(
-        "image_files",
+        _kind(files),
         field,
         tuple(shape),
-        list(files.paths),
+        files.items() if shards else list(files.paths),
         files.filesystem,
         labels=files.labels,
         root=files.root,

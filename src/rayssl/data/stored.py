@@ -25,15 +25,17 @@ from rayssl.config import ConfigError
 @dataclass
 class StoredSplit:
     """One evaluation split in storage. `kind`: "image_files" (`items` are paths, `labels`
-    per path or None), "parquet" (`items` are `(file, row_group, rows)` units of a column
-    of flattened floats) or "parquet_images" (of encoded images)."""
+    per path or None), "webdataset" (`items` are `(shard, offset, size, name)` of each
+    sample's image in a tar shard, `labels` per sample or None), "parquet" (`items` are
+    `(file, row_group, rows)` units of a column of flattened floats) or "parquet_images"
+    (of encoded images)."""
 
     kind: str
     field: str  # the config field it comes from, for error lines: "val_path"
     shape: tuple[int, ...]
     items: list
     filesystem: Any  # pyarrow.fs.FileSystem
-    labels: list[int] | None = None  # image_files
+    labels: list[int] | None = None  # per item: image_files, webdataset
     root: str | None = None  # image_files: the folder, for class names from paths
     classes: list[str] | None = None
     image_format: Any = None  # images.ImageFormat (image kinds)
@@ -41,8 +43,13 @@ class StoredSplit:
     y_column: str | None = "y"  # Parquet: None where the rows have no labels
     labeled: bool = True
 
+    @property
+    def per_sample(self) -> bool:
+        """Whether every item is one sample (image files, shard samples), not a unit."""
+        return self.kind in ("image_files", "webdataset")
+
     def __len__(self) -> int:
-        if self.kind == "image_files":
+        if self.per_sample:
             return len(self.items)
         return sum(rows for _, _, rows in self.items)
 
@@ -55,7 +62,7 @@ class StoredSplit:
         """At most `rows` rows: a seeded choice of images, or a Parquet split's first rows."""
         if rows is None or len(self) <= rows:
             return self
-        if self.kind == "image_files":
+        if self.per_sample:
             order = np.random.default_rng(seed).permutation(len(self.items))
             return self.subset(sorted(order[:rows].tolist()))
         kept, left = [], rows
@@ -92,6 +99,8 @@ class StoredSplit:
                 root=self.root, classes=self.classes, source_prefix=source_prefix,
             )  # fmt: skip
             data = rows.map_batches(decoder, batch_format="numpy")
+        elif self.kind == "webdataset":
+            data = self._shard_samples(mine, source_prefix)
         else:
             units = [{"file": f, "row_group": g, "rows": n} for f, g, n in mine.items]
             data = ray.data.from_items(units, override_num_blocks=len(units)).map_batches(
@@ -116,6 +125,29 @@ class StoredSplit:
                 data = data.drop_columns(["name"])
         data.context.execution_options.preserve_order = True  # a loss over the same batches
         return data
+
+    def _shard_samples(self, mine: StoredSplit, source_prefix: str | None):
+        """The byte ranges of `mine`'s samples read from their shards, then decoded."""
+        import ray.data
+
+        from rayssl.data.images import Decoder
+        from rayssl.data.shards import TarRanges
+
+        labels = mine.labels if mine.labels is not None else [-1] * len(mine.items)
+        rows = [
+            {"shard": shard, "offset": offset, "size": size, "name": name, "label": label}
+            for (shard, offset, size, name), label in zip(mine.items, labels, strict=True)
+        ]
+        blocks = max(1, min(len(rows) // 256, 64))
+        decoder = Decoder(
+            self.image_format, self.shape, bytes_column="bytes", name_column="name",
+            label_column="y", source_prefix=source_prefix,
+        )  # fmt: skip
+        return (
+            ray.data.from_items(rows, override_num_blocks=blocks)
+            .map_batches(TarRanges(self.filesystem), batch_format="numpy")
+            .map_batches(decoder, batch_format="numpy")
+        )
 
     def batches(
         self, rank: int, world_size: int, batch_size: int, device

@@ -1,0 +1,233 @@
+"""WebDataset tar shards (`data.name: webdataset`) end to end, on shards webdataset's own
+`ShardWriter` writes at test time (`rayssl demo-images --shards`): the index on the driver,
+in-memory decoding, the held-out val split, the training stream through Ray Data's reader,
+evaluation splits read by byte range on each rank, a 2-worker run, URIs and brace patterns,
+bad input."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import tarfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from rayssl.cli import main
+from rayssl.cluster import fit
+from rayssl.config import ConfigError, DataConfig, load_train_config
+from rayssl.data.datasets import load_splits
+from rayssl.data.demo import write_digit_images
+from rayssl.data.stored import StoredSplit
+from rayssl.inference.evaluate import evaluate_checkpoint
+
+pytest.importorskip("webdataset")  # the writer (reading needs only Ray Data)
+
+SSL = {
+    "method": "simclr",
+    "epochs": 1,
+    "backbone": {"name": "cnn2d", "width": 4, "depth": 2},
+    "simclr": {"temperature": 0.5},
+    "eval": {"every": 1, "linear_probe": False},
+}
+
+
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory) -> tuple[Path, Path]:
+    """The same 240 train / 80 test demo images as a folder and as shards of 64 samples."""
+    root = tmp_path_factory.mktemp("wds")
+    write_digit_images(root / "folder", train=240, test=80, seed=0)
+    write_digit_images(root / "shards", train=240, test=80, seed=0, shard_size=64)
+    return root / "folder", root / "shards"
+
+
+def _digests(x, y) -> list[tuple[int, str]]:
+    x = np.asarray(x, dtype=np.float64)
+    x = (x * 255 if x.max() <= 1 else x).round().astype(np.uint8)  # [0, 1] floats or bytes
+    return sorted(
+        (int(label), hashlib.sha1(np.ascontiguousarray(a).tobytes()).hexdigest())
+        for a, label in zip(x, np.asarray(y), strict=True)
+    )
+
+
+def test_shards_decode_to_what_the_same_images_in_a_folder_do(demo):
+    folder, shards = demo
+    assert len(list((shards / "train").glob("shard-*.tar"))) == 4  # 240 samples by 64
+    cfg = {"val_fraction": 0, "batch_size": 16, "image_size": 24}
+    by_folder = load_splits(
+        DataConfig(name="images", path=str(folder / "train"), test_path=str(folder / "test"), **cfg)
+    )
+    by_shards = load_splits(
+        DataConfig(
+            name="webdataset", path=str(shards / "train"), test_path=str(shards / "test"), **cfg
+        )
+    )
+    assert by_shards.stream is None and by_shards.num_classes == 10
+    assert by_shards.sample_shape == (3, 24, 24)  # resized as a folder's images are
+    assert _digests(*by_shards.train) == _digests(*by_folder.train)
+    assert _digests(*by_shards.test) == _digests(*by_folder.test)
+
+
+def test_the_val_split_and_labels_per_class_pick_samples_of_the_shards(demo):
+    _, shards = demo
+    base = DataConfig(name="webdataset", path=str(shards / "train"), batch_size=8)
+    held = load_splits(base.model_copy(update={"val_fraction": 0.25}))
+    assert len(held.train[0]) == 180 and len(held.val[0]) == 60
+    whole = load_splits(base.model_copy(update={"val_fraction": 0}))
+    assert sorted(_digests(*held.train) + _digests(*held.val)) == _digests(*whole.train)
+    few = load_splits(base.model_copy(update={"val_fraction": 0.25, "labels_per_class": 3}))
+    assert np.bincount(few.train[1].numpy()).tolist() == [3] * 10
+    assert set(_digests(*few.train)) <= set(_digests(*held.train))  # never a val sample
+
+
+def test_streamed_shards_yield_every_kept_sample_once_and_eval_reads_by_rank(ray_session, demo):
+    """in_memory false: the training stream (Ray Data's reader, whole shards) yields exactly
+    the samples left after val is held out, each once with its label; val stays in storage
+    and two ranks' shares read by byte range are the held-out samples, each once."""
+    _, shards = demo
+    cfg = DataConfig(
+        name="webdataset", path=f"file://{shards / 'train'}", in_memory=False,
+        val_fraction=0.25, probe_samples=16, batch_size=16,
+    )  # fmt: skip
+    splits = load_splits(cfg)
+    assert splits.stream.kind == "webdataset" and splits.stream.num_rows == 180
+    assert isinstance(splits.val, StoredSplit) and len(splits.val) == 60
+    rows = splits.stream.dataset().take_all()
+    streamed = _digests(np.stack([r["x"] for r in rows]), [r["y"] for r in rows])
+    val = [b for rank in (0, 1) for b in splits.val.batches(rank, 2, 7, "cpu")]
+    held_out = _digests(np.concatenate([x for x, _ in val]), np.concatenate([y for _, y in val]))
+    everything = load_splits(
+        DataConfig(name="webdataset", path=str(shards / "train"), val_fraction=0, batch_size=8)
+    )
+    assert len(streamed) == 180 and len(held_out) == 60
+    assert sorted(streamed + held_out) == _digests(*everything.train)
+
+
+def test_simclr_streams_shards_to_two_workers(ray_session, demo, write_config):
+    _, shards = demo
+    data = {
+        "name": "webdataset",
+        "path": str(shards / "train"),
+        # WebDataset's brace notation, as its users write shard lists
+        "test_path": str(shards / "test" / "shard-{000000..000001}.tar"),
+        "in_memory": False,
+        "val_fraction": 0,
+        "batch_size": 32,
+        "probe_samples": 120,
+        "augment": {"preset": "simclr"},
+    }
+    probes = {"every": 1, "linear_probe": True}
+    cfg = load_train_config(write_config({**SSL, "epochs": 2, "data": data, "eval": probes}))
+    summary = fit(cfg)
+    assert summary["global_steps"] == 2 * (240 // 2 // 16)  # each worker: 120 samples
+    assert all(np.isfinite(h["train_loss"]) for h in summary["history"])
+    last = summary["history"][-1]
+    alone = evaluate_checkpoint(summary["checkpoint"])  # one process over the same shards
+    assert abs(last["knn_acc"] - alone["knn_acc"]) <= 1 / 80  # equal up to a tie
+    assert abs(last["linear_acc"] - alone["linear_acc"]) <= 1 / 80
+
+
+def test_demo_images_writes_shards_a_local_run_trains_on(tmp_path, write_config):
+    out = tmp_path / "demo"
+    result = CliRunner().invoke(
+        main, ["demo-images", str(out), "--train", "40", "--test", "20", "--shards", "16"]
+    )
+    assert result.exit_code == 0, result.output
+    assert sorted(p.name for p in (out / "train").iterdir()) == [
+        f"shard-{i:06d}.tar" for i in range(3)
+    ]
+    with tarfile.open(out / "train" / "shard-000000.tar") as archive:
+        names = archive.getnames()
+    assert len(names) == 32 and {n.split(".", 1)[1] for n in names} == {"png", "cls"}
+    data = {
+        "name": "webdataset", "path": str(out / "train"), "test_path": str(out / "test"),
+        "val_fraction": 0, "batch_size": 8,
+    }  # fmt: skip
+    summary = fit(load_train_config(write_config({**SSL, "num_workers": 0, "data": data})))
+    assert summary["global_steps"] == 40 // 8
+    assert 0.0 <= summary["history"][-1]["knn_acc"] <= 1.0
+
+
+# ============================================================================ bad input
+
+
+def _tar(path: Path, members: list[tuple[str, bytes]]) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with tarfile.open(path, "w") as archive:
+        for name, data in members:
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            archive.addfile(info, io.BytesIO(data))
+    return path
+
+
+def _bad_cases(shards: Path, tmp: Path) -> list[tuple[dict, str]]:
+    png = next(
+        m
+        for m in tarfile.open(shards / "train" / "shard-000000.tar").getmembers()
+        if m.name.endswith(".png")
+    )
+    image = tarfile.open(shards / "train" / "shard-000000.tar").extractfile(png).read()
+    ok = [(f"s{i:03d}.png", image) for i in range(16)]
+    (tmp / "none").mkdir()
+    (tmp / "none" / "notes.txt").write_text("no shards")
+    garbage = tmp / "garbage.tar"
+    garbage.write_bytes(b"not a tar at all" * 100)
+    cut = tmp / "cut.tar"
+    cut.write_bytes((shards / "train" / "shard-000000.tar").read_bytes()[:3000])
+    return [
+        ({"path": str(tmp / "none")}, "holds no .tar shards"),
+        ({"path": str(garbage)}, "garbage.tar' is not a readable tar"),
+        ({"path": str(cut)}, "cut.tar' is not a readable tar"),
+        ({"path": str(tmp / "nowhere.tar")}, "does not exist"),
+        ({"path": str(tmp / "t-{000..")}, "is not a brace pattern"),
+        (
+            {"path": str(_tar(tmp / "noimage.tar", [*ok, ("k.txt", b"hi")]))},
+            "sample 'k' in shard",
+        ),
+        (
+            {"path": str(_tar(tmp / "two.tar", [*ok, ("k.png", image), ("k.jpg", image)]))},
+            "has 2 images",
+        ),
+        (
+            {"path": str(_tar(tmp / "label.tar", [*ok, ("k.png", image), ("k.cls", b"cat")]))},
+            "has label b'cat'",
+        ),
+        (
+            {"path": str(_tar(tmp / "some.tar", [*ok, ("k.png", image), ("k.cls", b"3")]))},
+            "has no .cls label and others have one",
+        ),
+        (
+            {"path": str(_tar(tmp / "broken.tar", [*ok, ("k.png", b"\x89PNG not an image")]))},
+            "broken.tar:k.png' cannot be decoded",
+        ),
+        ({"path": str(_tar(tmp / "unlabeled.tar", ok)), "_supervised": True}, "without labels"),
+    ]
+
+
+def test_bad_shards_are_one_line_and_write_nothing(demo, tmp_path, write_config):
+    _, shards = demo
+    for data, expected in _bad_cases(shards, tmp_path):
+        supervised = data.pop("_supervised", False)
+        cfg = {
+            **({} if supervised else SSL),
+            "num_workers": 2,
+            "data": {"name": "webdataset", "batch_size": 8, "val_fraction": 0, **data},
+        }
+        if supervised:
+            cfg["backbone"] = SSL["backbone"]
+        result = CliRunner().invoke(main, ["train", str(write_config(cfg))])
+        assert result.exit_code == 2, (expected, result.output)
+        lines = result.output.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith("rayssl: error:"), result.output
+        assert expected in lines[0], (expected, lines[0])
+        assert not (tmp_path / "runs").exists()
+
+
+def test_a_missing_shard_of_a_brace_pattern_is_named(demo):
+    _, shards = demo
+    pattern = str(shards / "test" / "shard-{000000..000005}.tar")
+    with pytest.raises(ConfigError, match="shard-000002.tar' does not exist"):
+        load_splits(DataConfig(name="webdataset", path=pattern, batch_size=8))
