@@ -140,6 +140,30 @@ def test_embed_parquet_image_bytes_names_file_and_row(ray_session, trained, digi
     assert [labels[i] for i in order] == [int(f.parent.name) for f in files]
 
 
+def test_embed_webdataset_shards_names_shard_and_key(ray_session, trained, digits, tmp_path):
+    """Shards (a brace pattern of them) embed as their images in a folder do; each row
+    names its shard and sample key."""
+    webdataset = pytest.importorskip("webdataset")
+    files = sorted((digits / "test").rglob("*.jpg"))[:12]
+    (tmp_path / "shards").mkdir()
+    with webdataset.ShardWriter(str(tmp_path / "shards" / "s-%02d.tar"), maxcount=5) as sink:
+        for i, f in enumerate(files):
+            sink.write({"__key__": f"k{i:02d}", "jpg": f.read_bytes(), "cls": int(f.parent.name)})
+    out = tmp_path / "emb"
+    pattern = str(tmp_path / "shards" / "s-{00..02}.tar")
+    result = _invoke(trained, pattern, "--out", str(out))
+    assert result.exit_code == 0, result.output
+    table = pq.read_table(out)
+    shard = lambda i: tmp_path / "shards" / f"s-{i // 5:02d}.tar"  # noqa: E731
+    rows = {s: i for i, s in enumerate(table.column("source").to_pylist())}
+    assert sorted(rows) == sorted(f"{shard(i)}:k{i:02d}.jpg" for i in range(12))
+    order = [rows[f"{shard(i)}:k{i:02d}.jpg"] for i in range(12)]
+    got = np.stack(table.column("embedding").to_numpy(zero_copy_only=False))[order]
+    np.testing.assert_allclose(got, _expected(trained, files), rtol=1e-4, atol=1e-5)
+    labels = table.column("label").to_pylist()
+    assert [labels[i] for i in order] == [int(f.parent.name) for f in files]
+
+
 def test_bad_embed_input_is_one_line(ray_session, trained, digits, tmp_path):
     empty = tmp_path / "empty"
     empty.mkdir()

@@ -173,8 +173,8 @@ def evaluate(path: str, knn_k: int | None, trust_import_paths: bool, **where) ->
 @click.option("--y-column", default="y", show_default=True, help="Parquet: labels, if any.")
 @click.option("--trust-import-paths", is_flag=True, help=TRUST_HELP)
 def embed_command(source: str, data: str, out: str, **options) -> None:
-    """Embeddings of DATA (an image folder or Parquet, a path or URI) by the backbone of
-    SOURCE (a run, a checkpoint or an export), written to --out as Parquet."""
+    """Embeddings of DATA (an image folder, WebDataset shards or Parquet, a path or URI)
+    by the backbone of SOURCE (a run, a checkpoint or an export), written to --out as Parquet."""
     from rayssl.inference.embed import EmbedJob, embed, task_error
 
     try:

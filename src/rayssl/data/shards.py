@@ -178,8 +178,8 @@ def _index(filesystem, shard: str, local: bool, field: str) -> list:
     seek on an object store is a request of its own."""
     samples, current = [], None
     try:
-        if local:
-            handle = filesystem.open_input_file(shard)
+        if local:  # Python's own file: tarfile's many small reads cost a third of pyarrow's
+            handle = open(shard, "rb")  # noqa: SIM115  (closed by the with below)
             archive = tarfile.open(fileobj=handle, mode="r:")
         else:
             handle = filesystem.open_input_stream(shard)

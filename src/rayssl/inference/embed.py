@@ -1,9 +1,11 @@
 """`rayssl embed SOURCE DATA --out DIR`: a trained backbone's embeddings of a folder of
-images or a Parquet dataset (local or at a URI), by Ray Data batch inference.
+images, WebDataset shards or a Parquet dataset (local or at a URI), by Ray Data batch
+inference.
 
 Ray Data reads and decodes the input in tasks, a pool of `--actors` actors (each with
 `--gpus-per-actor` GPUs, or on CPU) holds the backbone and embeds batches, and the rows go
-to Parquet as they come: `source` (the image's path or URI; `file#row` for Parquet),
+to Parquet as they come: `source` (the image's path or URI; `file#row` for Parquet;
+`shard:key.suffix` for shards),
 `label` (the class folder's index, or the label column; null where unknown) and
 `embedding`. The backbone sees what it saw in training: the run's input size, colour and
 normalisation. Files are written to a hidden folder inside DIR and moved into place when
@@ -154,8 +156,10 @@ def input_split(job: EmbedJob, shape: tuple[int, ...]) -> StoredSplit:
             "numbers"
         )
     from rayssl.data.image_folder import stored
+    from rayssl.data.shards import list_shards
 
-    files = images.list_images(job.data, "DATA")
+    lister = list_shards if _is_shards(job.data) else images.list_images
+    files = lister(job.data, "DATA")
     fmt = images.ImageFormat("L" if shape[0] == 1 else "RGB", (shape[1], shape[2]))
     return stored(files, "DATA", fmt, shape)
 
@@ -225,6 +229,23 @@ def _is_parquet(data: str) -> bool:
     except (OSError, ValueError):
         return False
     return any(f.path.endswith(".parquet") for f in found)
+
+
+def _is_shards(data: str) -> bool:
+    """Whether DATA names WebDataset shards: a .tar file, a brace pattern of them, or a
+    folder holding .tar files (and no images)."""
+    import pyarrow.fs as pafs
+
+    if data.endswith(".tar") or "{" in data:
+        return True
+    fs, root = _fs(data)
+    try:
+        found = fs.get_file_info(pafs.FileSelector(root, recursive=False))
+    except (OSError, ValueError):
+        return False
+    return any(f.path.endswith(".tar") for f in found) and not any(
+        f.path.lower().endswith(images.IMAGE_EXTENSIONS) for f in found
+    )
 
 
 def _fs(uri: str):
