@@ -144,3 +144,47 @@ def test_stream_checkpoint_and_embed_in_an_s3_bucket(s3, tmp_path):
     assert table.column("label").to_pylist() == [int(f.parent.name) for f in files]
     assert len(table.column("embedding")[0]) > 0
     assert fs.get_file_info(f"{where}/_rayssl-embeddings.json").type == pafs.FileType.File
+
+
+@pytest.mark.slow
+def test_webdataset_shards_stream_and_embed_from_an_s3_bucket(s3, tmp_path):
+    """Shards in a bucket: indexed by one sequential read each, streamed to two workers by
+    Ray Data's reader, the test split read by byte range on each rank, then embedded."""
+    import pyarrow.fs as pafs
+    import pyarrow.parquet as pq
+
+    pytest.importorskip("webdataset")
+    local = tmp_path / "shards"
+    write_digit_images(local, train=64, test=30, seed=3, shard_size=20)
+    pafs.copy_files(str(local), f"s3://{BUCKET}/shards", source_filesystem=pafs.LocalFileSystem())
+    bucket = f"s3://{BUCKET}"
+    config = tmp_path / "wds.yaml"
+    data = {
+        "name": "webdataset", "path": f"{bucket}/shards/train",
+        "test_path": f"{bucket}/shards/test/shard-{{000000..000001}}.tar", "in_memory": False,
+        "val_fraction": 0, "batch_size": 16, "eval_batch_size": 16, "probe_samples": 16,
+    }  # fmt: skip
+    config.write_text(
+        yaml.safe_dump(
+            {
+                "method": "simclr",
+                "name": "shards",
+                "epochs": 1,
+                "num_workers": 2,
+                "cpus_per_worker": 1,
+                "storage_path": str(tmp_path / "runs"),
+                "backbone": {"name": "cnn2d", "width": 4, "depth": 2},
+                "data": data,
+            }  # fmt: skip
+        )
+    )
+    trained = _rayssl("train", str(config), env=s3)
+    assert "knn_acc" in trained.stdout + trained.stderr
+    (run,) = (tmp_path / "runs").iterdir()
+    out = tmp_path / "emb"
+    _rayssl("embed", str(run), f"{bucket}/shards/test", "--out", str(out), env=s3)
+    table = pq.read_table(out)
+    assert table.num_rows == 30 and len(set(table.column("source").to_pylist())) == 30
+    assert all(s.startswith(f"{bucket}/shards/test/shard-") for s in table["source"].to_pylist())
+    labels = table.column("label").to_pylist()  # the .cls of each sample, none missing
+    assert set(labels) <= set(range(10)) and len(set(labels)) >= 5
