@@ -71,9 +71,8 @@ def main() -> None:
     }
     ratio = medians["webdataset"]["images_per_s"] / medians["images"]["images_per_s"]
     result = {
-        "command": "python benchmarks/shards.py " + " ".join(
-            f"--{k.replace('_', '-')} {v}" for k, v in vars(args).items() if k != "out"
-        ),
+        "command": "python benchmarks/shards.py "
+        + " ".join(f"--{k.replace('_', '-')} {v}" for k, v in vars(args).items() if k != "out"),
         "machine": f"{platform.machine()}, {__import__('os').cpu_count()} CPUs",
         "images": args.images,
         "shard_size": args.shard_size,

@@ -1,7 +1,8 @@
 """Step time of rayssl's loop against a bare torch loop, side by side in one run.
 
-For each method (supervised, BYOL, SimCLR, LFR with K = 8 heads; `--methods mae`: MAE with a
-ViT-tiny on the demo images) on the same data, network and global batch, this measures:
+For each method (supervised, BYOL, SimCLR, LFR with K = 8 heads; `--methods mae dino_vit
+ibot`: MAE, DINO and iBOT with a ViT-tiny on the demo images) on the same data, network
+and global batch, this measures:
 
   bare      a plain torch loop in this process (1 thread): index a batch, augment, forward the
             method's training step, backward, optimizer and LR-scheduler step, method hook
@@ -26,6 +27,9 @@ calls of the one operation, after warm-up calls.
 
     python benchmarks/throughput.py                       # everything, writes throughput.json
     python benchmarks/throughput.py --methods supervised --no-startup --epochs 3
+    python benchmarks/throughput.py --methods mae dino_vit ibot --no-startup --no-kernels \
+        --epochs 3 --set data.path=data/digits1k/train --set data.test_path=null \
+        --set data.batch_size=128      # the ViT rows on 1,024 demo images
 """
 
 from __future__ import annotations
@@ -61,13 +65,16 @@ CONFIGS = {
     # a ViT-tiny on 4-px patches of the 32-px demo images (`rayssl demo-images
     # data/digits32`; needs timm): MAE's step, the encoder on a quarter of the patches
     "mae": ROOT / "configs" / "mae_images.yaml",
+    "dino_vit": ROOT / "configs" / "dino_vit_images.yaml",
+    "ibot": ROOT / "configs" / "ibot_images.yaml",
 }
-DEFAULT_METHODS = ["supervised", "byol", "simclr", "lfr"]  # the CNN rows; mae by name
+DEFAULT_METHODS = ["supervised", "byol", "simclr", "lfr"]  # the CNN rows; the ViTs by name
 LFR_K8 = ["lfr.num_projectors=8", "lfr.num_targets=null"]  # K = 8 heads, all of them trained
 
 
-def bench_config(method: str, epochs: int, storage: str):
+def bench_config(method: str, epochs: int, storage: str, extra: list[str] = ()):
     overrides = [
+        *extra,
         f"epochs={epochs}",
         f"storage_path={storage}",
         "cpus_per_worker=1",
@@ -271,6 +278,30 @@ def summarize(times: list[float], skip: int, global_batch: int) -> dict[str, flo
     return {"ms_per_step": ms, "samples_per_s": global_batch / ms * 1e3, "steps": len(times)}
 
 
+def kernels(args, storage_dir: str, results: dict[str, Any]) -> None:
+    """The two kernels: LFR's vmapped heads and BYOL's fused EMA."""
+    results["lfr_heads"] = {}
+    for projector in ("backbone", "mlp"):  # random backbone copies (default) / the seed's MLPs
+        lfr_cfg = bench_config("lfr", 1, storage_dir)
+        lfr_cfg.lfr.projector = projector
+        h = lfr_heads(lfr_cfg, load_splits(lfr_cfg.data, 0), steps=args.lfr_steps)
+        results["lfr_heads"][projector] = h
+        print(
+            f"LFR K={h['heads']} ({projector} projectors): vmapped {h['vmapped_ms']:.1f} ms/step,"
+            f" Python loop {h['python_loop_ms']:.1f} ms/step, ratio {h['ratio']:.2f}"
+            f" (same loss: {h['same_loss']})",
+            flush=True,
+        )
+    results["byol_ema"] = byol_ema(repeats=30)
+    e = results["byol_ema"]
+    print(
+        f"BYOL EMA, ResNet-18 ({e['tensors']} tensors): fused {e['fused_ms']:.2f} ms, per-param "
+        f"loop {e['per_param_loop_ms']:.2f} ms ({e['speedup_vs_loop']:.1f}x), in-place loop "
+        f"{e['per_param_inplace_ms']:.2f} ms ({e['speedup_vs_inplace_loop']:.1f}x); fused moves "
+        f"{e['fused_gb_per_s']:.1f} GB/s"
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--methods", nargs="+", default=DEFAULT_METHODS, choices=list(CONFIGS))
@@ -278,6 +309,11 @@ def main() -> None:
     parser.add_argument("--no-startup", action="store_true")
     parser.add_argument("--lfr-steps", type=int, default=20, help="steps per LFR-heads timing")
     parser.add_argument("--out", default="throughput.json")
+    parser.add_argument(
+        "--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
+        help="a config override for every method's run (e.g. data.path=..., data.batch_size)",
+    )  # fmt: skip
+    parser.add_argument("--no-kernels", action="store_true", help="skip lfr-heads, byol-ema")
     args = parser.parse_args()
 
     import ray
@@ -301,7 +337,7 @@ def main() -> None:
 
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
     for method in args.methods:
-        cfg = bench_config(method, args.epochs, storage_dir)
+        cfg = bench_config(method, args.epochs, storage_dir, args.sets)
         splits = load_splits(cfg.data, cfg.seed)
         skip = len(splits.train[0]) // cfg.data.batch_size  # the first epoch warms up
         splits_ref = ray.put(splits)
@@ -330,26 +366,8 @@ def main() -> None:
         )
     ray.shutdown()
 
-    results["lfr_heads"] = {}
-    for projector in ("backbone", "mlp"):  # random backbone copies (default) / the seed's MLPs
-        lfr_cfg = bench_config("lfr", 1, storage_dir)
-        lfr_cfg.lfr.projector = projector
-        h = lfr_heads(lfr_cfg, load_splits(lfr_cfg.data, 0), steps=args.lfr_steps)
-        results["lfr_heads"][projector] = h
-        print(
-            f"LFR K={h['heads']} ({projector} projectors): vmapped {h['vmapped_ms']:.1f} ms/step,"
-            f" Python loop {h['python_loop_ms']:.1f} ms/step, ratio {h['ratio']:.2f}"
-            f" (same loss: {h['same_loss']})",
-            flush=True,
-        )
-    results["byol_ema"] = byol_ema(repeats=30)
-    e = results["byol_ema"]
-    print(
-        f"BYOL EMA, ResNet-18 ({e['tensors']} tensors): fused {e['fused_ms']:.2f} ms, per-param "
-        f"loop {e['per_param_loop_ms']:.2f} ms ({e['speedup_vs_loop']:.1f}x), in-place loop "
-        f"{e['per_param_inplace_ms']:.2f} ms ({e['speedup_vs_inplace_loop']:.1f}x); fused moves "
-        f"{e['fused_gb_per_s']:.1f} GB/s"
-    )
+    if not args.no_kernels:
+        kernels(args, storage_dir, results)
     Path(args.out).write_text(json.dumps(results, indent=2))
     print(f"wrote {args.out}")
 

@@ -44,7 +44,7 @@ BAD_VALUES = [
     ({"data": {"labels_per_class": 1000}}, "data.labels_per_class (1000): class 0 has"),
     (
         {"data": {"name": "imagenet"}},
-        "data.name: Input should be 'mnist1d', 'digits', 'synthetic', 'npz', 'parquet' or 'images'",
+        "data.name: Input should be 'mnist1d', 'digits', 'synthetic', 'npz', 'parquet', 'images' or 'webdataset'",
     ),
     ({"data": {"name": "npz", "path": "/nonexistent/x.npz"}}, "does not exist"),
     ({"backbone": {"name": "no_such_pkg.nets:big"}}, "cannot import module 'no_such_pkg.nets'"),
