@@ -38,9 +38,11 @@ METHODS = {
     "nnclr": "NNCLR",
     "lfr": "LFR",
     "mae": "MAE (ViT-tiny)",
+    "dino_vit": "DINO (ViT-tiny)",
+    "ibot": "iBOT (ViT-tiny)",
 }
 # a method whose backbone is not the CNN's: its linear evaluation config (ViTs need timm)
-LINEAR_CONFIGS = {"mae": "configs/linear_eval_vit_images.yaml"}
+LINEAR_CONFIGS = {m: "configs/linear_eval_vit_images.yaml" for m in ("mae", "dino_vit", "ibot")}
 RANDOM = "linear eval: random init"  # inputs normalised with the data set's statistics
 RANDOM_SAMPLE = "linear eval: random init, per-image normalisation"  # data.normalize: sample
 RANDOM_VIT_SAMPLE = "linear eval: random init ViT-tiny, per-image normalisation"

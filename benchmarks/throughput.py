@@ -4,8 +4,10 @@ For each method (supervised, BYOL, SimCLR, LFR with K = 8 heads; `--methods mae 
 ibot`: MAE, DINO and iBOT with a ViT-tiny on the demo images) on the same data, network
 and global batch, this measures:
 
-  bare      a plain torch loop in this process (1 thread): index a batch, augment, forward the
-            method's training step, backward, optimizer and LR-scheduler step, method hook
+  bare      a plain torch loop in this process (1 thread): index a batch, augment (the
+            local crops too, for DINO and iBOT), normalise, forward the method's training
+            step, backward, clip as the config says (DINO's per-parameter loop),
+            optimizer and LR-scheduler step, method hook
   ray-1     rayssl's per-worker `Loop` in a 1-worker Ray Train run (1 thread per worker)
   ray-2     the same with 2 workers, 1 thread each (each worker takes half the global batch)
 
@@ -28,8 +30,8 @@ calls of the one operation, after warm-up calls.
     python benchmarks/throughput.py                       # everything, writes throughput.json
     python benchmarks/throughput.py --methods supervised --no-startup --epochs 3
     python benchmarks/throughput.py --methods mae dino_vit ibot --no-startup --no-kernels \
-        --epochs 3 --set data.path=data/digits1k/train --set data.test_path=null \
-        --set data.batch_size=128      # the ViT rows on 1,024 demo images
+        --epochs 3 --set data.path=data/digits512/train --set data.test_path=null \
+        --set data.batch_size=128      # the ViT rows on 512 demo images
 """
 
 from __future__ import annotations
@@ -80,6 +82,7 @@ def bench_config(method: str, epochs: int, storage: str, extra: list[str] = ()):
         "cpus_per_worker=1",
         "eval.every=0",
         "eval.linear_probe=false",
+        "eval.online_linear=false",  # an extra head the bare loop does not train
         "data.val_fraction=0",
     ]
     if method == "lfr":
@@ -102,6 +105,8 @@ def bare_step_times(cfg, splits) -> list[float]:
     total = cfg.epochs * steps_per_epoch
     optimizer, scheduler = method.configure_optimizers(total, steps_per_epoch)
     augment = Augment(cfg.data.augment)
+    normalize = bare_normalizer(cfg, splits)
+    clip = bare_clip(cfg)
     generator = torch.Generator().manual_seed(cfg.seed)
     times, step = [], 0
     for epoch in range(cfg.epochs):
@@ -111,13 +116,16 @@ def bare_step_times(cfg, splits) -> list[float]:
         for i in range(steps_per_epoch):
             idx = order[i * batch : (i + 1) * batch]
             xb, yb = x[idx], y[idx]
-            if method.num_views > 1:
-                inputs = tuple(augment(xb, generator) for _ in range(method.num_views))
+            if method.num_views > 1:  # with the local crops of a multi-crop method
+                multi_crop = getattr(method, "multi_crop", False)
+                views = augment.views(xb, generator, method.num_views, multi_crop)
+                inputs = tuple(normalize(v) for v in views)
             else:
-                inputs = augment(xb, generator) if augment.active else xb
+                inputs = normalize(augment(xb, generator) if augment.active else xb)
             loss = method.training_step((inputs, yb))["loss"]
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
+            clip(method)
             optimizer.step()
             if scheduler is not None:
                 scheduler.step()
@@ -127,6 +135,34 @@ def bare_step_times(cfg, splits) -> list[float]:
             times.append(now - last)
             last = now
     return times
+
+
+def bare_normalizer(cfg, splits):
+    """The config's input normalisation, as a plain loop writes it."""
+    from rayssl.data.datasets import channel_normalizer, input_statistics, sample_normalizer
+
+    dims = len(splits.sample_shape)
+    if cfg.data.normalize == "sample":
+        return sample_normalizer(dims)
+    return channel_normalizer(input_statistics(cfg.data, splits), dims)
+
+
+def bare_clip(cfg):
+    """The config's gradient clipping as the reference code writes it: DINO's and iBOT's
+    `clip_gradients` (a Python loop, one norm per parameter), or torch's global clip."""
+    if not cfg.grad_clip:
+        return lambda method: None
+    if cfg.grad_clip_mode == "per_parameter":
+
+        def per_parameter(method) -> None:
+            for p in method.parameters():
+                if p.grad is not None:
+                    coef = cfg.grad_clip / (p.grad.norm(2) + 1e-6)
+                    if coef < 1:
+                        p.grad.mul_(coef)
+
+        return per_parameter
+    return lambda method: torch.nn.utils.clip_grad_norm_(method.parameters(), cfg.grad_clip)
 
 
 # ================================================================== rayssl's loop on Ray

@@ -44,7 +44,8 @@ BAD_VALUES = [
     ({"data": {"labels_per_class": 1000}}, "data.labels_per_class (1000): class 0 has"),
     (
         {"data": {"name": "imagenet"}},
-        "data.name: Input should be 'mnist1d', 'digits', 'synthetic', 'npz', 'parquet', 'images' or 'webdataset'",
+        "data.name: Input should be 'mnist1d', 'digits', 'synthetic', 'npz', 'parquet', "
+        "'images' or 'webdataset'",
     ),
     ({"data": {"name": "npz", "path": "/nonexistent/x.npz"}}, "does not exist"),
     ({"backbone": {"name": "no_such_pkg.nets:big"}}, "cannot import module 'no_such_pkg.nets'"),
@@ -510,3 +511,22 @@ def test_eval_shows_its_embedding_progress_on_a_terminal_and_none_in_a_log(write
     assert code == 0
     assert b"embedding the fit split" in seen and b"embedding the scored split" in seen
     assert b"knn_acc" in seen
+
+
+def test_export_shows_its_stages_on_a_terminal_and_none_in_a_log(write_config, tmp_path):
+    """`rayssl export` is three long calls (read, convert, write): a bar of them on a
+    terminal, only the result line in a log."""
+    import subprocess
+    import sys
+
+    config = write_config({"num_workers": 0, "epochs": 1, "method": "simclr"})
+    assert CliRunner().invoke(main, ["train", str(config)]).exit_code == 0
+    (run,) = (config.parent / "runs").iterdir()
+    command = [sys.executable, "-m", "rayssl.cli", "export", str(run), "--format", "torchscript"]
+    logged = subprocess.run([*command, "--out", str(tmp_path / "a.ts")], capture_output=True)
+    assert logged.returncode == 0, logged.stderr
+    assert logged.stdout.decode().startswith("rayssl: wrote")
+    assert b"exporting" not in logged.stdout + logged.stderr  # (torch's own warnings may be)
+    code, seen = _on_a_terminal([*command, "--out", str(tmp_path / "b.ts")])
+    assert code == 0 and (tmp_path / "b.ts").is_file()
+    assert b"exporting" in seen and b"100%" in seen and b"writing" in seen, seen[-300:]

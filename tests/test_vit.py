@@ -428,3 +428,58 @@ def test_the_cli_refuses_a_vit_method_on_a_cnn_in_one_line_with_exit_2(write_con
         "not 'cnn2d'"
     ]
     assert not (tmp_path / "runs").exists()  # nothing written
+
+
+@pytest.mark.slow
+def test_pbt_moves_a_vit_recipes_lr_and_weight_decay_and_keeps_the_exempt_group(
+    write_config, tmp_path
+):
+    """PBT over DINO-ViT's learning rate and weight decay (under its weight-decay schedule):
+    a trial that copies the other continues under its own values, and the group DINO
+    exempts from weight decay (biases, norms, CLS, positions) stays at 0 through the copy."""
+    import csv
+
+    import yaml
+    from click.testing import CliRunner
+
+    from rayssl.cli import main
+    from rayssl.optim.groups import INITIAL_WEIGHT_DECAY
+
+    base = write_config(
+        {**DINO_VIT_RUN, "epochs": 4, "num_workers": 0, "eval": {"every": 1}}, name="dino_vit"
+    )
+    search = tmp_path / "search.yaml"
+    search.write_text(
+        yaml.safe_dump(
+            {
+                "base": base.name,
+                "space": {
+                    "optimizer.lr": {"loguniform": [1.0e-4, 3.0e-3]},
+                    "optimizer.weight_decay": {"choice": [0.01, 0.04, 0.1]},
+                },
+                "metric": "knn_acc",
+                "mode": "max",
+                "num_samples": 2,
+                "scheduler": {
+                    "name": "pbt",
+                    "perturbation_interval": 2,
+                    "quantile_fraction": 0.5,
+                    "synch": True,
+                },
+                "storage_path": str(tmp_path / "tune"),
+            }  # fmt: skip
+        )
+    )
+    result = CliRunner().invoke(main, ["tune", str(search)])
+    assert result.exit_code == 0, result.output
+    (experiment,) = (tmp_path / "tune").iterdir()
+    rows = list(csv.DictReader(open(experiment / "results.csv")))
+    assert len(rows) == 2 and all(r["epochs"] == "4" for r in rows)
+    states = [load_state(p.parent) for p in experiment.glob("*/checkpoint_*/state.pt")]
+    copied = [s for s in states if s["loop"]["resumed_at"]]
+    assert copied  # a trial restarted from the other's checkpoint
+    for state in states:
+        wd = state["config"]["optimizer"]["weight_decay"]
+        decayed, exempt = state["optimizer"]["param_groups"]
+        assert decayed[INITIAL_WEIGHT_DECAY] == pytest.approx(wd)  # the schedule's base
+        assert exempt["weight_decay"] == 0.0 and exempt[INITIAL_WEIGHT_DECAY] == 0.0

@@ -105,6 +105,38 @@ def test_streamed_shards_yield_every_kept_sample_once_and_eval_reads_by_rank(ray
     assert sorted(streamed + held_out) == _digests(*everything.train)
 
 
+def test_shards_of_mixed_image_formats_stream_every_sample(ray_session, demo, tmp_path):
+    """One shard of PNGs, one of JPEGs (and a sample of each in a third): Ray Data's rows
+    then carry both columns, the one a sample lacks empty; each sample is read by its own."""
+    import webdataset
+    from PIL import Image
+
+    _, shards = demo
+    folder = tmp_path / "mixed"
+    folder.mkdir()
+    pngs = sorted((shards.parent / "folder" / "test").rglob("*.png"))[:24]
+
+    def jpeg(path: Path) -> bytes:
+        buffer = io.BytesIO()
+        Image.open(path).convert("RGB").save(buffer, format="JPEG", quality=95)
+        return buffer.getvalue()
+
+    formats = ["png"] * 10 + ["jpg"] * 10 + ["png", "jpg"] * 2
+    with webdataset.ShardWriter(str(folder / "m-%02d.tar"), maxcount=10, verbose=0) as sink:
+        for i, (path, suffix) in enumerate(zip(pngs, formats, strict=True)):
+            data = path.read_bytes() if suffix == "png" else jpeg(path)
+            sink.write({"__key__": f"s{i:03d}", suffix: data, "cls": int(path.parent.name)})
+    cfg = DataConfig(
+        name="webdataset", path=str(folder), in_memory=False, val_fraction=0,
+        probe_samples=4, batch_size=8,
+    )  # fmt: skip
+    rows = load_splits(cfg).stream.dataset().take_all()
+    assert sorted(int(r["y"]) for r in rows) == sorted(int(p.parent.name) for p in pngs)
+    in_memory = load_splits(cfg.model_copy(update={"in_memory": True}))
+    streamed = np.stack([r["x"] for r in rows])
+    assert _digests(streamed, [r["y"] for r in rows]) == _digests(*in_memory.train)
+
+
 def test_simclr_streams_shards_to_two_workers(ray_session, demo, write_config):
     _, shards = demo
     data = {

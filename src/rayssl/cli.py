@@ -204,10 +204,12 @@ def embed_command(source: str, data: str, out: str, **options) -> None:
 def export_command(path: str, out: str, fmt: str, trust_import_paths: bool) -> None:
     """Write the backbone of a run (its newest checkpoint) or of a checkpoint folder to OUT,
     for use outside rayssl or as another run's backbone.init_from."""
-    from rayssl.runs.pretrained import export
+    from rayssl import progress
+    from rayssl.runs.pretrained import EXPORT_STAGES, export
 
     try:
-        pretrained = export(path, out, fmt, trust_import_paths=trust_import_paths)
+        with progress.stages(EXPORT_STAGES, "exporting") as stage:
+            pretrained = export(path, out, fmt, trust_import_paths=trust_import_paths, stage=stage)
     except ConfigError as exc:
         _fail(str(exc), EXIT_BAD_INPUT)
     source = pretrained.source

@@ -1,11 +1,13 @@
 """Progress of long work that is not training (rendering the demo set, embedding splits for
-`rayssl eval`): a bar on a terminal, nothing in a log (CI, a job's output), where only the
-command's final line belongs. click draws the bar; this only decides whether to."""
+`rayssl eval`, the stages of an export): a bar on a terminal, nothing in a log (CI, a job's
+output), where only the command's final line belongs. click draws the bar; this only
+decides whether to."""
 
 from __future__ import annotations
 
+import contextlib
 import sys
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import TypeVar
 
 import click
@@ -27,3 +29,20 @@ def bar(items: Iterable[T], label: str, length: int | None = None) -> Iterator[T
         length = len(items)  # type: ignore[arg-type]
     with click.progressbar(items, length=length, label=label, file=sys.stderr) as shown_items:
         yield from shown_items
+
+
+@contextlib.contextmanager
+def stages(names: tuple[str, ...], label: str) -> Iterator[Callable[[str], None]]:
+    """A bar of `len(names)` steps for work made of a few long calls; the function yielded
+    marks one done (its name shows beside the bar). Nothing off a terminal."""
+    if not shown():
+        yield lambda name: None
+        return
+    with click.progressbar(
+        length=len(names), label=label, file=sys.stderr, item_show_func=lambda name: name
+    ) as shown_bar:
+
+        def done(name: str) -> None:
+            shown_bar.update(1, name)
+
+        yield done

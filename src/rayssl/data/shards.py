@@ -249,7 +249,8 @@ class ShardRows:
         for i, (key, url) in enumerate(zip(batch["__key__"], batch["__url__"], strict=True)):
             if self.kept is not None and f"{url}\0{key}" not in self.kept:
                 continue
-            suffix = next(c for c in columns if batch[c][i] is not None)
+            # shards mixing formats: a sample's other image columns are empty (None / NaN)
+            suffix = next(c for c in columns if isinstance(batch[c][i], bytes))
             names.append(f"{url}:{key}.{suffix}")
             images.append(batch[suffix][i])
             labels.append(int(batch[LABEL_SUFFIX][i]) if self.labeled else -1)

@@ -12,6 +12,7 @@ where it came from; `load_exported` rebuilds it without Ray or a rayssl config.
 from __future__ import annotations
 
 import io
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -270,19 +271,30 @@ def refuse_import_paths(names: list[Any], where: str, trusted: bool) -> None:
         )
 
 
+EXPORT_STAGES = ("reading the checkpoint", "converting", "writing")
+
+
 def export(
-    path: str, out: str, fmt: str = "state_dict", trust_import_paths: bool = False
+    path: str,
+    out: str,
+    fmt: str = "state_dict",
+    trust_import_paths: bool = False,
+    stage: Callable[[str], None] | None = None,
 ) -> Pretrained:
     """Write the backbone of run / checkpoint `path` to `out` (a local path or a URI): a
     `state_dict` export (see the module docstring), TorchScript (`torch.jit.trace` on the
     input shape, with the same metadata in the archive's extra files) or ONNX (the
     normalisation inside, a dynamic batch: `runs/deploy.py`); a backbone named by import
     path is rebuilt for tracing or ONNX only with `trust_import_paths`. Written locally,
-    then moved into place: a failed export leaves no partial file at `out`."""
+    then moved into place: a failed export leaves no partial file at `out`. `stage` is
+    called as each of `EXPORT_STAGES` ends (the CLI's bar: an export is three long calls,
+    not a count of items)."""
     import json
     import tempfile
 
+    done = stage or (lambda name: None)
     pretrained = read(path, "path", trust_import_paths)
+    done(EXPORT_STAGES[0])
     record = {
         "format": EXPORT_FORMAT,
         "backbone": pretrained.spec,
@@ -304,7 +316,9 @@ def export(
             torch.save(pretrained.state, weights)
             extra = {"rayssl.json": json.dumps(record), TORCHSCRIPT_STATE: weights.getvalue()}
             torch.jit.save(traced, str(local), _extra_files=extra)
+        done(EXPORT_STAGES[1])
         _put(local, out)
+        done(EXPORT_STAGES[2])
     return pretrained
 
 
