@@ -152,6 +152,63 @@ needs_timm = pytest.mark.skipif(
 )
 
 
+# a tiny self-supervised run on images: the image folder's and the shards' tests
+IMAGE_SSL = {
+    "method": "simclr",
+    "epochs": 1,
+    "backbone": {"name": "cnn2d", "width": 4, "depth": 2},
+    "simclr": {"temperature": 0.5},
+    "eval": {"every": 1, "linear_probe": False},
+}
+
+
+def assert_bad_data_refused(cases, data: dict, write_config, storage: Path) -> None:
+    """Each `(data overrides, expected text)` of `cases`, over `data`: `rayssl train` of a
+    2-worker `IMAGE_SSL` run (supervised where the overrides say `_supervised`) exits 2
+    with one line naming the problem, no traceback, and nothing written under `storage`."""
+    from click.testing import CliRunner
+
+    from rayssl.cli import main
+
+    for overrides, expected in cases:
+        supervised = overrides.pop("_supervised", False)
+        cfg = {
+            **({"backbone": IMAGE_SSL["backbone"]} if supervised else IMAGE_SSL),
+            "num_workers": 2,
+            "data": {**data, **overrides},
+        }
+        result = CliRunner().invoke(main, ["train", str(write_config(cfg))])
+        assert result.exit_code == 2, (expected, result.output)
+        lines = result.output.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith("rayssl: error:"), result.output
+        assert expected in lines[0], (expected, lines[0])
+        assert "Traceback" not in result.output
+        assert not storage.exists()
+
+
+def assert_streams_to_two_workers(data: dict, write_config, scored: int) -> None:
+    """A 2-epoch `IMAGE_SSL` run on 2 workers (SimCLR's views, linear probe) streaming
+    `data` (240 training samples, global batch 32): every step ran, every loss is finite,
+    and the probes, each rank over its share of the streamed fit and test splits, equal
+    one process's over the same checkpoint (`rayssl eval`) up to a tie among `scored`."""
+    import math
+
+    from rayssl.cluster import fit
+    from rayssl.config import load_train_config
+    from rayssl.inference.evaluate import evaluate_checkpoint
+
+    data = {"in_memory": False, "val_fraction": 0, "batch_size": 32, "probe_samples": 120,
+            "augment": {"preset": "simclr"}, **data}  # fmt: skip
+    probes = {"every": 1, "linear_probe": True}
+    cfg = load_train_config(write_config({**IMAGE_SSL, "epochs": 2, "data": data, "eval": probes}))
+    summary = fit(cfg)
+    assert summary["global_steps"] == 2 * (240 // 2 // 16)  # each worker: 120, batch 16
+    assert all(math.isfinite(h["train_loss"]) for h in summary["history"])
+    last, alone = summary["history"][-1], evaluate_checkpoint(summary["checkpoint"])
+    assert abs(last["knn_acc"] - alone["knn_acc"]) <= 1 / scored
+    assert abs(last["linear_acc"] - alone["linear_acc"]) <= 1 / scored
+
+
 def write_search(tmp_path: Path, base: Path) -> Path:
     """A two-trial FIFO search over optimizer.lr (1e-3, 1e-2) on `base`, both at once, its
     storage under `tmp_path / "tune"`; returns the search file."""

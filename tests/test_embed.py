@@ -86,6 +86,19 @@ def _expected(checkpoint: str, files: list[Path]) -> np.ndarray:
         return module((x - mean) / std).flatten(1).numpy()
 
 
+def _assert_rows(out: Path, sources: list[str], checkpoint: str, files: list[Path]) -> None:
+    """The embeddings at `out` are one row per source, in any order: row `sources[i]` holds
+    the backbone applied by hand to `files[i]` and its class folder's label."""
+    table = pq.read_table(out)
+    rows = {s: i for i, s in enumerate(table.column("source").to_pylist())}
+    assert sorted(rows) == sorted(sources)
+    order = [rows[s] for s in sources]
+    got = np.stack(table.column("embedding").to_numpy(zero_copy_only=False))[order]
+    np.testing.assert_allclose(got, _expected(checkpoint, files), rtol=1e-4, atol=1e-5)
+    labels = table.column("label").to_pylist()
+    assert [labels[i] for i in order] == [int(f.parent.name) for f in files]
+
+
 def _invoke(*args: str):
     return CliRunner().invoke(main, ["embed", *args])
 
@@ -130,14 +143,7 @@ def test_embed_parquet_image_bytes_names_file_and_row(ray_session, trained, digi
     )
     out = tmp_path / "emb"
     assert _invoke(trained, str(data), "--out", str(out)).exit_code == 0
-    table = pq.read_table(out)
-    rows = {s: i for i, s in enumerate(table.column("source").to_pylist())}
-    assert sorted(rows) == sorted(f"{data}#{i}" for i in range(12))
-    order = [rows[f"{data}#{i}"] for i in range(12)]
-    got = np.stack(table.column("embedding").to_numpy(zero_copy_only=False))[order]
-    np.testing.assert_allclose(got, _expected(trained, files), rtol=1e-4, atol=1e-5)
-    labels = table.column("label").to_pylist()
-    assert [labels[i] for i in order] == [int(f.parent.name) for f in files]
+    _assert_rows(out, [f"{data}#{i}" for i in range(12)], trained, files)
 
 
 def test_embed_webdataset_shards_names_shard_and_key(ray_session, trained, digits, tmp_path):
@@ -153,15 +159,8 @@ def test_embed_webdataset_shards_names_shard_and_key(ray_session, trained, digit
     pattern = str(tmp_path / "shards" / "s-{00..02}.tar")
     result = _invoke(trained, pattern, "--out", str(out))
     assert result.exit_code == 0, result.output
-    table = pq.read_table(out)
     shard = lambda i: tmp_path / "shards" / f"s-{i // 5:02d}.tar"  # noqa: E731
-    rows = {s: i for i, s in enumerate(table.column("source").to_pylist())}
-    assert sorted(rows) == sorted(f"{shard(i)}:k{i:02d}.jpg" for i in range(12))
-    order = [rows[f"{shard(i)}:k{i:02d}.jpg"] for i in range(12)]
-    got = np.stack(table.column("embedding").to_numpy(zero_copy_only=False))[order]
-    np.testing.assert_allclose(got, _expected(trained, files), rtol=1e-4, atol=1e-5)
-    labels = table.column("label").to_pylist()
-    assert [labels[i] for i in order] == [int(f.parent.name) for f in files]
+    _assert_rows(out, [f"{shard(i)}:k{i:02d}.jpg" for i in range(12)], trained, files)
 
 
 def test_bad_embed_input_is_one_line(ray_session, trained, digits, tmp_path):

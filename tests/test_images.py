@@ -16,6 +16,7 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 from click.testing import CliRunner
+from conftest import IMAGE_SSL, assert_bad_data_refused, assert_streams_to_two_workers
 from PIL import Image
 
 from rayssl.cli import main
@@ -25,15 +26,8 @@ from rayssl.data.datasets import load_splits
 from rayssl.data.demo import write_digit_images
 from rayssl.data.images import list_images
 from rayssl.data.stored import StoredSplit
-from rayssl.inference.evaluate import evaluate_checkpoint
 
-SSL = {
-    "method": "simclr",
-    "epochs": 1,
-    "backbone": {"name": "cnn2d", "width": 4, "depth": 2},
-    "simclr": {"temperature": 0.5},
-    "eval": {"every": 1, "linear_probe": False},
-}
+SSL = IMAGE_SSL
 
 
 @pytest.fixture(scope="module")
@@ -243,23 +237,8 @@ def _bad_cases(digits: Path, tmp: Path) -> list[tuple[dict, str]]:
 
 
 def test_bad_image_input_is_one_line_and_writes_nothing(digits, tmp_path, write_config):
-    for data, expected in _bad_cases(digits, tmp_path):
-        supervised = data.pop("_supervised", False)
-        cfg = {
-            **({} if supervised else SSL),
-            "num_workers": 2,
-            "data": {"name": "images", "batch_size": 16, "val_fraction": 0, **data},
-        }
-        if supervised:
-            cfg["backbone"] = SSL["backbone"]
-        storage = tmp_path / "runs"
-        result = CliRunner().invoke(main, ["train", str(write_config(cfg))])
-        assert result.exit_code == 2, (expected, result.output)
-        lines = result.output.strip().splitlines()
-        assert len(lines) == 1 and lines[0].startswith("rayssl: error:"), result.output
-        assert expected in lines[0], (expected, lines[0])
-        assert "Traceback" not in result.output
-        assert not storage.exists()
+    data = {"name": "images", "batch_size": 16, "val_fraction": 0}
+    assert_bad_data_refused(_bad_cases(digits, tmp_path), data, write_config, tmp_path / "runs")
 
 
 def test_a_truncated_file_is_refused_by_load_splits(digits, tmp_path):
@@ -350,27 +329,8 @@ def test_parquet_image_bytes_decode_in_ray_data(ray_session, digits, tmp_path):
 
 
 def test_simclr_streams_an_image_folder_to_two_workers(ray_session, digits, write_config):
-    data = {
-        "name": "images",
-        "path": str(digits / "train"),
-        "test_path": str(digits / "test"),
-        "in_memory": False,
-        "val_fraction": 0,
-        "batch_size": 32,
-        "probe_samples": 120,
-        "augment": {"preset": "simclr"},
-    }
-    probes = {"every": 1, "linear_probe": True}
-    cfg = load_train_config(write_config({**SSL, "epochs": 2, "data": data, "eval": probes}))
-    summary = fit(cfg)
-    assert summary["global_steps"] == 2 * (240 // 2 // 16)  # each worker: 120 images, batch 16
-    assert all(np.isfinite(h["train_loss"]) for h in summary["history"])
-    # the probes ran on two ranks, each over its share of the streamed fit and test splits;
-    # one process over the same checkpoint (rayssl eval) gives the same accuracies
-    last = summary["history"][-1]
-    alone = evaluate_checkpoint(summary["checkpoint"])
-    assert abs(last["knn_acc"] - alone["knn_acc"]) <= 1 / 80  # equal up to a tie
-    assert abs(last["linear_acc"] - alone["linear_acc"]) <= 1 / 80
+    data = {"name": "images", "path": str(digits / "train"), "test_path": str(digits / "test")}
+    assert_streams_to_two_workers(data, write_config, scored=80)
 
 
 @pytest.mark.slow  # the decode error itself is in the default suite (bad-input table)

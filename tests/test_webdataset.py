@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from click.testing import CliRunner
+from conftest import IMAGE_SSL, assert_bad_data_refused, assert_streams_to_two_workers
 
 from rayssl.cli import main
 from rayssl.cluster import fit
@@ -21,17 +22,10 @@ from rayssl.config import ConfigError, DataConfig, load_train_config
 from rayssl.data.datasets import load_splits
 from rayssl.data.demo import write_digit_images
 from rayssl.data.stored import StoredSplit
-from rayssl.inference.evaluate import evaluate_checkpoint
 
 pytest.importorskip("webdataset")  # the writer (reading needs only Ray Data)
 
-SSL = {
-    "method": "simclr",
-    "epochs": 1,
-    "backbone": {"name": "cnn2d", "width": 4, "depth": 2},
-    "simclr": {"temperature": 0.5},
-    "eval": {"every": 1, "linear_probe": False},
-}
+SSL = IMAGE_SSL
 
 
 @pytest.fixture(scope="module")
@@ -144,21 +138,8 @@ def test_simclr_streams_shards_to_two_workers(ray_session, demo, write_config):
         "path": str(shards / "train"),
         # WebDataset's brace notation, as its users write shard lists
         "test_path": str(shards / "test" / "shard-{000000..000001}.tar"),
-        "in_memory": False,
-        "val_fraction": 0,
-        "batch_size": 32,
-        "probe_samples": 120,
-        "augment": {"preset": "simclr"},
     }
-    probes = {"every": 1, "linear_probe": True}
-    cfg = load_train_config(write_config({**SSL, "epochs": 2, "data": data, "eval": probes}))
-    summary = fit(cfg)
-    assert summary["global_steps"] == 2 * (240 // 2 // 16)  # each worker: 120 samples
-    assert all(np.isfinite(h["train_loss"]) for h in summary["history"])
-    last = summary["history"][-1]
-    alone = evaluate_checkpoint(summary["checkpoint"])  # one process over the same shards
-    assert abs(last["knn_acc"] - alone["knn_acc"]) <= 1 / 80  # equal up to a tie
-    assert abs(last["linear_acc"] - alone["linear_acc"]) <= 1 / 80
+    assert_streams_to_two_workers(data, write_config, scored=80)
 
 
 def test_demo_images_writes_shards_a_local_run_trains_on(tmp_path, write_config):
@@ -240,22 +221,9 @@ def _bad_cases(shards: Path, tmp: Path) -> list[tuple[dict, str]]:
 
 
 def test_bad_shards_are_one_line_and_write_nothing(demo, tmp_path, write_config):
-    _, shards = demo
-    for data, expected in _bad_cases(shards, tmp_path):
-        supervised = data.pop("_supervised", False)
-        cfg = {
-            **({} if supervised else SSL),
-            "num_workers": 2,
-            "data": {"name": "webdataset", "batch_size": 8, "val_fraction": 0, **data},
-        }
-        if supervised:
-            cfg["backbone"] = SSL["backbone"]
-        result = CliRunner().invoke(main, ["train", str(write_config(cfg))])
-        assert result.exit_code == 2, (expected, result.output)
-        lines = result.output.strip().splitlines()
-        assert len(lines) == 1 and lines[0].startswith("rayssl: error:"), result.output
-        assert expected in lines[0], (expected, lines[0])
-        assert not (tmp_path / "runs").exists()
+    data = {"name": "webdataset", "batch_size": 8, "val_fraction": 0}
+    cases = _bad_cases(demo[1], tmp_path)
+    assert_bad_data_refused(cases, data, write_config, tmp_path / "runs")
 
 
 def test_a_missing_shard_of_a_brace_pattern_is_named(demo):
