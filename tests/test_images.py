@@ -359,6 +359,33 @@ def test_a_corrupt_file_found_mid_stream_names_it(ray_session, digits, tmp_path,
     assert e.value.bad_input  # exit code 2: the data's fault, not the run's
 
 
+def test_an_embedding_map_reads_a_test_split_left_in_storage(digits, tmp_path, write_config):
+    """A test split over data.eval_limit_mb stays in storage (here beside a local-mode run):
+    `rayssl plot --embeddings` reads its sample through Ray Data, as the probes do (it
+    refused such a run before)."""
+    from rayssl.inference.maps import embedding_figure
+
+    data = {
+        "name": "images",
+        "path": str(digits / "train"),
+        "test_path": str(digits / "test"),
+        "image_size": 48,
+        "eval_limit_mb": 1,
+        "val_fraction": 0,
+        "batch_size": 32,
+    }  # fmt: skip  (80 test images of 48 x 48 x 3 as float32: 2.1 MiB, over 1 MiB)
+    config = write_config({**SSL, "num_workers": 0, "name": "stored", "data": data})
+    assert CliRunner().invoke(main, ["train", str(config)]).exit_code == 0
+    (run,) = (tmp_path / "runs").glob("stored-*")
+    drawn = CliRunner().invoke(main, ["plot", str(run), "--embeddings"])
+    assert drawn.exit_code == 0, drawn.output
+    fig, _ = embedding_figure(str(run))
+    (ax,) = fig.axes
+    assert sum(len(c.get_offsets()) for c in ax.collections) == 80  # every test image
+    shown = sorted(int(t.get_text()) for t in ax.get_legend().get_texts())
+    assert shown == sorted({int(p.parent.name) for p in _files(digits / "test")})
+
+
 # ============================================================================ local mode, CLI
 
 

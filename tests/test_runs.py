@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import signal
@@ -10,6 +11,8 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
+import pytest
 from click.testing import CliRunner
 
 from rayssl.cli import main
@@ -290,5 +293,39 @@ def test_an_embedding_map_of_a_run_is_drawn_beside_its_curves(write_config, tmp_
     assert labels == ["0", "1", "2", "3"]
     colours = {tuple(c.get_facecolor()[0]) for c in ax.collections}
     assert len(colours) == 4 and sum(len(c.get_offsets()) for c in ax.collections) > 10
+    projection = "UMAP" if importlib.util.find_spec("umap") else "t-SNE"
+    assert ax.get_title().endswith(f"({projection})")
     two = runner.invoke(main, ["plot", str(run), str(run), "--embeddings"])
     assert two.exit_code == 2 and "one RUN" in two.output
+
+
+def test_the_map_projects_with_umap_where_installed_and_t_sne_otherwise(monkeypatch):
+    """Three separated clusters stay three clusters in 2-D either way: UMAP (umap-learn's,
+    called with the run's seed) where it imports, scikit-learn's t-SNE where it does not."""
+    import sys
+
+    from sklearn.manifold import TSNE
+
+    from rayssl.inference.maps import two_d
+
+    rng = np.random.default_rng(0)
+    centres = rng.normal(0, 10, size=(3, 16))
+    labels = np.repeat(np.arange(3), 40)
+    features = (centres[labels] + rng.normal(0, 0.5, size=(120, 16))).astype(np.float32)
+
+    def separated(points: np.ndarray) -> bool:  # every point nearer its own cluster's mean
+        means = np.stack([points[labels == k].mean(0) for k in range(3)])
+        nearest = ((points[:, None] - means[None]) ** 2).sum(-1).argmin(1)
+        return bool((nearest == labels).all())
+
+    with monkeypatch.context() as without:
+        without.setitem(sys.modules, "umap", None)  # as where umap-learn is not installed
+        points, name = two_d(features, seed=3)
+    expected = TSNE(n_components=2, init="pca", perplexity=30.0, random_state=3)
+    assert name == "t-SNE" and np.allclose(points, expected.fit_transform(features))
+    assert separated(points)
+    umap = pytest.importorskip("umap")
+    points, name = two_d(features, seed=3)
+    assert name == "UMAP" and points.shape == (120, 2) and separated(points)
+    again = umap.UMAP(n_components=2, random_state=3).fit_transform(features)
+    assert np.allclose(points, again)  # seeded: the same map

@@ -26,40 +26,63 @@ def embedding_figure(path: str, trust_import_paths: bool = False) -> tuple[Any, 
     cfg = saved_config(state, shown_as(where), trust_import_paths)
     splits = load_splits(cfg.data, cfg.seed)
     split = splits.test if splits.test is not None else splits.val
-    if split is None or not isinstance(split, tuple) or not splits.labeled:
+    if split is None or not _labeled(split):
         raise ConfigError(
-            f"'{path}': an embedding map needs a labeled val or test split held in memory "
-            "(this run's data streams it, or has none)"
+            f"'{path}': an embedding map needs a labeled val or test split (this run's data "
+            "has none)"
         )
-    x, y = split
-    pick = np.random.default_rng(cfg.seed).permutation(len(x))[:MAX_POINTS]
     inputs = Inputs(trained_method(cfg, splits, state), cfg, splits)
     with torch.no_grad():
-        features = torch.cat([inputs.clean_features(x[i]) for i in _chunks(pick)])
-    points = _two_d(features.float().numpy(), cfg.seed)
+        features, labels = zip(*(
+            (inputs.clean_features(x), y) for x, y in _sample(split, cfg.seed)
+        ), strict=True)  # fmt: skip
+    features, labels = torch.cat(features), torch.cat(labels)
+    points, projection = two_d(features.float().numpy(), cfg.seed)
     history = state["loop"]["history"]
     knn = next((h["knn_acc"] for h in reversed(history) if "knn_acc" in h), None)
     run = split_run_path(where["run"])[1] if "run" in where else where["checkpoint"]
     title = f"{cfg.method}: {run}, epoch {state['loop']['epoch']}"
     title += f", kNN {knn:.3f}" if knn is not None else ""
-    return _draw(points, y[pick].numpy(), title), where
+    title += f" ({projection})"
+    return _draw(points, labels.numpy(), title), where
 
 
-def _chunks(pick: np.ndarray):
+def _labeled(split) -> bool:
+    from rayssl.data.stored import StoredSplit
+
+    return split.labeled if isinstance(split, StoredSplit) else bool((split[1] >= 0).all())
+
+
+def _sample(split, seed: int):
+    """`(x, y)` batches of a seeded sample of at most MAX_POINTS of `split`: in memory, or
+    in storage (read through Ray Data, as the probes read it)."""
+    from rayssl.data.stored import StoredSplit
+
+    if isinstance(split, StoredSplit):
+        from rayssl.cluster.start import init_ray
+
+        init_ray(None)
+        yield from split.limited(MAX_POINTS, seed).batches(0, 1, 256, "cpu")
+        return
+    x, y = split
+    pick = np.random.default_rng(seed).permutation(len(x))[:MAX_POINTS]
     for i in range(0, len(pick), 256):
-        yield torch.as_tensor(pick[i : i + 256])
+        rows = torch.as_tensor(pick[i : i + 256])
+        yield x[rows], y[rows]
 
 
-def _two_d(features: np.ndarray, seed: int) -> np.ndarray:
-    try:  # UMAP where installed: faster, and the usual map of SSL features
+def two_d(features: np.ndarray, seed: int) -> tuple[np.ndarray, str]:
+    """The features in 2-D, seeded, and the projection's name: UMAP where umap-learn is
+    installed (faster, and the usual map of SSL features), else scikit-learn's t-SNE."""
+    try:
         import umap
     except ImportError:
         from sklearn.manifold import TSNE
 
         perplexity = float(min(30, max(2, len(features) // 4)))
         tsne = TSNE(n_components=2, init="pca", perplexity=perplexity, random_state=seed)
-        return tsne.fit_transform(features)
-    return umap.UMAP(n_components=2, random_state=seed).fit_transform(features)
+        return tsne.fit_transform(features), "t-SNE"
+    return umap.UMAP(n_components=2, random_state=seed).fit_transform(features), "UMAP"
 
 
 def _draw(points: np.ndarray, labels: np.ndarray, title: str) -> Any:
