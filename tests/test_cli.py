@@ -513,6 +513,25 @@ def test_eval_shows_its_embedding_progress_on_a_terminal_and_none_in_a_log(write
     assert b"knn_acc" in seen
 
 
+def test_eval_on_workers_draws_rank_0s_embedding_progress_on_the_drivers_terminal(
+    write_config,
+):
+    """`rayssl eval --workers 2`: the embedding happens in Ray Train workers; rank 0's share
+    comes back through a Ray queue and the driver draws it as its bar, to 100 %."""
+    import sys
+
+    config = write_config({"num_workers": 0, "epochs": 1, "method": "simclr"})
+    assert CliRunner().invoke(main, ["train", str(config)]).exit_code == 0
+    (run,) = (config.parent / "runs").iterdir()
+    code, seen = _on_a_terminal(
+        [sys.executable, "-m", "rayssl.cli", "eval", str(run), "--workers", "2"]
+    )
+    assert code == 0, seen[-500:]
+    for split in (b"embedding the fit split", b"embedding the scored split"):
+        assert split in seen, seen[-500:]
+    assert b"100%" in seen and b"knn_acc" in seen
+
+
 def test_export_shows_its_stages_on_a_terminal_and_none_in_a_log(write_config, tmp_path):
     """`rayssl export` is three long calls (read, convert, write): a bar of them on a
     terminal, only the result line in a log."""

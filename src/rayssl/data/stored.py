@@ -234,5 +234,10 @@ class StoredShard:
         self.split, self.rank, self.world_size = split, rank, world_size
         self.batch_size, self.device = batch_size, device
 
+    def __len__(self) -> int:
+        """Batches in this rank's share (what a progress bar counts)."""
+        rows = len(self.split.subset(range(self.rank, len(self.split.items), self.world_size)))
+        return -(-rows // self.batch_size)
+
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         return self.split.batches(self.rank, self.world_size, self.batch_size, self.device)

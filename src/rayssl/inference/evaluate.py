@@ -89,11 +89,16 @@ def _probe_worker(config: dict) -> None:
     import ray.train
     import ray.train.torch
 
+    from rayssl.progress import reporter
+
     context = ray.train.get_context()
     torch.set_num_threads(max(1, int(config["threads"])))
     job = ray.get(config["job"])
     rank, world = context.get_world_rank(), context.get_world_size()
-    metrics = probe_checkpoint(job, ray.train.torch.get_device(), rank, world)
+    # rank 0's share drawn as the driver's bar, where the driver has a terminal
+    shown = config.get("progress") is not None and rank == 0
+    progress = reporter(config["progress"]) if shown else None
+    metrics = probe_checkpoint(job, ray.train.torch.get_device(), rank, world, progress)
     if rank == 0:
         config["results"].put(metrics)
 
@@ -104,6 +109,7 @@ def _on_workers(job: dict, workers: int, use_gpu: bool) -> dict[str, float]:
     from ray.train.torch import TorchTrainer
     from ray.util.queue import Queue
 
+    from rayssl import progress
     from rayssl.cluster.records import worker_error
     from rayssl.cluster.start import RAY_TRAIN_ENV, init_ray
     from rayssl.config import ConfigError
@@ -112,17 +118,24 @@ def _on_workers(job: dict, workers: int, use_gpu: bool) -> dict[str, float]:
         os.environ.setdefault(key, value)
     init_ray(None, min_cpus=workers + 1)  # + Ray Data's read and decode tasks
     results = Queue(maxsize=1, actor_options={"num_cpus": 0})
+    bars = Queue(actor_options={"num_cpus": 0}) if progress.shown() else None
     with tempfile.TemporaryDirectory(prefix="rayssl-eval-") as scratch:  # Ray Train's records
         trainer = TorchTrainer(
             _probe_worker,
-            train_loop_config={"job": ray.put(job), "results": results, "threads": 1},
+            train_loop_config={
+                "job": ray.put(job),
+                "results": results,
+                "progress": bars,
+                "threads": 1,
+            },  # fmt: skip
             scaling_config=ScalingConfig(
                 num_workers=workers, use_gpu=use_gpu, resources_per_worker={"CPU": 1}
             ),
             run_config=RunConfig(name="rayssl-eval", storage_path=scratch),
         )
         try:
-            trainer.fit()
+            with progress.relayed(bars):
+                trainer.fit()
         except TrainingFailedError as exc:  # one worker's own line, without Ray's traceback
             kind, _, text = worker_error(exc).partition(": ")
             if kind in ("ImageDecodeError", "ConfigError"):  # the data's fault: exit 2
