@@ -513,6 +513,7 @@ def test_eval_shows_its_embedding_progress_on_a_terminal_and_none_in_a_log(write
     assert b"knn_acc" in seen
 
 
+@pytest.mark.slow  # the bar itself: test_eval_shows_its_embedding_progress_... (default)
 def test_eval_on_workers_draws_rank_0s_embedding_progress_on_the_drivers_terminal(
     write_config,
 ):

@@ -377,9 +377,7 @@ def test_an_embedding_map_reads_a_test_split_left_in_storage(digits, tmp_path, w
     config = write_config({**SSL, "num_workers": 0, "name": "stored", "data": data})
     assert CliRunner().invoke(main, ["train", str(config)]).exit_code == 0
     (run,) = (tmp_path / "runs").glob("stored-*")
-    drawn = CliRunner().invoke(main, ["plot", str(run), "--embeddings"])
-    assert drawn.exit_code == 0, drawn.output
-    fig, _ = embedding_figure(str(run))
+    fig, _ = embedding_figure(str(run))  # what `rayssl plot --embeddings` draws
     (ax,) = fig.axes
     assert sum(len(c.get_offsets()) for c in ax.collections) == 80  # every test image
     shown = sorted(int(t.get_text()) for t in ax.get_legend().get_texts())

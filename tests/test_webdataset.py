@@ -131,6 +131,9 @@ def test_shards_of_mixed_image_formats_stream_every_sample(ray_session, demo, tm
     assert _digests(streamed, [r["y"] for r in rows]) == _digests(*in_memory.train)
 
 
+# slow: the stream's rows (test_streamed_shards_yield_every_kept_sample_once_and_eval_reads_by_rank)
+# and the 2-worker run of a streamed folder (test_images.py) cover it in the default suite
+@pytest.mark.slow
 def test_simclr_streams_shards_to_two_workers(ray_session, demo, write_config):
     _, shards = demo
     data = {
