@@ -73,7 +73,9 @@ class Stream:
                 out_columns=(self.x_column, self.y_column),
             )
         elif self.kind == "webdataset":
-            return self._shards(read_concurrency)
+            from rayssl.data.shards import stream_dataset
+
+            return stream_dataset(self, read_concurrency)
         else:
             files = self.files
             # a new file order every epoch (every execution of the dataset), from the seed
@@ -93,30 +95,6 @@ class Stream:
                 classes=files.classes,
                 out_columns=(self.x_column, self.y_column),
             )
-        return rows.map_batches(decoder, batch_format="numpy")
-
-    def _shards(self, read_concurrency: int | None):
-        """WebDataset shards through Ray Data's reader: raw bytes (nothing decoded or
-        unpickled there), shards in a new order every epoch, then decoded as files are."""
-        import ray.data
-
-        from rayssl.data.images import Decoder
-        from rayssl.data.shards import IMAGE_SUFFIXES, LABEL_SUFFIX, ShardRows
-
-        files = self.files
-        labeled = files.labels is not None
-        rows = ray.data.read_webdataset(
-            files.shards,
-            filesystem=files.filesystem,
-            decoder=None,
-            suffixes=[*IMAGE_SUFFIXES, *([LABEL_SUFFIX] if labeled else [])],
-            shuffle=ray.data.FileShuffleConfig(seed=self.seed),
-            concurrency=read_concurrency,
-        ).map_batches(ShardRows(files.kept(), labeled), batch_format="numpy")
-        decoder = Decoder(
-            self.image_format, self.shape, bytes_column="bytes", name_column="name",
-            label_column="y", out_columns=(self.x_column, self.y_column),
-        )  # fmt: skip
         return rows.map_batches(decoder, batch_format="numpy")
 
 

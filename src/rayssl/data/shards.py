@@ -236,6 +236,31 @@ def _sample(found: dict, shard: str, field: str):
 # ============================================================================ reading
 
 
+def stream_dataset(stream, read_concurrency: int | None):
+    """The training rows of a `datasets.Stream` of shards, through Ray Data's reader: raw
+    bytes (nothing decoded or unpickled there), shards in a new order every epoch from the
+    seed, then decoded as image files are."""
+    import ray.data
+
+    from rayssl.data.images import Decoder
+
+    files = stream.files
+    labeled = files.labels is not None
+    rows = ray.data.read_webdataset(
+        files.shards,
+        filesystem=files.filesystem,
+        decoder=None,
+        suffixes=[*IMAGE_SUFFIXES, *([LABEL_SUFFIX] if labeled else [])],
+        shuffle=ray.data.FileShuffleConfig(seed=stream.seed),
+        concurrency=read_concurrency,
+    ).map_batches(ShardRows(files.kept(), labeled), batch_format="numpy")
+    decoder = Decoder(
+        stream.image_format, stream.shape, bytes_column="bytes", name_column="name",
+        label_column="y", out_columns=(stream.x_column, stream.y_column),
+    )  # fmt: skip
+    return rows.map_batches(decoder, batch_format="numpy")
+
+
 class ShardRows:
     """Ray Data `map_batches` function on `read_webdataset`'s rows (raw bytes per suffix):
     the image's bytes, its name and its label, samples outside `kept` dropped."""

@@ -236,7 +236,8 @@ class StoredShard:
 
     def __len__(self) -> int:
         """Batches in this rank's share (what a progress bar counts)."""
-        rows = len(self.split.subset(range(self.rank, len(self.split.items), self.world_size)))
+        share = self.split.items[self.rank :: self.world_size]
+        rows = len(share) if self.split.per_sample else sum(unit[2] for unit in share)
         return -(-rows // self.batch_size)
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
