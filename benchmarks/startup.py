@@ -75,7 +75,12 @@ def bare_run(workers: int) -> dict[str, float]:
 
 def bare(workers: int) -> None:
     """Ray's floor: rayssl's Ray start, then a TorchTrainer whose function only notes when
-    it was entered (Ray Train V2 keeps no metrics without a checkpoint: a file each)."""
+    it was entered (Ray Train V2 keeps no metrics without a checkpoint: a file each).
+
+    With 0 workers, the floor of local mode: no Ray start (local mode has no cluster), Ray
+    Train's local TorchTrainer, and a function that takes one `torch.optim` step on one
+    tensor (the first step of any torch optimizer imports `torch._dynamo`) before noting
+    the time: what any run in one process pays before its own work."""
     import os
 
     os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")  # as the CLI does
@@ -89,25 +94,19 @@ def bare(workers: int) -> None:
     from ray.train.torch import TorchTrainer
 
     imported = time.time()
-    ray.init(
-        address="local",
-        include_dashboard=False,
-        num_cpus=os.cpu_count(),
-        log_to_driver=False,
-        logging_level="WARNING",
-    )
+    if workers:
+        ray.init(
+            address="local",
+            include_dashboard=False,
+            num_cpus=os.cpu_count(),
+            log_to_driver=False,
+            logging_level="WARNING",
+        )
     ray_started = time.time()
     with tempfile.TemporaryDirectory() as tmp:
-
-        def empty(config: dict) -> None:
-            import ray.train
-
-            rank = ray.train.get_context().get_world_rank()
-            Path(config["dir"], f"entered-{rank}").write_text(str(time.time()))
-
         TorchTrainer(
-            empty,
-            train_loop_config={"dir": tmp},
+            _bare_function,
+            train_loop_config={"dir": tmp, "step": not workers},
             scaling_config=ScalingConfig(num_workers=workers),
             run_config=RunConfig(storage_path=f"{tmp}/storage"),
         ).fit()
@@ -122,6 +121,19 @@ def bare(workers: int) -> None:
             }
         )
     )
+
+
+def _bare_function(config: dict) -> None:
+    import ray.train
+
+    if config["step"]:
+        import torch
+
+        weight = torch.zeros(1, requires_grad=True)
+        weight.sum().backward()
+        torch.optim.SGD([weight], lr=0.1).step()
+    rank = ray.train.get_context().get_world_rank()
+    Path(config["dir"], f"entered-{rank}").write_text(str(time.time()))
 
 
 def median(runs: list[dict], key: str) -> float:
@@ -144,13 +156,12 @@ def main() -> None:
         runs, floor = [], []
         for i in range(args.runs):  # interleaved: the machine's drift hits both alike
             runs.append(rayssl_run(workers, args.config))
-            if workers:
-                floor.append(bare_run(workers))
+            floor.append(bare_run(workers))
             first = runs[-1]["start_to_first_step_s"]
             line = f"num_workers={workers} run {i + 1}: first step {first:.1f} s"
             if floor:
                 entered = floor[-1]["to_worker_entered_s"]
-                line += f"; a bare TorchTrainer's function entered {entered:.1f} s"
+                line += f"; the floor (a bare TorchTrainer's function) {entered:.1f} s"
             print(line, flush=True)
         entry = {
             "median_start_to_first_step_s": median(runs, "start_to_first_step_s"),
