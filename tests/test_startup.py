@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import subprocess
 import sys
-import time
 
 import pytest
 
@@ -73,22 +72,3 @@ def test_a_run_reports_its_start_up_timeline(write_config):
     assert all(first[p] >= 0 for p in phases)
     assert sum(first[p] for p in phases) == pytest.approx(first["start_to_first_step_s"])
     assert not any(k.startswith("startup_") for k in second)  # once per attempt
-
-
-def test_modules_named_load_in_a_thread_while_ray_starts(tmp_path, monkeypatch):
-    """The driver imports Ray Train's modules while a local Ray starts (its processes leave
-    the driver waiting): they load in another thread during the body, and a module that
-    cannot load does not stop the body (it fails later, where it is used)."""
-    from rayssl.cluster.start import RAY_TRAIN_MODULES, importing_meanwhile
-
-    (tmp_path / "slow_to_import.py").write_text(
-        "import threading, time\ntime.sleep(0.5)\nLOADED_IN = threading.current_thread().name\n"
-    )
-    monkeypatch.syspath_prepend(str(tmp_path))
-    started = time.monotonic()
-    with importing_meanwhile(("missing_module_xyz", "slow_to_import")):
-        body_done = time.monotonic() - started  # the body does not wait for the import
-    assert body_done < 0.4
-    assert sys.modules["slow_to_import"].LOADED_IN == "rayssl-imports"
-    assert "missing_module_xyz" not in sys.modules
-    assert RAY_TRAIN_MODULES == ("ray.train", "ray.train.torch")

@@ -20,7 +20,7 @@ from rayssl.cluster.entry import train_func
 from rayssl.cluster.faults import CRASH_ENV
 from rayssl.cluster.quiet import report_logs
 from rayssl.cluster.records import draw_curves, open_mlflow, summarize, worker_error
-from rayssl.cluster.start import importing_meanwhile, init_ray
+from rayssl.cluster.start import init_ray
 from rayssl.cluster.trainer import build_trainer
 from rayssl.config import ConfigError, TrainConfig
 from rayssl.data import Splits
@@ -96,8 +96,7 @@ def _fit(cfg, resume, train_fn, crash_after_epoch, marks, dashboard, claim) -> d
     if local:  # local mode needs no Ray cluster at all; rayssl prints its own progress
         report_logs(local=True)
     else:
-        with importing_meanwhile():  # Ray Train's modules load while Ray starts
-            ray_logs = init_ray(cfg, dashboard=dashboard, streaming=splits.reads_storage)
+        ray_logs = init_ray(cfg, dashboard=dashboard, streaming=splits.reads_storage)
     marks["ray_started"] = time.time()
     run = ready.run
     if run is None:  # reserves the new run's folder: only once the inputs and cluster passed

@@ -3,12 +3,10 @@
 from __future__ import annotations
 
 import contextlib
-import importlib
 import logging
 import os
 import sys
 import tempfile
-import threading
 from typing import TYPE_CHECKING
 
 from rayssl.cluster.quiet import RAY_DATA_LOGGING, starting_ray
@@ -26,32 +24,6 @@ RAY_TRAIN_ENV = {
     # Without this, Ray Train routes print() through a logger that echoes it a second time.
     "RAY_TRAIN_ENABLE_PRINT_PATCH": "0",
 }
-
-
-# What a driver imports after Ray is up to build its TorchTrainer (about 0.6 s here).
-RAY_TRAIN_MODULES = ("ray.train", "ray.train.torch")
-
-
-@contextlib.contextmanager
-def importing_meanwhile(modules: tuple[str, ...] = RAY_TRAIN_MODULES):
-    """Import `modules` in a thread while the body runs: starting a local Ray leaves this
-    process waiting on Ray's own processes (about 40 % of 2 cores idle here), and the
-    imports fill that wait instead of following it. A module that fails to import here is
-    imported again, and fails with its own error, where it is used."""
-    for key, value in RAY_TRAIN_ENV.items():  # read as Ray Train loads: set before the thread
-        os.environ.setdefault(key, value)
-
-    def load() -> None:
-        for module in modules:
-            with contextlib.suppress(Exception):
-                importlib.import_module(module)
-
-    thread = threading.Thread(target=load, name="rayssl-imports", daemon=True)
-    thread.start()
-    try:
-        yield
-    finally:
-        thread.join()
 
 
 def init_ray(
