@@ -133,6 +133,40 @@ def test_a_crashed_attempt_is_redone_without_duplicate_rows(ray_session, trained
     assert table.num_rows == 40 and len(set(table.column("source").to_pylist())) == 40
 
 
+def test_a_restart_resumes_after_the_whole_parts(
+    ray_session, trained, digits, tmp_path, monkeypatch
+):
+    """Parts of 16 rows (3 for the 40 test images): an attempt that fails once one part is
+    whole leaves that part in place; the rerun keeps its file untouched, embeds only the
+    other two, and every image is one row with the embedding the backbone gives it."""
+    from rayssl.inference.embed import CRASH_AFTER_PARTS_ENV
+
+    out, files = tmp_path / "emb", sorted((digits / "test").rglob("*.jpg"))
+    command = [trained, str(digits / "test"), "--out", str(out), "--part-rows", "16"]
+    monkeypatch.setenv(CRASH_AFTER_PARTS_ENV, "1")
+    crashed = _invoke(*command)
+    assert crashed.exit_code == 1 and "injected crash after 1 parts" in crashed.output
+    first = out / "part-00000.parquet"
+    assert (out / "_rayssl-part-00000.json").is_file() and not (out / MANIFEST).exists()
+    assert pq.read_table(first).column("source").to_pylist() == [str(f) for f in files[:16]]
+    written = first.stat().st_mtime_ns
+
+    # another part size than the first attempt's: refused, nothing touched
+    other = _invoke(*command[:-1], "8")
+    assert other.exit_code == 2 and "rerun with --part-rows 16" in other.output
+
+    monkeypatch.delenv(CRASH_AFTER_PARTS_ENV)
+    resumed = _invoke(*command)
+    assert resumed.exit_code == 0, resumed.output
+    assert "resuming: 1 of 3 parts" in resumed.output
+    assert first.stat().st_mtime_ns == written  # the whole part was not embedded again
+    parts = sorted(p.name for p in out.glob("part-*.parquet"))
+    assert parts == ["part-00000.parquet", "part-00001.parquet", "part-00002.parquet"]
+    assert [pq.read_metadata(out / p).num_rows for p in parts] == [16, 16, 8]
+    _assert_rows(out, [str(f) for f in files], trained, files)
+    assert (out / MANIFEST).is_file() and not (out / PARTIAL).exists()
+
+
 def test_embed_parquet_image_bytes_names_file_and_row(ray_session, trained, digits, tmp_path):
     files = sorted((digits / "test").rglob("*.jpg"))[:12]
     data = tmp_path / "rows.parquet"

@@ -169,6 +169,13 @@ def evaluate(path: str, knn_k: int | None, trust_import_paths: bool, **where) ->
 @click.option("--gpus-per-actor", type=click.FloatRange(min=0), default=0.0, show_default=True)
 @click.option("--cpus-per-actor", type=click.FloatRange(min=0), default=1.0, show_default=True)
 @click.option("--batch-size", type=click.IntRange(min=1), default=256, show_default=True)
+@click.option(
+    "--part-rows",
+    type=click.IntRange(min=1),
+    default=50_000,
+    show_default=True,
+    help="Rows per Parquet file; a restart resumes after the last whole one.",
+)
 @click.option("--x-column", default="x", show_default=True, help="Parquet: the input column.")
 @click.option("--y-column", default="y", show_default=True, help="Parquet: labels, if any.")
 @click.option("--trust-import-paths", is_flag=True, help=TRUST_HELP)

@@ -8,13 +8,14 @@ to Parquet as they come: `source` (the image's path or URI; `file#row` for Parqu
 `shard:key.suffix` for shards),
 `label` (the class folder's index, or the label column; null where unknown) and
 `embedding`. The backbone sees what it saw in training: the run's input size, colour and
-normalisation. Files are written to a hidden folder inside DIR and moved into place when
-every row is done, with `_rayssl-embeddings.json` last: a restart after a crash starts
-again from nothing, so no row is ever written twice.
+normalisation. The rows go to one Parquet file per part of about `--part-rows` rows, each
+moved into place when whole (`embed_output.py`): a restart after a crash keeps the whole
+parts, embeds the rest, and never writes a row twice.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sys
 import time
@@ -27,9 +28,10 @@ import torch
 from rayssl.config import ConfigError
 from rayssl.data import images
 from rayssl.data.stored import StoredSplit, parquet_units
+from rayssl.inference.embed_output import MANIFEST, PARTIAL, Output, plan_parts
 
-MANIFEST = "_rayssl-embeddings.json"  # "_": Parquet readers pass over it
-PARTIAL = ".rayssl-embed-partial"
+__all__ = ["MANIFEST", "PARTIAL", "EmbedJob", "embed"]
+CRASH_AFTER_PARTS_ENV = "RAYSSL_EMBED_CRASH_AFTER_PARTS"  # fault injection, for tests
 
 
 @dataclass
@@ -41,13 +43,15 @@ class EmbedJob:
     gpus_per_actor: float = 0.0
     cpus_per_actor: float = 1.0
     batch_size: int = 256
+    part_rows: int = 50_000
     x_column: str = "x"
     y_column: str = "y"
     trust_import_paths: bool = False
 
 
 def embed(job: EmbedJob) -> dict[str, Any]:
-    """Embed `job.data` with the backbone of `job.source`; return the manifest written."""
+    """Embed `job.data` with the backbone of `job.source`, resuming after the parts a
+    crashed attempt finished; return the manifest written."""
     from rayssl.runs import pretrained as pre
 
     backbone = pre.read(job.source, "embed's SOURCE", job.trust_import_paths)
@@ -56,52 +60,86 @@ def embed(job: EmbedJob) -> dict[str, Any]:
         raise ConfigError(f"SOURCE '{job.source}' does not record its backbone's input shape")
     split = input_split(job, tuple(backbone.input_shape))
     identity = {"source": backbone.source or {"path": job.source}, "data": job.data}
-    out_fs, out_root = _output(job.out, identity)
-    if out_fs is None:  # done before: the same embeddings are already there
+    item_rows = [1] * len(split.items) if split.per_sample else [n for *_, n in split.items]
+    parts = plan_parts(item_rows, job.part_rows)
+    try:
+        fs, root = _fs(job.out)
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"--out '{job.out}' cannot be used ({exc})") from None
+    job_record = {**identity, "items": len(split.items), "part_rows": job.part_rows}
+    output = Output.open(job.out, fs, root, job_record)
+    if output is None:  # done before: the same embeddings are already there
         print(f"[rayssl] note: --out '{job.out}' already holds these embeddings", flush=True)
-        return json.loads(_read_text(*_fs(job.out), MANIFEST))
-    _start_ray(job)
+        return json.loads(Output(job.out, fs, root, job_record).read(MANIFEST))
+    done = output.parts_done()
+    if done:
+        print(
+            f"[rayssl] note: resuming: {len(done)} of {len(parts)} parts of --out "
+            f"'{job.out}' are whole; embedding the other {len(parts) - len(done)}",
+            flush=True,
+        )
+    todo = [(i, sum(item_rows[j] for j in part)) for i, part in enumerate(parts) if i not in done]
     started = time.perf_counter()
-    rows = _run(job, split, out_fs, f"{out_root}/{PARTIAL}")
+    if todo:
+        _start_ray(job)
+        mine = split.subset([j for i, _ in todo for j in parts[i]])
+        # closed on any failure: Ray Data's executor stops now, not when collected
+        with contextlib.closing(_embedded(job, mine)) as tables:
+            done.update(output.write_parts(todo, tables, _crash_hook()))
     manifest = {
         **identity,
-        "rows": rows,
-        "dim": _dim(out_fs, f"{out_root}/{PARTIAL}"),
+        "rows": sum(done.values()),
+        "parts": len(parts),
+        "dim": output.dim(),
         "backbone": backbone.spec,
         "input_shape": backbone.input_shape,
         "wall_s": round(time.perf_counter() - started, 3),
     }
-    _commit(out_fs, out_root, manifest)
+    output.finish(manifest)
     return manifest
 
 
-def _run(job: EmbedJob, split: StoredSplit, fs, partial: str) -> int:
+def _embedded(job: EmbedJob, split: StoredSplit):
+    """The embeddings of `split`'s items as pyarrow tables, in the items' order: Ray Data
+    reads and decodes in tasks, a pool of actors embeds, and the blocks stream here."""
     import ray.data
 
     context = ray.data.DataContext.get_current()
     context.enable_progress_bars = sys.stderr.isatty()  # a bar on a terminal, quiet in CI
-    prefix = _uri_prefix(job.data)
-    data = split.dataset(source_prefix=prefix).map_batches(
-        Embedder,
-        fn_constructor_kwargs={
-            "path": job.source,
-            "trust": job.trust_import_paths,
-            "scale": split.kind != "parquet",
-            "shape": split.shape,
-        },
-        batch_size=job.batch_size,
-        batch_format="numpy",
-        compute=ray.data.ActorPoolStrategy(size=job.actors),
-        num_cpus=job.cpus_per_actor,
-        num_gpus=job.gpus_per_actor or None,
-    )
-    import pyarrow.fs as pafs
+    ordered = context.execution_options.preserve_order
+    context.execution_options.preserve_order = True  # parts are ranges of the items
+    try:
+        data = split.dataset(source_prefix=_uri_prefix(job.data)).map_batches(
+            Embedder,
+            fn_constructor_kwargs={
+                "path": job.source,
+                "trust": job.trust_import_paths,
+                "scale": split.kind != "parquet",
+                "shape": split.shape,
+            },
+            batch_size=job.batch_size,
+            batch_format="numpy",
+            compute=ray.data.ActorPoolStrategy(size=job.actors),
+            num_cpus=job.cpus_per_actor,
+            num_gpus=job.gpus_per_actor or None,
+        )
+        yield from data.iter_batches(batch_size=None, batch_format="pyarrow")
+    finally:
+        context.execution_options.preserve_order = ordered
 
-    if fs.get_file_info(partial).type != pafs.FileType.NotFound:  # a crashed attempt's: void
-        fs.delete_dir(partial)
-    fs.create_dir(partial)
-    data.write_parquet(partial, filesystem=fs)
-    return _parquet_dataset(fs, partial).count_rows()
+
+def _crash_hook():
+    """Fault injection for tests: with RAYSSL_EMBED_CRASH_AFTER_PARTS=N, fail once N parts
+    are whole in this attempt."""
+    import os
+
+    after = int(os.environ.get(CRASH_AFTER_PARTS_ENV, "0") or 0)
+
+    def hook(parts_written: int) -> None:
+        if after and parts_written >= after:
+            raise RuntimeError(f"injected crash after {parts_written} parts")
+
+    return hook
 
 
 class Embedder:
@@ -263,75 +301,6 @@ def _uri_prefix(data: str) -> str:
     return (
         data.split("://", 1)[0] + "://" if "://" in data and not data.startswith("file://") else ""
     )
-
-
-def _output(out: str, identity: dict):
-    """The output folder's filesystem and path, checked: new, empty, holding only a crashed
-    attempt's files, or these very embeddings (None: nothing to do). Another run's
-    embeddings, or files of anything else, are refused in one line."""
-    import pyarrow.fs as pafs
-
-    try:
-        fs, root = _fs(out)
-        info = fs.get_file_info(root)
-        if info.type == pafs.FileType.NotFound:
-            fs.create_dir(root)
-            return fs, root
-        if info.type != pafs.FileType.Directory:
-            raise ConfigError(f"--out '{out}' is a file; give a folder")
-        entries = fs.get_file_info(pafs.FileSelector(root))
-    except (OSError, ValueError) as exc:
-        raise ConfigError(f"--out '{out}' cannot be used ({exc})") from None
-    names = {e.path.rsplit("/", 1)[-1] for e in entries}
-    if MANIFEST in names:
-        held = json.loads(_read_text(fs, root, MANIFEST))
-        if {k: held.get(k) for k in identity} == identity:
-            return None, root
-        raise ConfigError(
-            f"--out '{out}' holds the embeddings of another backbone or input (of "
-            f"'{held.get('data')}' by {_describe(held.get('source') or {})}); give another --out"
-        )
-    if names - {PARTIAL}:
-        raise ConfigError(
-            f"--out '{out}' holds other files ({', '.join(sorted(names)[:3])}); give a new "
-            "or empty folder"
-        )
-    return fs, root
-
-
-def _describe(source: dict) -> str:
-    where = source.get("run") or source.get("path") or "?"
-    return f"'{where}'" + (f" epoch {source['epoch']}" if "epoch" in source else "")
-
-
-def _commit(fs, root: str, manifest: dict) -> None:
-    """Every part file into place, then the manifest: its presence says the set is whole."""
-    import pyarrow.fs as pafs
-
-    partial = f"{root}/{PARTIAL}"
-    for f in fs.get_file_info(pafs.FileSelector(partial)):
-        fs.move(f.path, f"{root}/{f.path.rsplit('/', 1)[-1]}")
-    fs.delete_dir(partial)
-    with fs.open_output_stream(f"{root}/{MANIFEST}") as handle:
-        handle.write(json.dumps(manifest, indent=2).encode())
-
-
-def _read_text(fs, root: str, name: str) -> str:
-    with fs.open_input_stream(f"{root}/{name}") as handle:
-        return handle.read().decode()
-
-
-def _parquet_dataset(fs, path: str):
-    import pyarrow.dataset as ds
-
-    return ds.dataset(path, format="parquet", filesystem=fs)
-
-
-def _dim(fs, path: str) -> int:
-    import pyarrow as pa
-
-    kind = _parquet_dataset(fs, path).schema.field("embedding").type
-    return kind.list_size if isinstance(kind, pa.FixedSizeListType) else -1
 
 
 def _start_ray(job: EmbedJob) -> None:
