@@ -241,12 +241,20 @@ def test_eval_on_two_workers_equals_one_process_and_names_a_bad_file(
 ):
     """`rayssl eval --workers 2`: each Ray Train worker embeds its share of the streamed fit
     and test splits, the probes run across both; the accuracies are the in-process ones
-    (up to a tie of one of the 40 test images). A JPEG cut short in the middle of the test
-    split is one line naming it, found by a worker's Ray Data task."""
+    (up to a tie of one of the 40 test images), as are those the 2-worker training run
+    itself reported at its end, each rank over its share of the streamed splits. A JPEG cut
+    short in the middle of the test split is one line naming it, found by a worker's Ray
+    Data task."""
+    import json
+
     from rayssl.inference.evaluate import evaluate_checkpoint
     from rayssl.runs.state import STATE_FILE, load_state_file
 
     alone = evaluate_checkpoint(trained)
+    in_training = json.loads((Path(trained).parent / "summary.json").read_text())
+    for metric in ("knn_acc", "linear_acc"):
+        got = in_training["final_metrics"][metric]
+        assert abs(got - alone[metric]) <= 1 / 40 + 1e-4, (metric, got, alone)
     result = CliRunner().invoke(main, ["eval", trained, "--workers", "2"])
     assert result.exit_code == 0, result.output
     shared = _printed(result.output)

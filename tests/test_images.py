@@ -328,6 +328,10 @@ def test_parquet_image_bytes_decode_in_ray_data(ray_session, digits, tmp_path):
     assert got == sorted((int(p.parent.name), _digest(resized(p))) for p in paths)
 
 
+# the same path at 224 px runs in the default suite: test_embed's `trained` fixture streams a
+# JPEG folder to 2 workers, and test_eval_on_two_workers_equals_one_process checks that run's
+# probes, each rank over its share, against one process's: slow here
+@pytest.mark.slow
 def test_simclr_streams_an_image_folder_to_two_workers(ray_session, digits, write_config):
     data = {"name": "images", "path": str(digits / "train"), "test_path": str(digits / "test")}
     assert_streams_to_two_workers(data, write_config, scored=80)
