@@ -277,3 +277,38 @@ def test_eval_on_two_workers_equals_one_process_and_names_a_bad_file(
     assert f"{victim.parent.name}/{victim.name}' cannot be decoded" in lines[-1], lines
     gpu = CliRunner().invoke(main, ["eval", trained, "--use-gpu"])
     assert gpu.exit_code == 2 and "--use-gpu needs --workers N" in gpu.output
+
+
+def test_parts_are_item_ranges_of_at_least_part_rows_rows():
+    from rayssl.inference.embed_output import plan_parts
+
+    assert plan_parts([1] * 40, 16) == [range(0, 16), range(16, 32), range(32, 40)]
+    # Parquet row groups are never split: a part ends once it holds part_rows rows
+    assert plan_parts([100, 5, 5, 200, 3], 50) == [range(0, 1), range(1, 4), range(4, 5)]
+    assert plan_parts([7], 50) == [range(0, 1)]
+
+
+def test_a_partial_output_of_another_job_is_refused_and_left_alone(tmp_path):
+    """--out holding the unfinished parts of another backbone's, or of this input when it
+    had other items, is one line; its files stay."""
+    import json
+
+    import pyarrow.fs as pafs
+
+    from rayssl.config import ConfigError
+    from rayssl.inference.embed_output import JOB, Output
+
+    out = tmp_path / "emb"
+    out.mkdir()
+    held = {"source": {"run": "other"}, "data": "d", "items": 40, "part_rows": 16}
+    (out / JOB).write_text(json.dumps(held))
+    (out / "part-00000.parquet").write_bytes(b"kept")
+    fs = pafs.LocalFileSystem()
+    mine = {"source": {"run": "mine"}, "data": "d", "items": 40, "part_rows": 16}
+    with pytest.raises(ConfigError, match="partial embeddings of another backbone or input"):
+        Output.open(str(out), fs, str(out), mine)
+    grown = {**held, "items": 41}
+    with pytest.raises(ConfigError, match="when it had 40 items; it has 41 now"):
+        Output.open(str(out), fs, str(out), grown)
+    assert (out / "part-00000.parquet").read_bytes() == b"kept"
+    assert Output.open(str(out), fs, str(out), held) is not None  # the same job: resumed
