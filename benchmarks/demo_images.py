@@ -46,6 +46,9 @@ LINEAR_CONFIGS = {m: "configs/linear_eval_vit_images.yaml" for m in ("mae", "din
 RANDOM = "linear eval: random init"  # inputs normalised with the data set's statistics
 RANDOM_SAMPLE = "linear eval: random init, per-image normalisation"  # data.normalize: sample
 RANDOM_VIT_SAMPLE = "linear eval: random init ViT-tiny, per-image normalisation"
+# the kNN and standardised probe of that frozen random ViT, fitted on every training image
+# as a ViT method's own probes are (`rayssl eval` of a 1-epoch frozen run: nothing trains it)
+RANDOM_VIT_PROBES = "probes: random init ViT-tiny, per-image normalisation"
 SUPERVISED = "supervised from scratch (same network, 20 epochs)"
 # the random-init baselines name their normalisation (a pretrained backbone brings its own)
 BASELINE_RUNS = {
@@ -134,10 +137,14 @@ def side_by_side(rows: list[dict]) -> dict[str, dict]:
         table["random init, per-image normalisation"] = {
             "linear_eval_acc": by_run[RANDOM_SAMPLE]["test_accuracy"]
         }
+    vit = {}
+    if RANDOM_VIT_PROBES in by_run:
+        probes = by_run[RANDOM_VIT_PROBES]
+        vit = {"knn_acc": probes["knn_acc"], "linear_probe_acc": probes["linear_acc"]}
     if RANDOM_VIT_SAMPLE in by_run:
-        table["random init ViT-tiny, per-image normalisation"] = {
-            "linear_eval_acc": by_run[RANDOM_VIT_SAMPLE]["test_accuracy"]
-        }
+        vit["linear_eval_acc"] = by_run[RANDOM_VIT_SAMPLE]["test_accuracy"]
+    if vit:
+        table["random init ViT-tiny, per-image normalisation"] = vit
     if SUPERVISED in by_run:
         table["supervised (ceiling)"] = {"test_accuracy": by_run[SUPERVISED]["test_accuracy"]}
     return table
@@ -181,8 +188,11 @@ def markdown(result: dict) -> str:
     ):
         if label in by_run:
             r = by_run[label]
+            probes = by_run.get(RANDOM_VIT_PROBES, {}) if label == RANDOM_VIT_SAMPLE else {}
+            knn, probe = acc(probes.get("knn_acc")), acc(probes.get("linear_acc"))
             lines.append(
-                f"| {name} | | | | {acc(r['test_accuracy'])} | | {_clock(r['command_wall_s'])} |"
+                f"| {name} | {knn} | {probe} | | {acc(r['test_accuracy'])} | | "
+                f"{_clock(r['command_wall_s'])} |"
             )
     if SUPERVISED in by_run:
         r = by_run[SUPERVISED]
@@ -275,11 +285,54 @@ def few_labels_markdown(result: dict) -> str:
     return "\n".join([*lines, "", draws, "", *gains])
 
 
+def random_vit_probes(storage: Path) -> dict:
+    """The kNN and standardised probe of a random-init ViT-tiny, as a ViT method's own
+    probes read its backbone: every training image fits them (data.val_fraction 0, as the
+    ViT methods' configs), the test split scores, k as in configs/mae_images.yaml. The
+    network is the frozen random init of a 1-epoch linear evaluation (seed 0: the init of
+    the random ViT's linear evaluation), probed by `rayssl eval`."""
+    import yaml
+
+    k = yaml.safe_load((ROOT / "configs/mae_images.yaml").read_text())["eval"]["knn_k"]
+    config, name = LINEAR_CONFIGS["mae"], "probes_random_vit_sample"
+    sets = (
+        f"storage_path={storage}", f"name={name}", "backbone.init_from=null",
+        "data.normalize=sample", "data.val_fraction=0", "epochs=1",
+    )  # fmt: skip
+    flags = [x for s in sets for x in ("--set", s)]
+    started = time.time()
+    rayssl("train", config, *flags)
+    run_dir = sorted(storage.glob(f"{name}-*/summary.json"))[-1].parent
+    probed = subprocess.run(
+        [sys.executable, "-m", "rayssl.cli", "eval", str(run_dir), "--knn-k", str(k)],
+        cwd=ROOT, check=True, capture_output=True, text=True,
+    )  # fmt: skip
+    words = probed.stdout.split()  # "knn_acc 0.1234  linear_acc 0.5678"
+    metrics = {words[i]: float(words[i + 1]) for i in range(0, len(words) - 1, 2)}
+    return {
+        "run": RANDOM_VIT_PROBES,
+        "command": f"rayssl train {config} {' '.join(flags)} && rayssl eval RUN --knn-k {k}",
+        "test_accuracy": None,
+        "knn_acc": metrics["knn_acc"],
+        "linear_acc": metrics["linear_acc"],
+        "online_linear_acc": None,
+        "normalize": "sample",
+        "epochs": 1,
+        "command_wall_s": round(time.time() - started, 1),
+    }
+
+
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser()
     parser.add_argument("--out", default="benchmarks/results/demo_images-2core-cpu.json")
     parser.add_argument("--storage", default="runs/demo_images")
-    parser.add_argument("--methods", nargs="+", default=["simclr", "byol"], choices=METHODS)
+    parser.add_argument(
+        "--methods",
+        nargs="*",
+        default=["simclr", "byol"],
+        choices=METHODS,
+        help="none (`--methods` alone): only the --baselines",
+    )
     parser.add_argument(
         "--linear-only",
         nargs="*",
@@ -310,6 +363,11 @@ def parse_args() -> argparse.Namespace:
         "--few-labels-only",
         action="store_true",
         help="run only the --labels-per-class rows (the pretraining runs must exist)",
+    )
+    parser.add_argument(
+        "--random-vit-probes",
+        action="store_true",
+        help="also the kNN and standardised probe of a random-init ViT-tiny (rayssl eval)",
     )
     parser.add_argument(
         "--markdown", action="store_true", help="print the docs' table from --out; run nothing"
@@ -388,6 +446,9 @@ def main() -> None:
 
     for spec in planned_runs(args, storage):
         run(*spec)
+    if args.random_vit_probes:
+        rows.append(random_vit_probes(storage))
+        print(json.dumps(rows[-1]), flush=True)
     fresh = {r["run"] for r in rows}
     rows = [r for r in earlier if r["run"] not in fresh] + rows
     result = {
