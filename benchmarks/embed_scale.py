@@ -3,16 +3,21 @@
     python benchmarks/embed_scale.py [--images 2000] [--side 224] [--backbone resnet18]
         [--memory-sizes 2000 20000] [--out benchmarks/results/embed_scale-2core-cpu.json]
 
-One folder of JPEGs from `rayssl demo-images` (`--images` at `--side` px) and one backbone:
-a run of `--backbone` (ResNet-18 with its ImageNet stem by default) trained one short epoch
-on 64 of the images in Ray Train's local mode. Rows, in one session, on the same cores:
+Folders of JPEGs from `rayssl demo-images` (`--images` at `--side` px, and twice as many)
+and one backbone: a run of `--backbone` (ResNet-18 with its ImageNet stem by default)
+trained one short epoch on 64 of the images in Ray Train's local mode. Rows, in one
+session, on the same cores:
 
-- rayssl embed, 1 actor and 2 actors (`--actors N`, one CPU and one torch thread each):
-  images/s of the job itself (the manifest's `wall_s`: Ray Data's read, decode, the actors,
-  the Parquet write; Ray's start-up not in it, it is in `command_s`), the driver's peak RSS.
-- a plain torch loop: the same files, decoded and normalised the same way by a torch
-  `DataLoader` (PIL, 1 and 2 loader workers), the same backbone in the main process with 2
-  torch threads, features kept in memory (no Parquet). The faster of the two is the baseline.
+- rayssl embed, 1 actor and 2 actors (`--actors N`, one CPU and one torch thread each), and
+  a plain torch loop: the same files, decoded and normalised the same way by a torch
+  `DataLoader` (PIL, `--loader-workers` loader processes), the same backbone in the main
+  process with 2 torch threads, features kept in memory (no Parquet). Each row runs at
+  `--images` N and 2N images: its time (rayssl: the manifest's `wall_s`, from reading the
+  backbone: Ray's start, the actors loading the backbone, Ray Data's read and decode, the
+  actors, the Parquet write; the loop: from reading the backbone) at both sizes, and the
+  rate of the N images the larger input adds, the one a large input runs at: the fixed
+  cost cancels. The ratios are of those rates.
+- `--throughput-only`: these rows, the file's driver-memory rows kept.
 - `--wide-only`: rayssl embed with 1 actor of 2 CPUs (`--cpus-per-actor 2`: 2 torch
   threads, as the torch loop has), its own result file.
 - memory: the driver's peak RSS (VmHWM of the `rayssl embed` process, sampled from /proc
@@ -104,6 +109,7 @@ def run_embed(source: str, data: Path, out: Path, actors: int, batch: int, cpus:
         "images": manifest["rows"],
         "job_s": manifest["wall_s"],
         "images_per_s": round(manifest["rows"] / manifest["wall_s"], 1),
+        "first_rows_s": manifest.get("first_rows_s"),  # Ray's start, actors, a first block
         "command_s": round(time.perf_counter() - started, 1),
         "driver_peak_mb": peak[0],
     }
@@ -129,6 +135,7 @@ def torch_loop(source: str, data: Path, batch: int, loader_workers: int) -> dict
     from rayssl.runs.pretrained import read, rebuild
 
     torch.set_num_threads(2)
+    started = time.perf_counter()  # as rayssl's job: from reading the backbone
     backbone = read(source)
     module = rebuild(backbone, source)
     stats = backbone.normalize
@@ -138,28 +145,71 @@ def torch_loop(source: str, data: Path, batch: int, loader_workers: int) -> dict
         batch_size=batch,
         num_workers=loader_workers,
     )
-    started = time.perf_counter()
+    loop_started = time.perf_counter()
     rows = 0
     with torch.no_grad():
         for x in loader:
             rows += len(module(x).flatten(1))
-    took = time.perf_counter() - started
+    now = time.perf_counter()
     return {
         "loader_workers": loader_workers,
         "images": rows,
-        "loop_s": round(took, 2),
-        "images_per_s": round(rows / took, 1),
+        "loop_s": round(now - loop_started, 2),  # the loop alone, as before
+        "images_per_s": round(rows / (now - loop_started), 1),
+        "job_s": round(now - started, 2),  # from reading the backbone, as rayssl's job_s
     }
+
+
+def marginal(small: dict, large: dict) -> dict:
+    """One row at two input sizes: the job's images/s at each, and the rate of the images
+    the larger input adds (extra images / extra seconds): the fixed cost (Ray's start, the
+    actors loading the backbone, a pipeline's first and last blocks) cancels, and what is
+    left is the rate a large input runs at."""
+    extra = large["images"] - small["images"]
+    return {
+        "at_sizes": [small, large],
+        "images_per_s_added": round(extra / (large["job_s"] - small["job_s"]), 1),
+        "fixed_s": round(
+            small["job_s"] - small["images"] * (large["job_s"] - small["job_s"]) / extra, 1
+        ),
+    }
+
+
+def throughput(args, work: Path, source: str, sets: list[Path]) -> dict:
+    """rayssl embed with 1 and 2 actors and the torch loop, each at both input sizes."""
+    rows: dict = {}
+    for actors in (1, 2):
+        runs = [run_embed(source, d, work / f"out-{actors}-{i}", actors, args.batch_size)
+                for i, d in enumerate(sets)]  # fmt: skip
+        rows[f"rayssl_{actors}_actor"] = marginal(*runs)
+        print(json.dumps(rows[f"rayssl_{actors}_actor"]), flush=True)
+    for workers in args.loader_workers:
+        runs = [torch_loop(source, d, args.batch_size, workers) for d in sets]
+        rows[f"torch_loader_{workers}"] = marginal(*runs)
+        print(json.dumps(rows[f"torch_loader_{workers}"]), flush=True)
+    loop = max(rows[f"torch_loader_{w}"]["images_per_s_added"] for w in args.loader_workers)
+    two, one = rows["rayssl_2_actor"], rows["rayssl_1_actor"]
+    rows["two_over_one_actor"] = round(two["images_per_s_added"] / one["images_per_s_added"], 2)
+    rows["two_actors_over_torch_loop"] = round(two["images_per_s_added"] / loop, 2)
+    return rows
 
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--images", type=int, default=2000)
+    parser.add_argument(
+        "--images", type=int, default=2000, help="N: the throughput rows embed N and 2N images"
+    )
+    parser.add_argument("--loader-workers", type=int, nargs="+", default=[1])
     parser.add_argument("--side", type=int, default=224)
     parser.add_argument("--backbone", default="resnet18")
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--memory-sizes", type=int, nargs="+", default=[2000, 20000])
     parser.add_argument("--out", default="benchmarks/results/embed_scale-2core-cpu.json")
+    parser.add_argument(
+        "--throughput-only",
+        action="store_true",
+        help="the throughput rows only; the file's driver-memory rows kept as they were",
+    )
     parser.add_argument(
         "--wide-only",
         action="store_true",
@@ -172,15 +222,18 @@ def main() -> None:
     result: dict = {"command": "python " + " ".join(sys.argv), "machine": "2-core CPU"}
     with tempfile.TemporaryDirectory(prefix="rayssl-embedbench-") as tmp:
         work = Path(tmp)
-        write_digit_images(work / "set", train=args.images, test=10, seed=0, size=args.side,
-                           image_format="jpeg")  # fmt: skip
-        data = work / "set" / "train"
+        sets = []
+        for n in (args.images, 2 * args.images):
+            write_digit_images(work / f"set-{n}", train=n, test=10, seed=0, size=args.side,
+                               image_format="jpeg")  # fmt: skip
+            sets.append(work / f"set-{n}" / "train")
+        data = sets[0]
         spec = {"name": args.backbone}
         if args.backbone == "resnet18":
             spec["stem"] = "imagenet"
         source = train_source(data, work, spec, args.side)
         rows = {"backbone": spec, "side_px": args.side, "batch_size": args.batch_size}
-        if args.wide_only:
+        if args.wide_only:  # (at N images only)
             rows["rayssl_1_actor_2_cpus"] = run_embed(
                 source, data, work / "out-wide", 1, args.batch_size, cpus=2
             )
@@ -188,20 +241,17 @@ def main() -> None:
             result["throughput"] = rows
             Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
             return
-        for actors in (1, 2):
-            rows[f"rayssl_{actors}_actor"] = run_embed(
-                source, data, work / f"out-{actors}", actors, args.batch_size
-            )
-            print(json.dumps(rows[f"rayssl_{actors}_actor"]), flush=True)
-        for workers in (1, 2):
-            rows[f"torch_loader_{workers}"] = torch_loop(source, data, args.batch_size, workers)
-            print(json.dumps(rows[f"torch_loader_{workers}"]), flush=True)
-        best = max(rows["torch_loader_1"]["images_per_s"], rows["torch_loader_2"]["images_per_s"])
-        two, one = rows["rayssl_2_actor"]["images_per_s"], rows["rayssl_1_actor"]["images_per_s"]
-        rows["two_over_one_actor"] = round(two / one, 2)
-        rows["two_actors_over_torch_loop"] = round(two / best, 2)
+        rows.update(throughput(args, work, source, sets))
         print(json.dumps({k: v for k, v in rows.items() if not isinstance(v, dict)}), flush=True)
         result["throughput"] = rows
+        if args.throughput_only:  # the memory rows of the file as they were
+            earlier = json.loads(Path(args.out).read_text()) if Path(args.out).exists() else {}
+            result["driver_memory"] = earlier.get("driver_memory")
+            result["driver_memory_command"] = earlier.get(
+                "driver_memory_command", earlier.get("command")
+            )
+            Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
+            return
 
         memory = []
         small = train_source(data, work / "small", {"name": "cnn2d", "width": 8, "depth": 2},
@@ -213,6 +263,7 @@ def main() -> None:
             memory.append(row)
             print(json.dumps(row), flush=True)
         result["driver_memory"] = memory
+        result["driver_memory_command"] = result["command"]
     Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
     print(f"wrote {args.out}")
 

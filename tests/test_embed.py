@@ -3,6 +3,7 @@ Parquet by Ray Data batch inference (real images, a real run, real actors)."""
 
 from __future__ import annotations
 
+import json
 import shutil
 from pathlib import Path
 
@@ -107,6 +108,9 @@ def test_embed_an_image_folder_with_two_actors(ray_session, trained, digits, tmp
     out = tmp_path / "emb"
     result = _invoke(trained, str(digits / "test"), "--out", str(out), "--actors", "2")
     assert result.exit_code == 0, result.output
+    # when the first rows came (Ray's start, the actors loading the backbone), within the job
+    manifest = json.loads((out / MANIFEST).read_text())
+    assert 0 < manifest["first_rows_s"] <= manifest["wall_s"]
     table = pq.read_table(out).sort_by("source")  # the manifest ("_" first) is passed over
     files = sorted((digits / "test").rglob("*.jpg"))
     assert table.column("source").to_pylist() == [str(f) for f in files]
@@ -119,6 +123,20 @@ def test_embed_an_image_folder_with_two_actors(ray_session, trained, digits, tmp
     again = _invoke(trained, str(digits / "test"), "--out", str(out))
     assert again.exit_code == 0 and "already holds these embeddings" in again.output
     assert pq.read_table(out).num_rows == len(files)
+
+
+def test_embed_reads_image_files_in_blocks_of_one_batch(ray_session, trained, digits):
+    """Image files reach the actors in blocks of `--batch-size`: the first rows come after
+    one batch of work, not after a block of Ray Data's sizing (at least 1 MiB of encoded
+    bytes: all 40 of these JPEGs, hundreds of a real folder's: a minute on a CPU actor)."""
+    from rayssl.inference.embed import EmbedJob, _embedded, input_split
+
+    job = EmbedJob(trained, str(digits / "test"), "unused", batch_size=8)
+    split = input_split(job, tuple(read(trained).input_shape))
+    tables = list(_embedded(job, split))
+    assert [t.num_rows for t in tables] == [8] * 5
+    files = sorted((digits / "test").rglob("*.jpg"))
+    assert [s for t in tables for s in t.column("source").to_pylist()] == list(map(str, files))
 
 
 def test_a_crashed_attempt_is_redone_without_duplicate_rows(ray_session, trained, digits, tmp_path):

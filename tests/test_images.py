@@ -363,6 +363,10 @@ def test_a_corrupt_file_found_mid_stream_names_it(ray_session, digits, tmp_path,
     assert e.value.bad_input  # exit code 2: the data's fault, not the run's
 
 
+# slow (35 s): the map reads a split in storage as the probes do (`StoredSplit.batches`
+# through Ray Data, then `Inputs.clean_features`), which test_embed's default 2-worker run
+# checks against one process; the map itself is drawn in test_runs' default run
+@pytest.mark.slow
 def test_an_embedding_map_reads_a_test_split_left_in_storage(digits, tmp_path, write_config):
     """A test split over data.eval_limit_mb stays in storage (here beside a local-mode run):
     `rayssl plot --embeddings` reads its sample through Ray Data, as the probes do (it

@@ -79,10 +79,19 @@ class StoredSplit:
         half = len(order) // 2
         return self.subset(sorted(order[:half])), self.subset(sorted(order[half:]))
 
-    def dataset(self, rank: int = 0, world_size: int = 1, source_prefix: str | None = None):
+    def dataset(
+        self,
+        rank: int = 0,
+        world_size: int = 1,
+        source_prefix: str | None = None,
+        files_per_block: int | None = None,
+    ):
         """The Ray Data dataset of this rank's rows (items rank, rank + world_size, ...):
         columns `x`, `y`, and with `source_prefix` `source` (each row's file, or Parquet
-        file and row, after the prefix)."""
+        file and row, after the prefix). `files_per_block`: image files read in blocks of
+        about that many (else Ray Data's sizing: blocks of at least 1 MiB of encoded bytes,
+        which for 15-KB JPEGs are near 200 images; shards and row groups are blocks as
+        they are)."""
         import ray.data
 
         from rayssl.data.images import Decoder
@@ -91,8 +100,12 @@ class StoredSplit:
         if not mine.items:
             return None
         if self.kind == "image_files":
+            blocks = -(-len(mine.items) // files_per_block) if files_per_block else None
             rows = ray.data.read_binary_files(
-                mine.items, filesystem=self.filesystem, include_paths=True
+                mine.items,
+                filesystem=self.filesystem,
+                include_paths=True,
+                override_num_blocks=blocks,
             )
             decoder = Decoder(
                 self.image_format, self.shape, bytes_column="bytes", name_column="path",
