@@ -112,6 +112,12 @@ def rayssl(*args: str) -> float:
     return time.time() - started
 
 
+def unfinished(storage: Path, name: str) -> bool:
+    """Whether the newest run of this name stopped before its summary (a killed command)."""
+    runs = sorted(storage.glob(f"{name}-*"))
+    return bool(runs) and not (runs[-1] / "summary.json").exists()
+
+
 def summary(storage: Path, name: str) -> dict:
     runs = sorted(storage.glob(f"{name}-*/summary.json"))
     return json.loads(runs[-1].read_text())
@@ -370,6 +376,12 @@ def parse_args() -> argparse.Namespace:
         help="also the kNN and standardised probe of a random-init ViT-tiny (rayssl eval)",
     )
     parser.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue a run of the plan that a killed command left unfinished (rayssl "
+        "train --resume) instead of starting it again: pretraining longer than a session",
+    )
+    parser.add_argument(
         "--markdown", action="store_true", help="print the docs' table from --out; run nothing"
     )
     return parser.parse_args()
@@ -420,6 +432,8 @@ def main() -> None:
 
     def run(label: str, config: str, name: str, *sets: str) -> dict:
         flags = [x for s in (where, f"name={name}", *sets) for x in ("--set", s)]
+        resumed = args.resume and unfinished(storage, name)
+        flags += ["--resume"] if resumed else []
         command = f"rayssl train {config} " + " ".join(flags)
         wall = rayssl("train", config, *flags)
         s = summary(storage, name)
@@ -436,7 +450,7 @@ def main() -> None:
             },
             "normalize": s["config"]["data"]["normalize"],  # a backbone's, where it brings one
             "epochs": s["epochs_run"],
-            "command_wall_s": round(wall, 1),
+            "command_wall_s": round(wall, 1),  # a resumed run's: its last command only
             "train_wall_s": round(s["wall_time_s"], 1),
             "samples_per_s": round(s["mean_samples_per_s"], 1),
         }

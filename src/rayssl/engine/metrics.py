@@ -1,10 +1,11 @@
 """What the loop measures besides the method: a weighted running mean kept on the device
 (its losses), and the start-up timeline of an attempt.
 
-Hand-written: torchmetrics' `MeanMetric` checks every value for NaN with a read back to the
-host (a device sync per training step on an accelerator), and importing torchmetrics costs
-about 1.6 s of every worker's start-up (it imports scipy.signal and matplotlib); a sum and
-a weight are all the loop needs. torchmetrics still computes the supervised metrics.
+Hand-written, not torchmetrics (as a supervised run's `ClassScores`): importing torchmetrics
+1.9 costs about 1.7 s of every worker's start-up (its `__init__` imports scipy.signal,
+torchvision and matplotlib whenever they are installed: Lightning-AI/torchmetrics#3457,
+open), and its `MeanMetric` reads every value back to check for NaN, a device sync per
+training step on an accelerator. A sum and a weight are all the loop needs.
 """
 
 from __future__ import annotations

@@ -9,7 +9,7 @@ import torch
 from pydantic import Field
 from torch import nn
 
-from rayssl import nets
+from rayssl import distributed, nets
 from rayssl.config.base import MethodConfig
 from rayssl.errors import ConfigError
 from rayssl.methods.base import Builtin, Method, Parts
@@ -20,12 +20,67 @@ if TYPE_CHECKING:
     from torchmetrics import Metric, MetricCollection
 
 
+CLASS_SCORES = ("accuracy", "f1", "precision", "recall")
+
+
+class ClassScores:
+    """Accuracy (the share of correct predictions) and macro F1, precision and recall over
+    every update of every rank since `reset`, from a confusion matrix kept on the device.
+    Macro averages skip a class that is neither a target nor a prediction (torchmetrics'
+    rule); a class's score whose denominator is 0 counts as 0.
+
+    Hand-written, not torchmetrics (tests check the scores against it): importing
+    torchmetrics 1.9 costs about 1.7 s of every worker's start-up (its `__init__` imports
+    scipy.signal, torchvision and matplotlib whenever they are installed:
+    Lightning-AI/torchmetrics#3457, open), and its class statistics count with
+    `torch.bincount`, which reads the input's maximum back on CUDA, a device sync per step;
+    `index_add_` into a confusion matrix reads nothing back."""
+
+    def __init__(self, names: list[str], num_classes: int, prefix: str = ""):
+        unknown = set(names) - set(CLASS_SCORES)
+        if unknown:
+            raise ValueError(f"unknown class scores {sorted(unknown)}: choose from {CLASS_SCORES}")
+        self.names, self.num_classes, self.prefix = list(names), num_classes, prefix
+        self.counts = torch.zeros(num_classes * num_classes, dtype=torch.int64)
+
+    def update(self, scores: torch.Tensor, target: torch.Tensor) -> None:
+        """Count (target, argmax of `scores`) pairs; nothing is read back."""
+        if self.counts.device != scores.device:  # follows the model to its device
+            self.counts = self.counts.to(scores.device)
+        cells = target.to(self.counts.device) * self.num_classes + scores.argmax(dim=1)
+        self.counts.index_add_(0, cells, torch.ones_like(cells))
+
+    def compute(self) -> dict[str, float]:
+        """The scores over every rank: one all-reduce and one read (every rank calls this)."""
+        matrix = distributed.all_reduce_sum(self.counts.clone()).view(self.num_classes, -1)
+        matrix = matrix.double().cpu()
+        hits = matrix.diagonal()
+        targets, predictions = matrix.sum(dim=1), matrix.sum(dim=0)
+        present = (targets + predictions) > 0
+
+        def macro(numerator: torch.Tensor, denominator: torch.Tensor) -> float:
+            score = torch.where(denominator > 0, numerator / denominator.clamp(min=1), 0.0)
+            return float(score[present].mean()) if present.any() else 0.0
+
+        every = {
+            "accuracy": float(hits.sum() / matrix.sum()) if matrix.sum() else 0.0,
+            "f1": macro(2 * hits, targets + predictions),
+            "precision": macro(hits, predictions),
+            "recall": macro(hits, targets),
+        }
+        return {f"{self.prefix}{n}": every[n] for n in self.names}
+
+    def reset(self) -> None:
+        self.counts.zero_()
+
+
 class SimpleSupervisedModel(Method):
     """backbone -> adapter (optional) -> flatten (optional) -> fc, trained on `loss_fn`.
 
-    Batches are `(x, y)`. Metrics are torchmetrics dicts per stage and are reported as
-    `train_<name>`, `val_<name>`, `test_<name>`; the loop reports `<stage>_loss`. Under DDP
-    torchmetrics reduces over all ranks, so a metric is the global one.
+    Batches are `(x, y)`. A stage's metrics are a `ClassScores` (what `rayssl train` builds)
+    or a dict of torchmetrics metrics (Minerva's API), reported as `train_<name>`,
+    `val_<name>`, `test_<name>`; the loop reports `<stage>_loss`. Both reduce over all ranks
+    under DDP, so a metric is the global one.
     """
 
     def __init__(
@@ -36,9 +91,9 @@ class SimpleSupervisedModel(Method):
         adapter: Callable[[torch.Tensor], torch.Tensor] | None = None,
         learning_rate: float = 1e-3,
         flatten: bool = True,
-        train_metrics: dict[str, Metric] | None = None,
-        val_metrics: dict[str, Metric] | None = None,
-        test_metrics: dict[str, Metric] | None = None,
+        train_metrics: dict[str, Metric] | ClassScores | None = None,
+        val_metrics: dict[str, Metric] | ClassScores | None = None,
+        test_metrics: dict[str, Metric] | ClassScores | None = None,
         freeze_backbone: bool = False,
         feature_norm: nn.Module | None = None,
         backbone_lr_scale: float = 1.0,
@@ -163,11 +218,17 @@ class SimpleSupervisedModel(Method):
         metrics.reset()
         return values
 
-    def _stage_metrics(self, stage: str) -> MetricCollection | None:
+    def _stage_metrics(self, stage: str) -> MetricCollection | ClassScores | None:
         return getattr(self, f"{stage}_metrics")
 
 
-def _collection(metrics: dict[str, Metric] | None, stage: str) -> MetricCollection | None:
+def _collection(
+    metrics: dict[str, Metric] | ClassScores | None, stage: str
+) -> MetricCollection | ClassScores | None:
+    """A stage's metrics: a `ClassScores` (named by its own prefix) as it is, or a dict of
+    torchmetrics metrics collected under the stage's prefix."""
+    if isinstance(metrics, ClassScores):
+        return metrics
     if not metrics:
         return None
     # imported here: torchmetrics takes ~1.6 s to import (scipy.signal, matplotlib), which
@@ -201,27 +262,20 @@ def build(parts: Parts) -> Method:
         cfg.head.factory(nets.HEADS), cfg.head.kwargs, in_features=features, num_classes=num_classes
     )
 
-    classes = _metric_classes() if cfg.supervised.metrics else {}
+    names = cfg.supervised.metrics
 
-    def metrics() -> dict[str, Any]:
-        # accuracy is the plain share of correct predictions; f1/precision/recall are macro.
-        return {
-            n: classes[n](
-                num_classes=num_classes,
-                average="micro" if n == "accuracy" else "macro",
-                validate_args=False,  # labels are checked where the data enters; no per-step check
-            )
-            for n in cfg.supervised.metrics
-        }
+    def metrics(stage: str) -> ClassScores | None:
+        # accuracy is the plain share of correct predictions; f1/precision/recall are macro
+        return ClassScores(names, num_classes, prefix=f"{stage}_") if names else None
 
     return SimpleSupervisedModel(
         backbone=parts.backbone,
         fc=head,
         loss_fn=nn.CrossEntropyLoss(label_smoothing=cfg.supervised.label_smoothing),
         flatten=cfg.supervised.flatten,
-        train_metrics=metrics(),
-        val_metrics=metrics(),
-        test_metrics=metrics(),
+        train_metrics=metrics("train"),
+        val_metrics=metrics("val"),
+        test_metrics=metrics("test"),
         freeze_backbone=cfg.supervised.freeze_backbone,
         feature_norm=nn.BatchNorm1d(features, affine=False) if standardized(cfg) else None,
         backbone_lr_scale=cfg.optimizer.backbone_lr_scale,
@@ -237,22 +291,6 @@ def standardized(cfg: Any) -> bool:
     c = cfg.supervised
     wanted = c.freeze_backbone if c.standardize_features is None else c.standardize_features
     return wanted and c.flatten
-
-
-def _metric_classes() -> dict[str, Any]:
-    from torchmetrics.classification import (
-        MulticlassAccuracy,
-        MulticlassF1Score,
-        MulticlassPrecision,
-        MulticlassRecall,
-    )
-
-    return {
-        "accuracy": MulticlassAccuracy,
-        "f1": MulticlassF1Score,
-        "precision": MulticlassPrecision,
-        "recall": MulticlassRecall,
-    }
 
 
 BUILTIN = Builtin(
