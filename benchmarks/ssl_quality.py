@@ -55,10 +55,11 @@ import torch
 from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from lightly_loop import pretrain_lightly  # noqa: E402  (benchmarks/, beside this file)
+from lightly_loop import _loader, pretrain_lightly  # noqa: E402  (benchmarks/, beside this file)
+from lightly_vit import LIGHTLY_VIT_LOOPS, pretrain_lightly_vit  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
-LIGHTLY_LOOPS = ("simclr", "byol")  # the methods this file also trains with lightly
+LIGHTLY_LOOPS = ("simclr", "byol", *LIGHTLY_VIT_LOOPS)  # also trained by a lightly loop
 SETS = {"demo": ("data/digits32", []), "hard": ("data/digits32hard", ["--hard"])}
 
 
@@ -133,13 +134,20 @@ def collapse(features: torch.Tensor, images: torch.Tensor) -> dict[str, float]:
 # ============================================================================ rayssl
 
 
-def pretrain_rayssl(cfg, stats=None) -> tuple[nn.Module, dict]:
+def pretrain_rayssl(cfg, stats=None, runs: str | None = None) -> tuple[nn.Module, dict]:
+    """`fit` the config; or, with `runs`, read the newest finished run of the config's own
+    name there (a `rayssl train configs/<method>_images.yaml` run, e.g. demo_images.py's):
+    its wall is then its summary's (training only, without this process's start)."""
     from rayssl.cluster import fit
     from rayssl.runs.state import load_state
 
     started = time.perf_counter()
-    summary = fit(cfg)
-    wall = time.perf_counter() - started
+    if runs:
+        summary = finished_run(Path(runs), cfg)
+        wall = summary["wall_time_s"]
+    else:
+        summary = fit(cfg)
+        wall = time.perf_counter() - started
     state = load_state(summary["checkpoint"])
     return backbone_of(cfg, state["model"]), {
         "wall_s": round(wall, 1),
@@ -149,6 +157,29 @@ def pretrain_rayssl(cfg, stats=None) -> tuple[nn.Module, dict]:
         "start_to_first_step_s": round(summary["start_to_first_step_s"], 1),
         "epoch_time_s": [round(h["epoch_time_s"], 1) for h in summary["history"]],
     }
+
+
+def finished_run(runs: Path, cfg) -> dict:
+    """The summary of the newest finished run in `runs` of configs/<method>_images.yaml, which
+    must have trained what `cfg` trains (the same method, backbone, epochs and data)."""
+    from rayssl.config import load_train_config
+
+    name = cfg.name.split("-")[0]  # config() renames a run '<method>-<set>'
+    method_config = load_train_config(ROOT / "configs" / f"{name}_images.yaml")
+    found = sorted(runs.glob(f"{method_config.name}-*/summary.json"))
+    if not found:
+        raise SystemExit(f"--rayssl-runs {runs}: no finished run named {method_config.name}-*")
+    summary = json.loads(found[-1].read_text())
+    ran = summary["config"]
+    for key in ("method", "epochs", "seed"):
+        if ran[key] != getattr(cfg, key):
+            raise SystemExit(
+                f"{found[-1].parent}: its {key} {ran[key]!r} is not {getattr(cfg, key)!r}"
+            )
+    if ran["backbone"] != cfg.backbone.model_dump(mode="json"):
+        raise SystemExit(f"{found[-1].parent}: another backbone than the config's")
+    summary["run_dir"] = str(found[-1].parent)
+    return summary
 
 
 # ============================================================================ main
@@ -184,6 +215,13 @@ def parse_args() -> argparse.Namespace:
         "performance.channels_last and performance.amp, which its loop honours",
     )
     parser.add_argument("--gpu", action="store_true", help="train both on one GPU")
+    parser.add_argument(
+        "--rayssl-runs",
+        metavar="DIR",
+        help="take rayssl's backbone from the newest finished run of each method's config in "
+        "DIR (e.g. runs/demo_images, from benchmarks/demo_images.py) instead of training it "
+        "again: the ViT runs take an hour to three on a CPU",
+    )
     parser.add_argument("--loader-workers", type=int, default=2, help="the lightly loop's")
     parser.add_argument(
         "--markdown", action="store_true", help="print BENCHMARKS.md's table; run nothing"
@@ -254,8 +292,17 @@ def trainers(args: argparse.Namespace, method: str) -> list[tuple[str, Callable]
     loop on rayssl's views is asked for; the lightly loop for SimCLR and BYOL, unless
     `--set` overrides (which it has no switches for) come without `--lightly-too`."""
     on_rayssl_views = args.lightly_views == "rayssl"
-    tools = [] if on_rayssl_views else [("rayssl", pretrain_rayssl)]
-    if method in LIGHTLY_LOOPS and (args.lightly_too or on_rayssl_views or not args.overrides):
+    tools = [] if on_rayssl_views else [("rayssl", partial(pretrain_rayssl, runs=args.rayssl_runs))]
+    if method in LIGHTLY_VIT_LOOPS and not on_rayssl_views:
+        loader = partial(_loader, workers=args.loader_workers, pin_memory=args.gpu)
+        loop = partial(
+            pretrain_lightly_vit,
+            backbone_of=backbone_of,
+            loader_of=loader,
+            device="cuda" if args.gpu else "cpu",
+        )
+        tools.append(("lightly", loop))
+    elif method in LIGHTLY_LOOPS and (args.lightly_too or on_rayssl_views or not args.overrides):
         loop = partial(
             pretrain_lightly,
             backbone_of=backbone_of,
@@ -277,6 +324,8 @@ NAMES = {
     "swav": "SwAV (6 local crops)",
     "simsiam": "SimSiam",
     "nnclr": "NNCLR",
+    "mae": "MAE (ViT-tiny)",
+    "dino_vit": "DINO (ViT-tiny, 6 local crops)",
 }
 
 
