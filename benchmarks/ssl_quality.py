@@ -5,8 +5,10 @@
     python benchmarks/ssl_quality.py --markdown      # BENCHMARKS.md's table from the result file
 
 `--methods` takes any method with a configs/<method>_images.yaml; SimCLR and BYOL are also
-trained by a lightly loop, the others (MoCo v3, Barlow Twins, VICReg, DINO, SwAV) by rayssl only,
-each against random init through the same evaluator.
+trained by a lightly loop, and so are MAE and DINO with a ViT (`mae`, `dino_vit`: lightly's
+examples, benchmarks/lightly_vit.py), the others (MoCo v3, Barlow Twins, VICReg, DINO, SwAV)
+by rayssl only, each against random init through the same evaluator. `--rayssl-runs DIR`
+evaluates rayssl's finished runs of the same configs instead of training them again.
 
 For each image set and method, the same small CNN (rayssl's `cnn2d`, width 32, depth 4, the
 same initial weights), batch 256, AdamW (lr 2e-3, weight decay 1e-4), linear warmup (2
