@@ -13,6 +13,7 @@ from rayssl.data.image_views import (
     color_jitter,
     gaussian_blur,
     grayscale,
+    resized_crop_and_flip,
     sample_crop_boxes,
 )
 
@@ -48,6 +49,29 @@ def test_crop_boxes_stay_in_the_scale_and_ratio_ranges():
 def test_a_full_crop_without_flip_is_the_identity():
     x = torch.rand(4, 3, 16, 16)
     assert torch.allclose(_views(x, **OFF, **FULL_CROP), x, atol=1e-5)
+
+
+def test_the_crop_resamples_each_box_as_torchvisions_resized_crop():
+    """Per-sample boxes on whole pixels, resized to 24 px and mirrored where drawn, equal
+    torchvision's bilinear `resized_crop` (no antialias) of that box, then its flip: the
+    sampling grid puts every output pixel where torchvision's resize reads. (Boxes at least
+    the output's size: a smaller box's edge pixels blend with the pixels beside the box,
+    which torchvision's crop has cut away.)"""
+    tvf = pytest.importorskip("torchvision.transforms.v2.functional")
+    g = torch.Generator().manual_seed(3)
+    x = torch.rand(6, 3, 64, 56, generator=g)  # H 64, W 56
+    boxes = [(4, 2, 30, 24), (0, 0, 64, 56), (10, 12, 24, 37), (1, 5, 60, 25), (20, 0, 40, 56)]
+    boxes.append((7, 8, 48, 48))  # top, left, height, width
+    top, left, height, width = (
+        torch.tensor(col, dtype=torch.float32) for col in zip(*boxes, strict=True)
+    )
+    fractions = (width / 56, height / 64, (left + width / 2) / 56, (top + height / 2) / 64)
+    flip = torch.tensor([False, True, False, True, True, False])
+    out = resized_crop_and_flip(x, fractions, flip, (24, 24))
+    for i, (t, left_px, h, w) in enumerate(boxes):
+        expected = tvf.resized_crop(x[i], t, left_px, h, w, [24, 24], antialias=False)
+        expected = tvf.horizontal_flip(expected) if flip[i] else expected
+        torch.testing.assert_close(out[i], expected, atol=1e-5, rtol=0)
 
 
 def test_flip_mirrors_about_half_of_the_samples():
