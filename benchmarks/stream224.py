@@ -1,10 +1,10 @@
 """224-px input: rayssl's stream (Ray Data decode, then its views) against a torch
 DataLoader with torchvision's transforms, on the same JPEG folder and the same cores.
 
-    /tmp/benchenv/bin/python benchmarks/stream224.py [--images 2000] [--source-side 320]
+    python benchmarks/stream224.py [--images 2000] [--source-side 320]
         [--out benchmarks/results/stream224-2core-cpu.json]
 
-Needs torchvision (the benchmark venv of BENCHMARKS.md, "Images"). The folder: `--images`
+Needs torchvision (installed with torch by .ci/run). The folder: `--images`
 JPEGs from `rayssl demo-images` at `--source-side` px (larger than 224, so every image is
 resized as a real photo is). Both sides make two SimCLR views of 224 px per image (the
 `simclr` preset: crops of 8-100 % of the area, flip, colour jitter p 0.8 with
