@@ -6,8 +6,16 @@ or both settle at ln(out_dim), the uniform collapse.
 
     python benchmarks/loss_curve_vs_lightly.py 64 10 rayssl
     python benchmarks/loss_curve_vs_lightly.py 64 10 lightly
+    python benchmarks/loss_curve_vs_lightly.py 64 10 rayssl dino.batch_norm=true  # + overrides
+    python benchmarks/loss_curve_vs_lightly.py 64 10 rayssl --val data/digits-val/train
+
+With `--val DIR` (rayssl only) a candidate recipe is also read out: ssl_quality's evaluator
+(kNN, probe, feature rank) on DIR's images, fitted on the 512 training images, for the
+trained backbone and for the random-init one. DIR is a validation set (e.g. `rayssl
+demo-images data/digits-val --seed 7 --train 1000 --test 10`), never the test split.
 """
 
+import argparse
 import os
 import statistics
 import sys
@@ -29,7 +37,7 @@ from rayssl.methods.registry import build_method  # noqa: E402
 from rayssl.seeds import seed_everything  # noqa: E402
 
 
-def config(batch: int, epochs: int):
+def config(batch: int, epochs: int, extra: list[str] = ()):
     overrides = [
         f"epochs={epochs}",
         "num_workers=1",
@@ -41,20 +49,31 @@ def config(batch: int, epochs: int):
         "eval.online_linear=false",
         "storage_path=/tmp/rayssl-loss-curve",
         f"lr_scheduler.warmup_epochs={max(1, epochs // 10)}",
+        *extra,
     ]
     return load_train_config("configs/dino_vit_images.yaml", overrides)
 
 
-def rayssl_curve(cfg) -> list[float]:
+def rayssl_curve(cfg) -> tuple[list[float], torch.nn.Module]:
     splits = load_splits(cfg.data, cfg.seed)
     seed_everything(cfg.seed)
     loop = Loop(build_method(cfg, splits.sample_shape, splits.num_classes), splits, cfg)
     curve = []
-    for _ in range(cfg.epochs):
+    for epoch in range(cfg.epochs):
         loop.start_epoch()  # announces the epoch to the method (the last layer's freeze)
         curve.append(statistics.mean(float(s.loss) for s in loop.iterate()))
+        print("rayssl", epoch, round(curve[-1], 4), flush=True)
         loop.state.epoch += 1
-    return curve
+    return curve, loop.method.backbone
+
+
+def read_out(cfg, backbone: torch.nn.Module, val: str) -> None:
+    """ssl_quality's evaluator on the validation images, trained against random init."""
+    probe_cfg = cfg.model_copy(deep=True)
+    probe_cfg.data.test_path = val
+    sets = ssl_quality.clean_sets(probe_cfg)
+    for name, net in (("trained", backbone), ("random", ssl_quality.backbone_of(cfg))):
+        print(name, ssl_quality.evaluate(net, sets), flush=True)
 
 
 def lightly_curve(cfg) -> list[float]:
@@ -76,12 +95,22 @@ def lightly_curve(cfg) -> list[float]:
 
 
 def main() -> None:
-    batch, epochs, side = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3]
+    parser = argparse.ArgumentParser()
+    parser.add_argument("batch", type=int)
+    parser.add_argument("epochs", type=int)
+    parser.add_argument("side", choices=["rayssl", "lightly"])
+    parser.add_argument("overrides", nargs="*", help="key=value config overrides")
+    parser.add_argument("--val", help="a validation image folder to read the backbone on")
+    args = parser.parse_args()
     torch.set_num_threads(1)
-    cfg = config(batch, epochs)
-    curve = rayssl_curve(cfg) if side == "rayssl" else lightly_curve(cfg)
-    for epoch, loss in enumerate(curve):
-        print(side, epoch, round(loss, 4), flush=True)
+    cfg = config(args.batch, args.epochs, args.overrides)
+    if args.side == "rayssl":
+        backbone = rayssl_curve(cfg)[1]
+        if args.val:
+            read_out(cfg, backbone, args.val)
+        return
+    for epoch, loss in enumerate(lightly_curve(cfg)):
+        print("lightly", epoch, round(loss, 4), flush=True)
 
 
 if __name__ == "__main__":
