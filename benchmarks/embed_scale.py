@@ -11,13 +11,17 @@ session, on the same cores:
 - rayssl embed, 1 actor and 2 actors (`--actors N`, one CPU and one torch thread each), and
   a plain torch loop: the same files, decoded and normalised the same way by a torch
   `DataLoader` (PIL, `--loader-workers` loader processes), the same backbone in the main
-  process with 2 torch threads, features kept in memory (no Parquet). Each row runs at
+  process with 2 torch threads, features kept in memory (no Parquet); and the same loop
+  with the network and batches in channels_last, the layout rayssl's actors use. Each row runs at
   `--images` N and 2N images: its time (rayssl: the manifest's `wall_s`, from reading the
   backbone: Ray's start, the actors loading the backbone, Ray Data's read and decode, the
   actors, the Parquet write; the loop: from reading the backbone) at both sizes, and the
   rate of the N images the larger input adds, the one a large input runs at: the fixed
   cost cancels. The ratios are of those rates.
 - `--throughput-only`: these rows, the file's driver-memory rows kept.
+- `--layout-ab ROUNDS --out FILE`: rayssl embed with 2 actors on the 2N images, the actors'
+  network and batches in channels_last (the default) against contiguous
+  (`RAYSSL_EMBED_LAYOUT=contiguous`), interleaved ROUNDS times.
 - `--wide-only`: rayssl embed with 1 actor of 2 CPUs (`--cpus-per-actor 2`: 2 torch
   threads, as the torch loop has), its own result file.
 - memory: the driver's peak RSS (VmHWM of the `rayssl embed` process, sampled from /proc
@@ -81,13 +85,16 @@ def train_source(folder: Path, work: Path, backbone: dict, side: int) -> str:
     return str(work / "runs" / f"source-{side}")
 
 
-def run_embed(source: str, data: Path, out: Path, actors: int, batch: int, cpus: int = 1) -> dict:
+def run_embed(
+    source: str, data: Path, out: Path, actors: int, batch: int, cpus: int = 1, env=None
+) -> dict:
     """`rayssl embed` as a user runs it, its driver's peak RSS watched until it exits."""
     started = time.perf_counter()
     process = subprocess.Popen(
         [sys.executable, "-m", "rayssl.cli", "embed", source, str(data), "--out", str(out),
          "--actors", str(actors), "--batch-size", str(batch), "--cpus-per-actor", str(cpus)],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        env={**os.environ, **(env or {})},
     )  # fmt: skip
     peak = [0.0]
 
@@ -130,14 +137,19 @@ class _Files(torch.utils.data.Dataset):
         return (x.permute(2, 0, 1).float() / 255 - self.mean) / self.std
 
 
-def torch_loop(source: str, data: Path, batch: int, loader_workers: int) -> dict:
-    """The baseline: a DataLoader and the backbone in one process, 2 torch threads."""
+def torch_loop(
+    source: str, data: Path, batch: int, loader_workers: int, channels_last: bool = False
+) -> dict:
+    """The baseline: a DataLoader and the backbone in one process, 2 torch threads; with
+    `channels_last`, the network and each batch in that layout, as rayssl's actors run."""
     from rayssl.runs.pretrained import read, rebuild
 
     torch.set_num_threads(2)
     started = time.perf_counter()  # as rayssl's job: from reading the backbone
     backbone = read(source)
     module = rebuild(backbone, source)
+    layout = torch.channels_last if channels_last else torch.contiguous_format
+    module = module.to(memory_format=layout)
     stats = backbone.normalize
     files = sorted(data.rglob("*.jpg"))
     loader = torch.utils.data.DataLoader(
@@ -149,10 +161,11 @@ def torch_loop(source: str, data: Path, batch: int, loader_workers: int) -> dict
     rows = 0
     with torch.no_grad():
         for x in loader:
-            rows += len(module(x).flatten(1))
+            rows += len(module(x.contiguous(memory_format=layout)).flatten(1))
     now = time.perf_counter()
     return {
         "loader_workers": loader_workers,
+        "channels_last": channels_last,
         "images": rows,
         "loop_s": round(now - loop_started, 2),  # the loop alone, as before
         "images_per_s": round(rows / (now - loop_started), 1),
@@ -184,13 +197,37 @@ def throughput(args, work: Path, source: str, sets: list[Path]) -> dict:
         rows[f"rayssl_{actors}_actor"] = marginal(*runs)
         print(json.dumps(rows[f"rayssl_{actors}_actor"]), flush=True)
     for workers in args.loader_workers:
-        runs = [torch_loop(source, d, args.batch_size, workers) for d in sets]
-        rows[f"torch_loader_{workers}"] = marginal(*runs)
-        print(json.dumps(rows[f"torch_loader_{workers}"]), flush=True)
-    loop = max(rows[f"torch_loader_{w}"]["images_per_s_added"] for w in args.loader_workers)
+        for channels_last, suffix in ((False, ""), (True, "_channels_last")):
+            runs = [torch_loop(source, d, args.batch_size, workers, channels_last) for d in sets]
+            rows[f"torch_loader_{workers}{suffix}"] = marginal(*runs)
+            print(json.dumps(rows[f"torch_loader_{workers}{suffix}"]), flush=True)
+
+    def loop(suffix: str) -> float:
+        return max(rows[f"torch_loader_{w}{suffix}"]["images_per_s_added"]
+                   for w in args.loader_workers)  # fmt: skip
+
     two, one = rows["rayssl_2_actor"], rows["rayssl_1_actor"]
     rows["two_over_one_actor"] = round(two["images_per_s_added"] / one["images_per_s_added"], 2)
-    rows["two_actors_over_torch_loop"] = round(two["images_per_s_added"] / loop, 2)
+    # the target's baseline: a plain loop (the default layout); and one in rayssl's layout
+    rows["two_actors_over_torch_loop"] = round(two["images_per_s_added"] / loop(""), 2)
+    rows["two_actors_over_torch_loop_channels_last"] = round(
+        two["images_per_s_added"] / loop("_channels_last"), 2
+    )
+    return rows
+
+
+def layout_ab(args, work: Path, source: str, data: Path) -> dict:
+    """rayssl embed with 2 actors on the 2N images, its actors in channels_last (the default)
+    and contiguous (RAYSSL_EMBED_LAYOUT=contiguous), interleaved: whole-job images/s."""
+    rows: dict = {"channels_last": [], "contiguous": []}
+    for i in range(args.layout_ab):
+        for layout in rows:
+            env = {"RAYSSL_EMBED_LAYOUT": layout}
+            run = run_embed(source, data, work / f"ab-{layout}-{i}", 2, args.batch_size, env=env)
+            rows[layout].append(run)
+            print(layout, json.dumps(run), flush=True)
+    rate = {k: sum(r["images_per_s"] for r in v) / len(v) for k, v in rows.items()}
+    rows["channels_last_over_contiguous"] = round(rate["channels_last"] / rate["contiguous"], 2)
     return rows
 
 
@@ -215,6 +252,13 @@ def main() -> None:
         action="store_true",
         help="only rayssl embed with 1 actor of 2 CPUs (2 torch threads), as the torch loop",
     )
+    parser.add_argument(
+        "--layout-ab",
+        type=int,
+        default=0,
+        metavar="ROUNDS",
+        help="only 2 actors on the 2N images, channels_last against contiguous, interleaved",
+    )
     args = parser.parse_args()
     os.environ.setdefault("RAY_DEDUP_LOGS", "0")
     from rayssl.data.demo import write_digit_images
@@ -233,6 +277,10 @@ def main() -> None:
             spec["stem"] = "imagenet"
         source = train_source(data, work, spec, args.side)
         rows = {"backbone": spec, "side_px": args.side, "batch_size": args.batch_size}
+        if args.layout_ab:  # its own result file (--out)
+            result["layout_ab"] = {"rows": rows, **layout_ab(args, work, source, sets[1])}
+            Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
+            return
         if args.wide_only:  # (at N images only)
             rows["rayssl_1_actor_2_cpus"] = run_embed(
                 source, data, work / "out-wide", 1, args.batch_size, cpus=2

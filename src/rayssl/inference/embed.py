@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import sys
 import time
 from dataclasses import dataclass
@@ -32,6 +33,7 @@ from rayssl.inference.embed_output import MANIFEST, PARTIAL, Output, plan_parts
 
 __all__ = ["MANIFEST", "PARTIAL", "EmbedJob", "embed"]
 CRASH_AFTER_PARTS_ENV = "RAYSSL_EMBED_CRASH_AFTER_PARTS"  # fault injection, for tests
+LAYOUT_ENV = "RAYSSL_EMBED_LAYOUT"  # "contiguous": no channels_last (benchmarks/embed_scale.py)
 
 
 @dataclass
@@ -188,8 +190,16 @@ class Embedder:
         self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
         module = rebuild(backbone, path, trust).to(self.device)
         self.scale, self.shape = scale, tuple(shape)
+        # images in channels_last, the network too: the layout oneDNN's CPU convolutions (and
+        # tensor cores) take natively. A batch on one CPU thread: ResNet-18 at 224 px about
+        # 15-20 % faster, the demo's cnn2d about 2x, a ViT alike (BENCHMARKS.md, embed)
+        image = len(self.shape) == 3 and os.environ.get(LAYOUT_ENV) != "contiguous"
+        if image:
+            module = module.to(memory_format=torch.channels_last)
         # the features the run's probes scored: the same definition, normalised by its record
-        self.features = FrozenFeatures.of_record(module, backbone.normalize, len(self.shape))
+        self.features = FrozenFeatures.of_record(
+            module, backbone.normalize, len(self.shape), channels_last=image
+        )
 
     def __call__(self, batch: dict[str, np.ndarray]):
         import pyarrow as pa
