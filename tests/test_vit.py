@@ -74,6 +74,32 @@ def test_encode_is_timms_forward_and_drops_or_masks_patch_tokens():
         assert torch.allclose(a, b, atol=1e-6) and not torch.allclose(a, timm_tokens, atol=1e-3)
 
 
+def test_global_pool_avg_gives_the_mean_patch_token_and_a_bad_pool_is_named():
+    """backbone.global_pool avg: the features are the mean of the 16 patch tokens (the CLS
+    token left out), then the final LayerNorm (timm's fc_norm, as MAE's fine-tuning), not the
+    CLS token; another value, or MAE / iBOT (they read the normed tokens), is one line."""
+    torch.manual_seed(0)
+    model = vits.vit((3, 16, 16), size="tiny", patch_size=4, depth=2, global_pool="avg").eval()
+    x = torch.randn(3, 3, 16, 16)
+    with torch.no_grad():
+        tokens = model.forward_features(x)
+        assert torch.allclose(model(x), model.fc_norm(tokens[:, 1:].mean(dim=1)), atol=1e-6)
+        assert not torch.allclose(model(x), tokens[:, 0], atol=1e-3)
+    with pytest.raises(ConfigError, match="backbone.global_pool 'max'"):
+        vits.vit((3, 16, 16), size="tiny", patch_size=4, global_pool="max")
+    cfg = validate_train_config(
+        {"method": "dino", "data": IMAGES, "backbone": {**VIT, "global_pool": "avg"}}
+    )
+    features = build_method(cfg, (3, 16, 16), 4).backbone(x)
+    assert features.shape == (3, 192)
+    for method in ("mae", "ibot"):
+        cfg = validate_train_config(
+            {"method": method, "data": IMAGES, "backbone": {**VIT, "global_pool": "avg"}}
+        )
+        with pytest.raises(ConfigError, match=f"{method} reads the ViT's tokens"):
+            build_method(cfg, (3, 16, 16), 4)
+
+
 def test_patchify_is_the_patch_embeddings_raster_order():
     """Against torch's unfold (channels first within a patch), reordered to (row, col, C)."""
     x = torch.randn(2, 3, 8, 12)

@@ -235,6 +235,7 @@ def build(parts: Parts) -> Method:
             f"ibot needs a ViT backbone: set backbone.name: vit (or a timm ViT), not "
             f"'{parts.cfg.backbone.name}'"
         )
+    vits.refuse_avg_pool(parts.backbone, "ibot")
     section = parts.section.model_dump()
     own = {k: section[k] for k in _OWN}
     head = _head(parts.features, parts.section)

@@ -162,6 +162,7 @@ def build(parts: Parts) -> Method:
             f"mae needs a ViT backbone: set backbone.name: vit (or a timm ViT), not "
             f"'{parts.cfg.backbone.name}'"
         )
+    vits.refuse_avg_pool(parts.backbone, "mae")
     return MAE(parts.backbone, decoder(parts), **parts.options_for(MAE), **parts.setup)
 
 

@@ -45,14 +45,19 @@ def vit(
     image_size: int | None = None,
     depth: int | None = None,
     drop_path_rate: float = 0.0,
+    global_pool: str = "token",
 ):
     """A ViT of `size` (tiny 192 wide, 3 heads; small 384, 6; base 768, 12; 12 blocks, or
     `depth`) on `patch_size` patches. `image_size`: the side its position embedding is laid
     out for (default: the input's); other sizes (multi-crop's local crops, another
     resolution at fine-tuning) are interpolated from it. `drop_path_rate`: stochastic depth
-    (fine-tuning). Features: the CLS token's width."""
+    (fine-tuning). Features: the CLS token's width; `global_pool`: "token" (the CLS token,
+    as DINO and MAE's linear probe) or "avg" (the mean of the patch tokens, as MAE's
+    fine-tuning; at initialisation it varies with the input more than the CLS token does)."""
     if size not in SIZES:
         raise ConfigError(f"backbone.size '{size}' is not one of {', '.join(SIZES)}")
+    if global_pool not in ("token", "avg"):
+        raise ConfigError(f"backbone.global_pool '{global_pool}' is not one of token, avg")
     if len(input_shape) != 3:
         raise ConfigError(f"backbone vit takes images (C, H, W); samples are {list(input_shape)}")
     channels, height, width = input_shape
@@ -69,7 +74,7 @@ def vit(
         patch_size=patch_size,
         in_chans=channels,
         num_classes=0,
-        global_pool="token",
+        global_pool=global_pool,
         embed_dim=dim,
         depth=depth or blocks,
         num_heads=heads,
@@ -81,6 +86,16 @@ def vit(
 def is_vit(module: nn.Module) -> bool:
     """Whether `module` is laid out as timm's ViTs are (what `encode` needs)."""
     return all(hasattr(module, a) for a in ("patch_embed", "blocks", "norm", "cls_token"))
+
+
+def refuse_avg_pool(module: nn.Module, method: str) -> None:
+    """A method that reads the tokens (`encode`: MAE, iBOT) needs the final norm on them;
+    timm's `global_pool="avg"` moves that norm after the pooling."""
+    if getattr(module, "global_pool", "token") == "avg":
+        raise ConfigError(
+            f"{method} reads the ViT's tokens after its final norm, which backbone.global_pool "
+            "avg moves after the pooling: set backbone.global_pool: token"
+        )
 
 
 def patch_size(module: nn.Module) -> int:
