@@ -230,12 +230,7 @@ _OWN = (
 
 def build(parts: Parts) -> Method:
     """The method as its section configures it: DINO's head, shared by both token kinds."""
-    if not vits.is_vit(parts.backbone):
-        raise ConfigError(
-            f"ibot needs a ViT backbone: set backbone.name: vit (or a timm ViT), not "
-            f"'{parts.cfg.backbone.name}'"
-        )
-    vits.refuse_avg_pool(parts.backbone, "ibot")
+    vits.require_token_vit(parts.backbone, "ibot", parts.cfg.backbone.name)
     section = parts.section.model_dump()
     own = {k: section[k] for k in _OWN}
     head = _head(parts.features, parts.section)

@@ -157,12 +157,7 @@ def decoder(parts: Parts) -> nn.Module:
 
 def build(parts: Parts) -> Method:
     """The method as its section configures it."""
-    if not vits.is_vit(parts.backbone):
-        raise ConfigError(
-            f"mae needs a ViT backbone: set backbone.name: vit (or a timm ViT), not "
-            f"'{parts.cfg.backbone.name}'"
-        )
-    vits.refuse_avg_pool(parts.backbone, "mae")
+    vits.require_token_vit(parts.backbone, "mae", parts.cfg.backbone.name)
     return MAE(parts.backbone, decoder(parts), **parts.options_for(MAE), **parts.setup)
 
 

@@ -52,8 +52,8 @@ def vit(
     out for (default: the input's); other sizes (multi-crop's local crops, another
     resolution at fine-tuning) are interpolated from it. `drop_path_rate`: stochastic depth
     (fine-tuning). Features: the CLS token's width; `global_pool`: "token" (the CLS token,
-    as DINO and MAE's linear probe) or "avg" (the mean of the patch tokens, as MAE's
-    fine-tuning; at initialisation it varies with the input more than the CLS token does)."""
+    as DINO and MAE's linear probe) or "avg" (the mean of the patch tokens, then the norm,
+    as MAE's fine-tuning)."""
     if size not in SIZES:
         raise ConfigError(f"backbone.size '{size}' is not one of {', '.join(SIZES)}")
     if global_pool not in ("token", "avg"):
@@ -88,9 +88,14 @@ def is_vit(module: nn.Module) -> bool:
     return all(hasattr(module, a) for a in ("patch_embed", "blocks", "norm", "cls_token"))
 
 
-def refuse_avg_pool(module: nn.Module, method: str) -> None:
-    """A method that reads the tokens (`encode`: MAE, iBOT) needs the final norm on them;
-    timm's `global_pool="avg"` moves that norm after the pooling."""
+def require_token_vit(module: nn.Module, method: str, backbone_name: str) -> None:
+    """A method that reads the tokens (`encode`: MAE, iBOT) needs a ViT, with the final norm
+    on its tokens: timm's `global_pool="avg"` moves that norm after the pooling."""
+    if not is_vit(module):
+        raise ConfigError(
+            f"{method} needs a ViT backbone: set backbone.name: vit (or a timm ViT), not "
+            f"'{backbone_name}'"
+        )
     if getattr(module, "global_pool", "token") == "avg":
         raise ConfigError(
             f"{method} reads the ViT's tokens after its final norm, which backbone.global_pool "
