@@ -21,7 +21,7 @@ session, on the same cores:
 - `--throughput-only`: these rows, the file's driver-memory rows kept.
 - `--layout-ab ROUNDS --out FILE`: rayssl embed with 2 actors on the 2N images, the actors'
   network and batches in channels_last (the default) against contiguous
-  (`RAYSSL_EMBED_LAYOUT=contiguous`), interleaved ROUNDS times.
+  (`RAYSSL_INFERENCE_LAYOUT=contiguous`), interleaved ROUNDS times.
 - `--wide-only`: rayssl embed with 1 actor of 2 CPUs (`--cpus-per-actor 2`: 2 torch
   threads, as the torch loop has), its own result file.
 - memory: the driver's peak RSS (VmHWM of the `rayssl embed` process, sampled from /proc
@@ -218,11 +218,11 @@ def throughput(args, work: Path, source: str, sets: list[Path]) -> dict:
 
 def layout_ab(args, work: Path, source: str, data: Path) -> dict:
     """rayssl embed with 2 actors on the 2N images, its actors in channels_last (the default)
-    and contiguous (RAYSSL_EMBED_LAYOUT=contiguous), interleaved: whole-job images/s."""
+    and contiguous (RAYSSL_INFERENCE_LAYOUT=contiguous), interleaved: whole-job images/s."""
     rows: dict = {"channels_last": [], "contiguous": []}
     for i in range(args.layout_ab):
         for layout in rows:
-            env = {"RAYSSL_EMBED_LAYOUT": layout}
+            env = {"RAYSSL_INFERENCE_LAYOUT": layout}
             run = run_embed(source, data, work / f"ab-{layout}-{i}", 2, args.batch_size, env=env)
             rows[layout].append(run)
             print(layout, json.dumps(run), flush=True)

@@ -297,6 +297,33 @@ def test_eval_on_two_workers_equals_one_process_and_names_a_bad_file(
     assert gpu.exit_code == 2 and "--use-gpu needs --workers N" in gpu.output
 
 
+def test_eval_runs_an_image_backbone_in_channels_last_as_embed_does(
+    ray_session, trained, monkeypatch
+):
+    """`rayssl eval` feeds the convolutions channels_last batches, as `rayssl embed`'s actors
+    do (RAYSSL_INFERENCE_LAYOUT=contiguous: the plain layout), with the same accuracies."""
+    from rayssl.inference.evaluate import evaluate_checkpoint
+
+    layouts = []
+
+    def note_layout(module, args):  # of images, not the builders' dry forwards of zeros
+        if isinstance(module, torch.nn.Conv2d) and bool(args[0].any()):
+            layouts.append(args[0].is_contiguous(memory_format=torch.channels_last))
+
+    hook = torch.nn.modules.module.register_module_forward_pre_hook(note_layout)
+    try:
+        default = evaluate_checkpoint(trained)
+        assert layouts and all(layouts)
+        layouts.clear()
+        monkeypatch.setenv("RAYSSL_INFERENCE_LAYOUT", "contiguous")
+        plain = evaluate_checkpoint(trained)
+        assert layouts and not any(layouts)
+    finally:
+        hook.remove()
+    for metric in ("knn_acc", "linear_acc"):
+        assert abs(default[metric] - plain[metric]) <= 1 / 40 + 1e-4, (default, plain)
+
+
 def test_parts_are_item_ranges_of_at_least_part_rows_rows():
     from rayssl.inference.embed_output import plan_parts
 

@@ -4,11 +4,24 @@ the probes scored."""
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 
 import torch
 
 from rayssl.data.datasets import channel_normalizer, sample_normalizer
+
+LAYOUT_ENV = "RAYSSL_INFERENCE_LAYOUT"  # "contiguous": no channels_last (benchmarks' A/B)
+
+
+def inference_channels_last(shape) -> bool:
+    """Whether inference (`rayssl embed`, `rayssl eval`) runs the backbone and its batches in
+    channels_last: for images (C, H, W), the layout oneDNN's CPU convolutions (and tensor
+    cores) take natively. A batch on one CPU thread: ResNet-18 at 224 px about 15-20 %
+    faster, the demo's cnn2d about 2x, a ViT alike (BENCHMARKS.md, embed). A training run's
+    layout is its own (`performance.channels_last`); the features are the same up to float
+    rounding either way."""
+    return len(tuple(shape)) == 3 and os.environ.get(LAYOUT_ENV) != "contiguous"
 
 
 class FrozenFeatures:

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 import sys
 import time
 from dataclasses import dataclass
@@ -33,7 +32,6 @@ from rayssl.inference.embed_output import MANIFEST, PARTIAL, Output, plan_parts
 
 __all__ = ["MANIFEST", "PARTIAL", "EmbedJob", "embed"]
 CRASH_AFTER_PARTS_ENV = "RAYSSL_EMBED_CRASH_AFTER_PARTS"  # fault injection, for tests
-LAYOUT_ENV = "RAYSSL_EMBED_LAYOUT"  # "contiguous": no channels_last (benchmarks/embed_scale.py)
 
 
 @dataclass
@@ -180,7 +178,7 @@ class Embedder:
     def __init__(self, path: str, trust: bool, scale: bool, shape):
         import ray
 
-        from rayssl.engine.features import FrozenFeatures
+        from rayssl.engine.features import FrozenFeatures, inference_channels_last
         from rayssl.runs.pretrained import read, rebuild
 
         backbone = read(path, "embed's SOURCE", trust)
@@ -190,10 +188,7 @@ class Embedder:
         self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
         module = rebuild(backbone, path, trust).to(self.device)
         self.scale, self.shape = scale, tuple(shape)
-        # images in channels_last, the network too: the layout oneDNN's CPU convolutions (and
-        # tensor cores) take natively. A batch on one CPU thread: ResNet-18 at 224 px about
-        # 15-20 % faster, the demo's cnn2d about 2x, a ViT alike (BENCHMARKS.md, embed)
-        image = len(self.shape) == 3 and os.environ.get(LAYOUT_ENV) != "contiguous"
+        image = inference_channels_last(self.shape)
         if image:
             module = module.to(memory_format=torch.channels_last)
         # the features the run's probes scored: the same definition, normalised by its record
