@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
@@ -80,7 +81,9 @@ class SimpleSupervisedModel(Method):
     Batches are `(x, y)`. A stage's metrics are a `ClassScores` (what `rayssl train` builds)
     or a dict of torchmetrics metrics (Minerva's API), reported as `train_<name>`,
     `val_<name>`, `test_<name>`; the loop reports `<stage>_loss`. Both reduce over all ranks
-    under DDP, so a metric is the global one.
+    under DDP, so a metric is the global one. With `mix`, a training batch becomes
+    `mix(x, y)`, mixed inputs and soft targets (timm's `Mixup`: mixup / cutmix), trained on
+    soft-target cross-entropy.
     """
 
     def __init__(
@@ -102,6 +105,8 @@ class SimpleSupervisedModel(Method):
         optimizer_kwargs: dict[str, Any] | None = None,
         lr_scheduler: Callable[..., Any] | None = None,
         lr_scheduler_kwargs: dict[str, Any] | None = None,
+        mix: Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
+        | None = None,
     ):
         super().__init__()
         self.backbone = backbone
@@ -113,6 +118,10 @@ class SimpleSupervisedModel(Method):
         self.feature_norm = feature_norm  # e.g. BatchNorm1d(affine=False): standardised features
         self.backbone_lr_scale = backbone_lr_scale
         self.layer_decay = layer_decay
+        # a training batch mixed into (inputs, soft targets), e.g. timm's Mixup; its targets
+        # carry their own smoothing, so the loss on them is plain soft-target cross-entropy
+        self.mix = mix
+        self.soft_loss = nn.CrossEntropyLoss()
         if layer_decay is not None and not vision_transformer.is_vit(backbone):
             raise ConfigError(
                 "optimizer.layer_decay decays the lr block by block of a ViT backbone "
@@ -193,7 +202,10 @@ class SimpleSupervisedModel(Method):
         return {"loss": loss}
 
     def training_step(self, batch):
-        return self._single_step(batch, "train")
+        if self.mix is None:
+            return self._single_step(batch, "train")
+        x, soft_targets = self.mix(*batch)  # no train metrics: the targets are mixtures
+        return {"loss": self.soft_loss(self(x).float(), soft_targets)}
 
     def validation_step(self, batch):
         return self._single_step(batch, "val")
@@ -250,9 +262,42 @@ class SupervisedConfig(MethodConfig):
         "as the linear probes of SSL papers; null: on when freeze_backbone is",
     )
     label_smoothing: float = Field(0.0, ge=0.0, lt=1.0, description="cross-entropy smoothing")
+    mixup_alpha: float = Field(
+        0.0,
+        ge=0.0,
+        description="mixup: a training batch blended with itself reversed, weight ~ Beta(a, a), "
+        "targets alike (timm's Mixup, one draw per batch); 0: off. MAE's fine-tuning: 0.8",
+    )
+    cutmix_alpha: float = Field(
+        0.0,
+        ge=0.0,
+        description="cutmix (images): a box of the reversed batch pasted in, area ~ Beta(a, a), "
+        "targets by area; 0: off. MAE's fine-tuning: 1.0",
+    )
+    mix_prob: float = Field(1.0, ge=0.0, le=1.0, description="share of training batches mixed")
+    mix_switch_prob: float = Field(
+        0.5, ge=0.0, le=1.0, description="with both on: the chance a batch takes cutmix"
+    )
+
     metrics: list[Literal["accuracy", "f1", "precision", "recall"]] = Field(
         ["accuracy"], description="reported per split; f1 / precision / recall are macro"
     )
+
+    def check_run(self, cfg: Any) -> None:
+        """Mixing pairs each sample with the one at the mirrored place of its worker's batch,
+        so every worker's batch must be even (timm's Mixup asserts it)."""
+        if not (self.mixup_alpha or self.cutmix_alpha):
+            return
+        low, high = cfg.num_workers if cfg.elastic else (cfg.num_workers, cfg.num_workers)
+        counts, batch = range(max(1, low), max(1, high) + 1), cfg.data.batch_size
+        odd = [n for n in counts if (batch // n) % 2]
+        if odd:
+            raise ValueError(
+                f"supervised.mixup_alpha / cutmix_alpha mix each worker's batch with itself "
+                f"reversed, so it must be even: data.batch_size {batch} over {odd[0]} "
+                f"worker(s) gives {batch // odd[0]}; use a multiple of "
+                f"{math.lcm(*(2 * n for n in counts))}"
+            )
 
 
 def build(parts: Parts) -> Method:
@@ -263,6 +308,7 @@ def build(parts: Parts) -> Method:
     )
 
     names = cfg.supervised.metrics
+    mix = batch_mix(cfg.supervised, parts.sample_shape, num_classes)
 
     def metrics(stage: str) -> ClassScores | None:
         # accuracy is the plain share of correct predictions; f1/precision/recall are macro
@@ -273,14 +319,45 @@ def build(parts: Parts) -> Method:
         fc=head,
         loss_fn=nn.CrossEntropyLoss(label_smoothing=cfg.supervised.label_smoothing),
         flatten=cfg.supervised.flatten,
-        train_metrics=metrics("train"),
+        train_metrics=None if mix is not None else metrics("train"),
         val_metrics=metrics("val"),
         test_metrics=metrics("test"),
         freeze_backbone=cfg.supervised.freeze_backbone,
         feature_norm=nn.BatchNorm1d(features, affine=False) if standardized(cfg) else None,
         backbone_lr_scale=cfg.optimizer.backbone_lr_scale,
         layer_decay=cfg.optimizer.layer_decay,
+        mix=mix,
         **parts.setup,
+    )
+
+
+def batch_mix(c: SupervisedConfig, sample_shape: tuple[int, ...], num_classes: int):
+    """timm's `Mixup` for `c`'s mixup / cutmix (None when both are off), one draw per batch
+    as MAE's and DeiT's fine-tuning use it, `c.label_smoothing` folded into its targets. It
+    draws from NumPy's global RNG, which each rank's checkpoint entry carries (exact
+    resume). timm's, not written here: the reference recipes call exactly this."""
+    if not (c.mixup_alpha or c.cutmix_alpha):
+        return None
+    if c.cutmix_alpha and len(sample_shape) != 3:
+        raise ConfigError(
+            f"supervised.cutmix_alpha pastes boxes between images (C, H, W); samples are "
+            f"shaped {list(sample_shape)}: use mixup_alpha alone, or set cutmix_alpha 0"
+        )
+    try:
+        from timm.data import Mixup
+    except ImportError as exc:  # torchvision built for another torch fails here too
+        raise ConfigError(
+            f"supervised.mixup_alpha / cutmix_alpha need timm with a torchvision built for "
+            f"this torch ({exc}); pip install 'rayssl[timm]'"
+        ) from None
+    return Mixup(
+        mixup_alpha=c.mixup_alpha,
+        cutmix_alpha=c.cutmix_alpha,
+        prob=c.mix_prob,
+        switch_prob=c.mix_switch_prob,
+        mode="batch",
+        label_smoothing=c.label_smoothing,
+        num_classes=num_classes,
     )
 
 
