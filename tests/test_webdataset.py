@@ -234,3 +234,34 @@ def test_a_missing_shard_of_a_brace_pattern_is_named(demo):
     pattern = str(shards / "test" / "shard-{000000..000005}.tar")
     with pytest.raises(ConfigError, match="shard-000002.tar' does not exist"):
         load_splits(DataConfig(name="webdataset", path=pattern, batch_size=8))
+
+
+def test_a_shard_indexed_once_is_read_from_the_cache_until_it_changes(demo, tmp_path, monkeypatch):
+    """The driver keeps each shard's index (under RAYSSL_CACHE): listing the shards again
+    reads no tar (every shard's bytes replaced by text of the same size, its time kept,
+    still lists as before), and a shard whose modification time moves is indexed afresh
+    (and found not to be a tar any more)."""
+    import os
+    import shutil
+
+    from rayssl.data.shards import list_shards
+
+    monkeypatch.setenv("RAYSSL_CACHE", str(tmp_path / "cache"))
+    shards = tmp_path / "shards"
+    shutil.copytree(demo[1] / "test", shards)
+    first = list_shards(str(shards), "test_path")
+    assert len(first.refs) == 80 and first.labels is not None
+    assert len(list((tmp_path / "cache" / "shard-index").glob("*.json"))) == len(first.shards)
+    for shard in shards.glob("*.tar"):
+        stat = shard.stat()
+        shard.write_bytes((b"not a tar " * stat.st_size)[: stat.st_size])
+        os.utime(shard, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    again = list_shards(str(shards), "test_path")
+    assert (again.refs, again.paths, again.keys, again.labels) == (
+        first.refs, first.paths, first.keys, first.labels
+    )  # fmt: skip
+    victim = sorted(shards.glob("*.tar"))[0]
+    stat = victim.stat()
+    os.utime(victim, ns=(stat.st_atime_ns, stat.st_mtime_ns + 10**9))
+    with pytest.raises(ConfigError, match=f"shard '{victim}' is not a readable tar"):
+        list_shards(str(shards), "test_path")

@@ -267,8 +267,9 @@ def as_tensors(x, y, source: str, xname: str, yname: str) -> Pair:
 
 
 def _cache_dir(cfg: DataConfig) -> Path:
-    root = cfg.cache_dir or os.environ.get("RAYSSL_CACHE") or Path.home() / ".cache" / "rayssl"
-    return Path(root).expanduser()
+    from rayssl.data.shard_index import cache_root
+
+    return Path(cfg.cache_dir).expanduser() if cfg.cache_dir else cache_root()
 
 
 def _mnist1d(cfg: DataConfig):

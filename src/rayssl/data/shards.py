@@ -4,8 +4,9 @@ reads), each sample an image (`.jpg`, `.png`, ...) and optionally its integer la
 
 The shards take the image folder's whole path (`image_folder.load_splits_of`): the driver
 indexes them (each sample's shard, byte range and label; tar headers only for local shards,
-one sequential read for remote ones), so the val split held out of train, `labels_per_class`,
-in-memory decoding and the probes' seeded limits work as for a folder. Training rows stream
+one sequential read for remote ones; kept per shard for the next command, `shard_index.py`),
+so the val split held out of train, `labels_per_class`, in-memory decoding and the probes'
+seeded limits work as for a folder. Training rows stream
 through Ray Data's own WebDataset reader (`ray.data.read_webdataset`, whole shards read in
 order, shards shuffled per epoch); evaluation splits in storage read each sample's byte range
 (`TarRanges`), so every rank reads only its own samples.
@@ -90,10 +91,21 @@ def list_shards(uri: str, field: str, classes: list[str] | None = None) -> Shard
     """Index the shards at `uri`: one `.tar` file, a folder of them (recursively), or a
     brace pattern (`train-{000000..000099}.tar`). `classes` is unused (labels are numbers);
     it keeps `images.list_images`' signature."""
+    from rayssl.data.shard_index import ShardIndexCache
+
     filesystem, shards = _shard_paths(uri, field)
     local = type(filesystem).__name__ == "LocalFileSystem"
+    cache = ShardIndexCache(filesystem, shards)  # indexes of earlier commands, where unchanged
+
+    def index(shard: str) -> list:
+        samples = cache.load(shard)
+        if samples is None:
+            samples = _index(filesystem, shard, local, field)
+            cache.store(shard, samples)
+        return samples
+
     with ThreadPoolExecutor(min(16, len(shards))) as pool:
-        indexed = list(pool.map(lambda s: _index(filesystem, s, local, field), shards))
+        indexed = list(pool.map(index, shards))
     refs, names, keys, labels = [], [], [], []
     for shard_samples in indexed:
         for ref, name, key, label in shard_samples:
