@@ -362,3 +362,35 @@ def test_the_sync_free_colour_jitter_applies_each_samples_ops_in_its_order():
         atol=2e-6,
         rtol=0,
     )
+
+
+@pytest.mark.parametrize("preset", ["simclr", "byol"])
+def test_views_made_under_bf16_autocast_on_the_cpu_stay_float32(preset):
+    """The loop makes the views under the step's autocast (`performance.amp: bf16`): the
+    blur's convolution then returns bfloat16 rows, which go back into the float32 batch (a
+    CPU run in bf16 with blurred views failed here before: index_copy_ of BFloat16 rows into
+    a Float batch). The views stay float32, within bfloat16's rounding of the fp32 ones."""
+    x = torch.rand(64, 3, 16, 16, generator=torch.Generator().manual_seed(3))
+    views = ImageViews(AugmentConfig(preset=preset).image, 0, masked=False)
+    plain = views(x, torch.Generator().manual_seed(7))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        mixed = views(x, torch.Generator().manual_seed(7))
+    assert mixed.dtype == torch.float32
+    torch.testing.assert_close(mixed, plain, atol=3e-2, rtol=0)
+
+
+def test_an_image_ssl_run_trains_in_bf16_on_the_cpu():
+    from conftest import one_process_loop
+
+    loop = one_process_loop(
+        {
+            "method": "simclr",
+            "epochs": 1,
+            "data": {"name": "synthetic", "shape": [3, 16, 16], "num_samples": 32,
+                     "batch_size": 16, "augment": {"preset": "simclr"}},
+            "backbone": {"name": "cnn2d", "width": 4, "depth": 2},
+            "performance": {"amp": "bf16"},
+        }
+    )  # fmt: skip
+    (epoch,) = list(loop.epochs())
+    assert math.isfinite(epoch["train_loss"])

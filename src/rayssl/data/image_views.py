@@ -203,7 +203,8 @@ def color_jitter(
             rows = (order[:, k] == i).nonzero().squeeze(1)
             if rows.numel():  # index_select / index_copy_: row copies, unlike x[rows]'s
                 picked = x.index_select(0, rows)  # general indexing (4x slower on a CPU)
-                out.index_copy_(0, rows, op(picked, factors[rows, i].view(-1, 1, 1, 1)))
+                done = op(picked, factors[rows, i].view(-1, 1, 1, 1))
+                out.index_copy_(0, rows, done.to(out.dtype))  # (bf16 under autocast)
         x = out
     return x
 
@@ -248,7 +249,10 @@ def _where_drawn(x: torch.Tensor, on: torch.Tensor, masked: bool, op) -> torch.T
     if masked:
         return torch.where(_per_sample(on, x) > 0, op(x, None), x)
     rows = on.to(x.device).nonzero().squeeze(1)
-    return x.index_copy_(0, rows, op(x.index_select(0, rows), rows.to(on.device)))
+    done = op(x.index_select(0, rows), rows.to(on.device))
+    # under the step's autocast a convolution (the blur) returns bfloat16 rows; the batch
+    # stays in its own dtype, as torch.where's promotion keeps it in the sync-free form
+    return x.index_copy_(0, rows, done.to(x.dtype))
 
 
 class ViewDraws(NamedTuple):
