@@ -30,21 +30,18 @@ def cache_root() -> Path:
 
 
 class ShardIndexCache:
-    """The cached indexes of `shards` (paths on `filesystem`), as `shards._index` returns
-    them: `[((shard, offset, size), name, key, label), ...]`."""
+    """The cached indexes of the shards `infos` describe (pyarrow `FileInfo`s on
+    `filesystem`, as the listing found them: no request of its own), as `shards._index`
+    returns them: `[((shard, offset, size), name, key, label), ...]`."""
 
-    def __init__(self, filesystem, shards: list[str]):
+    def __init__(self, filesystem, infos: list):
         self.folder = cache_root() / "shard-index"
         kind = type(filesystem).__name__
         self.names: dict[str, str] = {}
-        try:
-            infos = filesystem.get_file_info(shards)
-        except OSError:  # indexing will name the shard that cannot be read
-            return
-        for shard, info in zip(shards, infos, strict=True):
+        for info in infos:
             if info.mtime_ns is not None and info.size is not None:
-                identity = f"{FORMAT}|{kind}|{shard}|{info.size}|{info.mtime_ns}"
-                self.names[shard] = hashlib.sha256(identity.encode()).hexdigest()
+                identity = f"{FORMAT}|{kind}|{info.path}|{info.size}|{info.mtime_ns}"
+                self.names[info.path] = hashlib.sha256(identity.encode()).hexdigest()
 
     def load(self, shard: str) -> list | None:
         """The shard's index if an entry of this very shard is here, else None."""

@@ -93,9 +93,10 @@ def list_shards(uri: str, field: str, classes: list[str] | None = None) -> Shard
     it keeps `images.list_images`' signature."""
     from rayssl.data.shard_index import ShardIndexCache
 
-    filesystem, shards = _shard_paths(uri, field)
+    filesystem, infos = _shard_paths(uri, field)
+    shards = [info.path for info in infos]
     local = type(filesystem).__name__ == "LocalFileSystem"
-    cache = ShardIndexCache(filesystem, shards)  # indexes of earlier commands, where unchanged
+    cache = ShardIndexCache(filesystem, infos)  # indexes of earlier commands, where unchanged
 
     def index(shard: str) -> list:
         samples = cache.load(shard)
@@ -135,6 +136,7 @@ def name_classes(splits: list[ShardSamples]) -> list[str] | None:
 
 
 def _shard_paths(uri: str, field: str):
+    """The filesystem and the `FileInfo` of every shard `uri` names (path, size, time)."""
     import pyarrow.fs as pafs
 
     patterns = _expand(uri, field)
@@ -151,13 +153,14 @@ def _shard_paths(uri: str, field: str):
         for root in roots:
             info = filesystem.get_file_info(root)
             if info.type == pafs.FileType.File:
-                shards.append(root)
+                shards.append(info)
             elif info.type == pafs.FileType.Directory:
                 entries = filesystem.get_file_info(pafs.FileSelector(root, recursive=True))
                 shards += sorted(
-                    e.path for e in entries
-                    if e.type == pafs.FileType.File and e.path.endswith(".tar")
-                    and not posixpath.basename(e.path).startswith(".")
+                    (e for e in entries
+                     if e.type == pafs.FileType.File and e.path.endswith(".tar")
+                     and not posixpath.basename(e.path).startswith(".")),
+                    key=lambda e: e.path,
                 )  # fmt: skip
             else:
                 raise ConfigError(f"data.{field} '{uri}': '{root}' does not exist")

@@ -24,6 +24,15 @@ def inference_channels_last(shape) -> bool:
     return len(tuple(shape)) == 3 and os.environ.get(LAYOUT_ENV) != "contiguous"
 
 
+def in_inference_layout(module: torch.nn.Module, shape) -> tuple[torch.nn.Module, bool]:
+    """`module` in inference's layout for samples of `shape` (`inference_channels_last`),
+    and whether that is channels_last: what the features' batches must be laid out as."""
+    channels_last = inference_channels_last(shape)
+    if channels_last:
+        module = module.to(memory_format=torch.channels_last)
+    return module, channels_last
+
+
 class FrozenFeatures:
     """Inputs in [0, 1] normalised as in training, in the training memory layout, through the
     backbone (or a method's `embed`), flattened, as float32."""

@@ -178,7 +178,7 @@ class Embedder:
     def __init__(self, path: str, trust: bool, scale: bool, shape):
         import ray
 
-        from rayssl.engine.features import FrozenFeatures, inference_channels_last
+        from rayssl.engine.features import FrozenFeatures, in_inference_layout
         from rayssl.runs.pretrained import read, rebuild
 
         backbone = read(path, "embed's SOURCE", trust)
@@ -186,14 +186,13 @@ class Embedder:
         cpus = ray.get_runtime_context().get_assigned_resources().get("CPU", 1.0)
         torch.set_num_threads(max(1, int(cpus)))
         self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-        module = rebuild(backbone, path, trust).to(self.device)
         self.scale, self.shape = scale, tuple(shape)
-        image = inference_channels_last(self.shape)
-        if image:
-            module = module.to(memory_format=torch.channels_last)
+        module, channels_last = in_inference_layout(
+            rebuild(backbone, path, trust).to(self.device), self.shape
+        )
         # the features the run's probes scored: the same definition, normalised by its record
         self.features = FrozenFeatures.of_record(
-            module, backbone.normalize, len(self.shape), channels_last=image
+            module, backbone.normalize, len(self.shape), channels_last=channels_last
         )
 
     def __call__(self, batch: dict[str, np.ndarray]):

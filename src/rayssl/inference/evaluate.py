@@ -74,13 +74,13 @@ def probe_checkpoint(
     `world` calls it; the probes reduce across them). `progress`: see `probe_splits`."""
     from rayssl.config import validate_train_config
     from rayssl.engine.evaluation import probe_splits
-    from rayssl.engine.features import inference_channels_last
+    from rayssl.engine.features import in_inference_layout
     from rayssl.engine.inputs import Inputs
 
     cfg, splits = validate_train_config(job["config"]), job["splits"]
     method = trained_method(cfg, splits, job["state"]).to(device)
-    if inference_channels_last(splits.sample_shape):  # as `rayssl embed`: the same features
-        method = method.to(memory_format=torch.channels_last)
+    method, channels_last = in_inference_layout(method, splits.sample_shape)  # as embed's
+    if channels_last:  # the batches too (Inputs lays them out as the run's config says)
         layout = cfg.performance.model_copy(update={"channels_last": True})
         cfg = cfg.model_copy(update={"performance": layout})
     inputs = Inputs(method, cfg, splits)
