@@ -23,6 +23,7 @@ from rayssl.config.data import (
     DataConfig,
     ImageViewsConfig,
     LocalCropsConfig,
+    RandAugmentConfig,
     NormalizeConfig,
     ViewP,
 )
@@ -48,6 +49,7 @@ __all__ = [
     "check_run_name",
     "ViewP",
     "LocalCropsConfig",
+    "RandAugmentConfig",
     "ImageViewsConfig",
     "VIEW_PRESETS",
     "AugmentConfig",

@@ -37,6 +37,18 @@ class LocalCropsConfig(Strict):
         return self
 
 
+class RandAugmentConfig(Strict):
+    """RandAugment after the crop and flip (see `rayssl.data.rand_augment`); the defaults are
+    timm's `rand-m9-mstd0.5-inc1`, the policy of MAE's, DeiT's and iBOT's fine-tuning."""
+
+    num_ops: int = Field(2, ge=1, le=8, description="ops drawn per sample (with replacement)")
+    magnitude: float = Field(9.0, ge=0.0, le=10.0, description="mean magnitude, of 10")
+    magnitude_std: float = Field(
+        0.5, ge=0.0, description="per-op Gaussian noise on the magnitude (clipped to [0, 10])"
+    )
+    p: float = Field(0.5, ge=0.0, le=1.0, description="probability that a drawn op applies")
+
+
 class ImageViewsConfig(Strict):
     """SimCLR / BYOL views of (C, H, W) images in [0, 1] (see `rayssl.data.image_views`).
     Probabilities may be a pair [view0, view1], for asymmetric views."""
@@ -62,6 +74,11 @@ class ImageViewsConfig(Strict):
     solarize_p: ViewP = Field(0.0, description="solarize probability")
     solarize_threshold: float = Field(
         0.5, ge=0.0, le=1.0, description="solarize inverts pixels above this"
+    )
+    rand_augment: RandAugmentConfig | None = Field(
+        None,
+        description="RandAugment after the crop and flip, before the colour ops (supervised "
+        "fine-tuning: configs/finetune_vit_*.yaml); null: none",
     )
     local_crops: LocalCropsConfig | None = Field(
         None, description="multi-crop: smaller local crops after the global views (DINO, SwAV)"

@@ -33,6 +33,8 @@ from typing import NamedTuple
 import torch
 import torch.nn.functional as F
 
+from rayssl.data import rand_augment
+
 LUMA = (0.299, 0.587, 0.114)  # ITU-R 601-2, as torchvision's rgb_to_grayscale
 
 
@@ -255,6 +257,18 @@ def _where_drawn(x: torch.Tensor, on: torch.Tensor, masked: bool, op) -> torch.T
     return x.index_copy_(0, rows, done.to(x.dtype))
 
 
+class _NoRandAugment(NamedTuple):
+    """No op slots: `rand_augment.draw` then takes nothing from the generator."""
+
+    num_ops: int = 0
+    p: float = 0.0
+    magnitude: float = 0.0
+    magnitude_std: float = 0.0
+
+
+_NO_RAND_AUGMENT = _NoRandAugment()
+
+
 class ViewDraws(NamedTuple):
     """One view's random parameters for a batch, one value (or row) per sample: all that
     `ImageViews.draw` takes from the generator and `ImageViews.apply` needs."""
@@ -271,11 +285,13 @@ class ViewDraws(NamedTuple):
     blur_on: torch.Tensor
     sigma: torch.Tensor
     solarize_on: torch.Tensor
+    rand: rand_augment.RandAugmentDraws  # (B, 0) each without augment.image.rand_augment
 
 
 class ImageViews:
     """The configured view pipeline (`augment.image` / `augment.preset`) for one view index:
-    random resized crop + flip, colour jitter (p), grayscale (p), blur (p), solarize (p).
+    random resized crop + flip, RandAugment (`rand_augment`), colour jitter (p), grayscale
+    (p), blur (p), solarize (p).
     Per-view probabilities (BYOL's asymmetric views) come from `[view0, view1]` pairs.
     `masked`: the sync-free form (module docstring); None: on a GPU only. On a GPU the
     sync-free form is replayed as a CUDA graph (`augment.image.cuda_graph`, see
@@ -323,8 +339,10 @@ class ImageViews:
         blur_on = _coin(n, self._p(c.blur_p), g)
         sigma = _uniform(n, c.blur_sigma[0], c.blur_sigma[1], g)
         solarize_on = _coin(n, self._p(c.solarize_p), g)
+        # last, and only where configured: the draws of every other view stay as they were
+        rand = rand_augment.draw(c.rand_augment or _NO_RAND_AUGMENT, n, g)
         return ViewDraws(
-            *boxes, flip, jitter_on, factors, order, grey_on, blur_on, sigma, solarize_on
+            *boxes, flip, jitter_on, factors, order, grey_on, blur_on, sigma, solarize_on, rand
         )
 
     def apply(self, x: torch.Tensor, d: ViewDraws, masked: bool) -> torch.Tensor:
@@ -333,6 +351,8 @@ class ImageViews:
         c = self.cfg
         size = (c.size, c.size) if c.size else tuple(x.shape[-2:])
         x = resized_crop_and_flip(x, (d.width, d.height, d.cx, d.cy), d.flip, size)
+        if c.rand_augment is not None:
+            x = rand_augment.apply(x, d.rand, masked, _where_drawn)
 
         def applies(coin: torch.Tensor, p) -> bool:
             """Whether an op can touch a sample: from its coins on the CPU, from its

@@ -50,12 +50,21 @@ class GraphPool:
             self.first = graph
 
 
+def _tensors(draws: tuple) -> list[torch.Tensor]:
+    """The draws' tensors in order, through nested named tuples (RandAugment's draws)."""
+    return [u for t in draws for u in (_tensors(t) if isinstance(t, tuple) else [t])]
+
+
+def _cloned(draws: tuple) -> tuple:
+    return type(draws)(*(_cloned(t) if isinstance(t, tuple) else t.clone() for t in draws))
+
+
 class _Captured:
     """One captured view: its static inputs (batch and parameters), graph and output."""
 
     def __init__(self, fn: Callable, x: torch.Tensor, draws: tuple, pool: GraphPool):
         self.x = x.clone()
-        self.draws = type(draws)(*(t.clone() for t in draws))
+        self.draws = _cloned(draws)
         side = torch.cuda.Stream(device=x.device)
         side.wait_stream(torch.cuda.current_stream(x.device))
         with torch.cuda.stream(side):  # warm-up: lazy handles and workspaces, off the graph
@@ -70,7 +79,7 @@ class _Captured:
 
     def __call__(self, x: torch.Tensor, draws: tuple) -> torch.Tensor:
         self.x.copy_(x)
-        for static, value in zip(self.draws, draws, strict=True):
+        for static, value in zip(_tensors(self.draws), _tensors(draws), strict=True):
             static.copy_(value)
         self.graph.replay()
         return self.out.clone()
@@ -94,7 +103,7 @@ class ViewGraphs:
             x.device,
             torch.is_autocast_enabled("cuda"),
             torch.get_autocast_dtype("cuda"),
-            tuple((tuple(t.shape), t.dtype, t.device) for t in draws),
+            tuple((tuple(t.shape), t.dtype, t.device) for t in _tensors(draws)),
         )
         if key not in self.graphs:
             self.graphs[key] = self._capture(key, x, draws)
