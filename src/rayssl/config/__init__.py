@@ -21,10 +21,11 @@ from rayssl.config.data import (
     VIEW_PRESETS,
     AugmentConfig,
     DataConfig,
+    EraseConfig,
     ImageViewsConfig,
     LocalCropsConfig,
-    RandAugmentConfig,
     NormalizeConfig,
+    RandAugmentConfig,
     ViewP,
 )
 from rayssl.config.model import ModelConfig, NetConfig, check_kwargs, import_factory
@@ -48,6 +49,7 @@ __all__ = [
     "Strict",
     "check_run_name",
     "ViewP",
+    "EraseConfig",
     "LocalCropsConfig",
     "RandAugmentConfig",
     "ImageViewsConfig",

@@ -49,6 +49,23 @@ class RandAugmentConfig(Strict):
     p: float = Field(0.5, ge=0.0, le=1.0, description="probability that a drawn op applies")
 
 
+class EraseConfig(Strict):
+    """Random erasing of the normalised training views (see `rayssl.data.erasing`); the
+    defaults are timm's, with MAE's fine-tuning probability (its `--reprob 0.25`)."""
+
+    p: float = Field(0.25, ge=0.0, le=1.0, description="probability that a sample has a box erased")
+    scale: tuple[float, float] = Field((0.02, 1 / 3), description="the box's area fraction range")
+    ratio: tuple[float, float] = Field((0.3, 1 / 0.3), description="its aspect ratio range")
+
+    @model_validator(mode="after")
+    def _ranges(self) -> EraseConfig:
+        if not 0 < self.scale[0] <= self.scale[1] <= 1:
+            raise ValueError("augment.image.erase.scale must be [low, high] in (0, 1]")
+        if not 0 < self.ratio[0] <= self.ratio[1]:
+            raise ValueError("augment.image.erase.ratio must be [low, high] with 0 < low <= high")
+        return self
+
+
 class ImageViewsConfig(Strict):
     """SimCLR / BYOL views of (C, H, W) images in [0, 1] (see `rayssl.data.image_views`).
     Probabilities may be a pair [view0, view1], for asymmetric views."""
@@ -79,6 +96,11 @@ class ImageViewsConfig(Strict):
         None,
         description="RandAugment after the crop and flip, before the colour ops (supervised "
         "fine-tuning: configs/finetune_vit_*.yaml); null: none",
+    )
+    erase: EraseConfig | None = Field(
+        None,
+        description="random erasing of each view after normalisation (N(0, 1) noise in a box; "
+        "MAE's fine-tuning: {p: 0.25}); null: none",
     )
     local_crops: LocalCropsConfig | None = Field(
         None, description="multi-crop: smaller local crops after the global views (DINO, SwAV)"

@@ -58,7 +58,10 @@ class FrozenFeatures:
         return cls(backbone, channel_normalizer(stats, dims), channels_last)
 
     def layout(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.normalize(x)
+        """Normalised, in the memory layout."""
+        return self.in_memory_layout(self.normalize(x))
+
+    def in_memory_layout(self, x: torch.Tensor) -> torch.Tensor:
         if self.channels_last and x.dim() == 4:
             return x.contiguous(memory_format=torch.channels_last)
         return x

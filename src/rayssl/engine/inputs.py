@@ -16,6 +16,7 @@ from rayssl.data import (
     input_statistics,
 )
 from rayssl.data.datasets import channel_normalizer, sample_normalizer
+from rayssl.data.erasing import random_erase
 from rayssl.data.stored import StoredShard, StoredSplit
 from rayssl.engine.features import FrozenFeatures
 from rayssl.errors import ConfigError
@@ -77,8 +78,17 @@ class Inputs:
         if self.method.num_views > 1:
             multi_crop = getattr(self.method, "multi_crop", False)
             views = self.augment.views(x, generator, self.method.num_views, multi_crop)
-            return tuple(self.layout(view) for view in views)
-        return self.layout(self.augment(x, generator) if self.augment.active else x)
+            return tuple(self._erased(self.layout(view), generator) for view in views)
+        x = self.layout(self.augment(x, generator) if self.augment.active else x)
+        return self._erased(x, generator)
+
+    def _erased(self, x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        """A normalised training view with random erasing (`augment.image.erase`), in the
+        configured layout again (the blend returns a contiguous batch)."""
+        image = self.augment.cfg.image
+        if image is None or image.erase is None:
+            return x
+        return self.frozen.in_memory_layout(random_erase(x, image.erase, generator))
 
     def evaluation(self, x: torch.Tensor, generator: torch.Generator) -> Any:
         """An evaluation input: an SSL loss needs its views; predictions see clean inputs."""
