@@ -83,6 +83,16 @@ def test_the_erased_pixels_are_standard_normal_and_the_rest_untouched():
     assert float(mask.float().mean()) > 0.1  # p = 1: every sample erased where a try fits
 
 
+def test_the_sync_free_form_erases_the_same_boxes_with_standard_normal_noise():
+    x = torch.full((500, 3, 24, 32), OFFSET)
+    cpu = random_erase(x, EraseConfig(p=0.5), torch.Generator().manual_seed(4), masked=False)
+    masked = random_erase(x, EraseConfig(p=0.5), torch.Generator().manual_seed(4), masked=True)
+    assert torch.equal(cpu < 10, masked < 10)
+    noise = masked[masked < 10]
+    assert abs(float(noise.mean())) < 0.02 and abs(float(noise.std()) - 1) < 0.02
+    assert torch.equal(x, torch.full_like(x, OFFSET))  # the input is left as it was
+
+
 def test_p_zero_erases_nothing_and_the_generator_decides_the_boxes():
     assert torch.equal(_erased(p=0.0, n=100)[1], torch.full((100, 3, 24, 32), OFFSET))
     assert torch.equal(_erased(seed=1, n=100)[1], _erased(seed=1, n=100)[1])

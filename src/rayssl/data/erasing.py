@@ -5,9 +5,9 @@ erased if none fits) replaced by standard normal noise, per pixel and channel. I
 normalised batches (timm's place, after Normalize), so the noise is N(0, 1) in the
 network's input units.
 
-Why hand-written: timm's class loops over a batch's samples in Python and draws from
-Python's global RNG; here every sample's box comes from the views' generator (a resumed
-run erases the same boxes) as one masked blend, with no host sync.
+Why hand-written: timm's class draws from Python's global RNG and loops over samples in
+Python; here every box and its noise come from the views' generator (a resumed run erases
+the same), and on a GPU the erasing is one masked blend with no host sync.
 """
 
 from __future__ import annotations
@@ -42,11 +42,27 @@ def erase_boxes(
     return on & fits.any(dim=1), top, left, height, width
 
 
-def random_erase(x: torch.Tensor, cfg, g: torch.Generator) -> torch.Tensor:
-    """`x` (B, C, H, W), normalised, with each drawn box replaced by N(0, 1) noise."""
+def random_erase(
+    x: torch.Tensor, cfg, g: torch.Generator, masked: bool | None = None
+) -> torch.Tensor:
+    """`x` (B, C, H, W), normalised, with each drawn box replaced by N(0, 1) noise.
+
+    Two forms, as the views (`masked`; None: on a GPU only): on the CPU the noise is drawn
+    for each erased box alone, in sample order, and written into a copy (drawing it for the
+    whole batch cost more than the rest of MAE's views together at 224 px); the sync-free
+    form draws it for every pixel and keeps it inside the boxes (no data-dependent shape,
+    nothing read back). The boxes are the same in both; the noise is the same in law."""
     b, c, h, w = x.shape
+    on, top, left, height, width = erase_boxes(b, h, w, cfg, g)
+    if not (x.is_cuda if masked is None else masked):
+        x = x.clone()
+        for i in on.nonzero().squeeze(1).tolist():
+            t, lf, bh, bw = (int(v[i]) for v in (top, left, height, width))
+            noise = torch.randn((c, bh, bw), generator=g, device=g.device)
+            x[i, :, t : t + bh, lf : lf + bw] = noise.to(x.device, x.dtype)
+        return x
     on, top, left, height, width = (
-        t.to(x.device).view(-1, 1, 1) for t in erase_boxes(b, h, w, cfg, g)
+        t.to(x.device).view(-1, 1, 1) for t in (on, top, left, height, width)
     )
     noise = torch.randn(x.shape, generator=g, device=g.device).to(x.device, x.dtype)
     rows = torch.arange(h, device=x.device).view(1, h, 1)
