@@ -203,3 +203,40 @@ def test_bad_rand_augment_parameters_name_the_field(field):
 
     with pytest.raises(ValidationError, match=field):
         ImageViewsConfig(rand_augment={field: 99})
+
+
+def test_a_run_with_rand_augment_and_erasing_resumes_mid_epoch_exactly(tmp_path):
+    """Their draws come from the views' generator, which a mid-epoch checkpoint carries: a
+    loop restored from a preemption checkpoint at step 5 ends equal to an uninterrupted one."""
+    from conftest import assert_states_equal, one_process_loop
+    from test_loop import SaveOnNotice
+
+    from rayssl.runs.state import load_state
+
+    image = {"jitter_p": 0.0, "blur_p": 0.0, "rand_augment": {"p": 1.0}, "erase": {"p": 0.5}}
+    overrides = {
+        "method": "supervised",
+        "epochs": 2,
+        "data": {
+            "name": "synthetic",
+            "shape": [3, 16, 16],
+            "num_samples": 128,
+            "batch_size": 16,
+            "augment": {"image": image},
+        },
+        "backbone": {"name": "cnn2d", "width": 4, "depth": 2},
+        "checkpoint": {"preemption_check_steps": 1},
+    }
+    straight = one_process_loop(overrides)
+    list(straight.epochs())
+    assert straight.steps_per_epoch > 5  # the notice lands inside epoch 1
+    first = one_process_loop(
+        overrides, sink=SaveOnNotice(lambda loop: loop.state.global_step >= 5, tmp_path)
+    )
+    list(first.epochs())
+    torch.manual_seed(999)  # the restored draws must come from the checkpoint
+    second = one_process_loop(overrides)
+    second.load_state_dict(load_state(tmp_path))
+    list(second.epochs())
+    assert_states_equal(straight.method.state_dict(), second.method.state_dict())
+    assert second.state.history[-1]["train_loss"] == straight.state.history[-1]["train_loss"]
