@@ -34,8 +34,14 @@ import torch
 import torch.nn.functional as F
 
 from rayssl.data import rand_augment
-
-LUMA = (0.299, 0.587, 0.114)  # ITU-R 601-2, as torchvision's rgb_to_grayscale
+from rayssl.data.colour import (
+    brightness,
+    channel_constant,
+    contrast,
+    grayscale,
+    per_sample,
+    saturation,
+)
 
 
 def _uniform(n: int, low: float, high: float, g: torch.Generator) -> torch.Tensor:
@@ -44,29 +50,6 @@ def _uniform(n: int, low: float, high: float, g: torch.Generator) -> torch.Tenso
 
 def _coin(n: int, p: float, g: torch.Generator) -> torch.Tensor:
     return torch.rand(n, generator=g, device=g.device) < p
-
-
-def _per_sample(values: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-    """(B,) -> (B, 1, 1, 1) on x's device and dtype."""
-    return values.to(x.device, x.dtype).view(-1, 1, 1, 1)
-
-
-_CONSTANTS: dict[tuple[tuple[float, ...], torch.device, torch.dtype], torch.Tensor] = {}
-
-
-def _channel_constant(values: tuple[float, ...], x: torch.Tensor) -> torch.Tensor:
-    """(1, C, 1, 1) per-channel constants on x's device and dtype, made once per device and
-    dtype: a host-to-device copy on every call would be illegal inside a CUDA graph's
-    capture."""
-    key = (values, x.device, x.dtype)
-    if key not in _CONSTANTS:
-        _CONSTANTS[key] = torch.tensor(values, device=x.device, dtype=x.dtype).view(1, -1, 1, 1)
-    return _CONSTANTS[key]
-
-
-def grayscale(x: torch.Tensor) -> torch.Tensor:
-    """(B, 3, H, W) RGB -> (B, 1, H, W) luma."""
-    return (x * _channel_constant(LUMA, x)).sum(1, keepdim=True)
 
 
 def sample_crop_boxes(
@@ -127,22 +110,6 @@ def resized_crop_and_flip(
     return F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
 
 
-def _brightness(x: torch.Tensor, f: torch.Tensor) -> torch.Tensor:
-    return (x * f).clamp_(0, 1)
-
-
-def _contrast(x: torch.Tensor, f: torch.Tensor) -> torch.Tensor:
-    grey = grayscale(x) if x.shape[1] == 3 else x
-    mean = grey.mean(dim=(1, 2, 3), keepdim=True)
-    return torch.lerp(mean.expand_as(x), x, f).clamp_(0, 1)  # mean + f (x - mean)
-
-
-def _saturation(x: torch.Tensor, f: torch.Tensor) -> torch.Tensor:
-    if x.shape[1] != 3:
-        return x
-    return torch.lerp(grayscale(x).expand_as(x), x, f).clamp_(0, 1)
-
-
 # HSV -> RGB per channel: channel = V - C * clamp(min(k, 4 - k), 0, 1), k = (n + 6 hue) mod 6
 _HSV_OFFSETS = (5.0, 3.0, 1.0)  # n for R, G, B
 
@@ -167,8 +134,8 @@ def _hue(x: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
         (g - b) / safe,
         torch.where(g >= b, 2 + (b - r) / safe, 4 + (r - g) / safe),
     )
-    hue6 = sextant.unsqueeze(1) + 6 * _per_sample(shift, x)
-    k = torch.remainder(hue6 + _channel_constant(_HSV_OFFSETS, x), 6)
+    hue6 = sextant.unsqueeze(1) + 6 * per_sample(shift, x)
+    k = torch.remainder(hue6 + channel_constant(_HSV_OFFSETS, x), 6)
     ramp = torch.minimum(k, 4 - k).clamp_(0, 1)
     return torch.addcmul(value, chroma, ramp, value=-1).clamp_(0, 1)
 
@@ -188,7 +155,7 @@ def color_jitter(
     of the cost; computing all four ops for every sample each round cost 4x on the CPU).
     `masked`: every op on every sample each round, each sample keeping its own (no sync).
     """
-    ops = (_brightness, _contrast, _saturation, _hue)
+    ops = (brightness, contrast, saturation, _hue)
     order = order.to(x.device)
     factors = factors.to(x.device, x.dtype)
     if masked:
@@ -249,7 +216,7 @@ def _where_drawn(x: torch.Tensor, on: torch.Tensor, masked: bool, op) -> torch.T
     on those rows only (`rows` their indices on the coins' device, for the per-sample
     parameters), copied back into `x` in place (a view's own tensor: the crop made it)."""
     if masked:
-        return torch.where(_per_sample(on, x) > 0, op(x, None), x)
+        return torch.where(per_sample(on, x) > 0, op(x, None), x)
     rows = on.to(x.device).nonzero().squeeze(1)
     done = op(x.index_select(0, rows), rows.to(on.device))
     # under the step's autocast a convolution (the blur) returns bfloat16 rows; the batch

@@ -37,6 +37,8 @@ from typing import NamedTuple
 import torch
 import torch.nn.functional as F
 
+from rayssl.data import colour
+
 FILL = 0.5  # timm's _FILL (128, 128, 128)
 OPS = (
     "auto_contrast",
@@ -77,24 +79,6 @@ def draw(cfg, n: int, g: torch.Generator) -> RandAugmentDraws:
     return RandAugmentDraws(op, on, level, sign)
 
 
-def _col(values: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-    """(B,) -> (B, 1, 1, 1) on x's device and dtype."""
-    return values.to(x.device, x.dtype).view(-1, 1, 1, 1)
-
-
-def _grey(x: torch.Tensor) -> torch.Tensor:
-    """Luma (ITU-R 601-2) as torchvision's rgb_to_grayscale: no constant tensor to copy to
-    the device (illegal inside a CUDA graph's capture)."""
-    if x.shape[1] != 3:
-        return x
-    return 0.299 * x[:, 0:1] + 0.587 * x[:, 1:2] + 0.114 * x[:, 2:3]
-
-
-def _blend(base: torch.Tensor, x: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
-    """base + factor (x - base), clipped: PIL's ImageEnhance and torchvision's adjust_*."""
-    return torch.lerp(base.expand_as(x), x, _col(factor, x)).clamp_(0, 1)
-
-
 def _enhance_factor(level: torch.Tensor, sign: torch.Tensor) -> torch.Tensor:
     return (1 + sign * 0.9 * level).clamp_(min=0.1)
 
@@ -132,32 +116,31 @@ def _floor(v: torch.Tensor) -> torch.Tensor:
 
 def posterize(x: torch.Tensor, level: torch.Tensor, sign=None) -> torch.Tensor:
     bits = 4 - _floor(4 * level)
-    step = _col(torch.pow(2.0, 8 - bits), x)
+    step = colour.per_sample(torch.pow(2.0, 8 - bits), x)
     return (_as_bytes(x) / step).floor_() * step / 255
 
 
 def solarize(x: torch.Tensor, level: torch.Tensor, sign=None) -> torch.Tensor:
-    threshold = _col((256 - _floor(256 * level)) / 255, x)
+    threshold = colour.per_sample((256 - _floor(256 * level)) / 255, x)
     return torch.where(x >= threshold, 1.0 - x, x)
 
 
 def solarize_add(x: torch.Tensor, level: torch.Tensor, sign=None) -> torch.Tensor:
-    add = _col(_floor(110 * level).clamp_(max=128), x)
+    add = colour.per_sample(_floor(110 * level).clamp_(max=128), x)
     v = _as_bytes(x)
     return torch.where(v < 128, (v + add).clamp_(max=255), v) / 255
 
 
 def color(x: torch.Tensor, level: torch.Tensor, sign: torch.Tensor) -> torch.Tensor:
-    return x if x.shape[1] != 3 else _blend(_grey(x), x, _enhance_factor(level, sign))
+    return colour.saturation(x, colour.per_sample(_enhance_factor(level, sign), x))
 
 
 def contrast(x: torch.Tensor, level: torch.Tensor, sign: torch.Tensor) -> torch.Tensor:
-    mean = _grey(x).mean(dim=(1, 2, 3), keepdim=True)
-    return _blend(mean, x, _enhance_factor(level, sign))
+    return colour.contrast(x, colour.per_sample(_enhance_factor(level, sign), x))
 
 
 def brightness(x: torch.Tensor, level: torch.Tensor, sign: torch.Tensor) -> torch.Tensor:
-    return (x * _col(_enhance_factor(level, sign), x)).clamp_(0, 1)
+    return colour.brightness(x, colour.per_sample(_enhance_factor(level, sign), x))
 
 
 def sharpness(x: torch.Tensor, level: torch.Tensor, sign: torch.Tensor) -> torch.Tensor:
@@ -171,7 +154,9 @@ def sharpness(x: torch.Tensor, level: torch.Tensor, sign: torch.Tensor) -> torch
     box = rows[..., :-2, :] + rows[..., 1:-1, :] + rows[..., 2:, :]
     inner = x[..., 1:-1, 1:-1]
     out = x.clone()
-    out[..., 1:-1, 1:-1] = _blend((box + 4 * inner) / 13, inner, _enhance_factor(level, sign))
+    smooth = (box + 4 * inner) / 13
+    factor = colour.per_sample(_enhance_factor(level, sign), x)
+    out[..., 1:-1, 1:-1] = torch.lerp(smooth, inner, factor).clamp_(0, 1)  # PIL's blend
     return out
 
 
