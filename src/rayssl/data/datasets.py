@@ -385,8 +385,8 @@ def sample_normalizer(sample_dims: int):
 def channel_normalizer(stats: tuple[torch.Tensor, ...] | None, sample_dims: int):
     """`(x - mean) / std` over the channel axis of samples with `sample_dims` axes, or None.
     Computed as one fused `x * (1 / std) - mean / std` (addcmul): half the time of the two
-    passes on a CPU (0.38 against 0.73 ms a 224-px image on one thread); the same up to
-    float rounding."""
+    passes or less on a CPU (benchmarks/rand_augment.py, its normalisation rows); the same
+    up to float rounding."""
     if stats is None:
         return None
     shape = (1, -1, *([1] * (sample_dims - 1)))

@@ -146,8 +146,8 @@ def brightness(x: torch.Tensor, level: torch.Tensor, sign: torch.Tensor) -> torc
 def sharpness(x: torch.Tensor, level: torch.Tensor, sign: torch.Tensor) -> torch.Tensor:
     """Blend with PIL's SMOOTH filter (3 x 3, centre 5 / 13, the rest 1 / 13) inside a
     one-pixel border that stays as it was: torchvision's adjust_sharpness. The filter is
-    the 3 x 3 box sum (two shifted sums) plus 4 x the centre: on a CPU 1.8x faster than
-    torchvision's depthwise convolution (benchmarks/rand_augment.py)."""
+    the 3 x 3 box sum (two shifted sums) plus 4 x the centre: on a CPU about a third to a
+    half of torchvision's depthwise convolution's time (benchmarks/rand_augment.py)."""
     if min(x.shape[-2:]) <= 2:
         return x
     rows = x[..., :, :-2] + x[..., :, 1:-1] + x[..., :, 2:]
