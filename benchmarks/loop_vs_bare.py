@@ -3,6 +3,12 @@ same config, interleaved round by round: whether a gap between `throughput.py`'s
 ray-1 rows is rayssl's loop or the Ray Train worker it runs in.
 
     python benchmarks/loop_vs_bare.py --method ibot --batch-size 128 --rounds 2
+    python benchmarks/loop_vs_bare.py --method ibot --thread     # + the Loop in a thread
+    MALLOC_ARENA_MAX=1 MALLOC_MMAP_MAX_=0 MALLOC_TRIM_THRESHOLD_=1099511627776 \
+        python benchmarks/loop_vs_bare.py --method ibot --thread # glibc as Ray workers get it
+
+`--thread` steps the Loop a third time, in a thread of its own, as Ray Train and Tune run
+a worker's training function.
 
 One torch thread; the demo's 512-image set (`data/digits512`); one epoch per round and
 side; a side's ms/step is the median of its steps after the first.
@@ -15,6 +21,7 @@ import json
 import os
 import statistics
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -43,12 +50,24 @@ def loop_step_times(cfg, splits) -> list[float]:
     return times
 
 
+def in_thread(function, *args):
+    """`function(*args)` in a new thread, as Ray Train runs a worker's train function."""
+    out: list = []
+    thread = threading.Thread(target=lambda: out.append(function(*args)))
+    thread.start()
+    thread.join()
+    return out[0]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--method", default="ibot", choices=list(throughput.CONFIGS))
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--out", help="also write the rounds to this JSON file")
+    parser.add_argument(
+        "--thread", action="store_true", help="also step the Loop in a thread of its own"
+    )
     args = parser.parse_args()
     torch.set_num_threads(1)
     data = ["data.path=data/digits512/train", "data.test_path=null"]
@@ -61,10 +80,16 @@ def main() -> None:
         bare = statistics.median(throughput.bare_step_times(cfg, splits)[1:]) * 1e3
         loop = statistics.median(loop_step_times(cfg, splits)[1:]) * 1e3
         rounds.append({"bare_ms": round(bare), "loop_ms": round(loop), "ratio": loop / bare})
+        if args.thread:
+            threaded = statistics.median(in_thread(loop_step_times, cfg, splits)[1:]) * 1e3
+            rounds[-1].update(loop_thread_ms=round(threaded), thread_ratio=threaded / bare)
         print(i, json.dumps(rounds[-1]), flush=True)
     if args.out:
         command = "python benchmarks/loop_vs_bare.py " + " ".join(sys.argv[1:])
-        Path(args.out).write_text(json.dumps({"command": command, "rounds": rounds}, indent=2))
+        # glibc's malloc settings this process started with (cluster/start.py: ALLOCATOR_ENV)
+        malloc = {k: v for k, v in os.environ.items() if k.startswith("MALLOC_")}
+        record = {"command": command, "malloc_env": malloc, "rounds": rounds}
+        Path(args.out).write_text(json.dumps(record, indent=2))
 
 
 if __name__ == "__main__":

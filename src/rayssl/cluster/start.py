@@ -25,12 +25,35 @@ RAY_TRAIN_ENV = {
     "RAY_TRAIN_ENABLE_PRINT_PATCH": "0",
 }
 
+# glibc's malloc in the processes that train, through its own tunables (read from the
+# environment as a process starts: nothing to install; jemalloc or tcmalloc, which CPU tuning
+# guides suggest, would have to be). By default glibc maps each block above its threshold
+# (128 KB, rising to 32 MB) on its own and unmaps it when freed, so every step faults in and
+# zero-fills its largest activations again; and a thread other than a process's first, where
+# Ray Train and Tune run the training function, allocates from an arena of its own, whose
+# 64-MB heaps glibc gives back as they empty. Here: one arena, no block mapped on its own,
+# nothing trimmed; measured by `benchmarks/loop_vs_bare.py --thread` (BENCHMARKS.md). The
+# cost: a training process keeps the memory of its largest step. A value set in the
+# driver's environment wins (glibc's defaults: MALLOC_MMAP_MAX_=65536,
+# MALLOC_TRIM_THRESHOLD_=131072, MALLOC_ARENA_MAX=8 per core).
+ALLOCATOR_ENV = {
+    "MALLOC_ARENA_MAX": "1",
+    "MALLOC_MMAP_MAX_": "0",
+    "MALLOC_TRIM_THRESHOLD_": str(1 << 40),
+}
+
+
+def allocator_env() -> dict[str, str]:
+    """ALLOCATOR_ENV, each value as the driver's environment sets it if it does."""
+    return {key: os.environ.get(key, value) for key, value in ALLOCATOR_ENV.items()}
+
 
 def init_ray(
     cfg: TrainConfig | None,
     dashboard: bool = False,
     streaming: bool = False,
     min_cpus: float = 0,
+    allocator: bool = False,
 ) -> str | None:
     """Join the cluster in RAY_ADDRESS (set for jobs), else start a local Ray: quietly (no
     INFO banner, no token-auth notice) and without a dashboard unless `dashboard`. Returns
@@ -40,7 +63,10 @@ def init_ray(
     tasks need a CPU beside the workers' (Ray Train keeps the workers' CPUs from Ray Data):
     a local Ray then gets one logical CPU more than the workers take if this machine has
     none to spare (the tasks share the cores with the workers), and a cluster must have it.
-    Without a `cfg` (`rayssl embed`) a local Ray gets at least `min_cpus` logical CPUs."""
+    Without a `cfg` (`rayssl embed`) a local Ray gets at least `min_cpus` logical CPUs.
+    `allocator`: every process of a local Ray gets `allocator_env()` (Tune's in-process
+    trials, whose actors take no runtime environment of their own; Ray Train's workers get
+    it from `build_trainer` wherever they run)."""
     import ray
 
     logs = None
@@ -68,7 +94,10 @@ def init_ray(
                 "num_cpus": int(cpus),
                 "runtime_env": {
                     "worker_process_setup_hook": "rayssl.cluster.quiet.setup_worker",
-                    "env_vars": {"RAY_DATA_LOGGING_CONFIG": str(RAY_DATA_LOGGING)},
+                    "env_vars": {
+                        "RAY_DATA_LOGGING_CONFIG": str(RAY_DATA_LOGGING),
+                        **(allocator_env() if allocator else {}),
+                    },
                 },
             }
         with starting_ray():  # 1. start a local Ray, or join the cluster in RAY_ADDRESS

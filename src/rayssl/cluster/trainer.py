@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from rayssl.cluster.entry import WorkerArgs, train_func
-from rayssl.cluster.start import RAY_TRAIN_ENV
+from rayssl.cluster.start import RAY_TRAIN_ENV, allocator_env
 
 if TYPE_CHECKING:
     from rayssl.config import TrainConfig
@@ -68,6 +68,9 @@ def build_trainer(
                 checkpoint_score_order=ck.score_order,
             ),
             callbacks=callbacks,
+            # glibc's malloc as the training step wants it (cluster/start.py: ALLOCATOR_ENV);
+            # worker_runtime_env is Ray Train's DeveloperAPI, public
+            worker_runtime_env={"env_vars": allocator_env()},
             # Ray Train's per-report INFO lines drown rayssl's own progress line.
             logging_config=LoggingConfig(log_level="WARNING"),
         ),

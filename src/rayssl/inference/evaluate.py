@@ -116,7 +116,7 @@ def _on_workers(job: dict, workers: int, use_gpu: bool) -> dict[str, float]:
 
     from rayssl import progress
     from rayssl.cluster.records import worker_error
-    from rayssl.cluster.start import RAY_TRAIN_ENV, init_ray
+    from rayssl.cluster.start import RAY_TRAIN_ENV, allocator_env, init_ray
     from rayssl.config import ConfigError
 
     for key, value in RAY_TRAIN_ENV.items():
@@ -136,7 +136,11 @@ def _on_workers(job: dict, workers: int, use_gpu: bool) -> dict[str, float]:
             scaling_config=ScalingConfig(
                 num_workers=workers, use_gpu=use_gpu, resources_per_worker={"CPU": 1}
             ),
-            run_config=RunConfig(name="rayssl-eval", storage_path=scratch),
+            run_config=RunConfig(
+                name="rayssl-eval",
+                storage_path=scratch,
+                worker_runtime_env={"env_vars": allocator_env()},  # as training's workers
+            ),
         )
         try:
             with progress.relayed(bars):

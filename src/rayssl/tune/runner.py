@@ -44,7 +44,9 @@ def run_search(
         # Trials not yet sampled must not repeat the first samples of the original driver.
         np.random.seed()
     try:  # checks that one trial's workers fit the cluster
-        init_ray(cfg, streaming=splits.reads_storage)  # 1. start or join Ray
+        # 1. start or join Ray; in-process trials step in a thread of Tune's trial actor
+        in_process = search.resources.workers_per_trial == 1
+        init_ray(cfg, streaming=splits.reads_storage, allocator=in_process)
     except ConfigError as exc:
         raise ConfigError(
             f"resources: {exc} (resources.workers_per_trial / cpus_per_worker)"

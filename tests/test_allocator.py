@@ -1,0 +1,128 @@
+"""glibc's malloc in the processes that train (cluster/start.py: ALLOCATOR_ENV): Ray Train's
+workers, locally and on a cluster, and a local Ray's processes for Tune's in-process trials
+get one arena that never maps a block of its own, so a step's large activations come from
+memory the process already has instead of being mapped and zero-filled afresh each step."""
+
+from __future__ import annotations
+
+import ctypes
+import json
+import os
+import subprocess
+import sys
+import threading
+
+import pytest
+import ray
+
+from tests.conftest import TINY
+
+ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])  # the probe, to the workers
+
+BLOCK = 64 << 20  # above glibc's largest mmap threshold (32 MB): mapped by default
+
+
+def where_a_block_lives() -> dict:
+    """In the calling thread: a 64-MB torch tensor made, glibc's count of bytes in blocks
+    mapped on their own while it lives (`mallinfo2`'s hblkhd), and the allocator's
+    environment."""
+    import torch
+
+    class MallInfo2(ctypes.Structure):  # made here: Ray ships this function by value
+        _fields_ = [
+            (name, ctypes.c_size_t)
+            for name in (
+                "arena", "ordblks", "smblks", "hblks", "hblkhd",
+                "usmblks", "fsmblks", "uordblks", "fordblks", "keepcost",
+            )
+        ]  # fmt: skip
+
+    libc = ctypes.CDLL("libc.so.6")
+    libc.mallinfo2.restype = MallInfo2
+    before = libc.mallinfo2().hblkhd
+    block = torch.empty(BLOCK // 4).fill_(1.0)
+    mapped = libc.mallinfo2().hblkhd - before
+    del block
+    names = ("MALLOC_ARENA_MAX", "MALLOC_MMAP_MAX_", "MALLOC_TRIM_THRESHOLD_")
+    return {"mapped_bytes": mapped, "env": {n: os.environ.get(n) for n in names}}
+
+
+def probe_worker(config: dict) -> None:
+    """A train function for rayssl's TorchTrainer: the probe, from Ray Train's thread."""
+    from pathlib import Path
+
+    import ray.train
+
+    rank = ray.train.get_context().get_world_rank()
+    out = Path(config["args"].run_dir, "probe")  # the run's folder, as build_trainer gave it
+    out.mkdir(parents=True, exist_ok=True)
+    (out / f"rank{rank}.json").write_text(json.dumps(where_a_block_lives()))
+
+
+def test_glibc_maps_a_large_block_on_its_own_by_default():
+    """What the settings change, on this machine: without them a 64-MB block made in a
+    thread is a mapping of its own (so the checks below can fail)."""
+    if "MALLOC_MMAP_MAX_" in os.environ:
+        pytest.skip("this test process was started with the allocator's settings")
+    out: dict = {}
+    thread = threading.Thread(target=lambda: out.update(where_a_block_lives()))
+    thread.start()
+    thread.join()
+    assert out["mapped_bytes"] >= BLOCK
+
+
+def test_ray_train_workers_take_large_blocks_from_their_heap(ray_session, tmp_path):
+    from rayssl.cluster.trainer import build_trainer
+    from rayssl.config import validate_train_config
+    from rayssl.runs.storage import Storage
+
+    cfg = validate_train_config({**TINY, "num_workers": 2, "storage_path": str(tmp_path)})
+    storage = Storage.resolve(str(tmp_path / "runs"))
+    build_trainer(cfg, None, storage, "probe", train_fn=probe_worker).fit()
+    out = tmp_path / "runs" / "probe" / "probe"
+    for rank in (0, 1):
+        seen = json.loads((out / f"rank{rank}.json").read_text())
+        assert seen["env"] == {
+            "MALLOC_ARENA_MAX": "1",
+            "MALLOC_MMAP_MAX_": "0",
+            "MALLOC_TRIM_THRESHOLD_": str(1 << 40),
+        }
+        assert seen["mapped_bytes"] == 0, f"rank {rank}: the block was mapped on its own"
+
+
+LOCAL_RAY = """
+import json, sys
+import rayssl.cli
+from rayssl.cluster.start import init_ray
+import ray
+from tests.test_allocator import where_a_block_lives
+
+init_ray(None, min_cpus=1, allocator=sys.argv[1] == "tuned")
+print(json.dumps(ray.get(ray.remote(num_cpus=1)(where_a_block_lives).remote())))
+ray.shutdown()
+"""
+
+
+@pytest.mark.parametrize("allocator", ["tuned", "default"])
+def test_a_local_ray_for_in_process_trials_passes_the_settings_on(allocator, tmp_path):
+    """`init_ray(allocator=True)` (a Tune search whose trials step in Tune's actor): every
+    process of the local Ray it starts; without it, glibc as it comes. A value in the
+    driver's environment wins."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("MALLOC_", "RAY_ADDRESS"))}
+    env["MALLOC_TRIM_THRESHOLD_"] = "999999"  # the user's own, kept
+    done = subprocess.run(
+        [sys.executable, "-c", LOCAL_RAY, allocator],
+        capture_output=True, text=True, env=env, timeout=120, cwd=os.getcwd(),
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-2000:]
+    seen = json.loads(done.stdout.strip().splitlines()[-1])
+    if allocator == "tuned":
+        assert seen["env"] == {
+            "MALLOC_ARENA_MAX": "1",
+            "MALLOC_MMAP_MAX_": "0",
+            "MALLOC_TRIM_THRESHOLD_": "999999",
+        }
+        assert seen["mapped_bytes"] == 0
+    else:
+        assert seen["env"]["MALLOC_MMAP_MAX_"] is None
+        assert seen["mapped_bytes"] >= BLOCK
