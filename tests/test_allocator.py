@@ -11,14 +11,15 @@ import os
 import subprocess
 import sys
 import threading
+from pathlib import Path
 
 import pytest
 import ray
-
-from tests.conftest import TINY
+from conftest import TINY
 
 ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])  # the probe, to the workers
 
+ROOT = Path(__file__).resolve().parents[1]
 BLOCK = 64 << 20  # above glibc's largest mmap threshold (32 MB): mapped by default
 
 
@@ -95,7 +96,8 @@ import json, sys
 import rayssl.cli
 from rayssl.cluster.start import init_ray
 import ray
-from tests.test_allocator import where_a_block_lives
+sys.path.insert(0, "tests")
+from test_allocator import where_a_block_lives
 
 init_ray(None, min_cpus=1, allocator=sys.argv[1] == "tuned")
 print(json.dumps(ray.get(ray.remote(num_cpus=1)(where_a_block_lives).remote())))
@@ -103,7 +105,7 @@ ray.shutdown()
 """
 
 
-@pytest.mark.parametrize("allocator", ["tuned", "default"])
+@pytest.mark.parametrize("allocator", ["tuned", pytest.param("default", marks=pytest.mark.slow)])
 def test_a_local_ray_for_in_process_trials_passes_the_settings_on(allocator, tmp_path):
     """`init_ray(allocator=True)` (a Tune search whose trials step in Tune's actor): every
     process of the local Ray it starts; without it, glibc as it comes. A value in the
@@ -112,7 +114,7 @@ def test_a_local_ray_for_in_process_trials_passes_the_settings_on(allocator, tmp
     env["MALLOC_TRIM_THRESHOLD_"] = "999999"  # the user's own, kept
     done = subprocess.run(
         [sys.executable, "-c", LOCAL_RAY, allocator],
-        capture_output=True, text=True, env=env, timeout=120, cwd=os.getcwd(),
+        capture_output=True, text=True, env=env, timeout=120, cwd=ROOT,
     )  # fmt: skip
     assert done.returncode == 0, done.stderr[-2000:]
     seen = json.loads(done.stdout.strip().splitlines()[-1])

@@ -32,8 +32,9 @@ RAY_TRAIN_ENV = {
 # zero-fills its largest activations again; and a thread other than a process's first, where
 # Ray Train and Tune run the training function, allocates from an arena of its own, whose
 # 64-MB heaps glibc gives back as they empty. Here: one arena, no block mapped on its own,
-# nothing trimmed; measured by `benchmarks/loop_vs_bare.py --thread` (BENCHMARKS.md). The
-# cost: a training process keeps the memory of its largest step. A value set in the
+# nothing trimmed: an iBOT step in a thread went from 1.22x a bare loop's to 1.00x
+# (`benchmarks/loop_vs_bare.py --thread`, BENCHMARKS.md). The cost: a training process
+# keeps the memory of its largest step. A value set in the
 # driver's environment wins (glibc's defaults: MALLOC_MMAP_MAX_=65536,
 # MALLOC_TRIM_THRESHOLD_=131072, MALLOC_ARENA_MAX=8 per core).
 ALLOCATOR_ENV = {
