@@ -34,9 +34,9 @@ RAY_TRAIN_ENV = {
 # 64-MB heaps glibc gives back as they empty. Here: one arena, no block mapped on its own,
 # nothing trimmed: an iBOT step in a thread went from 1.22x a bare loop's to 1.00x
 # (`benchmarks/loop_vs_bare.py --thread`, BENCHMARKS.md). The cost: a training process
-# keeps the memory of its largest step. A value set in the
-# driver's environment wins (glibc's defaults: MALLOC_MMAP_MAX_=65536,
-# MALLOC_TRIM_THRESHOLD_=131072, MALLOC_ARENA_MAX=8 per core).
+# keeps the memory of its largest step. A value set in the driver's environment wins
+# (glibc's defaults: MALLOC_MMAP_MAX_=65536, MALLOC_TRIM_THRESHOLD_=131072,
+# MALLOC_ARENA_MAX eight per core).
 ALLOCATOR_ENV = {
     "MALLOC_ARENA_MAX": "1",
     "MALLOC_MMAP_MAX_": "0",
