@@ -10,7 +10,6 @@ import json
 import os
 import subprocess
 import sys
-import threading
 from pathlib import Path
 
 import pytest
@@ -60,16 +59,31 @@ def probe_worker(config: dict) -> None:
     (out / f"rank{rank}.json").write_text(json.dumps(where_a_block_lives()))
 
 
+IN_A_THREAD = """
+import json, sys, threading
+sys.path.insert(0, "tests")
+from test_allocator import where_a_block_lives
+out = {}
+thread = threading.Thread(target=lambda: out.update(where_a_block_lives()))
+thread.start()
+thread.join()
+print(json.dumps(out))
+"""
+
+
+def plain_env() -> dict:
+    return {k: v for k, v in os.environ.items() if not k.startswith(("MALLOC_", "RAY_ADDRESS"))}
+
+
 def test_glibc_maps_a_large_block_on_its_own_by_default():
-    """What the settings change, on this machine: without them a 64-MB block made in a
-    thread is a mapping of its own (so the checks below can fail)."""
-    if "MALLOC_MMAP_MAX_" in os.environ:
-        pytest.skip("this test process was started with the allocator's settings")
-    out: dict = {}
-    thread = threading.Thread(target=lambda: out.update(where_a_block_lives()))
-    thread.start()
-    thread.join()
-    assert out["mapped_bytes"] >= BLOCK
+    """What the settings change, on this machine: as glibc comes, a 64-MB block made in a
+    thread of a fresh process is a mapping of its own (so the checks below can fail)."""
+    done = subprocess.run(
+        [sys.executable, "-c", IN_A_THREAD],
+        capture_output=True, text=True, env=plain_env(), timeout=120, cwd=ROOT,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert json.loads(done.stdout.strip().splitlines()[-1])["mapped_bytes"] >= BLOCK
 
 
 def test_ray_train_workers_take_large_blocks_from_their_heap(ray_session, tmp_path):
@@ -110,7 +124,7 @@ def test_a_local_ray_for_in_process_trials_passes_the_settings_on(allocator, tmp
     """`init_ray(allocator=True)` (a Tune search whose trials step in Tune's actor): every
     process of the local Ray it starts; without it, glibc as it comes. A value in the
     driver's environment wins."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("MALLOC_", "RAY_ADDRESS"))}
+    env = plain_env()
     env["MALLOC_TRIM_THRESHOLD_"] = "999999"  # the user's own, kept
     done = subprocess.run(
         [sys.executable, "-c", LOCAL_RAY, allocator],
@@ -128,3 +142,29 @@ def test_a_local_ray_for_in_process_trials_passes_the_settings_on(allocator, tmp
     else:
         assert seen["env"]["MALLOC_MMAP_MAX_"] is None
         assert seen["mapped_bytes"] >= BLOCK
+
+
+@pytest.mark.parametrize("users", [None, pytest.param("65536", marks=pytest.mark.slow)])
+def test_local_mode_trains_with_the_settings_in_the_commands_own_process(
+    users, write_config, tmp_path
+):
+    """`rayssl train` with num_workers 0 trains in its own main thread: `tune_this_process`
+    sets glibc there, so a 64-MB block of a training forward (a user backbone that probes,
+    tests/helpers/malloc_probe.py) comes from the heap; a MALLOC_MMAP_MAX_ the user sets is
+    kept, and glibc maps the block on its own again."""
+    out = tmp_path / "mapped"
+    backbone = {"name": "malloc_probe:probed_cnn", "width": 8, "out": str(out)}
+    config = write_config(
+        {**TINY, "epochs": 1, "num_workers": 0, "backbone": backbone,
+         "storage_path": str(tmp_path / "runs")}
+    )  # fmt: skip
+    env = plain_env()
+    if users is not None:
+        env["MALLOC_MMAP_MAX_"] = users
+    done = subprocess.run(
+        [sys.executable, "-m", "rayssl.cli", "train", str(config)],
+        capture_output=True, text=True, env=env, timeout=300, cwd=ROOT,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    mapped = int(out.read_text())
+    assert mapped == 0 if users is None else mapped >= BLOCK

@@ -96,6 +96,10 @@ def train(config: str, overrides: tuple[str, ...], resume: bool, dashboard: bool
         from rayssl.config import load_train_config
 
         cfg = load_train_config(config, overrides)
+        if cfg.num_workers == 0:  # local mode: this process trains (cluster/start.py)
+            from rayssl.cluster.start import tune_this_process
+
+            tune_this_process()
         summary = fit(cfg, resume=resume, launched_at=LAUNCHED_AT, dashboard=dashboard)
     except ConfigError as exc:
         _fail(str(exc), EXIT_BAD_INPUT)

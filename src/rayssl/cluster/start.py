@@ -49,6 +49,29 @@ def allocator_env() -> dict[str, str]:
     return {key: os.environ.get(key, value) for key, value in ALLOCATOR_ENV.items()}
 
 
+def tune_this_process() -> bool:
+    """ALLOCATOR_ENV for the process already running (`rayssl train` in local mode trains in
+    the command's own main thread, whose arena is glibc's first: only the other two apply),
+    through glibc's `mallopt`, for what is allocated from now on. `mallopt` takes a C int,
+    so the trim threshold is at most 2 GiB here. A variable set in the environment is left
+    as it is; where glibc is not the C library, nothing changes. True if anything did."""
+    import ctypes
+    import platform
+
+    if platform.libc_ver()[0] != "glibc":
+        return False
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+    except OSError:
+        return False
+    changed = False
+    for name, option in (("MALLOC_MMAP_MAX_", -4), ("MALLOC_TRIM_THRESHOLD_", -1)):  # M_*
+        if name not in os.environ:
+            value = min(int(ALLOCATOR_ENV[name]), 2**31 - 1)
+            changed |= bool(libc.mallopt(option, value))
+    return changed
+
+
 def init_ray(
     cfg: TrainConfig | None,
     dashboard: bool = False,
