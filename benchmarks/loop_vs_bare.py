@@ -8,7 +8,8 @@ ray-1 rows is rayssl's loop or the Ray Train worker it runs in.
         python benchmarks/loop_vs_bare.py --method ibot --thread # glibc as Ray workers get it
 
 `--thread` steps the Loop a third time, in a thread of its own, as Ray Train and Tune run
-a worker's training function.
+a worker's training function. `--tune-process` first sets glibc's malloc in this process as
+`rayssl train` in local mode does (`tune_this_process`).
 
 One torch thread; the demo's 512-image set (`data/digits512`); one epoch per round and
 side; a side's ms/step is the median of its steps after the first.
@@ -68,8 +69,17 @@ def main() -> None:
     parser.add_argument(
         "--thread", action="store_true", help="also step the Loop in a thread of its own"
     )
+    parser.add_argument(
+        "--tune-process",
+        action="store_true",
+        help="first set glibc's malloc in this process as local-mode `rayssl train` does",
+    )
     args = parser.parse_args()
     torch.set_num_threads(1)
+    if args.tune_process:
+        from rayssl.cluster.start import tune_this_process
+
+        assert tune_this_process(), "glibc's mallopt changed nothing here"
     data = ["data.path=data/digits512/train", "data.test_path=null"]
     extra = [*data, f"data.batch_size={args.batch_size}"]
     cfg = throughput.bench_config(args.method, 1, "/tmp/rayssl-loop-vs-bare", extra)
@@ -89,6 +99,8 @@ def main() -> None:
         # glibc's malloc settings this process started with (cluster/start.py: ALLOCATOR_ENV)
         malloc = {k: v for k, v in os.environ.items() if k.startswith("MALLOC_")}
         record = {"command": command, "malloc_env": malloc, "rounds": rounds}
+        if args.tune_process:
+            record["mallopt"] = "cluster/start.py: tune_this_process (as local mode)"
         Path(args.out).write_text(json.dumps(record, indent=2))
 
 
