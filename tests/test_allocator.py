@@ -5,7 +5,6 @@ memory the process already has instead of being mapped and zero-filled afresh ea
 
 from __future__ import annotations
 
-import ctypes
 import json
 import os
 import subprocess
@@ -13,56 +12,17 @@ import sys
 from pathlib import Path
 
 import pytest
-import ray
-from conftest import TINY
+from conftest import HELPERS, TINY
 
-ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])  # the probe, to the workers
+sys.path.insert(0, HELPERS)  # as Ray's workers and the subprocesses below find it
+from malloc_probe import BLOCK, probe_worker  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
-BLOCK = 64 << 20  # above glibc's largest mmap threshold (32 MB): mapped by default
-
-
-def where_a_block_lives() -> dict:
-    """In the calling thread: a 64-MB torch tensor made, glibc's count of bytes in blocks
-    mapped on their own while it lives (`mallinfo2`'s hblkhd), and the allocator's
-    environment."""
-    import torch
-
-    class MallInfo2(ctypes.Structure):  # made here: Ray ships this function by value
-        _fields_ = [
-            (name, ctypes.c_size_t)
-            for name in (
-                "arena", "ordblks", "smblks", "hblks", "hblkhd",
-                "usmblks", "fsmblks", "uordblks", "fordblks", "keepcost",
-            )
-        ]  # fmt: skip
-
-    libc = ctypes.CDLL("libc.so.6")
-    libc.mallinfo2.restype = MallInfo2
-    before = libc.mallinfo2().hblkhd
-    block = torch.empty(BLOCK // 4).fill_(1.0)
-    mapped = libc.mallinfo2().hblkhd - before
-    del block
-    names = ("MALLOC_ARENA_MAX", "MALLOC_MMAP_MAX_", "MALLOC_TRIM_THRESHOLD_")
-    return {"mapped_bytes": mapped, "env": {n: os.environ.get(n) for n in names}}
-
-
-def probe_worker(config: dict) -> None:
-    """A train function for rayssl's TorchTrainer: the probe, from Ray Train's thread."""
-    from pathlib import Path
-
-    import ray.train
-
-    rank = ray.train.get_context().get_world_rank()
-    out = Path(config["args"].run_dir, "probe")  # the run's folder, as build_trainer gave it
-    out.mkdir(parents=True, exist_ok=True)
-    (out / f"rank{rank}.json").write_text(json.dumps(where_a_block_lives()))
 
 
 IN_A_THREAD = """
 import json, sys, threading
-sys.path.insert(0, "tests")
-from test_allocator import where_a_block_lives
+from malloc_probe import where_a_block_lives  # tests/helpers, on the PYTHONPATH
 out = {}
 thread = threading.Thread(target=lambda: out.update(where_a_block_lives()))
 thread.start()
@@ -110,8 +70,7 @@ import json, sys
 import rayssl.cli
 from rayssl.cluster.start import init_ray
 import ray
-sys.path.insert(0, "tests")
-from test_allocator import where_a_block_lives
+from malloc_probe import where_a_block_lives  # tests/helpers, on the PYTHONPATH
 
 init_ray(None, min_cpus=1, allocator=sys.argv[1] == "tuned")
 print(json.dumps(ray.get(ray.remote(num_cpus=1)(where_a_block_lives).remote())))

@@ -1,8 +1,9 @@
-"""A user backbone factory that reports where glibc puts a 64-MB block made during a
-training forward: bytes mapped on their own (`mallinfo2`'s hblkhd) while it lives, written
-to `out` (tests/test_allocator.py)."""
+"""Where glibc puts a 64-MB block (tests/test_allocator.py): `where_a_block_lives` in the
+calling thread, and a user backbone factory that reports it for a training forward,
+written to `out`. On the PYTHONPATH of the tests, their subprocesses and Ray's workers."""
 
 import ctypes
+import os
 from pathlib import Path
 
 import torch
@@ -10,7 +11,7 @@ from torch import nn
 
 from rayssl.nets import cnn1d
 
-BLOCK = 64 << 20
+BLOCK = 64 << 20  # above glibc's largest mmap threshold (32 MB): mapped by default
 
 
 class _MallInfo2(ctypes.Structure):
@@ -23,6 +24,33 @@ class _MallInfo2(ctypes.Structure):
     ]  # fmt: skip
 
 
+def where_a_block_lives() -> dict:
+    """In the calling thread: a 64-MB torch tensor made, glibc's count of bytes in blocks
+    mapped on their own while it lives (`mallinfo2`'s hblkhd), and the allocator's
+    environment."""
+    libc = ctypes.CDLL("libc.so.6")
+    libc.mallinfo2.restype = _MallInfo2
+    before = libc.mallinfo2().hblkhd
+    block = torch.empty(BLOCK // 4).fill_(1.0)
+    mapped = libc.mallinfo2().hblkhd - before
+    del block
+    names = ("MALLOC_ARENA_MAX", "MALLOC_MMAP_MAX_", "MALLOC_TRIM_THRESHOLD_")
+    return {"mapped_bytes": mapped, "env": {n: os.environ.get(n) for n in names}}
+
+
+def probe_worker(config: dict) -> None:
+    """A train function for rayssl's TorchTrainer: the probe, from Ray Train's thread,
+    written to `probe/rank<r>.json` in the run's folder, as build_trainer gave it."""
+    import json
+
+    import ray.train
+
+    rank = ray.train.get_context().get_world_rank()
+    out = Path(config["args"].run_dir, "probe")
+    out.mkdir(parents=True, exist_ok=True)
+    (out / f"rank{rank}.json").write_text(json.dumps(where_a_block_lives()))
+
+
 class _Probed(nn.Module):
     def __init__(self, net: nn.Module, out: str):
         super().__init__()
@@ -30,12 +58,7 @@ class _Probed(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.training and not self.out.exists():
-            libc = ctypes.CDLL("libc.so.6")
-            libc.mallinfo2.restype = _MallInfo2
-            before = libc.mallinfo2().hblkhd
-            block = torch.empty(BLOCK // 4).fill_(1.0)
-            self.out.write_text(str(libc.mallinfo2().hblkhd - before))
-            del block
+            self.out.write_text(str(where_a_block_lives()["mapped_bytes"]))
         return self.net(x)
 
 
