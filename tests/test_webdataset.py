@@ -265,3 +265,85 @@ def test_a_shard_indexed_once_is_read_from_the_cache_until_it_changes(demo, tmp_
     os.utime(victim, ns=(stat.st_atime_ns, stat.st_mtime_ns + 10**9))
     with pytest.raises(ConfigError, match=f"shard '{victim}' is not a readable tar"):
         list_shards(str(shards), "test_path")
+
+
+def _members(shard: Path) -> dict[str, tuple[bytes, int]]:
+    """key -> (image bytes, label) of a shard, read with tarfile, the reference."""
+    found: dict[str, dict] = {}
+    with tarfile.open(shard) as archive:
+        for member in archive.getmembers():
+            key, suffix = member.name.split(".", 1)
+            data = archive.extractfile(member).read()
+            entry = found.setdefault(key, {})
+            entry["label" if suffix == "cls" else "image"] = data
+    return {k: (v["image"], int(v["label"])) for k, v in found.items()}
+
+
+def test_shards_are_indexed_in_ray_tasks_where_ray_is_up(ray_session, demo, tmp_path, monkeypatch):
+    """With this process connected to Ray, the shards are indexed in Ray tasks (the driver's
+    own indexing fails here), and the index is the shards' own: every sample's bytes and
+    label as tarfile reads them, in the shards' order, and kept for the next command."""
+    import rayssl.data.shards as shards_module
+
+    monkeypatch.setenv("RAYSSL_CACHE", str(tmp_path / "cache"))
+
+    def indexed_on_the_driver(*args):
+        raise AssertionError("indexed on the driver, not in a Ray task")
+
+    monkeypatch.setattr(shards_module, "_index", indexed_on_the_driver)
+    listed = shards_module.list_shards(str(demo[1] / "train"), "path")
+    expected = [
+        (shard, key, image, label)
+        for shard in sorted((demo[1] / "train").glob("*.tar"))
+        for key, (image, label) in _members(shard).items()
+    ]
+    assert len(listed.refs) == len(expected) == 240
+    for i, (shard, key, image, label) in enumerate(expected):
+        assert listed.refs[i][0] == str(shard) and listed.keys[i] == key
+        assert (listed.read(i), listed.labels[i]) == (image, label)
+    cached = list((tmp_path / "cache" / "shard-index").glob("*.json"))
+    assert len(cached) == len(listed.shards) == 4
+
+
+def test_a_bad_shard_indexed_in_a_ray_task_is_one_line(ray_session, demo, tmp_path, monkeypatch):
+    import shutil
+
+    from rayssl.data.shards import list_shards
+
+    monkeypatch.setenv("RAYSSL_CACHE", str(tmp_path / "cache"))
+    folder = tmp_path / "shards"
+    shutil.copytree(demo[1] / "test", folder)
+    victim = sorted(folder.glob("*.tar"))[1]
+    victim.write_bytes(b"not a tar " * 100)
+    with pytest.raises(ConfigError) as raised:
+        list_shards(str(folder), "test_path")
+    line = str(raised.value)
+    assert f"data.test_path: shard '{victim}' is not a readable tar" in line
+    assert "\n" not in line and "Traceback" not in line
+
+
+def test_a_command_given_ray_address_joins_that_cluster_to_index(ray_session, demo, tmp_path):
+    """A driver run by `ray job submit` has RAY_ADDRESS and is not connected yet: listing
+    the shards joins that cluster (as the command would next) and indexes in its tasks."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    import ray
+
+    address = ray.get_runtime_context().gcs_address
+    probe = Path(__file__).parent / "helpers" / "index_probe.py"
+    env = {**os.environ, "RAY_ADDRESS": address, "RAYSSL_CACHE": str(tmp_path / "cache")}
+    run = subprocess.run(
+        [sys.executable, str(probe), str(demo[1] / "test")],
+        capture_output=True, text=True, env=env, timeout=240,
+    )  # fmt: skip
+    assert run.returncode == 0, (run.stdout + run.stderr)[-3000:]
+    found = json.loads(run.stdout.strip().splitlines()[-1])
+    assert found["samples"] == 80 and found["joined"] == address
+    expected = [
+        label for shard in sorted((demo[1] / "test").glob("*.tar"))
+        for _, label in _members(shard).values()
+    ]  # fmt: skip
+    assert found["labels"] == expected

@@ -72,6 +72,10 @@ def tune_this_process() -> bool:
     return changed
 
 
+# the folder of Ray's own logs of each Ray this process started or joined, by its address
+_STARTED: dict[str, str | None] = {}
+
+
 def init_ray(
     cfg: TrainConfig | None,
     dashboard: bool = False,
@@ -81,13 +85,14 @@ def init_ray(
 ) -> str | None:
     """Join the cluster in RAY_ADDRESS (set for jobs), else start a local Ray: quietly (no
     INFO banner, no token-auth notice) and without a dashboard unless `dashboard`. Returns
-    the folder of Ray's own logs (None if Ray was already initialised here).
+    the folder of Ray's own logs (None if Ray was initialised here other than by this function).
 
     `streaming`: the run reads its training data through Ray Data, whose read and decode
     tasks need a CPU beside the workers' (Ray Train keeps the workers' CPUs from Ray Data):
     a local Ray then gets one logical CPU more than the workers take if this machine has
     none to spare (the tasks share the cores with the workers), and a cluster must have it.
-    Without a `cfg` (`rayssl embed`) a local Ray gets at least `min_cpus` logical CPUs.
+    Without a `cfg` (`rayssl embed`; the shard index joining RAY_ADDRESS's cluster early) a
+    local Ray gets at least `min_cpus` logical CPUs.
     `allocator`: every process of a local Ray gets `allocator_env()` (Tune's in-process
     trials, whose actors take no runtime environment of their own; Ray Train's workers get
     it from `build_trainer` wherever they run)."""
@@ -137,6 +142,9 @@ def init_ray(
                     ) from None
         session = (getattr(context, "address_info", None) or {}).get("session_dir")
         logs = f"{session}/logs" if session else None
+        _STARTED[ray.get_runtime_context().gcs_address] = logs
+    else:  # started or joined by an earlier call of this command (e.g. to index shards)
+        logs = _STARTED.get(ray.get_runtime_context().gcs_address)
     if cfg is not None:
         check_fits(cfg, ray.cluster_resources(), streaming=streaming)
     return logs

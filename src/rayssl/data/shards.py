@@ -2,9 +2,10 @@
 reads), each sample an image (`.jpg`, `.png`, ...) and optionally its integer label
 (`.cls`), as `webdataset.TarWriter` writes them.
 
-The shards take the image folder's whole path (`image_folder.load_splits_of`): the driver
-indexes them (each sample's shard, byte range and label; tar headers only for local shards,
-one sequential read for remote ones; kept per shard for the next command, `shard_index.py`),
+The shards take the image folder's whole path (`image_folder.load_splits_of`): they are
+indexed (each sample's shard, byte range and label; tar headers only for local shards, one
+sequential read for remote ones), in Ray tasks across the cluster where one is there, else
+in the driver's threads, and kept per shard for the next command (`shard_index.py`),
 so the val split held out of train, `labels_per_class`, in-memory decoding and the probes'
 seeded limits work as for a folder. Training rows stream
 through Ray Data's own WebDataset reader (`ray.data.read_webdataset`, whole shards read in
@@ -97,19 +98,14 @@ def list_shards(uri: str, field: str, classes: list[str] | None = None) -> Shard
     shards = [info.path for info in infos]
     local = type(filesystem).__name__ == "LocalFileSystem"
     cache = ShardIndexCache(filesystem, infos)  # indexes of earlier commands, where unchanged
-
-    def index(shard: str) -> list:
-        samples = cache.load(shard)
-        if samples is None:
-            samples = _index(filesystem, shard, local, field)
-            cache.store(shard, samples)
-        return samples
-
-    with ThreadPoolExecutor(min(16, len(shards))) as pool:
-        indexed = list(pool.map(index, shards))
+    indexed = {shard: cache.load(shard) for shard in shards}
+    for shard, samples in _index_all(filesystem, [s for s in shards if indexed[s] is None],
+                                     local, field):  # fmt: skip
+        cache.store(shard, samples)  # as each arrives: an interrupted first command keeps it
+        indexed[shard] = samples
     refs, names, keys, labels = [], [], [], []
-    for shard_samples in indexed:
-        for ref, name, key, label in shard_samples:
+    for shard in shards:
+        for ref, name, key, label in indexed[shard]:
             refs.append(ref), names.append(name), keys.append(key), labels.append(label)
     if not refs:
         raise ConfigError(f"data.{field} '{uri}' holds no samples; give WebDataset shards")
@@ -122,6 +118,32 @@ def list_shards(uri: str, field: str, classes: list[str] | None = None) -> Shard
         )
     found = labels if all(labeled) else None
     return ShardSamples(uri, filesystem, shards, refs, names, keys, found)
+
+
+def _index_all(filesystem, shards: list[str], local: bool, field: str):
+    """(shard, its index) for each of `shards`, as each is done: in Ray tasks where a Ray
+    cluster is there to use (`shard_index.ray_cluster`), else in threads of this process."""
+    from rayssl.data.shard_index import index_in_ray_tasks, ray_cluster
+
+    if len(shards) > 1 and ray_cluster():
+        yield from index_in_ray_tasks(_index_task, filesystem, shards, local, field)
+    elif shards:
+        with ThreadPoolExecutor(min(16, len(shards))) as pool:
+            yield from zip(
+                shards,
+                pool.map(lambda shard: _index(filesystem, shard, local, field), shards),
+                strict=True,
+            )
+
+
+def _index_task(filesystem, shard: str, local: bool, field: str):
+    """`_index` as a Ray task runs it: (index, None), or (None, the one line) for a shard
+    that cannot be indexed (raised in a task, the error would reach the driver wrapped in
+    Ray's traceback)."""
+    try:
+        return _index(filesystem, shard, local, field), None
+    except ConfigError as exc:
+        return None, str(exc)
 
 
 def name_classes(splits: list[ShardSamples]) -> list[str] | None:
