@@ -188,3 +188,38 @@ def test_webdataset_shards_stream_and_embed_from_an_s3_bucket(s3, tmp_path):
     assert all(s.startswith(f"{bucket}/shards/test/shard-") for s in table["source"].to_pylist())
     labels = table.column("label").to_pylist()  # the .cls of each sample, none missing
     assert set(labels) <= set(range(10)) and len(set(labels)) >= 5
+
+
+@pytest.mark.slow
+def test_shards_in_a_bucket_are_indexed_in_the_tasks_of_a_joined_cluster(s3, tmp_path):
+    """A driver given RAY_ADDRESS (as under `ray job submit`) indexes shards at an s3:// URI
+    in that cluster's tasks: each task opens the bucket with the driver's endpoint and its
+    own node's credentials, and the driver's own indexing is made to fail."""
+    import json
+
+    import pyarrow.fs as pafs
+    import ray
+
+    pytest.importorskip("webdataset")
+    local = tmp_path / "shards"
+    write_digit_images(local, train=64, test=10, seed=3, shard_size=20)
+    pafs.copy_files(str(local), f"s3://{BUCKET}/shards", source_filesystem=pafs.LocalFileSystem())
+    ray.shutdown()  # a Ray of this test's own, its nodes started with the bucket's keys
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    try:
+        probe = Path(__file__).parent / "helpers" / "index_probe.py"
+        env = {
+            **os.environ,
+            "RAY_ADDRESS": ray.get_runtime_context().gcs_address,
+            "RAYSSL_CACHE": str(tmp_path / "cache"),
+        }
+        run = subprocess.run(
+            [sys.executable, str(probe), f"s3://{BUCKET}/shards/train"],
+            capture_output=True, text=True, env=env, timeout=240,
+        )  # fmt: skip
+    finally:
+        ray.shutdown()
+    assert run.returncode == 0, (run.stdout + run.stderr)[-3000:]
+    found = json.loads(run.stdout.strip().splitlines()[-1])
+    assert found["samples"] == 64 and found["joined"]
+    assert len(list((tmp_path / "cache" / "shard-index").glob("*.json"))) == 4
