@@ -18,6 +18,7 @@ session, on the same cores:
   actors, the Parquet write; the loop: from reading the backbone) at both sizes, and the
   rate of the N images the larger input adds, the one a large input runs at: the fixed
   cost cancels. The ratios are of those rates.
+- `--rounds R`: the throughput rows interleaved, every row once a round, medians of R.
 - `--throughput-only`: these rows, the file's driver-memory rows kept.
 - `--layout-ab ROUNDS --out FILE`: rayssl embed with 2 actors on the 2N images, the actors'
   network and batches in channels_last (the default) against contiguous
@@ -33,6 +34,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -189,31 +191,55 @@ def marginal(small: dict, large: dict) -> dict:
 
 
 def throughput(args, work: Path, source: str, sets: list[Path]) -> dict:
-    """rayssl embed with 1 and 2 actors and the torch loop, each at both input sizes."""
-    rows: dict = {}
-    for actors in (1, 2):
-        runs = [run_embed(source, d, work / f"out-{actors}-{i}", actors, args.batch_size)
-                for i, d in enumerate(sets)]  # fmt: skip
-        rows[f"rayssl_{actors}_actor"] = marginal(*runs)
-        print(json.dumps(rows[f"rayssl_{actors}_actor"]), flush=True)
-    for workers in args.loader_workers:
-        for channels_last, suffix in ((False, ""), (True, "_channels_last")):
-            runs = [torch_loop(source, d, args.batch_size, workers, channels_last) for d in sets]
-            rows[f"torch_loader_{workers}{suffix}"] = marginal(*runs)
-            print(json.dumps(rows[f"torch_loader_{workers}{suffix}"]), flush=True)
+    """rayssl embed with 1 and 2 actors and the torch loop, each at both input sizes; with
+    `--rounds R` every row once a round, R rounds (the machine's speed drifts over minutes:
+    rows run one after another compare worse than rows interleaved), each rate and ratio the
+    median over the rounds."""
+    kinds = [f"rayssl_{actors}_actor" for actors in (1, 2)] + [
+        f"torch_loader_{w}{suffix}" for w in args.loader_workers
+        for suffix in ("", "_channels_last")
+    ]  # fmt: skip
+    rounds: list[dict] = []
+    for r in range(args.rounds):
+        rows: dict = {}
+        for kind in kinds:
+            if kind.startswith("rayssl_"):
+                actors = int(kind.split("_")[1])
+                runs = [run_embed(source, d, work / f"out-{r}-{actors}-{i}", actors,
+                                  args.batch_size) for i, d in enumerate(sets)]  # fmt: skip
+            else:
+                workers = int(kind.split("_")[2])
+                channels_last = kind.endswith("channels_last")
+                runs = [torch_loop(source, d, args.batch_size, workers, channels_last)
+                        for d in sets]  # fmt: skip
+            rows[kind] = marginal(*runs)
+            print(r, kind, json.dumps(rows[kind]), flush=True)
+        rows.update(_ratios(rows, args.loader_workers))
+        print(r, json.dumps({k: v for k, v in rows.items() if not isinstance(v, dict)}))
+        rounds.append(rows)
+    if len(rounds) == 1:
+        return rounds[0]
+    out: dict = {"rounds": rounds}
+    for kind in kinds:
+        out[kind] = {"images_per_s_added": statistics.median(
+            r[kind]["images_per_s_added"] for r in rounds)}  # fmt: skip
+    for key in _ratios(rounds[0], args.loader_workers):
+        out[key] = statistics.median(r[key] for r in rounds)  # the median of the rounds' ratios
+    return out
 
+
+def _ratios(rows: dict, loader_workers: list[int]) -> dict:
     def loop(suffix: str) -> float:
         return max(rows[f"torch_loader_{w}{suffix}"]["images_per_s_added"]
-                   for w in args.loader_workers)  # fmt: skip
+                   for w in loader_workers)  # fmt: skip
 
-    two, one = rows["rayssl_2_actor"], rows["rayssl_1_actor"]
-    rows["two_over_one_actor"] = round(two["images_per_s_added"] / one["images_per_s_added"], 2)
-    # the target's baseline: a plain loop (the default layout); and one in rayssl's layout
-    rows["two_actors_over_torch_loop"] = round(two["images_per_s_added"] / loop(""), 2)
-    rows["two_actors_over_torch_loop_channels_last"] = round(
-        two["images_per_s_added"] / loop("_channels_last"), 2
-    )
-    return rows
+    two = rows["rayssl_2_actor"]["images_per_s_added"]
+    return {
+        "two_over_one_actor": round(two / rows["rayssl_1_actor"]["images_per_s_added"], 2),
+        # the target's baseline: a plain loop (the default layout); and one in rayssl's layout
+        "two_actors_over_torch_loop": round(two / loop(""), 2),
+        "two_actors_over_torch_loop_channels_last": round(two / loop("_channels_last"), 2),
+    }
 
 
 def layout_ab(args, work: Path, source: str, data: Path) -> dict:
@@ -237,6 +263,7 @@ def main() -> None:
         "--images", type=int, default=2000, help="N: the throughput rows embed N and 2N images"
     )
     parser.add_argument("--loader-workers", type=int, nargs="+", default=[1])
+    parser.add_argument("--rounds", type=int, default=1, help="throughput rows interleaved")
     parser.add_argument("--side", type=int, default=224)
     parser.add_argument("--backbone", default="resnet18")
     parser.add_argument("--batch-size", type=int, default=64)
