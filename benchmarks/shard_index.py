@@ -30,15 +30,15 @@ def listed(path: str, cache: str, tasks: bool = False):
     from rayssl.data.shards import list_shards
 
     os.environ["RAYSSL_CACHE"] = cache
-    connected = shard_index.ray_cluster
+    connected = shard_index.ray_tasks_can_index
     if not tasks:  # the driver's threads, though this process is connected to a Ray
-        shard_index.ray_cluster = lambda: False
+        shard_index.ray_tasks_can_index = lambda local: False
     try:
         started = time.perf_counter()
         samples = list_shards(path, "path")
         return time.perf_counter() - started, samples
     finally:
-        shard_index.ray_cluster = connected
+        shard_index.ray_tasks_can_index = connected
 
 
 def main() -> None:

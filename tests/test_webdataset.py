@@ -347,3 +347,24 @@ def test_a_command_given_ray_address_joins_that_cluster_to_index(ray_session, de
         for _, label in _members(shard).values()
     ]  # fmt: skip
     assert found["labels"] == expected
+
+
+@pytest.mark.slow
+def test_local_shards_are_indexed_in_threads_where_the_head_has_no_cpu(demo, tmp_path):
+    """A driver on a cluster's head without CPUs (a common layout): Ray tasks for local
+    paths would be pinned to that node and never start, so the driver indexes itself."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    helper = Path(__file__).parent / "helpers" / "index_on_cpuless_head.py"
+    env = {**os.environ, "RAYSSL_CACHE": str(tmp_path / "cache")}
+    env.pop("RAY_ADDRESS", None)
+    run = subprocess.run(
+        [sys.executable, str(helper), str(demo[1] / "test")],
+        capture_output=True, text=True, env=env, timeout=240,
+        cwd=helper.parent,
+    )  # fmt: skip
+    assert run.returncode == 0, (run.stdout + run.stderr)[-3000:]
+    assert json.loads(run.stdout.strip().splitlines()[-1]) == {"samples": 80}

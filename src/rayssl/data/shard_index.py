@@ -87,19 +87,25 @@ class ShardIndexCache:
 # ============================================================================ where to index
 
 
-def ray_cluster() -> bool:
-    """Whether a Ray cluster is there to index on: this process is connected to one, or
-    RAY_ADDRESS names one (`ray job submit`'s drivers), which is joined now, as the command
-    would join it next (`init_ray` then finds it joined)."""
+def ray_tasks_can_index(local: bool) -> bool:
+    """Whether Ray tasks can index the shards: a Ray cluster is there to use (this process is
+    connected to one, or RAY_ADDRESS names one, as for `ray job submit`'s drivers: joined
+    now, as the command would join it next; `init_ray` then finds it joined), and for local
+    paths this node has a CPU for them (a cluster's head often has none: tasks pinned there
+    would wait forever)."""
     ray = sys.modules.get("ray")
-    if ray is not None and ray.is_initialized():
-        return True
-    if os.environ.get("RAY_ADDRESS"):
+    if ray is None or not ray.is_initialized():
+        if not os.environ.get("RAY_ADDRESS"):
+            return False
         from rayssl.cluster.start import init_ray
 
         init_ray(None)
+        import ray
+    if not local:
         return True
-    return False
+    here = ray.get_runtime_context().get_node_id()
+    node = next((n for n in ray.nodes() if n["NodeID"] == here), {})
+    return node.get("Resources", {}).get("CPU", 0) >= 1
 
 
 def index_in_ray_tasks(index_task, filesystem, shards: list[str], local: bool, field: str):

@@ -122,10 +122,11 @@ def list_shards(uri: str, field: str, classes: list[str] | None = None) -> Shard
 
 def _index_all(filesystem, shards: list[str], local: bool, field: str):
     """(shard, its index) for each of `shards`, as each is done: in Ray tasks where a Ray
-    cluster is there to use (`shard_index.ray_cluster`), else in threads of this process."""
-    from rayssl.data.shard_index import index_in_ray_tasks, ray_cluster
+    cluster is there to use (`shard_index.ray_tasks_can_index`), else in threads of this
+    process."""
+    from rayssl.data.shard_index import index_in_ray_tasks, ray_tasks_can_index
 
-    if len(shards) > 1 and ray_cluster():
+    if len(shards) > 1 and ray_tasks_can_index(local):
         yield from index_in_ray_tasks(_index_task, filesystem, shards, local, field)
     elif shards:
         with ThreadPoolExecutor(min(16, len(shards))) as pool:
