@@ -368,3 +368,20 @@ def test_local_shards_are_indexed_in_threads_where_the_head_has_no_cpu(demo, tmp
     )  # fmt: skip
     assert run.returncode == 0, (run.stdout + run.stderr)[-3000:]
     assert json.loads(run.stdout.strip().splitlines()[-1]) == {"samples": 80}
+
+
+def test_a_first_listing_of_many_shards_says_so_once(tmp_path, monkeypatch, capsys):
+    """Indexing many shards may take minutes the first time: one note says what the
+    command waits on and where the index is kept; a later listing reads it quietly."""
+    from rayssl.data.shards import list_shards
+
+    monkeypatch.setenv("RAYSSL_CACHE", str(tmp_path / "cache"))
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    write_digit_images(tmp_path / "many", train=8, test=80, seed=0, shard_size=8)
+    first = list_shards(str(tmp_path / "many" / "test"), "test_path")
+    said = capsys.readouterr().out
+    assert len(first.shards) == 10 and len(first.refs) == 80
+    assert said.count("[rayssl] note: data.test_path: indexing 10 shards") == 1
+    assert str(tmp_path / "cache" / "shard-index") in said
+    list_shards(str(tmp_path / "many" / "test"), "test_path")
+    assert "indexing" not in capsys.readouterr().out

@@ -26,6 +26,8 @@ from pathlib import Path
 from rayssl.config import ConfigError
 
 FORMAT = 1
+# a first listing of this many shards or more says so: it may take minutes
+NOTE_FROM = 8
 
 
 def cache_root() -> Path:

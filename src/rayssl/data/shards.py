@@ -124,9 +124,22 @@ def _index_all(filesystem, shards: list[str], local: bool, field: str):
     """(shard, its index) for each of `shards`, as each is done: in Ray tasks where a Ray
     cluster is there to use (`shard_index.ray_tasks_can_index`), else in threads of this
     process."""
-    from rayssl.data.shard_index import index_in_ray_tasks, ray_tasks_can_index
+    from rayssl.data.shard_index import (
+        NOTE_FROM,
+        cache_root,
+        index_in_ray_tasks,
+        ray_tasks_can_index,
+    )
 
-    if len(shards) > 1 and ray_tasks_can_index(local):
+    tasks = len(shards) > 1 and ray_tasks_can_index(local)
+    if len(shards) >= NOTE_FROM:  # a first command over many shards: say what it waits on
+        where = "in Ray tasks" if tasks else "in this process"
+        print(
+            f"[rayssl] note: data.{field}: indexing {len(shards)} shards {where}, once: "
+            f"kept under {cache_root() / 'shard-index'} for later commands",
+            flush=True,
+        )
+    if tasks:
         yield from index_in_ray_tasks(_index_task, filesystem, shards, local, field)
     elif shards:
         with ThreadPoolExecutor(min(16, len(shards))) as pool:
