@@ -49,6 +49,15 @@ sys.path.insert(0, str(Path(__file__).parent))
 from stream_memory import status_mb  # noqa: E402
 
 
+def _cpu_model() -> str:
+    """The CPU's model name (its rows move with it: oneDNN's kernels differ by vendor)."""
+    try:
+        lines = Path("/proc/cpuinfo").read_text().splitlines()
+    except OSError:
+        return "unknown"
+    return next((ln.split(":", 1)[1].strip() for ln in lines if ln.startswith("model name")), "?")
+
+
 def _peak_mb(pid: int) -> float | None:
     return status_mb(pid, "VmHWM")
 
@@ -290,7 +299,10 @@ def main() -> None:
     os.environ.setdefault("RAY_DEDUP_LOGS", "0")
     from rayssl.data.demo import write_digit_images
 
-    result: dict = {"command": "python " + " ".join(sys.argv), "machine": "2-core CPU"}
+    result: dict = {
+        "command": "python " + " ".join(sys.argv),
+        "machine": f"{os.cpu_count()}-core CPU, {_cpu_model()}",
+    }
     with tempfile.TemporaryDirectory(prefix="rayssl-embedbench-") as tmp:
         work = Path(tmp)
         sets = []
