@@ -1,5 +1,5 @@
-"""Where glibc puts a 64-MB block (tests/test_allocator.py): `where_a_block_lives` in the
-calling thread, and a user backbone factory that reports it for a training forward,
+"""Where glibc puts a 24-MB and a 256-MB block (tests/test_allocator.py): `where_a_block_lives`
+in the calling thread, and a user backbone factory that reports it for a training forward,
 written to `out`. On the PYTHONPATH of the tests, their subprocesses and Ray's workers."""
 
 import ctypes
@@ -11,7 +11,8 @@ from torch import nn
 
 from rayssl.nets import cnn1d
 
-BLOCK = 64 << 20  # above glibc's largest mmap threshold (32 MB): mapped by default
+BLOCK = 24 << 20  # above glibc's first mmap threshold (128 KB): mapped by default
+HUGE = 256 << 20  # above the 32-MB threshold rayssl sets: mapped, and returned when freed
 
 
 class _MallInfo2(ctypes.Structure):
@@ -25,17 +26,19 @@ class _MallInfo2(ctypes.Structure):
 
 
 def where_a_block_lives() -> dict:
-    """In the calling thread: a 64-MB torch tensor made, glibc's count of bytes in blocks
-    mapped on their own while it lives (`mallinfo2`'s hblkhd), and the allocator's
-    environment."""
+    """In the calling thread: a 24-MB torch tensor made, then a 256-MB one; glibc's count of
+    bytes in blocks mapped on their own while each lives (`mallinfo2`'s hblkhd), and the
+    allocator's environment."""
     libc = ctypes.CDLL("libc.so.6")
     libc.mallinfo2.restype = _MallInfo2
-    before = libc.mallinfo2().hblkhd
-    block = torch.empty(BLOCK // 4).fill_(1.0)
-    mapped = libc.mallinfo2().hblkhd - before
-    del block
-    names = ("MALLOC_ARENA_MAX", "MALLOC_MMAP_MAX_", "MALLOC_TRIM_THRESHOLD_")
-    return {"mapped_bytes": mapped, "env": {n: os.environ.get(n) for n in names}}
+    seen = {}
+    for key, size in (("mapped_bytes", BLOCK), ("huge_mapped_bytes", HUGE)):
+        before = libc.mallinfo2().hblkhd
+        block = torch.empty(size // 4).fill_(1.0)
+        seen[key] = libc.mallinfo2().hblkhd - before
+        del block
+    names = ("MALLOC_ARENA_MAX", "MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_")
+    return {**seen, "env": {n: os.environ.get(n) for n in names}}
 
 
 def probe_worker(config: dict) -> None:

@@ -29,17 +29,20 @@ RAY_TRAIN_ENV = {
 # environment as a process starts: nothing to install; jemalloc or tcmalloc, which CPU tuning
 # guides suggest, would have to be). By default glibc maps each block above its threshold
 # (128 KB, rising to 32 MB) on its own and unmaps it when freed, so every step faults in and
-# zero-fills its largest activations again; and a thread other than a process's first, where
-# Ray Train and Tune run the training function, allocates from an arena of its own, whose
-# 64-MB heaps glibc gives back as they empty. Here: one arena, no block mapped on its own,
-# nothing trimmed: an iBOT step in a thread went from 1.22x a bare loop's to 1.00x
-# (`benchmarks/loop_vs_bare.py --thread`, BENCHMARKS.md). The cost: a training process
-# keeps the memory of its largest step. A value set in the driver's environment wins
-# (glibc's defaults: MALLOC_MMAP_MAX_=65536, MALLOC_TRIM_THRESHOLD_=131072,
-# MALLOC_ARENA_MAX eight per core).
+# zero-fills its activations again; and a thread other than a process's first, where Ray
+# Train and Tune run the training function, allocates from an arena of its own, whose 64-MB
+# heaps glibc gives back as they empty. Here: one arena, blocks up to 32 MB (glibc's largest
+# threshold) from the heap, which is never trimmed: an iBOT step in a thread went from 1.22x
+# a bare loop's to 1.00x (`benchmarks/loop_vs_bare.py --thread`, BENCHMARKS.md). Larger
+# blocks stay mapped on their own and go back when freed: taking those from the heap too
+# (MALLOC_MMAP_MAX_=0, until 2026-12-07) grew each of two iBOT demo workers past 10 GB, and
+# the node ran out of memory. The cost: a training process keeps the memory of its largest
+# step's blocks under 32 MB. A value set in the driver's environment wins (glibc's defaults:
+# a threshold of 128 KB rising with freed blocks, MALLOC_TRIM_THRESHOLD_ twice the
+# threshold, MALLOC_ARENA_MAX eight per core).
 ALLOCATOR_ENV = {
     "MALLOC_ARENA_MAX": "1",
-    "MALLOC_MMAP_MAX_": "0",
+    "MALLOC_MMAP_THRESHOLD_": str(32 << 20),
     "MALLOC_TRIM_THRESHOLD_": str(1 << 40),
 }
 
@@ -65,7 +68,7 @@ def tune_this_process() -> bool:
     except OSError:
         return False
     changed = False
-    for name, option in (("MALLOC_MMAP_MAX_", -4), ("MALLOC_TRIM_THRESHOLD_", -1)):  # M_*
+    for name, option in (("MALLOC_MMAP_THRESHOLD_", -3), ("MALLOC_TRIM_THRESHOLD_", -1)):
         if name not in os.environ:
             value = min(int(ALLOCATOR_ENV[name]), 2**31 - 1)
             changed |= bool(libc.mallopt(option, value))
