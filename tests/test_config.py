@@ -90,6 +90,19 @@ def test_every_shipped_config_is_valid():
         assert cfg.method in stem, path.name
 
 
+def test_ibot_configs_evaluate_in_batches_no_larger_than_training():
+    """iBOT's val / test loss is its training loss (every patch of 2 views through a head of
+    thousands of logits), so its memory grows with the batch as training's: the demo config's
+    test split in the default eval batch of 1,024 a worker (500 on 2) drove each of its 2
+    workers past 10 GB and the 24-GB node ran out of memory at the end of the run."""
+    shipped = sorted((Path(__file__).parents[1] / "configs").glob("ibot*.yaml"))
+    assert len(shipped) >= 2
+    for path in shipped:
+        cfg = load_train_config(path)
+        per_worker = cfg.data.batch_size // max(cfg.num_workers, 1)
+        assert cfg.data.eval_batch_size <= per_worker, path.name
+
+
 def test_the_configuration_page_is_current():
     """docs/configuration.md is generated from the schema's Field descriptions; after a
     change to the schema, regenerate it: python -m rayssl.config.reference > docs/..."""
