@@ -49,8 +49,8 @@ def test_glibc_maps_a_large_block_on_its_own_by_default():
 def test_ray_train_workers_take_large_blocks_from_their_heap(ray_session, tmp_path):
     """Blocks up to 32 MB from the heap, kept for the next step; larger ones mapped on their
     own, so they go back to the system when freed: with every block taken from a heap that
-    is never trimmed, iBOT's demo config (256-MB patch logits) grew each of 2 workers past
-    10 GB and the node ran out of memory."""
+    is never trimmed, an iBOT demo worker (270-MB patch logits) held 8.5 GB where its step
+    peaks at 6.8 GB (benchmarks/worker_rss.sh)."""
     from rayssl.cluster.trainer import build_trainer
     from rayssl.config import validate_train_config
     from rayssl.runs.storage import Storage

@@ -35,9 +35,9 @@ RAY_TRAIN_ENV = {
 # threshold) from the heap, which is never trimmed: an iBOT step in a thread went from 1.22x
 # a bare loop's to 1.00x (`benchmarks/loop_vs_bare.py --thread`, BENCHMARKS.md). Larger
 # blocks stay mapped on their own and go back when freed: taking those from the heap too
-# (MALLOC_MMAP_MAX_=0, until 2026-12-07) grew each of two iBOT demo workers past 10 GB, and
-# the node ran out of memory. The cost: a training process keeps the memory of its largest
-# step's blocks under 32 MB. A value set in the driver's environment wins (glibc's defaults:
+# (MALLOC_MMAP_MAX_=0, until 2026-12-07) held an iBOT demo worker at 8.5 GB, where its step
+# peaks at 6.8 GB with this threshold (benchmarks/worker_rss.sh). The cost: a training
+# process keeps the memory of its largest step's blocks under 32 MB. A value set in the driver's environment wins (glibc's defaults:
 # a threshold of 128 KB rising with freed blocks, MALLOC_TRIM_THRESHOLD_ twice the
 # threshold, MALLOC_ARENA_MAX eight per core).
 ALLOCATOR_ENV = {
