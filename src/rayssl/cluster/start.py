@@ -37,9 +37,9 @@ RAY_TRAIN_ENV = {
 # blocks stay mapped on their own and go back when freed: taking those from the heap too
 # (MALLOC_MMAP_MAX_=0, until 2026-12-07) held an iBOT demo worker at 8.5 GB, where its step
 # peaks at 6.8 GB with this threshold (benchmarks/worker_rss.sh). The cost: a training
-# process keeps the memory of its largest step's blocks under 32 MB. A value set in the driver's environment wins (glibc's defaults:
-# a threshold of 128 KB rising with freed blocks, MALLOC_TRIM_THRESHOLD_ twice the
-# threshold, MALLOC_ARENA_MAX eight per core).
+# process keeps the memory of its largest step's blocks under 32 MB. A value set in the
+# driver's environment wins (glibc's defaults: a threshold of 128 KB rising with freed
+# blocks, MALLOC_TRIM_THRESHOLD_ twice the threshold, MALLOC_ARENA_MAX eight per core).
 ALLOCATOR_ENV = {
     "MALLOC_ARENA_MAX": "1",
     "MALLOC_MMAP_THRESHOLD_": str(32 << 20),
