@@ -5,9 +5,10 @@
 # Run with nothing else of Ray's on the machine (it reads every RayTrainWorker's RSS).
 #
 #   bash benchmarks/worker_rss.sh                              # rayssl's allocator settings
-#   MALLOC_MMAP_MAX_=0 bash benchmarks/worker_rss.sh            # (a driver's value wins)
 #   MALLOC_MMAP_MAX_=65536 MALLOC_TRIM_THRESHOLD_=131072 MALLOC_ARENA_MAX=16 \
 #       bash benchmarks/worker_rss.sh                          # near glibc as it comes
+# The settings before 2026-12-07 (MALLOC_MMAP_MAX_=0) were measured by running it at commit
+# 6609363, whose cluster/start.py set them.
 set -euo pipefail
 out=$(mktemp -d)
 rayssl train configs/ibot_images.yaml --set storage_path="$out" --set name=rss --set epochs=1 \
