@@ -15,6 +15,7 @@ from rayssl.methods.losses import (
     NTXentLoss,
     SwAVLoss,
     VICRegLoss,
+    koleo,
     nearest_neighbours,
     sinkhorn,
 )
@@ -262,6 +263,55 @@ def test_dino_centre_moves_towards_the_global_batch_mean_on_two_gloo_processes(t
     single.update_center(teacher)
     assert torch.allclose(torch.load(out), single.center, atol=1e-6)
     assert torch.allclose(single.center, 0.1 * teacher.mean(0, keepdim=True), atol=1e-6)
+
+
+def test_koleo_is_minus_the_mean_log_distance_to_the_nearest_other_row():
+    """Four directions of the plane 90 degrees apart: each row's nearest other row is sqrt(2)
+    away once normalised, so the term is -log(sqrt(2)) whatever the rows' lengths; moving
+    two rows together lowers their distance, and the term rises."""
+    square = torch.tensor([[1.0, 0.0], [0.0, 3.0], [-0.5, 0.0], [0.0, -2.0]])
+    assert float(koleo(square)) == pytest.approx(-np.log(np.sqrt(2.0)), abs=1e-6)
+    closer = torch.tensor([[1.0, 0.0], [1.0, 0.1], [-1.0, 0.0], [0.0, -1.0]], requires_grad=True)
+    d01 = np.linalg.norm(np.array([1.0, 0.0]) - np.array([1.0, 0.1]) / np.hypot(1.0, 0.1))
+    d2 = np.sqrt(2.0)  # rows 2 and 3: nearest is a quarter turn away
+    expected = -np.mean(np.log([d01, d01, d2, d2]))
+    got = koleo(closer)
+    assert float(got) == pytest.approx(expected, rel=1e-5)
+    got.backward()  # the gradient pushes rows 0 and 1 apart: their y components separate
+    assert closer.grad[0, 1] > 0 > closer.grad[1, 1]
+
+
+def _targets_worker(rank, world, rendezvous, teacher, out):
+    from rayssl.methods.dino import DINOLoss
+
+    gloo_group(rank, world, rendezvous)
+    b = len(teacher) // world
+    loss = DINOLoss(teacher.shape[1], centering="sinkhorn_knopp")
+    torch.save(loss.targets(teacher[rank * b : (rank + 1) * b], 0.05), f"{out}.{rank}")
+    leave_gloo_group()
+
+
+def test_dino_sinkhorn_knopp_targets_span_the_global_batch_on_two_gloo_processes(tmp_path):
+    """DINOv2's centering: 3 Sinkhorn-Knopp rounds on exp(teacher / t) over every rank's rows,
+    no centre. Each rank's targets are those rows of the single-process targets; a
+    per-rank Sinkhorn-Knopp would balance each half on its own and differ."""
+    from rayssl.methods.dino import DINOLoss
+
+    torch.manual_seed(0)
+    teacher = torch.rand(8, 5) * 2 - 1
+    teacher[4:] += torch.tensor([0.8, 0.0, 0.0, 0.0, -0.8])  # the ranks' halves differ
+    single = DINOLoss(5, centering="sinkhorn_knopp")
+    whole = single.targets(teacher, 0.05)
+    assert np.allclose(whole.numpy(), _sinkhorn_reference(teacher.double().numpy(), 0.05, 3))
+    single.update_center(teacher)
+    assert torch.equal(single.center, torch.zeros(1, 5))  # no centre under Sinkhorn-Knopp
+    out = str(tmp_path / "targets")
+    rendezvous = str(tmp_path / "rendezvous")
+    mp.spawn(_targets_worker, args=(2, rendezvous, teacher, out), nprocs=2, join=True)
+    ranks = torch.cat([torch.load(f"{out}.{r}") for r in range(2)])
+    assert torch.allclose(ranks, whole, atol=1e-5)
+    halves = torch.cat([single.targets(h, 0.05) for h in teacher.chunk(2)])
+    assert not torch.allclose(halves, whole, atol=1e-3)
 
 
 def _sinkhorn_reference(scores, epsilon, iterations):

@@ -282,6 +282,41 @@ def test_dino_with_a_vit_takes_every_crop_size_and_resumes_exactly(tmp_path):
     _resumes_exactly(DINO_VIT_RUN, tmp_path)
 
 
+def test_koleo_adds_its_weight_times_the_term_of_each_global_crops_features():
+    """DINOv2's KoLeo in DINO's and iBOT's losses: with the same networks, the loss at
+    koleo_weight w less the loss at 0 is w * (koleo(CLS of crop 0) + koleo(CLS of crop 1)),
+    the student's backbone features (iBOT's: of its masked crops)."""
+    from rayssl.methods.losses import koleo
+
+    crops = (torch.randn(6, 3, 16, 16), torch.randn(6, 3, 16, 16), torch.randn(6, 3, 8, 8))
+    for method, section in (
+        ("dino", {"out_dim": 32, "hidden_dim": 16, "bottleneck_dim": 8}),
+        ("ibot", {**IBOT_SECTION, "mask_probability": 0.0}),
+    ):
+
+        def build(weight, method=method, section=section):
+            torch.manual_seed(0)
+            cfg = validate_train_config(
+                {
+                    "method": method,
+                    "data": {**IMAGES, "augment": MULTI_CROP},
+                    "backbone": VIT,
+                    method: {**section, "koleo_weight": weight},
+                }
+            )
+            return build_method(cfg, (3, 16, 16), 4)
+
+        plain, regularised = build(0.0), build(0.5)
+        with torch.no_grad():
+            term = sum(koleo(plain.backbone(c)) for c in crops[:2])
+        difference = (
+            regularised.validation_step((crops, None))["loss"]
+            - plain.validation_step((crops, None))["loss"]
+        )
+        assert float(difference) == pytest.approx(0.5 * float(term), rel=1e-4), method
+        assert float(term) != 0.0
+
+
 def test_per_parameter_clipping_scales_each_gradient_by_its_own_norm():
     """DINO's clip_gradients written out: coefficient clip / (norm + 1e-6) where below 1."""
     from rayssl.engine.step import clip_each

@@ -4,7 +4,7 @@ distribution over prototypes, across multi-crop views; no negatives, no predicto
 from __future__ import annotations
 
 import copy
-from typing import Any
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
@@ -16,6 +16,7 @@ from rayssl import distributed
 from rayssl.config.base import MethodConfig
 from rayssl.methods.base import Builtin, Method, Parts
 from rayssl.methods.heads import backbone_by_crop_size, infer_features
+from rayssl.methods.losses import koleo, sinkhorn
 from rayssl.methods.momentum import deactivate_requires_grad, update_momentum
 from rayssl.optim.groups import exempt_saved_group, weights_decay_only
 from rayssl.optim.schedules import cosine_schedule
@@ -40,6 +41,18 @@ class DINOConfig(MethodConfig):
         0, ge=0, description="global optimizer steps of the linear teacher-temperature warm-up"
     )
     center_momentum: float = Field(0.9, ge=0.0, lt=1.0, description="of the teacher's centre")
+    centering: Literal["mean", "sinkhorn_knopp"] = Field(
+        "mean",
+        description="the teacher's targets: its logits less a running centre (DINO's), or "
+        "Sinkhorn-Knopp over the global batch's global crops (DINOv2's sinkhorn_knopp; "
+        "iBOT: its CLS loss, the patch loss keeps its centre)",
+    )
+    koleo_weight: float = Field(
+        0.0,
+        ge=0.0,
+        description="DINOv2's KoLeo regulariser on the student's backbone features of each "
+        "global crop (its ViT recipes: 0.1); 0: off",
+    )
     freeze_last_layer_epochs: int = Field(
         1, ge=0, description="epochs at the start in which the prototypes do not learn"
     )
@@ -94,7 +107,9 @@ class DINOLoss(nn.Module):
     """Cross-entropy between the teacher's and the student's distributions over views.
 
     teacher: (G*B, K) logits of the G global crops, student: (V*B, K) logits of all V crops
-    (globals first). With p_t = softmax((teacher - center) / t_teacher) and
+    (globals first). With p_t = softmax((teacher - center) / t_teacher) (`centering:
+    sinkhorn_knopp`: p_t = DINOv2's 3 Sinkhorn-Knopp rounds on exp(teacher / t_teacher)
+    over all G*B rows, their sums all-reduced, no centre) and
     log p_s = log_softmax(student / t_student):
     loss = mean over pairs (g, v), v != g, of mean_b sum_k -p_t[g] * log p_s[v].
     The centre is a buffer: after each training step it moves towards the mean teacher
@@ -106,16 +121,25 @@ class DINOLoss(nn.Module):
         out_dim: int,
         student_temp: float = DEFAULTS.student_temp,
         center_momentum: float = DEFAULTS.center_momentum,
+        centering: str = DEFAULTS.centering,
     ):
         super().__init__()
         self.student_temp, self.center_momentum = student_temp, center_momentum
+        self.centering = centering
+        # kept under Sinkhorn-Knopp too, unused, so a checkpoint loads whichever is chosen
         self.register_buffer("center", torch.zeros(1, out_dim))
+
+    def targets(self, teacher: torch.Tensor, teacher_temp: float) -> torch.Tensor:
+        """The teacher's distributions, (G*B, K), no gradient."""
+        if self.centering == "sinkhorn_knopp":
+            return sinkhorn(teacher, teacher_temp, SINKHORN_ITERATIONS)
+        return F.softmax((teacher - self.center) / teacher_temp, dim=-1)
 
     def forward(
         self, student: torch.Tensor, teacher: torch.Tensor, teacher_temp: float, globals_: int
     ) -> torch.Tensor:
         batch = teacher.shape[0] // globals_
-        targets = F.softmax((teacher - self.center) / teacher_temp, dim=-1).chunk(globals_)
+        targets = self.targets(teacher, teacher_temp).chunk(globals_)
         log_probs = F.log_softmax(student / self.student_temp, dim=-1).split(batch)
         losses = [
             -(t * log_probs[v]).sum(-1).mean()
@@ -127,11 +151,16 @@ class DINOLoss(nn.Module):
 
     @torch.no_grad()
     def update_center(self, teacher: torch.Tensor) -> None:
+        if self.centering == "sinkhorn_knopp":
+            return
         total = teacher.sum(0, keepdim=True)
         count = torch.tensor([float(teacher.shape[0])], device=teacher.device)
         distributed.all_reduce_sum(total)
         distributed.all_reduce_sum(count)
         self.center.mul_(self.center_momentum).add_(total / count, alpha=1 - self.center_momentum)
+
+
+SINKHORN_ITERATIONS = 3  # DINOv2's, fixed in its code
 
 
 def _head(features: int, c: DINOConfig) -> DINOHead:
@@ -163,6 +192,8 @@ class DINO(Method):
         warmup_teacher_temp: float = DEFAULTS.warmup_teacher_temp,
         warmup_teacher_temp_steps: int = DEFAULTS.warmup_teacher_temp_steps,
         center_momentum: float = DEFAULTS.center_momentum,
+        centering: str = DEFAULTS.centering,
+        koleo_weight: float = DEFAULTS.koleo_weight,
         base_momentum: float = DEFAULTS.base_momentum,
         schedule: int | None = DEFAULTS.schedule,
         freeze_last_layer_epochs: int = DEFAULTS.freeze_last_layer_epochs,
@@ -179,7 +210,8 @@ class DINO(Method):
         self.head_momentum = copy.deepcopy(self.head)
         deactivate_requires_grad(self.backbone_momentum)
         deactivate_requires_grad(self.head_momentum)
-        self.criterion = DINOLoss(out_dim, student_temp, center_momentum)
+        self.criterion = DINOLoss(out_dim, student_temp, center_momentum, centering)
+        self.koleo_weight = koleo_weight
         self.teacher_temp, self.warmup_teacher_temp = teacher_temp, warmup_teacher_temp
         self.warmup_teacher_temp_steps = warmup_teacher_temp_steps
         self.base_momentum, self.schedule_length = base_momentum, schedule
@@ -193,15 +225,23 @@ class DINO(Method):
         share = self.step / self.warmup_teacher_temp_steps
         return self.warmup_teacher_temp + share * (self.teacher_temp - self.warmup_teacher_temp)
 
+    def koleo_term(self, global_features: torch.Tensor) -> torch.Tensor | float:
+        """koleo_weight * the KoLeo term of each global crop's features, summed over the
+        crops as DINOv2 does; this rank's rows only, as its code (a per-device batch)."""
+        if self.koleo_weight == 0:
+            return 0.0
+        return self.koleo_weight * sum(koleo(f) for f in global_features.chunk(2))
+
     def _loss(self, views, update_center: bool) -> torch.Tensor:
         crops = list(views)
-        student = self.head(backbone_by_crop_size(self.backbone, crops))  # one head pass
+        features = backbone_by_crop_size(self.backbone, crops)
+        student = self.head(features)  # one head pass
         with torch.no_grad():
             teacher = self.head_momentum(self.backbone_momentum(torch.cat(crops[:2])).flatten(1))
         loss = self.criterion(student, teacher, self.current_teacher_temp(), globals_=2)
         if update_center:
             self.criterion.update_center(teacher)
-        return loss
+        return loss + self.koleo_term(features[: 2 * len(crops[0])])
 
     def training_step(self, batch):
         return {"loss": self._loss(batch[0], update_center=True)}

@@ -174,22 +174,25 @@ class IBOT(DINO):
         return start + self.step / self.warmup_teacher_temp_steps * (end - start)
 
     def _tokens(self, network: nn.Module, head: nn.Module, x, masks=None):
-        """(CLS logits (B, K), patch logits (B, N, K)) of one crop size, one head pass."""
+        """(CLS tokens (B, D), CLS logits (B, K), patch logits (B, N, K)) of one crop size,
+        one head pass."""
         mask_token = self.mask_token if masks is not None else None
         tokens = vits.encode(network, x, mask=masks, mask_token=mask_token)
         prefix = network.num_prefix_tokens
         out = head(torch.cat([tokens[:, 0], tokens[:, prefix:].flatten(0, 1)]))
-        return out[: len(x)], out[len(x) :].unflatten(0, (len(x), -1))
+        return tokens[:, 0], out[: len(x)], out[len(x) :].unflatten(0, (len(x), -1))
 
     def _loss(self, views, update_center: bool) -> torch.Tensor:
         crops = list(views)
         globals_ = torch.cat(crops[:2])
         grid = (globals_.shape[-2] // self.patch, globals_.shape[-1] // self.patch)
         masks = block_masks(len(globals_), grid, *self.masking).to(globals_.device)
-        student_cls, student_patch = self._tokens(self.backbone, self.head, globals_, masks)
+        features, student_cls, student_patch = self._tokens(
+            self.backbone, self.head, globals_, masks
+        )
         locals_ = [self.head(self.backbone(torch.cat(crops[2:])).flatten(1))] if crops[2:] else []
         with torch.no_grad():
-            teacher_cls, teacher_patch = self._tokens(
+            _, teacher_cls, teacher_patch = self._tokens(
                 self.backbone_momentum, self.head_momentum, globals_
             )
         cls = self.criterion(
@@ -201,7 +204,7 @@ class IBOT(DINO):
         if update_center:
             self.criterion.update_center(teacher_cls)
             self.patch_criterion.update_center(teacher_patch)
-        return self.cls_weight * cls + self.patch_weight * patch
+        return self.cls_weight * cls + self.patch_weight * patch + self.koleo_term(features)
 
     def _trainable(self) -> list[tuple[str, nn.Parameter]]:
         return [*super()._trainable(), ("mask_token", self.mask_token)]

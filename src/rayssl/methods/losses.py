@@ -236,6 +236,19 @@ def sinkhorn(scores: torch.Tensor, epsilon: float, iterations: int, gather: bool
     return (log_q + math.log(samples)).exp()
 
 
+def koleo(features: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
+    """The Kozachenko-Leonenko entropy estimator as DINOv2's regulariser (Sablayrolles et
+    al. 2019): -mean_i log ||x_i - x_j(i)||, x the L2-normalised rows, j(i) the row nearest
+    to row i (itself excluded); it pushes the rows of a batch apart. features: (B, D), B >= 2.
+    Hand-written: neither torch nor torchmetrics has it, and it is a few lines."""
+    x = F.normalize(features.float(), dim=-1, eps=eps)
+    with torch.no_grad():
+        similarity = x @ x.T
+        similarity.fill_diagonal_(-2.0)  # below any cosine: a row is never its own neighbour
+        nearest = similarity.argmax(dim=1)
+    return -torch.log(F.pairwise_distance(x, x[nearest], eps=eps) + eps).mean()
+
+
 class SwAVLoss(nn.Module):
     """SwAV's swapped prediction (Caron et al. 2020).
 
