@@ -2,6 +2,7 @@
 masking, encoder and loss, layer-wise lr decay, and MAE in the loop (exact resume) and on
 two Ray Train workers (exact restart)."""
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -416,6 +417,60 @@ def test_ibot_patch_centre_moves_towards_the_global_batch_mean_on_two_gloo_proce
     single.update_center(teacher)
     assert torch.allclose(torch.load(out), single.center, atol=1e-6)
     assert torch.allclose(single.center[0], 0.1 * teacher.mean((0, 1)).unsqueeze(0), atol=1e-6)
+
+
+def _patch_targets_worker(rank, world, rendezvous, teacher, masks, out):
+    from conftest import gloo_group, leave_gloo_group
+
+    from rayssl.methods.ibot import PatchLoss
+
+    gloo_group(rank, world, rendezvous)
+    b = len(teacher) // world
+    loss = PatchLoss(teacher.shape[-1], 0.1, 0.9, centering="sinkhorn_knopp")
+    for name, m in masks.items():
+        mine = slice(rank * b, (rank + 1) * b)
+        torch.save(loss.targets(teacher[mine], m[mine], 0.05), f"{out}.{name}.{rank}")
+    leave_gloo_group()
+
+
+def test_ibot_sinkhorn_knopp_spans_the_hidden_patches_of_every_rank(tmp_path):
+    """DINOv2's patch centering: Sinkhorn-Knopp over the hidden patches of the global batch
+    (the SwAV algorithm written out in numpy on those rows), 0 elsewhere. On 2 gloo
+    processes that hide 5 and 1 patches, or 4 and none, each rank's targets are those
+    rows of the single-process targets."""
+    import torch.multiprocessing as mp
+    from test_losses import _sinkhorn_reference
+
+    from rayssl.methods.ibot import PatchLoss
+
+    torch.manual_seed(0)
+    teacher = torch.rand(4, 5, 6) * 2 - 1
+    masks = {
+        "uneven": torch.zeros(4, 5, dtype=torch.bool),
+        "none": torch.zeros(4, 5, dtype=torch.bool),
+    }
+    masks["uneven"][0, :3] = masks["uneven"][1, 1:3] = masks["uneven"][3, 4] = True
+    masks["none"][0, :2] = masks["none"][1, 3:] = True
+    single = PatchLoss(6, 0.1, 0.9, centering="sinkhorn_knopp")
+    out = str(tmp_path / "targets")
+    rendezvous = str(tmp_path / "rendezvous")
+    mp.spawn(_patch_targets_worker, args=(2, rendezvous, teacher, masks, out), nprocs=2, join=True)
+    for name, m in masks.items():
+        whole = single.targets(teacher, m, 0.05)
+        reference = _sinkhorn_reference(teacher[m].double().numpy(), 0.05, 3)
+        assert np.allclose(whole[m].numpy(), reference, atol=1e-5), name
+        assert torch.equal(whole[~m], torch.zeros_like(whole[~m]))
+        ranks = torch.cat([torch.load(f"{out}.{name}.{r}") for r in range(2)])
+        assert torch.allclose(ranks, whole, atol=1e-5), name
+    single.update_center(teacher)
+    assert torch.equal(single.center, torch.zeros(1, 1, 6))
+    # through iBOT's step: both losses under Sinkhorn-Knopp, the centres left at 0
+    ibot = _ibot(centering="sinkhorn_knopp", mask_probability=1.0)
+    crops = (torch.randn(4, 3, 16, 16), torch.randn(4, 3, 16, 16), torch.randn(4, 3, 8, 8))
+    loss = ibot.training_step((crops, None))["loss"]
+    loss.backward()
+    assert torch.isfinite(loss) and ibot.mask_token.grad.abs().sum() > 0
+    assert not ibot.criterion.center.any() and not ibot.patch_criterion.center.any()
 
 
 def test_ibot_without_masks_or_patch_loss_is_dino_on_the_same_networks():

@@ -45,7 +45,7 @@ class DINOConfig(MethodConfig):
         "mean",
         description="the teacher's targets: its logits less a running centre (DINO's), or "
         "Sinkhorn-Knopp over the global batch's global crops (DINOv2's sinkhorn_knopp; "
-        "iBOT: its CLS loss, the patch loss keeps its centre)",
+        "iBOT: over its hidden patches too)",
     )
     koleo_weight: float = Field(
         0.0,

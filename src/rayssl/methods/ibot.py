@@ -16,8 +16,9 @@ from torch import nn
 from rayssl import distributed
 from rayssl.errors import ConfigError
 from rayssl.methods.base import Builtin, Method, Parts
-from rayssl.methods.dino import DINO, DINOConfig, _head
+from rayssl.methods.dino import DINO, SINKHORN_ITERATIONS, DINOConfig, _head
 from rayssl.methods.heads import infer_features
+from rayssl.methods.losses import sinkhorn
 from rayssl.nets import vision_transformer as vits
 
 
@@ -113,16 +114,30 @@ class PatchLoss(nn.Module):
     unmasked crop and the student's at the same patch of the masked one, averaged over the
     hidden patches of each image (an image with none adds 0), then over images and crops.
     Its own centre (`center2` in iBOT's code) moves towards the teacher's mean patch logit
-    over the global batch (all-reduced)."""
+    over the global batch (all-reduced). `centering: sinkhorn_knopp`: instead, DINOv2's 3
+    Sinkhorn-Knopp rounds over the hidden patches of the global batch (ranks hide different
+    numbers of patches) and no centre."""
 
-    def __init__(self, out_dim: int, student_temp: float, center_momentum: float):
+    def __init__(
+        self, out_dim: int, student_temp: float, center_momentum: float, centering: str = "mean"
+    ):
         super().__init__()
         self.student_temp, self.center_momentum = student_temp, center_momentum
+        self.centering = centering
         self.register_buffer("center", torch.zeros(1, 1, out_dim))
+
+    def targets(self, teacher: torch.Tensor, masks: torch.Tensor, teacher_temp: float):
+        """The teacher's distributions at each patch, (G * B, N, K); under Sinkhorn-Knopp
+        only the hidden patches' (the others are 0: the loss reads none of them)."""
+        if self.centering != "sinkhorn_knopp":
+            return F.softmax((teacher - self.center) / teacher_temp, dim=-1)
+        targets = torch.zeros_like(teacher, dtype=torch.float32)
+        targets[masks] = sinkhorn(teacher[masks], teacher_temp, SINKHORN_ITERATIONS)
+        return targets
 
     def forward(self, student, teacher, masks, teacher_temp: float) -> torch.Tensor:
         """student, teacher: (G * B, N, K) patch logits; masks: (G * B, N) bool."""
-        targets = F.softmax((teacher - self.center) / teacher_temp, dim=-1)
+        targets = self.targets(teacher, masks, teacher_temp)
         per_patch = -(targets * F.log_softmax(student / self.student_temp, dim=-1)).sum(-1)
         hidden = masks.float()
         per_image = (per_patch * hidden).sum(-1) / hidden.sum(-1).clamp(min=1.0)
@@ -130,6 +145,8 @@ class PatchLoss(nn.Module):
 
     @torch.no_grad()
     def update_center(self, teacher: torch.Tensor) -> None:
+        if self.centering == "sinkhorn_knopp":
+            return
         total = teacher.mean(1).sum(0, keepdim=True).unsqueeze(0)
         count = torch.tensor([float(teacher.shape[0])], device=teacher.device)
         distributed.all_reduce_sum(total)
@@ -157,7 +174,10 @@ class IBOT(DINO):
         options.update({k: getattr(c, k) for k in _DINO})
         super().__init__(backbone, head or _head(infer_features(backbone), c), **options)
         self.patch_criterion = PatchLoss(
-            self.criterion.center.shape[1], self.criterion.student_temp, c.patch_center_momentum
+            self.criterion.center.shape[1],
+            self.criterion.student_temp,
+            c.patch_center_momentum,
+            self.criterion.centering,
         )
         self.mask_token = nn.Parameter(torch.zeros(backbone.embed_dim))
         nn.init.trunc_normal_(self.mask_token, std=0.02)

@@ -205,8 +205,12 @@ def nearest_neighbours(z: torch.Tensor, support: torch.Tensor) -> torch.Tensor:
 
 def _log_sum_exp(x: torch.Tensor, dim: int | None, across_ranks: bool) -> torch.Tensor:
     """log(sum(exp(x))) over `dim` (None: every entry), stable, and over every rank's rows
-    too when `across_ranks` (the maximum and the sum all-reduced)."""
-    top = x.amax() if dim is None else x.amax(dim, keepdim=True)
+    too when `across_ranks` (the maximum and the sum all-reduced; a rank may bring none)."""
+    if x.shape[0] == 0:  # no rows here: the empty reductions amax refuses
+        shape = () if dim is None else (1, *x.shape[1:]) if dim == 0 else (0, 1)
+        top = torch.full(shape, -math.inf, dtype=x.dtype, device=x.device)
+    else:
+        top = x.amax() if dim is None else x.amax(dim, keepdim=True)
     if across_ranks:
         distributed.all_reduce_max(top)
     total = (x - top).exp()
@@ -223,17 +227,19 @@ def sinkhorn(scores: torch.Tensor, epsilon: float, iterations: int, gather: bool
     share of the mass and each sample's code sums to 1. scores: (B, K) this rank's rows;
     returns (B, K). The sums over samples are all-reduced, so every rank's rows are those
     of the single-process codes on the concatenated batch (the paper's distributed
-    version). Computed on logarithms: the paper's exp(scores / epsilon) underflows to whole
+    version); ranks may bring different numbers of rows, none included (iBOT's masked
+    patches). Computed on logarithms: the paper's exp(scores / epsilon) underflows to whole
     rows of zeros (then NaN) once epsilon is small, e.g. 0.005 with cosine scores."""
     across = gather and distributed.active()
-    world = distributed.rank_and_world()[1] if across else 1
     log_q = scores.float() / epsilon
-    prototypes, samples = log_q.shape[1], log_q.shape[0] * world
+    # the global batch's rows, kept on the device: reading it back would sync every step
+    samples = torch.tensor([float(log_q.shape[0])], device=log_q.device)
+    log_samples = distributed.all_reduce_sum(samples).log() if across else samples.log()
     log_q = log_q - _log_sum_exp(log_q, None, across)
     for _ in range(iterations):
-        log_q -= _log_sum_exp(log_q, 0, across) + math.log(prototypes)  # prototypes
-        log_q -= _log_sum_exp(log_q, 1, False) + math.log(samples)  # samples, local rows
-    return (log_q + math.log(samples)).exp()
+        log_q -= _log_sum_exp(log_q, 0, across) + math.log(log_q.shape[1])  # prototypes
+        log_q -= _log_sum_exp(log_q, 1, False) + log_samples  # samples, local rows
+    return (log_q + log_samples).exp()
 
 
 def koleo(features: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
