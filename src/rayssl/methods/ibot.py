@@ -119,7 +119,11 @@ class PatchLoss(nn.Module):
     numbers of patches) and no centre."""
 
     def __init__(
-        self, out_dim: int, student_temp: float, center_momentum: float, centering: str = "mean"
+        self,
+        out_dim: int,
+        student_temp: float,
+        center_momentum: float,
+        centering: str = DEFAULTS.centering,
     ):
         super().__init__()
         self.student_temp, self.center_momentum = student_temp, center_momentum
