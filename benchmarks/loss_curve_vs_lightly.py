@@ -8,6 +8,7 @@ or both settle at ln(out_dim), the uniform collapse.
     python benchmarks/loss_curve_vs_lightly.py 64 10 lightly
     python benchmarks/loss_curve_vs_lightly.py 64 10 rayssl dino.batch_norm=true  # + overrides
     python benchmarks/loss_curve_vs_lightly.py 64 10 rayssl --val data/digits-val/train
+    python benchmarks/loss_curve_vs_lightly.py 64 10 rayssl --config configs/ibot_images.yaml
 
 With `--val DIR` (rayssl only) a candidate recipe is also read out: ssl_quality's evaluator
 (kNN, probe, feature rank) on DIR's images, fitted on the 512 training images, for the
@@ -36,8 +37,10 @@ from rayssl.engine import Loop  # noqa: E402
 from rayssl.methods.registry import build_method  # noqa: E402
 from rayssl.seeds import seed_everything  # noqa: E402
 
+DINO_VIT = "configs/dino_vit_images.yaml"
 
-def config(batch: int, epochs: int, extra: list[str] = ()):
+
+def config(batch: int, epochs: int, extra: list[str] = (), path: str = DINO_VIT):
     overrides = [
         f"epochs={epochs}",
         "num_workers=1",
@@ -51,7 +54,7 @@ def config(batch: int, epochs: int, extra: list[str] = ()):
         f"lr_scheduler.warmup_epochs={max(1, epochs // 10)}",
         *extra,
     ]
-    return load_train_config("configs/dino_vit_images.yaml", overrides)
+    return load_train_config(path, overrides)
 
 
 def rayssl_curve(cfg) -> tuple[list[float], torch.nn.Module]:
@@ -101,9 +104,14 @@ def main() -> None:
     parser.add_argument("side", choices=["rayssl", "lightly"])
     parser.add_argument("overrides", nargs="*", help="key=value config overrides")
     parser.add_argument("--val", help="a validation image folder to read the backbone on")
+    parser.add_argument(
+        "--config", default=DINO_VIT, help="rayssl's config (e.g. configs/ibot_images.yaml)"
+    )
     args = parser.parse_args()
     torch.set_num_threads(1)
-    cfg = config(args.batch, args.epochs, args.overrides)
+    if args.config != DINO_VIT and args.side == "lightly":
+        parser.error("--config: lightly's loop here is DINO's; leave --config out with lightly")
+    cfg = config(args.batch, args.epochs, args.overrides, args.config)
     if args.side == "rayssl":
         backbone = rayssl_curve(cfg)[1]
         if args.val:
