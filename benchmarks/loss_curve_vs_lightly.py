@@ -109,9 +109,9 @@ def main() -> None:
     )
     args = parser.parse_args()
     torch.set_num_threads(1)
-    if args.config != DINO_VIT and args.side == "lightly":
-        parser.error("--config: lightly's loop here is DINO's; leave --config out with lightly")
     cfg = config(args.batch, args.epochs, args.overrides, args.config)
+    if args.side == "lightly" and cfg.method != "dino":
+        parser.error(f"--config: lightly's loop here is DINO's, not {cfg.method}'s")
     if args.side == "rayssl":
         backbone = rayssl_curve(cfg)[1]
         if args.val:
